@@ -1,0 +1,175 @@
+"""The gateway runtime: built from a `RoutingConfig` in one provision step, run, drained, closed.
+
+Owns the lifetimes of everything the gateway holds (the HTTP connection pool,
+upstreams, channels, the dispatcher, the poll loop, the embedded relay) and
+their start and stop order. Cleanup copes with a half-finished provision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from gateway import secrets as secret_refs
+from gateway.channel import Channel
+from gateway.config import RoutingConfig, ServerSpec
+from gateway.dispatch import Dispatcher
+from gateway.eras import Bridge
+from gateway.errors import ConfigError
+from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
+from gateway.tunnel import ControlPlane, Identity, Poller
+from gateway.upstream.base import Upstream
+from gateway.upstream.http import HttpUpstream
+from gateway.upstream.stdio import StdioUpstream
+from gateway.wire import Codec, server_info_header
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line settings that win over routing.yaml."""
+
+    control_plane: str | None = None
+    tunnel_id: str | None = None
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """Where MCP clients connect when the relay is embedded."""
+
+    urls: dict[str, str]
+    client_token: str | None
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything a running gateway holds; built by `provision`."""
+
+    config: RoutingConfig
+    upstreams: dict[str, Upstream]
+    channels: dict[str, Channel]
+    dispatcher: Dispatcher
+    poller: Poller
+    control_plane: ControlPlane
+    endpoint: Endpoint | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _build_upstream(
+    name: str, spec: ServerSpec, *, bridge: Bridge, http: aiohttp.ClientSession, config: RoutingConfig, base: Path
+) -> Upstream:
+    limit = config.gateway.max_message_bytes
+    if spec.stdio is not None:
+        return StdioUpstream(name, spec, bridge=bridge, max_message_bytes=limit)
+    assert spec.http is not None
+    try:
+        headers = {
+            k: secret_refs.resolve(v, base=base).reveal() if _is_ref(v) else v for k, v in spec.http.headers.items()
+        }
+    except secret_refs.SecretError as exc:
+        raise ConfigError(str(base), f"servers.{name}.http.headers", f"resolvable secrets ({exc})") from None
+    return HttpUpstream(name, spec.http, session=http, bridge=bridge, max_message_bytes=limit, extra_headers=headers)
+
+
+def _is_ref(value: str) -> bool:
+    return value.startswith(("env:", "file:"))
+
+
+@contextlib.asynccontextmanager
+async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Overrides) -> AsyncIterator[Runtime]:
+    """Build and start the runtime; on exit stop polling, drain, and close in reverse order."""
+    codec = Codec()
+    bridge = Bridge(codec)
+    base = routes_file.parent
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            )
+        )
+        upstreams: dict[str, Upstream] = {}
+        for name in sorted({member for members in config.channels.values() for member in members}):
+            upstream = _build_upstream(name, config.servers[name], bridge=bridge, http=http, config=config, base=base)
+            upstreams[name] = upstream
+            stack.push_async_callback(upstream.close)
+        await asyncio.gather(*(upstream.start() for upstream in upstreams.values()), return_exceptions=True)
+        for name, upstream in upstreams.items():
+            state = f"up ({upstream.info.era.value} era)" if upstream.info else "NOT ready"
+            log.info("server %r: %s", name, state)
+
+        channels = {name: Channel(name, upstreams[members[0]], bridge) for name, members in config.channels.items()}
+        affinity = {name: config.servers[members[0]].stdio is not None for name, members in config.channels.items()}
+        identity = Identity.new(server_info_header(affinity))
+
+        endpoint: Endpoint | None = None
+        if config.control_plane is None and overrides.control_plane is None:
+            relay, key, endpoint = await _embedded_relay(config, base)
+            stack.push_async_callback(relay.close)
+            cp_url, tunnel_id, api_key = relay.url, config.relay.tunnel_id, key
+        else:
+            cp_url, tunnel_id, api_key = _remote_control_plane(config, overrides, base)
+        control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec)
+
+        dispatcher = Dispatcher(channels, control_plane, codec, config.gateway.max_inflight)
+        stack.push_async_callback(dispatcher.close)
+        poller = Poller(control_plane, dispatcher, codec, config.gateway.poll_timeout_ms)
+        runtime = Runtime(config, upstreams, channels, dispatcher, poller, control_plane, endpoint)
+        poll_task = asyncio.create_task(poller.run(), name="poller")
+        runtime.tasks.append(poll_task)
+        try:
+            yield runtime
+        finally:
+            poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll_task
+            await dispatcher.drain(config.gateway.drain_timeout_s)
+
+
+async def _embedded_relay(config: RoutingConfig, base: Path) -> tuple[Relay, secret_refs.Secret, Endpoint]:
+    """Start the loopback relay with a fresh gateway key known only to this process."""
+    spec = config.relay
+    key = secret_refs.Secret(secrets.token_urlsafe(32), "embedded relay key")
+    try:
+        token = secret_refs.resolve(spec.client_token, base=base) if spec.client_token else None
+    except secret_refs.SecretError as exc:
+        raise ConfigError(str(base), "relay.client_token", f"a resolvable secret ({exc})") from None
+    relay_config = RelayConfig(
+        listen=spec.listen,
+        tunnels={
+            spec.tunnel_id: TunnelSpec(
+                gateway_key=key.source, name="embedded", description="relay embedded in the gateway process"
+            )
+        },
+    )
+    credentials = {spec.tunnel_id: TunnelCredentials(key, (token,) if token else ())}
+    relay = Relay(relay_config, credentials)
+    await relay.start()
+    urls = {channel: relay.url_for(spec.tunnel_id, channel) for channel in config.channels}
+    return relay, key, Endpoint(urls, token.reveal() if token else None)
+
+
+def _remote_control_plane(
+    config: RoutingConfig, overrides: Overrides, base: Path
+) -> tuple[str, str, secret_refs.Secret]:
+    spec = config.control_plane
+    url = overrides.control_plane or (spec.url if spec else None)
+    tunnel_id = overrides.tunnel_id or (spec.tunnel_id if spec else None)
+    if not url or not tunnel_id:
+        raise ConfigError(str(base), "control_plane", "both `url` and `tunnel_id` (or --control-plane and --tunnel-id)")
+    ref = spec.api_key if spec and spec.api_key else "env:TUNNEL_API_KEY"
+    if ref == "env:TUNNEL_API_KEY" and not os.environ.get("TUNNEL_API_KEY"):
+        raise ConfigError(str(base), "control_plane.api_key", "an API key (or the TUNNEL_API_KEY variable)")
+    try:
+        return url, tunnel_id, secret_refs.resolve(ref, base=base)
+    except secret_refs.SecretError as exc:
+        raise ConfigError(str(base), "control_plane.api_key", f"a resolvable secret ({exc})") from None

@@ -1,0 +1,244 @@
+"""One command's life: deadline, channel, upstream frames, response frames.
+
+Owns the bounded set of commands in flight (the capacity the poller asks
+for), what each command type becomes, and the one place where an error turns
+into a wire response. Parses no configuration; knows channels, not transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+import msgspec
+from msgspec import UNSET, Raw
+
+from gateway.channel import Channel
+from gateway.errors import CommandError, UnknownChannel, UpstreamError
+from gateway.upstream.base import Notify, Reply
+from gateway.wire import (
+    COMMAND_JSONRPC,
+    COMMAND_SESSION_END,
+    INVALID_REQUEST,
+    NULL_ID,
+    RESP_JSONRPC,
+    RESP_NOTIFY,
+    RESP_NOTIFY_ACK,
+    RESP_SESSION_END,
+    Codec,
+    Headers,
+    JsonRpcMessage,
+    PolledCommand,
+    TunnelFailure,
+    TunnelResponsePayload,
+    allowed_response_headers,
+    parse_response_timeout,
+)
+
+log = logging.getLogger(__name__)
+
+CLIENT_INTERNAL: Final = TunnelFailure(source="client_internal", upstream_response_received=False)
+
+
+class Responder(Protocol):
+    """Delivers response frames to the control plane (the tunnel's `ControlPlane.post`)."""
+
+    async def post(self, body: bytes, shard_token: str, *, terminal: bool) -> bool: ...
+
+
+class Dispatcher:
+    """Runs polled commands concurrently, at most `max_inflight` asked for at a time."""
+
+    def __init__(self, channels: Mapping[str, Channel], responder: Responder, codec: Codec, max_inflight: int) -> None:
+        self._channels = channels
+        self._responder = responder
+        self._codec = codec
+        self._max = max_inflight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.completed = 0
+
+    # ------------------------------------------------------------------ capacity
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def free(self) -> int:
+        return max(0, self._max - len(self._tasks))
+
+    async def wait_capacity(self) -> None:
+        await self._capacity.wait()
+
+    def submit(self, command: PolledCommand, received_at: float) -> None:
+        """Start a command (a batch larger than asked for still runs whole)."""
+        task = asyncio.create_task(self._run(command, received_at), name=f"command:{command.request_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        self._idle.clear()
+        if len(self._tasks) >= self._max:
+            self._capacity.clear()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.completed += 1
+        if len(self._tasks) < self._max:
+            self._capacity.set()
+        if not self._tasks:
+            self._idle.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Let in-flight commands finish for up to `grace_s`, then cancel the rest."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        await self.close()
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ one command
+
+    async def _run(self, command: PolledCommand, received_at: float) -> None:
+        timeout = parse_response_timeout(command.response_timeout)
+        deadline = None if timeout is None else received_at + timeout
+        loop = asyncio.get_running_loop()
+        if deadline is not None and loop.time() >= deadline:
+            log.info("command %s expired before it ran; dropped", command.request_id)
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._serve(command)
+        except TimeoutError:
+            log.info("command %s reached its deadline; abandoned without a response", command.request_id)
+        except Exception:
+            log.exception("command %s failed inside the gateway", command.request_id)
+
+    async def _serve(self, command: PolledCommand) -> None:
+        if command.command_type == COMMAND_SESSION_END:
+            await self._end_session(command)
+        elif command.command_type == COMMAND_JSONRPC:
+            await self._jsonrpc(command)
+        else:
+            log.warning(
+                "command %s has unknown command_type %r; not answered", command.request_id, command.command_type
+            )
+
+    async def _end_session(self, command: PolledCommand) -> None:
+        channel = self._channels.get(command.channel)
+        if channel is None:
+            reply = Reply(404)
+        else:
+            try:
+                reply = await channel.end_session(command.headers)
+            except UpstreamError as exc:
+                reply = Reply(exc.resp_code)
+        await self._post(command, RESP_SESSION_END, reply.status, headers=reply.headers)
+
+    async def _jsonrpc(self, command: PolledCommand) -> None:
+        message = self._decode(command)
+        if message is None:
+            body = self._codec.error_response(NULL_ID, INVALID_REQUEST, "the command carries no valid JSON-RPC message")
+            await self._post(command, RESP_JSONRPC, 400, body)
+            return
+        if message.is_response:
+            # An answer to a server-initiated request: the gateway relays none yet (it
+            # answers such requests itself), so acknowledge it and keep serving.
+            log.warning("command %s carries a JSON-RPC response; nothing is waiting for it", command.request_id)
+            await self._post(command, RESP_NOTIFY_ACK, 202)
+            return
+        expects_answer = message.is_request
+        notify_ok = True
+        try:
+            channel = self._channels.get(command.channel)
+            if channel is None:
+                raise UnknownChannel(command.channel)
+            async for frame in channel.run(message, command.headers):
+                if isinstance(frame, Notify):
+                    if expects_answer and notify_ok:
+                        notify_ok = await self._post(command, RESP_NOTIFY, 200, frame.message)
+                    continue
+                await self._answer(command, expects_answer, frame)
+                return
+            raise UpstreamError("upstream ended the call without an answer", CLIENT_INTERNAL)
+        except (CommandError, UpstreamError) as exc:
+            await self._fail(command, message, exc)
+
+    async def _answer(self, command: PolledCommand, expects_answer: bool, reply: Reply) -> None:
+        headers = allowed_response_headers(reply.headers)
+        if not expects_answer:
+            await self._post(command, RESP_NOTIFY_ACK, reply.status, headers=headers)
+        elif not reply.body:
+            failure = TunnelFailure(
+                source="protocol", transport_error_kind="response_body_missing", upstream_response_received=True
+            )
+            await self._fail(command, None, UpstreamError("upstream sent no response body", failure))
+        else:
+            await self._post(command, RESP_JSONRPC, reply.status, reply.body, headers)
+
+    async def _fail(self, command: PolledCommand, message: JsonRpcMessage | None, exc: Exception) -> None:
+        """The one place an error becomes a wire response."""
+        log.info("command %s failed: %s", command.request_id, exc)
+        if message is not None and not message.is_request:
+            status = exc.resp_code if isinstance(exc, UpstreamError) else 400
+            await self._post(command, RESP_NOTIFY_ACK, status)
+            return
+        id = message.id if message is not None and message.id is not UNSET else NULL_ID
+        if isinstance(exc, UpstreamError):
+            status = exc.resp_code
+            body = self._codec.failure_response(id, _reason(status), exc.failure)
+        elif isinstance(exc, CommandError):
+            status = exc.status
+            body = self._codec.error_response(id, exc.code, str(exc))
+        else:
+            status = 500
+            body = self._codec.failure_response(id, _reason(status), CLIENT_INTERNAL)
+        await self._post(command, RESP_JSONRPC, status, body)
+
+    def _decode(self, command: PolledCommand) -> JsonRpcMessage | None:
+        if command.jsonrpc is UNSET:
+            return None
+        try:
+            message = self._codec.message(command.jsonrpc)
+        except msgspec.MsgspecError:
+            return None
+        if message.method is UNSET and not message.is_response:
+            return None
+        return message
+
+    async def _post(
+        self,
+        command: PolledCommand,
+        resp_type: str,
+        status: int,
+        body: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> bool:
+        payload = TunnelResponsePayload(
+            request_id=command.request_id,
+            channel=command.channel,
+            resp_code=status,
+            resp_type=resp_type,
+            resp_json=Raw(body) if body else UNSET,
+            resp_headers=headers if headers else UNSET,
+        )
+        return await self._responder.post(
+            self._codec.encode(payload), command.shard_token, terminal=resp_type != RESP_NOTIFY
+        )
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Bad Gateway"

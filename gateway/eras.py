@@ -1,0 +1,268 @@
+"""Bridging the two MCP generations: era detection, envelopes, local answers.
+
+Owns what differs between handshake-era MCP (2024-11-05 … 2025-11-25:
+`initialize`, sessions) and stateless 2026-07-28 MCP (per-request `_meta`
+envelope, `server/discover`, `resultType`): the probe messages the gateway
+sends to servers, the `_meta` surgery that lets a client of one era talk to a
+server of the other, and the answers the gateway gives locally on a server's
+behalf. Sans-IO: bytes in, bytes out.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+from msgspec import UNSET, Raw, Struct, UnsetType
+
+from gateway import __version__
+from gateway.upstream.base import Era, UpstreamInfo
+from gateway.wire import Codec, Headers, header_value
+
+MODERN_VERSION: Final = "2026-07-28"
+MODERN_VERSIONS: Final = (MODERN_VERSION,)
+HANDSHAKE_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LATEST_HANDSHAKE: Final = HANDSHAKE_VERSIONS[-1]
+
+META: Final = "_meta"
+RESERVED_PREFIX: Final = "io.modelcontextprotocol/"
+PROTOCOL_VERSION_KEY: Final = "io.modelcontextprotocol/protocolVersion"
+CLIENT_CAPABILITIES_KEY: Final = "io.modelcontextprotocol/clientCapabilities"
+CLIENT_INFO_KEY: Final = "io.modelcontextprotocol/clientInfo"
+SERVER_INFO_KEY: Final = "io.modelcontextprotocol/serverInfo"
+_VERSION_KEY_BYTES: Final = PROTOCOL_VERSION_KEY.encode()
+_RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
+
+EMPTY_OBJECT: Final = Raw(b"{}")
+MODERN_ONLY_RESULT_KEYS: Final = frozenset({"resultType", "ttlMs", "cacheScope"})
+
+CACHEABLE_METHODS: Final = frozenset(
+    {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read", "server/discover"}
+)
+"""Methods whose 2026-07-28 results must say how long they may be cached (`ttlMs`, `cacheScope`)."""
+
+NAMED_METHODS: Final = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+"""Methods whose target travels in the `Mcp-Name` header (2026-07-28 HTTP)."""
+
+
+class _DiscoverResult(Struct):
+    supportedVersions: list[str]
+    capabilities: Raw = EMPTY_OBJECT
+    instructions: str | None = None
+    meta: dict[str, Raw] = msgspec.field(default_factory=dict, name="_meta")
+
+
+class _InitializeResult(Struct):
+    protocolVersion: str
+    capabilities: Raw = EMPTY_OBJECT
+    serverInfo: Raw = EMPTY_OBJECT
+    instructions: str | None = None
+
+
+class _InitializeParams(Struct):
+    protocolVersion: str = LATEST_HANDSHAKE
+    capabilities: Raw = EMPTY_OBJECT
+
+
+class _Implementation(Struct):
+    name: str
+    version: str
+
+
+class _Envelope(Struct):
+    """The per-request `_meta` entries a 2026-07-28 request must carry."""
+
+    protocol_version: str = msgspec.field(name=PROTOCOL_VERSION_KEY)
+    capabilities: Raw = msgspec.field(name=CLIENT_CAPABILITIES_KEY)
+    client_info: Raw = msgspec.field(name=CLIENT_INFO_KEY)
+
+
+class Bridge:
+    """Era translation for one gateway; holds its codecs and its own identity."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.client_info = Raw(codec.encode(_Implementation("mcp-tunnel-gateway", __version__)))
+        self._discover = msgspec.json.Decoder(_DiscoverResult)
+        self._initialize = msgspec.json.Decoder(_InitializeResult)
+        self._init_params = msgspec.json.Decoder(_InitializeParams)
+
+    # ------------------------------------------------------------------ probing servers
+
+    def discover_params(self) -> Raw:
+        """`server/discover` params, enveloped as the gateway itself."""
+        return self.modern_params(UNSET, EMPTY_OBJECT, self.client_info)
+
+    def initialize_params(self) -> Raw:
+        return Raw(
+            self.codec.encode({"protocolVersion": LATEST_HANDSHAKE, "capabilities": {}, "clientInfo": self.client_info})
+        )
+
+    def info_from_discover(self, result: Raw | bytes) -> UpstreamInfo | None:
+        """The server's info when the discover result shows a 2026-07-28 server, else None."""
+        try:
+            found = self._discover.decode(result)
+        except msgspec.MsgspecError:
+            return None
+        mutual = [v for v in MODERN_VERSIONS if v in found.supportedVersions]
+        if not mutual:
+            return None
+        server_info = found.meta.get(SERVER_INFO_KEY, EMPTY_OBJECT)
+        return UpstreamInfo(Era.MODERN, mutual[-1], _copy(found.capabilities), _copy(server_info), found.instructions)
+
+    def info_from_initialize(self, result: Raw | bytes) -> UpstreamInfo:
+        """The server's info from an `initialize` result (raises msgspec errors when malformed)."""
+        found = self._initialize.decode(result)
+        return UpstreamInfo(
+            Era.LEGACY,
+            found.protocolVersion,
+            _copy(found.capabilities),
+            _copy(found.serverInfo),
+            found.instructions,
+        )
+
+    # ------------------------------------------------------------------ classifying clients
+
+    def client_era(self, params: Raw | UnsetType, headers: Headers) -> Era:
+        """The era a client request speaks: the header says so, or the `_meta` envelope does."""
+        version = header_value(headers, "Mcp-Protocol-Version")
+        if version in MODERN_VERSIONS:
+            return Era.MODERN
+        if params is UNSET or not _contains(params, _VERSION_KEY_BYTES):
+            return Era.LEGACY
+        meta = self._meta_of(params)
+        return Era.MODERN if meta is not None and PROTOCOL_VERSION_KEY in meta else Era.LEGACY
+
+    def requested_version(self, params: Raw | UnsetType) -> str:
+        """The version a legacy `initialize` asks for, answered with it or our latest."""
+        if params is UNSET:
+            return LATEST_HANDSHAKE
+        try:
+            asked = self._init_params.decode(params).protocolVersion
+        except msgspec.MsgspecError:
+            return LATEST_HANDSHAKE
+        return asked if asked in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
+
+    def client_capabilities(self, params: Raw | UnsetType) -> Raw:
+        """`capabilities` of a legacy `initialize`, kept to envelope its later requests."""
+        if params is UNSET:
+            return EMPTY_OBJECT
+        try:
+            return _copy(self._init_params.decode(params).capabilities)
+        except msgspec.MsgspecError:
+            return EMPTY_OBJECT
+
+    # ------------------------------------------------------------------ translating requests
+
+    def legacy_params(self, params: Raw | UnsetType) -> Raw | UnsetType:
+        """Strip the 2026-07-28 envelope for a handshake-era server."""
+        if params is UNSET or not _contains(params, _RESERVED_BYTES):
+            return params
+        members = self.codec.members(params)
+        meta = members.get(META)
+        if meta is None:
+            return params
+        kept = {k: v for k, v in self.codec.members(meta).items() if not k.startswith(RESERVED_PREFIX)}
+        if kept:
+            members[META] = Raw(self.codec.encode(kept))
+        else:
+            del members[META]
+        return Raw(self.codec.encode(members))
+
+    def modern_params(self, params: Raw | UnsetType, capabilities: Raw, client_info: Raw) -> Raw:
+        """Add the 2026-07-28 envelope for a stateless server on behalf of a legacy client."""
+        members = {} if params is UNSET else self.codec.members(params)
+        meta = self.codec.members(members[META]) if META in members else {}
+        envelope = self.codec.members(self.codec.encode(_Envelope(MODERN_VERSION, capabilities, client_info)))
+        meta.update(envelope)
+        members[META] = Raw(self.codec.encode(meta))
+        return Raw(self.codec.encode(members))
+
+    def target_name(self, method: str, params: Raw | UnsetType) -> str | None:
+        """The tool/prompt name or resource URI a request addresses, when it has one."""
+        key = NAMED_METHODS.get(method)
+        if key is None or params is UNSET:
+            return None
+        value = self.codec.members(params).get(key)
+        if value is None:
+            return None
+        try:
+            name = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            return None
+        return name if isinstance(name, str) else None
+
+    # ------------------------------------------------------------------ translating results
+
+    def modern_result(self, method: str, result: Raw, server_info: Raw) -> Raw:
+        """A handshake-era result made a 2026-07-28 one: `resultType`, cache directives
+        (immediately stale and private: a handshake-era server gave no freshness hint),
+        and the serverInfo stamp."""
+        members = self.codec.members(result)
+        members.setdefault("resultType", Raw(b'"complete"'))
+        if method in CACHEABLE_METHODS:
+            members.setdefault("ttlMs", Raw(b"0"))
+            members.setdefault("cacheScope", Raw(b'"private"'))
+        meta = self.codec.members(members[META]) if META in members else {}
+        meta.setdefault(SERVER_INFO_KEY, server_info)
+        members[META] = Raw(self.codec.encode(meta))
+        return Raw(self.codec.encode(members))
+
+    def legacy_result(self, result: Raw) -> Raw:
+        """A 2026-07-28 result made a handshake-era one: drop the keys older clients reject."""
+        members = self.codec.members(result)
+        if not MODERN_ONLY_RESULT_KEYS.intersection(members) and META not in members:
+            return result
+        for key in MODERN_ONLY_RESULT_KEYS:
+            members.pop(key, None)
+        if META in members:
+            meta = {k: v for k, v in self.codec.members(members[META]).items() if k != SERVER_INFO_KEY}
+            if meta:
+                members[META] = Raw(self.codec.encode(meta))
+            else:
+                del members[META]
+        return Raw(self.codec.encode(members))
+
+    # ------------------------------------------------------------------ local answers
+
+    def initialize_result(self, info: UpstreamInfo, version: str) -> Raw:
+        """Answer a legacy client's `initialize` from what the server told the gateway."""
+        body: dict[str, object] = {
+            "protocolVersion": version,
+            "capabilities": info.capabilities,
+            "serverInfo": info.server_info,
+        }
+        if info.instructions:
+            body["instructions"] = info.instructions
+        return Raw(self.codec.encode(body))
+
+    def discover_result(self, info: UpstreamInfo) -> Raw:
+        """Answer a 2026-07-28 client's `server/discover` for a handshake-era server."""
+        body: dict[str, object] = {
+            "supportedVersions": list(MODERN_VERSIONS),
+            "capabilities": info.capabilities,
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            META: {SERVER_INFO_KEY: info.server_info},
+        }
+        if info.instructions:
+            body["instructions"] = info.instructions
+        return Raw(self.codec.encode(body))
+
+    def _meta_of(self, params: Raw) -> dict[str, Raw] | None:
+        try:
+            meta = self.codec.members(params).get(META)
+            return None if meta is None else self.codec.members(meta)
+        except msgspec.MsgspecError:
+            return None
+
+
+def _copy(raw: Raw) -> Raw:
+    """A Raw that owns its bytes (a decoded Raw is a view of the whole buffer)."""
+    return Raw(bytes(raw))
+
+
+def _contains(raw: Raw, needle: bytes) -> bool:
+    """A cheap pre-check before any parsing: does the raw JSON mention `needle` at all?"""
+    return needle in memoryview(raw).tobytes()

@@ -1,0 +1,135 @@
+"""The gateway's error hierarchy, named by who caused each error.
+
+    GatewayError
+    ├── ConfigError              routing.yaml is wrong (exit status 2)
+    ├── CommandError             the MCP client / command is wrong        -> JSON-RPC error
+    │   └── UnknownChannel       no such channel on this gateway          (400, -32603)
+    ├── UpstreamError            the MCP server failed                    -> -32603 + tunnel_failure
+    │   ├── UpstreamUnavailable  not running / connection failed / died
+    │   ├── UpstreamProtocolError  answered something that is not MCP
+    │   └── UpstreamHttpError    answered an HTTP error without a JSON-RPC body
+    └── ControlPlaneError        the control plane refused or failed
+
+The JSON-RPC code, HTTP status and provenance are class attributes or fields;
+`gateway.dispatch` turns an error into a wire response, in that one place.
+Messages never carry secrets, URLs, raw bodies or exception text from peers.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from gateway.wire import INTERNAL_ERROR, TunnelFailure
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A configuration file is wrong: names the file, the key and what was expected."""
+
+    def __init__(self, file: str, key: str, expected: str) -> None:
+        self.file, self.key, self.expected = file, key, expected
+        super().__init__(f"{file}: {key}: expected {expected}")
+
+
+class CommandError(GatewayError):
+    """The command (or the MCP request inside it) cannot be served as sent."""
+
+    code: ClassVar[int] = INTERNAL_ERROR
+    status: ClassVar[int] = 400
+
+
+class UnknownChannel(CommandError):
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"unknown channel {channel!r}: this gateway serves no such channel")
+
+
+class UpstreamError(GatewayError):
+    """The upstream MCP server could not give a valid JSON-RPC answer."""
+
+    status: ClassVar[int] = 502
+    reason: ClassVar[str] = "Bad Gateway"
+
+    def __init__(self, message: str, failure: TunnelFailure) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+    @property
+    def resp_code(self) -> int:
+        status = self.failure.upstream_status
+        return status if isinstance(status, int) else self.status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The server is not running, could not be reached, or went away mid-call."""
+
+    @classmethod
+    def closed(cls, server: str, kind: str = "eof") -> UpstreamUnavailable:
+        return cls(
+            f"upstream {server!r} closed the connection",
+            TunnelFailure(source="transport_closed", transport_error_kind=kind, upstream_response_received=False),
+        )
+
+    @classmethod
+    def connect(cls, server: str, kind: str = "connection_refused") -> UpstreamUnavailable:
+        return cls(
+            f"upstream {server!r} could not be reached",
+            TunnelFailure(source="connect", transport_error_kind=kind, upstream_response_received=False),
+        )
+
+    @classmethod
+    def timeout(cls, server: str) -> UpstreamUnavailable:
+        return cls(
+            f"upstream {server!r} did not answer in time",
+            TunnelFailure(source="timeout", transport_error_kind="timeout", upstream_response_received=False),
+        )
+
+    @classmethod
+    def dns(cls, server: str) -> UpstreamUnavailable:
+        return cls(
+            f"upstream {server!r} could not be resolved",
+            TunnelFailure(source="dns", transport_error_kind="dns", upstream_response_received=False),
+        )
+
+    @classmethod
+    def tls(cls, server: str) -> UpstreamUnavailable:
+        return cls(
+            f"upstream {server!r} failed the TLS handshake",
+            TunnelFailure(source="tls", transport_error_kind="tls", upstream_response_received=False),
+        )
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The server answered, but not with valid MCP / JSON-RPC."""
+
+    def __init__(self, server: str, kind: str, *, received: bool = True) -> None:
+        super().__init__(
+            f"upstream {server!r} sent an invalid answer ({kind})",
+            TunnelFailure(source="protocol", transport_error_kind=kind, upstream_response_received=received),
+        )
+
+
+class UpstreamHttpError(UpstreamError):
+    """The server answered an HTTP error status with no JSON-RPC body."""
+
+    def __init__(self, server: str, status: int) -> None:
+        super().__init__(
+            f"upstream {server!r} answered HTTP {status}",
+            TunnelFailure(
+                source="target_http",
+                transport_error_kind="http_status",
+                upstream_response_received=True,
+                upstream_status=status,
+            ),
+        )
+
+
+class ControlPlaneError(GatewayError):
+    """The control plane refused a request or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after

@@ -1,0 +1,177 @@
+"""The relay's configuration: frozen msgspec Structs for `relay.yaml` and `load_relay_config()`.
+
+Owns the file's shape, its defaults and its error messages (file, key path, what
+was expected). Builds no runtime objects and resolves no secrets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Final
+
+import msgspec
+import msgspec.yaml
+from msgspec import Meta, Struct
+
+DEFAULT_LISTEN: Final = "127.0.0.1:8780"
+DEFAULT_ALLOWED_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
+MIB: Final = 1024 * 1024
+
+TUNNEL_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""Tunnel ids are opaque, but they sit in URL paths, so the relay only accepts path-safe ones."""
+
+TunnelId = Annotated[str, Meta(pattern=TUNNEL_ID_PATTERN)]
+SecretRef = Annotated[str, Meta(min_length=1)]
+"""`env:VAR`, `file:/path` (relative paths are taken from the config file's folder) or a literal."""
+
+
+class RelayConfigError(Exception):
+    """`relay.yaml` is unreadable or invalid; the message names the file, the key and what was expected."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One tunnel the relay serves: who may poll it and who may call it."""
+
+    gateway_key: SecretRef
+    """The gateway's Bearer key for the tunnel API (a secret reference)."""
+    client_tokens: list[SecretRef] = []
+    """Bearer tokens MCP clients must present; empty = the MCP endpoint is open."""
+    name: str = ""
+    description: str = ""
+
+
+class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole `relay.yaml`."""
+
+    listen: str = DEFAULT_LISTEN
+    """`host:port` (`[v6]:port` for IPv6); port 0 picks a free one."""
+    tunnels: dict[TunnelId, TunnelSpec]
+    allowed_hosts: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ALLOWED_HOSTS))
+    """Host names (no port) accepted in the MCP endpoint's `Host` header; `*` allows any."""
+    allowed_origins: list[str] = []
+    """Exact `Origin` values accepted besides loopback origins, which are always allowed."""
+    queue_max: Annotated[int, Meta(ge=1)] = 1000
+    """Queued (not yet polled) commands per tunnel."""
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * MIB
+    response_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
+    """How long an MCP caller waits for the terminal frame."""
+    client_seen_grace_s: Annotated[float, Meta(ge=0)] = 30.0
+    """A gateway counts as connected while it polls and this long after its last poll ended."""
+    poll_max_wait_ms: Annotated[int, Meta(ge=1)] = 25000
+    """Default and cap of a poll's `timeout_ms`."""
+
+    def __post_init__(self) -> None:
+        try:
+            parse_listen(self.listen)
+        except ValueError as exc:
+            # msgspec turns this into a ValidationError; the suffix gives it a key path.
+            raise ValueError(f"{exc} - at `$.listen`") from None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port` -> (host, port); IPv6 hosts are bracketed (`[::1]:8780`) and returned bare."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"Expected `host:port`, got {listen!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"Expected a port from 0 to 65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        bare = host[1:-1]
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ValueError(f"Expected an IPv6 address inside brackets, got {host!r}") from None
+        return bare, port
+    if ":" in host:
+        raise ValueError(f"Expected IPv6 hosts in brackets (`[::1]:{port}`), got {listen!r}")
+    return host, port
+
+
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `(?P<path>[^`]*)`(?: in `(?P<parent>[^`]*)`)?)?$", re.DOTALL)
+
+
+def _split_validation(message: str) -> tuple[str, str]:
+    """msgspec's "Expected X - at `$.a.b`" -> ("$.a.b", "Expected X")."""
+    match = _AT.match(message)
+    if match is None:  # pragma: no cover - the pattern matches any string
+        return "$", message
+    path = match["path"] or "$"
+    if match["parent"]:  # a dict key failed: "- at `key` in `$.tunnels`"
+        path = f"{match['parent']} (a key)"
+    return path, match["problem"]
+
+
+def _locate_tunnel(data: bytes, path: str, problem: str) -> tuple[str, str]:
+    """msgspec reports a failing tunnel as `$.tunnels[...]` (or a bad id as a key of
+    `$.tunnels`); find which one it is."""
+    bad_key = path == "$.tunnels (a key)"
+    if "$.tunnels[...]" not in path and not bad_key:
+        return path, problem
+    try:
+        loose = msgspec.yaml.decode(data)
+    except msgspec.DecodeError:  # pragma: no cover - it decoded a moment ago
+        return path, problem
+    tunnels = loose.get("tunnels") if isinstance(loose, dict) else None
+    if not isinstance(tunnels, dict):  # pragma: no cover - msgspec just said it is a mapping
+        return path, problem
+    for tunnel_id, spec in tunnels.items():
+        if bad_key:
+            if not isinstance(tunnel_id, str) or re.match(TUNNEL_ID_PATTERN, tunnel_id) is None:
+                return f"$.tunnels.{tunnel_id}", f"tunnel id {problem[0].lower()}{problem[1:]}"
+            continue
+        try:
+            msgspec.convert(spec, TunnelSpec)
+        except msgspec.ValidationError as exc:
+            inner, inner_problem = _split_validation(str(exc))
+            return f"$.tunnels.{tunnel_id}{inner.removeprefix('$')}", inner_problem
+    return path, problem
+
+
+def _absolute_file_refs(config: RelayConfig, base: Path) -> RelayConfig:
+    """Make relative `file:` secret references relative to the config file's folder."""
+
+    def fix(ref: str) -> str:
+        if ref.startswith("file:") and not Path(ref[5:]).is_absolute():
+            return f"file:{base / ref[5:]}"
+        return ref
+
+    tunnels = {
+        tunnel_id: msgspec.structs.replace(
+            spec, gateway_key=fix(spec.gateway_key), client_tokens=[fix(t) for t in spec.client_tokens]
+        )
+        for tunnel_id, spec in config.tunnels.items()
+    }
+    return msgspec.structs.replace(config, tunnels=tunnels)
+
+
+def decode_relay_config(data: bytes | str, *, source: str = "<relay config>") -> RelayConfig:
+    """Decode YAML text into a RelayConfig; errors name `source`, the key and what was expected."""
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        return msgspec.yaml.decode(raw, type=RelayConfig)
+    except msgspec.ValidationError as exc:
+        path, problem = _split_validation(str(exc))
+        path, problem = _locate_tunnel(raw, path, problem)
+        raise RelayConfigError(source, path, problem) from None
+    except msgspec.DecodeError as exc:
+        raise RelayConfigError(source, "$", f"not valid YAML ({exc})") from None
+
+
+def load_relay_config(path: str | Path) -> RelayConfig:
+    """Read and validate `relay.yaml`; raises RelayConfigError naming the file, key and expectation."""
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise RelayConfigError(str(file), "$", f"cannot read the file ({exc.strerror})") from None
+    config = decode_relay_config(data, source=str(file))
+    return _absolute_file_refs(config, file.resolve().parent)

@@ -1,0 +1,221 @@
+"""Relay errors, named by who caused them, and their one translation into HTTP responses.
+
+Every failure the relay reports is a `RelayError` subclass whose status, API error
+code and extra headers are class attributes; `error_middleware` is the only place
+one becomes a response. The tree::
+
+    RelayError (500, server_error)
+    ├── CallerError                      the MCP client's request is at fault (4xx)
+    │   ├── HostNotAllowed (403)         DNS-rebinding protection: Host not allowed
+    │   ├── OriginNotAllowed (403)
+    │   ├── MissingSessionId (400 missing_mcp_session_id)
+    │   ├── ClientUnauthorized (401 + WWW-Authenticate: Bearer)
+    │   ├── InvalidJsonRpc (400, JSON-RPC error body)
+    │   └── MethodNotAllowed (405 + Allow)
+    ├── GatewayError                     the tunnel client's request is at fault (4xx)
+    │   ├── GatewayUnauthorized (401 tunnel_use_forbidden)
+    │   ├── InvalidParameter (400)
+    │   ├── InvalidPayload (400 invalid_json_payload)
+    │   ├── PendingNotFound (404 pending_request_not_found)
+    │   ├── ShardMismatch (401 tunnel_request_mismatch)
+    │   └── FrameBacklog (429 rate_limit_exceeded + Retry-After)
+    ├── TunnelNotFound (404)             either side named a tunnel the relay does not serve
+    ├── InvalidChannel (400 invalid_channel_format)
+    ├── BodyTooLarge (413 request_body_too_large)
+    ├── QueueFull (429 tunnel_queue_full + Retry-After)
+    ├── ClientNotSeen (503 tunnel_client_not_seen)
+    ├── RelayClosing (503)
+    └── CallerTimeout (504)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from gateway.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
+
+log = logging.getLogger("gateway.relay")
+
+
+class RelayError(Exception):
+    """Base of every error the relay answers with; maps to an APIErrorResponse."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str | None] = None
+    default_message: ClassVar[str] = "internal relay error"
+    extra_headers: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.param = param
+
+    @property
+    def error_type(self) -> str:
+        return "server_error" if self.status >= 500 else "invalid_request_error"
+
+    def to_response(self, codec: Codec) -> web.Response:
+        body = codec.api_error(self.message, self.error_type, self.code, self.param)
+        return web.Response(status=self.status, body=body, content_type="application/json", headers=self.extra_headers)
+
+
+class CallerError(RelayError):
+    status = 400
+    default_message = "bad request"
+
+
+class HostNotAllowed(CallerError):
+    status = 403
+    default_message = "the Host header names a host this relay does not serve"
+
+
+class OriginNotAllowed(CallerError):
+    status = 403
+    default_message = "requests from this Origin are not allowed"
+
+
+class MissingSessionId(CallerError):
+    code = "missing_mcp_session_id"
+    default_message = "DELETE needs the Mcp-Session-Id header of the session to end"
+
+
+class ClientUnauthorized(CallerError):
+    status = 401
+    code = "tunnel_use_forbidden"
+    default_message = "a valid Bearer token for this tunnel is required"
+    extra_headers = {"WWW-Authenticate": "Bearer"}
+
+
+class InvalidJsonRpc(CallerError):
+    """The MCP request body is not one JSON-RPC message; answered as a JSON-RPC error."""
+
+    def __init__(self, message: str, *, rpc_code: int) -> None:
+        super().__init__(message)
+        self.rpc_code = rpc_code
+
+    def to_response(self, codec: Codec) -> web.Response:
+        body = codec.error_response(NULL_ID, self.rpc_code, self.message)
+        return web.Response(status=self.status, body=body, content_type="application/json")
+
+    @classmethod
+    def parse_error(cls, message: str) -> InvalidJsonRpc:
+        return cls(message, rpc_code=PARSE_ERROR)
+
+    @classmethod
+    def invalid_request(cls, message: str) -> InvalidJsonRpc:
+        return cls(message, rpc_code=INVALID_REQUEST)
+
+
+class MethodNotAllowed(CallerError):
+    status = 405
+    default_message = "this endpoint accepts POST and DELETE; the relay offers no standalone SSE stream"
+    extra_headers = {"Allow": "POST, DELETE"}
+
+
+class GatewayError(RelayError):
+    status = 400
+    default_message = "bad request"
+
+
+class GatewayUnauthorized(GatewayError):
+    status = 401
+    code = "tunnel_use_forbidden"
+    default_message = "a valid Bearer key for this tunnel is required"
+
+
+class InvalidParameter(GatewayError):
+    default_message = "invalid parameter"
+
+
+class InvalidPayload(GatewayError):
+    code = "invalid_json_payload"
+    default_message = "the body is not a valid TunnelResponsePayload JSON object"
+
+
+class PendingNotFound(GatewayError):
+    status = 404
+    code = "pending_request_not_found"
+    default_message = "the pending request was already processed, expired, or never existed"
+
+
+class ShardMismatch(GatewayError):
+    status = 401
+    code = "tunnel_request_mismatch"
+    default_message = "the shard token does not belong to this request"
+
+
+class FrameBacklog(GatewayError):
+    status = 429
+    code = "rate_limit_exceeded"
+    default_message = "the MCP caller has not consumed earlier frames yet; retry shortly"
+    extra_headers = {"Retry-After": "1"}
+
+
+class TunnelNotFound(RelayError):
+    status = 404
+    default_message = "this relay serves no such tunnel"
+
+
+class InvalidChannel(RelayError):
+    status = 400
+    code = "invalid_channel_format"
+    default_message = "channel names use lowercase letters, digits, '-' and '_' (at most 64)"
+
+
+class BodyTooLarge(RelayError):
+    status = 413
+    code = "request_body_too_large"
+    default_message = "the request body exceeds the relay's byte limit"
+
+
+class QueueFull(RelayError):
+    status = 429
+    code = "tunnel_queue_full"
+    default_message = "the tunnel's queue is full; retry shortly"
+    extra_headers = {"Retry-After": "1"}
+
+
+class ClientNotSeen(RelayError):
+    status = 503
+    code = "tunnel_client_not_seen"
+    default_message = "no tunnel client has polled this tunnel recently"
+
+
+class RelayClosing(RelayError):
+    status = 503
+    default_message = "the relay is shutting down"
+
+
+class CallerTimeout(RelayError):
+    status = 504
+    default_message = "the tunnel client did not answer in time"
+
+
+def error_middleware(codec: Codec) -> Middleware:
+    """The one translation of errors into responses: RelayError and aiohttp's own 4xx/5xx
+    become APIErrorResponse bodies; anything unexpected is logged and becomes a bare 500."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RelayError as exc:
+            return exc.to_response(codec)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+            body = codec.api_error(exc.reason, kind, None)
+            return web.Response(status=exc.status, body=body, content_type="application/json", headers=headers)
+        except ConnectionResetError:
+            raise  # the peer left; there is nobody to answer
+        except Exception:
+            log.exception("relay: unexpected error handling %s %s", request.method, request.path)
+            return RelayError().to_response(codec)
+
+    return middleware

@@ -1,0 +1,272 @@
+"""The relay's front door: the Streamable HTTP MCP endpoint MCP clients call.
+
+Owns `/v1/mcp/{tunnel_id}[/{channel}]`: admission, turning a POST or DELETE into a
+queued command, and turning that command's frames into a JSON, SSE or empty
+answer with the contract's status mapping. Queueing is the backend's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import Final
+
+import msgspec
+from aiohttp import web
+from msgspec import UNSET, Raw
+
+from gateway.relay.config import RelayConfig
+from gateway.relay.errors import (
+    CallerTimeout,
+    ClientNotSeen,
+    InvalidJsonRpc,
+    MethodNotAllowed,
+    MissingSessionId,
+    RelayError,
+    TunnelNotFound,
+)
+from gateway.relay.guard import Credentials, HostGuard, check_channel, check_client, read_body
+from gateway.relay.queue import Command, QueueBackend, new_command
+from gateway.wire import (
+    COMMAND_JSONRPC,
+    COMMAND_SESSION_END,
+    INTERNAL_ERROR,
+    JSONRPC_VERSION,
+    Codec,
+    Headers,
+    TunnelResponsePayload,
+    allowed_response_headers,
+    strip_hop_by_hop,
+)
+
+DEFAULT_CHANNEL: Final = "main"
+SESSION_HEADER: Final = "Mcp-Session-Id"
+_KEPT_2XX: Final = frozenset({200, 201, 202, 204})
+_STANDARD_STATUSES: Final = frozenset(status.value for status in HTTPStatus)
+_NO_BODY: Final = frozenset({204, 304})
+
+ResponseHeaders = list[tuple[str, str]]
+
+
+def map_status(resp_code: int) -> int:
+    """The contract's status mapping from a frame's `resp_code` to the caller's HTTP status:
+    1xx -> 502; 200/201/202/204 kept, other 2xx -> 200; standard 3xx-5xx kept; anything else -> 502."""
+    if 200 <= resp_code < 300:
+        return resp_code if resp_code in _KEPT_2XX else 200
+    if 300 <= resp_code < 600 and resp_code in _STANDARD_STATUSES:
+        return resp_code
+    return 502
+
+
+def forwarded_headers(request: web.Request, *, drop_authorization: bool) -> Headers:
+    """The caller's headers as the command carries them: multi-valued, original spelling,
+    minus hop-by-hop headers, Host and Content-Length, and minus `Authorization` when
+    it held the relay's own credential."""
+    headers: Headers = {}
+    spelling: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = spelling.setdefault(name.lower(), str(name))
+        headers.setdefault(key, []).append(value)
+    headers = strip_hop_by_hop(headers)
+    if drop_authorization:
+        headers = {name: values for name, values in headers.items() if name.lower() != "authorization"}
+    return headers
+
+
+def response_headers(frame: TunnelResponsePayload) -> ResponseHeaders:
+    """The frame's headers the caller may see (the contract's allowlist, every value
+    kept); Content-Type is the relay's to set."""
+    if frame.resp_headers is UNSET:
+        return []
+    return [
+        (name, value)
+        for name, values in allowed_response_headers(frame.resp_headers).items()
+        if name.lower() != "content-type"
+        for value in values
+    ]
+
+
+def accepts_sse(request: web.Request) -> bool:
+    for value in request.headers.getall("Accept", []):
+        for media_range in value.split(","):
+            if media_range.split(";", 1)[0].strip().lower() == "text/event-stream":
+                return True
+    return False
+
+
+def sse_event(data: bytes) -> bytes:
+    """One `message` event; a multi-line payload becomes several `data:` lines."""
+    lines = data.splitlines() or [b""]
+    return b"event: message\n" + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+
+
+def json_answer(frame: TunnelResponsePayload, status: int | None = None) -> web.Response:
+    """A frame as a plain HTTP answer: mapped status, allowed headers, `resp_json` bytes as body."""
+    code = map_status(frame.resp_code) if status is None else status
+    headers = response_headers(frame)
+    body = b""
+    if frame.resp_json is not UNSET and code not in _NO_BODY:
+        body = bytes(frame.resp_json)
+        headers.append(("Content-Type", "application/json"))
+    return web.Response(status=code, body=body, headers=headers)
+
+
+class FrontDoor:
+    """Handlers for the MCP-client-facing endpoint of one relay."""
+
+    def __init__(self, config: RelayConfig, credentials: Credentials, backend: QueueBackend, codec: Codec) -> None:
+        self._config = config
+        self._credentials = credentials
+        self._backend = backend
+        self._codec = codec
+        self._hosts = HostGuard(config.allowed_hosts, config.allowed_origins)
+
+    def routes(self) -> list[web.RouteDef]:
+        routes: list[web.RouteDef] = []
+        for path in ("/v1/mcp/{tunnel_id}", "/v1/mcp/{tunnel_id}/{channel}"):
+            routes += [
+                web.post(path, self.post),
+                web.delete(path, self.delete),
+                web.route("*", path, self.other),
+            ]
+        return routes
+
+    def _admit(self, request: web.Request) -> tuple[str, str, Headers]:
+        """Host/Origin, tunnel, channel and client token, in that order -> (tunnel, channel, headers)."""
+        self._hosts.check(request)
+        tunnel_id = request.match_info["tunnel_id"]
+        credentials = self._credentials.get(tunnel_id)
+        if credentials is None:
+            raise TunnelNotFound()
+        channel = check_channel(request.match_info.get("channel", DEFAULT_CHANNEL))
+        relay_credential = check_client(request, credentials)
+        return tunnel_id, channel, forwarded_headers(request, drop_authorization=relay_credential)
+
+    def _parse(self, body: bytes) -> msgspec.Raw | None:
+        """Validate one JSON-RPC message; its raw id when it is a request, else None."""
+        try:
+            message = self._codec.message(body)
+        except msgspec.ValidationError as exc:
+            raise InvalidJsonRpc.invalid_request(f"not a JSON-RPC message object: {exc}") from None
+        except msgspec.DecodeError:
+            raise InvalidJsonRpc.parse_error("the body is not valid JSON") from None
+        if message.jsonrpc != JSONRPC_VERSION:
+            raise InvalidJsonRpc.invalid_request('"jsonrpc" must be "2.0"')
+        if message.method is not UNSET and message.id is not UNSET:  # a request
+            return Raw(bytes(message.id))
+        if message.is_notification or message.is_response:
+            return None
+        raise InvalidJsonRpc.invalid_request("not a JSON-RPC request, notification or response")
+
+    async def _enqueue(
+        self, tunnel_id: str, channel: str, headers: Headers, command_type: str, jsonrpc: Raw | None
+    ) -> Command:
+        if not (await self._backend.status(tunnel_id)).client_seen:
+            raise ClientNotSeen()
+        deadline = asyncio.get_running_loop().time() + self._config.response_timeout_s
+        command = new_command(
+            command_type=command_type,
+            channel=channel,
+            headers=headers,
+            deadline=deadline,
+            jsonrpc=UNSET if jsonrpc is None else jsonrpc,
+        )
+        await self._backend.enqueue(tunnel_id, command)
+        return command
+
+    async def _terminal(self, tunnel_id: str, command: Command) -> TunnelResponsePayload:
+        """Skip intermediate frames until the terminal one; CallerTimeout at the deadline."""
+        try:
+            async with asyncio.timeout_at(command.deadline):
+                while True:
+                    frame = await self._backend.next_frame(tunnel_id, command.request_id)
+                    if frame.is_terminal:
+                        return frame
+        except TimeoutError:
+            raise CallerTimeout() from None
+
+    # ----------------------------------------------------------------------- handlers
+
+    async def other(self, request: web.Request) -> web.Response:
+        """GET (no standalone SSE stream here) and any other method: 405 after admission."""
+        self._admit(request)
+        raise MethodNotAllowed()
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        tunnel_id, channel, headers = self._admit(request)
+        body = await read_body(request, self._config.max_body_bytes)
+        rpc_id = self._parse(body)
+        command = await self._enqueue(tunnel_id, channel, headers, COMMAND_JSONRPC, Raw(body))
+        try:
+            if rpc_id is None:
+                frame = await self._terminal(tunnel_id, command)
+                if frame.resp_code >= 400:
+                    return json_answer(frame)
+                return json_answer(msgspec.structs.replace(frame, resp_json=UNSET), status=202)
+            return await self._answer_request(request, tunnel_id, command, rpc_id)
+        finally:
+            await self._backend.discard(tunnel_id, command.request_id)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        tunnel_id, channel, headers = self._admit(request)
+        if not request.headers.get(SESSION_HEADER):
+            raise MissingSessionId(param=SESSION_HEADER)
+        command = await self._enqueue(tunnel_id, channel, headers, COMMAND_SESSION_END, None)
+        try:
+            frame = await self._terminal(tunnel_id, command)
+        finally:
+            await self._backend.discard(tunnel_id, command.request_id)
+        return json_answer(msgspec.structs.replace(frame, resp_json=UNSET))
+
+    # ----------------------------------------------------------------------- request answers
+
+    async def _answer_request(
+        self, request: web.Request, tunnel_id: str, command: Command, rpc_id: Raw
+    ) -> web.StreamResponse:
+        """JSON when the terminal frame comes first (or SSE is not accepted); an SSE
+        stream as soon as a notification frame arrives for a caller that accepts it."""
+        sse_ok = accepts_sse(request)
+        stream: web.StreamResponse | None = None
+        try:
+            async with asyncio.timeout_at(command.deadline):
+                while True:
+                    frame = await self._backend.next_frame(tunnel_id, command.request_id)
+                    if stream is None:
+                        if frame.is_terminal:
+                            return json_answer(frame)
+                        if not sse_ok or frame.resp_json is UNSET:
+                            continue  # a notification the caller cannot receive
+                        stream = await self._open_stream(request, frame)
+                    if frame.resp_json is not UNSET:
+                        await stream.write(sse_event(bytes(frame.resp_json)))
+                    if frame.is_terminal:
+                        await stream.write_eof()
+                        return stream
+        except TimeoutError:
+            if stream is None:
+                raise CallerTimeout() from None
+            return await self._end_stream(stream, rpc_id, CallerTimeout.default_message)
+        except RelayError as exc:
+            if stream is None:
+                raise
+            return await self._end_stream(stream, rpc_id, exc.message)
+        except ConnectionResetError:
+            if stream is None:
+                raise
+            return stream  # the caller left mid-stream; nobody is there to answer
+
+    async def _open_stream(self, request: web.Request, first: TunnelResponsePayload) -> web.StreamResponse:
+        stream = web.StreamResponse(status=200, headers=response_headers(first))
+        stream.headers["Content-Type"] = "text/event-stream"
+        stream.headers["Cache-Control"] = "no-cache"
+        await stream.prepare(request)
+        return stream
+
+    async def _end_stream(self, stream: web.StreamResponse, rpc_id: Raw, message: str) -> web.StreamResponse:
+        """Close a stream whose terminal frame will not come with a JSON-RPC error for the request."""
+        try:
+            await stream.write(sse_event(self._codec.error_response(rpc_id, INTERNAL_ERROR, message)))
+            await stream.write_eof()
+        except ConnectionResetError:
+            pass
+        return stream

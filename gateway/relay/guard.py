@@ -1,0 +1,166 @@
+"""Admission to the relay: resolved credentials, Bearer checks, Host/Origin checks, body limits.
+
+Owns who may call which endpoint and how much they may send. Knows nothing of
+queues or frames; secrets never appear in its errors or logs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+
+from gateway.relay.config import RelayConfig, RelayConfigError
+from gateway.relay.errors import (
+    BodyTooLarge,
+    ClientUnauthorized,
+    GatewayUnauthorized,
+    HostNotAllowed,
+    InvalidChannel,
+    OriginNotAllowed,
+)
+from gateway.secrets import Secret, SecretError, resolve
+
+_CHUNK: Final = 64 * 1024
+_CHANNEL: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_LOOPBACK_ORIGIN: Final = re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelCredentials:
+    """The resolved secrets of one tunnel."""
+
+    gateway_key: Secret
+    client_tokens: tuple[Secret, ...] = ()
+
+
+Credentials = Mapping[str, TunnelCredentials]
+"""Tunnel id -> its resolved secrets."""
+
+
+def resolve_credentials(config: RelayConfig, *, source: str = "<relay config>") -> dict[str, TunnelCredentials]:
+    """Resolve every tunnel's secret references once; a failure names the key, never the value."""
+    resolved: dict[str, TunnelCredentials] = {}
+    for tunnel_id, spec in config.tunnels.items():
+        key_path = f"$.tunnels.{tunnel_id}.gateway_key"
+        try:
+            gateway_key = resolve(spec.gateway_key)
+            tokens: list[Secret] = []
+            for index, ref in enumerate(spec.client_tokens):
+                key_path = f"$.tunnels.{tunnel_id}.client_tokens[{index}]"
+                tokens.append(resolve(ref))
+        except SecretError as exc:
+            raise RelayConfigError(source, key_path, str(exc)) from None
+        resolved[tunnel_id] = TunnelCredentials(gateway_key, tuple(tokens))
+    return resolved
+
+
+# --------------------------------------------------------------------------- Bearer
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of the request's one `Authorization: Bearer <token>` header, or None."""
+    values = request.headers.getall("Authorization", [])
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def _matches_any(presented: str | None, secrets: Iterable[Secret]) -> bool:
+    """Constant-time comparison against every secret (no early exit on a match)."""
+    wanted = (presented or "").encode()
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(wanted, secret.reveal().encode())
+    return found and presented is not None
+
+
+def check_gateway(request: web.Request, credentials: TunnelCredentials) -> None:
+    """The tunnel API's Bearer gateway key; raises GatewayUnauthorized."""
+    if not _matches_any(bearer_token(request), (credentials.gateway_key,)):
+        raise GatewayUnauthorized()
+
+
+def check_client(request: web.Request, credentials: TunnelCredentials) -> bool:
+    """The MCP endpoint's Bearer client token when the tunnel has any; raises ClientUnauthorized.
+
+    Returns True when `Authorization` carried the relay's own credential, which
+    must then be kept away from the MCP server.
+    """
+    if not credentials.client_tokens:
+        return False
+    if not _matches_any(bearer_token(request), credentials.client_tokens):
+        raise ClientUnauthorized()
+    return True
+
+
+# --------------------------------------------------------------------------- Host / Origin
+
+
+def host_name(host_header: str) -> str:
+    """`Host` header -> host name without port, lowercased (`[::1]:8780` -> `[::1]`)."""
+    value = host_header.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[: end + 1] if end != -1 else value
+    name, sep, port = value.rpartition(":")
+    return name if sep and port.isdigit() else value
+
+
+class HostGuard:
+    """DNS-rebinding protection for the MCP endpoint: `Host` and `Origin` allowlists."""
+
+    def __init__(self, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]) -> None:
+        hosts = {h.strip().lower() for h in allowed_hosts}
+        self._any_host = "*" in hosts
+        self._hosts = frozenset(hosts)
+        self._origins = frozenset(o.strip() for o in allowed_origins)
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if self._any_host:
+            return True
+        return host_header is not None and host_name(host_header) in self._hosts
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if origin is None:
+            return True
+        return origin in self._origins or _LOOPBACK_ORIGIN.fullmatch(origin) is not None
+
+    def check(self, request: web.Request) -> None:
+        if not self.host_allowed(request.headers.get("Host")):
+            raise HostNotAllowed()
+        origins = request.headers.getall("Origin", [])
+        if len(origins) > 1 or not self.origin_allowed(origins[0] if origins else None):
+            raise OriginNotAllowed()
+
+
+# --------------------------------------------------------------------------- channels and bodies
+
+
+def check_channel(name: str, *, param: str = "channel") -> str:
+    """A channel name as the contract allows it (`^[a-z0-9][a-z0-9_-]{0,63}$`); InvalidChannel otherwise."""
+    if _CHANNEL.fullmatch(name) is None:
+        raise InvalidChannel(param=param)
+    return name
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, or BodyTooLarge as soon as it is known to exceed `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,157 @@
+"""The Secure MCP Tunnel v1 API the relay serves to gateways: metadata, poll, response.
+
+Owns parameter and payload validation for `/v1/tunnels/{tunnel_id}[/poll|/response]`
+and the wire encoding of what it returns; queueing is the backend's, errors
+become responses in the error middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Final
+
+import msgspec
+from aiohttp import web
+from msgspec import UNSET, Raw
+
+from gateway.relay.config import RelayConfig
+from gateway.relay.errors import InvalidParameter, InvalidPayload, TunnelNotFound
+from gateway.relay.guard import Credentials, TunnelCredentials, check_channel, check_gateway, read_body
+from gateway.relay.queue import QueueBackend
+from gateway.wire import (
+    MAX_POLL_LIMIT,
+    RESP_JSONRPC,
+    RESP_NOTIFY,
+    RESP_NOTIFY_ACK,
+    RESP_SESSION_END,
+    Codec,
+    PolledCommandList,
+    TunnelClientMetadata,
+    TunnelResponseAck,
+    TunnelResponsePayload,
+)
+
+SHARD_HEADER: Final = "X-Tunnel-Shard-Token"
+INSTANCE_HEADER: Final = "X-Tunnel-Client-Instance-Id"
+
+_RESPONSE_TYPES: Final = frozenset({RESP_JSONRPC, RESP_NOTIFY, RESP_NOTIFY_ACK, RESP_SESSION_END})
+_PAYLOAD_FIELDS: Final = frozenset(TunnelResponsePayload.__struct_fields__)
+_DIGITS: Final = re.compile(r"[0-9]+")
+_HUGE: Final = 10**18
+_NULL: Final = b"null"
+
+
+def _connected(request: web.Request) -> bool:
+    """Whether the poller is still there to receive what a poll would take."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+def _int_param(request: web.Request, name: str, *, default: int, low: int, high: int | None) -> int:
+    """A non-negative decimal query parameter within [low, high]; InvalidParameter otherwise."""
+    values = request.query.getall(name, [])
+    if not values:
+        return default
+    text = values[0]
+    if len(values) > 1 or _DIGITS.fullmatch(text) is None:
+        raise InvalidParameter(f"{name} must be one integer", param=name)
+    value = int(text) if len(text) < 18 else _HUGE  # no giant-int parsing; huge is huge
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise InvalidParameter(f"{name} must be {bounds}", param=name)
+    return value
+
+
+class TunnelAPI:
+    """Handlers for the gateway-facing v1 endpoints of one relay."""
+
+    def __init__(self, config: RelayConfig, credentials: Credentials, backend: QueueBackend, codec: Codec) -> None:
+        self._config = config
+        self._credentials = credentials
+        self._backend = backend
+        self._codec = codec
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/tunnels/{tunnel_id}", self.metadata, allow_head=False),
+            web.get("/v1/tunnels/{tunnel_id}/poll", self.poll, allow_head=False),
+            web.post("/v1/tunnels/{tunnel_id}/response", self.response),
+        ]
+
+    def _authorize(self, request: web.Request) -> tuple[str, TunnelCredentials]:
+        tunnel_id = request.match_info["tunnel_id"]
+        credentials = self._credentials.get(tunnel_id)
+        if credentials is None:
+            raise TunnelNotFound()
+        check_gateway(request, credentials)
+        return tunnel_id, credentials
+
+    def _json(self, obj: object) -> web.Response:
+        return web.Response(body=self._codec.encode(obj), content_type="application/json")
+
+    # ----------------------------------------------------------------------- handlers
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        tunnel_id, _ = self._authorize(request)
+        spec = self._config.tunnels[tunnel_id]
+        return self._json(TunnelClientMetadata(id=tunnel_id, name=spec.name, description=spec.description))
+
+    async def poll(self, request: web.Request) -> web.Response:
+        tunnel_id, _ = self._authorize(request)
+        cap = self._config.poll_max_wait_ms
+        limit = _int_param(request, "limit", default=1, low=1, high=MAX_POLL_LIMIT)
+        timeout_ms = min(cap, _int_param(request, "timeout_ms", default=cap, low=1, high=None))
+        channels = frozenset(check_channel(c) for c in request.query.getall("channel", []))
+        commands = await self._backend.take(
+            tunnel_id,
+            limit=limit,
+            timeout_s=timeout_ms / 1000,
+            channels=channels,
+            instance_id=request.headers.get(INSTANCE_HEADER),
+            wanted=lambda: _connected(request),
+        )
+        if not commands:
+            return web.Response(status=204)
+        now = asyncio.get_running_loop().time()
+        return self._json(PolledCommandList([command.polled(now) for command in commands]))
+
+    async def response(self, request: web.Request) -> web.Response:
+        tunnel_id, _ = self._authorize(request)
+        shard_token = request.headers.get(SHARD_HEADER)
+        if not shard_token:
+            raise InvalidParameter(f"the {SHARD_HEADER} header is required", param=SHARD_HEADER)
+        body = await read_body(request, self._config.max_body_bytes)
+        frame = self._decode_frame(body)
+        await self._backend.deliver(tunnel_id, shard_token, frame)
+        return self._json(TunnelResponseAck())
+
+    # ----------------------------------------------------------------------- payloads
+
+    def _decode_frame(self, body: bytes) -> TunnelResponsePayload:
+        """A strict `TunnelResponsePayload`: a JSON object, no unknown fields, a known
+        `resp_type`, `resp_json` an object (null = absent), `channel` well-formed (null = absent)."""
+        try:
+            members = self._codec.members(body)
+        except msgspec.DecodeError:
+            raise InvalidPayload("the body is not a JSON object") from None
+        unknown = sorted(set(members) - _PAYLOAD_FIELDS)
+        if unknown:
+            raise InvalidPayload(f"unknown field {unknown[0]!r}", param=unknown[0])
+        try:
+            frame = self._codec.payload(body)
+        except msgspec.DecodeError as exc:
+            raise InvalidPayload(f"invalid TunnelResponsePayload: {exc}") from None
+        if frame.resp_type not in _RESPONSE_TYPES:
+            raise InvalidPayload("unknown resp_type", param="resp_type")
+        if isinstance(frame.channel, str):
+            check_channel(frame.channel)
+        if frame.resp_json is not UNSET:
+            raw = bytes(frame.resp_json)
+            if raw == _NULL:
+                frame = msgspec.structs.replace(frame, resp_json=UNSET)
+            elif not raw.startswith(b"{"):
+                raise InvalidPayload("resp_json must be a JSON object", param="resp_json")
+            else:
+                frame = msgspec.structs.replace(frame, resp_json=Raw(raw))
+        return frame

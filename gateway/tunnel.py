@@ -1,0 +1,243 @@
+"""The outbound channel to the control plane: poll loop, response POSTs, retry policy.
+
+Owns the v1 client side of the wire (identity headers, auth, `GET /poll` with
+backpressure, `POST /response` with the shard-token header) and when to retry.
+Knows nothing about upstreams: commands go to a `CommandSink`, frames come in
+as encoded payloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import aiohttp
+import msgspec
+from msgspec import Raw
+
+from gateway import __version__
+from gateway.errors import ControlPlaneError
+from gateway.secrets import Secret
+from gateway.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
+
+log = logging.getLogger(__name__)
+
+CLIENT_NAME: Final = "mcp-tunnel-gateway"
+RETRY_POST_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
+RETRY_AFTER_CAP_S: Final = 300.0
+AUTH_BACKOFF_S: Final = 30.0
+POST_ATTEMPTS_WITHOUT_DEADLINE: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who this gateway says it is on every control-plane request."""
+
+    instance_id: str
+    server_info: str | None
+    name: str = CLIENT_NAME
+    version: str = __version__
+
+    @classmethod
+    def new(cls, server_info: str | None) -> Identity:
+        return cls(instance_id=uuid.uuid4().hex, server_info=server_info)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, base: float = 0.2, cap: float = 30.0, rand: Callable[[], float] = random.random) -> None:
+        self._base, self._cap, self._rand = base, cap, rand
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self._cap, self._base * 2**self._attempt)
+        self._attempt += 1
+        return float(ceiling * self._rand())
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or HTTP date), capped; None when absent,
+    malformed, negative or in the past."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_CAP_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return min(delta, RETRY_AFTER_CAP_S) if delta > 0 else None
+
+
+class CommandSink(Protocol):
+    """Where polled commands go (the dispatcher)."""
+
+    @property
+    def free(self) -> int: ...
+
+    async def wait_capacity(self) -> None: ...
+
+    def submit(self, command: PolledCommand, received_at: float) -> None: ...
+
+
+class ControlPlane:
+    """HTTP client for one tunnel on one control plane."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        tunnel_id: str,
+        api_key: Secret,
+        identity: Identity,
+        codec: Codec,
+    ) -> None:
+        self._session = session
+        base = f"{base_url.rstrip('/')}/v1/tunnels/{tunnel_id}"
+        self._metadata_url, self._poll_url, self._response_url = base, f"{base}/poll", f"{base}/response"
+        self._codec = codec
+        self._metadata = msgspec.json.Decoder(TunnelClientMetadata)
+        headers = {
+            "Authorization": f"Bearer {api_key.reveal()}",
+            "Accept": "application/json",
+            "X-Tunnel-Client-Name": identity.name,
+            "X-Tunnel-Client-Version": identity.version,
+            "X-Tunnel-Client-Instance-Id": identity.instance_id,
+        }
+        if identity.server_info is not None:
+            headers["X-Tunnel-MCP-Server-Info"] = identity.server_info
+        self._headers = headers
+        self.last_poll_ok: float | None = None
+
+    async def metadata(self) -> TunnelClientMetadata:
+        async with self._session.get(self._metadata_url, headers=self._headers) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise _refused("metadata", resp)
+        try:
+            return self._metadata.decode(body)
+        except msgspec.MsgspecError as exc:
+            raise ControlPlaneError("control plane sent invalid tunnel metadata") from exc
+
+    async def poll(self, limit: int, timeout_ms: int) -> tuple[float, list[Raw]]:
+        """One long-poll: (receipt time on the loop clock, raw commands)."""
+        params = {"limit": str(limit), "timeout_ms": str(timeout_ms)}
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._session.get(self._poll_url, params=params, headers=self._headers) as resp:
+                received = loop.time()
+                if resp.status == 204:
+                    self.last_poll_ok = received
+                    return received, []
+                if resp.status != 200:
+                    raise _refused("poll", resp)
+                body = await resp.read()
+        except aiohttp.ClientError as exc:
+            raise ControlPlaneError(f"poll failed: {type(exc).__name__}") from exc
+        self.last_poll_ok = received
+        try:
+            return received, self._codec.batch(body).commands
+        except msgspec.MsgspecError as exc:
+            raise ControlPlaneError("control plane sent a poll body that is not a command list") from exc
+
+    async def post(self, body: bytes, shard_token: str, *, terminal: bool) -> bool:
+        """Deliver one response frame; retries what the contract allows.
+
+        Returns True when accepted, False when the control plane no longer
+        wants it (404) or a notify could not be delivered. The caller bounds
+        the whole exchange by the command's deadline.
+        """
+        headers = {**self._headers, "Content-Type": "application/json", "X-Tunnel-Shard-Token": shard_token}
+        backoff = Backoff(base=0.1, cap=5.0)
+        attempts = 0
+        while True:
+            attempts += 1
+            retry_after: float | None = None
+            try:
+                async with self._session.post(self._response_url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        return True
+                    if resp.status == 404:
+                        log.info("control plane no longer waits for this response (404)")
+                        return False
+                    retryable = resp.status in RETRY_POST_STATUSES if terminal else resp.status == 429
+                    if not retryable:
+                        log.warning("control plane refused a response frame: HTTP %d", resp.status)
+                        return False
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            except aiohttp.ClientConnectionError as exc:
+                if not terminal:
+                    log.warning("notify frame not delivered: %s", type(exc).__name__)
+                    return False
+            if attempts >= POST_ATTEMPTS_WITHOUT_DEADLINE * (4 if terminal else 1):
+                log.warning("giving up on a response frame after %d attempts", attempts)
+                return False
+            await asyncio.sleep(max(backoff.next(), retry_after or 0.0))
+
+
+def _refused(what: str, resp: aiohttp.ClientResponse) -> ControlPlaneError:
+    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+    return ControlPlaneError(f"control plane refused {what}: HTTP {resp.status}", resp.status, retry_after)
+
+
+class Poller:
+    """The single poll loop: asks only for free capacity, hands commands to the sink."""
+
+    def __init__(self, control_plane: ControlPlane, sink: CommandSink, codec: Codec, timeout_ms: int) -> None:
+        self._cp = control_plane
+        self._sink = sink
+        self._codec = codec
+        self._timeout_ms = timeout_ms
+        self._backoff = Backoff()
+        self._auth_reported = False
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            await self._sink.wait_capacity()
+            limit = max(1, min(MAX_POLL_LIMIT, self._sink.free))
+            try:
+                received, commands = await self._cp.poll(limit, self._timeout_ms)
+            except ControlPlaneError as exc:
+                await asyncio.sleep(self._delay_after(exc))
+                continue
+            self._backoff.reset()
+            self._auth_reported = False
+            for raw in commands:
+                try:
+                    command = self._codec.command(raw)
+                except msgspec.MsgspecError as exc:
+                    log.error("dropped a malformed command from the control plane: %s", exc)
+                    continue
+                self._sink.submit(command, received)
+
+    def _delay_after(self, exc: ControlPlaneError) -> float:
+        delay = self._backoff.next()
+        retry_after = exc.retry_after
+        if exc.status in (401, 403):
+            if not self._auth_reported:
+                log.error(
+                    "control plane rejected the tunnel credentials (HTTP %d): check tunnel_id and api_key",
+                    exc.status,
+                )
+                self._auth_reported = True
+            delay = max(delay, AUTH_BACKOFF_S)
+        else:
+            log.warning("%s; retrying in %.1fs", exc, max(delay, retry_after or 0.0))
+        return max(delay, retry_after or 0.0)

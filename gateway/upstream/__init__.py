@@ -1,0 +1,1 @@
+"""Transports to MCP servers: the Upstream contract and its stdio and HTTP implementations."""

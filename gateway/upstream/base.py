@@ -1,0 +1,143 @@
+"""The Upstream contract: what every transport to an MCP server provides.
+
+Owns the types exchanged between the channel layer and a transport (`Call`,
+`Notify`, `Reply`, `UpstreamInfo`) and the abstract `Upstream`. Knows nothing
+of the tunnel; every transport passes the same contract suite in the tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from msgspec import UNSET, Raw, UnsetType
+
+from gateway.errors import UpstreamUnavailable
+
+from gateway.wire import Headers
+
+
+class Era(enum.Enum):
+    """The MCP generation a peer speaks."""
+
+    LEGACY = "legacy"
+    """Handshake era: `initialize`, sessions (2024-11-05 … 2025-11-25)."""
+    MODERN = "modern"
+    """Stateless era: per-request `_meta` envelope, `server/discover` (2026-07-28)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamInfo:
+    """What the server said about itself when the gateway connected to it."""
+
+    era: Era
+    protocol_version: str
+    capabilities: Raw
+    server_info: Raw
+    instructions: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One JSON-RPC message for the server, taken apart so a transport can re-id it.
+
+    `id` is None for notifications. `params` is relayed as raw bytes.
+    `headers` are the ones the transport should send (HTTP only); the channel
+    layer has already decided them. `own_session` asks an HTTP transport to use
+    the session the gateway holds with the server instead of the client's.
+    """
+
+    method: str
+    id: Raw | None
+    params: Raw | UnsetType = UNSET
+    headers: Headers = field(default_factory=dict)
+    own_session: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """A server message sent while the call runs (progress, logging …): one JSON-RPC message."""
+
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The terminal answer: a JSON-RPC response body (empty for acks) and its HTTP framing."""
+
+    status: int
+    body: bytes = b""
+    headers: Headers = field(default_factory=dict)
+
+
+Frame = Notify | Reply
+
+
+class Upstream(abc.ABC):
+    """A connection to one MCP server.
+
+    `start()` connects and learns the server's era (a `server/discover` probe,
+    falling back to `initialize`), `exchange()` runs one call and yields zero or
+    more `Notify` frames then exactly one `Reply`, or raises `UpstreamError`.
+    Cancelling the iteration abandons the call (the transport cleans up).
+    """
+
+    transport: str
+    """`stdio` or `http` (telemetry: `network.transport` is `pipe` or `tcp`)."""
+
+    def __init__(self, name: str, ready_timeout_s: float) -> None:
+        self.name = name
+        self._info: UpstreamInfo | None = None
+        self._ready = asyncio.Event()
+        self._ready_timeout_s = ready_timeout_s
+
+    @property
+    def info(self) -> UpstreamInfo | None:
+        """What the server reported at connect time; None while it is not up."""
+        return self._info
+
+    @property
+    def ready(self) -> bool:
+        return self._info is not None
+
+    def _up(self, info: UpstreamInfo) -> None:
+        self._info = info
+        self._ready.set()
+
+    def _down(self) -> None:
+        self._info = None
+        self._ready.clear()
+
+    async def wait_info(self) -> UpstreamInfo:
+        """The server's info, waiting (bounded) while it starts or restarts."""
+        if self._info is None:
+            try:
+                await asyncio.wait_for(self._ready.wait(), self._ready_timeout_s)
+            except TimeoutError:
+                raise UpstreamUnavailable.connect(self.name, "dial") from None
+        assert self._info is not None
+        return self._info
+
+    @property
+    def holds_sessions(self) -> bool:
+        """True when the server keeps per-client sessions the client must address (HTTP, legacy)."""
+        return False
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect and probe; returns once the server answered or the attempt failed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop the server connection (and the process, for stdio)."""
+
+    @abc.abstractmethod
+    def exchange(self, call: Call) -> AsyncIterator[Frame]:
+        """Run one call: zero or more Notify, then exactly one Reply."""
+
+    @abc.abstractmethod
+    async def end_session(self, headers: Headers) -> Reply:
+        """Close the client session named in `headers` (`session_termination`)."""

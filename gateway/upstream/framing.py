@@ -1,0 +1,120 @@
+"""Newline-delimited JSON-RPC framing for stdio servers, and the id/token remapping table.
+
+Owns turning a byte stream into whole lines (bounded in size) and the
+bookkeeping that lets many concurrent requests share one pipe: gateway-issued
+ids and progress tokens mapped to the calls that own them. Sans-IO: no asyncio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A line longer than the limit was skipped (its length, as far as it was seen)."""
+
+    length: int
+
+
+class LineDecoder:
+    """Split a byte stream at `\\n` into lines of at most `limit` bytes.
+
+    Lines are yielded without the terminator (a trailing `\\r` is dropped too);
+    blank lines are skipped. A line over the limit is discarded up to its end
+    and reported once as `Oversized`, so one runaway message cannot exhaust
+    memory or desynchronize the stream.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffer = bytearray()
+        self._skipping = 0
+
+    def feed(self, chunk: bytes) -> Iterator[bytes | Oversized]:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                self._take(chunk[start:])
+                return
+            piece = chunk[start:end]
+            start = end + 1
+            if self._skipping:
+                yield Oversized(self._skipping + len(piece))
+                self._skipping = 0
+                continue
+            if len(self._buffer) + len(piece) > self._limit:
+                yield Oversized(len(self._buffer) + len(piece))
+                self._buffer.clear()
+                continue
+            if self._buffer:
+                self._buffer += piece
+                line = bytes(self._buffer)
+                self._buffer.clear()
+            else:
+                line = piece
+            line = line.rstrip(b"\r")
+            if line.strip():
+                yield line
+
+    def _take(self, rest: bytes) -> None:
+        if self._skipping:
+            self._skipping += len(rest)
+        elif len(self._buffer) + len(rest) > self._limit:
+            self._skipping = len(self._buffer) + len(rest)
+            self._buffer.clear()
+        else:
+            self._buffer += rest
+
+
+class IdTable(Generic[T]):
+    """Gateway-issued JSON-RPC ids (and progress tokens) mapped to their owners.
+
+    Ids are integers that are never reused for the life of the table, so a late
+    reply for a retired id can never reach a newer call.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._owners: dict[int, T] = {}
+        self._tokens: dict[str, tuple[T, bytes]] = {}
+
+    def issue(self, owner: T) -> int:
+        self._next += 1
+        self._owners[self._next] = owner
+        return self._next
+
+    def issue_token(self, owner: T, original: bytes) -> str:
+        """A fresh progress token standing for the client's `original` (raw JSON)."""
+        self._next += 1
+        token = f"gw-{self._next}"
+        self._tokens[token] = (owner, original)
+        return token
+
+    def owner(self, id: int) -> T | None:
+        return self._owners.get(id)
+
+    def token_owner(self, token: str) -> tuple[T, bytes] | None:
+        return self._tokens.get(token)
+
+    def retire(self, id: int, token: str | None = None) -> None:
+        self._owners.pop(id, None)
+        if token is not None:
+            self._tokens.pop(token, None)
+
+    def owners(self) -> list[T]:
+        return list(self._owners.values())
+
+    def clear(self) -> list[T]:
+        owners = list(self._owners.values())
+        self._owners.clear()
+        self._tokens.clear()
+        return owners
+
+    def __len__(self) -> int:
+        return len(self._owners)

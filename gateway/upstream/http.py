@@ -1,0 +1,518 @@
+"""The Streamable HTTP transport: one MCP server reached over HTTP(S).
+
+Owns the HTTP side of MCP for one server: the era probe (`server/discover`,
+falling back to `initialize`), the gateway's own legacy session, request
+headers, JSON and SSE answers turned into `Notify`/`Reply` frames, and the
+translation of aiohttp failures into `UpstreamError`s (in `map_aiohttp_errors`,
+nowhere else). Uses a shared aiohttp session it does not own; knows nothing of
+the tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import re
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import Final
+
+import aiohttp
+import msgspec
+from msgspec import UNSET, Raw
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config import HttpSpec
+from gateway.eras import MODERN_VERSION, Bridge
+from gateway.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
+from gateway.sse import SseEventTooLarge, SseParser
+from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.wire import (
+    HOP_BY_HOP,
+    Headers,
+    JsonRpcMessage,
+    TunnelFailure,
+    allowed_response_headers,
+    header_value,
+    strip_hop_by_hop,
+)
+
+JSON: Final = "application/json"
+EVENT_STREAM: Final = "text/event-stream"
+ACCEPT: Final = f"{JSON}, {EVENT_STREAM}"
+SESSION_HEADER: Final = "Mcp-Session-Id"
+VERSION_HEADER: Final = "MCP-Protocol-Version"
+METHOD_HEADER: Final = "Mcp-Method"
+NAME_HEADER: Final = "Mcp-Name"
+
+PROBE_ID: Final = Raw(b'"gw-probe"')
+INIT_ID: Final = Raw(b'"gw-init"')
+CANCEL_TIMEOUT_S: Final = 1.0
+"""Budget for the best-effort `notifications/cancelled` after an abandoned legacy call."""
+CLOSE_TIMEOUT_S: Final = 2.0
+"""Budget for the best-effort DELETE of the gateway's own session at close."""
+_READ_CHUNK: Final = 64 * 1024
+
+_PROTECTED: Final = HOP_BY_HOP | {"content-type", "accept"}
+"""Request headers only the transport sets; a call's headers never override them."""
+_OWN_SESSION_HEADERS: Final = frozenset({SESSION_HEADER.lower(), VERSION_HEADER.lower()})
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_HEADER_SAFE: Final = re.compile(r"[\x20-\x7e]*")
+_B64_SENTINEL: Final = re.compile(r"=\?base64\?.*\?=")
+
+
+# --------------------------------------------------------------------------- failure translation
+
+
+@contextlib.contextmanager
+def map_aiohttp_errors(server: str) -> Iterator[None]:
+    """Translate aiohttp/socket failures into UpstreamErrors (the one place that does).
+
+    Messages name the server only: never the URL, the body or the peer's exception text.
+    """
+    try:
+        yield
+    except aiohttp.ClientConnectorDNSError as exc:
+        raise UpstreamUnavailable.dns(server) from exc
+    except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch, ssl.SSLError) as exc:
+        raise UpstreamUnavailable.tls(server) from exc
+    except aiohttp.ServerTimeoutError as exc:
+        raise UpstreamUnavailable.timeout(server) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise _connect_failure(server, exc.os_error.errno) from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise UpstreamUnavailable.closed(server, "connection_closed") from exc
+    except (aiohttp.ClientConnectionResetError, ConnectionResetError) as exc:
+        raise UpstreamUnavailable.closed(server, "connection_reset") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamUnavailable.closed(server, "unexpected_eof") from exc
+    except aiohttp.ClientResponseError as exc:  # unparseable status line or headers
+        raise UpstreamProtocolError(server, "non_protocol_response") from exc
+    except (aiohttp.ClientOSError, ConnectionError) as exc:
+        raise UpstreamUnavailable.closed(server, _closed_kind(exc.errno)) from exc
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        raise _internal(server) from exc
+    except aiohttp.ClientConnectionError as exc:
+        raise UpstreamUnavailable.closed(server, "unknown") from exc
+    except aiohttp.ClientError as exc:
+        raise _internal(server) from exc
+
+
+def _connect_failure(server: str, code: int | None) -> UpstreamUnavailable:
+    if code == errno.ETIMEDOUT:
+        return UpstreamUnavailable.timeout(server)
+    if code in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
+        return UpstreamUnavailable.closed(server, _closed_kind(code))
+    kinds = {
+        errno.ECONNREFUSED: "connection_refused",
+        errno.EHOSTUNREACH: "host_unreachable",
+        errno.ENETUNREACH: "network_unreachable",
+    }
+    return UpstreamUnavailable.connect(server, kinds.get(code or 0, "dial"))
+
+
+def _closed_kind(code: int | None) -> str:
+    kinds = {errno.ECONNRESET: "connection_reset", errno.EPIPE: "closed_pipe", errno.ECONNABORTED: "connection_aborted"}
+    return kinds.get(code or 0, "connection_closed")
+
+
+def _internal(server: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"upstream {server!r} could not be addressed",
+        TunnelFailure(source="client_internal", transport_error_kind="unknown", upstream_response_received=False),
+    )
+
+
+# --------------------------------------------------------------------------- the transport
+
+
+class HttpUpstream(Upstream):
+    """A Streamable HTTP MCP server, either era, over a shared aiohttp session."""
+
+    transport = "http"
+
+    def __init__(
+        self,
+        name: str,
+        spec: HttpSpec,
+        *,
+        session: aiohttp.ClientSession,
+        bridge: Bridge,
+        max_message_bytes: int,
+        extra_headers: dict[str, str],
+    ) -> None:
+        super().__init__(name)
+        self._url = spec.url
+        self._http = session
+        self._bridge = bridge
+        self._codec = bridge.codec
+        self._max = max_message_bytes
+        self._extra = dict(extra_headers)
+        self._extra_names = frozenset(k.lower() for k in extra_headers)
+        self._session_id: str | None = None
+        """The gateway's own session with a handshake-era server (None: modern, or none issued)."""
+        self._renewing = asyncio.Lock()
+        # Deadlines belong to the dispatcher: no total or read timeout here (SSE
+        # streams may idle); connect timeouts stay as the shared session has them.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=None, connect=session.timeout.connect, sock_connect=session.timeout.sock_connect
+        )
+
+    @property
+    def holds_sessions(self) -> bool:
+        return self._info is not None and self._info.era is Era.LEGACY
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Probe the era: `server/discover` first, `initialize` when the server does not speak 2026-07-28.
+
+        Connection failures raise UpstreamUnavailable (the server's era is not
+        decided by a network error); calling `start()` again retries.
+        """
+        info = await self._discover()
+        session_id = None
+        if info is None:
+            info, session_id = await self._initialize()
+        self._session_id = session_id
+        self._info = info
+
+    async def close(self) -> None:
+        """End the gateway's own legacy session (best effort); the shared aiohttp session stays open."""
+        session_id, self._session_id = self._session_id, None
+        info, self._info = self._info, None
+        if info is None or info.era is not Era.LEGACY or session_id is None:
+            return
+        headers = self._base_headers(json_body=False)
+        headers[SESSION_HEADER] = session_id
+        headers[VERSION_HEADER] = info.protocol_version
+        with contextlib.suppress(UpstreamError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S), self._request("DELETE", None, headers):
+                pass
+
+    async def end_session(self, headers: Headers) -> Reply:
+        """DELETE the client's session on a handshake-era server; 405 where there are no sessions."""
+        info = self._require_info()
+        if info.era is Era.MODERN:
+            return Reply(405)
+        session_id = header_value(headers, SESSION_HEADER)
+        if session_id is None or not _valid_value(session_id):
+            return Reply(400)
+        if session_id == self._session_id:
+            return Reply(404)  # the gateway's own session is not the client's to end
+        out = self._base_headers(json_body=False)
+        out[SESSION_HEADER] = session_id
+        version = header_value(headers, VERSION_HEADER)
+        if version is not None and _valid_value(version):
+            out[VERSION_HEADER] = version
+        async with self._request("DELETE", None, out) as resp:
+            return Reply(resp.status, b"", allowed_response_headers(_multi(resp.headers)))
+
+    # ------------------------------------------------------------------ calls
+
+    async def exchange(self, call: Call) -> AsyncIterator[Frame]:
+        """POST one message; yield the server's notifications, then its answer as the Reply."""
+        info = self._require_info()
+        body = (
+            self._codec.notification(call.method, call.params)
+            if call.id is None
+            else self._codec.request(call.id, call.method, call.params)
+        )
+        own = info.era is Era.LEGACY and call.own_session
+        finished = False
+        try:
+            for attempt in (1, 2):
+                info = self._require_info()  # a renewal may have changed the negotiated version
+                session_id = self._session_id if own else None
+                reply: Reply | None = None
+                async with self._request("POST", body, self._call_headers(call, info, session_id)) as resp:
+                    if resp.status == 404 and session_id is not None and attempt == 1:
+                        pass  # our own session expired: renew it below, then retry once
+                    else:
+                        async with contextlib.aclosing(self._answer(resp, call.id)) as frames:
+                            async for frame in frames:
+                                if isinstance(frame, Reply):
+                                    reply = frame
+                                else:
+                                    yield frame
+                if reply is not None:
+                    finished = True
+                    yield reply
+                    return
+                assert session_id is not None
+                await self._renew_session(session_id)
+        except (asyncio.CancelledError, GeneratorExit):
+            if not finished and call.id is not None and info.era is Era.LEGACY:
+                await self._send_cancel(call, info, self._session_id if own else None)
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ probing
+
+    async def _discover(self) -> UpstreamInfo | None:
+        headers = self._base_headers()
+        headers[VERSION_HEADER] = MODERN_VERSION
+        headers[METHOD_HEADER] = "server/discover"
+        body = self._codec.request(PROBE_ID, "server/discover", self._bridge.discover_params())
+        try:
+            reply = await self._roundtrip(body, headers, PROBE_ID)
+        except (UpstreamHttpError, UpstreamProtocolError):
+            return None  # not a 2026-07-28 answer: try the handshake
+        if not 200 <= reply.status < 300:
+            return None
+        message = self._codec.message(reply.body)
+        if message.result is UNSET:
+            return None
+        return self._bridge.info_from_discover(message.result)
+
+    async def _initialize(self) -> tuple[UpstreamInfo, str | None]:
+        """The handshake: `initialize`, then `notifications/initialized` in the new session."""
+        body = self._codec.request(INIT_ID, "initialize", self._bridge.initialize_params())
+        reply = await self._roundtrip(body, self._base_headers(), INIT_ID)
+        if reply.status >= 400:
+            raise UpstreamHttpError(self.name, reply.status)
+        message = self._codec.message(reply.body)
+        if message.result is UNSET:
+            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
+        try:
+            info = self._bridge.info_from_initialize(message.result)
+        except msgspec.MsgspecError:
+            raise UpstreamProtocolError(self.name, "invalid_protocol_response") from None
+        session_id = header_value(reply.headers, SESSION_HEADER)
+        if session_id is not None and not _valid_value(session_id):
+            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
+        headers = self._base_headers()
+        headers[VERSION_HEADER] = info.protocol_version
+        if session_id is not None:
+            headers[SESSION_HEADER] = session_id
+        done = await self._roundtrip(self._codec.notification("notifications/initialized", UNSET), headers, None)
+        if done.status >= 300:
+            raise UpstreamHttpError(self.name, done.status)
+        return info, session_id
+
+    async def _renew_session(self, stale: str) -> None:
+        """Re-initialize once after the server forgot our session (concurrent callers share one renewal)."""
+        async with self._renewing:
+            if self._session_id != stale:
+                return
+            info, self._session_id = await self._initialize()
+            self._info = info
+
+    async def _roundtrip(self, body: bytes, headers: CIMultiDict[str], id: Raw | None) -> Reply:
+        async with (
+            self._request("POST", body, headers) as resp,
+            contextlib.aclosing(self._answer(resp, id)) as frames,
+        ):
+            async for frame in frames:
+                if isinstance(frame, Reply):
+                    return frame
+        raise UpstreamUnavailable.closed(self.name, "unexpected_eof")  # pragma: no cover - _answer ends in a Reply
+
+    async def _send_cancel(self, call: Call, info: UpstreamInfo, session_id: str | None) -> None:
+        """Tell a handshake-era server an abandoned request is cancelled, bounded and awaited in place.
+
+        Runs while the calling task is being cancelled (or the generator closed):
+        no task is spawned; a second cancellation or the timeout just ends it.
+        A 2026-07-28 server is not told: on HTTP, closing the stream is the cancellation.
+        """
+        assert call.id is not None
+        params = Raw(self._codec.encode({"requestId": call.id, "reason": "cancelled by gateway"}))
+        cancel = Call("notifications/cancelled", None, params, call.headers, call.own_session)
+        body = self._codec.notification(cancel.method, params)
+        with contextlib.suppress(UpstreamError, TimeoutError):
+            async with (
+                asyncio.timeout(CANCEL_TIMEOUT_S),
+                self._request("POST", body, self._call_headers(cancel, info, session_id)),
+            ):
+                pass
+
+    # ------------------------------------------------------------------ HTTP
+
+    @contextlib.asynccontextmanager
+    async def _request(
+        self, method: str, body: bytes | None, headers: CIMultiDict[str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One HTTP request; the response is released when read to the end, closed (aborted) otherwise."""
+        with map_aiohttp_errors(self.name):
+            resp = await self._http.request(
+                method, self._url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+            )
+            completed = False
+            try:
+                yield resp
+                completed = True
+            finally:
+                if completed:
+                    resp.release()
+                else:
+                    resp.close()
+
+    def _base_headers(self, *, json_body: bool = True) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict()
+        if json_body:
+            headers["Content-Type"] = JSON
+            headers["Accept"] = ACCEPT
+        headers.update(self._extra)
+        return headers
+
+    def _call_headers(self, call: Call, info: UpstreamInfo, session_id: str | None) -> CIMultiDict[str]:
+        """Transport headers, then the call's (never overriding those or the spec's), then era headers."""
+        headers: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON, "Accept": ACCEPT})
+        own = info.era is Era.LEGACY and call.own_session
+        blocked = _PROTECTED | self._extra_names | (_OWN_SESSION_HEADERS if own else frozenset())
+        for name, values in strip_hop_by_hop(call.headers).items():
+            if name.lower() in blocked or not _TOKEN.fullmatch(name):
+                continue
+            for value in values:
+                if _valid_value(value):
+                    headers.add(name, value)
+        headers.update(self._extra)
+        if info.era is Era.MODERN:
+            headers.setdefault(VERSION_HEADER, MODERN_VERSION)
+            headers.setdefault(METHOD_HEADER, call.method)
+            if NAME_HEADER not in headers:
+                target = self._bridge.target_name(call.method, call.params)
+                if target is not None:
+                    headers[NAME_HEADER] = encode_header_value(target)
+        elif own:
+            headers[VERSION_HEADER] = info.protocol_version
+            if session_id is not None:
+                headers[SESSION_HEADER] = session_id
+        return headers
+
+    # ------------------------------------------------------------------ answers
+
+    async def _answer(self, resp: aiohttp.ClientResponse, id: Raw | None) -> AsyncGenerator[Frame, None]:
+        """The frames of one HTTP answer: Notify* then one Reply, or an UpstreamError."""
+        status = resp.status
+        headers = _multi(resp.headers)
+        mime = (resp.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+        if status >= 400:
+            body = await self._read_body(resp)
+            if mime == JSON and self._is_response(body):
+                yield Reply(status, body, headers)
+                return
+            raise UpstreamHttpError(self.name, status)
+        if not 200 <= status < 300:
+            raise UpstreamProtocolError(self.name, "non_protocol_response")
+        if id is None:  # a notification: the server's acceptance is the whole answer
+            yield Reply(status, b"", headers)
+            return
+        wanted = msgspec.json.decode(id)
+        if mime == EVENT_STREAM:
+            async for frame in self._stream(resp, wanted, headers):
+                yield frame
+            return
+        body = await self._read_body(resp)
+        if not body.strip():
+            raise UpstreamProtocolError(self.name, "response_body_missing")
+        if mime != JSON:
+            raise UpstreamProtocolError(self.name, "non_protocol_response")
+        message = self._response(body)
+        if message.id is UNSET or _id_of(message.id) not in (wanted, None):
+            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
+        yield Reply(status, body, headers)
+
+    async def _stream(
+        self, resp: aiohttp.ClientResponse, wanted: object, headers: Headers
+    ) -> AsyncGenerator[Frame, None]:
+        """An SSE answer: server messages become Notify; the response with our id ends it."""
+        parser = SseParser(max_event_bytes=self._max)
+        async for chunk in resp.content.iter_any():
+            try:
+                events = parser.feed(chunk)
+            except SseEventTooLarge:
+                raise UpstreamProtocolError(self.name, "response_body_too_large") from None
+            for event in events:
+                if not event.data.strip():
+                    continue  # priming or keep-alive event
+                message = self._message(event.data)
+                if message.method is not UNSET:
+                    yield Notify(event.data)
+                elif message.is_response and message.id is not UNSET:
+                    self._response(event.data)
+                    if _id_of(message.id) == wanted:
+                        yield Reply(resp.status, event.data, headers)
+                        return
+                    # a response to some other request does not belong on this stream: skip it
+                else:
+                    raise UpstreamProtocolError(self.name, "invalid_protocol_response")
+        raise UpstreamUnavailable.closed(self.name, "unexpected_eof")
+
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        if resp.content_length is not None and resp.content_length > self._max:
+            raise UpstreamProtocolError(self.name, "response_body_too_large")
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+            body += chunk
+            if len(body) > self._max:
+                raise UpstreamProtocolError(self.name, "response_body_too_large")
+        return bytes(body)
+
+    def _message(self, data: bytes) -> JsonRpcMessage:
+        try:
+            message = self._codec.message(data)
+        except msgspec.ValidationError:
+            raise UpstreamProtocolError(self.name, "invalid_protocol_response") from None
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(self.name, "malformed_json") from None
+        if message.jsonrpc != "2.0":
+            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
+        return message
+
+    def _response(self, data: bytes) -> JsonRpcMessage:
+        """A JSON-RPC response (result or a well-formed error), or UpstreamProtocolError."""
+        message = self._message(data)
+        if not message.is_response or message.id is UNSET:
+            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
+        if message.error is not UNSET:
+            try:
+                self._codec.error(message.error)
+            except msgspec.MsgspecError:
+                raise UpstreamProtocolError(self.name, "invalid_mcp_error") from None
+        return message
+
+    def _is_response(self, data: bytes) -> bool:
+        try:
+            self._response(data)
+        except UpstreamProtocolError:
+            return False
+        return True
+
+    def _require_info(self) -> UpstreamInfo:
+        if self._info is None:
+            raise UpstreamUnavailable.connect(self.name, "dial")
+        return self._info
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def encode_header_value(value: str) -> str:
+    """An `Mcp-Name`-style header value: verbatim when HTTP-safe, else the `=?base64?…?=` sentinel."""
+    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not _B64_SENTINEL.fullmatch(value):
+        return value
+    return f"=?base64?{base64.b64encode(value.encode()).decode('ascii')}?="
+
+
+def _valid_value(value: str) -> bool:
+    """A header value that cannot split or smuggle a header (no CR, LF or NUL)."""
+    return _FIELD_VALUE.fullmatch(value) is not None
+
+
+def _id_of(raw: Raw) -> object:
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return ...  # never equal to a decoded id
+
+
+def _multi(headers: CIMultiDictProxy[str]) -> Headers:
+    """Response headers as the tunnel carries them: name -> every value, in order."""
+    out: Headers = {}
+    for name, value in headers.items():
+        out.setdefault(name, []).append(value)
+    return out

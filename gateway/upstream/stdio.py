@@ -1,0 +1,330 @@
+"""The stdio transport: one supervised server process shared by many concurrent calls.
+
+Owns the process (spawned without a shell, stderr logged, restarted with capped
+backoff when it dies), the era handshake on each start, and the multiplexing of
+concurrent requests over one pipe by remapping JSON-RPC ids and progress
+tokens. Calls in flight when the process dies fail with `transport_closed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Final
+
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
+
+from gateway.config import ServerSpec, StdioSpec
+from gateway.eras import Bridge
+from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.upstream.framing import IdTable, LineDecoder, Oversized
+from gateway.wire import METHOD_NOT_FOUND, Codec, Headers, JsonRpcMessage
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S: Final = 5.0
+STOP_GRACE_S: Final = 2.0
+BACKOFF_START_S: Final = 0.1
+STABLE_AFTER_S: Final = 10.0
+"""A process that lived this long resets the restart backoff."""
+JSON_HEADERS: Final[Headers] = {"Content-Type": ["application/json"]}
+PROGRESS: Final = "notifications/progress"
+
+
+class _Call:
+    """One request in flight on the pipe: where its frames go, and its client-side id."""
+
+    __slots__ = ("client_id", "frames")
+
+    def __init__(self, client_id: Raw) -> None:
+        self.client_id = client_id
+        self.frames: asyncio.Queue[Frame | UpstreamError] = asyncio.Queue()
+
+
+class _Progress(msgspec.Struct):
+    progressToken: Raw
+
+
+class StdioUpstream(Upstream):
+    transport = "stdio"
+
+    def __init__(self, name: str, spec: ServerSpec, *, bridge: Bridge, max_message_bytes: int) -> None:
+        super().__init__(name, spec.startup_timeout_s)
+        assert spec.stdio is not None
+        self._spec = spec
+        self._stdio: StdioSpec = spec.stdio
+        self._bridge = bridge
+        self._codec: Codec = bridge.codec
+        self._limit = max_message_bytes
+        self._ids: IdTable[_Call] = IdTable()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._attempted = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._era_hint: Era | None = None
+        self._progress = msgspec.json.Decoder(_Progress)
+        self.restarts = 0
+        self.pid: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Spawn the process and wait (bounded) until it answered the handshake or failed."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"stdio-supervisor:{self.name}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._attempted.wait(), self._spec.startup_timeout_s)
+
+    async def close(self) -> None:
+        task, self._supervisor = self._supervisor, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = BACKOFF_START_S
+        while True:
+            began = loop.time()
+            try:
+                await self._run_once()
+            except OSError as exc:
+                log.error("stdio server %r could not be started: %s", self.name, exc.strerror or exc)
+            except Exception:
+                log.exception("stdio server %r: supervisor error", self.name)
+            finally:
+                self._down()
+                self._fail_all(UpstreamUnavailable.closed(self.name))
+            self._attempted.set()
+            if loop.time() - began > STABLE_AFTER_S:
+                backoff = BACKOFF_START_S
+            log.warning("stdio server %r stopped; restarting in %.1fs", self.name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._spec.restart_backoff_max_s)
+            self.restarts += 1
+
+    async def _run_once(self) -> None:
+        env = dict(os.environ) if self._stdio.inherit_env else {}
+        env.update(self._stdio.env)
+        proc = await asyncio.create_subprocess_exec(
+            self._stdio.command,
+            *self._stdio.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=self._stdio.cwd,
+            start_new_session=True,
+        )
+        self._proc, self.pid = proc, proc.pid
+        log.info("stdio server %r started (pid %d)", self.name, proc.pid)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                assert proc.stdout is not None
+                assert proc.stderr is not None
+                tasks.create_task(self._read(proc.stdout))
+                tasks.create_task(self._log_stderr(proc.stderr))
+                try:
+                    info = await asyncio.wait_for(self._handshake(), self._spec.startup_timeout_s)
+                except (TimeoutError, UpstreamError, msgspec.MsgspecError):
+                    log.error("stdio server %r did not complete the MCP handshake", self.name)
+                    await self._stop(proc)
+                else:
+                    self._up(info)
+                    self._attempted.set()
+                code = await proc.wait()
+                log.warning("stdio server %r exited with status %s", self.name, code)
+        finally:
+            self._proc = None
+            await self._stop(proc)
+
+    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
+        """Close stdin, then SIGTERM, then SIGKILL, each after a grace period."""
+        if proc.returncode is not None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        for signal_step in (None, proc.terminate, proc.kill):
+            if signal_step is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    signal_step()
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_GRACE_S)
+                return
+            except TimeoutError:
+                continue
+
+    async def _handshake(self) -> UpstreamInfo:
+        """Learn the era: `server/discover` first, `initialize` when that is not answered as modern."""
+        if self._era_hint is not Era.LEGACY:
+            self._era_hint = Era.LEGACY  # if the probe kills the process, the next start skips it
+            try:
+                reply = await asyncio.wait_for(
+                    self._request("server/discover", self._bridge.discover_params()), PROBE_TIMEOUT_S
+                )
+            except TimeoutError:
+                reply = None
+            if reply is not None and reply.result is not UNSET:
+                info = self._bridge.info_from_discover(reply.result)
+                if info is not None:
+                    self._era_hint = Era.MODERN
+                    return info
+        reply = await self._request("initialize", self._bridge.initialize_params())
+        if reply.result is UNSET:
+            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
+        info = self._bridge.info_from_initialize(reply.result)
+        await self._write(self._codec.notification("notifications/initialized", UNSET))
+        return info
+
+    async def _request(self, method: str, params: Raw) -> JsonRpcMessage:
+        """A request of the gateway's own (handshake): returns the decoded response."""
+        call = _Call(Raw(b"null"))
+        id = self._ids.issue(call)
+        try:
+            await self._write(self._codec.request(Raw(str(id).encode()), method, params))
+            frame = await call.frames.get()
+            while isinstance(frame, Notify):
+                frame = await call.frames.get()
+            if isinstance(frame, UpstreamError):
+                raise frame
+            return self._codec.message(frame.body)
+        finally:
+            self._ids.retire(id)
+
+    # ------------------------------------------------------------------ calls
+
+    @property
+    def pending(self) -> int:
+        return len(self._ids)
+
+    async def exchange(self, call: Call) -> AsyncIterator[Frame]:
+        await self.wait_info()
+        if call.id is None:
+            await self._write(self._codec.notification(call.method, call.params))
+            yield Reply(202)
+            return
+        pending = _Call(call.id)
+        id = self._ids.issue(pending)
+        params, token = self._rewrite_progress_token(call.params, pending)
+        try:
+            await self._write(self._codec.request(Raw(str(id).encode()), call.method, params))
+            while True:
+                frame = await pending.frames.get()
+                if isinstance(frame, UpstreamError):
+                    raise frame
+                yield frame
+                if isinstance(frame, Reply):
+                    return
+        finally:
+            self._ids.retire(id, token)
+
+    async def end_session(self, headers: Headers) -> Reply:
+        """A shared stdio process has no client sessions to close."""
+        return Reply(405)
+
+    async def _write(self, line: bytes) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            raise UpstreamUnavailable.closed(self.name, "closed_pipe")
+        try:
+            proc.stdin.write(line + b"\n")
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise UpstreamUnavailable.closed(self.name, "closed_pipe") from exc
+
+    def _rewrite_progress_token(self, params: Raw | UnsetType, call: _Call) -> tuple[Raw | UnsetType, str | None]:
+        """Give the server a gateway-unique progress token, so clients' tokens never collide."""
+        if params is UNSET or b"progressToken" not in bytes(params):
+            return params, None
+        members = self._codec.members(params)
+        meta_raw = members.get("_meta")
+        if meta_raw is None:
+            return params, None
+        meta = self._codec.members(meta_raw)
+        original = meta.get("progressToken")
+        if original is None:
+            return params, None
+        token = self._ids.issue_token(call, bytes(original))
+        meta["progressToken"] = Raw(self._codec.encode(token))
+        members["_meta"] = Raw(self._codec.encode(meta))
+        return Raw(self._codec.encode(members)), token
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
+        decoder = LineDecoder(self._limit)
+        while chunk := await stdout.read(65536):
+            for line in decoder.feed(chunk):
+                if isinstance(line, Oversized):
+                    log.warning("stdio server %r sent a %d-byte line over the limit", self.name, line.length)
+                    self._fail_lone(UpstreamProtocolError(self.name, "response_body_too_large"))
+                    continue
+                await self._route(line)
+
+    async def _route(self, line: bytes) -> None:
+        try:
+            message = self._codec.message(line)
+        except msgspec.MsgspecError:
+            log.warning("stdio server %r wrote a line that is not JSON-RPC", self.name)
+            self._fail_lone(UpstreamProtocolError(self.name, "malformed_json"))
+            return
+        if message.is_response:
+            self._deliver_response(message)
+        elif message.is_notification:
+            self._deliver_notification(message, line)
+        elif message.is_request:
+            # Server-to-client requests are not carried over the tunnel yet: answer so it never waits.
+            assert message.id is not UNSET
+            with contextlib.suppress(UpstreamError):
+                await self._write(
+                    self._codec.error_response(
+                        message.id, METHOD_NOT_FOUND, "the gateway does not relay server-to-client requests"
+                    )
+                )
+
+    def _deliver_response(self, message: JsonRpcMessage) -> None:
+        try:
+            id = int(bytes(message.id)) if message.id is not UNSET else -1
+        except ValueError:
+            id = -1
+        call = self._ids.owner(id)
+        if call is None:
+            log.debug("stdio server %r answered retired or unknown id", self.name)
+            return
+        call.frames.put_nowait(Reply(200, self._codec.response(call.client_id, message), JSON_HEADERS))
+
+    def _deliver_notification(self, message: JsonRpcMessage, line: bytes) -> None:
+        if message.method == PROGRESS and message.params is not UNSET:
+            with contextlib.suppress(msgspec.MsgspecError):
+                token = self._progress.decode(message.params).progressToken
+                owner = self._ids.token_owner(msgspec.json.decode(token)) if bytes(token)[:1] == b'"' else None
+                if owner is not None:
+                    call, original = owner
+                    members = self._codec.members(message.params)
+                    members["progressToken"] = Raw(original)
+                    call.frames.put_nowait(Notify(self._codec.notification(PROGRESS, Raw(self._codec.encode(members)))))
+                    return
+        calls = self._ids.owners()
+        if len(calls) == 1:
+            calls[0].frames.put_nowait(Notify(line))
+        else:
+            log.debug("stdio server %r sent %s with no single owner; dropped", self.name, message.method)
+
+    def _fail_lone(self, error: UpstreamError) -> None:
+        """A message that cannot be attributed fails the call only when exactly one is in flight."""
+        calls = self._ids.owners()
+        if len(calls) == 1:
+            calls[0].frames.put_nowait(error)
+
+    def _fail_all(self, error: UpstreamError) -> None:
+        for call in self._ids.clear():
+            call.frames.put_nowait(error)
+
+    async def _log_stderr(self, stderr: asyncio.StreamReader) -> None:
+        while line := await stderr.readline():
+            log.info("[%s] %s", self.name, line.decode(errors="replace").rstrip())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command (CI runs it through .ci/run): ruff, mypy (strict, on the packages
+# named in pyproject.toml), then pytest with any extra arguments. Every step runs; the script exits
+# non-zero if any failed, and treats pytest collecting no tests (exit 5) as a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/bootstrap.sh test || exit 1
+
+failed=()
+.venv/bin/ruff check . || failed+=("ruff")
+.venv/bin/mypy || failed+=("mypy")
+.venv/bin/pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+    echo "test.sh: pytest collected no tests" >&2
+fi
+[ "$rc" -eq 0 ] || failed+=("pytest (exit $rc)")
+
+if [ "${#failed[@]}" -ne 0 ]; then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi

@@ -1,0 +1,96 @@
+"""A scripted, non-SDK stdio MCP server for fault tests (standard library only, handshake era only).
+
+Reads newline-delimited JSON-RPC on stdin and answers `initialize`, `ping`, `tools/list` and
+`tools/call` of its one tool `echo`; any other request (`server/discover` included) gets -32601.
+Flags change what happens when `tools/call` arrives:
+  --malformed     answer with a line that is not JSON, then carry on serving
+  --die-on-call   exit with status 4 without answering
+  --hang-on-call  never answer that call (other requests are still served)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+ECHO_TOOL = {
+    "name": "echo",
+    "description": "Return `text` unchanged.",
+    "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+}
+
+
+def send(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def result(req_id: Any, value: dict[str, Any]) -> None:
+    send({"jsonrpc": "2.0", "id": req_id, "result": value})
+
+
+def error(req_id: Any, code: int, message: str) -> None:
+    send({"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message}})
+
+
+def handle(request: dict[str, Any], flags: argparse.Namespace) -> None:
+    method, req_id, params = request.get("method"), request.get("id"), request.get("params") or {}
+    if "id" not in request:
+        return  # a notification: nothing to answer
+    if method == "initialize":
+        asked = params.get("protocolVersion")
+        result(
+            req_id,
+            {
+                "protocolVersion": asked if asked in VERSIONS else VERSIONS[-1],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "raw-stdio", "version": "0.0.1"},
+            },
+        )
+    elif method == "ping":
+        result(req_id, {})
+    elif method == "tools/list":
+        result(req_id, {"tools": [ECHO_TOOL]})
+    elif method == "tools/call":
+        if flags.malformed:
+            sys.stdout.write("this is not json {\n")
+            sys.stdout.flush()
+        elif flags.die_on_call:
+            sys.exit(4)
+        elif flags.hang_on_call:
+            return
+        elif params.get("name") == "echo":
+            text = str((params.get("arguments") or {}).get("text", ""))
+            result(req_id, {"content": [{"type": "text", "text": text}], "isError": False})
+        else:
+            error(req_id, -32602, f"unknown tool {params.get('name')!r}")
+    else:
+        error(req_id, -32601, f"method not found: {method}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    behaviour = parser.add_mutually_exclusive_group()
+    behaviour.add_argument("--malformed", action="store_true")
+    behaviour.add_argument("--die-on-call", action="store_true")
+    behaviour.add_argument("--hang-on-call", action="store_true")
+    flags = parser.parse_args()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError:
+            error(None, -32700, "parse error")
+            continue
+        if isinstance(request, dict):
+            handle(request, flags)
+        else:
+            error(None, -32600, "invalid request")
+
+
+if __name__ == "__main__":
+    main()
