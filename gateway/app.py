@@ -77,7 +77,15 @@ def _build_upstream(
         }
     except secret_refs.SecretError as exc:
         raise ConfigError(str(base), f"servers.{name}.http.headers", f"resolvable secrets ({exc})") from None
-    return HttpUpstream(name, spec.http, session=http, bridge=bridge, max_message_bytes=limit, extra_headers=headers)
+    return HttpUpstream(
+        name,
+        spec.http,
+        session=http,
+        bridge=bridge,
+        max_message_bytes=limit,
+        extra_headers=headers,
+        ready_timeout_s=spec.startup_timeout_s,
+    )
 
 
 def _is_ref(value: str) -> bool:

@@ -75,7 +75,7 @@ class TunnelResponsePayload(Struct, kw_only=True):
     request_id: str
     resp_code: int
     resp_type: str = RESP_JSONRPC
-    channel: str | None | UnsetType = UNSET
+    channel: str | UnsetType | None = UNSET
     resp_json: Raw | UnsetType = UNSET
     resp_headers: Headers | UnsetType = UNSET
 

@@ -27,11 +27,11 @@ class Process:
     _reader: asyncio.Task[None] | None = None
     _new_line: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def wait_for(self, pattern: str, timeout: float = READY_TIMEOUT_S) -> re.Match[str]:
+    async def wait_for(self, pattern: str, within_s: float = READY_TIMEOUT_S) -> re.Match[str]:
         """The first stdout line matching `pattern` (already seen or still to come)."""
         regex = re.compile(pattern)
         seen = 0
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while True:
                 for line in self.lines[seen:]:
                     match = regex.search(line)
@@ -97,9 +97,7 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(
-    routes: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
-) -> AsyncIterator[Gateway]:
+async def gateway(routes: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
     """Run `gateway --routes` on a routing document; ready when it prints `gateway: ready`."""
     file = tmp_path / "routing.yaml"
     file.write_text(routes)

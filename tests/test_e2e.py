@@ -55,29 +55,31 @@ def _text(result: object) -> str:
 @pytest.mark.parametrize("server_era", ["legacy", "modern"])
 @pytest.mark.parametrize("client_era", ["legacy", "modern"])
 async def test_every_era_pairing(transport: str, server_era: str, client_era: str, tmp_path: Path) -> None:
-    async with _path(transport, server_era, tmp_path) as gw:
-        async with Client(gw.urls["main"], mode=CLIENT_MODES[client_era]) as client:
-            expected = "2026-07-28" if client_era == "modern" else None
-            if expected:
-                assert client.protocol_version == expected
-            else:
-                assert client.protocol_version.startswith("20") and client.protocol_version != "2026-07-28"
-            assert client.server_info is not None and client.server_info.name == "sdk-test"
+    mode = CLIENT_MODES[client_era]
+    async with _path(transport, server_era, tmp_path) as gw, Client(gw.urls["main"], mode=mode) as client:
+        expected = "2026-07-28" if client_era == "modern" else None
+        if expected:
+            assert client.protocol_version == expected
+        else:
+            assert client.protocol_version.startswith("20")
+            assert client.protocol_version != "2026-07-28"
+        assert client.server_info is not None
+        assert client.server_info.name == "sdk-test"
 
-            names = {tool.name for tool in (await client.list_tools()).tools}
-            assert {"echo", "add", "slow_progress"} <= names
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"echo", "add", "slow_progress"} <= names
 
-            assert _text(await client.call_tool("echo", {"text": "över the tunnel"})) == "över the tunnel"
-            assert _text(await client.call_tool("add", {"a": 2, "b": 40})) == "42"
+        assert _text(await client.call_tool("echo", {"text": "över the tunnel"})) == "över the tunnel"
+        assert _text(await client.call_tool("add", {"a": 2, "b": 40})) == "42"
 
-            progress: list[float] = []
+        progress: list[float] = []
 
-            async def on_progress(value: float, total: float | None, message: str | None) -> None:
-                progress.append(value)
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append(value)
 
-            done = await client.call_tool("slow_progress", {"steps": 3, "delay_ms": 10}, progress_callback=on_progress)
-            assert _text(done) == "done 3 steps"
-            assert progress == [1, 2, 3]
+        done = await client.call_tool("slow_progress", {"steps": 3, "delay_ms": 10}, progress_callback=on_progress)
+        assert _text(done) == "done 3 steps"
+        assert progress == [1, 2, 3]
 
 
 async def test_pinned_modern_client_needs_no_discover(tmp_path: Path) -> None:
@@ -86,23 +88,23 @@ async def test_pinned_modern_client_needs_no_discover(tmp_path: Path) -> None:
 
 
 async def test_two_clients_share_one_stdio_server_with_interleaved_calls(tmp_path: Path) -> None:
-    async with _path("stdio", "modern", tmp_path) as gw:
-        async with (
-            Client(gw.urls["main"], mode="legacy") as first,
-            Client(gw.urls["main"], mode="2026-07-28") as second,
-        ):
-            pid_one = _text(await first.call_tool("whoami", {}))
-            pid_two = _text(await second.call_tool("whoami", {}))
-            assert pid_one == pid_two  # one process serves both
+    async with (
+        _path("stdio", "modern", tmp_path) as gw,
+        Client(gw.urls["main"], mode="legacy") as first,
+        Client(gw.urls["main"], mode="2026-07-28") as second,
+    ):
+        pid_one = _text(await first.call_tool("whoami", {}))
+        pid_two = _text(await second.call_tool("whoami", {}))
+        assert pid_one == pid_two  # one process serves both
 
-            async def call(client: Client, who: str, i: int) -> None:
-                text = f"{who}-{i}"
-                assert _text(await client.call_tool("echo", {"text": text})) == text
+        async def call(client: Client, who: str, i: int) -> None:
+            text = f"{who}-{i}"
+            assert _text(await client.call_tool("echo", {"text": text})) == text
 
-            await asyncio.gather(
-                *(call(first, "a", i) for i in range(50)),
-                *(call(second, "b", i) for i in range(50)),
-            )
+        await asyncio.gather(
+            *(call(first, "a", i) for i in range(50)),
+            *(call(second, "b", i) for i in range(50)),
+        )
 
 
 async def test_stdio_server_killed_mid_call_then_restarted(tmp_path: Path) -> None:
@@ -118,24 +120,23 @@ async def test_stdio_server_killed_mid_call_then_restarted(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
 async def test_session_delete(transport: str, tmp_path: Path) -> None:
-    async with _path(transport, "legacy", tmp_path) as gw:
-        async with httpx2.AsyncClient() as http:
-            init = await http.post(
-                gw.urls["main"],
-                json={
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "t", "version": "1"},
-                    },
+    async with _path(transport, "legacy", tmp_path) as gw, httpx2.AsyncClient() as http:
+        init = await http.post(
+            gw.urls["main"],
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
                 },
-                headers={"Accept": "application/json, text/event-stream"},
-            )
-            assert init.status_code == 200
-            session = init.headers["mcp-session-id"]
-            ended = await http.delete(gw.urls["main"], headers={"Mcp-Session-Id": session})
-            # HTTP servers close their session; a shared stdio process has none to close.
-            assert ended.status_code == (405 if transport == "stdio" else 200)
+            },
+            headers={"Accept": "application/json, text/event-stream"},
+        )
+        assert init.status_code == 200
+        session = init.headers["mcp-session-id"]
+        ended = await http.delete(gw.urls["main"], headers={"Mcp-Session-Id": session})
+        # HTTP servers close their session; a shared stdio process has none to close.
+        assert ended.status_code == (405 if transport == "stdio" else 200)

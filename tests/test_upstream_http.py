@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import socket
 import subprocess
@@ -21,13 +22,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from msgspec import UNSET, Raw
 
 from gateway.config import HttpSpec
 from gateway.eras import EMPTY_OBJECT, MODERN_VERSION, Bridge
 from gateway.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.upstream.base import Call, Era, Notify, Reply
-from gateway.upstream.http import HttpUpstream, encode_header_value
+from gateway.upstream.http import HttpUpstream, encode_header_value, map_aiohttp_errors
 from gateway.wire import Codec, Headers
 
 SERVER = Path(__file__).parent / "servers" / "http_probe_server.py"
@@ -97,7 +99,13 @@ Factory = Callable[..., HttpUpstream]
 async def upstream(http: aiohttp.ClientSession, bridge: Bridge) -> AsyncIterator[Factory]:
     made: list[HttpUpstream] = []
 
-    def make(url: str, *, max_bytes: int = MAX_BYTES, headers: dict[str, str] | None = None) -> HttpUpstream:
+    def make(
+        url: str,
+        *,
+        max_bytes: int = MAX_BYTES,
+        headers: dict[str, str] | None = None,
+        ready_timeout_s: float = PATIENCE_S,
+    ) -> HttpUpstream:
         up = HttpUpstream(
             "srv",
             HttpSpec(url=url),
@@ -105,6 +113,7 @@ async def upstream(http: aiohttp.ClientSession, bridge: Bridge) -> AsyncIterator
             bridge=bridge,
             max_message_bytes=max_bytes,
             extra_headers=headers or {},
+            ready_timeout_s=ready_timeout_s,
         )
         made.append(up)
         return up
@@ -322,6 +331,21 @@ async def test_expired_own_session_is_renewed_transparently(
     assert len(set(await issued_sessions(http, legacy_server)) - before) == 2
 
 
+async def test_concurrent_calls_share_one_renewal(
+    upstream: Factory, bridge: Bridge, http: aiohttp.ClientSession, legacy_server: str
+) -> None:
+    before = set(await issued_sessions(http, legacy_server))
+    up = await started(upstream, legacy_server)
+    (ours,) = set(await issued_sessions(http, legacy_server)) - before
+    headers = {"Mcp-Session-Id": ours, "MCP-Protocol-Version": "2025-11-25"}
+    async with http.delete(f"{legacy_server}/mcp", headers=headers) as resp:
+        assert resp.status == 200
+    calls = [run(up, tool_call(up, bridge, "echo", text=str(i))) for i in range(4)]
+    answers = await asyncio.gather(*calls)
+    assert [text_of(reply) for _, reply in answers] == ["0", "1", "2", "3"]
+    assert len(set(await issued_sessions(http, legacy_server)) - before) == 2
+
+
 async def test_passthrough_session_and_end_session(
     upstream: Factory, bridge: Bridge, http: aiohttp.ClientSession, legacy_server: str
 ) -> None:
@@ -474,7 +498,7 @@ def refusing_url() -> Iterator[str]:
 
 
 async def test_connection_refused(upstream: Factory, bridge: Bridge, refusing_url: str) -> None:
-    up = upstream(refusing_url)
+    up = upstream(refusing_url, ready_timeout_s=0.01)
     for _ in range(2):  # start() may be retried; it never crashes
         with pytest.raises(UpstreamUnavailable) as caught:
             await up.start()
@@ -488,12 +512,77 @@ async def test_connection_refused(upstream: Factory, bridge: Bridge, refusing_ur
         await run(up, Call("tools/list", Raw(b"1")))
 
 
-async def test_dns_failure(upstream: Factory) -> None:
-    up = upstream("http://name-that-does-not-exist.invalid/mcp")
-    with pytest.raises(UpstreamUnavailable) as caught:
-        await up.start()
+class NoSuchHost(AbstractResolver):
+    """A resolver that knows no names (no lookup leaves this machine)."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        raise OSError(socket.EAI_NONAME, "Name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_dns_failure(bridge: Bridge) -> None:
+    connector = aiohttp.TCPConnector(resolver=NoSuchHost())
+    async with aiohttp.ClientSession(connector=connector) as session:
+        up = HttpUpstream(
+            "srv",
+            HttpSpec(url="http://mcp.internal.example/mcp"),
+            session=session,
+            bridge=bridge,
+            max_message_bytes=MAX_BYTES,
+            extra_headers={},
+        )
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await up.start()
     assert caught.value.failure.source == "dns"
     assert caught.value.failure.transport_error_kind == "dns"
+    assert "example" not in str(caught.value)
+
+
+async def test_tls_failure(upstream: Factory, fake: FakeServer) -> None:
+    up = upstream(fake.url.replace("http://", "https://"))  # TLS to a plain-HTTP server
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await up.start()
+    assert caught.value.failure.source == "tls"
+    assert caught.value.failure.transport_error_kind == "tls"
+
+
+KEY: Any = None  # the connection key only feeds the exception's text, which is never used
+
+
+@pytest.mark.parametrize(
+    ("exc", "source", "kind"),
+    [
+        (
+            aiohttp.ClientConnectorError(KEY, ConnectionRefusedError(errno.ECONNREFUSED, "x")),
+            "connect",
+            "connection_refused",
+        ),
+        (aiohttp.ClientConnectorError(KEY, OSError(errno.EHOSTUNREACH, "x")), "connect", "host_unreachable"),
+        (aiohttp.ClientConnectorError(KEY, OSError(errno.ENETUNREACH, "x")), "connect", "network_unreachable"),
+        (aiohttp.ClientConnectorError(KEY, OSError(errno.EINVAL, "x")), "connect", "dial"),
+        (aiohttp.ClientConnectorError(KEY, OSError(errno.ETIMEDOUT, "x")), "timeout", "timeout"),
+        (aiohttp.ClientConnectorDNSError(KEY, OSError(socket.EAI_NONAME, "x")), "dns", "dns"),
+        (aiohttp.ServerTimeoutError(), "timeout", "timeout"),
+        (aiohttp.ConnectionTimeoutError(), "timeout", "timeout"),
+        (aiohttp.ServerDisconnectedError(), "transport_closed", "connection_closed"),
+        (aiohttp.ClientConnectionResetError(), "transport_closed", "connection_reset"),
+        (aiohttp.ClientOSError(errno.ECONNRESET, "x"), "transport_closed", "connection_reset"),
+        (aiohttp.ClientOSError(errno.EPIPE, "x"), "transport_closed", "closed_pipe"),
+        (aiohttp.ClientOSError(errno.ECONNABORTED, "x"), "transport_closed", "connection_aborted"),
+        (aiohttp.ClientPayloadError("x"), "transport_closed", "unexpected_eof"),
+        (aiohttp.InvalidURL("http://x y"), "client_internal", "unknown"),
+    ],
+)
+def test_aiohttp_failures_are_translated_once(exc: Exception, source: str, kind: str) -> None:
+    with pytest.raises(UpstreamUnavailable) as caught, map_aiohttp_errors("srv"):
+        raise exc
+    assert caught.value.failure.source == source
+    assert caught.value.failure.transport_error_kind == kind
+    assert caught.value.failure.upstream_response_received is False
+    assert caught.value.__cause__ is exc
+    assert str(caught.value).startswith("upstream 'srv' ")
 
 
 # --------------------------------------------------------------------------- a misbehaving server
@@ -695,8 +784,20 @@ async def test_request_headers(upstream: Factory, bridge: Bridge, fake: FakeServ
     assert ("Authorization", "Bearer from-config") in probe_headers
 
 
-async def test_not_started_upstream_refuses_calls(upstream: Factory, bridge: Bridge, dual_server: str) -> None:
+async def test_upstream_that_was_not_up_is_probed_on_first_use(upstream: Factory, dual_server: str) -> None:
     up = upstream(f"{dual_server}/mcp")
+    assert up.info is None  # start() never ran (or failed): the first call probes
+    _, reply = await run(up, Call("tools/list", Raw(b"1")))
+    assert up.info is not None
+    assert up.info.era is Era.MODERN
+    assert reply.status == 400  # answered by the server: this bare call lacks the 2026-07-28 envelope
+
+
+async def test_unreachable_upstream_refuses_calls(upstream: Factory) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    up = upstream(f"http://127.0.0.1:{port}/mcp")
     with pytest.raises(UpstreamUnavailable) as caught:
         await run(up, Call("tools/list", Raw(b"1")))
     assert caught.value.failure.source == "connect"

@@ -25,7 +25,6 @@ from gateway.relay.errors import (
 )
 from gateway.secrets import Secret, SecretError, resolve
 
-_CHUNK: Final = 64 * 1024
 _CHANNEL: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _LOOPBACK_ORIGIN: Final = re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?", re.I)
 
@@ -153,14 +152,14 @@ def check_channel(name: str, *, param: str = "channel") -> str:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body, or BodyTooLarge as soon as it is known to exceed `limit`."""
+    """The whole request body, or BodyTooLarge as soon as it is known to exceed `limit`.
+
+    The app's `client_max_size` is the same limit, so aiohttp stops reading a
+    body without a Content-Length as soon as it grows past it.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes") from None

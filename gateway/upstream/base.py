@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway.errors import UpstreamUnavailable
-
 from gateway.wire import Headers
 
 
@@ -88,7 +87,7 @@ class Upstream(abc.ABC):
     transport: str
     """`stdio` or `http` (telemetry: `network.transport` is `pipe` or `tcp`)."""
 
-    def __init__(self, name: str, ready_timeout_s: float) -> None:
+    def __init__(self, name: str, ready_timeout_s: float = 30.0) -> None:
         self.name = name
         self._info: UpstreamInfo | None = None
         self._ready = asyncio.Event()

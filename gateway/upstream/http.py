@@ -143,8 +143,9 @@ class HttpUpstream(Upstream):
         bridge: Bridge,
         max_message_bytes: int,
         extra_headers: dict[str, str],
+        ready_timeout_s: float = 30.0,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, ready_timeout_s)
         self._url = spec.url
         self._http = session
         self._bridge = bridge
@@ -155,6 +156,7 @@ class HttpUpstream(Upstream):
         self._session_id: str | None = None
         """The gateway's own session with a handshake-era server (None: modern, or none issued)."""
         self._renewing = asyncio.Lock()
+        self._probing = asyncio.Lock()
         # Deadlines belong to the dispatcher: no total or read timeout here (SSE
         # streams may idle); connect timeouts stay as the shared session has them.
         self._timeout = aiohttp.ClientTimeout(
@@ -171,19 +173,39 @@ class HttpUpstream(Upstream):
         """Probe the era: `server/discover` first, `initialize` when the server does not speak 2026-07-28.
 
         Connection failures raise UpstreamUnavailable (the server's era is not
-        decided by a network error); calling `start()` again retries.
+        decided by a network error) and leave the upstream down; calling
+        `start()` again retries.
         """
-        info = await self._discover()
-        session_id = None
-        if info is None:
-            info, session_id = await self._initialize()
+        try:
+            info = await self._discover()
+            session_id = None
+            if info is None:
+                info, session_id = await self._initialize()
+        except BaseException:
+            self._session_id = None
+            self._down()
+            raise
         self._session_id = session_id
-        self._info = info
+        self._up(info)
+
+    async def wait_info(self) -> UpstreamInfo:
+        """The server's info; a server that was down is probed again, one probe at a time."""
+        if self._info is None:
+            async with self._probing:
+                if self._info is None:
+                    try:
+                        async with asyncio.timeout(self._ready_timeout_s):
+                            await self.start()
+                    except TimeoutError:
+                        raise UpstreamUnavailable.timeout(self.name) from None
+        assert self._info is not None
+        return self._info
 
     async def close(self) -> None:
         """End the gateway's own legacy session (best effort); the shared aiohttp session stays open."""
         session_id, self._session_id = self._session_id, None
-        info, self._info = self._info, None
+        info = self._info
+        self._down()
         if info is None or info.era is not Era.LEGACY or session_id is None:
             return
         headers = self._base_headers(json_body=False)
@@ -195,7 +217,7 @@ class HttpUpstream(Upstream):
 
     async def end_session(self, headers: Headers) -> Reply:
         """DELETE the client's session on a handshake-era server; 405 where there are no sessions."""
-        info = self._require_info()
+        info = await self.wait_info()
         if info.era is Era.MODERN:
             return Reply(405)
         session_id = header_value(headers, SESSION_HEADER)
@@ -215,7 +237,7 @@ class HttpUpstream(Upstream):
 
     async def exchange(self, call: Call) -> AsyncIterator[Frame]:
         """POST one message; yield the server's notifications, then its answer as the Reply."""
-        info = self._require_info()
+        info = await self.wait_info()
         body = (
             self._codec.notification(call.method, call.params)
             if call.id is None
@@ -225,7 +247,7 @@ class HttpUpstream(Upstream):
         finished = False
         try:
             for attempt in (1, 2):
-                info = self._require_info()  # a renewal may have changed the negotiated version
+                info = self._info or info  # a renewal may have changed the negotiated version
                 session_id = self._session_id if own else None
                 reply: Reply | None = None
                 async with self._request("POST", body, self._call_headers(call, info, session_id)) as resp:
@@ -299,7 +321,7 @@ class HttpUpstream(Upstream):
             if self._session_id != stale:
                 return
             info, self._session_id = await self._initialize()
-            self._info = info
+            self._up(info)
 
     async def _roundtrip(self, body: bytes, headers: CIMultiDict[str], id: Raw | None) -> Reply:
         async with (
@@ -336,6 +358,8 @@ class HttpUpstream(Upstream):
         self, method: str, body: bytes | None, headers: CIMultiDict[str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One HTTP request; the response is released when read to the end, closed (aborted) otherwise."""
+        if self._http.closed:  # the gateway is shutting down: its own state, not the server's fault
+            raise _internal(self.name)
         with map_aiohttp_errors(self.name):
             resp = await self._http.request(
                 method, self._url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
@@ -481,11 +505,6 @@ class HttpUpstream(Upstream):
         except UpstreamProtocolError:
             return False
         return True
-
-    def _require_info(self) -> UpstreamInfo:
-        if self._info is None:
-            raise UpstreamUnavailable.connect(self.name, "dial")
-        return self._info
 
 
 # --------------------------------------------------------------------------- helpers
