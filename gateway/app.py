@@ -20,8 +20,10 @@ import aiohttp
 
 from gateway import secrets as secret_refs
 from gateway.channel import Channel
-from gateway.config import RoutingConfig, ServerSpec
+from gateway.config import Egress, RoutingConfig, ServerSpec
+from gateway.credentials import ApiKey
 from gateway.dispatch import Dispatcher
+from gateway.egress import egress
 from gateway.eras import Bridge
 from gateway.errors import ConfigError
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
@@ -65,7 +67,14 @@ class Runtime:
 
 
 def _build_upstream(
-    name: str, spec: ServerSpec, *, bridge: Bridge, http: aiohttp.ClientSession, config: RoutingConfig, base: Path
+    name: str,
+    spec: ServerSpec,
+    *,
+    bridge: Bridge,
+    http: aiohttp.ClientSession,
+    config: RoutingConfig,
+    file: str,
+    base: Path,
 ) -> Upstream:
     limit = config.gateway.max_message_bytes
     if spec.stdio is not None:
@@ -85,6 +94,7 @@ def _build_upstream(
         max_message_bytes=limit,
         extra_headers=headers,
         ready_timeout_s=spec.startup_timeout_s,
+        egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
     )
 
 
@@ -98,6 +108,7 @@ async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Over
     codec = Codec()
     bridge = Bridge(codec)
     base = routes_file.parent
+    file = str(routes_file)
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
@@ -107,7 +118,8 @@ async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Over
         )
         upstreams: dict[str, Upstream] = {}
         for name in sorted({member for members in config.channels.values() for member in members}):
-            upstream = _build_upstream(name, config.servers[name], bridge=bridge, http=http, config=config, base=base)
+            spec = config.servers[name]
+            upstream = _build_upstream(name, spec, bridge=bridge, http=http, config=config, file=file, base=base)
             upstreams[name] = upstream
             stack.push_async_callback(upstream.close)
         await asyncio.gather(*(upstream.start() for upstream in upstreams.values()), return_exceptions=True)
@@ -123,10 +135,12 @@ async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Over
         if config.control_plane is None and overrides.control_plane is None:
             relay, key, endpoint = await _embedded_relay(config, base)
             stack.push_async_callback(relay.close)
-            cp_url, tunnel_id, api_key = relay.url, config.relay.tunnel_id, key
+            cp_url, tunnel_id, api_key, cp_egress = relay.url, config.relay.tunnel_id, ApiKey(key.reveal()), None
         else:
             cp_url, tunnel_id, api_key = _remote_control_plane(config, overrides, base)
-        control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec)
+            cp_spec = config.control_plane or Egress()
+            cp_egress = egress(cp_url, cp_spec, file=file, key="control_plane", base=base)
+        control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec, cp_egress)
 
         dispatcher = Dispatcher(channels, control_plane, codec, config.gateway.max_inflight)
         stack.push_async_callback(dispatcher.close)
@@ -166,9 +180,7 @@ async def _embedded_relay(config: RoutingConfig, base: Path) -> tuple[Relay, sec
     return relay, key, Endpoint(urls, token.reveal() if token else None)
 
 
-def _remote_control_plane(
-    config: RoutingConfig, overrides: Overrides, base: Path
-) -> tuple[str, str, secret_refs.Secret]:
+def _remote_control_plane(config: RoutingConfig, overrides: Overrides, base: Path) -> tuple[str, str, ApiKey]:
     spec = config.control_plane
     url = overrides.control_plane or (spec.url if spec else None)
     tunnel_id = overrides.tunnel_id or (spec.tunnel_id if spec else None)
@@ -177,7 +189,4 @@ def _remote_control_plane(
     ref = spec.api_key if spec and spec.api_key else "env:TUNNEL_API_KEY"
     if ref == "env:TUNNEL_API_KEY" and not os.environ.get("TUNNEL_API_KEY"):
         raise ConfigError(str(base), "control_plane.api_key", "an API key (or the TUNNEL_API_KEY variable)")
-    try:
-        return url, tunnel_id, secret_refs.resolve(ref, base=base)
-    except secret_refs.SecretError as exc:
-        raise ConfigError(str(base), "control_plane.api_key", f"a resolvable secret ({exc})") from None
+    return url, tunnel_id, ApiKey(ref, base=base)

@@ -40,7 +40,18 @@ class StdioSpec(_Frozen, frozen=True, kw_only=True):
     inherit_env: bool = True
 
 
-class HttpSpec(_Frozen, frozen=True, kw_only=True):
+class Egress(_Frozen, frozen=True, kw_only=True):
+    """How to reach one destination: proxy, extra trust roots, client certificate (mTLS)."""
+
+    proxy: str | None = None
+    """An http(s) proxy URL; `none` for a direct connection; absent: HTTPS_PROXY/HTTP_PROXY/NO_PROXY."""
+    ca_bundle: str | None = None
+    """PEM file of CA certificates added to the system roots (TLS-inspecting middleboxes)."""
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+class HttpSpec(Egress, frozen=True, kw_only=True):
     """A Streamable HTTP MCP endpoint on the private network."""
 
     url: str
@@ -63,13 +74,14 @@ class ServerSpec(_Frozen, frozen=True, kw_only=True):
         return "stdio" if self.stdio is not None else "http"
 
 
-class ControlPlaneSpec(_Frozen, frozen=True, kw_only=True):
+class ControlPlaneSpec(Egress, frozen=True, kw_only=True):
     """The tunnel control plane to poll (OpenAI's service or a `gateway relay`)."""
 
     url: str
     tunnel_id: str
     api_key: str | None = None
-    """`env:VAR`, `file:/path` or a literal; `TUNNEL_API_KEY` when absent."""
+    """`env:VAR`, `file:/path` (re-read when it changes), `exec:COMMAND` (a short-lived token
+    it prints, cached until it expires) or a literal; `env:TUNNEL_API_KEY` when absent."""
 
 
 class EmbeddedRelaySpec(_Frozen, frozen=True, kw_only=True):
@@ -155,6 +167,7 @@ def check(config: RoutingConfig, file: str) -> None:
             raise ConfigError(file, f"{key}.stdio.command", "a non-empty program name")
         if server.http is not None:
             _check_url(server.http.url, file, f"{key}.http.url")
+            _check_egress(server.http, file, f"{key}.http")
         if server.startup_timeout_s <= 0:
             raise ConfigError(file, f"{key}.startup_timeout_s", "a positive number of seconds")
     if not config.channels:
@@ -171,6 +184,7 @@ def check(config: RoutingConfig, file: str) -> None:
                 raise ConfigError(file, key, f"a server defined under `servers` (got {member!r}; known: {known})")
     if config.control_plane is not None:
         _check_url(config.control_plane.url, file, "control_plane.url")
+        _check_egress(config.control_plane, file, "control_plane")
         if not config.control_plane.tunnel_id:
             raise ConfigError(file, "control_plane.tunnel_id", "a non-empty tunnel id")
     _check_listen(config.relay.listen, file, "relay.listen")
@@ -187,6 +201,13 @@ def _check_url(url: str, file: str, key: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(file, key, f"an absolute http(s) URL (got {url!r})")
+
+
+def _check_egress(spec: Egress, file: str, key: str) -> None:
+    if spec.proxy is not None and spec.proxy != "none":
+        _check_url(spec.proxy, file, f"{key}.proxy")
+    if spec.client_key is not None and spec.client_cert is None:
+        raise ConfigError(file, f"{key}.client_cert", "a certificate to go with `client_key`")
 
 
 def _check_listen(listen: str, file: str, key: str) -> None:

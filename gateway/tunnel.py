@@ -12,6 +12,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -23,8 +24,9 @@ import msgspec
 from msgspec import Raw
 
 from gateway import __version__
+from gateway.credentials import ApiKey
+from gateway.egress import Egress
 from gateway.errors import ControlPlaneError
-from gateway.secrets import Secret
 from gateway.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
 
 log = logging.getLogger(__name__)
@@ -103,17 +105,20 @@ class ControlPlane:
         session: aiohttp.ClientSession,
         base_url: str,
         tunnel_id: str,
-        api_key: Secret,
+        api_key: ApiKey,
         identity: Identity,
         codec: Codec,
+        egress: Egress | None = None,
     ) -> None:
         self._session = session
+        self._key = api_key
+        self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
+        self._proxy = egress.proxy if egress else None
         base = f"{base_url.rstrip('/')}/v1/tunnels/{tunnel_id}"
         self._metadata_url, self._poll_url, self._response_url = base, f"{base}/poll", f"{base}/response"
         self._codec = codec
         self._metadata = msgspec.json.Decoder(TunnelClientMetadata)
         headers = {
-            "Authorization": f"Bearer {api_key.reveal()}",
             "Accept": "application/json",
             "X-Tunnel-Client-Name": identity.name,
             "X-Tunnel-Client-Version": identity.version,
@@ -121,11 +126,21 @@ class ControlPlane:
         }
         if identity.server_info is not None:
             headers["X-Tunnel-MCP-Server-Info"] = identity.server_info
-        self._headers = headers
+        self._identity_headers = headers
         self.last_poll_ok: float | None = None
 
+    async def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Identity headers plus the current key (read again after rotation or a 401)."""
+        return {**self._identity_headers, **(extra or {}), "Authorization": f"Bearer {await self._key.get()}"}
+
+    def credentials_rejected(self) -> None:
+        """The control plane said 401: read the key again before the next request."""
+        self._key.invalidate()
+
     async def metadata(self) -> TunnelClientMetadata:
-        async with self._session.get(self._metadata_url, headers=self._headers) as resp:
+        async with self._session.get(
+            self._metadata_url, headers=await self._headers(), ssl=self._ssl, proxy=self._proxy
+        ) as resp:
             body = await resp.read()
             if resp.status != 200:
                 raise _refused("metadata", resp)
@@ -139,7 +154,9 @@ class ControlPlane:
         params = {"limit": str(limit), "timeout_ms": str(timeout_ms)}
         loop = asyncio.get_running_loop()
         try:
-            async with self._session.get(self._poll_url, params=params, headers=self._headers) as resp:
+            async with self._session.get(
+                self._poll_url, params=params, headers=await self._headers(), ssl=self._ssl, proxy=self._proxy
+            ) as resp:
                 received = loop.time()
                 if resp.status == 204:
                     self.last_poll_ok = received
@@ -162,27 +179,38 @@ class ControlPlane:
         wants it (404) or a notify could not be delivered. The caller bounds
         the whole exchange by the command's deadline.
         """
-        headers = {**self._headers, "Content-Type": "application/json", "X-Tunnel-Shard-Token": shard_token}
+        extra = {"Content-Type": "application/json", "X-Tunnel-Shard-Token": shard_token}
+        headers = await self._headers(extra)
         backoff = Backoff(base=0.1, cap=5.0)
         attempts = 0
+        reauthenticated = False
         while True:
             attempts += 1
             retry_after: float | None = None
             try:
-                async with self._session.post(self._response_url, data=body, headers=headers) as resp:
+                async with self._session.post(
+                    self._response_url, data=body, headers=headers, ssl=self._ssl, proxy=self._proxy
+                ) as resp:
                     await resp.read()
                     if resp.status == 200:
                         return True
                     if resp.status == 404:
                         log.info("control plane no longer waits for this response (404)")
                         return False
+                    if resp.status == 401 and not reauthenticated:
+                        # The key may have rotated: read it again and send the same frame once more.
+                        self.credentials_rejected()
+                        headers = await self._headers(extra)
+                        reauthenticated = True
+                        continue
                     retryable = resp.status in RETRY_POST_STATUSES if terminal else resp.status == 429
                     if not retryable:
                         log.warning("control plane refused a response frame: HTTP %d", resp.status)
                         return False
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except aiohttp.ClientConnectionError as exc:
-                if not terminal:
+                # A notify is retried only when it never left (no connection was made).
+                if not terminal and not isinstance(exc, aiohttp.ClientConnectorError):
                     log.warning("notify frame not delivered: %s", type(exc).__name__)
                     return False
             if attempts >= POST_ATTEMPTS_WITHOUT_DEADLINE * (4 if terminal else 1):
@@ -231,6 +259,7 @@ class Poller:
         delay = self._backoff.next()
         retry_after = exc.retry_after
         if exc.status in (401, 403):
+            self._cp.credentials_rejected()
             if not self._auth_reported:
                 log.error(
                     "control plane rejected the tunnel credentials (HTTP %d): check tunnel_id and api_key",

@@ -25,6 +25,7 @@ from msgspec import UNSET, Raw
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import HttpSpec
+from gateway.egress import Egress
 from gateway.eras import MODERN_VERSION, Bridge
 from gateway.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.sse import SseEventTooLarge, SseParser
@@ -144,8 +145,11 @@ class HttpUpstream(Upstream):
         max_message_bytes: int,
         extra_headers: dict[str, str],
         ready_timeout_s: float = 30.0,
+        egress: Egress | None = None,
     ) -> None:
         super().__init__(name, ready_timeout_s)
+        self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
+        self._proxy = egress.proxy if egress else None
         self._url = spec.url
         self._http = session
         self._bridge = bridge
@@ -362,7 +366,14 @@ class HttpUpstream(Upstream):
             raise _internal(self.name)
         with map_aiohttp_errors(self.name):
             resp = await self._http.request(
-                method, self._url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+                method,
+                self._url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+                ssl=self._ssl,
+                proxy=self._proxy,
             )
             completed = False
             try:

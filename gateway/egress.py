@@ -1,0 +1,64 @@
+"""How the gateway reaches out: TLS trust and client certificates, and which proxy to use.
+
+Owns turning a destination's settings (`proxy`, `ca_bundle`, `client_cert`,
+`client_key` in routing.yaml, or the standard `HTTPS_PROXY`/`HTTP_PROXY`/
+`NO_PROXY` variables) into what an HTTP request needs. Built once per
+destination at provision time; nothing here runs per request.
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gateway.config import Egress as EgressSpec
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    """Per-request settings for one destination: `ssl=` and `proxy=` for aiohttp."""
+
+    ssl: ssl.SSLContext | bool
+    proxy: str | None
+
+
+def _path(value: str, base: Path) -> str:
+    path = Path(value)
+    return str(path if path.is_absolute() else base / path)
+
+
+def tls_context(spec: EgressSpec, *, file: str, key: str, base: Path) -> ssl.SSLContext | bool:
+    """The system trust roots plus `ca_bundle`, and the client certificate for mTLS."""
+    if spec.ca_bundle is None and spec.client_cert is None:
+        return True
+    context = ssl.create_default_context()
+    try:
+        if spec.ca_bundle is not None:
+            context.load_verify_locations(cafile=_path(spec.ca_bundle, base))
+        if spec.client_cert is not None:
+            keyfile = _path(spec.client_key, base) if spec.client_key else None
+            context.load_cert_chain(_path(spec.client_cert, base), keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(file, key, f"readable PEM certificate files ({exc.strerror or exc})") from None
+    return context
+
+
+def proxy_for(url: str, spec: EgressSpec) -> str | None:
+    """The explicit proxy, else the environment's for this URL's scheme unless NO_PROXY exempts its host."""
+    if spec.proxy is not None:
+        return None if spec.proxy == "none" else spec.proxy
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme)
+    if proxy is None or not parts.hostname:
+        return None
+    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    return None if urllib.request.proxy_bypass(host) else proxy
+
+
+def egress(url: str, spec: EgressSpec, *, file: str, key: str, base: Path) -> Egress:
+    return Egress(tls_context(spec, file=file, key=key, base=base), proxy_for(url, spec))
