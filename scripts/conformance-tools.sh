@@ -17,7 +17,9 @@ packages=(
 )
 
 stamp=".tools/.installed"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${packages[*]}" ] && [ -x .tools/node_modules/.bin/node ]; then
+bin=.tools/node_modules/.bin
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${packages[*]}" ] \
+    && [ -x "$bin/node" ] && [ -e "$bin/conformance" ] && [ -e "$bin/mcp-server-everything" ]; then
     exit 0
 fi
 if ! command -v npm >/dev/null; then

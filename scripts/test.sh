@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs it through .ci/run): ruff, mypy (strict, on the packages
-# named in pyproject.toml), then pytest with any extra arguments. Every step runs; the script exits
-# non-zero if any failed, and treats pytest collecting no tests (exit 5) as a failure.
+# named in pyproject.toml), then pytest with any extra arguments. Before them it installs the MCP
+# conformance toolchain into .tools/ (needs npm; instant once installed) for the `conformance` test.
+# Every step runs; the script exits non-zero if any failed, and treats pytest collecting no tests
+# (exit 5) as a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh test || exit 1
 
 failed=()
+bash scripts/conformance-tools.sh || failed+=("conformance-tools")
 .venv/bin/ruff check . || failed+=("ruff")
 .venv/bin/mypy || failed+=("mypy")
 .venv/bin/pytest "$@"

@@ -803,3 +803,17 @@ async def test_unreachable_upstream_refuses_calls(upstream: Factory) -> None:
     assert caught.value.failure.source == "connect"
     with pytest.raises(UpstreamUnavailable):
         await up.end_session({})
+
+
+async def test_clients_with_the_same_ids_share_the_gateway_session_safely(
+    upstream: Factory, bridge: Bridge, legacy_server: str
+) -> None:
+    """Many clients' requests ride the gateway's own session: equal client ids must not collide."""
+    up = await started(upstream, legacy_server)
+
+    async def call(text: str) -> None:
+        _, reply = await run(up, tool_call(up, bridge, "echo", text=text))
+        assert json.loads(reply.body)["id"] == 1  # the client's id comes back
+        assert text_of(reply) == text
+
+    await asyncio.gather(*(call(f"client-{i}") for i in range(20)))

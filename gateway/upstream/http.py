@@ -161,6 +161,7 @@ class HttpUpstream(Upstream):
         """The gateway's own session with a handshake-era server (None: modern, or none issued)."""
         self._renewing = asyncio.Lock()
         self._probing = asyncio.Lock()
+        self._next_id = 0
         # Deadlines belong to the dispatcher: no total or read timeout here (SSE
         # streams may idle); connect timeouts stay as the shared session has them.
         self._timeout = aiohttp.ClientTimeout(
@@ -240,14 +241,24 @@ class HttpUpstream(Upstream):
     # ------------------------------------------------------------------ calls
 
     async def exchange(self, call: Call) -> AsyncIterator[Frame]:
-        """POST one message; yield the server's notifications, then its answer as the Reply."""
+        """POST one message; yield the server's notifications, then its answer as the Reply.
+
+        On the gateway's own session with a handshake-era server, many clients'
+        requests share one session, so their ids are replaced by gateway-unique
+        ones (and mapped back on the answer) to keep them, and any
+        `notifications/cancelled`, from colliding.
+        """
         info = await self.wait_info()
+        own = info.era is Era.LEGACY and call.own_session
+        wire_id = call.id
+        if own and call.id is not None:
+            self._next_id += 1
+            wire_id = Raw(b'"gw-%d"' % self._next_id)
         body = (
             self._codec.notification(call.method, call.params)
-            if call.id is None
-            else self._codec.request(call.id, call.method, call.params)
+            if wire_id is None
+            else self._codec.request(wire_id, call.method, call.params)
         )
-        own = info.era is Era.LEGACY and call.own_session
         finished = False
         try:
             for attempt in (1, 2):
@@ -258,7 +269,7 @@ class HttpUpstream(Upstream):
                     if resp.status == 404 and session_id is not None and attempt == 1:
                         pass  # our own session expired: renew it below, then retry once
                     else:
-                        async with contextlib.aclosing(self._answer(resp, call.id)) as frames:
+                        async with contextlib.aclosing(self._answer(resp, wire_id)) as frames:
                             async for frame in frames:
                                 if isinstance(frame, Reply):
                                     reply = frame
@@ -266,15 +277,25 @@ class HttpUpstream(Upstream):
                                     yield frame
                 if reply is not None:
                     finished = True
-                    yield reply
+                    yield self._restore_id(reply, call.id) if wire_id is not call.id else reply
                     return
                 assert session_id is not None
                 await self._renew_session(session_id)
         except (asyncio.CancelledError, GeneratorExit):
-            if not finished and call.id is not None and info.era is Era.LEGACY:
-                await self._send_cancel(call, info, self._session_id if own else None)
+            if not finished and wire_id is not None and info.era is Era.LEGACY:
+                await self._send_cancel(wire_id, call, info, self._session_id if own else None)
             raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _restore_id(self, reply: Reply, client_id: Raw | None) -> Reply:
+        """The answer under the client's own id again."""
+        if client_id is None or not reply.body:
+            return reply
+        try:
+            message = self._codec.message(reply.body)
+        except msgspec.MsgspecError:
+            return reply
+        return Reply(reply.status, self._codec.response(client_id, message), reply.headers)
 
     # ------------------------------------------------------------------ probing
 
@@ -337,15 +358,14 @@ class HttpUpstream(Upstream):
                     return frame
         raise UpstreamUnavailable.closed(self.name, "unexpected_eof")  # pragma: no cover - _answer ends in a Reply
 
-    async def _send_cancel(self, call: Call, info: UpstreamInfo, session_id: str | None) -> None:
+    async def _send_cancel(self, wire_id: Raw, call: Call, info: UpstreamInfo, session_id: str | None) -> None:
         """Tell a handshake-era server an abandoned request is cancelled, bounded and awaited in place.
 
         Runs while the calling task is being cancelled (or the generator closed):
         no task is spawned; a second cancellation or the timeout just ends it.
         A 2026-07-28 server is not told: on HTTP, closing the stream is the cancellation.
         """
-        assert call.id is not None
-        params = Raw(self._codec.encode({"requestId": call.id, "reason": "cancelled by gateway"}))
+        params = Raw(self._codec.encode({"requestId": wire_id, "reason": "cancelled by gateway"}))
         cancel = Call("notifications/cancelled", None, params, call.headers, call.own_session)
         body = self._codec.notification(cancel.method, params)
         with contextlib.suppress(UpstreamError, TimeoutError):
