@@ -73,6 +73,11 @@ class Channel:
     async def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
         info = await self.upstream.wait_info()
+        if message.is_response:
+            # A client's answer to a request the server sent it during a call.
+            passthrough = header_value(headers, SESSION_HEADER) is not None and self.upstream.holds_sessions
+            yield await self.upstream.respond(message, self._forwarded_headers(headers, True), not passthrough)
+            return
         assert message.method is not UNSET
         method, params = message.method, message.params
         client = self._bridge.client_era(params, headers)

@@ -151,12 +151,6 @@ class Dispatcher:
             body = self._codec.error_response(NULL_ID, INVALID_REQUEST, "the command carries no valid JSON-RPC message")
             await self._post(command, RESP_JSONRPC, 400, body)
             return
-        if message.is_response:
-            # An answer to a server-initiated request: the gateway relays none yet (it
-            # answers such requests itself), so acknowledge it and keep serving.
-            log.warning("command %s carries a JSON-RPC response; nothing is waiting for it", command.request_id)
-            await self._post(command, RESP_NOTIFY_ACK, 202)
-            return
         expects_answer = message.is_request
         notify_ok = True
         try:

@@ -16,7 +16,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextContent
+from mcp_types import ElicitRequestParams, ElicitResult, TextContent
 
 from tests.harness import Gateway, gateway, http_server, stdio_server
 
@@ -140,3 +140,21 @@ async def test_session_delete(transport: str, tmp_path: Path) -> None:
         ended = await http.delete(gw.urls["main"], headers={"Mcp-Session-Id": session})
         # HTTP servers close their session; a shared stdio process has none to close.
         assert ended.status_code == (405 if transport == "stdio" else 200)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_server_to_client_request_reaches_the_client_and_its_answer_the_server(
+    transport: str, tmp_path: Path
+) -> None:
+    asked: list[str] = []
+
+    async def on_elicit(context: object, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"name": "Ada"})
+
+    async with (
+        _path(transport, "legacy", tmp_path) as gw,
+        Client(gw.urls["main"], mode="legacy", elicitation_callback=on_elicit) as client,
+    ):
+        assert _text(await client.call_tool("ask_name", {})) == "hello Ada"
+    assert asked == ["What is your name?"]

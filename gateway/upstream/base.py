@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway.errors import UpstreamUnavailable
-from gateway.wire import Headers
+from gateway.wire import Headers, JsonRpcMessage
 
 
 class Era(enum.Enum):
@@ -136,6 +136,10 @@ class Upstream(abc.ABC):
     @abc.abstractmethod
     def exchange(self, call: Call) -> AsyncIterator[Frame]:
         """Run one call: zero or more Notify, then exactly one Reply."""
+
+    @abc.abstractmethod
+    async def respond(self, message: JsonRpcMessage, headers: Headers, own_session: bool) -> Reply:
+        """Deliver a client's answer to a request the server sent it (sampling, elicitation, roots)."""
 
     @abc.abstractmethod
     async def end_session(self, headers: Headers) -> Reply:

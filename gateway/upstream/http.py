@@ -287,6 +287,20 @@ class HttpUpstream(Upstream):
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def respond(self, message: JsonRpcMessage, headers: Headers, own_session: bool) -> Reply:
+        """A client's answer to a request the server sent on an SSE stream: POSTed back in the same session."""
+        info = await self.wait_info()
+        if info.era is Era.MODERN or message.id is UNSET:
+            return Reply(404)  # a 2026-07-28 server sends no requests to clients over HTTP
+        own = own_session
+        call = Call("", None, UNSET, headers, own_session)
+        body = self._codec.response(message.id, message)
+        async with self._request(
+            "POST", body, self._call_headers(call, info, self._session_id if own else None)
+        ) as resp:
+            await resp.read()
+            return Reply(resp.status, b"", allowed_response_headers(_multi(resp.headers)))
+
     def _restore_id(self, reply: Reply, client_id: Raw | None) -> Reply:
         """The answer under the client's own id again."""
         if client_id is None or not reply.body:

@@ -34,6 +34,7 @@ STABLE_AFTER_S: Final = 10.0
 """A process that lived this long resets the restart backoff."""
 JSON_HEADERS: Final[Headers] = {"Content-Type": ["application/json"]}
 PROGRESS: Final = "notifications/progress"
+CANCELLED: Final = "notifications/cancelled"
 
 
 class _Call:
@@ -67,6 +68,9 @@ class StdioUpstream(Upstream):
         self._supervisor: asyncio.Task[None] | None = None
         self._era_hint: Era | None = None
         self._progress = msgspec.json.Decoder(_Progress)
+        self._server_requests: dict[bytes, Raw] = {}
+        """Requests the server sent to a client, by the gateway id the client answers to."""
+        self._server_request_seq = 0
         self.restarts = 0
         self.pid: int | None = None
 
@@ -211,17 +215,44 @@ class StdioUpstream(Upstream):
         pending = _Call(call.id)
         id = self._ids.issue(pending)
         params, token = self._rewrite_progress_token(call.params, pending)
+        answered = False
         try:
             await self._write(self._codec.request(Raw(str(id).encode()), call.method, params))
             while True:
                 frame = await pending.frames.get()
                 if isinstance(frame, UpstreamError):
+                    answered = True  # the process is gone or spoke garbage: nothing to cancel
                     raise frame
-                yield frame
                 if isinstance(frame, Reply):
+                    answered = True
+                yield frame
+                if answered:
                     return
         finally:
             self._ids.retire(id, token)
+            if not answered:
+                # Abandoned (deadline or cancellation): retire the id, tell the server, keep the process.
+                self._write_nowait(
+                    self._codec.notification(
+                        CANCELLED, Raw(b'{"requestId":%d,"reason":"cancelled by the gateway"}' % id)
+                    )
+                )
+
+    async def respond(self, message: JsonRpcMessage, headers: Headers, own_session: bool) -> Reply:
+        """A client's answer to a request this server sent: back to the server under its own id."""
+        key = bytes(message.id) if message.id is not UNSET else b""
+        original = self._server_requests.pop(key, None)
+        if original is None:
+            return Reply(404)
+        await self._write(self._codec.response(original, message))
+        return Reply(202)
+
+    def _write_nowait(self, line: bytes) -> None:
+        """Best effort, without waiting for the pipe (used where the caller cannot wait)."""
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
+            with contextlib.suppress(OSError):
+                proc.stdin.write(line + b"\n")
 
     async def end_session(self, headers: Headers) -> Reply:
         """A shared stdio process has no client sessions to close."""
@@ -278,14 +309,27 @@ class StdioUpstream(Upstream):
         elif message.is_notification:
             self._deliver_notification(message, line)
         elif message.is_request:
-            # Server-to-client requests are not carried over the tunnel yet: answer so it never waits.
-            assert message.id is not UNSET
+            await self._forward_request(message)
+
+    async def _forward_request(self, message: JsonRpcMessage) -> None:
+        """A server-to-client request (sampling, elicitation, roots) goes to the client whose call is
+        running, under a gateway id; with several calls in flight its owner is unknowable on a pipe,
+        so the server gets an error at once instead of waiting forever."""
+        assert message.id is not UNSET
+        assert message.method is not UNSET
+        calls = self._ids.owners()
+        if len(calls) != 1:
             with contextlib.suppress(UpstreamError):
                 await self._write(
                     self._codec.error_response(
-                        message.id, METHOD_NOT_FOUND, "the gateway does not relay server-to-client requests"
+                        message.id, METHOD_NOT_FOUND, "the gateway cannot tell which client this request is for"
                     )
                 )
+            return
+        self._server_request_seq += 1
+        key = b'"srv-%d"' % self._server_request_seq
+        self._server_requests[key] = Raw(bytes(message.id))
+        calls[0].frames.put_nowait(Notify(self._codec.request(Raw(key), message.method, message.params)))
 
     def _deliver_response(self, message: JsonRpcMessage) -> None:
         try:
@@ -322,6 +366,7 @@ class StdioUpstream(Upstream):
             calls[0].frames.put_nowait(error)
 
     def _fail_all(self, error: UpstreamError) -> None:
+        self._server_requests.clear()
         for call in self._ids.clear():
             call.frames.put_nowait(error)
 

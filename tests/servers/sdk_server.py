@@ -25,6 +25,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.runner import serve_loop
 from mcp.server.stdio import stdio_server
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MCP_PATH = "/mcp"
@@ -97,6 +98,17 @@ def build_server(name: str) -> MCPServer:
     def info() -> str:
         """This server's name and pid."""
         return json.dumps({"name": name, "pid": os.getpid()})
+
+    class Name(BaseModel):
+        name: str
+
+    @mcp.tool()
+    async def ask_name(ctx: Context) -> str:
+        """Ask the client for a name (a server-to-client request: elicitation), then greet it."""
+        answer = await ctx.elicit("What is your name?", Name)
+        if answer.action == "accept" and answer.data:
+            return f"hello {answer.data.name}"
+        return f"no name ({answer.action})"
 
     @mcp.prompt()
     def greet(who: str = "world") -> str:
