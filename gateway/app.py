@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway import config as config_module
 from gateway import secrets as secret_refs
 from gateway.channel import Channel
 from gateway.config import Egress, RoutingConfig, ServerSpec
@@ -54,9 +55,12 @@ class Endpoint:
 
 @dataclass(slots=True)
 class Runtime:
-    """Everything a running gateway holds; built by `provision`."""
+    """Everything a running gateway holds; built by `provision`, servers and channels swapped by `reload`."""
 
     config: RoutingConfig
+    routes_file: Path
+    bridge: Bridge
+    http: aiohttp.ClientSession
     upstreams: dict[str, Upstream]
     channels: dict[str, Channel]
     dispatcher: Dispatcher
@@ -64,6 +68,100 @@ class Runtime:
     control_plane: ControlPlane
     endpoint: Endpoint | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def reload(self) -> bool:
+        """Read routing.yaml again and serve its servers and channels; False (old config kept) when it is bad.
+
+        Unchanged servers keep their connections and processes; new or changed ones
+        are started before the swap; replaced ones are closed once the calls they
+        are running have finished (bounded by the drain timeout).
+        """
+        try:
+            new = config_module.load(self.routes_file)
+        except ConfigError as exc:
+            log.error("reload rejected, the running configuration keeps serving: %s", exc)
+            return False
+        old = self.config
+        if (new.control_plane, new.relay, new.gateway) != (old.control_plane, old.relay, old.gateway):
+            log.warning("reload: control_plane, relay and gateway settings take effect on restart only")
+        kept = {
+            name: upstream
+            for name, upstream in self.upstreams.items()
+            if name in _used_servers(new) and new.servers[name] == old.servers.get(name)
+        }
+        try:
+            started = await _start_upstreams(
+                new, sorted(_used_servers(new) - kept.keys()), self.bridge, self.http, self.routes_file
+            )
+        except ConfigError as exc:
+            log.error("reload rejected, the running configuration keeps serving: %s", exc)
+            return False
+        upstreams = {**kept, **started}
+        channels = _channels(new, upstreams, self.bridge, previous=self.channels)
+        retired_channels = [channel for name, channel in self.channels.items() if channels.get(name) is not channel]
+        retired = [upstream for name, upstream in self.upstreams.items() if upstreams.get(name) is not upstream]
+        self.dispatcher.replace_channels(channels)
+        self.control_plane.declare(server_info_header(_affinity(new)))
+        self.config, self.upstreams, self.channels = new, upstreams, channels
+        self.tasks.append(asyncio.create_task(self._retire(retired_channels, retired), name="retire-upstreams"))
+        log.info("reloaded %s: %d servers, %d channels", self.routes_file, len(upstreams), len(channels))
+        return True
+
+    async def _retire(self, channels: list[Channel], upstreams: list[Upstream]) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.gateway.drain_timeout_s):
+                await asyncio.gather(*(channel.wait_idle() for channel in channels))
+        await asyncio.gather(*(upstream.close() for upstream in upstreams), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop the upstreams (and any retirement still waiting)."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(upstream.close() for upstream in self.upstreams.values()), return_exceptions=True)
+
+
+def _used_servers(config: RoutingConfig) -> set[str]:
+    return {member for members in config.channels.values() for member in members}
+
+
+def _affinity(config: RoutingConfig) -> dict[str, bool]:
+    """Channels whose session state lives in this process (stdio-backed)."""
+    return {name: config.servers[members[0]].stdio is not None for name, members in config.channels.items()}
+
+
+def _channels(
+    config: RoutingConfig, upstreams: dict[str, Upstream], bridge: Bridge, previous: dict[str, Channel] | None = None
+) -> dict[str, Channel]:
+    """Channels over the upstreams; an unchanged channel keeps its object (and its sessions)."""
+    channels: dict[str, Channel] = {}
+    for name, members in config.channels.items():
+        upstream = upstreams[members[0]]
+        old = (previous or {}).get(name)
+        channels[name] = old if old is not None and old.upstream is upstream else Channel(name, upstream, bridge)
+    return channels
+
+
+async def _start_upstreams(
+    config: RoutingConfig, names: list[str], bridge: Bridge, http: aiohttp.ClientSession, routes_file: Path
+) -> dict[str, Upstream]:
+    upstreams = {
+        name: _build_upstream(
+            name,
+            config.servers[name],
+            bridge=bridge,
+            http=http,
+            config=config,
+            file=str(routes_file),
+            base=routes_file.parent,
+        )
+        for name in names
+    }
+    await asyncio.gather(*(upstream.start() for upstream in upstreams.values()), return_exceptions=True)
+    for name, upstream in upstreams.items():
+        state = f"up ({upstream.info.era.value} era)" if upstream.info else "NOT ready"
+        log.info("server %r: %s", name, state)
+    return upstreams
 
 
 def _build_upstream(
@@ -117,19 +215,18 @@ async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Over
             )
         )
         upstreams: dict[str, Upstream] = {}
-        for name in sorted({member for members in config.channels.values() for member in members}):
-            spec = config.servers[name]
-            upstream = _build_upstream(name, spec, bridge=bridge, http=http, config=config, file=file, base=base)
-            upstreams[name] = upstream
-            stack.push_async_callback(upstream.close)
-        await asyncio.gather(*(upstream.start() for upstream in upstreams.values()), return_exceptions=True)
-        for name, upstream in upstreams.items():
-            state = f"up ({upstream.info.era.value} era)" if upstream.info else "NOT ready"
-            log.info("server %r: %s", name, state)
+        runtime_ref: list[Runtime] = []
 
-        channels = {name: Channel(name, upstreams[members[0]], bridge) for name, members in config.channels.items()}
-        affinity = {name: config.servers[members[0]].stdio is not None for name, members in config.channels.items()}
-        identity = Identity.new(server_info_header(affinity))
+        async def close_upstreams() -> None:  # whatever is current at exit, after any reloads
+            if runtime_ref:
+                await runtime_ref[0].close()
+            else:
+                await asyncio.gather(*(u.close() for u in upstreams.values()), return_exceptions=True)
+
+        stack.push_async_callback(close_upstreams)
+        upstreams.update(await _start_upstreams(config, sorted(_used_servers(config)), bridge, http, routes_file))
+        channels = _channels(config, upstreams, bridge)
+        identity = Identity.new(server_info_header(_affinity(config)))
 
         endpoint: Endpoint | None = None
         if config.control_plane is None and overrides.control_plane is None:
@@ -145,7 +242,10 @@ async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Over
         dispatcher = Dispatcher(channels, control_plane, codec, config.gateway.max_inflight)
         stack.push_async_callback(dispatcher.close)
         poller = Poller(control_plane, dispatcher, codec, config.gateway.poll_timeout_ms)
-        runtime = Runtime(config, upstreams, channels, dispatcher, poller, control_plane, endpoint)
+        runtime = Runtime(
+            config, routes_file, bridge, http, upstreams, channels, dispatcher, poller, control_plane, endpoint
+        )
+        runtime_ref.append(runtime)
         poll_task = asyncio.create_task(poller.run(), name="poller")
         runtime.tasks.append(poll_task)
         try:

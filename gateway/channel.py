@@ -8,6 +8,7 @@ client's era and the server's. Everything else runs on the upstream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections import OrderedDict
@@ -69,9 +70,27 @@ class Channel:
         self._bridge = bridge
         self._codec = bridge.codec
         self._sessions = LocalSessions()
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no call is running on this channel (a reload retires it after that)."""
+        await self._idle.wait()
 
     async def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
+        self._active += 1
+        self._idle.clear()
+        try:
+            async for frame in self._run(message, headers):
+                yield frame
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         info = await self.upstream.wait_info()
         if message.is_response:
             # A client's answer to a request the server sent it during a call.

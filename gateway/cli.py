@@ -65,15 +65,12 @@ def _run(main: Coroutine[object, object, int]) -> int:
         return runner.run(main)
 
 
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
+async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Overrides) -> int:
     loop = asyncio.get_running_loop()
+    stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Overrides) -> int:
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     async with provision(routes, routes_file=file, overrides=overrides) as runtime:
         if runtime.endpoint is not None:
             for channel, url in runtime.endpoint.urls.items():
@@ -81,7 +78,17 @@ async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Override
             if runtime.endpoint.client_token:
                 print(f"clients send: Authorization: Bearer {runtime.endpoint.client_token}")
         print("gateway: ready", flush=True)
-        await _until_signalled()
+        while not stop.is_set():
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload.wait())]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if reload.is_set() and not stop.is_set():
+                reload.clear()
+                ok = await runtime.reload()
+                print(f"gateway: {'reloaded' if ok else 'reload rejected'}", flush=True)
         print("gateway: stopping", flush=True)
     return 0
 

@@ -65,6 +65,10 @@ class Dispatcher:
         self._idle.set()
         self.completed = 0
 
+    def replace_channels(self, channels: Mapping[str, Channel]) -> None:
+        """Serve new commands from these channels (a reload); running ones keep theirs."""
+        self._channels = channels
+
     # ------------------------------------------------------------------ capacity
 
     @property

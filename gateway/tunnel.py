@@ -32,6 +32,7 @@ from gateway.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetad
 log = logging.getLogger(__name__)
 
 CLIENT_NAME: Final = "mcp-tunnel-gateway"
+SERVER_INFO_HEADER: Final = "X-Tunnel-MCP-Server-Info"
 RETRY_POST_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
 RETRY_AFTER_CAP_S: Final = 300.0
 AUTH_BACKOFF_S: Final = 30.0
@@ -125,13 +126,20 @@ class ControlPlane:
             "X-Tunnel-Client-Instance-Id": identity.instance_id,
         }
         if identity.server_info is not None:
-            headers["X-Tunnel-MCP-Server-Info"] = identity.server_info
+            headers[SERVER_INFO_HEADER] = identity.server_info
         self._identity_headers = headers
         self.last_poll_ok: float | None = None
 
     async def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """Identity headers plus the current key (read again after rotation or a 401)."""
         return {**self._identity_headers, **(extra or {}), "Authorization": f"Bearer {await self._key.get()}"}
+
+    def declare(self, server_info: str | None) -> None:
+        """Change the `X-Tunnel-MCP-Server-Info` declaration (channels changed on reload)."""
+        if server_info is None:
+            self._identity_headers.pop(SERVER_INFO_HEADER, None)
+        else:
+            self._identity_headers[SERVER_INFO_HEADER] = server_info
 
     def credentials_rejected(self) -> None:
         """The control plane said 401: read the key again before the next request."""
