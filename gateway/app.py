@@ -27,7 +27,10 @@ from gateway.dispatch import Dispatcher
 from gateway.egress import egress
 from gateway.eras import Bridge
 from gateway.errors import ConfigError
+from gateway.limits import Limits
+from gateway.ops import OpsServer, Readiness
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
+from gateway.telemetry import NOOP, Telemetry
 from gateway.tunnel import ControlPlane, Identity, Poller
 from gateway.upstream.base import Upstream
 from gateway.upstream.http import HttpUpstream
@@ -68,6 +71,8 @@ class Runtime:
     control_plane: ControlPlane
     endpoint: Endpoint | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    telemetry: Telemetry = NOOP
+    ops: OpsServer | None = None
 
     async def reload(self) -> bool:
         """Read routing.yaml again and serve its servers and channels; False (old config kept) when it is bad.
@@ -97,10 +102,12 @@ class Runtime:
             log.error("reload rejected, the running configuration keeps serving: %s", exc)
             return False
         upstreams = {**kept, **started}
-        channels = _channels(new, upstreams, self.bridge, previous=self.channels)
+        self.telemetry.watch(upstreams, new.servers)
+        channels = _channels(new, upstreams, self.bridge, previous=self.channels, telemetry=self.telemetry)
         retired_channels = [channel for name, channel in self.channels.items() if channels.get(name) is not channel]
         retired = [upstream for name, upstream in self.upstreams.items() if upstreams.get(name) is not upstream]
-        self.dispatcher.replace_channels(channels)
+        limits = Limits(new.limits) if new.limits != old.limits else None
+        self.dispatcher.replace_channels(channels, limits)
         self.control_plane.declare(server_info_header(_affinity(new)))
         self.config, self.upstreams, self.channels = new, upstreams, channels
         self.tasks.append(asyncio.create_task(self._retire(retired_channels, retired), name="retire-upstreams"))
@@ -131,14 +138,20 @@ def _affinity(config: RoutingConfig) -> dict[str, bool]:
 
 
 def _channels(
-    config: RoutingConfig, upstreams: dict[str, Upstream], bridge: Bridge, previous: dict[str, Channel] | None = None
+    config: RoutingConfig,
+    upstreams: dict[str, Upstream],
+    bridge: Bridge,
+    previous: dict[str, Channel] | None = None,
+    *,
+    telemetry: Telemetry = NOOP,
 ) -> dict[str, Channel]:
     """Channels over the upstreams; an unchanged channel keeps its object (and its sessions)."""
     channels: dict[str, Channel] = {}
     for name, members in config.channels.items():
         upstream = upstreams[members[0]]
         old = (previous or {}).get(name)
-        channels[name] = old if old is not None and old.upstream is upstream else Channel(name, upstream, bridge)
+        keep = old is not None and old.upstream is upstream
+        channels[name] = old if keep and old is not None else Channel(name, upstream, bridge, telemetry=telemetry)
     return channels
 
 
@@ -201,8 +214,13 @@ def _is_ref(value: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Overrides) -> AsyncIterator[Runtime]:
-    """Build and start the runtime; on exit stop polling, drain, and close in reverse order."""
+async def provision(
+    config: RoutingConfig, *, routes_file: Path, overrides: Overrides, telemetry: Telemetry = NOOP
+) -> AsyncIterator[Runtime]:
+    """Build and start the runtime; on exit stop polling, drain, and close in reverse order.
+
+    `telemetry` belongs to the caller (the CLI shuts it down after the loop ends); the
+    ops listener, when configured, answers from the start (`/readyz`: starting)."""
     codec = Codec()
     bridge = Bridge(codec)
     base = routes_file.parent
@@ -214,6 +232,12 @@ async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Over
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             )
         )
+        ops: OpsServer | None = None
+        if config.ops is not None:
+            max_age = config.ops.ready_poll_age_s or config.gateway.poll_timeout_ms / 1000 + 15
+            ops = OpsServer(config.ops.listen, Readiness(max_poll_age_s=max_age), telemetry)
+            await ops.start()
+            stack.push_async_callback(ops.close)
         upstreams: dict[str, Upstream] = {}
         runtime_ref: list[Runtime] = []
 
@@ -225,26 +249,31 @@ async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Over
 
         stack.push_async_callback(close_upstreams)
         upstreams.update(await _start_upstreams(config, sorted(_used_servers(config)), bridge, http, routes_file))
-        channels = _channels(config, upstreams, bridge)
+        telemetry.watch(upstreams, config.servers)
+        channels = _channels(config, upstreams, bridge, telemetry=telemetry)
         identity = Identity.new(server_info_header(_affinity(config)))
 
         endpoint: Endpoint | None = None
         if config.control_plane is None and overrides.control_plane is None:
-            relay, key, endpoint = await _embedded_relay(config, base)
+            relay, key, endpoint = await _embedded_relay(config, base, telemetry)
             stack.push_async_callback(relay.close)
             cp_url, tunnel_id, api_key, cp_egress = relay.url, config.relay.tunnel_id, ApiKey(key.reveal()), None
         else:
             cp_url, tunnel_id, api_key = _remote_control_plane(config, overrides, base)
             cp_spec = config.control_plane or Egress()
             cp_egress = egress(cp_url, cp_spec, file=file, key="control_plane", base=base)
-        control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec, cp_egress)
+        control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec, cp_egress, telemetry=telemetry)
 
-        dispatcher = Dispatcher(channels, control_plane, codec, config.gateway.max_inflight)
+        limits = Limits(config.limits)
+        dispatcher = Dispatcher(channels, control_plane, codec, config.gateway.max_inflight, limits, telemetry)
         stack.push_async_callback(dispatcher.close)
-        poller = Poller(control_plane, dispatcher, codec, config.gateway.poll_timeout_ms)
+        poller = Poller(control_plane, dispatcher, codec, config.gateway.poll_timeout_ms, telemetry=telemetry)
         runtime = Runtime(
             config, routes_file, bridge, http, upstreams, channels, dispatcher, poller, control_plane, endpoint
         )
+        runtime.telemetry, runtime.ops = telemetry, ops
+        if ops is not None:
+            ops.readiness.runtime = runtime
         runtime_ref.append(runtime)
         poll_task = asyncio.create_task(poller.run(), name="poller")
         runtime.tasks.append(poll_task)
@@ -257,7 +286,9 @@ async def provision(config: RoutingConfig, *, routes_file: Path, overrides: Over
             await dispatcher.drain(config.gateway.drain_timeout_s)
 
 
-async def _embedded_relay(config: RoutingConfig, base: Path) -> tuple[Relay, secret_refs.Secret, Endpoint]:
+async def _embedded_relay(
+    config: RoutingConfig, base: Path, telemetry: Telemetry
+) -> tuple[Relay, secret_refs.Secret, Endpoint]:
     """Start the loopback relay with a fresh gateway key known only to this process."""
     spec = config.relay
     key = secret_refs.Secret(secrets.token_urlsafe(32), "embedded relay key")
@@ -274,7 +305,7 @@ async def _embedded_relay(config: RoutingConfig, base: Path) -> tuple[Relay, sec
         },
     )
     credentials = {spec.tunnel_id: TunnelCredentials(key, (token,) if token else ())}
-    relay = Relay(relay_config, credentials)
+    relay = Relay(relay_config, credentials, tracer=telemetry.relay_tracer())
     await relay.start()
     urls = {channel: relay.url_for(spec.tunnel_id, channel) for channel in config.channels}
     return relay, key, Endpoint(urls, token.reveal() if token else None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -68,6 +68,18 @@ class ServerSpec(_Frozen, frozen=True, kw_only=True):
     request_timeout_s: float | None = None
     """Upper bound for one call when the command carries no deadline (None: unbounded)."""
     restart_backoff_max_s: float = 30.0
+    required: bool = True
+    """`/readyz` reports not ready while this server is down."""
+    processes: int = 1
+    """stdio: a pool of this many processes; each call goes to the least loaded one."""
+    session: Literal["shared", "per-client"] = "shared"
+    """stdio: `per-client` runs one process per client session (isolation for stateful servers)."""
+    max_sessions: int = 32
+    """`session: per-client`: most processes at once; the one idle longest is stopped to make room."""
+    idle_timeout_s: float = 300.0
+    """`session: per-client`: a client's process is stopped after this long without a call."""
+    max_concurrency: int | None = None
+    """Calls running on this server at once (per process pool or HTTP endpoint); more wait their turn."""
 
     @property
     def transport(self) -> str:
@@ -103,12 +115,173 @@ class GatewaySpec(_Frozen, frozen=True, kw_only=True):
     """Largest upstream message accepted (a stdio line, an HTTP body)."""
 
 
+class TelemetrySpec(_Frozen, frozen=True, kw_only=True):
+    """OpenTelemetry export (OTLP); every key falls back to the standard OTEL_* variables."""
+
+    enabled: bool | None = None
+    """None: on when an OTLP endpoint is configured (here or OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    endpoint: str | None = None
+    """OTLP base URL (`/v1/traces`, `/v1/metrics` are appended for http/protobuf)."""
+    protocol: Literal["http/protobuf", "grpc"] | None = None
+    """OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf; grpc needs the gRPC exporter installed."""
+    headers: dict[str, str] = {}
+    """Sent with every export; values may be `env:VAR` or `file:/path` references."""
+    service_name: str | None = None
+    resource_attributes: dict[str, str] = {}
+    sampling_ratio: float | None = None
+    """Parent-based trace-id ratio sampling; OTEL_TRACES_SAMPLER when absent."""
+    capture_arguments: bool = False
+    """Record tool arguments and results on spans (redacted, truncated)."""
+
+
+class OpsSpec(_Frozen, frozen=True, kw_only=True):
+    """The local ops listener: `/healthz`, `/readyz`, `/metrics`."""
+
+    listen: str
+    ready_poll_age_s: float | None = None
+    """`/readyz` needs a successful poll this recent; default: the poll timeout plus 15 s."""
+
+
+class LoggingSpec(_Frozen, frozen=True, kw_only=True):
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+RATE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|m|h)\s*")
+"""A rate: `N/s`, `N/m` or `N/h`."""
+RATE_PERIOD_S: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
+LIMIT_SCOPES: Final = ("global", "channel", "server", "tool", "route", "tenant")
+
+
+class LimitSpec(_Frozen, frozen=True, kw_only=True):
+    """One limit: a rate and/or a concurrency cap on a scope."""
+
+    scope: str
+    """`global`, `channel`, `server`, `tool`, `route` (a routing rule's limit_key) or `tenant`."""
+    match: str | None = None
+    """Only this channel/server/tool/route key; absent: every value gets its own budget."""
+    rate: str | None = None
+    """`N/s`, `N/m` or `N/h`."""
+    burst: int | None = None
+    """Calls allowed at once before the rate applies (default: one second's worth, at least 1).
+    A burst of 1 admits a little under the rate when requests arrive in bursts: use 2 or more."""
+    concurrency: int | None = None
+    policy: str | None = None
+    """`wait` or `reject`; default from `limits.policy`."""
+    name: str | None = None
+    """Label in metrics; default `scope` or `scope:match`."""
+
+    def rate_per_s(self) -> float | None:
+        if self.rate is None:
+            return None
+        found = RATE.fullmatch(self.rate)
+        assert found is not None  # checked at load time
+        return float(found[1]) / RATE_PERIOD_S[found[2]]
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.scope if self.match is None else f"{self.scope}:{self.match}")
+
+
+class LimitsSpec(_Frozen, frozen=True, kw_only=True):
+    """Rate limits and concurrency caps, and what happens when one is hit."""
+
+    policy: str = "reject"
+    """`reject` (429 at once) or `wait` (queue up to `max_wait_s`, never past the command's deadline)."""
+    max_wait_s: float = 10.0
+    max_waiting: int = 16
+    """Requests that may wait on one budget at once; more are rejected (no unbounded queues)."""
+    tenant_header: str | None = None
+    """Request header naming the tenant; absent or missing: the client's Mcp-Session-Id."""
+    rules: list[LimitSpec] = []
+
+
+class ServerInfoSpec(_Frozen, frozen=True, kw_only=True):
+    """The identity an aggregated channel reports as its `serverInfo`."""
+
+    name: str
+    version: str | None = None
+    """Default: the gateway's version."""
+    title: str | None = None
+
+
+class ChannelSpec(_Frozen, frozen=True, kw_only=True):
+    """One channel in its long form (`channels.NAME: {servers: [...], ...}`); `[a, b]` is short for `{servers: [a, b]}`."""
+
+    servers: list[str]
+    server_info: ServerInfoSpec | None = None
+    """What `initialize` / `server/discover` report; default: the channel's name (one server: its own)."""
+    instructions: str | None = None
+    """Default: the servers' instructions, each under its server's name."""
+    prefix: Literal["always", "conditional"] | None = None
+    """Namespacing of tool and prompt names: `always` (the default with several servers) or
+    `conditional` (only names that collide); a one-server channel is never prefixed unless set."""
+    separator: str = "__"
+    rename: dict[str, dict[str, str]] = {}
+    """Per server: original tool/prompt name -> the exact name clients see (never prefixed)."""
+    page_size: int | None = None
+    """Items per page of a merged list (None: the whole list in one page)."""
+    cache_ttl_s: float = 60.0
+    """How long a server's list is reused before it is fetched again (list_changed clears it sooner)."""
+    list_timeout_s: float = 10.0
+    """How long a merged list waits for one server before leaving it out."""
+
+
+class RouteMatch(_Frozen, frozen=True, kw_only=True):
+    """What a routing rule matches; every given field must match (absent: anything)."""
+
+    channel: str | list[str] | None = None
+    method: str | None = None
+    """A glob on the JSON-RPC method (`tools/*`)."""
+    name: str | None = None
+    """A glob on the tool or prompt name, or the resource URI, as the client sends it."""
+    headers: dict[str, str] = {}
+    """Request header (case-insensitive) -> a glob its value must match."""
+
+
+class RouteSpec(_Frozen, frozen=True, kw_only=True):
+    """One routing rule: a match and what to do (first matching rule wins)."""
+
+    match: RouteMatch = RouteMatch()
+    to: str | None = None
+    """Send the request to this server."""
+    deny: str | None = None
+    """Refuse with this message (denied tools, prompts and resources are hidden from lists too)."""
+    limit_key: str | None = None
+    """Tag the request for `limits` rules of scope `route`."""
+
+
+class SessionsSpec(_Frozen, frozen=True, kw_only=True):
+    """Client sessions the gateway issues (sealed tokens carrying the upstream sessions)."""
+
+    key: str | None = None
+    """`env:VAR`, `file:/path` or a literal secret (16+ characters); absent: a random key per process,
+    so sessions do not survive a restart or reach another replica."""
+    previous_keys: list[str] = []
+    """Still accepted for opening sessions (key rotation)."""
+    ttl_s: float = 86400.0
+    """A session older than this is expired (the client gets 404 and initializes again)."""
+
+
 class RoutingConfig(_Frozen, frozen=True, kw_only=True):
     control_plane: ControlPlaneSpec | None = None
     relay: EmbeddedRelaySpec = EmbeddedRelaySpec()
     gateway: GatewaySpec = GatewaySpec()
+    limits: LimitsSpec = LimitsSpec()
     servers: dict[str, ServerSpec]
     channels: dict[str, list[str]]
+    channel_specs: dict[str, ChannelSpec] = {}
+    """Derived from `channels` at load: every channel in its long form."""
+    routes: list[RouteSpec] = []
+    sessions: SessionsSpec = SessionsSpec()
+
+    def channel(self, name: str) -> ChannelSpec:
+        """A channel in its long form."""
+        spec = self.channel_specs.get(name)
+        return spec if spec is not None else ChannelSpec(servers=list(self.channels[name]))
+    telemetry: TelemetrySpec = TelemetrySpec()
+    ops: OpsSpec | None = None
+    logging: LoggingSpec = LoggingSpec()
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -122,14 +295,32 @@ def parse(data: bytes, file: str) -> RoutingConfig:
         raise ConfigError(file, "(document)", f"valid YAML ({exc})") from None
     if isinstance(document, dict):
         # Convert named entries one by one so an error names the entry, not `[...]`.
-        for section, kind in (("servers", ServerSpec), ("channels", list[str])):
-            entries = document.get(section)
-            if isinstance(entries, dict):
-                for name, entry in entries.items():
-                    _convert(entry, kind, file, f"{section}.{name}")
+        entries = document.get("servers")
+        if isinstance(entries, dict):
+            for name, entry in entries.items():
+                _convert(entry, ServerSpec, file, f"servers.{name}")
+        document = _channel_specs(document, file)
     config = _convert(document, RoutingConfig, file, "")
     check(config, file)
     return config
+
+
+def _channel_specs(document: dict[str, object], file: str) -> dict[str, object]:
+    """Channels in either form become `channels` (server lists) plus `channel_specs` (long forms)."""
+    if "channel_specs" in document:
+        raise ConfigError(file, "channel_specs", "no such key (channel options go under `channels.NAME`)")
+    entries = document.get("channels")
+    if not isinstance(entries, dict):
+        return document
+    lists: dict[object, object] = {}
+    specs: dict[object, ChannelSpec] = {}
+    for name, entry in entries.items():
+        if isinstance(entry, dict):
+            spec = _convert(entry, ChannelSpec, file, f"channels.{name}")
+            specs[name], lists[name] = spec, list(spec.servers)
+        else:
+            lists[name] = _convert(entry, list[str], file, f"channels.{name}")
+    return {**document, "channels": lists, "channel_specs": specs}
 
 
 def _convert(value: object, kind: type[T], file: str, prefix: str) -> T:
@@ -176,18 +367,22 @@ def check(config: RoutingConfig, file: str) -> None:
         key = f"channels.{channel}"
         if not CHANNEL_NAME.fullmatch(channel):
             raise ConfigError(file, key, "a channel name of lowercase letters, digits, '-' or '_'")
-        if len(members) != 1:
-            raise ConfigError(file, key, "exactly one server name (aggregated channels are not supported yet)")
+        if not members:
+            raise ConfigError(file, key, "at least one server name")
+        if len(set(members)) != len(members):
+            raise ConfigError(file, key, "each server named once")
         for member in members:
             if member not in config.servers:
                 known = ", ".join(sorted(config.servers)) or "none"
                 raise ConfigError(file, key, f"a server defined under `servers` (got {member!r}; known: {known})")
+    check_multiplexing(config, file)
     if config.control_plane is not None:
         _check_url(config.control_plane.url, file, "control_plane.url")
         _check_egress(config.control_plane, file, "control_plane")
         if not config.control_plane.tunnel_id:
             raise ConfigError(file, "control_plane.tunnel_id", "a non-empty tunnel id")
     _check_listen(config.relay.listen, file, "relay.listen")
+    _check_limits(config.limits, file)
     gw = config.gateway
     if gw.max_inflight < 1:
         raise ConfigError(file, "gateway.max_inflight", "an integer of at least 1")
@@ -195,12 +390,52 @@ def check(config: RoutingConfig, file: str) -> None:
         raise ConfigError(file, "gateway.poll_timeout_ms", "an integer of at least 1")
     if gw.max_message_bytes < 1024:
         raise ConfigError(file, "gateway.max_message_bytes", "at least 1024 bytes")
+    _check_observability(config, file)
+
+
+def _check_observability(config: RoutingConfig, file: str) -> None:
+    telemetry = config.telemetry
+    if telemetry.endpoint is not None:
+        _check_url(telemetry.endpoint, file, "telemetry.endpoint")
+    if telemetry.sampling_ratio is not None and not 0.0 <= telemetry.sampling_ratio <= 1.0:
+        raise ConfigError(file, "telemetry.sampling_ratio", "a number from 0 to 1")
+    if config.ops is not None:
+        _check_listen(config.ops.listen, file, "ops.listen")
+        if config.ops.ready_poll_age_s is not None and config.ops.ready_poll_age_s <= 0:
+            raise ConfigError(file, "ops.ready_poll_age_s", "a positive number of seconds")
 
 
 def _check_url(url: str, file: str, key: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(file, key, f"an absolute http(s) URL (got {url!r})")
+
+
+def _check_limits(limits: LimitsSpec, file: str) -> None:
+    policies = ("wait", "reject")
+    if limits.policy not in policies:
+        raise ConfigError(file, "limits.policy", f"`wait` or `reject` (got {limits.policy!r})")
+    if limits.max_wait_s <= 0:
+        raise ConfigError(file, "limits.max_wait_s", "a positive number of seconds")
+    if limits.max_waiting < 0:
+        raise ConfigError(file, "limits.max_waiting", "a non-negative integer")
+    for i, rule in enumerate(limits.rules):
+        key = f"limits.rules[{i}]"
+        if rule.scope not in LIMIT_SCOPES:
+            raise ConfigError(file, f"{key}.scope", f"one of {', '.join(LIMIT_SCOPES)} (got {rule.scope!r})")
+        if rule.scope == "global" and rule.match is not None:
+            raise ConfigError(file, f"{key}.match", "no `match` on a global limit")
+        if rule.rate is None and rule.concurrency is None:
+            raise ConfigError(file, key, "a `rate`, a `concurrency`, or both")
+        rate = RATE.fullmatch(rule.rate) if rule.rate is not None else None
+        if rule.rate is not None and (rate is None or float(rate[1]) <= 0):
+            raise ConfigError(file, f"{key}.rate", f"a rate like 20/s, 100/m or 1000/h (got {rule.rate!r})")
+        if rule.burst is not None and (rule.burst < 1 or rule.rate is None):
+            raise ConfigError(file, f"{key}.burst", "a positive integer, with a `rate`")
+        if rule.concurrency is not None and rule.concurrency < 1:
+            raise ConfigError(file, f"{key}.concurrency", "a positive integer")
+        if rule.policy is not None and rule.policy not in policies:
+            raise ConfigError(file, f"{key}.policy", f"`wait` or `reject` (got {rule.policy!r})")
 
 
 def _check_egress(spec: Egress, file: str, key: str) -> None:

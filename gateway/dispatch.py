@@ -19,6 +19,9 @@ from msgspec import UNSET, Raw
 
 from gateway.channel import Channel
 from gateway.errors import CommandError, UnknownChannel, UpstreamError
+from gateway.limits import Limits, Subject
+from gateway.logs import REQUEST_ID
+from gateway.telemetry import NOOP, Telemetry
 from gateway.upstream.base import Notify, Reply
 from gateway.wire import (
     COMMAND_JSONRPC,
@@ -36,6 +39,7 @@ from gateway.wire import (
     TunnelFailure,
     TunnelResponsePayload,
     allowed_response_headers,
+    header_value,
     parse_response_timeout,
 )
 
@@ -53,8 +57,18 @@ class Responder(Protocol):
 class Dispatcher:
     """Runs polled commands concurrently, at most `max_inflight` asked for at a time."""
 
-    def __init__(self, channels: Mapping[str, Channel], responder: Responder, codec: Codec, max_inflight: int) -> None:
+    def __init__(
+        self,
+        channels: Mapping[str, Channel],
+        responder: Responder,
+        codec: Codec,
+        max_inflight: int,
+        limits: Limits | None = None,
+        telemetry: Telemetry = NOOP,
+    ) -> None:
         self._channels = channels
+        self._limits = limits
+        self._telemetry = telemetry
         self._responder = responder
         self._codec = codec
         self._max = max_inflight
@@ -65,9 +79,11 @@ class Dispatcher:
         self._idle.set()
         self.completed = 0
 
-    def replace_channels(self, channels: Mapping[str, Channel]) -> None:
-        """Serve new commands from these channels (a reload); running ones keep theirs."""
+    def replace_channels(self, channels: Mapping[str, Channel], limits: Limits | None = None) -> None:
+        """Serve new commands from these channels and limits (a reload); running ones keep theirs."""
         self._channels = channels
+        if limits is not None:
+            self._limits = limits
 
     # ------------------------------------------------------------------ capacity
 
@@ -120,9 +136,11 @@ class Dispatcher:
         if deadline is not None and loop.time() >= deadline:
             log.info("command %s expired before it ran; dropped", command.request_id)
             return
+        REQUEST_ID.set(command.request_id)  # this task's log lines carry it
         try:
-            async with asyncio.timeout_at(deadline):
-                await self._serve(command)
+            with self._telemetry.command(command, received_at):
+                async with asyncio.timeout_at(deadline):
+                    await self._serve(command)
         except TimeoutError:
             log.info("command %s reached its deadline; abandoned without a response", command.request_id)
         except Exception:
@@ -155,22 +173,48 @@ class Dispatcher:
             body = self._codec.error_response(NULL_ID, INVALID_REQUEST, "the command carries no valid JSON-RPC message")
             await self._post(command, RESP_JSONRPC, 400, body)
             return
+        self._telemetry.describe(message)
         expects_answer = message.is_request
         notify_ok = True
         try:
             channel = self._channels.get(command.channel)
             if channel is None:
                 raise UnknownChannel(command.channel)
-            async for frame in channel.run(message, command.headers):
-                if isinstance(frame, Notify):
-                    if expects_answer and notify_ok:
-                        notify_ok = await self._post(command, RESP_NOTIFY, 200, frame.message)
-                    continue
-                await self._answer(command, expects_answer, frame)
-                return
+            async with self._admit(command, message, channel):
+                async for frame in channel.run(message, command.headers):
+                    if isinstance(frame, Notify):
+                        if expects_answer and notify_ok:
+                            notify_ok = await self._post(command, RESP_NOTIFY, 200, frame.message)
+                        continue
+                    await self._answer(command, expects_answer, frame)
+                    return
             raise UpstreamError("upstream ended the call without an answer", CLIENT_INTERNAL)
         except (CommandError, UpstreamError) as exc:
             await self._fail(command, message, exc)
+
+    def _admit(
+        self, command: PolledCommand, message: JsonRpcMessage, channel: Channel
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """The limits a request must pass (none for notifications and answers)."""
+        limits = self._limits
+        if limits is None or not limits.enabled or not message.is_request:
+            return contextlib.nullcontext()
+        tool = None
+        if message.method == "tools/call" and message.params is not UNSET:
+            with contextlib.suppress(msgspec.MsgspecError):
+                name = self._codec.members(message.params).get("name")
+                tool = msgspec.json.decode(name) if name is not None else None
+        tenant_header = limits.tenant_header
+        tenant = header_value(command.headers, tenant_header) if tenant_header else None
+        if tenant is None:
+            tenant = header_value(command.headers, "Mcp-Session-Id")
+        subject = Subject(
+            channel=command.channel,
+            server=channel.upstream.name,
+            tool=tool if isinstance(tool, str) else None,
+            tenant=tenant,
+        )
+        return limits.admit(subject)
 
     async def _answer(self, command: PolledCommand, expects_answer: bool, reply: Reply) -> None:
         headers = allowed_response_headers(reply.headers)
@@ -197,7 +241,7 @@ class Dispatcher:
             body = self._codec.failure_response(id, _reason(status), exc.failure)
         elif isinstance(exc, CommandError):
             status = exc.status
-            body = self._codec.error_response(id, exc.code, str(exc))
+            body = self._codec.error_response(id, exc.code, str(exc), exc.data)
         else:
             status = 500
             body = self._codec.failure_response(id, _reason(status), CLIENT_INTERNAL)
@@ -230,9 +274,12 @@ class Dispatcher:
             resp_json=Raw(body) if body else UNSET,
             resp_headers=headers if headers else UNSET,
         )
-        return await self._responder.post(
-            self._codec.encode(payload), command.shard_token, terminal=resp_type != RESP_NOTIFY
-        )
+        with self._telemetry.post(resp_type, status, body, headers) as trace:
+            delivered = await self._responder.post(
+                self._codec.encode(payload), command.shard_token, terminal=resp_type != RESP_NOTIFY
+            )
+            trace.delivered(delivered)
+        return delivered
 
 
 def _reason(status: int) -> str:

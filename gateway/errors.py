@@ -3,7 +3,8 @@
     GatewayError
     ├── ConfigError              routing.yaml is wrong (exit status 2)
     ├── CommandError             the MCP client / command is wrong        -> JSON-RPC error
-    │   └── UnknownChannel       no such channel on this gateway          (400, -32603)
+    │   ├── UnknownChannel       no such channel on this gateway          (400, -32603)
+    │   └── RateLimited          a rate limit or concurrency cap said no  (429, -32029, data.retry_after_ms)
     ├── UpstreamError            the MCP server failed                    -> -32603 + tunnel_failure
     │   ├── UpstreamUnavailable  not running / connection failed / died
     │   ├── UpstreamProtocolError  answered something that is not MCP
@@ -18,6 +19,8 @@ Messages never carry secrets, URLs, raw bodies or exception text from peers.
 from __future__ import annotations
 
 from typing import ClassVar
+
+from msgspec import UNSET, Raw, UnsetType
 
 from gateway.wire import INTERNAL_ERROR, TunnelFailure
 
@@ -39,11 +42,29 @@ class CommandError(GatewayError):
 
     code: ClassVar[int] = INTERNAL_ERROR
     status: ClassVar[int] = 400
+    data: Raw | UnsetType = UNSET
 
 
 class UnknownChannel(CommandError):
     def __init__(self, channel: str) -> None:
         super().__init__(f"unknown channel {channel!r}: this gateway serves no such channel")
+
+
+RATE_LIMITED = -32029
+"""JSON-RPC code of a request refused by a gateway limit (implementation-defined server error range)."""
+
+
+class RateLimited(CommandError):
+    """A rate limit or concurrency cap refused the request; retry after `retry_after_ms`."""
+
+    code = RATE_LIMITED
+    status = 429
+
+    def __init__(self, limit: str, retry_after_ms: int) -> None:
+        super().__init__(f"rate limit exceeded ({limit}); retry after {retry_after_ms} ms")
+        self.limit = limit
+        self.retry_after_ms = retry_after_ms
+        self.data = Raw(b'{"retry_after_ms":%d}' % retry_after_ms)
 
 
 class UpstreamError(GatewayError):

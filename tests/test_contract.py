@@ -9,67 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
 import pytest
-from aiohttp import web
 from mcp import Client
 
-from gateway.relay import RelayConfig, TunnelSpec, build_relay_app
 from tests.harness import PYTHON, SERVERS, gateway, stdio_server
 from tests.openapi import validate, validate_failure
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-TUNNEL = "tunnel_contract"
-KEY = "contract-test-gateway-key"
-
-
-@dataclass
-class Recorded:
-    polls: list[bytes] = field(default_factory=list)
-    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-
-@dataclass
-class RelayUnderTest:
-    url: str
-    recorded: Recorded
-
-    def mcp(self, channel: str = "main") -> str:
-        return f"{self.url}/v1/mcp/{TUNNEL}/{channel}"
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[RelayUnderTest]:
-    recorded = Recorded()
-
-    @web.middleware
-    async def record(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if request.method == "POST" and request.path.endswith("/response"):
-            recorded.posts.append((dict(request.headers), await request.read()))
-        response = await handler(request)
-        if request.path.endswith("/poll") and response.status == 200 and isinstance(response, web.Response):
-            assert isinstance(response.body, bytes)
-            recorded.polls.append(response.body)
-        return response
-
-    config = RelayConfig(listen="127.0.0.1:0", tunnels={TUNNEL: TunnelSpec(gateway_key=KEY)})
-    app = build_relay_app(config)
-    app.middlewares.append(record)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield RelayUnderTest(f"http://127.0.0.1:{port}", recorded)
-    finally:
-        await runner.cleanup()
+from tests.recording_relay import KEY, TUNNEL, RelayUnderTest
 
 
 def _routes(url: str) -> str:

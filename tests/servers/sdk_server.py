@@ -99,6 +99,24 @@ def build_server(name: str) -> MCPServer:
         """This server's name and pid."""
         return json.dumps({"name": name, "pid": os.getpid()})
 
+    running = {"now": 0, "peak": 0}
+
+    @mcp.tool()
+    async def track(ms: int = 50) -> int:
+        """Sleep `ms` while counting calls running at once; returns the peak seen so far."""
+        running["now"] += 1
+        running["peak"] = max(running["peak"], running["now"])
+        try:
+            await anyio.sleep(ms / 1000)
+        finally:
+            running["now"] -= 1
+        return running["peak"]
+
+    @mcp.tool()
+    def peak() -> int:
+        """The most `track` calls that ever ran at once in this process."""
+        return running["peak"]
+
     class Name(BaseModel):
         name: str
 

@@ -1,0 +1,3 @@
+"""Shared fixtures: the recording relay (tests/recording_relay.py)."""
+
+pytest_plugins = ["tests.recording_relay"]
