@@ -73,7 +73,7 @@ class ApiKey:
         return False
 
     def _file(self) -> Path:
-        path = Path(self._ref[5:])
+        path = Path(os.path.expandvars(self._ref[5:]))
         return path if path.is_absolute() or self._base is None else self._base / path
 
     def _stamp(self) -> tuple[float, int] | None:

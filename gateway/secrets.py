@@ -42,7 +42,7 @@ def describe(ref: str) -> str:
 
 
 def resolve(ref: str, *, base: Path | None = None) -> Secret:
-    """Resolve `env:VAR`, `file:PATH` (relative to `base`) or a literal string."""
+    """Resolve `env:VAR`, `file:PATH` (relative to `base`; `${VAR}` expanded) or a literal string."""
     if ref.startswith("env:"):
         name = ref[4:]
         value = os.environ.get(name)
@@ -50,7 +50,7 @@ def resolve(ref: str, *, base: Path | None = None) -> Secret:
             raise SecretError(f"environment variable {name} is not set or empty")
         return Secret(value, ref)
     if ref.startswith("file:"):
-        path = Path(ref[5:])
+        path = Path(os.path.expandvars(ref[5:]))  # e.g. file:${CREDENTIALS_DIRECTORY}/key under systemd
         if base is not None and not path.is_absolute():
             path = base / path
         try:
