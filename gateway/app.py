@@ -20,8 +20,9 @@ import aiohttp
 
 from gateway import config as config_module
 from gateway import secrets as secret_refs
+from gateway.aggregate import AggregateChannel
 from gateway.channel import Channel
-from gateway.config import Egress, RoutingConfig, ServerSpec
+from gateway.config import Egress, RoutingConfig, ServerSpec, channel_spec
 from gateway.credentials import ApiKey
 from gateway.dispatch import Dispatcher
 from gateway.egress import egress
@@ -30,10 +31,13 @@ from gateway.errors import ConfigError
 from gateway.limits import Limits
 from gateway.ops import OpsServer, Readiness
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
+from gateway.router import Router
+from gateway.sessions import SessionKeys, SessionStore
 from gateway.telemetry import NOOP, Telemetry
 from gateway.tunnel import ControlPlane, Identity, Poller
 from gateway.upstream.base import Upstream
 from gateway.upstream.http import HttpUpstream
+from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
 from gateway.upstream.stdio import StdioUpstream
 from gateway.wire import Codec, server_info_header
 
@@ -65,7 +69,7 @@ class Runtime:
     bridge: Bridge
     http: aiohttp.ClientSession
     upstreams: dict[str, Upstream]
-    channels: dict[str, Channel]
+    channels: dict[str, AnyChannel]
     dispatcher: Dispatcher
     poller: Poller
     control_plane: ControlPlane
@@ -73,6 +77,7 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     telemetry: Telemetry = NOOP
     ops: OpsServer | None = None
+    session_keys: SessionKeys = field(default_factory=SessionKeys.random)
 
     async def reload(self) -> bool:
         """Read routing.yaml again and serve its servers and channels; False (old config kept) when it is bad.
@@ -103,10 +108,17 @@ class Runtime:
             return False
         upstreams = {**kept, **started}
         self.telemetry.watch(upstreams, new.servers)
-        channels = _channels(new, upstreams, self.bridge, previous=self.channels, telemetry=self.telemetry)
+        try:
+            keys = self.session_keys if new.sessions == old.sessions else _session_keys(new, self.routes_file)
+        except ConfigError as exc:
+            log.error("reload rejected, the running configuration keeps serving: %s", exc)
+            await asyncio.gather(*(upstream.close() for upstream in started.values()), return_exceptions=True)
+            return False
+        self.session_keys = keys
+        channels = _channels(new, upstreams, self.bridge, keys, previous=self.channels, telemetry=self.telemetry)
         retired_channels = [channel for name, channel in self.channels.items() if channels.get(name) is not channel]
         retired = [upstream for name, upstream in self.upstreams.items() if upstreams.get(name) is not upstream]
-        limits = Limits(new.limits) if new.limits != old.limits else None
+        limits = Limits(new.limits, on_wait=self.telemetry.limit_waiting) if new.limits != old.limits else None
         self.dispatcher.replace_channels(channels, limits)
         self.control_plane.declare(server_info_header(_affinity(new)))
         self.config, self.upstreams, self.channels = new, upstreams, channels
@@ -114,10 +126,11 @@ class Runtime:
         log.info("reloaded %s: %d servers, %d channels", self.routes_file, len(upstreams), len(channels))
         return True
 
-    async def _retire(self, channels: list[Channel], upstreams: list[Upstream]) -> None:
+    async def _retire(self, channels: list[AnyChannel], upstreams: list[Upstream]) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.gateway.drain_timeout_s):
                 await asyncio.gather(*(channel.wait_idle() for channel in channels))
+        await asyncio.gather(*(c.close() for c in channels if isinstance(c, AggregateChannel)), return_exceptions=True)
         await asyncio.gather(*(upstream.close() for upstream in upstreams), return_exceptions=True)
 
     async def close(self) -> None:
@@ -125,34 +138,85 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        aggregated = [c for c in self.channels.values() if isinstance(c, AggregateChannel)]
+        await asyncio.gather(*(channel.close() for channel in aggregated), return_exceptions=True)
         await asyncio.gather(*(upstream.close() for upstream in self.upstreams.values()), return_exceptions=True)
 
 
+AnyChannel = Channel | AggregateChannel
+
+
 def _used_servers(config: RoutingConfig) -> set[str]:
-    return {member for members in config.channels.values() for member in members}
+    used = {member for members in config.channels.values() for member in members}
+    return used | {route.to for route in config.routes if route.to is not None}
 
 
 def _affinity(config: RoutingConfig) -> dict[str, bool]:
-    """Channels whose session state lives in this process (stdio-backed)."""
-    return {name: config.servers[members[0]].stdio is not None for name, members in config.channels.items()}
+    """Channels whose session state lives in this process: a one-server stdio channel (its sessions are
+    in memory), an aggregated channel with a `session: per-client` server (the client's process).
+    Other aggregated channels carry their sessions in the session id: any replica can serve them."""
+    router = Router(config.routes)
+    return {
+        name: any(config.servers[member].session == "per-client" for member in members)
+        if _aggregated(config, name, router)
+        else config.servers[members[0]].stdio is not None
+        for name, members in config.channels.items()
+    }
+
+
+def _session_keys(config: RoutingConfig, routes_file: Path) -> SessionKeys:
+    return SessionKeys.from_spec(config.sessions, file=str(routes_file), base=routes_file.parent)
 
 
 def _channels(
     config: RoutingConfig,
     upstreams: dict[str, Upstream],
     bridge: Bridge,
-    previous: dict[str, Channel] | None = None,
+    keys: SessionKeys,
+    previous: dict[str, AnyChannel] | None = None,
     *,
     telemetry: Telemetry = NOOP,
-) -> dict[str, Channel]:
-    """Channels over the upstreams; an unchanged channel keeps its object (and its sessions)."""
-    channels: dict[str, Channel] = {}
+) -> dict[str, AnyChannel]:
+    """Channels over the upstreams; an unchanged channel keeps its object (and its sessions).
+
+    A channel of one server is a passthrough `Channel`; several servers, channel
+    options, `to`/`deny` routing rules or a `session: per-client` server make it
+    an `AggregateChannel` (started here: it watches its servers for list changes)."""
+    router = Router(config.routes)
+    channels: dict[str, AnyChannel] = {}
     for name, members in config.channels.items():
-        upstream = upstreams[members[0]]
         old = (previous or {}).get(name)
-        keep = old is not None and old.upstream is upstream
-        channels[name] = old if keep and old is not None else Channel(name, upstream, bridge, telemetry=telemetry)
+        if not _aggregated(config, name, router):
+            upstream = upstreams[members[0]]
+            keep = isinstance(old, Channel) and old.upstream is upstream
+            fresh = Channel(name, upstream, bridge, telemetry=telemetry, router=router)
+            channels[name] = old if keep and old is not None else fresh
+            continue
+        spec = channel_spec(config, name)
+        targets = router.targets(name)
+        used = {server: upstreams[server] for server in [*spec.servers, *targets]}
+        if (
+            isinstance(old, AggregateChannel)
+            and (old.spec, old.upstreams, old.router.specs) == (spec, list(used.values()), router.specs)
+            and (old.sessions.keys, old.sessions.ttl_s) == (keys, config.sessions.ttl_s)
+        ):
+            channels[name] = old
+            continue
+        sessions = SessionStore(keys, name, ttl_s=config.sessions.ttl_s)
+        channel = AggregateChannel(name, spec, used, bridge, router, sessions, targets=targets, telemetry=telemetry)
+        channel.start()
+        channels[name] = channel
     return channels
+
+
+def _aggregated(config: RoutingConfig, name: str, router: Router) -> bool:
+    spec = channel_spec(config, name)
+    return (
+        len(spec.servers) > 1
+        or spec != type(spec)(servers=spec.servers)
+        or router.reshapes(name)
+        or any(config.servers[server].session == "per-client" for server in spec.servers)
+    )
 
 
 async def _start_upstreams(
@@ -189,7 +253,8 @@ def _build_upstream(
 ) -> Upstream:
     limit = config.gateway.max_message_bytes
     if spec.stdio is not None:
-        return StdioUpstream(name, spec, bridge=bridge, max_message_bytes=limit)
+        upstream = _stdio_upstream(name, spec, bridge, limit)
+        return Bounded(upstream, spec.max_concurrency) if spec.max_concurrency else upstream
     assert spec.http is not None
     try:
         headers = {
@@ -197,7 +262,7 @@ def _build_upstream(
         }
     except secret_refs.SecretError as exc:
         raise ConfigError(str(base), f"servers.{name}.http.headers", f"resolvable secrets ({exc})") from None
-    return HttpUpstream(
+    http_upstream = HttpUpstream(
         name,
         spec.http,
         session=http,
@@ -207,6 +272,22 @@ def _build_upstream(
         ready_timeout_s=spec.startup_timeout_s,
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
     )
+    return Bounded(http_upstream, spec.max_concurrency) if spec.max_concurrency else http_upstream
+
+
+def _stdio_upstream(name: str, spec: ServerSpec, bridge: Bridge, limit: int) -> Upstream:
+    """One process, a pool of them (`processes`), or one per client session (`session: per-client`)."""
+
+    def process() -> StdioUpstream:
+        return StdioUpstream(name, spec, bridge=bridge, max_message_bytes=limit)
+
+    if spec.session == "per-client":
+        return ClientProcesses(
+            process(), process, max_sessions=spec.max_sessions, idle_timeout_s=spec.idle_timeout_s
+        )
+    if spec.processes > 1:
+        return StdioPool(name, [process() for _ in range(spec.processes)], bridge.codec)
+    return process()
 
 
 def _is_ref(value: str) -> bool:
@@ -250,7 +331,8 @@ async def provision(
         stack.push_async_callback(close_upstreams)
         upstreams.update(await _start_upstreams(config, sorted(_used_servers(config)), bridge, http, routes_file))
         telemetry.watch(upstreams, config.servers)
-        channels = _channels(config, upstreams, bridge, telemetry=telemetry)
+        session_keys = _session_keys(config, routes_file)
+        channels = _channels(config, upstreams, bridge, session_keys, telemetry=telemetry)
         identity = Identity.new(server_info_header(_affinity(config)))
 
         endpoint: Endpoint | None = None
@@ -264,14 +346,22 @@ async def provision(
             cp_egress = egress(cp_url, cp_spec, file=file, key="control_plane", base=base)
         control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec, cp_egress, telemetry=telemetry)
 
-        limits = Limits(config.limits)
+        limits = Limits(config.limits, on_wait=telemetry.limit_waiting)
         dispatcher = Dispatcher(channels, control_plane, codec, config.gateway.max_inflight, limits, telemetry)
         stack.push_async_callback(dispatcher.close)
-        poller = Poller(control_plane, dispatcher, codec, config.gateway.poll_timeout_ms, telemetry=telemetry)
+        telemetry.watch_limits(dispatcher.limit_counts)
+        poller = Poller(
+            control_plane,
+            dispatcher,
+            codec,
+            config.gateway.poll_timeout_ms,
+            polls=config.gateway.polls_in_flight,
+            telemetry=telemetry,
+        )
         runtime = Runtime(
             config, routes_file, bridge, http, upstreams, channels, dispatcher, poller, control_plane, endpoint
         )
-        runtime.telemetry, runtime.ops = telemetry, ops
+        runtime.telemetry, runtime.ops, runtime.session_keys = telemetry, ops, session_keys
         if ops is not None:
             ops.readiness.runtime = runtime
         runtime_ref.append(runtime)
@@ -283,6 +373,9 @@ async def provision(
             poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poll_task
+            for channel in runtime.channels.values():
+                if isinstance(channel, AggregateChannel):
+                    channel.end_streams()  # open `subscriptions/listen` streams end now, gracefully
             await dispatcher.drain(config.gateway.drain_timeout_s)
 
 

@@ -9,18 +9,22 @@ client's era and the server's. Everything else runs on the upstream.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
-from msgspec import UNSET, Raw
+from msgspec import UNSET, Raw, UnsetType
 
 from gateway.eras import EMPTY_OBJECT, Bridge
 from gateway.errors import UpstreamProtocolError
-from gateway.upstream.base import Call, Era, Frame, Reply, Upstream, UpstreamInfo
+from gateway.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
+from gateway.router import NO_ROUTE, Route, Router
+from gateway.telemetry import NOOP, Telemetry
+from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
 from gateway.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
 
 log = logging.getLogger(__name__)
@@ -61,18 +65,53 @@ class LocalSessions:
         return session_id is not None and self._sessions.pop(session_id, None) is not None
 
 
+class ServedChannel(Protocol):
+    """What the dispatcher needs of a channel: this one-server `Channel`, or an `AggregateChannel`."""
+
+    name: str
+
+    def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]: ...
+
+    async def end_session(self, headers: Headers) -> Reply: ...
+
+    async def wait_idle(self) -> None: ...
+
+    def route(self, message: JsonRpcMessage, headers: Headers) -> Route:
+        """The routing decision for a request (`limit_key`, and the server that will serve it when known)."""
+        ...
+
+
 class Channel:
     """One channel fronting one upstream server."""
 
-    def __init__(self, name: str, upstream: Upstream, bridge: Bridge) -> None:
+    def __init__(
+        self,
+        name: str,
+        upstream: Upstream,
+        bridge: Bridge,
+        *,
+        telemetry: Telemetry = NOOP,
+        router: Router | None = None,
+    ) -> None:
         self.name = name
         self.upstream = upstream
+        self._router = router or Router()
+        self._rounds = Rounds(bridge.codec)
+        self._telemetry = telemetry
         self._bridge = bridge
         self._codec = bridge.codec
         self._sessions = LocalSessions()
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def route(self, message: JsonRpcMessage, headers: Headers) -> Route:
+        """The routing decision for a request: only `limit_key` rules reach a one-server channel."""
+        if message.method is UNSET:
+            return dataclasses.replace(NO_ROUTE, server=self.upstream.name)
+        name = self._bridge.target_name(message.method, message.params)
+        decision = self._router.decide(self.name, message.method, name, headers)
+        return dataclasses.replace(decision, server=self.upstream.name)
 
     async def wait_idle(self) -> None:
         """Until no call is running on this channel (a reload retires it after that)."""
@@ -93,7 +132,12 @@ class Channel:
     async def _run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         info = await self.upstream.wait_info()
         if message.is_response:
-            # A client's answer to a request the server sent it during a call.
+            # A client's answer to a request the server sent it during a call (or the gateway, on a
+            # 2026-07-28 server's behalf: gateway.mrtr).
+            answered = self._rounds.answered(message)
+            if answered is not None:
+                yield Reply(202 if answered else 404)
+                return
             passthrough = header_value(headers, SESSION_HEADER) is not None and self.upstream.holds_sessions
             yield await self.upstream.respond(message, self._forwarded_headers(headers, True), not passthrough)
             return
@@ -103,6 +147,10 @@ class Channel:
         passthrough = client is info.era
         if message.is_request:
             assert message.id is not UNSET
+            if client is Era.MODERN and info.era is Era.LEGACY and retry_of(params) is not None:
+                async for frame in self._resume(message.id, params):
+                    yield frame
+                return
             local = self._local_answer(method, params, headers, client, info)
             if local is not None:
                 body, extra = local
@@ -123,9 +171,70 @@ class Channel:
             self._forwarded_headers(headers, passthrough),
             own_session=not (passthrough and self.upstream.holds_sessions),
         )
-        async for frame in self.upstream.exchange(call):
-            if isinstance(frame, Reply) and not passthrough and frame.body:
-                frame = self._translate(method, frame, client, info)
+        if passthrough:
+            async for frame in self._telemetry.exchange(self.upstream, call, info):  # the CLIENT span
+                yield frame
+            return
+        for _ in range(MAX_ROUNDS):
+            ask: Ask | None = None
+            async for bridged in self._bridged(self._telemetry.exchange(self.upstream, call, info), call, client, info):
+                if isinstance(bridged, Ask):
+                    ask = bridged
+                    break
+                yield bridged
+            if ask is None:
+                return
+            answers: dict[str, Raw] = {}
+            async for notify in self._rounds.ask(ask, answers):  # a 2026-07-28 server's input, asked of the client
+                yield notify
+            if len(answers) != len(ask.requests):
+                assert call.id is not None
+                declined = self._codec.error_response(call.id, -32600, "the client declined the server's request")
+                yield Reply(200, declined)
+                return
+            call = dataclasses.replace(call, params=with_input_responses(self._codec, call.params, answers, ask.state))
+        raise UpstreamProtocolError(self.upstream.name, "invalid_protocol_response")
+
+    async def _bridged(
+        self, frames: AsyncIterator[Frame], call: Call, client: Era, info: UpstreamInfo
+    ) -> AsyncIterator[Frame | Ask]:
+        """A call's frames for a client of the other era: results translated; a handshake-era server's
+        request to a 2026-07-28 client becomes an `input_required` answer (the call is held for the
+        retry); a 2026-07-28 server's `input_required` result becomes an `Ask` for a handshake-era one."""
+        kept = False
+        try:
+            async for frame in frames:
+                if isinstance(frame, Notify):
+                    request = self._rounds.input_request(frame) if client is Era.MODERN else None
+                    if request is not None and call.id is not None:
+                        pending = Held(frames, self.upstream, info, call.method, {}, {}, call.own_session)
+                        kept = True
+                        result = await self._rounds.hold(pending, request)
+                        yield Reply(200, self._codec.result(call.id, result), dict(JSON))
+                        return
+                    yield frame
+                    continue
+                ask = self._rounds.asked_of(frame) if client is Era.LEGACY else None
+                if ask is not None:
+                    yield ask
+                    return
+                if frame.body:
+                    frame = self._translate(call.method, frame, client, info)
+                yield rekeyed(self._codec, frame, call.id) if call.id is not None else frame
+                return
+        finally:
+            if not kept:
+                close = getattr(frames, "aclose", None)
+                if close is not None:
+                    await close()
+
+    async def _resume(self, id: Raw, params: Raw | UnsetType) -> AsyncIterator[Frame]:
+        """A 2026-07-28 client's retry: its answers go to the server, whose held call goes on."""
+        pending = await self._rounds.resume(params)
+        call = Call(pending.method, id, UNSET, {}, pending.own_session)
+        async for frame in self._bridged(pending.frames, call, Era.MODERN, pending.info):
+            if isinstance(frame, Ask):
+                raise UpstreamProtocolError(self.upstream.name, "invalid_protocol_response")
             yield frame
 
     async def end_session(self, headers: Headers) -> Reply:

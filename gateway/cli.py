@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from collections.abc import Coroutine
@@ -17,10 +16,12 @@ from pathlib import Path
 
 import uvloop
 
-from gateway import __version__, config
+from gateway import __version__, config, logs
 from gateway.app import Overrides, provision
 from gateway.errors import ConfigError
 from gateway.relay import RelayConfigError, load_relay_config, serve_relay
+from gateway.telemetry import RELAY_SERVICE, Telemetry, current_trace_ids
+from gateway.telemetry import build as build_telemetry
 
 EXIT_CONFIG = 2
 
@@ -31,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--routes", type=Path, default=Path("routing.yaml"), help="routing file (routing.yaml)")
     parser.add_argument("--control-plane", metavar="URL", help="control plane base URL (overrides the file)")
     parser.add_argument("--tunnel-id", metavar="ID", help="tunnel id (overrides the file)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides logging.level")
+    parser.add_argument("--log-format", choices=["text", "json"], help="overrides logging.format")
     sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check", help="validate a routing file and exit")
     check.add_argument("--routes", type=Path, default=Path("routing.yaml"))
@@ -42,8 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    redactor = logs.Redactor()  # every log line passes through it; secrets are registered as they are known
+    logs.setup(
+        redactor=redactor, fmt=args.log_format or "text", level=args.log_level or "INFO", trace_ids=current_trace_ids
     )
     try:
         if args.command == "check":
@@ -51,10 +54,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.routes}: OK ({len(routes.servers)} servers, {len(routes.channels)} channels)")
             return 0
         if args.command == "relay":
-            return _run(_relay(args.config))
+            return _relay_main(args.config, redactor)
         routes = config.load(args.routes)
+        logs.setup(
+            redactor=redactor,
+            fmt=args.log_format or routes.logging.format,
+            level=args.log_level or routes.logging.level,
+            trace_ids=current_trace_ids,
+        )
+        redactor.add_all(logs.config_secrets(routes, args.routes.parent))
+        telemetry = build_telemetry(
+            routes.telemetry,
+            metrics_pull=routes.ops is not None,
+            redact=redactor.redact,
+            base=args.routes.parent,
+            file=str(args.routes),
+        )
         overrides = Overrides(control_plane=args.control_plane, tunnel_id=args.tunnel_id)
-        return _run(_gateway(routes, args.routes, overrides))
+        try:
+            return _run(_gateway(routes, args.routes, overrides, telemetry))
+        finally:
+            telemetry.shutdown()  # flush spans and metrics after the loop is gone
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -65,13 +85,15 @@ def _run(main: Coroutine[object, object, int]) -> int:
         return runner.run(main)
 
 
-async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Overrides) -> int:
+async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Overrides, telemetry: Telemetry) -> int:
     loop = asyncio.get_running_loop()
     stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
-    async with provision(routes, routes_file=file, overrides=overrides) as runtime:
+    async with provision(routes, routes_file=file, overrides=overrides, telemetry=telemetry) as runtime:
+        if runtime.ops is not None:
+            print(f"ops: listening on {runtime.ops.url}")
         if runtime.endpoint is not None:
             for channel, url in runtime.endpoint.urls.items():
                 print(f"MCP endpoint (channel {channel}): {url}")
@@ -93,13 +115,29 @@ async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Override
     return 0
 
 
-async def _relay(path: Path) -> int:
+def _relay_main(path: Path, redactor: logs.Redactor) -> int:
+    """The relay's telemetry comes from the OTEL_* variables alone (relay.yaml has no section for it)."""
+    telemetry = build_telemetry(config.TelemetrySpec(), service_name=RELAY_SERVICE, redact=redactor.redact)
+    try:
+        return _run(_relay(path, redactor, telemetry))
+    finally:
+        telemetry.shutdown()
+
+
+async def _relay(path: Path, redactor: logs.Redactor, telemetry: Telemetry) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await serve_relay(load_relay_config(path), stop, on_ready=lambda url: print(f"relay: ready {url}", flush=True))
+        relay_config = load_relay_config(path)
+        redactor.add_all(logs.relay_secrets(relay_config, path.parent))
+        await serve_relay(
+            relay_config,
+            stop,
+            on_ready=lambda url: print(f"relay: ready {url}", flush=True),
+            tracer=telemetry.relay_tracer(),
+        )
     except RelayConfigError as exc:
         print(f"gateway relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG

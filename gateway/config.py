@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Struct
 
+from gateway import rates
 from gateway.errors import ConfigError
 
 CHANNEL_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -110,6 +111,9 @@ class GatewaySpec(_Frozen, frozen=True, kw_only=True):
 
     max_inflight: int = 64
     poll_timeout_ms: int = 25_000
+    polls_in_flight: int = 1
+    """Polls outstanding at once. One carries at most 25 commands per round trip: over a slow
+    link raise it (and `max_inflight`) so the round trip does not cap throughput."""
     drain_timeout_s: float = 20.0
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest upstream message accepted (a stdio line, an HTTP body)."""
@@ -147,9 +151,6 @@ class LoggingSpec(_Frozen, frozen=True, kw_only=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-RATE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|m|h)\s*")
-"""A rate: `N/s`, `N/m` or `N/h`."""
-RATE_PERIOD_S: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
 LIMIT_SCOPES: Final = ("global", "channel", "server", "tool", "route", "tenant")
 
 
@@ -172,11 +173,7 @@ class LimitSpec(_Frozen, frozen=True, kw_only=True):
     """Label in metrics; default `scope` or `scope:match`."""
 
     def rate_per_s(self) -> float | None:
-        if self.rate is None:
-            return None
-        found = RATE.fullmatch(self.rate)
-        assert found is not None  # checked at load time
-        return float(found[1]) / RATE_PERIOD_S[found[2]]
+        return None if self.rate is None else rates.per_second(self.rate)
 
     @property
     def label(self) -> str:
@@ -206,7 +203,7 @@ class ServerInfoSpec(_Frozen, frozen=True, kw_only=True):
 
 
 class ChannelSpec(_Frozen, frozen=True, kw_only=True):
-    """One channel in its long form (`channels.NAME: {servers: [...], ...}`); `[a, b]` is short for `{servers: [a, b]}`."""
+    """One channel in its long form, `channels.NAME: {servers: [...], ...}` (`[a, b]` is short for it)."""
 
     servers: list[str]
     server_info: ServerInfoSpec | None = None
@@ -225,6 +222,9 @@ class ChannelSpec(_Frozen, frozen=True, kw_only=True):
     """How long a server's list is reused before it is fetched again (list_changed clears it sooner)."""
     list_timeout_s: float = 10.0
     """How long a merged list waits for one server before leaving it out."""
+    listen_timeout_s: float = 50.0
+    """A client's `subscriptions/listen` stream ends (gracefully) after this long; the client listens
+    again. Keep it under the control plane's response timeout."""
 
 
 class RouteMatch(_Frozen, frozen=True, kw_only=True):
@@ -274,11 +274,6 @@ class RoutingConfig(_Frozen, frozen=True, kw_only=True):
     """Derived from `channels` at load: every channel in its long form."""
     routes: list[RouteSpec] = []
     sessions: SessionsSpec = SessionsSpec()
-
-    def channel(self, name: str) -> ChannelSpec:
-        """A channel in its long form."""
-        spec = self.channel_specs.get(name)
-        return spec if spec is not None else ChannelSpec(servers=list(self.channels[name]))
     telemetry: TelemetrySpec = TelemetrySpec()
     ops: OpsSpec | None = None
     logging: LoggingSpec = LoggingSpec()
@@ -386,6 +381,8 @@ def check(config: RoutingConfig, file: str) -> None:
     gw = config.gateway
     if gw.max_inflight < 1:
         raise ConfigError(file, "gateway.max_inflight", "an integer of at least 1")
+    if not 1 <= gw.polls_in_flight <= 16:
+        raise ConfigError(file, "gateway.polls_in_flight", "an integer from 1 to 16")
     if gw.poll_timeout_ms < 1:
         raise ConfigError(file, "gateway.poll_timeout_ms", "an integer of at least 1")
     if gw.max_message_bytes < 1024:
@@ -427,9 +424,8 @@ def _check_limits(limits: LimitsSpec, file: str) -> None:
             raise ConfigError(file, f"{key}.match", "no `match` on a global limit")
         if rule.rate is None and rule.concurrency is None:
             raise ConfigError(file, key, "a `rate`, a `concurrency`, or both")
-        rate = RATE.fullmatch(rule.rate) if rule.rate is not None else None
-        if rule.rate is not None and (rate is None or float(rate[1]) <= 0):
-            raise ConfigError(file, f"{key}.rate", f"a rate like 20/s, 100/m or 1000/h (got {rule.rate!r})")
+        if rule.rate is not None and rates.per_second(rule.rate) is None:
+            raise ConfigError(file, f"{key}.rate", f"{rates.EXPECTED} (got {rule.rate!r})")
         if rule.burst is not None and (rule.burst < 1 or rule.rate is None):
             raise ConfigError(file, f"{key}.burst", "a positive integer, with a `rate`")
         if rule.concurrency is not None and rule.concurrency < 1:
@@ -454,3 +450,76 @@ def _check_listen(listen: str, file: str, key: str) -> None:
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def check_multiplexing(config: RoutingConfig, file: str) -> None:
+    """Channel options, routing rules, process management and sessions."""
+    from gateway.router import glob_error  # sans-IO too; imported here to keep the module graph acyclic
+
+    for name, server in config.servers.items():
+        key = f"servers.{name}"
+        if server.processes < 1:
+            raise ConfigError(file, f"{key}.processes", "an integer of at least 1")
+        if server.stdio is None and (server.processes != 1 or server.session != "shared"):
+            raise ConfigError(file, key, "`processes` and `session` only on a stdio server")
+        if server.session == "per-client" and server.processes != 1:
+            raise ConfigError(file, f"{key}.processes", "1 with `session: per-client` (one process per session)")
+        if server.max_sessions < 1:
+            raise ConfigError(file, f"{key}.max_sessions", "an integer of at least 1")
+        if server.idle_timeout_s <= 0:
+            raise ConfigError(file, f"{key}.idle_timeout_s", "a positive number of seconds")
+        if server.max_concurrency is not None and server.max_concurrency < 1:
+            raise ConfigError(file, f"{key}.max_concurrency", "an integer of at least 1")
+    for name, spec in config.channel_specs.items():
+        key = f"channels.{name}"
+        if not spec.separator or any(c.isspace() for c in spec.separator):
+            raise ConfigError(file, f"{key}.separator", "a non-empty separator without spaces")
+        if spec.page_size is not None and spec.page_size < 1:
+            raise ConfigError(file, f"{key}.page_size", "an integer of at least 1")
+        if spec.cache_ttl_s < 0:
+            raise ConfigError(file, f"{key}.cache_ttl_s", "a non-negative number of seconds")
+        if spec.list_timeout_s <= 0:
+            raise ConfigError(file, f"{key}.list_timeout_s", "a positive number of seconds")
+        if spec.listen_timeout_s <= 0:
+            raise ConfigError(file, f"{key}.listen_timeout_s", "a positive number of seconds")
+        for renamed, names in spec.rename.items():
+            if renamed not in spec.servers:
+                members = ", ".join(spec.servers)
+                raise ConfigError(file, f"{key}.rename.{renamed}", f"a server of this channel ({members})")
+            exposed = list(names.values())
+            if len(set(exposed)) != len(exposed) or not all(exposed):
+                raise ConfigError(file, f"{key}.rename.{renamed}", "distinct, non-empty new names")
+    for i, route in enumerate(config.routes):
+        key = f"routes[{i}]"
+        channels = [route.match.channel] if isinstance(route.match.channel, str) else route.match.channel or []
+        for channel in channels:
+            if channel not in config.channels:
+                known = ", ".join(sorted(config.channels))
+                expected = f"a channel defined under `channels` (got {channel!r}; known: {known})"
+                raise ConfigError(file, f"{key}.match.channel", expected)
+        for field, pattern in (("method", route.match.method), ("name", route.match.name)):
+            problem = glob_error(pattern) if pattern is not None else None
+            if problem is not None:
+                raise ConfigError(file, f"{key}.match.{field}", f"a glob pattern ({problem})")
+        for header, pattern in route.match.headers.items():
+            problem = glob_error(pattern)
+            if not header or problem is not None:
+                expected = f"a header name and a glob pattern ({problem or 'empty header name'})"
+                raise ConfigError(file, f"{key}.match.headers.{header}", expected)
+        if route.to is None and route.deny is None and route.limit_key is None:
+            raise ConfigError(file, key, "one of `to`, `deny` or `limit_key`")
+        if route.to is not None and route.deny is not None:
+            raise ConfigError(file, key, "`to` or `deny`, not both")
+        if route.to is not None and route.to not in config.servers:
+            known = ", ".join(sorted(config.servers))
+            raise ConfigError(file, f"{key}.to", f"a server defined under `servers` (got {route.to!r}; known: {known})")
+        if route.limit_key is not None and not route.limit_key:
+            raise ConfigError(file, f"{key}.limit_key", "a non-empty key")
+    if config.sessions.ttl_s <= 0:
+        raise ConfigError(file, "sessions.ttl_s", "a positive number of seconds")
+
+
+def channel_spec(config: RoutingConfig, name: str) -> ChannelSpec:
+    """A channel in its long form (the short form `[a, b]` has every option at its default)."""
+    spec = config.channel_specs.get(name)
+    return spec if spec is not None else ChannelSpec(servers=list(config.channels[name]))

@@ -17,8 +17,8 @@ from typing import Final, Protocol
 import msgspec
 from msgspec import UNSET, Raw
 
-from gateway.channel import Channel
-from gateway.errors import CommandError, UnknownChannel, UpstreamError
+from gateway.channel import ServedChannel
+from gateway.errors import CommandError, RateLimited, UnknownChannel, UpstreamError
 from gateway.limits import Limits, Subject
 from gateway.logs import REQUEST_ID
 from gateway.telemetry import NOOP, Telemetry
@@ -59,7 +59,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        channels: Mapping[str, Channel],
+        channels: Mapping[str, ServedChannel],
         responder: Responder,
         codec: Codec,
         max_inflight: int,
@@ -73,17 +73,20 @@ class Dispatcher:
         self._codec = codec
         self._max = max_inflight
         self._tasks: set[asyncio.Task[None]] = set()
-        self._capacity = asyncio.Event()
-        self._capacity.set()
+        self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self.completed = 0
 
-    def replace_channels(self, channels: Mapping[str, Channel], limits: Limits | None = None) -> None:
+    def replace_channels(self, channels: Mapping[str, ServedChannel], limits: Limits | None = None) -> None:
         """Serve new commands from these channels and limits (a reload); running ones keep theirs."""
         self._channels = channels
         if limits is not None:
             self._limits = limits
+
+    def limit_counts(self) -> Mapping[tuple[str, str], int]:
+        """The current limits' (label, admitted|waited|rejected) counts (telemetry reads them)."""
+        return self._limits.counts if self._limits is not None else {}
 
     # ------------------------------------------------------------------ capacity
 
@@ -95,8 +98,14 @@ class Dispatcher:
     def free(self) -> int:
         return max(0, self._max - len(self._tasks))
 
-    async def wait_capacity(self) -> None:
-        await self._capacity.wait()
+    async def wait_capacity(self, reserved: int = 0) -> None:
+        """Until more slots are free than `reserved`."""
+        while self.free <= reserved:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def capacity_changed(self) -> None:
+        self._changed.set()
 
     def submit(self, command: PolledCommand, received_at: float) -> None:
         """Start a command (a batch larger than asked for still runs whole)."""
@@ -104,14 +113,11 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         self._idle.clear()
-        if len(self._tasks) >= self._max:
-            self._capacity.clear()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self.completed += 1
-        if len(self._tasks) < self._max:
-            self._capacity.set()
+        self._changed.set()
         if not self._tasks:
             self._idle.set()
 
@@ -193,7 +199,7 @@ class Dispatcher:
             await self._fail(command, message, exc)
 
     def _admit(
-        self, command: PolledCommand, message: JsonRpcMessage, channel: Channel
+        self, command: PolledCommand, message: JsonRpcMessage, channel: ServedChannel
     ) -> contextlib.AbstractAsyncContextManager[None]:
         """The limits a request must pass (none for notifications and answers)."""
         limits = self._limits
@@ -208,10 +214,12 @@ class Dispatcher:
         tenant = header_value(command.headers, tenant_header) if tenant_header else None
         if tenant is None:
             tenant = header_value(command.headers, "Mcp-Session-Id")
+        route = channel.route(message, command.headers)
         subject = Subject(
             channel=command.channel,
-            server=channel.upstream.name,
+            server=route.server,
             tool=tool if isinstance(tool, str) else None,
+            route=route.limit_key,
             tenant=tenant,
         )
         return limits.admit(subject)
@@ -231,6 +239,8 @@ class Dispatcher:
     async def _fail(self, command: PolledCommand, message: JsonRpcMessage | None, exc: Exception) -> None:
         """The one place an error becomes a wire response."""
         log.info("command %s failed: %s", command.request_id, exc)
+        if isinstance(exc, RateLimited):
+            self._telemetry.rate_limit(exc.limit, "rejected")
         if message is not None and not message.is_request:
             status = exc.resp_code if isinstance(exc, UpstreamError) else 400
             await self._post(command, RESP_NOTIFY_ACK, status)

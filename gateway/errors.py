@@ -4,7 +4,11 @@
     ├── ConfigError              routing.yaml is wrong (exit status 2)
     ├── CommandError             the MCP client / command is wrong        -> JSON-RPC error
     │   ├── UnknownChannel       no such channel on this gateway          (400, -32603)
-    │   └── RateLimited          a rate limit or concurrency cap said no  (429, -32029, data.retry_after_ms)
+    │   ├── RateLimited          a rate limit or concurrency cap said no  (429, -32029, data.retry_after_ms)
+    │   ├── RouteDenied          a `deny` routing rule matched            (403, -32010)
+    │   ├── UnknownTarget        no server of the channel has that name   (400, -32602)
+    │   ├── SessionNotFound      unknown, expired or ended Mcp-Session-Id (404, -32600)
+    │   └── InvalidRequestParams malformed params or cursor               (400, -32602)
     ├── UpstreamError            the MCP server failed                    -> -32603 + tunnel_failure
     │   ├── UpstreamUnavailable  not running / connection failed / died
     │   ├── UpstreamProtocolError  answered something that is not MCP
@@ -65,6 +69,41 @@ class RateLimited(CommandError):
         self.limit = limit
         self.retry_after_ms = retry_after_ms
         self.data = Raw(b'{"retry_after_ms":%d}' % retry_after_ms)
+
+
+ROUTE_DENIED = -32010
+"""JSON-RPC code of a request a `deny` routing rule refused (implementation-defined server error range)."""
+
+
+class RouteDenied(CommandError):
+    """A routing rule denies the request; its message is the rule's."""
+
+    code = ROUTE_DENIED
+    status = 403
+
+
+class UnknownTarget(CommandError):
+    """The tool, prompt or resource named is not served on this channel."""
+
+    code = -32602
+    status = 400
+
+
+class SessionNotFound(CommandError):
+    """The client's `Mcp-Session-Id` is unknown, expired or ended: it must initialize again."""
+
+    code = -32600
+    status = 404
+
+    def __init__(self) -> None:
+        super().__init__("Session not found")
+
+
+class InvalidRequestParams(CommandError):
+    """The request's params (or its cursor) cannot be used."""
+
+    code = -32602
+    status = 400
 
 
 class UpstreamError(GatewayError):

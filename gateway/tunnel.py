@@ -9,6 +9,7 @@ as encoded payloads.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import logging
 import random
@@ -27,6 +28,7 @@ from gateway import __version__
 from gateway.credentials import ApiKey
 from gateway.egress import Egress
 from gateway.errors import ControlPlaneError
+from gateway.telemetry import NOOP, Telemetry
 from gateway.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
 
 log = logging.getLogger(__name__)
@@ -70,19 +72,19 @@ class Backoff:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds (delta-seconds or HTTP date), capped; None when absent,
-    malformed, negative or in the past."""
+    """`Retry-After` as seconds (delta-seconds or an HTTP date in any of its three forms), capped;
+    None when absent, malformed, negative or in the past."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), RETRY_AFTER_CAP_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # the asctime form carries no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
     delta = when.timestamp() - (time.time() if now is None else now)
     return min(delta, RETRY_AFTER_CAP_S) if delta > 0 else None
 
@@ -93,7 +95,11 @@ class CommandSink(Protocol):
     @property
     def free(self) -> int: ...
 
-    async def wait_capacity(self) -> None: ...
+    async def wait_capacity(self, reserved: int) -> None:
+        """Until more slots are free than `reserved` (asked for by polls still out)."""
+
+    def capacity_changed(self) -> None:
+        """Wake waiters: reservations were given back."""
 
     def submit(self, command: PolledCommand, received_at: float) -> None: ...
 
@@ -110,9 +116,12 @@ class ControlPlane:
         identity: Identity,
         codec: Codec,
         egress: Egress | None = None,
+        *,
+        telemetry: Telemetry = NOOP,
     ) -> None:
         self._session = session
         self._key = api_key
+        self._telemetry = telemetry
         self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
         self._proxy = egress.proxy if egress else None
         base = f"{base_url.rstrip('/')}/v1/tunnels/{tunnel_id}"
@@ -216,15 +225,19 @@ class ControlPlane:
                         log.warning("control plane refused a response frame: HTTP %d", resp.status)
                         return False
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                    reason = str(resp.status)
             except aiohttp.ClientConnectionError as exc:
                 # A notify is retried only when it never left (no connection was made).
                 if not terminal and not isinstance(exc, aiohttp.ClientConnectorError):
                     log.warning("notify frame not delivered: %s", type(exc).__name__)
                     return False
+                reason = type(exc).__name__
             if attempts >= POST_ATTEMPTS_WITHOUT_DEADLINE * (4 if terminal else 1):
                 log.warning("giving up on a response frame after %d attempts", attempts)
                 return False
-            await asyncio.sleep(max(backoff.next(), retry_after or 0.0))
+            delay = max(backoff.next(), retry_after or 0.0)
+            self._telemetry.post_retry(attempts, reason, delay)
+            await asyncio.sleep(delay)
 
 
 def _refused(what: str, resp: aiohttp.ClientResponse) -> ControlPlaneError:
@@ -233,26 +246,60 @@ def _refused(what: str, resp: aiohttp.ClientResponse) -> ControlPlaneError:
 
 
 class Poller:
-    """The single poll loop: asks only for free capacity, hands commands to the sink."""
+    """The poll channel: asks only for free capacity, hands commands to the sink.
 
-    def __init__(self, control_plane: ControlPlane, sink: CommandSink, codec: Codec, timeout_ms: int) -> None:
+    One logical channel, with `polls` requests in flight at once when the round
+    trip to the control plane would otherwise cap throughput (each poll carries
+    at most 25 commands per round trip). Together they never ask for more than
+    the free slots: each poll reserves its `limit` until it returns.
+    """
+
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        sink: CommandSink,
+        codec: Codec,
+        timeout_ms: int,
+        *,
+        polls: int = 1,
+        telemetry: Telemetry = NOOP,
+    ) -> None:
+        self._telemetry = telemetry
         self._cp = control_plane
         self._sink = sink
         self._codec = codec
         self._timeout_ms = timeout_ms
+        self._polls = polls
+        self._reserved = 0
+        self._out = 0
         self._backoff = Backoff()
         self._auth_reported = False
 
     async def run(self) -> None:
         """Poll until cancelled."""
+        async with asyncio.TaskGroup() as polls:
+            for _ in range(self._polls):
+                polls.create_task(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
         while True:
-            await self._sink.wait_capacity()
-            limit = max(1, min(MAX_POLL_LIMIT, self._sink.free))
+            await self._sink.wait_capacity(self._reserved)
+            free = self._sink.free - self._reserved
+            idle = self._polls - self._out  # this poll included: each takes a fair share of the free slots
+            limit = max(1, min(MAX_POLL_LIMIT, free, -(-free // idle)))
+            self._reserved += limit
+            self._out += 1
             try:
-                received, commands = await self._cp.poll(limit, self._timeout_ms)
+                with self._telemetry.poll(limit) as span:
+                    received, commands = await self._cp.poll(limit, self._timeout_ms)
+                    span.polled(len(commands))
             except ControlPlaneError as exc:
                 await asyncio.sleep(self._delay_after(exc))
                 continue
+            finally:
+                self._reserved -= limit
+                self._out -= 1
+                self._sink.capacity_changed()
             self._backoff.reset()
             self._auth_reported = False
             for raw in commands:

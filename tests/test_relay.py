@@ -19,7 +19,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from openapi import validate, validate_failure
 
 from gateway.relay import (
     BACKEND,
@@ -40,6 +39,7 @@ from gateway.relay.guard import TunnelCredentials, resolve_credentials
 from gateway.relay.queue import FRAME_BACKLOG
 from gateway.secrets import Secret
 from gateway.wire import TunnelResponsePayload
+from tests.openapi import validate, validate_failure
 
 TUNNEL = "tunnel_test"
 KEY = "gateway-key-1"
@@ -955,3 +955,26 @@ async def test_serve_relay_until_stopped() -> None:
             assert resp.status == 200
         stop.set()
     assert server.done()
+
+
+async def test_client_rate_is_per_client_token() -> None:
+    """`client_rate`: a token over its budget gets 429 rate_limit_exceeded; another token is unaffected."""
+    spec = TunnelSpec(gateway_key="gk", client_tokens=["tok-a", "tok-b"], client_rate="1/h", client_burst=1)
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with (
+        Relay(RelayConfig(listen="127.0.0.1:0", tunnels={"t1": spec})) as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        url = relay.url_for("t1")
+
+        async def call(token: str) -> tuple[int, dict[str, object]]:
+            async with http.post(url, json=ping, headers={"Authorization": f"Bearer {token}"}) as resp:
+                return resp.status, await resp.json()
+
+        first = await call("tok-a")
+        assert first[0] == 503  # admitted by the rate limit; no gateway is polling
+        status, body = await call("tok-a")
+        assert status == 429
+        validate("APIErrorResponse", body)
+        assert body["error"]["code"] == "rate_limit_exceeded"  # type: ignore[index]
+        assert (await call("tok-b"))[0] == 503  # another token has its own budget

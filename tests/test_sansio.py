@@ -146,7 +146,7 @@ def test_good_routing_file_loads() -> None:
             "servers.a",
             "exactly one",
         ),
-        ("servers: {a: {stdio: {command: x}}}\nchannels: {main: [a, a]}\n", "channels.main", "exactly one server"),
+        ("servers: {a: {stdio: {command: x}}}\nchannels: {main: [a, a]}\n", "channels.main", "each server named once"),
         ("servers: {a: {stdio: {command: x}}}\nchannels: {}\n", "channels", "at least one"),
         (
             "servers: {a: {stdio: {command: x}}}\nchannels: {main: [a]}\nrelay: {listen: nope}\n",

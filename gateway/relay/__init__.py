@@ -1,11 +1,14 @@
 """The relay: a self-hostable Secure MCP Tunnel v1 control plane and MCP front door.
 
 Re-exports the public names; each submodule owns one part (see its docstring).
-May import only `gateway.wire` and `gateway.secrets` from the project.
+May import only `gateway.wire` and `gateway.secrets` from the project. The Redis
+backend (`gateway.relay.redis_queue.RedisQueue`) is imported only when configured.
 """
 
-from gateway.relay.app import BACKEND, CONFIG, Relay, build_relay_app, serve_relay
+from gateway.relay.app import BACKEND, CONFIG, METRICS, Relay, build_relay_app, make_backend, serve_relay
 from gateway.relay.config import (
+    MemoryBackend,
+    RedisBackend,
     RelayConfig,
     RelayConfigError,
     TunnelSpec,
@@ -16,25 +19,31 @@ from gateway.relay.config import (
 from gateway.relay.errors import RelayError
 from gateway.relay.front import map_status
 from gateway.relay.guard import Credentials, TunnelCredentials, resolve_credentials
+from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import Command, MemoryQueue, QueueBackend, TunnelStatus, new_command
 
 __all__ = [
     "BACKEND",
     "CONFIG",
+    "METRICS",
     "Command",
     "Credentials",
+    "MemoryBackend",
     "MemoryQueue",
     "QueueBackend",
+    "RedisBackend",
     "Relay",
     "RelayConfig",
     "RelayConfigError",
     "RelayError",
+    "RelayMetrics",
     "TunnelCredentials",
     "TunnelSpec",
     "TunnelStatus",
     "build_relay_app",
     "decode_relay_config",
     "load_relay_config",
+    "make_backend",
     "map_status",
     "new_command",
     "parse_listen",

@@ -1,7 +1,8 @@
 """Assembling and running a relay: the aiohttp application, the embeddable `Relay`, `serve_relay`.
 
-Owns the provision step (secrets resolved once, backend built, routes mounted),
-typed app state, resource lifetimes and the listening socket. Holds no request logic.
+Owns the provision step (secrets resolved once, backend built from `backend:`,
+routes mounted), typed app state, resource lifetimes and the listening socket.
+Holds no request logic.
 """
 
 from __future__ import annotations
@@ -15,25 +16,25 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.relay.config import RelayConfig, parse_listen
+from gateway.relay.config import RedisBackend, RelayConfig, RelayConfigError, parse_listen
 from gateway.relay.errors import error_middleware
 from gateway.relay.front import FrontDoor
 from gateway.relay.guard import Credentials, check_channel, resolve_credentials
+from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
+from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
+from gateway.secrets import SecretError, resolve
 from gateway.wire import Codec
 
 log = logging.getLogger("gateway.relay")
 
 CONFIG: Final = web.AppKey("relay_config", RelayConfig)
 BACKEND: Final = web.AppKey("relay_backend", QueueBackend)
+METRICS: Final = web.AppKey("relay_metrics", RelayMetrics)
 
 SHUTDOWN_TIMEOUT_S: Final = 5.0
 """How long closing waits for handlers after waking every waiting poll and caller."""
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
 
 
 async def _wake_waiters(app: web.Application) -> None:
@@ -42,8 +43,45 @@ async def _wake_waiters(app: web.Application) -> None:
 
 
 async def _backend_lifetime(app: web.Application) -> AsyncIterator[None]:
-    yield
-    await app[BACKEND].close()
+    backend = app[BACKEND]
+    await backend.start()
+    try:
+        yield
+    finally:
+        await backend.close()
+        await backend.dispose()
+
+
+def make_backend(config: RelayConfig, *, source: str = "<relay config>") -> QueueBackend:
+    """The queue backend `config.backend` names; RelayConfigError names the key when its
+    secret reference or URL is unusable (never the value)."""
+    spec = config.backend
+    if not isinstance(spec, RedisBackend):
+        return MemoryQueue(
+            config.tunnels,
+            queue_max=config.queue_max,
+            client_seen_grace_s=config.client_seen_grace_s,
+            session_ttl_s=config.session_ttl_s,
+        )
+    try:
+        url = resolve(spec.url).reveal()
+    except SecretError as exc:
+        raise RelayConfigError(source, "$.backend.url", str(exc)) from None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise RelayConfigError(source, "$.backend.url", "expected a redis://, rediss:// or unix:// URL")
+    from gateway.relay.redis_queue import RedisQueue  # only relays that use Redis load the client
+
+    try:
+        return RedisQueue(
+            config.tunnels,
+            url=url,
+            spec=spec,
+            queue_max=config.queue_max,
+            client_seen_grace_s=config.client_seen_grace_s,
+            session_ttl_s=config.session_ttl_s,
+        )
+    except ValueError:
+        raise RelayConfigError(source, "$.backend.url", "not a valid Redis URL") from None
 
 
 def build_relay_app(
@@ -51,28 +89,30 @@ def build_relay_app(
     credentials: Credentials | None = None,
     *,
     backend: QueueBackend | None = None,
+    tracer: RelayTracer = NO_TRACER,
 ) -> web.Application:
-    """The relay as an aiohttp application: tunnel API, MCP endpoint and `/healthz`.
+    """The relay as an aiohttp application: tunnel API, MCP endpoint, `/healthz`, `/readyz`, `/metrics`.
 
     `credentials` defaults to resolving the config's secret references now (raising
-    RelayConfigError on failure); `backend` defaults to a MemoryQueue. The app owns
-    the backend and closes it on shutdown. Serve it with `handler_cancellation=True`
-    (as `Relay` does) so a caller or poller that disconnects is noticed at once.
+    RelayConfigError on failure); `backend` defaults to the one `config.backend`
+    names. The app owns the backend: starts it on startup, closes it on shutdown.
+    Serve it with `handler_cancellation=True` (as `Relay` does) so a caller or
+    poller that disconnects is noticed at once.
     """
     resolved = resolve_credentials(config) if credentials is None else credentials
     missing = sorted(set(config.tunnels) - set(resolved))
     if missing:
         raise ValueError(f"no credentials for tunnel {missing[0]!r}")
-    queue = backend or MemoryQueue(
-        config.tunnels, queue_max=config.queue_max, client_seen_grace_s=config.client_seen_grace_s
-    )
+    queue = backend or make_backend(config)
     codec = Codec()
+    metrics = RelayMetrics(config.tunnels)
     app = web.Application(middlewares=[error_middleware(codec)], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[BACKEND] = queue
-    app.router.add_routes(TunnelAPI(config, resolved, queue, codec).routes())
-    app.router.add_routes(FrontDoor(config, resolved, queue, codec).routes())
-    app.router.add_get("/healthz", _healthz)
+    app[METRICS] = metrics
+    app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics).routes())
+    app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer).routes())
+    app.router.add_routes(OpsEndpoints(queue, metrics).routes())
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_backend_lifetime)
     return app
@@ -99,10 +139,12 @@ class Relay:
         credentials: Credentials | None = None,
         *,
         backend: QueueBackend | None = None,
+        tracer: RelayTracer = NO_TRACER,
     ) -> None:
         self._config = config
         self._credentials = credentials
         self._backend = backend
+        self._tracer = tracer
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
@@ -128,8 +170,13 @@ class Relay:
         if self._runner is not None:
             raise RuntimeError("the relay is already started")
         host, port = parse_listen(self._config.listen)
-        app = build_relay_app(self._config, self._credentials, backend=self._backend)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        app = build_relay_app(self._config, self._credentials, backend=self._backend, tracer=self._tracer)
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            access_log=logging.getLogger("aiohttp.access") if self._config.access_log else None,
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -162,14 +209,18 @@ class Relay:
 
 
 async def serve_relay(
-    config: RelayConfig, stop: asyncio.Event, *, on_ready: Callable[[str], object] | None = None
+    config: RelayConfig,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[str], object] | None = None,
+    tracer: RelayTracer = NO_TRACER,
 ) -> None:
     """Run a relay until `stop` is set (the CLI's `gateway relay --config relay.yaml`).
 
     Secrets are resolved on start (RelayConfigError names the key on failure);
     `on_ready(base_url)` is called once the socket is bound.
     """
-    async with Relay(config) as relay:
+    async with Relay(config, tracer=tracer) as relay:
         if on_ready is not None:
             on_ready(relay.url)
         await stop.wait()

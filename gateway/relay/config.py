@@ -15,6 +15,8 @@ import msgspec
 import msgspec.yaml
 from msgspec import Meta, Struct
 
+from gateway import rates
+
 DEFAULT_LISTEN: Final = "127.0.0.1:8780"
 DEFAULT_ALLOWED_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
 MIB: Final = 1024 * 1024
@@ -44,8 +46,45 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The gateway's Bearer key for the tunnel API (a secret reference)."""
     client_tokens: list[SecretRef] = []
     """Bearer tokens MCP clients must present; empty = the MCP endpoint is open."""
+    client_rate: str | None = None
+    """Requests each client token may make (`N/s`, `N/m`, `N/h`); all tokenless callers share one budget."""
+    client_burst: int | None = None
+    """Requests allowed at once before `client_rate` applies (default: one second's worth, at least 2)."""
     name: str = ""
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.client_rate is not None and rates.per_second(self.client_rate) is None:
+            raise ValueError(f"Expected {rates.EXPECTED}, got {self.client_rate!r}")
+        if self.client_burst is not None and (self.client_burst < 1 or self.client_rate is None):
+            raise ValueError("Expected `client_burst` to be a positive integer, with a `client_rate`")
+
+
+class MemoryBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="memory"):
+    """`backend: {kind: memory}` (the default): queues live in this process; one relay, nothing shared."""
+
+
+class RedisBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="redis"):
+    """`backend: {kind: redis, url: ...}`: queues live in Redis; any number of relay replicas
+    sharing the same `url` and `key_prefix` serve the same tunnels (see docs/relay-on-redis.md)."""
+
+    url: SecretRef = "redis://127.0.0.1:6379/0"
+    """A secret reference (`env:VAR`, `file:PATH` or a literal) holding a `redis://` or `rediss://`
+    URL, which may carry a password; never logged."""
+    key_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "mcptunnel"
+    """Namespace of every key and pub/sub channel; relays sharing it share queues."""
+    max_connections: Annotated[int, Meta(ge=2, le=10000)] = 64
+    """Pool size per replica (plus one pub/sub connection); a full pool makes callers wait."""
+    retry_s: Annotated[float, Meta(gt=0)] = 5.0
+    """How long one operation retries a lost Redis connection before the caller gets a 503."""
+    replica_ttl_s: Annotated[float, Meta(gt=0)] = 15.0
+    """A replica silent (no heartbeat) this long counts as dead: its queued commands are purged and
+    responses for its in-flight ones get 404. It heartbeats every third of this."""
+    recheck_s: Annotated[float, Meta(gt=0)] = 1.0
+    """Waiting polls and callers re-check Redis at least this often (a safety net under pub/sub)."""
+
+
+BackendSpec = MemoryBackend | RedisBackend
 
 
 class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,6 +106,13 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     """A gateway counts as connected while it polls and this long after its last poll ended."""
     poll_max_wait_ms: Annotated[int, Meta(ge=1)] = 25000
     """Default and cap of a poll's `timeout_ms`."""
+    access_log: bool = False
+    """One log line per HTTP request (off by default: it costs more CPU than relaying the request)."""
+    session_ttl_s: Annotated[float, Meta(gt=0)] = 3600.0
+    """How long a `proc_affinity` session stays bound to the gateway instance that owns it
+    after its last command."""
+    backend: BackendSpec = msgspec.field(default_factory=MemoryBackend)
+    """Where queues live: `{kind: memory}` (default) or `{kind: redis, url: ..., key_prefix: ...}`."""
 
     def __post_init__(self) -> None:
         try:
@@ -150,7 +196,10 @@ def _absolute_file_refs(config: RelayConfig, base: Path) -> RelayConfig:
         )
         for tunnel_id, spec in config.tunnels.items()
     }
-    return msgspec.structs.replace(config, tunnels=tunnels)
+    backend = config.backend
+    if isinstance(backend, RedisBackend):
+        backend = msgspec.structs.replace(backend, url=fix(backend.url))
+    return msgspec.structs.replace(config, tunnels=tunnels, backend=backend)
 
 
 def decode_relay_config(data: bytes | str, *, source: str = "<relay config>") -> RelayConfig:

@@ -24,6 +24,8 @@ one becomes a response. The tree::
     ├── BodyTooLarge (413 request_body_too_large)
     ├── QueueFull (429 tunnel_queue_full + Retry-After)
     ├── ClientNotSeen (503 tunnel_client_not_seen)
+    ├── BackendUnavailable (503 tunnel_transport_unavailable + Retry-After)  the queue store is unreachable
+    │   └── CommandLost (503)            the queue store no longer knows a waiting caller's command
     ├── RelayClosing (503)
     └── CallerTimeout (504)
 """
@@ -179,10 +181,30 @@ class QueueFull(RelayError):
     extra_headers = {"Retry-After": "1"}
 
 
+class ClientRateExceeded(RelayError):
+    """The client token's `client_rate` is spent for now."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    default_message = "too many requests for this client token; retry after the Retry-After delay"
+    extra_headers = {"Retry-After": "1"}
+
+
 class ClientNotSeen(RelayError):
     status = 503
     code = "tunnel_client_not_seen"
     default_message = "no tunnel client has polled this tunnel recently"
+
+
+class BackendUnavailable(RelayError):
+    status = 503
+    code = "tunnel_transport_unavailable"
+    default_message = "the relay's queue store is unreachable; retry shortly"
+    extra_headers = {"Retry-After": "1"}
+
+
+class CommandLost(BackendUnavailable):
+    default_message = "the relay lost track of this request (its queue state expired or was purged); retry"
 
 
 class RelayClosing(RelayError):

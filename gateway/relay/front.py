@@ -8,25 +8,32 @@ answer with the contract's status mapping. Queueing is the backend's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 from http import HTTPStatus
 from typing import Final
 
 import msgspec
 from aiohttp import web
+from aiolimiter import AsyncLimiter
 from msgspec import UNSET, Raw
 
+from gateway import rates
 from gateway.relay.config import RelayConfig
 from gateway.relay.errors import (
     CallerTimeout,
     ClientNotSeen,
+    ClientRateExceeded,
     InvalidJsonRpc,
     MethodNotAllowed,
     MissingSessionId,
     RelayError,
     TunnelNotFound,
 )
-from gateway.relay.guard import Credentials, HostGuard, check_channel, check_client, read_body
+from gateway.relay.guard import Credentials, HostGuard, bearer_token, check_channel, check_client, read_body
+from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import Command, QueueBackend, new_command
+from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.wire import (
     COMMAND_JSONRPC,
     COMMAND_SESSION_END,
@@ -111,15 +118,30 @@ def json_answer(frame: TunnelResponsePayload, status: int | None = None) -> web.
     return web.Response(status=code, body=body, headers=headers)
 
 
+MAX_CLIENT_BUDGETS: Final = 10_000
+"""Client-token rate budgets kept at once; the oldest goes first."""
+
+
 class FrontDoor:
     """Handlers for the MCP-client-facing endpoint of one relay."""
 
-    def __init__(self, config: RelayConfig, credentials: Credentials, backend: QueueBackend, codec: Codec) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        credentials: Credentials,
+        backend: QueueBackend,
+        codec: Codec,
+        metrics: RelayMetrics | None = None,
+        tracer: RelayTracer = NO_TRACER,
+    ) -> None:
         self._config = config
         self._credentials = credentials
         self._backend = backend
         self._codec = codec
+        self._tracer = tracer
+        self._metrics = metrics or RelayMetrics(config.tunnels)
         self._hosts = HostGuard(config.allowed_hosts, config.allowed_origins)
+        self._client_rates: dict[tuple[str, str], AsyncLimiter] = {}
 
     def routes(self) -> list[web.RouteDef]:
         routes: list[web.RouteDef] = []
@@ -142,6 +164,24 @@ class FrontDoor:
         relay_credential = check_client(request, credentials)
         return tunnel_id, channel, forwarded_headers(request, drop_authorization=relay_credential)
 
+    async def _check_client_rate(self, tunnel_id: str, request: web.Request) -> None:
+        """`client_rate`: each client token (or all tokenless callers together) has its own budget."""
+        spec = self._config.tunnels[tunnel_id]
+        per_s = rates.per_second(spec.client_rate) if spec.client_rate else None
+        if per_s is None:
+            return
+        token = hashlib.sha256((bearer_token(request) or "").encode()).hexdigest()
+        key = (tunnel_id, token)
+        limiter = self._client_rates.get(key)
+        if limiter is None:
+            burst = spec.client_burst or max(2, math.floor(per_s))
+            limiter = self._client_rates[key] = AsyncLimiter(burst, burst / per_s)
+            if len(self._client_rates) > MAX_CLIENT_BUDGETS:
+                del self._client_rates[next(iter(self._client_rates))]
+        if not limiter.has_capacity():
+            raise ClientRateExceeded()
+        await limiter.acquire()  # returns at once: there is capacity
+
     def _parse(self, body: bytes) -> msgspec.Raw | None:
         """Validate one JSON-RPC message; its raw id when it is a request, else None."""
         try:
@@ -161,7 +201,7 @@ class FrontDoor:
     async def _enqueue(
         self, tunnel_id: str, channel: str, headers: Headers, command_type: str, jsonrpc: Raw | None
     ) -> Command:
-        if not (await self._backend.status(tunnel_id)).client_seen:
+        if not await self._backend.client_seen(tunnel_id):
             raise ClientNotSeen()
         deadline = asyncio.get_running_loop().time() + self._config.response_timeout_s
         command = new_command(
@@ -194,26 +234,47 @@ class FrontDoor:
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         tunnel_id, channel, headers = self._admit(request)
+        await self._check_client_rate(tunnel_id, request)
         body = await read_body(request, self._config.max_body_bytes)
         rpc_id = self._parse(body)
+        with self._tracer.request(channel, request.headers, body) as trace:
+            headers, traced = trace.inject(headers, body)  # the command carries this request's span
+            answer = await self._post(request, tunnel_id, channel, headers, traced or body, rpc_id)
+            answered = answer.body if isinstance(answer, web.Response) else None
+            trace.answered(answer.status, bytes(answered) if isinstance(answered, (bytes, bytearray)) else None)
+            return answer
+
+    async def _post(
+        self, request: web.Request, tunnel_id: str, channel: str, headers: Headers, body: bytes, rpc_id: Raw | None
+    ) -> web.StreamResponse:
         command = await self._enqueue(tunnel_id, channel, headers, COMMAND_JSONRPC, Raw(body))
         try:
-            if rpc_id is None:
-                frame = await self._terminal(tunnel_id, command)
-                if frame.resp_code >= 400:
-                    return json_answer(frame)
-                return json_answer(msgspec.structs.replace(frame, resp_json=UNSET), status=202)
-            return await self._answer_request(request, tunnel_id, command, rpc_id)
+            with self._metrics.caller_waiting(tunnel_id):
+                if rpc_id is None:
+                    frame = await self._terminal(tunnel_id, command)
+                    if frame.resp_code >= 400:
+                        return json_answer(frame)
+                    return json_answer(msgspec.structs.replace(frame, resp_json=UNSET), status=202)
+                return await self._answer_request(request, tunnel_id, command, rpc_id)
         finally:
             await self._backend.discard(tunnel_id, command.request_id)
 
     async def delete(self, request: web.Request) -> web.Response:
         tunnel_id, channel, headers = self._admit(request)
+        await self._check_client_rate(tunnel_id, request)
         if not request.headers.get(SESSION_HEADER):
             raise MissingSessionId(param=SESSION_HEADER)
+        with self._tracer.request(channel, request.headers, None) as trace:
+            headers, _ = trace.inject(headers, None)
+            answer = await self._delete(tunnel_id, channel, headers)
+            trace.answered(answer.status, None)
+            return answer
+
+    async def _delete(self, tunnel_id: str, channel: str, headers: Headers) -> web.Response:
         command = await self._enqueue(tunnel_id, channel, headers, COMMAND_SESSION_END, None)
         try:
-            frame = await self._terminal(tunnel_id, command)
+            with self._metrics.caller_waiting(tunnel_id):
+                frame = await self._terminal(tunnel_id, command)
         finally:
             await self._backend.discard(tunnel_id, command.request_id)
         return json_answer(msgspec.structs.replace(frame, resp_json=UNSET))

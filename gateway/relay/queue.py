@@ -1,8 +1,9 @@
 """Queue backends: where commands wait for a poll and frames wait for their MCP caller.
 
-Owns the `QueueBackend` interface (a Redis backend will sit behind it later),
-the queued `Command` record and the in-memory backend: one bounded FIFO per
-tunnel, waiting polls, and the in-flight table keyed by request_id. No HTTP here.
+Owns the `QueueBackend` interface (`MemoryQueue` here, `RedisQueue` in
+redis_queue.py), the queued `Command` record and the in-memory backend: one
+bounded FIFO per tunnel, waiting polls, the in-flight table keyed by request_id
+and proc_affinity session routing (rules in affinity.py). No HTTP here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Final, Literal
 
 from msgspec import UNSET, Raw, Struct, UnsetType
 
+from gateway.relay.affinity import ANONYMOUS, SessionTable, ends_session, session_of, session_set_by
 from gateway.relay.errors import (
     FrameBacklog,
     PendingNotFound,
@@ -29,6 +31,9 @@ from gateway.wire import Headers, PolledCommand, TunnelResponsePayload
 
 FRAME_BACKLOG: Final = 256
 """Unread `jsonrpc_notify` frames one caller may have before the gateway is told to slow down."""
+
+AFFINITY_RECHECK_S: Final = 1.0
+"""How often a poll that left commands for another (maybe lost) session owner looks again."""
 
 
 class Command(Struct, frozen=True, kw_only=True):
@@ -95,9 +100,29 @@ class QueueBackend(ABC):
     """Commands from MCP callers to polling gateways, and frames back.
 
     Errors raised are RelayError subclasses (TunnelNotFound, QueueFull,
-    PendingNotFound, ShardMismatch, FrameBacklog, RelayClosing), so HTTP
+    PendingNotFound, ShardMismatch, FrameBacklog, RelayClosing, and
+    BackendUnavailable/CommandLost from backends that live elsewhere), so HTTP
     handlers need no translation of their own.
+
+    Lifetime: `start()` before serving, `close()` when shutdown begins (wakes
+    everyone), `dispose()` after the last handler finished (releases resources).
     """
+
+    async def start(self) -> None:
+        """Connect and start background work (default: nothing to do)."""
+        return None
+
+    async def ready(self) -> bool:
+        """Whether the backend can serve now (`/readyz`); the memory backend always can."""
+        return True
+
+    async def client_seen(self, tunnel_id: str) -> bool:
+        """Whether some gateway polls the tunnel now or ended a poll within the grace period."""
+        return (await self.status(tunnel_id)).client_seen
+
+    async def dispose(self) -> None:
+        """Release connections and background work after `close()` (default: nothing to do)."""
+        return None
 
     @abstractmethod
     async def enqueue(self, tunnel_id: str, command: Command) -> None:
@@ -113,10 +138,13 @@ class QueueBackend(ABC):
         channels: frozenset[str] = frozenset(),
         instance_id: str | None = None,
         wanted: Callable[[], bool] | None = None,
+        affine_channels: frozenset[str] = frozenset(),
     ) -> list[Command]:
         """Up to `limit` queued commands (only `channels`, when given), waiting up to `timeout_s`
         for the first; [] after the wait. Taken commands become in flight. `wanted()` is asked
-        right before taking: False (the poller left) takes nothing, so nothing is lost."""
+        right before taking: False (the poller left) takes nothing, so nothing is lost.
+        `instance_id` and `affine_channels` (the poller's proc_affinity channels) drive
+        session routing (affinity.py): a session's commands go to the instance owning it."""
 
     @abstractmethod
     async def deliver(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
@@ -145,50 +173,114 @@ _State = Literal["queued", "in_flight", "final"]
 
 
 class _Entry:
-    __slots__ = ("command", "frames", "state")
+    __slots__ = ("affine", "command", "frames", "session", "state", "taker")
 
     def __init__(self, command: Command) -> None:
         self.command = command
         self.state: _State = "queued"
+        self.session = session_of(command.headers)
+        self.taker = ""
+        self.affine = False
         # None is the shutdown sentinel; the notify backlog is bounded in deliver().
         self.frames: asyncio.Queue[TunnelResponsePayload | None] = asyncio.Queue()
 
 
-class _Tunnel:
-    __slots__ = ("entries", "last_instance_id", "last_poll_end", "polls_waiting", "queued", "waiters")
+class _Instance:
+    __slots__ = ("last_end", "polls")
 
     def __init__(self) -> None:
+        self.polls = 0
+        self.last_end: float | None = None
+
+
+class _Tunnel:
+    __slots__ = (
+        "entries",
+        "grace",
+        "instances",
+        "last_instance_id",
+        "last_poll_end",
+        "polls_waiting",
+        "queued",
+        "sessions",
+        "waiters",
+    )
+
+    def __init__(self, grace: float, session_ttl_s: float) -> None:
         self.queued: dict[str, _Entry] = {}  # insertion order is the FIFO
         self.entries: dict[str, _Entry] = {}  # every live command: queued, in flight or final
         self.waiters: set[asyncio.Future[None]] = set()
         self.polls_waiting = 0
         self.last_poll_end: float | None = None
         self.last_instance_id: str | None = None
+        self.instances: dict[str, _Instance] = {}
+        self.sessions = SessionTable(session_ttl_s)
+        self.grace = grace
 
     def wake(self) -> None:
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def pop(self, limit: int, channels: frozenset[str], now: float) -> list[Command]:
+    def seen(self, instance: str, now: float) -> bool:
+        state = self.instances.get(instance)
+        if state is None:
+            return False
+        return state.polls > 0 or (state.last_end is not None and now - state.last_end <= self.grace)
+
+    def pop(
+        self, limit: int, channels: frozenset[str], now: float, instance: str, affine: frozenset[str]
+    ) -> tuple[list[Command], bool]:
+        """(taken commands, whether some were left for another instance's session)."""
         taken: list[_Entry] = []
+        expired: list[_Entry] = []
+        held = False
         for entry in self.queued.values():
             if len(taken) == limit:
                 break
-            if entry.command.deadline <= now or (channels and entry.command.channel not in channels):
+            command = entry.command
+            if command.deadline <= now:
+                expired.append(entry)  # its caller gave up: purge it from the queue
+                continue
+            if channels and command.channel not in channels:
+                continue
+            if not self.sessions.may_take(command.channel, entry.session, instance, now, lambda i: self.seen(i, now)):
+                held = True
                 continue
             taken.append(entry)
+        for entry in expired:
+            del self.queued[entry.command.request_id]
+            entry.state = "final"
         for entry in taken:
             del self.queued[entry.command.request_id]
             entry.state = "in_flight"
-        return [entry.command for entry in taken]
+            entry.taker = instance
+            entry.affine = entry.command.channel in affine
+        return [entry.command for entry in taken], held
+
+    def settle(self, entry: _Entry, frame: TunnelResponsePayload, now: float) -> None:
+        """A terminal frame arrived: record or end the session binding of an affine command."""
+        if not entry.affine:
+            return
+        channel = entry.command.channel
+        if ends_session(frame):
+            self.sessions.forget(channel, entry.session)
+        else:
+            self.sessions.record(channel, session_set_by(frame) or entry.session, entry.taker, now)
 
 
 class MemoryQueue(QueueBackend):
     """The in-process backend: per-tunnel bounded FIFOs and an in-flight table in dicts."""
 
-    def __init__(self, tunnel_ids: Iterable[str], *, queue_max: int, client_seen_grace_s: float) -> None:
-        self._tunnels = {tunnel_id: _Tunnel() for tunnel_id in tunnel_ids}
+    def __init__(
+        self,
+        tunnel_ids: Iterable[str],
+        *,
+        queue_max: int,
+        client_seen_grace_s: float,
+        session_ttl_s: float = 3600.0,
+    ) -> None:
+        self._tunnels = {tunnel_id: _Tunnel(client_seen_grace_s, session_ttl_s) for tunnel_id in tunnel_ids}
         self._queue_max = queue_max
         self._grace = client_seen_grace_s
         self._closed = False
@@ -223,23 +315,29 @@ class MemoryQueue(QueueBackend):
         channels: frozenset[str] = frozenset(),
         instance_id: str | None = None,
         wanted: Callable[[], bool] | None = None,
+        affine_channels: frozenset[str] = frozenset(),
     ) -> list[Command]:
         tunnel = self._tunnel(tunnel_id)
         if instance_id is not None:
             tunnel.last_instance_id = instance_id
+        instance = instance_id or ANONYMOUS
+        seen = tunnel.instances.setdefault(instance, _Instance())
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
         tunnel.polls_waiting += 1
+        seen.polls += 1
         try:
             while not self._closed:
                 if wanted is not None and not wanted():
                     return []
-                batch = tunnel.pop(limit, channels, loop.time())
+                batch, held = tunnel.pop(limit, channels, loop.time(), instance, affine_channels)
                 if batch:
                     return batch
                 remaining = until - loop.time()
                 if remaining <= 0:
                     return []
+                if held:  # an owner that stops polling loses its sessions after the grace period
+                    remaining = min(remaining, AFFINITY_RECHECK_S)
                 waiter: asyncio.Future[None] = loop.create_future()
                 tunnel.waiters.add(waiter)
                 try:
@@ -252,17 +350,20 @@ class MemoryQueue(QueueBackend):
             return []
         finally:
             tunnel.polls_waiting -= 1
-            tunnel.last_poll_end = loop.time()
+            seen.polls -= 1
+            tunnel.last_poll_end = seen.last_end = loop.time()
 
     async def deliver(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
         tunnel = self._tunnel(tunnel_id)
         entry = tunnel.entries.get(frame.request_id)
-        if entry is None or entry.state != "in_flight" or entry.command.deadline <= self._now():
+        now = self._now()
+        if entry is None or entry.state != "in_flight" or entry.command.deadline <= now:
             raise PendingNotFound()
         if not hmac.compare_digest(shard_token.encode(), entry.command.shard_token.encode()):
             raise ShardMismatch()
         if frame.is_terminal:
             entry.state = "final"
+            tunnel.settle(entry, frame, now)
         elif entry.frames.qsize() >= FRAME_BACKLOG:
             raise FrameBacklog()
         entry.frames.put_nowait(frame)
@@ -283,16 +384,25 @@ class MemoryQueue(QueueBackend):
             tunnel.queued.pop(request_id, None)
             tunnel.entries.pop(request_id, None)
 
-    async def status(self, tunnel_id: str) -> TunnelStatus:
+    async def client_seen(self, tunnel_id: str) -> bool:
         tunnel = self._tunnel(tunnel_id)
         recent = tunnel.last_poll_end is not None and self._now() - tunnel.last_poll_end <= self._grace
+        return tunnel.polls_waiting > 0 or recent
+
+    async def status(self, tunnel_id: str) -> TunnelStatus:
+        tunnel = self._tunnel(tunnel_id)
+        tunnel.sessions.purge(self._now())
         return TunnelStatus(
-            client_seen=tunnel.polls_waiting > 0 or recent,
+            client_seen=await self.client_seen(tunnel_id),
             polls_waiting=tunnel.polls_waiting,
             queued=len(tunnel.queued),
-            in_flight=len(tunnel.entries) - len(tunnel.queued),
+            in_flight=sum(1 for entry in tunnel.entries.values() if entry.state == "in_flight"),
             last_instance_id=tunnel.last_instance_id,
         )
+
+    async def session_owner(self, tunnel_id: str, channel: str, session: str) -> str | None:
+        """The instance a proc_affinity session is bound to (diagnostics and tests)."""
+        return self._tunnel(tunnel_id).sessions.owner(channel, session, self._now())
 
     async def close(self) -> None:
         if self._closed:

@@ -15,9 +15,11 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET, Raw
 
+from gateway.relay.affinity import SERVER_INFO_HEADER, affine_channels
 from gateway.relay.config import RelayConfig
 from gateway.relay.errors import InvalidParameter, InvalidPayload, TunnelNotFound
 from gateway.relay.guard import Credentials, TunnelCredentials, check_channel, check_gateway, read_body
+from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
 from gateway.wire import (
     MAX_POLL_LIMIT,
@@ -66,11 +68,19 @@ def _int_param(request: web.Request, name: str, *, default: int, low: int, high:
 class TunnelAPI:
     """Handlers for the gateway-facing v1 endpoints of one relay."""
 
-    def __init__(self, config: RelayConfig, credentials: Credentials, backend: QueueBackend, codec: Codec) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        credentials: Credentials,
+        backend: QueueBackend,
+        codec: Codec,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
         self._config = config
         self._credentials = credentials
         self._backend = backend
         self._codec = codec
+        self._metrics = metrics or RelayMetrics(config.tunnels)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -103,6 +113,8 @@ class TunnelAPI:
         limit = _int_param(request, "limit", default=1, low=1, high=MAX_POLL_LIMIT)
         timeout_ms = min(cap, _int_param(request, "timeout_ms", default=cap, low=1, high=None))
         channels = frozenset(check_channel(c) for c in request.query.getall("channel", []))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         commands = await self._backend.take(
             tunnel_id,
             limit=limit,
@@ -110,10 +122,12 @@ class TunnelAPI:
             channels=channels,
             instance_id=request.headers.get(INSTANCE_HEADER),
             wanted=lambda: _connected(request),
+            affine_channels=affine_channels(request.headers.get(SERVER_INFO_HEADER)),
         )
+        now = loop.time()
+        self._metrics.observe_poll(tunnel_id, now - started, len(commands))
         if not commands:
             return web.Response(status=204)
-        now = asyncio.get_running_loop().time()
         return self._json(PolledCommandList([command.polled(now) for command in commands]))
 
     async def response(self, request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from msgspec import UNSET, Raw, UnsetType
@@ -74,6 +74,9 @@ class Reply:
 
 Frame = Notify | Reply
 
+UpstreamObserver = Callable[[str, str], None]
+"""`(server name, event)`: `up`, `down` or `restart`."""
+
 
 class Upstream(abc.ABC):
     """A connection to one MCP server.
@@ -92,6 +95,12 @@ class Upstream(abc.ABC):
         self._info: UpstreamInfo | None = None
         self._ready = asyncio.Event()
         self._ready_timeout_s = ready_timeout_s
+        self.observer: UpstreamObserver | None = None
+        """Told `(name, "up" | "down" | "restart")` as they happen (the app's telemetry seam:
+        transports never import telemetry)."""
+        self.listeners: list[Callable[[bytes], None]] = []
+        """Told each server notification that belongs to no call (list_changed, resources/updated);
+        with none registered such notifications go to the one call in flight, as before."""
 
     @property
     def info(self) -> UpstreamInfo | None:
@@ -103,12 +112,22 @@ class Upstream(abc.ABC):
         return self._info is not None
 
     def _up(self, info: UpstreamInfo) -> None:
+        was_down = self._info is None
         self._info = info
         self._ready.set()
+        if was_down:
+            self._notify("up")
 
     def _down(self) -> None:
+        was_up = self._info is not None
         self._info = None
         self._ready.clear()
+        if was_up:
+            self._notify("down")
+
+    def _notify(self, event: str) -> None:
+        if self.observer is not None:
+            self.observer(self.name, event)
 
     async def wait_info(self) -> UpstreamInfo:
         """The server's info, waiting (bounded) while it starts or restarts."""

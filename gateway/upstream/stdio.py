@@ -35,6 +35,15 @@ STABLE_AFTER_S: Final = 10.0
 JSON_HEADERS: Final[Headers] = {"Content-Type": ["application/json"]}
 PROGRESS: Final = "notifications/progress"
 CANCELLED: Final = "notifications/cancelled"
+BROADCAST: Final = frozenset(
+    {
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/resources/updated",
+    }
+)
+"""Notifications about the server, not about a call: given to `listeners` when there are any."""
 
 
 class _Call:
@@ -111,6 +120,7 @@ class StdioUpstream(Upstream):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._spec.restart_backoff_max_s)
             self.restarts += 1
+            self._notify("restart")
 
     async def _run_once(self) -> None:
         env = dict(os.environ) if self._stdio.inherit_env else {}
@@ -353,6 +363,10 @@ class StdioUpstream(Upstream):
                     members["progressToken"] = Raw(original)
                     call.frames.put_nowait(Notify(self._codec.notification(PROGRESS, Raw(self._codec.encode(members)))))
                     return
+        if message.method in BROADCAST and self.listeners:
+            for listener in list(self.listeners):
+                listener(line)
+            return
         calls = self._ids.owners()
         if len(calls) == 1:
             calls[0].frames.put_nowait(Notify(line))

@@ -5,7 +5,8 @@ Stdio by default; ``--http --port 0`` serves Streamable HTTP on 127.0.0.1 and pr
 unless ``--legacy``, which serves the handshake era only, as a pre-2026 server would.
 Imports nothing from ``gateway``.
 
-Tools: echo, add, slow_progress, sleep_ms, counter_incr, crash, whoami, big, fail, getenv.
+Tools: echo, add, slow_progress, sleep_ms, counter_incr, crash, whoami, big, fail, getenv, trace_context.
+With ``SDK_SERVER_OTLP_ENDPOINT`` set, the SDK's own server spans are exported there over OTLP/HTTP.
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def build_server(name: str) -> MCPServer:
     def getenv(variable: str) -> str | None:
         """The value of an environment variable of this process, or null."""
         return os.environ.get(variable)
+
+    @mcp.tool()
+    def trace_context(ctx: Context) -> str:
+        """The W3C trace context this request arrived with, in `_meta` and in HTTP headers (JSON)."""
+        meta = ctx.request_context.meta or {}
+        headers = ctx.headers or {}
+        keys = ("traceparent", "tracestate")
+        return json.dumps({"meta": {k: meta.get(k) for k in keys}, "headers": {k: headers.get(k) for k in keys}})
 
     @mcp.resource("test://info", name="info", mime_type="application/json")
     def info() -> str:
@@ -220,6 +229,21 @@ def serve_http(mcp: MCPServer, port: int, legacy: bool) -> None:
     asyncio.run(AnnouncingServer(config, ready).serve(sockets=[sock]))
 
 
+def export_spans(endpoint: str | None) -> None:
+    """Send the SDK's server spans to an OTLP/HTTP endpoint (a global provider: this is a test server)."""
+    if not endpoint:
+        return
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "sdk-server"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")))
+    trace.set_tracer_provider(provider)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -229,6 +253,7 @@ def main() -> None:
     parser.add_argument("--legacy", action="store_true", help="serve the handshake era only")
     parser.add_argument("--name", default="sdk-test", help="server name reported to clients")
     args = parser.parse_args()
+    export_spans(os.environ.get("SDK_SERVER_OTLP_ENDPOINT"))
     mcp = build_server(args.name)
     if args.http:
         serve_http(mcp, args.port, args.legacy)

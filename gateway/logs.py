@@ -1,0 +1,227 @@
+"""Structured logs: one JSON object or one text line per record on stderr, secrets redacted.
+
+Owns the log formats, the `REQUEST_ID` context variable the dispatcher sets,
+the trace and span ids on each record (from a function it is handed: this
+module imports no opentelemetry), and the redaction every line goes through:
+known secret values registered at startup, `Authorization` values, bearer
+tokens, and credentials in URLs (userinfo, `token=`/`key=`-style parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import IO, Final
+
+import msgspec
+
+from gateway import secrets as secret_refs
+from gateway.config import RoutingConfig
+from gateway.relay.config import RelayConfig
+
+REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("gateway_request_id", default=None)
+"""The tunnel `request_id` of the command the current task serves (set by the dispatcher)."""
+
+MASK: Final = "[REDACTED]"
+MIN_SECRET_LENGTH: Final = 6
+"""Shorter registered values are not masked verbatim (they would mask ordinary words)."""
+
+_SECRET_HEADER: Final = re.compile(r"(?i)(authorization|token|secret|password|api[-_]?key|cookie|credential)")
+_PATTERNS: Final = (
+    # An Authorization / Proxy-Authorization value, as a header line, a dict entry or a key=value.
+    (
+        re.compile(r"(?i)((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\s\"',;}&][^\"'\r\n,;}&]*"),
+        r"\1" + MASK,
+    ),
+    # An API key header or field.
+    (re.compile(r"(?i)((?:x-)?api[-_]?key[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\"'\s,;}&#]+"), r"\1" + MASK),
+    # A bearer or basic credential anywhere.
+    (re.compile(r"(?i)\b(bearer|basic)\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
+    # userinfo in a URL: scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@\"']+@"), r"\1" + MASK + "@"),
+    # credentials in a query string or fragment.
+    (
+        re.compile(
+            r"(?i)([?&#;](?:access_token|refresh_token|id_token|token|api[-_]?key|key|secret|client_secret"
+            r"|password|passwd|pwd|auth|sig|signature|code)=)[^&#\s\"']+"
+        ),
+        r"\1" + MASK,
+    ),
+)
+
+
+class Redactor:
+    """Masks secrets in text: registered values verbatim, plus the patterns above."""
+
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+        self._known_re: re.Pattern[str] | None = None
+
+    def add(self, value: str | None) -> None:
+        """Register a secret value (and, for `Bearer x`/`Basic x`, the credential alone)."""
+        if not value:
+            return
+        values = {value.strip()}
+        scheme, _, credential = value.strip().partition(" ")
+        if credential and scheme.lower() in ("bearer", "basic", "token"):
+            values.add(credential.strip())
+        fresh = {v for v in values if len(v) >= MIN_SECRET_LENGTH} - self._known
+        if fresh:
+            self._known |= fresh
+            ordered = sorted(self._known, key=len, reverse=True)
+            self._known_re = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def add_all(self, values: Iterable[str | None]) -> None:
+        for value in values:
+            self.add(value)
+
+    def redact(self, text: str) -> str:
+        if self._known_re is not None:
+            text = self._known_re.sub(MASK, text)
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
+    """Every secret value routing.yaml names (references resolved now; unresolvable ones skipped,
+    provisioning reports them): the control-plane key, secret header values, the relay's client
+    token, the telemetry exporter's headers."""
+    refs: list[str] = []
+    if config.control_plane is not None and config.control_plane.api_key:
+        refs.append(config.control_plane.api_key)
+    else:
+        refs.append("env:TUNNEL_API_KEY")
+    if config.relay.client_token:
+        refs.append(config.relay.client_token)
+    headers = [server.http.headers for server in config.servers.values() if server.http is not None]
+    headers.append(config.telemetry.headers)
+    for group in headers:
+        for name, value in group.items():
+            if value.startswith(("env:", "file:")) or _SECRET_HEADER.search(name):
+                refs.append(value)
+    yield from resolve_all(refs, base)
+
+
+def relay_secrets(config: RelayConfig, base: Path) -> Iterator[str]:
+    """Every secret value relay.yaml names: each tunnel's gateway key and client tokens."""
+    refs = [ref for spec in config.tunnels.values() for ref in (spec.gateway_key, *spec.client_tokens)]
+    yield from resolve_all(refs, base)
+
+
+def resolve_all(refs: Iterable[str], base: Path) -> Iterator[str]:
+    """The values of secret references that resolve now (`exec:` ones are skipped: their short-lived
+    output travels in Authorization headers, which the patterns mask)."""
+    for ref in refs:
+        if ref.startswith("exec:") or (ref == "env:TUNNEL_API_KEY" and not os.environ.get("TUNNEL_API_KEY")):
+            continue
+        try:
+            yield secret_refs.resolve(ref, base=base).reveal()
+        except secret_refs.SecretError:
+            continue
+
+
+# --------------------------------------------------------------------------- records
+
+
+TraceIds = Callable[[], "tuple[str, str] | None"]
+
+
+def _no_trace() -> tuple[str, str] | None:
+    return None
+
+
+class ContextFilter(logging.Filter):
+    """Adds `trace_id`, `span_id` and `request_id` to each record and redacts its message and traceback."""
+
+    def __init__(self, redactor: Redactor, trace_ids: TraceIds = _no_trace) -> None:
+        super().__init__()
+        self._redactor = redactor
+        self._trace_ids = trace_ids
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = self._trace_ids()
+        record.trace_id, record.span_id = ids if ids is not None else ("", "")
+        record.request_id = REQUEST_ID.get() or ""
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg, record.args = self._redactor.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._redactor.redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message [request_id=… trace_id=… span_id=…]`, redacted once more as a whole."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = [f"{key}={value}" for key in ("request_id", "trace_id", "span_id") if (value := getattr(record, key, ""))]
+        if ids:
+            line = f"{line} [{' '.join(ids)}]"
+        return self._redactor.redact(line)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, ids when set, exception text."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+        self._encoder = msgspec.json.Encoder()
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, str] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "trace_id", "span_id"):
+            value = getattr(record, key, "")
+            if value:
+                entry[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return self._redactor.redact(self._encoder.encode(entry).decode())
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The gateway's stderr handler (recognised so that `setup` can replace it)."""
+
+
+def setup(
+    *,
+    redactor: Redactor,
+    fmt: str = "text",
+    level: str | int = "INFO",
+    trace_ids: TraceIds = _no_trace,
+    stream: IO[str] | None = None,
+) -> logging.Handler:
+    """Route every log record through one redacting handler in the chosen format (replacing an
+    earlier `setup`); returns the handler."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    handler = _Handler(stream or sys.stderr)
+    handler.addFilter(ContextFilter(redactor, trace_ids))
+    handler.setFormatter(JsonFormatter(redactor) if fmt == "json" else TextFormatter(redactor))
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

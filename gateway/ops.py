@@ -1,0 +1,211 @@
+"""The ops listener: `/healthz`, `/readyz` and `/metrics` on a local address (`ops.listen`).
+
+Owns readiness (ready only when the control plane answered a poll recently and
+every required server is up; the body names what is not) and the Prometheus
+text exposition of the telemetry's metrics. Reads the runtime, changes nothing;
+imports no opentelemetry (metric data is read by shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
+
+import msgspec
+from aiohttp import web
+
+from gateway.config import RoutingConfig, split_listen
+from gateway.telemetry import Telemetry
+from gateway.upstream.base import Upstream
+
+PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class PollClock(Protocol):
+    """What readiness reads from the control-plane client (`ControlPlane`)."""
+
+    last_poll_ok: float | None
+    """Loop time of the last poll the control plane answered (200 or 204)."""
+
+
+class RuntimeView(Protocol):
+    """What readiness reads from the running gateway (`app.Runtime`), live, so reloads show at once."""
+
+    @property
+    def config(self) -> RoutingConfig: ...
+
+    @property
+    def upstreams(self) -> Mapping[str, Upstream]: ...
+
+    @property
+    def control_plane(self) -> PollClock: ...
+
+
+class Readiness:
+    """Whether the gateway can serve: a recent successful poll and every required server up."""
+
+    def __init__(self, *, max_poll_age_s: float, clock: Callable[[], float] | None = None) -> None:
+        self._max_age = max_poll_age_s
+        self._clock = clock
+        self.runtime: RuntimeView | None = None
+        """Set once provisioning has built the runtime; until then the gateway is starting."""
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, body): `checks` gives each part's state, `not_ready` lists the failing parts."""
+        runtime = self.runtime
+        if runtime is None:
+            return False, {"status": "not ready", "not_ready": ["gateway"], "checks": {"gateway": "starting"}}
+        checks: dict[str, str] = {}
+        failing: list[str] = []
+        last = runtime.control_plane.last_poll_ok
+        if last is None:
+            checks["control_plane"] = "no successful poll yet"
+        else:
+            age = self._now() - last
+            if age <= self._max_age:
+                checks["control_plane"] = f"polled {age:.1f}s ago"
+            else:
+                checks["control_plane"] = f"no successful poll for {age:.1f}s (limit {self._max_age:g}s)"
+        if not checks["control_plane"].startswith("polled"):
+            failing.append("control_plane")
+        servers = runtime.config.servers
+        for name, upstream in sorted(runtime.upstreams.items()):
+            spec = servers.get(name)
+            required = spec.required if spec is not None else True
+            state = "up" if upstream.ready else "down"
+            checks[f"servers.{name}"] = state if required else f"{state} (not required)"
+            if required and not upstream.ready:
+                failing.append(f"servers.{name}")
+        ready = not failing
+        return ready, {"status": "ready" if ready else "not ready", "not_ready": failing, "checks": checks}
+
+
+class OpsServer:
+    """The aiohttp listener; `start()` binds it and returns its base URL."""
+
+    def __init__(self, listen: str, readiness: Readiness, telemetry: Telemetry) -> None:
+        self._listen = listen
+        self.readiness = readiness
+        self._telemetry = telemetry
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+        self._encoder = msgspec.json.Encoder()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self) -> str:
+        host, port = split_listen(self._listen)
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound = runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound}"
+        return self.url
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, body = self.readiness.report()
+        return web.Response(
+            status=200 if ready else 503, body=self._encoder.encode(body), content_type="application/json"
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        data = self._telemetry.metrics_data()
+        if data is None:
+            return web.Response(status=404, text="metrics are off\n")
+        return web.Response(body=render_prometheus(data), headers={"Content-Type": PROMETHEUS_TEXT})
+
+
+# --------------------------------------------------------------------------- Prometheus text
+
+_NAME: Final = re.compile(r"[^a-zA-Z0-9_:]")
+_LABEL: Final = re.compile(r"[^a-zA-Z0-9_]")
+_UNIT_SUFFIX: Final = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
+
+
+def _metric_name(name: str, unit: str) -> str:
+    out = _NAME.sub("_", name)
+    suffix = _UNIT_SUFFIX.get(unit)
+    return f"{out}_{suffix}" if suffix and not out.endswith(f"_{suffix}") else out
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(attributes: Mapping[str, Any] | None, extra: tuple[str, str] | None = None) -> str:
+    items = [(_LABEL.sub("_", str(key)), str(value)) for key, value in (attributes or {}).items()]
+    if extra is not None:
+        items.append(extra)
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in items) + "}" if items else ""
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def render_prometheus(data: Any) -> bytes:
+    """Prometheus text exposition (format 0.0.4) of cumulative OpenTelemetry `MetricsData`.
+
+    Read by shape: a point with `bucket_counts` is a histogram point, data with
+    `is_monotonic` true is a counter (`_total`), anything else with `value` a gauge.
+    """
+    lines: list[str] = []
+    seen: set[str] = set()
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                points = metric.data.data_points
+                histogram = bool(points) and hasattr(points[0], "bucket_counts")
+                name = _metric_name(metric.name, metric.unit or "")
+                if histogram:
+                    kind = "histogram"
+                elif getattr(metric.data, "is_monotonic", False):
+                    kind, name = "counter", name if name.endswith("_total") else f"{name}_total"
+                else:
+                    kind = "gauge"
+                if name not in seen:
+                    seen.add(name)
+                    lines.append(f"# HELP {name} {' '.join(str(metric.description).split())}")
+                    lines.append(f"# TYPE {name} {kind}")
+                for point in points:
+                    if histogram:
+                        cumulative = 0
+                        for bound, count in zip([*point.explicit_bounds, math.inf], point.bucket_counts, strict=False):
+                            cumulative += count
+                            lines.append(
+                                f"{name}_bucket{_labels(point.attributes, ('le', _number(bound)))} {cumulative}"
+                            )
+                        lines.append(f"{name}_sum{_labels(point.attributes)} {_number(point.sum)}")
+                        lines.append(f"{name}_count{_labels(point.attributes)} {point.count}")
+                    else:
+                        lines.append(f"{name}{_labels(point.attributes)} {_number(point.value)}")
+    return ("\n".join(lines) + "\n").encode()

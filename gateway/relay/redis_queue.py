@@ -1,0 +1,548 @@
+"""The Redis queue backend: relay replicas sharing tunnels through one Redis (`backend: {kind: redis}`).
+
+Owns the connection pool, the pub/sub listener that wakes local polls and
+callers, the heartbeat/janitor loop, retries with clear 503s when Redis is
+unreachable, and the translation of script replies into Commands, frames and
+RelayErrors. Every state change runs as one Lua script (redis_scripts.py, which
+also documents the key layout); no HTTP here.
+
+Why a sorted-set FIFO with Lua scripts, not Streams with consumer groups nor
+BLMOVE lists (docs/relay-on-redis.md has the long form):
+- Exactly once to one poll: a script removes a command from the queue and marks
+  it in flight atomically; a retried take returns the same batch (memo key), a
+  poller that left gives its batch back. Consumer groups are built for
+  at-least-once (pending entries are re-claimed and re-delivered), which would
+  run a command twice; we want at most once, then exactly one terminal frame.
+- Polls filter: by channel (`?channel=`), by proc_affinity owner, by expiry and
+  by caller liveness. XREADGROUP and BLMOVE can only hand out the head; a script
+  over ZRANGE can skip, and ZREM removes from the middle in O(log n) (a caller
+  giving up, a purge), where LREM on a list is O(n).
+- No connection is parked per long poll or per waiting caller (BLMOVE/BLPOP
+  would need one each): waits are local futures woken by pub/sub, with a
+  periodic re-check so a lost message costs at most `recheck_s`.
+Frames go to the caller's replica through a per-request list (the data) plus a
+PUBLISH on that replica's channel (the wake-up), so a missed message loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
+
+import msgspec
+from msgspec import UNSET, Raw, Struct, UnsetType
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from gateway.relay import redis_scripts as lua
+from gateway.relay.affinity import ANONYMOUS, ends_session, session_of, session_set_by
+from gateway.relay.config import RedisBackend
+from gateway.relay.errors import (
+    BackendUnavailable,
+    CommandLost,
+    FrameBacklog,
+    PendingNotFound,
+    QueueFull,
+    RelayClosing,
+    ShardMismatch,
+    TunnelNotFound,
+)
+from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus
+from gateway.wire import Headers, TunnelResponsePayload
+
+log = logging.getLogger("gateway.relay")
+
+T = TypeVar("T")
+Arg = str | bytes | int
+
+TRANSIENT: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+"""Errors that mean "Redis is not reachable (or not writable) right now": retried, then a 503."""
+
+SOCKET_TIMEOUT_S: Final = 5.0
+CONNECT_TIMEOUT_S: Final = 2.0
+HEALTH_CHECK_S: Final = 10
+RETRY_FIRST_S: Final = 0.05
+RETRY_MAX_S: Final = 1.0
+KEEP_MS: Final = 60_000
+"""How long a command's keys outlive its deadline, so late frames still find a (final) record."""
+SCAN: Final = 1000
+"""At most this many queued commands are looked at by one take or purge."""
+_NULL: Final = Raw(b"null")
+MAX_KEY_PART: Final = 128
+"""Instance and session ids longer than this are hashed before they become part of a key."""
+
+
+class _Stored(Struct, array_like=True):
+    """A command as kept in Redis: the wire fields; the deadline lives beside it, on Redis's clock."""
+
+    request_id: str
+    shard_token: str
+    command_type: str
+    channel: str
+    created_at: str
+    headers: Headers
+    jsonrpc: Raw  # array_like cannot omit a field: an absent body is stored as `null`
+
+
+def _key_part(value: str) -> str:
+    if len(value) <= MAX_KEY_PART:
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class _Caller:
+    """A caller on this replica waiting for its command's frames."""
+
+    __slots__ = ("consumed", "event", "tunnel_id")
+
+    def __init__(self, tunnel_id: str) -> None:
+        self.tunnel_id = tunnel_id
+        self.event = asyncio.Event()
+        self.consumed = 0
+
+
+class _Tunnel:
+    """This replica's view of one tunnel: key names and local waiting polls."""
+
+    __slots__ = ("base", "polls_waiting", "waiters", "wake_channel")
+
+    def __init__(self, prefix: str, tunnel_id: str) -> None:
+        self.base = f"{prefix}:t:{tunnel_id}"
+        self.wake_channel = f"{prefix}:wake:{tunnel_id}"
+        self.waiters: set[asyncio.Future[None]] = set()
+        self.polls_waiting = 0
+
+    def wake(self) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class RedisQueue(QueueBackend):
+    """Queues, in-flight table, frames, gateway bookkeeping and session routing in Redis."""
+
+    def __init__(
+        self,
+        tunnel_ids: Iterable[str],
+        *,
+        url: str,
+        spec: RedisBackend,
+        queue_max: int,
+        client_seen_grace_s: float,
+        session_ttl_s: float = 3600.0,
+    ) -> None:
+        self.replica_id = secrets.token_hex(8)
+        prefix = spec.key_prefix
+        self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=spec.max_connections,
+            timeout=spec.retry_s,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            health_check_interval=HEALTH_CHECK_S,
+            retry=Retry(NoBackoff(), 0),  # retries are ours (`_run`), once, with idempotent scripts
+            protocol=2,  # script replies as RESP2 (nil stays nil; no RESP3 booleans)
+        )
+        self._redis: Redis = Redis.from_pool(self._pool)
+        self._tunnels = {tunnel_id: _Tunnel(prefix, tunnel_id) for tunnel_id in tunnel_ids}
+        self._wake_channels = {t.wake_channel.encode(): t for t in self._tunnels.values()}
+        self._replicas = f"{prefix}:replicas"
+        self._frames_prefix = f"{prefix}:frames:"
+        self._frames_channel = f"{self._frames_prefix}{self.replica_id}".encode()
+        self._queue_max = queue_max
+        self._grace_ms = int(client_seen_grace_s * 1000)
+        self._session_ttl_ms = max(1, int(session_ttl_s * 1000))
+        self._retry_s = spec.retry_s
+        self._replica_ttl_s = spec.replica_ttl_s
+        self._replica_ttl_ms = int(spec.replica_ttl_s * 1000)
+        self._recheck_s = spec.recheck_s
+        self._callers: dict[str, _Caller] = {}
+        self._orphans: set[tuple[str, str]] = set()  # discards that failed; the heartbeat retries them
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._up: bool | None = None
+        self._store = msgspec.json.Encoder()
+        self._command_decoder = msgspec.json.Decoder(_Stored)
+        self._frame_decoder = msgspec.json.Decoder(TunnelResponsePayload)
+        script = self._redis.register_script
+        self._enqueue, self._take, self._release = script(lua.ENQUEUE), script(lua.TAKE), script(lua.RELEASE)
+        self._deliver, self._next, self._forget = script(lua.DELIVER), script(lua.NEXT_FRAME), script(lua.FORGET)
+        self._poll_end, self._seen, self._status = script(lua.POLL_END), script(lua.CLIENT_SEEN), script(lua.STATUS)
+        self._owner, self._heartbeat, self._leave = script(lua.SESSION_OWNER), script(lua.HEARTBEAT), script(lua.LEAVE)
+
+    # ----------------------------------------------------------------------- plumbing
+
+    def _tunnel(self, tunnel_id: str) -> _Tunnel:
+        tunnel = self._tunnels.get(tunnel_id)
+        if tunnel is None:
+            raise TunnelNotFound()
+        return tunnel
+
+    def _mark(self, up: bool, exc: BaseException | None = None) -> None:
+        """Log connectivity changes once per transition (the error's class only: no URLs)."""
+        if up == self._up:
+            return
+        self._up = up
+        if up:
+            log.info("relay: Redis reachable (replica %s)", self.replica_id)
+        else:
+            log.warning("relay: Redis unreachable (%s); retrying", type(exc).__name__ if exc else "unknown")
+
+    async def _run(self, script: AsyncScript, args: Sequence[Arg], *, window_s: float | None = None) -> Any:
+        """Run a script, retrying a lost connection for up to `window_s` (default `retry_s`);
+        BackendUnavailable after that. Every script is safe to run twice."""
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + (self._retry_s if window_s is None else window_s)
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                result = await script(args=args)
+            except TRANSIENT as exc:
+                self._mark(False, exc)
+                if loop.time() + delay >= stop:
+                    raise BackendUnavailable() from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+            else:
+                self._mark(True)
+                return result
+
+    def _spawn(self, work: Awaitable[T]) -> None:
+        """Run best-effort work owned by this backend (awaited in dispose)."""
+
+        async def run() -> None:
+            with contextlib.suppress(BackendUnavailable, *TRANSIENT):
+                await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ----------------------------------------------------------------------- lifetime
+
+    async def start(self) -> None:
+        """Start the pub/sub listener and the heartbeat; a Redis that is down now is retried there."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._beat())]
+
+    async def ready(self) -> bool:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S + 1):
+                await self._redis.ping()
+        except (TimeoutError, *TRANSIENT):
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for tunnel in self._tunnels.values():
+            tunnel.wake()
+        for caller in self._callers.values():
+            caller.event.set()
+
+    async def dispose(self) -> None:
+        """Stop background work, say goodbye (other replicas then purge what is left of ours), disconnect."""
+        await self.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in (*self._tasks, *self._background):
+            with contextlib.suppress(asyncio.CancelledError, BackendUnavailable, *TRANSIENT):
+                await task
+        self._tasks = []
+        with contextlib.suppress(BackendUnavailable):
+            await self._retry_orphans(window_s=1.0)
+            await self._run(self._leave, [self._replicas, self.replica_id], window_s=1.0)
+        await self._redis.aclose()
+
+    async def _listen(self) -> None:
+        """Dispatch wake-ups: enqueues to local polls, frames to local callers. After every
+        (re)subscription everyone re-checks, since messages sent meanwhile are lost."""
+        delay = RETRY_FIRST_S
+        while True:
+            pubsub: PubSub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._frames_channel, *self._wake_channels)
+                delay = RETRY_FIRST_S
+                self._wake_all()
+                while True:
+                    message = await pubsub.get_message(timeout=self._recheck_s)
+                    if message is not None:
+                        self._dispatch(message["channel"], message["data"])
+            except TRANSIENT as exc:
+                self._mark(False, exc)
+            except Exception:
+                log.exception("relay: Redis pub/sub listener failed; restarting it")
+            finally:
+                with contextlib.suppress(*TRANSIENT):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        if channel == self._frames_channel:
+            caller = self._callers.get(data.decode())
+            if caller is not None:
+                caller.event.set()
+            return
+        tunnel = self._wake_channels.get(channel)
+        if tunnel is not None:
+            tunnel.wake()
+
+    def _wake_all(self) -> None:
+        for tunnel in self._tunnels.values():
+            tunnel.wake()
+        for caller in self._callers.values():
+            caller.event.set()
+
+    async def _beat(self) -> None:
+        """Heartbeat + janitor: keep this replica alive, purge expired and orphaned commands,
+        retry failed discards."""
+        bases = [tunnel.base for tunnel in self._tunnels.values()]
+        while True:
+            try:
+                await self._heartbeat(args=[self._replicas, self.replica_id, self._replica_ttl_ms, *bases])
+                self._mark(True)
+                await self._retry_orphans(window_s=0)
+            except (BackendUnavailable, *TRANSIENT) as exc:
+                self._mark(False, exc)
+            except Exception:
+                log.exception("relay: Redis heartbeat failed; retrying")
+            await asyncio.sleep(self._replica_ttl_s / 3)
+
+    async def _retry_orphans(self, *, window_s: float) -> None:
+        while self._orphans:
+            tunnel_id, request_id = next(iter(self._orphans))
+            await self._run(self._forget, [self._tunnels[tunnel_id].base, request_id], window_s=window_s)
+            self._orphans.discard((tunnel_id, request_id))
+
+    # ----------------------------------------------------------------------- callers
+
+    async def enqueue(self, tunnel_id: str, command: Command) -> None:
+        if self._closed:
+            raise RelayClosing()
+        tunnel = self._tunnel(tunnel_id)
+        loop = asyncio.get_running_loop()
+        timeout_ms = max(1, int((command.deadline - loop.time()) * 1000))
+        blob = self._store.encode(
+            _Stored(
+                request_id=command.request_id,
+                shard_token=command.shard_token,
+                command_type=command.command_type,
+                channel=command.channel,
+                created_at=command.created_at,
+                headers=command.headers,
+                jsonrpc=_NULL if isinstance(command.jsonrpc, UnsetType) else command.jsonrpc,
+            )
+        )
+        args: list[Arg] = [
+            tunnel.base,
+            self._replicas,
+            tunnel.wake_channel,
+            command.request_id,
+            blob,
+            _digest(command.shard_token),
+            timeout_ms,
+            self.replica_id,
+            command.channel,
+            _key_part(session_of(command.headers)),
+            self._queue_max,
+            KEEP_MS,
+            self._replica_ttl_ms,
+            SCAN,
+        ]
+        self._callers[command.request_id] = _Caller(tunnel_id)
+        try:
+            queued = await self._run(self._enqueue, args)
+        except BaseException:
+            self._callers.pop(command.request_id, None)
+            self._orphans.add((tunnel_id, command.request_id))  # it may have been queued all the same
+            raise
+        if not queued:
+            self._callers.pop(command.request_id, None)
+            raise QueueFull()
+
+    async def next_frame(self, tunnel_id: str, request_id: str) -> TunnelResponsePayload:
+        caller = self._callers.get(request_id)
+        if caller is None or caller.tunnel_id != tunnel_id:
+            raise PendingNotFound()
+        base = self._tunnel(tunnel_id).base
+        while True:
+            if self._closed:
+                raise RelayClosing()
+            caller.event.clear()
+            args: list[Arg] = [base, request_id, caller.consumed, self._replicas, self.replica_id, self._replica_ttl_ms]
+            reply = await self._run(self._next, args)
+            if isinstance(reply, bytes):
+                caller.consumed += 1
+                return self._frame_decoder.decode(reply)
+            if reply == lua.GONE:
+                raise CommandLost()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._recheck_s):
+                    await caller.event.wait()
+
+    async def discard(self, tunnel_id: str, request_id: str) -> None:
+        self._callers.pop(request_id, None)
+        tunnel = self._tunnels.get(tunnel_id)
+        if tunnel is None:
+            return
+        try:
+            await self._run(self._forget, [tunnel.base, request_id])
+        except BackendUnavailable:
+            self._orphans.add((tunnel_id, request_id))
+
+    # ----------------------------------------------------------------------- gateways
+
+    async def take(
+        self,
+        tunnel_id: str,
+        *,
+        limit: int,
+        timeout_s: float,
+        channels: frozenset[str] = frozenset(),
+        instance_id: str | None = None,
+        wanted: Callable[[], bool] | None = None,
+        affine_channels: frozenset[str] = frozenset(),
+    ) -> list[Command]:
+        tunnel = self._tunnel(tunnel_id)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout_s
+        instance = _key_part(instance_id or ANONYMOUS)
+        token = secrets.token_hex(12)
+        seen_ms = self._grace_ms + int(2 * self._recheck_s * 1000)  # until the next re-check, and then the grace
+        args: list[Arg] = [
+            tunnel.base,
+            self._replicas,
+            instance,
+            limit,
+            ",".join(sorted(channels)),
+            ",".join(sorted(affine_channels)),
+            SCAN,
+            self._session_ttl_ms,
+            token,
+            seen_ms,
+        ]
+        tunnel.polls_waiting += 1
+        try:
+            while not self._closed:
+                if wanted is not None and not wanted():
+                    break
+                waiter: asyncio.Future[None] = loop.create_future()
+                tunnel.waiters.add(waiter)  # before the script: a wake-up during it is kept
+                try:
+                    try:
+                        window = max(0.0, min(self._retry_s, until - loop.time()))
+                        reply = await self._run(self._take, args, window_s=window)
+                    except asyncio.CancelledError:
+                        self._spawn(self._give_back(tunnel, token, instance))
+                        raise
+                    batch = self._commands(reply, loop.time())
+                    if batch:
+                        if wanted is not None and not wanted():
+                            await self._give_back(tunnel, token, instance)
+                            return []
+                        return batch
+                    remaining = until - loop.time()
+                    if remaining <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(remaining, self._recheck_s)):
+                            await waiter
+                finally:
+                    tunnel.waiters.discard(waiter)
+        finally:
+            tunnel.polls_waiting -= 1
+        # An empty poll ends: the instance stays seen for the grace period from now. (A poll that
+        # returns commands skips this round trip, so a cancellation cannot lose its batch; it
+        # stays seen until its last take's mark, at most 2 x recheck_s longer.)
+        self._spawn(self._run(self._poll_end, [tunnel.base, instance, self._grace_ms]))
+        return []
+
+    async def _give_back(self, tunnel: _Tunnel, token: str, instance: str) -> None:
+        await self._run(self._release, [tunnel.base, token, instance, tunnel.wake_channel])
+
+    def _commands(self, reply: list[Any], now: float) -> list[Command]:
+        commands: list[Command] = []
+        for index in range(0, len(reply), 3):
+            stored = self._command_decoder.decode(reply[index + 1])
+            commands.append(
+                Command(
+                    request_id=stored.request_id,
+                    shard_token=stored.shard_token,
+                    command_type=stored.command_type,
+                    channel=stored.channel,
+                    created_at=stored.created_at,
+                    deadline=now + int(reply[index + 2]) / 1000,
+                    headers=stored.headers,
+                    jsonrpc=UNSET if bytes(stored.jsonrpc) == b"null" else Raw(bytes(stored.jsonrpc)),
+                )
+            )
+        return commands
+
+    async def deliver(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
+        tunnel = self._tunnel(tunnel_id)
+        args: list[Arg] = [
+            tunnel.base,
+            self._replicas,
+            frame.request_id,
+            _digest(shard_token),
+            "1" if frame.is_terminal else "0",
+            self._store.encode(frame),
+            FRAME_BACKLOG,
+            _key_part(session_set_by(frame)),
+            "1" if ends_session(frame) else "0",
+            self._session_ttl_ms,
+            secrets.token_hex(8),
+            self._frames_prefix,
+            KEEP_MS,
+        ]
+        outcome = await self._run(self._deliver, args)
+        if outcome == b"not_found":
+            raise PendingNotFound()
+        if outcome == b"mismatch":
+            raise ShardMismatch()
+        if outcome == b"backlog":
+            raise FrameBacklog()
+
+    # ----------------------------------------------------------------------- status
+
+    async def client_seen(self, tunnel_id: str) -> bool:
+        return bool(await self._run(self._seen, [self._tunnel(tunnel_id).base]))
+
+    async def status(self, tunnel_id: str) -> TunnelStatus:
+        tunnel = self._tunnel(tunnel_id)
+        seen, queued, in_flight, last = await self._run(self._status, [tunnel.base, SCAN])
+        return TunnelStatus(
+            client_seen=bool(seen),
+            polls_waiting=tunnel.polls_waiting,
+            queued=int(queued),
+            in_flight=int(in_flight),
+            last_instance_id=None if last.decode() in ("", ANONYMOUS) else last.decode(),
+        )
+
+    async def session_owner(self, tunnel_id: str, channel: str, session: str) -> str | None:
+        """The instance a proc_affinity session is bound to (diagnostics and tests)."""
+        owner = await self._run(self._owner, [self._tunnel(tunnel_id).base, channel, _key_part(session)])
+        return owner.decode() or None
+
+    @property
+    def callers_waiting(self) -> int:
+        return len(self._callers)

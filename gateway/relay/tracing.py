@@ -1,0 +1,71 @@
+"""The relay's telemetry seam: what the front door calls around each MCP client request.
+
+Owns only the interface (`RelayTracer`, `RequestTrace`) and the do-nothing
+default, so the relay imports no tracing SDK and no gateway internals: whoever
+builds the relay (the gateway's app, the `gateway relay` CLI) hands in an
+implementation, as httpcore's transports receive a `trace` callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Final, Protocol
+
+from gateway.wire import Headers
+
+
+class RequestTrace(Protocol):
+    """One client request's span: entered before the command is queued, left once it is answered."""
+
+    def __enter__(self) -> RequestTrace: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def inject(self, headers: Headers, body: bytes | None) -> tuple[Headers, bytes | None]:
+        """The command's headers and JSON-RPC body carrying this span's trace context."""
+        ...
+
+    def answered(self, status: int, body: bytes | None) -> None:
+        """The HTTP status (and, for a JSON answer, the body) the client gets."""
+        ...
+
+
+class RelayTracer(Protocol):
+    def request(self, channel: str, headers: Mapping[str, str], body: bytes | None) -> RequestTrace:
+        """A trace for one request: `headers` are the client's HTTP headers, `body` its JSON-RPC message."""
+        ...
+
+
+class _NoTrace:
+    __slots__ = ()
+
+    def __enter__(self) -> _NoTrace:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def inject(self, headers: Headers, body: bytes | None) -> tuple[Headers, bytes | None]:
+        return headers, body
+
+    def answered(self, status: int, body: bytes | None) -> None:
+        pass
+
+
+_NO_TRACE: Final = _NoTrace()
+
+
+class _NoTracer:
+    __slots__ = ()
+
+    def request(self, channel: str, headers: Mapping[str, str], body: bytes | None) -> RequestTrace:
+        return _NO_TRACE
+
+
+NO_TRACER: Final[RelayTracer] = _NoTracer()
+"""Tracing off: commands are queued exactly as the client sent them."""
