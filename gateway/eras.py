@@ -128,6 +128,8 @@ class Bridge:
         version = header_value(headers, "Mcp-Protocol-Version")
         if version in MODERN_VERSIONS:
             return Era.MODERN
+        if version in HANDSHAKE_VERSIONS:
+            return Era.LEGACY  # the header is authoritative: no need to scan the body
         if params is UNSET or not _contains(params, _VERSION_KEY_BYTES):
             return Era.LEGACY
         meta = self._meta_of(params)
