@@ -120,11 +120,15 @@ def matrix(quick: bool) -> list[Scenario]:
     # 6. Tracing on (OTLP to a loopback sink); off is group 1.
     for c in (1, 64):
         out.append(Scenario("tracing", "tunnel", fast, c, options=TunnelOptions(tracing=True), variant="tracing-on"))
-    # 7. Simulated control-plane round trip (0 ms is group 1).
+    # 7. Simulated control-plane round trip (0 ms is group 1), with the defaults (one poll out, 64
+    #    slots) and tuned for a slow link as the README advises (several polls out, more slots).
+    wan = "polls_in_flight: 8\nmax_inflight: 512"
     for rtt in RTTS_MS:
         for c in (1, 64, 256):
             opts = TunnelOptions(rtt_ms=rtt)
             out.append(Scenario("rtt", "tunnel", fast, c, options=opts, variant=f"rtt{int(rtt)}ms"))
+            tuned = TunnelOptions(rtt_ms=rtt, gateway=wan)
+            out.append(Scenario("rtt", "tunnel", fast, c, options=tuned, variant=f"rtt{int(rtt)}ms-8polls"))
     # 8. A stdio pool (conditional on `processes: N`).
     for c in (64, 256):
         out.append(Scenario("pool", "tunnel", fast, c, options=_pool_options(fast), requires="pool", variant="pool4"))
