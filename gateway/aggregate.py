@@ -24,6 +24,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway import __version__
 from gateway.catalog import Catalog, Member, View, final
+from gateway.channel import Activity
 from gateway.config import ChannelSpec
 from gateway.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
 from gateway.errors import (
@@ -116,9 +117,7 @@ class AggregateChannel:
         self.events = ChannelEvents(self._codec, listen_timeout_s=spec.listen_timeout_s, watch=self._watch_resource)
         self.catalog = Catalog(name, members, spec, bridge, self.events.changed, self.events.updated)
         self._rounds = Rounds(self._codec)
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._activity = Activity()
 
     @property
     def upstreams(self) -> list[Upstream]:
@@ -134,7 +133,7 @@ class AggregateChannel:
         await self._rounds.close()
 
     async def wait_idle(self) -> None:
-        await self._idle.wait()
+        await self._activity.wait_idle()
 
     # ------------------------------------------------------------------ the channel interface
 
@@ -155,17 +154,9 @@ class AggregateChannel:
             server = self._listed[0].name
         return dataclasses.replace(decision, server=server)
 
-    async def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
+    def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
-        self._active += 1
-        self._idle.clear()
-        try:
-            async for frame in self._run(message, headers):
-                yield frame
-        finally:
-            self._active -= 1
-            if not self._active:
-                self._idle.set()
+        return self._activity.track(self._run(message, headers))
 
     async def end_session(self, headers: Headers) -> Reply:
         """`session_termination`: forget the session, end the upstream sessions and processes held for it."""

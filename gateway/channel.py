@@ -65,6 +65,30 @@ class LocalSessions:
         return session_id is not None and self._sessions.pop(session_id, None) is not None
 
 
+class Activity:
+    """Calls running on a channel, so a reload can retire it once none is left."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def track(self, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+        """`frames`, counted as one running call until they end."""
+        self._running += 1
+        self._idle.clear()
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
 class ServedChannel(Protocol):
     """What the dispatcher needs of a channel: this one-server `Channel`, or an `AggregateChannel`."""
 
@@ -101,9 +125,7 @@ class Channel:
         self._bridge = bridge
         self._codec = bridge.codec
         self._sessions = LocalSessions()
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._activity = Activity()
 
     def route(self, message: JsonRpcMessage, headers: Headers) -> Route:
         """The routing decision for a request: only `limit_key` rules reach a one-server channel."""
@@ -115,19 +137,11 @@ class Channel:
 
     async def wait_idle(self) -> None:
         """Until no call is running on this channel (a reload retires it after that)."""
-        await self._idle.wait()
+        await self._activity.wait_idle()
 
-    async def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
+    def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
-        self._active += 1
-        self._idle.clear()
-        try:
-            async for frame in self._run(message, headers):
-                yield frame
-        finally:
-            self._active -= 1
-            if not self._active:
-                self._idle.set()
+        return self._activity.track(self._run(message, headers))
 
     async def _run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         info = await self.upstream.wait_info()

@@ -207,9 +207,7 @@ class Dispatcher:
             return contextlib.nullcontext()
         tool = None
         if message.method == "tools/call" and message.params is not UNSET:
-            with contextlib.suppress(msgspec.MsgspecError):
-                name = self._codec.members(message.params).get("name")
-                tool = msgspec.json.decode(name) if name is not None else None
+            tool = self._codec.string_member(message.params, "name")
         tenant_header = limits.tenant_header
         tenant = header_value(command.headers, tenant_header) if tenant_header else None
         if tenant is None:
@@ -218,7 +216,7 @@ class Dispatcher:
         subject = Subject(
             channel=command.channel,
             server=route.server,
-            tool=tool if isinstance(tool, str) else None,
+            tool=tool,
             route=route.limit_key,
             tenant=tenant,
         )

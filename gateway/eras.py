@@ -185,14 +185,7 @@ class Bridge:
         key = NAMED_METHODS.get(method)
         if key is None or params is UNSET:
             return None
-        value = self.codec.members(params).get(key)
-        if value is None:
-            return None
-        try:
-            name = msgspec.json.decode(value)
-        except msgspec.DecodeError:
-            return None
-        return name if isinstance(name, str) else None
+        return self.codec.string_member(params, key)
 
     # ------------------------------------------------------------------ translating results
 

@@ -369,14 +369,7 @@ def split_page(codec: Codec, method: str, result: Raw | bytes) -> tuple[list[Raw
 
 def item_name(codec: Codec, method: str, item: Raw) -> str | None:
     """The name (tools, prompts), URI (resources) or URI template an item goes by."""
-    value = codec.members(item).get(ITEM_KEYS[method])
-    if value is None:
-        return None
-    try:
-        name = msgspec.json.decode(value)
-    except msgspec.DecodeError:
-        return None
-    return name if isinstance(name, str) else None
+    return codec.string_member(item, ITEM_KEYS[method])
 
 
 def with_member(codec: Codec, obj: Raw | bytes, key: str, value: object) -> Raw:

@@ -228,6 +228,7 @@ class Codec:
         self._payload = msgspec.json.Decoder(TunnelResponsePayload)
         self._error = msgspec.json.Decoder(JsonRpcError)
         self._object = msgspec.json.Decoder(dict[str, Raw])
+        self._string = msgspec.json.Decoder(str)
 
     # decoders raise msgspec.DecodeError / ValidationError; callers translate.
     def message(self, data: bytes | Raw) -> JsonRpcMessage:
@@ -248,6 +249,15 @@ class Codec:
     def members(self, data: bytes | Raw) -> dict[str, Raw]:
         """One level of a JSON object: keys to raw values (for `_meta` surgery)."""
         return self._object.decode(data)
+
+    def string_member(self, data: bytes | Raw, key: str) -> str | None:
+        """`data[key]` when `data` is a JSON object whose `key` holds a string, else None."""
+        try:
+            value = self._object.decode(data).get(key)
+            found = None if value is None else self._string.decode(value)
+        except msgspec.MsgspecError:
+            return None
+        return found
 
     def encode(self, obj: object) -> bytes:
         return self._enc.encode(obj)
