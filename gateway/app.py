@@ -261,7 +261,7 @@ def _build_upstream(
             k: secret_refs.resolve(v, base=base).reveal() if _is_ref(v) else v for k, v in spec.http.headers.items()
         }
     except secret_refs.SecretError as exc:
-        raise ConfigError(str(base), f"servers.{name}.http.headers", f"resolvable secrets ({exc})") from None
+        raise ConfigError(file, f"servers.{name}.http.headers", f"resolvable secrets ({exc})") from None
     http_upstream = HttpUpstream(
         name,
         spec.http,
@@ -306,6 +306,8 @@ async def provision(
     bridge = Bridge(codec)
     base = routes_file.parent
     file = str(routes_file)
+    embedded = config.control_plane is None and overrides.control_plane is None
+    remote = None if embedded else _remote_control_plane(config, overrides, routes_file)  # fail before spawning
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
@@ -336,12 +338,12 @@ async def provision(
         identity = Identity.new(server_info_header(_affinity(config)))
 
         endpoint: Endpoint | None = None
-        if config.control_plane is None and overrides.control_plane is None:
-            relay, key, endpoint = await _embedded_relay(config, base, telemetry)
+        if remote is None:
+            relay, key, endpoint = await _embedded_relay(config, routes_file, telemetry)
             stack.push_async_callback(relay.close)
             cp_url, tunnel_id, api_key, cp_egress = relay.url, config.relay.tunnel_id, ApiKey(key.reveal()), None
         else:
-            cp_url, tunnel_id, api_key = _remote_control_plane(config, overrides, base)
+            cp_url, tunnel_id, api_key = remote
             cp_spec = config.control_plane or Egress()
             cp_egress = egress(cp_url, cp_spec, file=file, key="control_plane", base=base)
         control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec, cp_egress, telemetry=telemetry)
@@ -380,15 +382,15 @@ async def provision(
 
 
 async def _embedded_relay(
-    config: RoutingConfig, base: Path, telemetry: Telemetry
+    config: RoutingConfig, routes_file: Path, telemetry: Telemetry
 ) -> tuple[Relay, secret_refs.Secret, Endpoint]:
     """Start the loopback relay with a fresh gateway key known only to this process."""
-    spec = config.relay
+    spec, base = config.relay, routes_file.parent
     key = secret_refs.Secret(secrets.token_urlsafe(32), "embedded relay key")
     try:
         token = secret_refs.resolve(spec.client_token, base=base) if spec.client_token else None
     except secret_refs.SecretError as exc:
-        raise ConfigError(str(base), "relay.client_token", f"a resolvable secret ({exc})") from None
+        raise ConfigError(str(routes_file), "relay.client_token", f"a resolvable secret ({exc})") from None
     relay_config = RelayConfig(
         listen=spec.listen,
         tunnels={
@@ -404,13 +406,13 @@ async def _embedded_relay(
     return relay, key, Endpoint(urls, token.reveal() if token else None)
 
 
-def _remote_control_plane(config: RoutingConfig, overrides: Overrides, base: Path) -> tuple[str, str, ApiKey]:
-    spec = config.control_plane
+def _remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> tuple[str, str, ApiKey]:
+    spec, file = config.control_plane, str(routes_file)
     url = overrides.control_plane or (spec.url if spec else None)
     tunnel_id = overrides.tunnel_id or (spec.tunnel_id if spec else None)
     if not url or not tunnel_id:
-        raise ConfigError(str(base), "control_plane", "both `url` and `tunnel_id` (or --control-plane and --tunnel-id)")
+        raise ConfigError(file, "control_plane", "both `url` and `tunnel_id` (or --control-plane and --tunnel-id)")
     ref = spec.api_key if spec and spec.api_key else "env:TUNNEL_API_KEY"
     if ref == "env:TUNNEL_API_KEY" and not os.environ.get("TUNNEL_API_KEY"):
-        raise ConfigError(str(base), "control_plane.api_key", "an API key (or the TUNNEL_API_KEY variable)")
-    return url, tunnel_id, ApiKey(ref, base=base)
+        raise ConfigError(file, "control_plane.api_key", "an API key (or the TUNNEL_API_KEY variable)")
+    return url, tunnel_id, ApiKey(ref, base=routes_file.parent)
