@@ -1,14 +1,15 @@
-"""Micro-measurements behind the proposed hot-path fixes: what one mechanism costs per command.
+"""Micro-measurements of the hot-path mechanisms: what one costs per command, before and now.
 
 Owns small, isolated comparisons run in this process (CPU time by
 `time.process_time`, so the other cores' load matters less than for wall-clock
-numbers), each the gateway's current mechanism against the proposed one:
+numbers), each the mechanism the profile found against the one that replaced it
+(or, for decoding, the one proposed):
 
-- response POST: aiohttp `ClientSession.post` vs a raw keep-alive HTTP/1.1 POST with prebuilt headers
-- stdio write: `write(line + b"\\n")` + `await drain()` per message vs writes coalesced per loop tick
-- per-command task: `create_task` + `asyncio.timeout_at` per command vs a fixed pool of worker tasks
+- response POST: aiohttp `ClientSession.post` vs `gateway.h1.H1Client` (keep-alive, prebuilt header lines)
+- stdio write: `write(line + b"\\n")` + `await drain()` per message vs `gateway.upstream.pipe.LineWriter`
+- per-command task: `create_task` + `asyncio.timeout_at` per command vs a pool of worker tasks
 - decoding a polled command: batch -> command -> message, plus the byte scans for the era and the
-  progress token, vs one typed decode of the batch and no scans (100 B and 1 MB payloads)
+  progress token, vs one typed decode of the batch and no scans (100 B and 1 MB payloads; proposed)
 
     .venv/bin/python -m bench.micro          # prints a Markdown table, saves bench/out/micro.json
 """
@@ -27,6 +28,8 @@ import aiohttp
 import msgspec
 
 from bench.stacks import BENCH, OUT, PYTHON
+from gateway.h1 import H1Client
+from gateway.upstream.pipe import LineWriter
 from gateway.wire import JsonRpcMessage
 
 N_POST = 3000
@@ -43,27 +46,6 @@ async def _cpu_per_op(n: int, body: Callable[[], Awaitable[None]]) -> float:
 
 
 # --------------------------------------------------------------------------- response POST
-
-
-class RawHttp:
-    """A keep-alive HTTP/1.1 connection that sends POSTs with prebuilt header bytes (the proposal)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, host: str) -> None:
-        self.reader, self.writer = reader, writer
-        self.head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            "Authorization: Bearer k\r\nX-Tunnel-Client-Name: bench\r\nX-Tunnel-Shard-Token: "
-        ).encode()
-
-    async def post(self, token: bytes, body: bytes) -> int:
-        self.writer.write(b"%s%s\r\nContent-Length: %d\r\n\r\n%s" % (self.head, token, len(body), body))
-        status_line = await self.reader.readline()
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await self.reader.readexactly(length)
-        return int(status_line.split()[1])
 
 
 async def post_costs(url: str) -> dict[str, float]:
@@ -83,29 +65,20 @@ async def post_costs(url: str) -> dict[str, float]:
             await _fanout(N_POST, one_aiohttp)
 
         await run_aiohttp()  # warm the pool
-        out["response POST: aiohttp ClientSession.post (current)"] = await _cpu_per_op(N_POST, run_aiohttp)
+        out["response POST: aiohttp ClientSession.post (before)"] = await _cpu_per_op(N_POST, run_aiohttp)
 
-    host_port = url.split("/")[2]
-    host, port = host_port.rsplit(":", 1)
-    conns = [RawHttp(*await asyncio.open_connection(host, int(port)), "/mcp", host_port) for _ in range(CONCURRENCY)]
-    free: asyncio.Queue[RawHttp] = asyncio.Queue()
-    for conn in conns:
-        free.put_nowait(conn)
+    client = H1Client(url)
+    lines = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
 
-    async def one_raw() -> None:
-        conn = await free.get()
-        try:
-            await conn.post(b"abc", body)
-        finally:
-            free.put_nowait(conn)
+    async def one_h1() -> None:
+        await client.post(lines + b"X-Tunnel-Shard-Token: abc\r\n", body)
 
-    async def run_raw() -> None:
-        await _fanout(N_POST, one_raw)
+    async def run_h1() -> None:
+        await _fanout(N_POST, one_h1)
 
-    await run_raw()
-    out["response POST: raw keep-alive HTTP/1.1, prebuilt headers (proposed)"] = await _cpu_per_op(N_POST, run_raw)
-    for conn in conns:
-        conn.writer.close()
+    await run_h1()  # warm the pool
+    out["response POST: gateway.h1.H1Client, prebuilt header lines (now)"] = await _cpu_per_op(N_POST, run_h1)
+    client.close()
     return out
 
 
@@ -142,28 +115,19 @@ async def write_costs() -> dict[str, float]:
     async def run_current() -> None:
         await _fanout(N_WRITE, one_current)
 
-    out["stdio: write(line + newline) + drain() per message (current)"] = await _cpu_per_op(N_WRITE, run_current)
+    out["stdio: write(line + newline) + drain() per message (before)"] = await _cpu_per_op(N_WRITE, run_current)
 
-    pending: list[bytes] = []
-    loop = asyncio.get_running_loop()
-
-    def flush() -> None:
-        stdin.writelines(pending)  # one write for every line queued in this loop tick
-        pending.clear()
+    writer = LineWriter(stdin)
 
     async def one_coalesced() -> None:
-        if not pending:
-            loop.call_soon(flush)
-        pending.append(line)
-        pending.append(b"\n")
-        if stdin.transport.get_write_buffer_size() > 1 << 20:
-            await stdin.drain()  # only when the pipe is really backed up
+        writer.write(line)
+        await writer.drain()  # waits only when the pipe is backed up
         await asyncio.sleep(0)  # a call would await its answer here; keep the same number of loop turns
 
     async def run_coalesced() -> None:
         await _fanout(N_WRITE, one_coalesced)
 
-    out["stdio: lines coalesced per loop tick, drain only above a high-water mark (proposed)"] = await _cpu_per_op(
+    out["stdio: gateway.upstream.pipe.LineWriter, lines coalesced per loop tick (now)"] = await _cpu_per_op(
         N_WRITE, run_coalesced
     )
     stdin.close()
@@ -191,7 +155,7 @@ async def task_costs() -> dict[str, float]:
                 task.add_done_callback(tasks.discard)
             await asyncio.gather(*tasks)
 
-    out["per command: create_task + timeout_at (current)"] = await _cpu_per_op(N_TASK, run_tasks)
+    out["per command: create_task + timeout_at (before)"] = await _cpu_per_op(N_TASK, run_tasks)
 
     async def run_workers() -> None:
         queue: asyncio.Queue[int | None] = asyncio.Queue()
@@ -209,7 +173,9 @@ async def task_costs() -> dict[str, float]:
             queue.put_nowait(None)
         await asyncio.gather(*workers)
 
-    out["per command: fixed pool of max_inflight worker tasks (proposed)"] = await _cpu_per_op(N_TASK, run_workers)
+    out["per command: a pool of worker tasks, as gateway/dispatch.py now runs them (now)"] = await _cpu_per_op(
+        N_TASK, run_workers
+    )
     return out
 
 

@@ -432,7 +432,7 @@ def render(run: dict[str, Any]) -> str:
         ]
     if run.get("micro"):
         parts += [
-            "### Micro-measurements of the proposed fixes (`python -m bench.micro`; CPU of one process)",
+            "### Micro-measurements of hot-path mechanisms, before and now (`python -m bench.micro`; CPU of one process)",
             "",
             "| mechanism | CPU µs per command |",
             "|---|---:|",

@@ -282,9 +282,7 @@ def _stdio_upstream(name: str, spec: ServerSpec, bridge: Bridge, limit: int) -> 
         return StdioUpstream(name, spec, bridge=bridge, max_message_bytes=limit)
 
     if spec.session == "per-client":
-        return ClientProcesses(
-            process(), process, max_sessions=spec.max_sessions, idle_timeout_s=spec.idle_timeout_s
-        )
+        return ClientProcesses(process(), process, max_sessions=spec.max_sessions, idle_timeout_s=spec.idle_timeout_s)
     if spec.processes > 1:
         return StdioPool(name, [process() for _ in range(spec.processes)], bridge.codec)
     return process()
@@ -347,6 +345,7 @@ async def provision(
             cp_spec = config.control_plane or Egress()
             cp_egress = egress(cp_url, cp_spec, file=file, key="control_plane", base=base)
         control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec, cp_egress, telemetry=telemetry)
+        stack.callback(control_plane.close)
 
         limits = Limits(config.limits, on_wait=telemetry.limit_waiting)
         dispatcher = Dispatcher(channels, control_plane, codec, config.gateway.max_inflight, limits, telemetry)

@@ -272,6 +272,8 @@ class Channel:
         return None
 
     def _forwarded_headers(self, headers: Headers, passthrough: bool) -> Headers:
+        if self.upstream.transport == "stdio":
+            return {}  # a pipe carries no headers
         dropped = _TRANSPORT_OWNED if passthrough else _TRANSPORT_OWNED | _ERA_HEADERS
         return {k: v for k, v in strip_hop_by_hop(headers).items() if k.lower() not in dropped}
 

@@ -8,6 +8,7 @@ into a wire response. Parses no configuration; knows channels, not transports.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import http
 import logging
@@ -72,7 +73,10 @@ class Dispatcher:
         self._responder = responder
         self._codec = codec
         self._max = max_inflight
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self._backlog: collections.deque[tuple[PolledCommand, float]] = collections.deque()
+        self._parked: list[asyncio.Future[tuple[PolledCommand, float]]] = []  # idle workers
+        self._workers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -92,11 +96,12 @@ class Dispatcher:
 
     @property
     def inflight(self) -> int:
-        return len(self._tasks)
+        """Commands running or waiting for a worker."""
+        return self._running + len(self._backlog)
 
     @property
     def free(self) -> int:
-        return max(0, self._max - len(self._tasks))
+        return max(0, self._max - self.inflight)
 
     async def wait_capacity(self, reserved: int = 0) -> None:
         """Until more slots are free than `reserved`."""
@@ -108,18 +113,42 @@ class Dispatcher:
         self._changed.set()
 
     def submit(self, command: PolledCommand, received_at: float) -> None:
-        """Start a command (a batch larger than asked for still runs whole)."""
-        task = asyncio.create_task(self._run(command, received_at), name=f"command:{command.request_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        """Hand a command to an idle worker, or a new one up to `max_inflight` workers; past that it
+        waits its turn (a batch larger than asked for still runs whole)."""
+        self._running += 1
         self._idle.clear()
+        while self._parked:
+            worker = self._parked.pop()
+            if not worker.done():
+                worker.set_result((command, received_at))
+                return
+        if len(self._workers) < self._max:
+            task = asyncio.create_task(self._work(command, received_at), name="command-worker")
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+        else:
+            self._running -= 1
+            self._backlog.append((command, received_at))
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self.completed += 1
-        self._changed.set()
-        if not self._tasks:
-            self._idle.set()
+    async def _work(self, command: PolledCommand, received_at: float) -> None:
+        """A worker: runs commands one after another, parks between them. Lives until `close()`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._run(command, received_at)
+            finally:
+                self._running -= 1
+                self.completed += 1
+                self._changed.set()
+            if self._backlog:
+                command, received_at = self._backlog.popleft()
+                self._running += 1
+                continue
+            if not self._running:
+                self._idle.set()
+            parked: asyncio.Future[tuple[PolledCommand, float]] = loop.create_future()
+            self._parked.append(parked)
+            command, received_at = await parked
 
     async def drain(self, grace_s: float) -> None:
         """Let in-flight commands finish for up to `grace_s`, then cancel the rest."""
@@ -128,21 +157,24 @@ class Dispatcher:
         await self.close()
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
+        """Stop every worker (a running command is cancelled; queued ones are dropped)."""
+        self._backlog.clear()
+        workers = list(self._workers)
+        for task in workers:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*workers, return_exceptions=True)
+        self._parked.clear()
 
     # ------------------------------------------------------------------ one command
 
     async def _run(self, command: PolledCommand, received_at: float) -> None:
+        REQUEST_ID.set(command.request_id)  # this command's log lines carry it
         timeout = parse_response_timeout(command.response_timeout)
         deadline = None if timeout is None else received_at + timeout
         loop = asyncio.get_running_loop()
         if deadline is not None and loop.time() >= deadline:
             log.info("command %s expired before it ran; dropped", command.request_id)
             return
-        REQUEST_ID.set(command.request_id)  # this task's log lines carry it
         try:
             with self._telemetry.command(command, received_at):
                 async with asyncio.timeout_at(deadline):

@@ -28,6 +28,7 @@ from gateway import __version__
 from gateway.credentials import ApiKey
 from gateway.egress import Egress
 from gateway.errors import ControlPlaneError
+from gateway.h1 import H1Client, H1Error, valid_field_value
 from gateway.telemetry import NOOP, Telemetry
 from gateway.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
 
@@ -39,6 +40,11 @@ RETRY_POST_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
 RETRY_AFTER_CAP_S: Final = 300.0
 AUTH_BACKOFF_S: Final = 30.0
 POST_ATTEMPTS_WITHOUT_DEADLINE: Final = 8
+POLL_GRACE_S: Final = 30.0
+"""How long past its `timeout_ms` a poll may take before the connection is given up."""
+MAX_POLL_BYTES: Final = 256 * 1024 * 1024
+"""A poll body larger than this is refused instead of exhausting memory."""
+JSON_CONTENT: Final = b"Content-Type: application/json\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,10 @@ class ControlPlane:
         self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
         self._proxy = egress.proxy if egress else None
         base = f"{base_url.rstrip('/')}/v1/tunnels/{tunnel_id}"
-        self._metadata_url, self._poll_url, self._response_url = base, f"{base}/poll", f"{base}/response"
+        self._metadata_url = base
+        self._polls = H1Client(f"{base}/poll", ssl_context=self._ssl, proxy=self._proxy)
+        self._responses = H1Client(f"{base}/response", ssl_context=self._ssl, proxy=self._proxy)
+        self._header_lines: tuple[str, bytes] | None = None  # (key, lines) for the key they were built with
         self._codec = codec
         self._metadata = msgspec.json.Decoder(TunnelClientMetadata)
         headers = {
@@ -143,12 +152,28 @@ class ControlPlane:
         """Identity headers plus the current key (read again after rotation or a 401)."""
         return {**self._identity_headers, **(extra or {}), "Authorization": f"Bearer {await self._key.get()}"}
 
+    async def _lines(self) -> bytes:
+        """Identity and `Authorization` as header lines, built again only when the key changes."""
+        key = await self._key.get()
+        if self._header_lines is None or self._header_lines[0] != key:
+            if not valid_field_value(key):
+                raise ControlPlaneError("the API key has characters a header cannot carry")
+            lines = {**self._identity_headers, "Authorization": f"Bearer {key}"}
+            self._header_lines = key, "".join(f"{k}: {v}\r\n" for k, v in lines.items()).encode("latin-1")
+        return self._header_lines[1]
+
     def declare(self, server_info: str | None) -> None:
         """Change the `X-Tunnel-MCP-Server-Info` declaration (channels changed on reload)."""
         if server_info is None:
             self._identity_headers.pop(SERVER_INFO_HEADER, None)
         else:
             self._identity_headers[SERVER_INFO_HEADER] = server_info
+        self._header_lines = None
+
+    def close(self) -> None:
+        """Drop the poll and response connections (the aiohttp session belongs to the caller)."""
+        self._polls.close()
+        self._responses.close()
 
     def credentials_rejected(self) -> None:
         """The control plane said 401: read the key again before the next request."""
@@ -167,25 +192,30 @@ class ControlPlane:
             raise ControlPlaneError("control plane sent invalid tunnel metadata") from exc
 
     async def poll(self, limit: int, timeout_ms: int) -> tuple[float, list[Raw]]:
-        """One long-poll: (receipt time on the loop clock, raw commands)."""
-        params = {"limit": str(limit), "timeout_ms": str(timeout_ms)}
-        loop = asyncio.get_running_loop()
+        """One long-poll: (receipt time on the loop clock, raw commands).
+
+        Bounded by the poll's own timeout plus a grace, so a connection that died
+        silently cannot hold the channel."""
+        query = f"?limit={limit}&timeout_ms={timeout_ms}"
         try:
-            async with self._session.get(
-                self._poll_url, params=params, headers=await self._headers(), ssl=self._ssl, proxy=self._proxy
-            ) as resp:
-                received = loop.time()
-                if resp.status == 204:
-                    self.last_poll_ok = received
-                    return received, []
-                if resp.status != 200:
-                    raise _refused("poll", resp)
-                body = await resp.read()
-        except aiohttp.ClientError as exc:
-            raise ControlPlaneError(f"poll failed: {type(exc).__name__}") from exc
+            async with asyncio.timeout(timeout_ms / 1000 + POLL_GRACE_S):
+                resp = await self._polls.get(await self._lines(), query=query, max_body=MAX_POLL_BYTES)
+        except H1Error as exc:
+            raise ControlPlaneError(f"poll failed: {exc}") from None
+        except TimeoutError:
+            raise ControlPlaneError(f"poll got no answer within {timeout_ms / 1000 + POLL_GRACE_S:.0f}s") from None
+        received = resp.headers_at  # deadlines count from here, as the contract says
+        if resp.status not in (200, 204):
+            raise ControlPlaneError(
+                f"control plane refused poll: HTTP {resp.status}", resp.status, parse_retry_after(resp.retry_after)
+            )
         self.last_poll_ok = received
+        if resp.status == 204:
+            return received, []
+        if resp.truncated:
+            raise ControlPlaneError(f"control plane sent a poll body over {MAX_POLL_BYTES} bytes")
         try:
-            return received, self._codec.batch(body).commands
+            return received, self._codec.batch(resp.body).commands
         except msgspec.MsgspecError as exc:
             raise ControlPlaneError("control plane sent a poll body that is not a command list") from exc
 
@@ -196,8 +226,10 @@ class ControlPlane:
         wants it (404) or a notify could not be delivered. The caller bounds
         the whole exchange by the command's deadline.
         """
-        extra = {"Content-Type": "application/json", "X-Tunnel-Shard-Token": shard_token}
-        headers = await self._headers(extra)
+        if not valid_field_value(shard_token):
+            log.warning("the control plane sent a shard token a header cannot carry; response not delivered")
+            return False
+        shard = f"X-Tunnel-Shard-Token: {shard_token}\r\n".encode()
         backoff = Backoff(base=0.1, cap=5.0)
         attempts = 0
         reauthenticated = False
@@ -205,33 +237,30 @@ class ControlPlane:
             attempts += 1
             retry_after: float | None = None
             try:
-                async with self._session.post(
-                    self._response_url, data=body, headers=headers, ssl=self._ssl, proxy=self._proxy
-                ) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        return True
-                    if resp.status == 404:
-                        log.info("control plane no longer waits for this response (404)")
-                        return False
-                    if resp.status == 401 and not reauthenticated:
-                        # The key may have rotated: read it again and send the same frame once more.
-                        self.credentials_rejected()
-                        headers = await self._headers(extra)
-                        reauthenticated = True
-                        continue
-                    retryable = resp.status in RETRY_POST_STATUSES if terminal else resp.status == 429
-                    if not retryable:
-                        log.warning("control plane refused a response frame: HTTP %d", resp.status)
-                        return False
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                    reason = str(resp.status)
-            except aiohttp.ClientConnectionError as exc:
+                resp = await self._responses.post(await self._lines() + JSON_CONTENT + shard, body)
+            except H1Error as exc:
                 # A notify is retried only when it never left (no connection was made).
-                if not terminal and not isinstance(exc, aiohttp.ClientConnectorError):
-                    log.warning("notify frame not delivered: %s", type(exc).__name__)
+                if not terminal and exc.sent:
+                    log.warning("notify frame not delivered: %s", exc)
                     return False
-                reason = type(exc).__name__
+                reason = "disconnected" if exc.sent else "connect"
+            else:
+                if resp.status == 200:
+                    return True
+                if resp.status == 404:
+                    log.info("control plane no longer waits for this response (404)")
+                    return False
+                if resp.status == 401 and not reauthenticated:
+                    # The key may have rotated: read it again and send the same frame once more.
+                    self.credentials_rejected()
+                    reauthenticated = True
+                    continue
+                retryable = resp.status in RETRY_POST_STATUSES if terminal else resp.status == 429
+                if not retryable:
+                    log.warning("control plane refused a response frame: HTTP %d", resp.status)
+                    return False
+                retry_after = parse_retry_after(resp.retry_after)
+                reason = str(resp.status)
             if attempts >= POST_ATTEMPTS_WITHOUT_DEADLINE * (4 if terminal else 1):
                 log.warning("giving up on a response frame after %d attempts", attempts)
                 return False

@@ -162,21 +162,26 @@ async def test_sigkill_one_gateway_mid_run(redis: RedisServer, tmp_path: Path) -
             victim_pid = await _stdio_child(victim)
             gate = asyncio.Semaphore(gate_size)
             by_victim = 0
+            victim_killed = False
             killed = asyncio.Event()
             after_kill: set[int] = set()
 
             async def one(n: int) -> Outcome:
-                nonlocal by_victim
+                nonlocal by_victim, victim_killed
                 async with gate:
                     if killed.is_set():
                         after_kill.add(n)
                     outcome = await _call(http, relays, n, ms=50)
                 if outcome.status == 200 and outcome.pid == victim_pid:
                     by_victim += 1
-                if by_victim >= 10 and not killed.is_set():  # mid-run: the victim is serving calls
-                    killed.set()
+                if by_victim >= 10 and not victim_killed:  # mid-run: the victim is serving calls
+                    victim_killed = True
                     victim.process.proc.send_signal(signal.SIGKILL)
                     await victim.process.proc.wait()
+                    # Its relay may still hold a poll whose socket it has not yet seen close; calls that
+                    # start once that relay let go of the victim's polls must all reach the survivor.
+                    await until(lambda: _no_polls_waiting(http, relays[1]))
+                    killed.set()
                 return outcome
 
             async with asyncio.timeout(WAIT * 2):
@@ -210,15 +215,21 @@ async def test_sigkill_one_gateway_mid_run(redis: RedisServer, tmp_path: Path) -
         assert survivor.process.proc.returncode is None
 
 
+async def _metric(http: aiohttp.ClientSession, relay: Relay, name: str) -> int:
+    """One of the relay's per-tunnel /metrics values."""
+    async with http.get(f"{relay.url}/metrics") as resp:
+        text = await resp.text()
+    line = next(x for x in text.splitlines() if x.startswith(f'{name}{{tunnel="{TUNNEL}"}}'))
+    return int(float(line.rsplit(" ", 1)[1]))
+
+
 async def _polled(http: aiohttp.ClientSession, relays: list[Relay]) -> int:
-    """Commands handed to gateway polls, summed over the relay replicas (their /metrics)."""
-    polled = 0
-    for relay in relays:
-        async with http.get(f"{relay.url}/metrics") as resp:
-            text = await resp.text()
-        line = next(x for x in text.splitlines() if x.startswith(f'relay_commands_polled_total{{tunnel="{TUNNEL}"}}'))
-        polled += int(line.rsplit(" ", 1)[1])
-    return polled
+    """Commands handed to gateway polls, summed over the relay replicas."""
+    return sum([await _metric(http, relay, "relay_commands_polled_total") for relay in relays])
+
+
+async def _no_polls_waiting(http: aiohttp.ClientSession, relay: Relay) -> bool:
+    return await _metric(http, relay, "relay_polls_waiting") == 0
 
 
 def _children(parent: int) -> list[int]:

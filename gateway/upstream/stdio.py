@@ -9,6 +9,7 @@ tokens. Calls in flight when the process dies fail with `transport_closed`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -23,6 +24,7 @@ from gateway.eras import Bridge
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
+from gateway.upstream.pipe import LineWriter
 from gateway.wire import METHOD_NOT_FOUND, Codec, Headers, JsonRpcMessage
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,30 @@ BROADCAST: Final = frozenset(
 """Notifications about the server, not about a call: given to `listeners` when there are any."""
 
 
+class _Inbox:
+    """Frames for the one task waiting on a call (lighter than an `asyncio.Queue`)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Frame | UpstreamError] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Frame | UpstreamError) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Frame | UpstreamError:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class _Call:
     """One request in flight on the pipe: where its frames go, and its client-side id."""
 
@@ -53,7 +79,7 @@ class _Call:
 
     def __init__(self, client_id: Raw) -> None:
         self.client_id = client_id
-        self.frames: asyncio.Queue[Frame | UpstreamError] = asyncio.Queue()
+        self.frames = _Inbox()
 
 
 class _Progress(msgspec.Struct):
@@ -73,6 +99,7 @@ class StdioUpstream(Upstream):
         self._limit = max_message_bytes
         self._ids: IdTable[_Call] = IdTable()
         self._proc: asyncio.subprocess.Process | None = None
+        self._stdin: LineWriter | None = None
         self._attempted = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._era_hint: Era | None = None
@@ -135,7 +162,8 @@ class StdioUpstream(Upstream):
             cwd=self._stdio.cwd,
             start_new_session=True,
         )
-        self._proc, self.pid = proc, proc.pid
+        assert proc.stdin is not None
+        self._proc, self.pid, self._stdin = proc, proc.pid, LineWriter(proc.stdin)
         log.info("stdio server %r started (pid %d)", self.name, proc.pid)
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -154,7 +182,7 @@ class StdioUpstream(Upstream):
                 code = await proc.wait()
                 log.warning("stdio server %r exited with status %s", self.name, code)
         finally:
-            self._proc = None
+            self._proc = self._stdin = None
             await self._stop(proc)
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
@@ -259,22 +287,21 @@ class StdioUpstream(Upstream):
 
     def _write_nowait(self, line: bytes) -> None:
         """Best effort, without waiting for the pipe (used where the caller cannot wait)."""
-        proc = self._proc
-        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
-            with contextlib.suppress(OSError):
-                proc.stdin.write(line + b"\n")
+        stdin = self._stdin
+        if stdin is not None and not stdin.closed:
+            stdin.write(line)
 
     async def end_session(self, headers: Headers) -> Reply:
         """A shared stdio process has no client sessions to close."""
         return Reply(405)
 
     async def _write(self, line: bytes) -> None:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+        stdin = self._stdin
+        if stdin is None or stdin.closed:
             raise UpstreamUnavailable.closed(self.name, "closed_pipe")
+        stdin.write(line)
         try:
-            proc.stdin.write(line + b"\n")
-            await proc.stdin.drain()
+            await stdin.drain()
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise UpstreamUnavailable.closed(self.name, "closed_pipe") from exc
 
