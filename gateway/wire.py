@@ -69,7 +69,7 @@ class PolledCommandList(Struct):
     commands: list[PolledCommand]
 
 
-class TunnelResponsePayload(Struct, kw_only=True):
+class TunnelResponsePayload(Struct, kw_only=True, forbid_unknown_fields=True):
     """The body of `POST /v1/tunnels/{id}/response` (no extra properties allowed)."""
 
     request_id: str

@@ -9,8 +9,9 @@ and proc_affinity session routing (rules in affinity.py). No HTTP here.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
-import secrets
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -74,9 +75,10 @@ def new_command(
 ) -> Command:
     """A command with fresh opaque ids and an RFC 3339 UTC enqueue time."""
     now = datetime.now(UTC)
+    random = os.urandom(40)  # one read of the system's randomness for both ids
     return Command(
-        request_id=f"req_{secrets.token_hex(16)}",
-        shard_token=secrets.token_urlsafe(24),
+        request_id=f"req_{random[:16].hex()}",
+        shard_token=base64.urlsafe_b64encode(random[16:]).decode(),
         command_type=command_type,
         channel=channel,
         created_at=now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",

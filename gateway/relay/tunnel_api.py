@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
-from msgspec import UNSET, Raw
+from msgspec import UNSET
 
 from gateway.relay.affinity import SERVER_INFO_HEADER, affine_channels
 from gateway.relay.config import RelayConfig
@@ -81,6 +81,7 @@ class TunnelAPI:
         self._backend = backend
         self._codec = codec
         self._metrics = metrics or RelayMetrics(config.tunnels)
+        self._ack = codec.encode(TunnelResponseAck())  # the same answer to every accepted frame
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -138,7 +139,7 @@ class TunnelAPI:
         body = await read_body(request, self._config.max_body_bytes)
         frame = self._decode_frame(body)
         await self._backend.deliver(tunnel_id, shard_token, frame)
-        return self._json(TunnelResponseAck())
+        return web.Response(body=self._ack, content_type="application/json")
 
     # ----------------------------------------------------------------------- payloads
 
@@ -146,26 +147,29 @@ class TunnelAPI:
         """A strict `TunnelResponsePayload`: a JSON object, no unknown fields, a known
         `resp_type`, `resp_json` an object (null = absent), `channel` well-formed (null = absent)."""
         try:
-            members = self._codec.members(body)
-        except msgspec.DecodeError:
-            raise InvalidPayload("the body is not a JSON object") from None
-        unknown = sorted(set(members) - _PAYLOAD_FIELDS)
-        if unknown:
-            raise InvalidPayload(f"unknown field {unknown[0]!r}", param=unknown[0])
-        try:
-            frame = self._codec.payload(body)
+            frame = self._codec.payload(body)  # one pass; unknown fields are refused by the Struct
         except msgspec.DecodeError as exc:
-            raise InvalidPayload(f"invalid TunnelResponsePayload: {exc}") from None
+            raise self._invalid(body, exc) from None
         if frame.resp_type not in _RESPONSE_TYPES:
             raise InvalidPayload("unknown resp_type", param="resp_type")
         if isinstance(frame.channel, str):
             check_channel(frame.channel)
         if frame.resp_json is not UNSET:
-            raw = bytes(frame.resp_json)
-            if raw == _NULL:
+            raw = memoryview(frame.resp_json)  # looked at, not copied: it can be large
+            head = bytes(raw[:5])
+            if head == _NULL:
                 frame = msgspec.structs.replace(frame, resp_json=UNSET)
-            elif not raw.startswith(b"{"):
+            elif head[:1] != b"{":
                 raise InvalidPayload("resp_json must be a JSON object", param="resp_json")
-            else:
-                frame = msgspec.structs.replace(frame, resp_json=Raw(raw))
         return frame
+
+    def _invalid(self, body: bytes, exc: msgspec.DecodeError) -> InvalidPayload:
+        """The most helpful error for a body the strict decode refused."""
+        try:
+            members = self._codec.members(body)
+        except msgspec.DecodeError:
+            return InvalidPayload("the body is not a JSON object")
+        unknown = sorted(set(members) - _PAYLOAD_FIELDS)
+        if unknown:
+            return InvalidPayload(f"unknown field {unknown[0]!r}", param=unknown[0])
+        return InvalidPayload(f"invalid TunnelResponsePayload: {exc}")
