@@ -228,7 +228,7 @@ class _Connection(asyncio.Protocol):
 
 
 class H1Client:
-    """Keep-alive POSTs to one URL; a pool that grows with concurrency and forgets idle connections."""
+    """Keep-alive requests to one URL; a pool that grows with concurrency and forgets idle connections."""
 
     def __init__(
         self,
