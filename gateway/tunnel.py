@@ -185,7 +185,7 @@ class ControlPlane:
         ) as resp:
             body = await resp.read()
             if resp.status != 200:
-                raise _refused("metadata", resp)
+                raise _refused("metadata", resp.status, resp.headers.get("Retry-After"))
         try:
             return self._metadata.decode(body)
         except msgspec.MsgspecError as exc:
@@ -206,9 +206,7 @@ class ControlPlane:
             raise ControlPlaneError(f"poll got no answer within {timeout_ms / 1000 + POLL_GRACE_S:.0f}s") from None
         received = resp.headers_at  # deadlines count from here, as the contract says
         if resp.status not in (200, 204):
-            raise ControlPlaneError(
-                f"control plane refused poll: HTTP {resp.status}", resp.status, parse_retry_after(resp.retry_after)
-            )
+            raise _refused("poll", resp.status, resp.retry_after)
         self.last_poll_ok = received
         if resp.status == 204:
             return received, []
@@ -269,9 +267,8 @@ class ControlPlane:
             await asyncio.sleep(delay)
 
 
-def _refused(what: str, resp: aiohttp.ClientResponse) -> ControlPlaneError:
-    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-    return ControlPlaneError(f"control plane refused {what}: HTTP {resp.status}", resp.status, retry_after)
+def _refused(what: str, status: int, retry_after: str | None) -> ControlPlaneError:
+    return ControlPlaneError(f"control plane refused {what}: HTTP {status}", status, parse_retry_after(retry_after))
 
 
 class Poller:

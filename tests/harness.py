@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx2
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ROOT / "tests" / "servers"
 PYTHON = sys.executable
@@ -115,3 +117,21 @@ def stdio_server(*extra: str) -> str:
     """A routing.yaml `stdio:` block for the SDK test server."""
     args = ", ".join(f'"{a}"' for a in (str(SERVERS / "sdk_server.py"), *extra))
     return f'{{stdio: {{command: "{PYTHON}", args: [{args}]}}}}'
+
+
+async def legacy_initialize(http: httpx2.AsyncClient, url: str) -> httpx2.Response:
+    """A raw handshake-era `initialize` POSTed to an MCP endpoint (JSON or SSE accepted)."""
+    return await http.post(
+        url,
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        headers={"Accept": "application/json, text/event-stream"},
+    )

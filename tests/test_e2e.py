@@ -18,7 +18,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import ElicitRequestParams, ElicitResult, TextContent
 
-from tests.harness import Gateway, gateway, http_server, stdio_server
+from tests.harness import Gateway, gateway, http_server, legacy_initialize, stdio_server
 
 CLIENT_MODES = {"legacy": "legacy", "modern": "auto"}
 """`auto` sends `server/discover` through the tunnel; the gateway answers it for every server."""
@@ -121,20 +121,7 @@ async def test_stdio_server_killed_mid_call_then_restarted(tmp_path: Path) -> No
 @pytest.mark.parametrize("transport", ["stdio", "http"])
 async def test_session_delete(transport: str, tmp_path: Path) -> None:
     async with _path(transport, "legacy", tmp_path) as gw, httpx2.AsyncClient() as http:
-        init = await http.post(
-            gw.urls["main"],
-            json={
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            },
-            headers={"Accept": "application/json, text/event-stream"},
-        )
+        init = await legacy_initialize(http, gw.urls["main"])
         assert init.status_code == 200
         session = init.headers["mcp-session-id"]
         ended = await http.delete(gw.urls["main"], headers={"Mcp-Session-Id": session})

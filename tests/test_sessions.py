@@ -21,7 +21,7 @@ from msgspec import Raw
 from gateway.config import SessionsSpec
 from gateway.errors import ConfigError
 from gateway.sessions import TOKEN_PREFIX, SessionKeys, SessionStore, UpstreamSession
-from tests.harness import PYTHON, SERVERS, Gateway, gateway, process
+from tests.harness import PYTHON, SERVERS, Gateway, gateway, legacy_initialize, process
 from tests.recording_relay import KEY, TUNNEL, RelayUnderTest
 
 SECRET = "correct horse battery staple, rotated yearly"
@@ -158,20 +158,7 @@ async def test_session_resumes_across_a_gateway_restart(relay: RelayUnderTest, t
 async def test_unknown_ended_and_foreign_sessions_get_404(relay: RelayUnderTest, tmp_path: Path) -> None:
     async with _legacy_http() as (url, _), _gateway(_routes(relay, url), tmp_path), httpx2.AsyncClient() as http:
         headers = {"Accept": "application/json, text/event-stream"}
-        init = await http.post(
-            relay.mcp("main"),
-            json={
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            },
-            headers=headers,
-        )
+        init = await legacy_initialize(http, relay.mcp("main"))
         assert init.status_code == 200
         session = init.headers["mcp-session-id"]
         call = {

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sdk_server import build_server, serve_http, serve_legacy_stdio
+from sdk_server import build_server, run
 
 
 def extend(mcp: MCPServer, name: str, page_size: int | None, numbered: int) -> None:
@@ -121,12 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     mcp = build_server(args.name)
     extend(mcp, args.name, args.page_size, args.tools)
-    if args.http:
-        serve_http(mcp, args.port, args.legacy)
-    elif args.legacy:
-        anyio.run(serve_legacy_stdio, mcp)
-    else:
-        mcp.run("stdio")
+    run(mcp, http=args.http, port=args.port, legacy=args.legacy)
 
 
 if __name__ == "__main__":

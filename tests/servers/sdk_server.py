@@ -185,8 +185,7 @@ class RejectModernEra:
                 "id": "server-error",
                 "error": {
                     "code": -32600,
-                    "message": f"Bad Request: Unsupported protocol version: {version}. "
-                    f"Supported versions: {supported}",
+                    "message": f"Bad Request: Unsupported protocol version: {version}. Supported versions: {supported}",
                 },
             }
         ).encode()
@@ -244,23 +243,25 @@ def export_spans(endpoint: str | None) -> None:
     trace.set_tracer_provider(provider)
 
 
+def run(mcp: MCPServer, *, http: bool, port: int, legacy: bool) -> None:
+    """Serve `mcp` until killed: Streamable HTTP on 127.0.0.1:`port`, or stdio; handshake era only if `legacy`."""
+    if http:
+        serve_http(mcp, port, legacy)
+    elif legacy:
+        anyio.run(serve_legacy_stdio, mcp)
+    else:
+        mcp.run("stdio")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--http", action="store_true", help="serve Streamable HTTP on 127.0.0.1, not stdio")
     parser.add_argument("--port", type=int, default=0, help="HTTP port (default 0: any free port)")
     parser.add_argument("--legacy", action="store_true", help="serve the handshake era only")
     parser.add_argument("--name", default="sdk-test", help="server name reported to clients")
     args = parser.parse_args()
     export_spans(os.environ.get("SDK_SERVER_OTLP_ENDPOINT"))
-    mcp = build_server(args.name)
-    if args.http:
-        serve_http(mcp, args.port, args.legacy)
-    elif args.legacy:
-        anyio.run(serve_legacy_stdio, mcp)
-    else:
-        mcp.run("stdio")
+    run(build_server(args.name), http=args.http, port=args.port, legacy=args.legacy)
 
 
 if __name__ == "__main__":
