@@ -38,12 +38,12 @@ import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from gateway.relay import redis_scripts as lua
 from gateway.relay.affinity import ANONYMOUS, ends_session, session_of, session_set_by
@@ -292,7 +292,7 @@ class RedisQueue(QueueBackend):
                 log.exception("relay: Redis pub/sub listener failed; restarting it")
             finally:
                 with contextlib.suppress(*TRANSIENT):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
