@@ -1,34 +1,33 @@
 #!/bin/sh
-# Install mcp-tunnel-gateway from a source tree into a fresh virtual environment.
+# Install mcp-tunnel-gateway from a source tree into a fresh virtual environment, from the lock.
 #
-#   sh deploy/install.sh VENV [EXTRAS]       (run from the source tree's root)
+#   sh deploy/install.sh VENV       (run from the source tree's root)
 #
-# VENV must not exist yet; EXTRAS is empty (the gateway alone) or a comma-separated list of the
-# package's extras, e.g. `demo` for the demo MCP servers. The container image's build stage runs
-# exactly this (deploy/Dockerfile), and tests/test_deploy.py runs it in a temporary directory.
-# pip settings come from the environment (the image sets PIP_NO_CACHE_DIR=1).
+# VENV must not exist yet. Every dependency comes from requirements/runtime.txt (the runtime half of
+# uv.lock, pinned with hashes; pip refuses anything else), then the package itself without resolving
+# anything more. The container image's build stage and the systemd setup (deploy/README.md) run exactly
+# this, and tests/test_deploy.py runs it in a temporary directory. pip settings come from the
+# environment (the image sets PIP_NO_CACHE_DIR=1).
 set -eu
 
-if [ "$#" -lt 1 ] || [ "$#" -gt 2 ] || [ -z "$1" ]; then
-    echo "usage: sh deploy/install.sh VENV [EXTRAS]" >&2
+if [ "$#" -ne 1 ] || [ -z "$1" ]; then
+    echo "usage: sh deploy/install.sh VENV" >&2
     exit 2
 fi
 venv=$1
-extras=${2:-}
 python=${PYTHON:-python3}
 
 if [ -e "$venv" ]; then
     echo "install.sh: $venv already exists; give a new directory" >&2
     exit 2
 fi
-case "$extras" in
-    *[!a-z0-9,_-]*) echo "install.sh: EXTRAS must be names separated by commas (got '$extras')" >&2; exit 2 ;;
-esac
+if [ ! -f requirements/runtime.txt ]; then
+    echo "install.sh: requirements/runtime.txt not found: run this from the source tree's root" >&2
+    exit 2
+fi
 
 "$python" -m venv "$venv"
-if [ -n "$extras" ]; then
-    "$venv/bin/python" -m pip install --disable-pip-version-check --quiet ".[$extras]"
-else
-    "$venv/bin/python" -m pip install --disable-pip-version-check --quiet .
-fi
+"$venv/bin/python" -m pip install --disable-pip-version-check --quiet --require-hashes --no-deps \
+    -r requirements/runtime.txt
+"$venv/bin/python" -m pip install --disable-pip-version-check --quiet --no-deps .
 "$venv/bin/gateway" --version

@@ -76,6 +76,7 @@ class Runtime:
     endpoint: Endpoint | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     telemetry: Telemetry = NOOP
+    readiness: Readiness | None = None
     ops: OpsServer | None = None
     session_keys: SessionKeys = field(default_factory=SessionKeys.random)
 
@@ -271,6 +272,7 @@ def _build_upstream(
         extra_headers=headers,
         ready_timeout_s=spec.startup_timeout_s,
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
+        reprobe_max_s=spec.restart_backoff_max_s,
     )
     return Bounded(http_upstream, spec.max_concurrency) if spec.max_concurrency else http_upstream
 
@@ -314,9 +316,10 @@ async def provision(
             )
         )
         ops: OpsServer | None = None
+        max_age = (config.ops.ready_poll_age_s if config.ops else None) or config.gateway.poll_timeout_ms / 1000 + 15
+        readiness = Readiness(max_poll_age_s=max_age)
         if config.ops is not None:
-            max_age = config.ops.ready_poll_age_s or config.gateway.poll_timeout_ms / 1000 + 15
-            ops = OpsServer(config.ops.listen, Readiness(max_poll_age_s=max_age), telemetry)
+            ops = OpsServer(config.ops.listen, readiness, telemetry)
             await ops.start()
             stack.push_async_callback(ops.close)
         upstreams: dict[str, Upstream] = {}
@@ -363,8 +366,7 @@ async def provision(
             config, routes_file, bridge, http, upstreams, channels, dispatcher, poller, control_plane, endpoint
         )
         runtime.telemetry, runtime.ops, runtime.session_keys = telemetry, ops, session_keys
-        if ops is not None:
-            ops.readiness.runtime = runtime
+        runtime.readiness, readiness.runtime = readiness, runtime
         runtime_ref.append(runtime)
         poll_task = asyncio.create_task(poller.run(), name="poller")
         runtime.tasks.append(poll_task)

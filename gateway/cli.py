@@ -17,6 +17,7 @@ from pathlib import Path
 import uvloop
 
 from gateway import __version__, config, logs
+from gateway.announce import announce
 from gateway.app import Overrides, provision
 from gateway.errors import ConfigError
 from gateway.relay import RelayConfigError, load_relay_config, serve_relay
@@ -99,20 +100,32 @@ async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Override
                 print(f"MCP endpoint (channel {channel}): {url}")
             if runtime.endpoint.client_token:
                 print(f"clients send: Authorization: Bearer {runtime.endpoint.client_token}")
-        print("gateway: ready", flush=True)
-        while not stop.is_set():
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload.wait())]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-            if reload.is_set() and not stop.is_set():
-                reload.clear()
-                ok = await runtime.reload()
-                print(f"gateway: {'reloaded' if ok else 'reload rejected'}", flush=True)
+        readiness = runtime.readiness
+        assert readiness is not None
+
+        async def problems() -> dict[str, str]:
+            return readiness.problems()
+
+        async with asyncio.TaskGroup() as tasks:
+            announcer = tasks.create_task(announce("gateway", problems, _say))
+            while not stop.is_set():
+                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload.wait())]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+                if reload.is_set() and not stop.is_set():
+                    reload.clear()
+                    ok = await runtime.reload()
+                    _say(f"gateway: {'reloaded' if ok else 'reload rejected'}")
+            announcer.cancel()
         print("gateway: stopping", flush=True)
     return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _relay_main(path: Path, redactor: logs.Redactor) -> int:
@@ -132,12 +145,7 @@ async def _relay(path: Path, redactor: logs.Redactor, telemetry: Telemetry) -> i
     try:
         relay_config = load_relay_config(path)
         redactor.add_all(logs.relay_secrets(relay_config, path.parent))
-        await serve_relay(
-            relay_config,
-            stop,
-            on_ready=lambda url: print(f"relay: ready {url}", flush=True),
-            tracer=telemetry.relay_tracer(),
-        )
+        await serve_relay(relay_config, stop, say=_say, tracer=telemetry.relay_tracer())
     except RelayConfigError as exc:
         print(f"gateway relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG

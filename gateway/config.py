@@ -8,6 +8,7 @@ Sans-IO apart from reading the one file it is given.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Final, Literal, TypeVar
@@ -31,14 +32,28 @@ class _Frozen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
-class StdioSpec(_Frozen, frozen=True, kw_only=True):
-    """A local program spoken to over its stdin/stdout (spawned without a shell)."""
+PYTHON: Final = "{python}"
+"""A `command` of exactly this runs the Python interpreter that runs the gateway (its virtualenv's),
+so servers shipped as Python modules start with the packages the gateway was installed with."""
+
+
+class ProgramSpec(_Frozen, frozen=True, kw_only=True):
+    """A local program the gateway spawns (without a shell) and supervises."""
 
     command: str
+    """A program name looked up on PATH, a path, or `{python}` (the gateway's own interpreter)."""
     args: list[str] = []
     env: dict[str, str] = {}
     cwd: str | None = None
     inherit_env: bool = True
+
+    def executable(self, interpreter: str) -> str:
+        """The program to run, with `{python}` replaced by `interpreter` (the caller's sys.executable)."""
+        return interpreter if self.command == PYTHON else self.command
+
+
+class StdioSpec(ProgramSpec, frozen=True, kw_only=True):
+    """A local program spoken to over its stdin/stdout."""
 
 
 class Egress(_Frozen, frozen=True, kw_only=True):
@@ -58,6 +73,9 @@ class HttpSpec(Egress, frozen=True, kw_only=True):
     url: str
     headers: dict[str, str] = {}
     """Sent on every request; values may be `env:VAR` or `file:/path` references."""
+    spawn: ProgramSpec | None = None
+    """A local process that serves `url` (on loopback): started with the gateway, restarted with
+    backoff when it exits, stopped when the gateway stops or the server leaves routing.yaml."""
 
 
 class ServerSpec(_Frozen, frozen=True, kw_only=True):
@@ -354,6 +372,10 @@ def check(config: RoutingConfig, file: str) -> None:
         if server.http is not None:
             _check_url(server.http.url, file, f"{key}.http.url")
             _check_egress(server.http, file, f"{key}.http")
+            if server.http.spawn is not None and not server.http.spawn.command:
+                raise ConfigError(file, f"{key}.http.spawn.command", "a non-empty program name")
+            if server.http.spawn is not None and not _on_loopback(server.http.url):
+                raise ConfigError(file, f"{key}.http.url", "a loopback URL (127.0.0.1, [::1], localhost) with `spawn`")
         if server.startup_timeout_s <= 0:
             raise ConfigError(file, f"{key}.startup_timeout_s", "a positive number of seconds")
     if not config.channels:
@@ -406,6 +428,16 @@ def _check_url(url: str, file: str, key: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(file, key, f"an absolute http(s) URL (got {url!r})")
+
+
+def _on_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_limits(limits: LimitsSpec, file: str) -> None:

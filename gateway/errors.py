@@ -22,7 +22,7 @@ Messages never carry secrets, URLs, raw bodies or exception text from peers.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from msgspec import UNSET, Raw, UnsetType
 
@@ -31,6 +31,23 @@ from gateway.wire import INTERNAL_ERROR, TunnelFailure
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
+
+
+_PROBLEM_WORDS: Final = {
+    "connection_refused": "connect refused",
+    "host_unreachable": "host unreachable:",
+    "network_unreachable": "network unreachable:",
+    "dns": "DNS lookup failed for",
+    "tls": "TLS handshake failed with",
+    "timeout": "no answer in time from",
+    "connection_reset": "connection reset by",
+    "connection_closed": "connection closed by",
+    "unexpected_eof": "connection closed by",
+    "dial": "could not connect to",
+    "invalid_protocol_response": "not an MCP answer from",
+    "non_protocol_response": "not an MCP answer from",
+    "malformed_json": "not an MCP answer from",
+}
 
 
 class ConfigError(GatewayError):
@@ -120,6 +137,17 @@ class UpstreamError(GatewayError):
     def resp_code(self) -> int:
         status = self.failure.upstream_status
         return status if isinstance(status, int) else self.status
+
+    def problem(self, where: str) -> str:
+        """The failure in an operator's words, at `where` (a host:port): `connect refused 127.0.0.1:8781`."""
+        failure = self.failure
+        kind = failure.transport_error_kind
+        if isinstance(failure.upstream_status, int):
+            return f"HTTP {failure.upstream_status} from {where}"
+        words = _PROBLEM_WORDS.get(kind if isinstance(kind, str) else "", None)
+        if words is None:
+            words = _PROBLEM_WORDS.get(failure.source, failure.source.replace("_", " "))
+        return f"{words} {where}"
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -12,6 +12,7 @@ import asyncio
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -28,7 +29,9 @@ class PollClock(Protocol):
     """What readiness reads from the control-plane client (`ControlPlane`)."""
 
     last_poll_ok: float | None
-    """Loop time of the last poll the control plane answered (200 or 204)."""
+    """Loop time of the last poll (or startup metadata request) the control plane answered."""
+    problem: str | None
+    """Why the last request to the control plane failed (None after a success)."""
 
 
 class RuntimeView(Protocol):
@@ -58,32 +61,49 @@ class Readiness:
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """(ready, body): `checks` gives each part's state, `not_ready` lists the failing parts."""
+        parts = self._parts()
+        checks = {part.name: part.check for part in parts}
+        failing = [part.name for part in parts if part.problem is not None]
+        ready = not failing
+        return ready, {"status": "ready" if ready else "not ready", "not_ready": failing, "checks": checks}
+
+    def problems(self) -> dict[str, str]:
+        """Each failing part and why, in words that change only when the cause does (for `waiting:` lines)."""
+        return {part.name: part.problem for part in self._parts() if part.problem is not None}
+
+    def _parts(self) -> list[_Part]:
         runtime = self.runtime
         if runtime is None:
-            return False, {"status": "not ready", "not_ready": ["gateway"], "checks": {"gateway": "starting"}}
-        checks: dict[str, str] = {}
-        failing: list[str] = []
-        last = runtime.control_plane.last_poll_ok
+            return [_Part("gateway", "starting", "starting")]
+        parts: list[_Part] = []
+        control_plane = runtime.control_plane
+        last, why = control_plane.last_poll_ok, control_plane.problem
         if last is None:
-            checks["control_plane"] = "no successful poll yet"
+            parts.append(_Part("control_plane", "no successful poll yet", why or "no answer yet"))
         else:
             age = self._now() - last
             if age <= self._max_age:
-                checks["control_plane"] = f"polled {age:.1f}s ago"
+                parts.append(_Part("control_plane", f"polled {age:.1f}s ago", None))
             else:
-                checks["control_plane"] = f"no successful poll for {age:.1f}s (limit {self._max_age:g}s)"
-        if not checks["control_plane"].startswith("polled"):
-            failing.append("control_plane")
+                check = f"no successful poll for {age:.1f}s (limit {self._max_age:g}s)"
+                parts.append(_Part("control_plane", check, why or f"no successful poll for over {self._max_age:g}s"))
         servers = runtime.config.servers
         for name, upstream in sorted(runtime.upstreams.items()):
             spec = servers.get(name)
             required = spec.required if spec is not None else True
             state = "up" if upstream.ready else "down"
-            checks[f"servers.{name}"] = state if required else f"{state} (not required)"
-            if required and not upstream.ready:
-                failing.append(f"servers.{name}")
-        ready = not failing
-        return ready, {"status": "ready" if ready else "not ready", "not_ready": failing, "checks": checks}
+            problem = None if upstream.ready or not required else upstream.problem or "down"
+            parts.append(_Part(f"servers.{name}", state if required else f"{state} (not required)", problem))
+        return parts
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    name: str
+    check: str
+    """The state `/readyz` shows."""
+    problem: str | None
+    """Why this part keeps the gateway from being ready; None when it does not."""
 
 
 class OpsServer:

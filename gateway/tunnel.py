@@ -41,6 +41,7 @@ RETRY_AFTER_CAP_S: Final = 300.0
 AUTH_BACKOFF_S: Final = 30.0
 POST_ATTEMPTS_WITHOUT_DEADLINE: Final = 8
 POLL_GRACE_S: Final = 30.0
+METADATA_TIMEOUT_S: Final = 10.0
 """How long past its `timeout_ms` a poll may take before the connection is given up."""
 MAX_POLL_BYTES: Final = 256 * 1024 * 1024
 """A poll body larger than this is refused instead of exhausting memory."""
@@ -147,6 +148,9 @@ class ControlPlane:
             headers[SERVER_INFO_HEADER] = identity.server_info
         self._identity_headers = headers
         self.last_poll_ok: float | None = None
+        """Loop time of the last poll (or startup metadata request) the control plane answered."""
+        self.problem: str | None = None
+        """Why the last request to the control plane failed, for operators (None after a success)."""
 
     async def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """Identity headers plus the current key (read again after rotation or a 401)."""
@@ -180,16 +184,23 @@ class ControlPlane:
         self._key.invalidate()
 
     async def metadata(self) -> TunnelClientMetadata:
-        async with self._session.get(
-            self._metadata_url, headers=await self._headers(), ssl=self._ssl, proxy=self._proxy
-        ) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise _refused("metadata", resp.status, resp.headers.get("Retry-After"))
+        """The tunnel's metadata (startup diagnostics); an answer counts as contact for readiness."""
         try:
-            return self._metadata.decode(body)
+            async with self._session.get(
+                self._metadata_url, headers=await self._headers(), ssl=self._ssl, proxy=self._proxy
+            ) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise _refused("metadata", resp.status, resp.headers.get("Retry-After"))
+                answered = asyncio.get_running_loop().time()
+        except aiohttp.ClientError as exc:
+            raise ControlPlaneError(f"metadata request failed: {type(exc).__name__}") from None
+        try:
+            metadata = self._metadata.decode(body)
         except msgspec.MsgspecError as exc:
             raise ControlPlaneError("control plane sent invalid tunnel metadata") from exc
+        self.last_poll_ok, self.problem = answered, None
+        return metadata
 
     async def poll(self, limit: int, timeout_ms: int) -> tuple[float, list[Raw]]:
         """One long-poll: (receipt time on the loop clock, raw commands).
@@ -207,7 +218,7 @@ class ControlPlane:
         received = resp.headers_at  # deadlines count from here, as the contract says
         if resp.status not in (200, 204):
             raise _refused("poll", resp.status, resp.retry_after)
-        self.last_poll_ok = received
+        self.last_poll_ok, self.problem = received, None
         if resp.status == 204:
             return received, []
         if resp.truncated:
@@ -302,7 +313,8 @@ class Poller:
         self._auth_reported = False
 
     async def run(self) -> None:
-        """Poll until cancelled."""
+        """Introduce the gateway (the startup metadata request), then poll until cancelled."""
+        await self._introduce()
         async with asyncio.TaskGroup() as polls:
             for _ in range(self._polls):
                 polls.create_task(self._poll_loop())
@@ -336,7 +348,23 @@ class Poller:
                     continue
                 self._sink.submit(command, received)
 
+    async def _introduce(self) -> None:
+        """Ask for the tunnel's metadata once: a quick answer to "is the control plane there, and does it
+        take our key", long before the first long poll returns. Failures are logged; polling goes on."""
+        try:
+            async with asyncio.timeout(METADATA_TIMEOUT_S):
+                metadata = await self._cp.metadata()
+        except ControlPlaneError as exc:
+            self._cp.problem = str(exc)
+            log.warning("%s; polling all the same", exc)
+        except TimeoutError:
+            self._cp.problem = f"no answer to the metadata request within {METADATA_TIMEOUT_S:g}s"
+            log.warning("control plane: %s; polling all the same", self._cp.problem)
+        else:
+            log.info("control plane: tunnel %r (%s)", metadata.id, metadata.name)
+
     def _delay_after(self, exc: ControlPlaneError) -> float:
+        self._cp.problem = str(exc)
         delay = self._backoff.next()
         retry_after = exc.retry_after
         if exc.status in (401, 403):

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Make .venv hold exactly what uv.lock pins: `bash scripts/bootstrap.sh [test|run]` (default: test).
-#   test: the package (editable) with its test tools; run: the package and its runtime dependencies only.
-# First installs uv itself into .tools/uv from requirements/uv.txt (pinned, hash-checked), then
-# `uv sync --locked`, which installs the lock hash-checked and refuses when pyproject.toml and uv.lock
-# disagree. Idempotent and quick when nothing changed. Any failure stops it with a message.
+# Make .venv hold exactly what the lock pins: `bash scripts/bootstrap.sh [test|run|uv]` (default: test).
+#   test: the package (editable) with its test tools;  run: the package and its runtime dependencies;
+#   uv: only install the pinned uv into .tools/uv (scripts/lock.sh uses it).
+# uv itself comes from requirements/uv.txt (pinned, hash-checked, with pip); then `uv sync --locked`
+# installs uv.lock hash-checked. It refuses, naming the command to run, when pyproject.toml, uv.lock
+# and requirements/runtime.txt disagree. Idempotent and quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile="${1:-test}"
 case "$profile" in
     test) sync_args=(--extra test) ;;
-    run) sync_args=(--inexact) ;;  # keeps test tools a developer already has in .venv
-    *) echo "bootstrap: unknown profile '$profile' (use: test or run)" >&2; exit 2 ;;
+    run) sync_args=(--inexact) ;;  # keeps the test tools a developer may already have in .venv
+    uv) ;;
+    *) echo "bootstrap: unknown profile '$profile' (use: test, run or uv)" >&2; exit 2 ;;
 esac
 
 uv=.tools/uv/bin/uv
@@ -30,14 +32,20 @@ if [ ! -x "$uv" ] || [ "$("$uv" --version 2>/dev/null | cut -d' ' -f2)" != "$wan
         exit 1
     fi
 fi
+[ "$profile" != uv ] || exit 0
 
 export UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON="${UV_PYTHON:-python3}" UV_PYTHON_DOWNLOADS=never
-if ! "$uv" lock --check --quiet 2>/dev/null; then
-    echo "bootstrap: pyproject.toml and uv.lock disagree (a dependency was added, removed or its range changed)." >&2
-    echo "  Run 'bash scripts/upgrade.sh' to move the lock to the newest releases and run the suite on them," >&2
-    echo "  or '$uv lock' for the smallest change that fits pyproject.toml; then commit uv.lock." >&2
+stale() {
+    echo "bootstrap: $1" >&2
+    echo "  Run 'bash scripts/lock.sh' (the smallest change that fits pyproject.toml) or" >&2
+    echo "  'bash scripts/upgrade.sh' (the newest releases, then the whole suite on them); commit what it writes." >&2
     exit 1
-fi
+}
+"$uv" lock --check --quiet 2>/dev/null \
+    || stale "pyproject.toml and uv.lock disagree (a dependency was added, removed or its range changed)."
+exported="$("$uv" export --quiet --frozen --no-header --no-emit-project --format requirements-txt)"
+[ "$exported" = "$(cat requirements/runtime.txt)" ] \
+    || stale "requirements/runtime.txt is not the runtime half of uv.lock."
 if ! "$uv" sync --locked --quiet "${sync_args[@]}"; then
     echo "bootstrap: 'uv sync --locked ${sync_args[*]}' failed (see above)" >&2
     exit 1

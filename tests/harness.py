@@ -29,10 +29,10 @@ class Process:
     _reader: asyncio.Task[None] | None = None
     _new_line: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def wait_for(self, pattern: str, within_s: float = READY_TIMEOUT_S) -> re.Match[str]:
-        """The first stdout line matching `pattern` (already seen or still to come)."""
+    async def wait_for(self, pattern: str, within_s: float = READY_TIMEOUT_S, *, after: int = 0) -> re.Match[str]:
+        """The first stdout line matching `pattern` (already seen or still to come), from line `after` on."""
         regex = re.compile(pattern)
-        seen = 0
+        seen = after
         async with asyncio.timeout(within_s):
             while True:
                 for line in self.lines[seen:]:

@@ -622,9 +622,9 @@ def test_compose_services_secrets_and_files_agree(compose_model: dict[str, Any])
     assert urlsplit(relay_health).port == routing_config.split_listen(relay.listen)[1]
     assert services["gateway"]["depends_on"]["relay"]["condition"] == "service_healthy"
 
-    # The two demo servers: clock over stdio inside the gateway image (built with the demo extra),
+    # The two demo servers: clock over stdio inside the gateway image (they ship in the package),
     # notes as its own service on the port routing.yaml names.
-    assert services["gateway"]["build"]["args"]["EXTRAS"] == "demo"
+    assert "args" not in services["gateway"]["build"], "one image: the lock decides what it holds"
     assert routes.servers["clock"].stdio is not None
     assert routes.servers["clock"].stdio.args == ["-m", "gateway.demo.clock"]
     notes_spec = routes.servers["notes"].http
@@ -769,7 +769,7 @@ def test_dockerfile_shape() -> None:
     for stage in stages:
         image = args.get(stage.base.strip("${}"), stage.base)
         assert re.fullmatch(r"python:3\.(1[1-9])-slim(-\w+)?", image), image
-    assert "EXTRAS" in {a.partition("=")[0] for a in build.all("ARG")}
+    assert any("requirements/runtime.txt" in c.split() for c in build.all("COPY")), "installs from the lock"
     assert any(a.startswith("--from=") for a in runtime.all("COPY"))
     assert runtime.all("USER") == ["10001:10001"]
     assert json.loads(runtime.all("ENTRYPOINT")[-1]) == ["gateway"]
@@ -825,12 +825,12 @@ def test_dockerfile_install_step_in_a_fresh_virtualenv(tmp_path: Path) -> None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(file, out)
     (run,) = build.all("RUN")
-    match = re.fullmatch(r'sh (deploy/install\.sh) (/\S+) "\$\{EXTRAS\}"', run)
+    match = re.fullmatch(r"sh (deploy/install\.sh) (/\S+)", run)
     assert match, f"the build stage's RUN is the install script: {run}"
     venv = tmp_path / "venv"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env["PYTHON"] = sys.executable
-    result = _run("sh", match[1], venv, "", cwd=context, env=env)
+    result = _run("sh", match[1], venv, cwd=context, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1] == __version__, "install.sh ends with `gateway --version`"
     gateway = venv / "bin" / "gateway"

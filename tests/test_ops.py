@@ -154,11 +154,13 @@ async def test_readyz_follows_the_control_plane_and_required_servers(tmp_path: P
 class FakeUpstream:
     name: str
     ready: bool
+    problem: str | None = None
 
 
 @dataclass
 class FakeControlPlane:
     last_poll_ok: float | None = None
+    problem: str | None = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway.announce import announce
 from gateway.relay.config import RedisBackend, RelayConfig, RelayConfigError, parse_listen
 from gateway.relay.errors import error_middleware
 from gateway.relay.front import FrontDoor
@@ -160,6 +161,14 @@ class Relay:
             raise RuntimeError("the relay is not started")
         return self._runner.app
 
+    async def problems(self) -> dict[str, str]:
+        """What keeps the relay from serving (empty when it can): `/readyz`'s check, in words."""
+        if self._runner is None:
+            return {"relay": "not started"}
+        if not await self._runner.app[BACKEND].ready():
+            return {"queue_backend": "unreachable"}
+        return {}
+
     def url_for(self, tunnel_id: str, channel: str | None = None) -> str:
         """The MCP endpoint URL of a tunnel (channel `main` when None)."""
         url = f"{self.url}/v1/mcp/{quote(tunnel_id, safe='')}"
@@ -212,15 +221,22 @@ async def serve_relay(
     config: RelayConfig,
     stop: asyncio.Event,
     *,
-    on_ready: Callable[[str], object] | None = None,
+    say: Callable[[str], None] | None = None,
     tracer: RelayTracer = NO_TRACER,
 ) -> None:
     """Run a relay until `stop` is set (the CLI's `gateway relay --config relay.yaml`).
 
-    Secrets are resolved on start (RelayConfigError names the key on failure);
-    `on_ready(base_url)` is called once the socket is bound.
+    Secrets are resolved on start (RelayConfigError names the key on failure). `say` hears
+    readiness as it changes: `relay: ready URL` once the socket is bound and the queue backend
+    answers, `waiting: …` / `relay: NOT ready: …` while it does not.
     """
     async with Relay(config, tracer=tracer) as relay:
-        if on_ready is not None:
-            on_ready(relay.url)
-        await stop.wait()
+        if say is None:
+            await stop.wait()
+            return
+        async with asyncio.TaskGroup() as tasks:
+            announcer = tasks.create_task(
+                announce("relay", relay.problems, say, ready_detail=f" {relay.url}", interval_s=1.0)
+            )
+            await stop.wait()
+            announcer.cancel()

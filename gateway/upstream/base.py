@@ -94,7 +94,11 @@ class Upstream(abc.ABC):
         self.name = name
         self._info: UpstreamInfo | None = None
         self._ready = asyncio.Event()
+        self._down_event = asyncio.Event()
+        """Set while the server is down (the inverse of `_ready`), for transports that watch it."""
+        self._down_event.set()
         self._ready_timeout_s = ready_timeout_s
+        self._problem: str | None = None
         self.observer: UpstreamObserver | None = None
         """Told `(name, "up" | "down" | "restart")` as they happen (the app's telemetry seam:
         transports never import telemetry)."""
@@ -111,17 +115,29 @@ class Upstream(abc.ABC):
     def ready(self) -> bool:
         return self._info is not None
 
+    @property
+    def problem(self) -> str | None:
+        """Why the server is not up, in words for an operator (`connect refused 127.0.0.1:8781`):
+        no secrets, no payloads. None while it is up, or before anything went wrong."""
+        return None if self._info is not None else self._problem
+
     def _up(self, info: UpstreamInfo) -> None:
         was_down = self._info is None
         self._info = info
+        self._problem = None
+        self._down_event.clear()
         self._ready.set()
         if was_down:
             self._notify("up")
 
-    def _down(self) -> None:
+    def _down(self, problem: str | None = None) -> None:
+        """Mark the server down; `problem` (when known) says why, until it is up again."""
+        if problem is not None:
+            self._problem = problem
         was_up = self._info is not None
         self._info = None
         self._ready.clear()
+        self._down_event.set()
         if was_up:
             self._notify("down")
 

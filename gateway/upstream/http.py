@@ -18,6 +18,7 @@ import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -30,6 +31,7 @@ from gateway.eras import MODERN_VERSION, Bridge
 from gateway.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.sse import SseEventTooLarge, SseParser
 from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.upstream.process import SupervisedProcess
 from gateway.wire import (
     HOP_BY_HOP,
     Headers,
@@ -51,6 +53,10 @@ NAME_HEADER: Final = "Mcp-Name"
 PROBE_ID: Final = Raw(b'"gw-probe"')
 INIT_ID: Final = Raw(b'"gw-init"')
 CANCEL_TIMEOUT_S: Final = 1.0
+PROBE_BACKOFF_START_S: Final = 0.2
+_UNREACHABLE: Final = frozenset({"connect", "dns", "tls"})
+"""Failure sources that mean the server cannot be reached at all (as opposed to one failed call)."""
+"""First pause before probing a down server again; doubles up to `restart_backoff_max_s`."""
 """Budget for the best-effort `notifications/cancelled` after an abandoned legacy call."""
 CLOSE_TIMEOUT_S: Final = 2.0
 """Budget for the best-effort DELETE of the gateway's own session at close."""
@@ -146,8 +152,19 @@ class HttpUpstream(Upstream):
         extra_headers: dict[str, str],
         ready_timeout_s: float = 30.0,
         egress: Egress | None = None,
+        reprobe_max_s: float = 30.0,
     ) -> None:
         super().__init__(name, ready_timeout_s)
+        parts = urlsplit(spec.url)
+        self._where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        """host:port for operator messages (never the userinfo, path or query)."""
+        self._reprobe_max_s = reprobe_max_s
+        self._watch: asyncio.Task[None] | None = None
+        self._process = (
+            None
+            if spec.spawn is None
+            else SupervisedProcess(name, spec.spawn, backoff_max_s=reprobe_max_s, on_exit=self._process_exited)
+        )
         self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
         self._proxy = egress.proxy if egress else None
         self._url = spec.url
@@ -175,23 +192,66 @@ class HttpUpstream(Upstream):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Start the spawned process (if any) and keep probing in the background while the server is down.
+
+        Returns after the first probe (raising its failure), or, for a spawned
+        server, once it is up or `startup_timeout_s` passed (its process needs a
+        moment to listen).
+        """
+        if self._process is not None:
+            self._process.start()
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._keep_probing(), name=f"http-probe:{self.name}")
+        if self._process is None:
+            async with self._probing:
+                await self.probe()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), self._ready_timeout_s)
+
+    async def probe(self) -> None:
         """Probe the era: `server/discover` first, `initialize` when the server does not speak 2026-07-28.
 
         Connection failures raise UpstreamUnavailable (the server's era is not
-        decided by a network error) and leave the upstream down; calling
-        `start()` again retries.
+        decided by a network error) and leave the upstream down with the reason
+        in `problem`; calling it again retries.
         """
         try:
             info = await self._discover()
             session_id = None
             if info is None:
                 info, session_id = await self._initialize()
+        except UpstreamError as exc:
+            self._session_id = None
+            self._down(exc.problem(self._where))
+            raise
         except BaseException:
             self._session_id = None
             self._down()
             raise
         self._session_id = session_id
         self._up(info)
+
+    async def _keep_probing(self) -> None:
+        """While the server is down, probe it again with capped backoff, so readiness follows it."""
+        delay = PROBE_BACKOFF_START_S
+        while True:
+            if self._info is not None:
+                delay = PROBE_BACKOFF_START_S
+                await self._down_event.wait()
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._reprobe_max_s)
+            if self._info is None:
+                async with self._probing:
+                    if self._info is None:
+                        with contextlib.suppress(UpstreamError, TimeoutError):
+                            async with asyncio.timeout(self._ready_timeout_s):
+                                await self.probe()
+
+    def _process_exited(self, reason: str) -> None:
+        self._session_id = None
+        self._down(f"its process {reason}")
 
     async def wait_info(self) -> UpstreamInfo:
         """The server's info; a server that was down is probed again, one probe at a time."""
@@ -200,14 +260,27 @@ class HttpUpstream(Upstream):
                 if self._info is None:
                     try:
                         async with asyncio.timeout(self._ready_timeout_s):
-                            await self.start()
+                            await self.probe()
                     except TimeoutError:
                         raise UpstreamUnavailable.timeout(self.name) from None
         assert self._info is not None
         return self._info
 
     async def close(self) -> None:
-        """End the gateway's own legacy session (best effort); the shared aiohttp session stays open."""
+        """End the gateway's own legacy session (best effort), stop probing and the spawned process;
+        the shared aiohttp session stays open."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        try:
+            await self._end_own_session()
+        finally:
+            if self._process is not None:
+                await self._process.close()
+
+    async def _end_own_session(self) -> None:
         session_id, self._session_id = self._session_id, None
         info = self._info
         self._down()
@@ -398,17 +471,23 @@ class HttpUpstream(Upstream):
         """One HTTP request; the response is released when read to the end, closed (aborted) otherwise."""
         if self._http.closed:  # the gateway is shutting down: its own state, not the server's fault
             raise _internal(self.name)
+        try:
+            with map_aiohttp_errors(self.name):
+                resp = await self._http.request(
+                    method,
+                    self._url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                    ssl=self._ssl,
+                    proxy=self._proxy,
+                )
+        except UpstreamUnavailable as exc:
+            if exc.failure.source in _UNREACHABLE:  # the server is gone: down until a probe finds it again
+                self._down(exc.problem(self._where))
+            raise
         with map_aiohttp_errors(self.name):
-            resp = await self._http.request(
-                method,
-                self._url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeout,
-                ssl=self._ssl,
-                proxy=self._proxy,
-            )
             completed = False
             try:
                 yield resp

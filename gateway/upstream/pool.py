@@ -50,6 +50,10 @@ class Delegate(Upstream):
     def ready(self) -> bool:
         return self.inner.ready
 
+    @property
+    def problem(self) -> str | None:
+        return self.inner.problem
+
     async def wait_info(self) -> UpstreamInfo:
         return await self.inner.wait_info()
 
@@ -124,6 +128,12 @@ class StdioPool(Upstream):
     @property
     def ready(self) -> bool:
         return any(process.ready for process in self.processes)
+
+    @property
+    def problem(self) -> str | None:
+        if self.ready:
+            return None
+        return next((p.problem for p in self.processes if p.problem is not None), None)
 
     async def wait_info(self) -> UpstreamInfo:
         info = self.info

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -33,6 +34,8 @@ PROBE_TIMEOUT_S: Final = 5.0
 STOP_GRACE_S: Final = 2.0
 BACKOFF_START_S: Final = 0.1
 STABLE_AFTER_S: Final = 10.0
+STDERR_IN_PROBLEM: Final = 200
+"""Characters of the process's last stderr line kept for `problem` (what an operator sees)."""
 """A process that lived this long resets the restart backoff."""
 JSON_HEADERS: Final[Headers] = {"Content-Type": ["application/json"]}
 PROGRESS: Final = "notifications/progress"
@@ -109,6 +112,7 @@ class StdioUpstream(Upstream):
         self._server_request_seq = 0
         self.restarts = 0
         self.pid: int | None = None
+        self._last_stderr: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,6 +139,7 @@ class StdioUpstream(Upstream):
                 await self._run_once()
             except OSError as exc:
                 log.error("stdio server %r could not be started: %s", self.name, exc.strerror or exc)
+                self._problem = f"could not be started ({exc.strerror or exc})"
             except Exception:
                 log.exception("stdio server %r: supervisor error", self.name)
             finally:
@@ -153,7 +158,7 @@ class StdioUpstream(Upstream):
         env = dict(os.environ) if self._stdio.inherit_env else {}
         env.update(self._stdio.env)
         proc = await asyncio.create_subprocess_exec(
-            self._stdio.command,
+            self._stdio.executable(sys.executable),
             *self._stdio.args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -165,6 +170,7 @@ class StdioUpstream(Upstream):
         assert proc.stdin is not None
         self._proc, self.pid, self._stdin = proc, proc.pid, LineWriter(proc.stdin)
         log.info("stdio server %r started (pid %d)", self.name, proc.pid)
+        problem: str | None = None
         try:
             async with asyncio.TaskGroup() as tasks:
                 assert proc.stdout is not None
@@ -175,12 +181,16 @@ class StdioUpstream(Upstream):
                     info = await asyncio.wait_for(self._handshake(), self._spec.startup_timeout_s)
                 except (TimeoutError, UpstreamError, msgspec.MsgspecError):
                     log.error("stdio server %r did not complete the MCP handshake", self.name)
+                    if proc.returncode is None:  # alive but mute; an exit says more by its status
+                        problem = "did not complete the MCP handshake"
                     await self._stop(proc)
                 else:
                     self._up(info)
                     self._attempted.set()
                 code = await proc.wait()
                 log.warning("stdio server %r exited with status %s", self.name, code)
+            # After the readers reached EOF: the last stderr line is often why it died.
+            self._problem = self._with_stderr(problem or f"exited with status {code}")
         finally:
             self._proc = self._stdin = None
             await self._stop(proc)
@@ -413,4 +423,12 @@ class StdioUpstream(Upstream):
 
     async def _log_stderr(self, stderr: asyncio.StreamReader) -> None:
         while line := await stderr.readline():
-            log.info("[%s] %s", self.name, line.decode(errors="replace").rstrip())
+            text = line.decode(errors="replace").rstrip()
+            log.info("[%s] %s", self.name, text)
+            if text:
+                self._last_stderr = text[:STDERR_IN_PROBLEM]
+
+    def _with_stderr(self, problem: str) -> str:
+        """`problem`, and the last line the process wrote to stderr (often the reason it died)."""
+        last, self._last_stderr = self._last_stderr, None
+        return f"{problem}: {last}" if last else problem
