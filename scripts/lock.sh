@@ -12,7 +12,7 @@ case "${1:-}" in
     --upgrade) upgrade=(--upgrade) ;;
     *) echo "lock.sh: unknown argument '$1' (use: --upgrade or nothing)" >&2; exit 2 ;;
 esac
-[ -x .tools/uv/bin/uv ] || SKIP_SYNC=1 bash scripts/bootstrap.sh uv
+bash scripts/bootstrap.sh uv
 uv=.tools/uv/bin/uv
 export UV_PYTHON_DOWNLOADS=never
 "$uv" lock --quiet "${upgrade[@]}"

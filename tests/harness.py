@@ -99,12 +99,15 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(routes: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
-    """Run `gateway --routes` on a routing document; ready when it prints `gateway: ready`."""
+async def gateway(
+    routes: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None, ready: str = r"^gateway: ready$"
+) -> AsyncIterator[Gateway]:
+    """Run `gateway --routes` on a routing document; started when it prints a line matching `ready`
+    (`gateway: ready`; a test whose servers are down on purpose waits for its `waiting: …` line)."""
     file = tmp_path / "routing.yaml"
     file.write_text(routes)
     async with process(PYTHON, "-m", "gateway.cli", "--routes", file, *args, env=env) as proc:
-        await proc.wait_for(r"^gateway: ready")
+        await proc.wait_for(ready)
         urls = {}
         for line in proc.lines:
             match = re.match(r"MCP endpoint \(channel (\S+)\): (\S+)", line)

@@ -151,7 +151,8 @@ async def test_call_when_gateway_cannot_reach_server_is_answered(relay: RelayUnd
         "servers:\n  gone: {http: {url: 'http://127.0.0.1:9/mcp'}, startup_timeout_s: 1}\n"
         "channels:\n  main: [gone]\n"
     )
-    async with gateway(routes, tmp_path, env={"CONTRACT_KEY": KEY}), httpx2.AsyncClient() as http:
+    waiting = r"^waiting: servers\.gone \(connect refused 127\.0\.0\.1:9\)$"
+    async with gateway(routes, tmp_path, env={"CONTRACT_KEY": KEY}, ready=waiting), httpx2.AsyncClient() as http:
         answer = await http.post(relay.mcp(), json={"jsonrpc": "2.0", "id": "x", "method": "tools/list"})
         assert answer.status_code == 502
         error = answer.json()["error"]
