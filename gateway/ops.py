@@ -29,7 +29,7 @@ class PollClock(Protocol):
     """What readiness reads from the control-plane client (`ControlPlane`)."""
 
     last_poll_ok: float | None
-    """Loop time of the last poll (or startup metadata request) the control plane answered."""
+    """Loop time of the last poll the control plane answered (200 or 204)."""
     problem: str | None
     """Why the last request to the control plane failed (None after a success)."""
 

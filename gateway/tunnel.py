@@ -42,6 +42,8 @@ AUTH_BACKOFF_S: Final = 30.0
 POST_ATTEMPTS_WITHOUT_DEADLINE: Final = 8
 POLL_GRACE_S: Final = 30.0
 METADATA_TIMEOUT_S: Final = 10.0
+FIRST_POLL_TIMEOUT_MS: Final = 1
+"""`timeout_ms` of the polls sent before any poll was answered (a quick first answer, not a long wait)."""
 """How long past its `timeout_ms` a poll may take before the connection is given up."""
 MAX_POLL_BYTES: Final = 256 * 1024 * 1024
 """A poll body larger than this is refused instead of exhausting memory."""
@@ -148,7 +150,7 @@ class ControlPlane:
             headers[SERVER_INFO_HEADER] = identity.server_info
         self._identity_headers = headers
         self.last_poll_ok: float | None = None
-        """Loop time of the last poll (or startup metadata request) the control plane answered."""
+        """Loop time of the last poll the control plane answered (200 or 204)."""
         self.problem: str | None = None
         """Why the last request to the control plane failed, for operators (None after a success)."""
 
@@ -184,7 +186,7 @@ class ControlPlane:
         self._key.invalidate()
 
     async def metadata(self) -> TunnelClientMetadata:
-        """The tunnel's metadata (startup diagnostics); an answer counts as contact for readiness."""
+        """The tunnel's metadata (startup diagnostics: the key and tunnel id are checked at once)."""
         try:
             async with self._session.get(
                 self._metadata_url, headers=await self._headers(), ssl=self._ssl, proxy=self._proxy
@@ -192,14 +194,13 @@ class ControlPlane:
                 body = await resp.read()
                 if resp.status != 200:
                     raise _refused("metadata", resp.status, resp.headers.get("Retry-After"))
-                answered = asyncio.get_running_loop().time()
         except aiohttp.ClientError as exc:
             raise ControlPlaneError(f"metadata request failed: {type(exc).__name__}") from None
         try:
             metadata = self._metadata.decode(body)
         except msgspec.MsgspecError as exc:
             raise ControlPlaneError("control plane sent invalid tunnel metadata") from exc
-        self.last_poll_ok, self.problem = answered, None
+        self.problem = None
         return metadata
 
     async def poll(self, limit: int, timeout_ms: int) -> tuple[float, list[Raw]]:
@@ -327,9 +328,12 @@ class Poller:
             limit = max(1, min(MAX_POLL_LIMIT, free, -(-free // idle)))
             self._reserved += limit
             self._out += 1
+            # Until a poll was answered, ask for no wait: the gateway knows at once that the control
+            # plane serves it (readiness), and the relay has seen it poll before anyone is told so.
+            timeout_ms = self._timeout_ms if self._cp.last_poll_ok is not None else FIRST_POLL_TIMEOUT_MS
             try:
                 with self._telemetry.poll(limit) as span:
-                    received, commands = await self._cp.poll(limit, self._timeout_ms)
+                    received, commands = await self._cp.poll(limit, timeout_ms)
                     span.polled(len(commands))
             except ControlPlaneError as exc:
                 await asyncio.sleep(self._delay_after(exc))

@@ -780,10 +780,12 @@ async def run_gateway(
     tmp_path: Path,
     *args: str,
     env: dict[str, str] | None = None,
-    ready: bool = True,
+    ready: bool | str = True,
 ) -> AsyncIterator[GatewayProcess]:
-    """`gateway --routes` on a routing document; by default waits for `gateway: ready`.
-    `env` replaces the environment (default: `gateway_env(TUNNEL_API_KEY=KEY)`)."""
+    """`gateway --routes` on a routing document; by default waits for `gateway: ready`, or for a
+    stdout line matching `ready` when it is a pattern (a `waiting: …` line when something is down on
+    purpose), or for nothing when False. `env` replaces the environment (default:
+    `gateway_env(TUNNEL_API_KEY=KEY)`)."""
     file = tmp_path / "routing.yaml"
     file.write_text(document)
     proc = await asyncio.create_subprocess_exec(
@@ -808,7 +810,7 @@ async def run_gateway(
     ]
     try:
         if ready:
-            await gw.wait_for(r"^gateway: ready")
+            await gw.wait_for(r"^gateway: ready$" if ready is True else ready)
         yield gw
     finally:
         await gw.stop()

@@ -140,6 +140,10 @@ async def echo(cp: ScriptedControlPlane, text: str) -> str:
     return str(payload["resp_json"]["result"]["content"][0]["text"])
 
 
+NO_CONTROL_PLANE = r"^waiting: control_plane \((metadata request|poll) failed: .+\)$"
+"""What the gateway says while no TLS handshake with the control plane succeeds (it never says ready)."""
+
+
 async def refused(cp: ScriptedControlPlane, gw: GatewayProcess) -> None:
     """The gateway tried (TLS handshakes began) and never got an HTTP request through."""
     await cp.until(lambda: cp.handshakes >= 3 or gw.proc.returncode is not None, 30, "three TLS handshakes")
@@ -217,7 +221,7 @@ async def test_http_upstream_through_its_proxy(proxy: Proxy, tmp_path: Path) -> 
 async def test_control_plane_certificate_needs_the_ca_bundle(pki: Pki, tmp_path: Path) -> None:
     async with (
         ScriptedControlPlane(ssl_context=pki.server_context(), hold_s=0.3) as cp,
-        run_gateway(document(cp), tmp_path) as gw,
+        run_gateway(document(cp), tmp_path, ready=NO_CONTROL_PLANE) as gw,
     ):
         await refused(cp, gw)
 
@@ -238,7 +242,7 @@ async def test_mtls_client_certificate(pki: Pki, tmp_path: Path) -> None:
 async def test_mtls_without_a_client_certificate_is_refused(pki: Pki, tmp_path: Path) -> None:
     async with (
         ScriptedControlPlane(ssl_context=pki.server_context(require_client_cert=True), hold_s=0.3) as cp,
-        run_gateway(document(cp, ca_bundle=str(pki.ca_file)), tmp_path) as gw,
+        run_gateway(document(cp, ca_bundle=str(pki.ca_file)), tmp_path, ready=NO_CONTROL_PLANE) as gw,
     ):
         await refused(cp, gw)
 

@@ -380,12 +380,14 @@ async def test_batch_larger_than_limit_is_fully_processed(cp: ScriptedControlPla
 
 async def test_limit_is_at_most_25_and_the_poll_asks_for_the_configured_wait(cp: ScriptedControlPlane) -> None:
     await cp.answer(cp.call("echo", {"text": "x"}, channel="raw"))
-    assert cp.polls
+    assert len(cp.polls) >= 2
+    assert cp.polls[0].query["timeout_ms"] == ["1"], "the first poll asks for no wait: a quick first answer"
     for poll in cp.polls:
         assert poll.limit is not None
         assert 1 <= poll.limit <= 25
-        assert poll.query["timeout_ms"] == ["5000"]
         assert "channel" not in poll.query, "no channel allowlist is configured"
+    for poll in cp.polls[1:]:
+        assert poll.query["timeout_ms"] == ["5000"]
     assert max(p.limit or 0 for p in cp.polls) == 25  # 64 free slots, capped at 25
 
 
@@ -501,7 +503,8 @@ async def test_rejected_credentials_back_off_hard(status: int, tmp_path: Path) -
             cp.keys["poll"] = set()
         else:
             cp.fail_polls(*([403] * 50))
-        async with run_gateway(routes({"main": stdio("raw_stdio.py")}), tmp_path, *cli_args(cp)) as gw:
+        refused = rf"^waiting: control_plane \(control plane refused poll: HTTP {status}\)$"
+        async with run_gateway(routes({"main": stdio("raw_stdio.py")}), tmp_path, *cli_args(cp), ready=refused) as gw:
             await cp.polls_after(0, 1)
             await cp.quiet(3.0)
             assert [p.status for p in cp.polls] == [status], "polled again within 3 s of a credential rejection"

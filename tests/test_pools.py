@@ -56,9 +56,11 @@ async def _gone(pid: int, within_s: float = 15.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _gateway(servers: str, channels: str, tmp_path: Path, extra: str = "") -> AsyncIterator[Gateway]:
+async def _gateway(
+    servers: str, channels: str, tmp_path: Path, extra: str = "", ready: str = r"^gateway: ready$"
+) -> AsyncIterator[Gateway]:
     routes = f"relay: {{listen: '127.0.0.1:0'}}\nservers:\n{servers}channels:\n{channels}{extra}"
-    async with gateway(routes, tmp_path) as gw:
+    async with gateway(routes, tmp_path, ready=ready) as gw:
         yield gw
 
 
@@ -154,7 +156,8 @@ async def test_start_waits_for_servers_and_readiness_names_the_down_ones(tmp_pat
         "  optional: {stdio: {command: /nonexistent/other}, startup_timeout_s: 2, required: false}\n"
     )
     channels = "  main: [pool, broken]\n  side: [optional]\n"
-    async with _gateway(servers, channels, tmp_path, "ops: {listen: '127.0.0.1:0'}\n") as gw:
+    waiting = r"^waiting: servers\.broken \(could not be started \(No such file or directory\)\)$"
+    async with _gateway(servers, channels, tmp_path, "ops: {listen: '127.0.0.1:0'}\n", ready=waiting) as gw:
         url = next(m[1] for line in gw.process.lines if (m := re.match(r"ops: listening on (\S+)", line)))
         async with httpx2.AsyncClient() as http:
             ready = await http.get(f"{url}/readyz")

@@ -221,16 +221,19 @@ async def serve_relay(
     config: RelayConfig,
     stop: asyncio.Event,
     *,
+    on_ready: Callable[[str], object] | None = None,
     say: Callable[[str], None] | None = None,
     tracer: RelayTracer = NO_TRACER,
 ) -> None:
     """Run a relay until `stop` is set (the CLI's `gateway relay --config relay.yaml`).
 
-    Secrets are resolved on start (RelayConfigError names the key on failure). `say` hears
-    readiness as it changes: `relay: ready URL` once the socket is bound and the queue backend
+    Secrets are resolved on start (RelayConfigError names the key on failure);
+    `on_ready(base_url)` is called once the socket is bound. `say` hears readiness as it changes: `relay: ready URL` once the socket is bound and the queue backend
     answers, `waiting: …` / `relay: NOT ready: …` while it does not.
     """
     async with Relay(config, tracer=tracer) as relay:
+        if on_ready is not None:
+            on_ready(relay.url)
         if say is None:
             await stop.wait()
             return
