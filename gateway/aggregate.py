@@ -301,7 +301,7 @@ class AggregateChannel:
     def _discover_result(self) -> Raw:
         body: dict[str, object] = {
             "supportedVersions": list(MODERN_VERSIONS),
-            "capabilities": self._capabilities(),
+            "capabilities": self._bridge.modern_capabilities(self._capabilities()),
             "resultType": "complete",
             "ttlMs": 0,
             "cacheScope": "private",

@@ -189,9 +189,16 @@ def _channels(
         old = (previous or {}).get(name)
         if not _aggregated(config, name, router):
             upstream = upstreams[members[0]]
-            keep = isinstance(old, Channel) and old.upstream is upstream
-            fresh = Channel(name, upstream, bridge, telemetry=telemetry, router=router)
-            channels[name] = old if keep and old is not None else fresh
+            keep = (
+                isinstance(old, Channel)
+                and old.upstream is upstream
+                and (old.sessions.keys, old.sessions.ttl_s) == (keys, config.sessions.ttl_s)
+            )
+            if keep and old is not None:
+                channels[name] = old
+                continue
+            own = SessionStore(keys, name, ttl_s=config.sessions.ttl_s)
+            channels[name] = Channel(name, upstream, bridge, own, telemetry=telemetry, router=router)
             continue
         spec = channel_spec(config, name)
         targets = router.targets(name)

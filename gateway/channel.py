@@ -1,9 +1,10 @@
 """A channel as its clients see it: one coherent MCP server of either era.
 
 Owns what the gateway answers itself on a server's behalf (the legacy
-`initialize` handshake and its session ids, `server/discover` for a
-handshake-era server, `ping`), and the per-request bridging between the
-client's era and the server's. Everything else runs on the upstream.
+`initialize` handshake and its sealed session ids, 404 for an unknown or
+ended one, `server/discover` for a handshake-era server, `ping`), and the
+per-request bridging between the client's era and the server's. Everything
+else runs on the upstream.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
 
@@ -20,9 +19,10 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway.eras import EMPTY_OBJECT, Bridge
-from gateway.errors import UpstreamProtocolError
+from gateway.errors import SessionNotFound, UpstreamProtocolError
 from gateway.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
 from gateway.router import NO_ROUTE, Route, Router
+from gateway.sessions import ClientSession, SessionStore
 from gateway.telemetry import NOOP, Telemetry
 from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
 from gateway.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
@@ -36,33 +36,6 @@ _TRANSPORT_OWNED: Final = frozenset({"content-type", "accept", "content-length",
 """Request headers a transport always sets itself."""
 _ERA_HEADERS: Final = frozenset({"mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name"})
 """Request headers that describe the client's era; dropped when the gateway bridges eras."""
-
-
-class LocalSessions:
-    """Sessions the gateway issued to handshake-era clients, with each client's capabilities.
-
-    Bounded: the oldest session is forgotten first. A forgotten or unknown
-    session still works (its capabilities are taken as empty).
-    """
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._limit = limit
-        self._sessions: OrderedDict[str, Raw] = OrderedDict()
-
-    def open(self, capabilities: Raw) -> str:
-        session_id = secrets.token_urlsafe(24)
-        self._sessions[session_id] = capabilities
-        if len(self._sessions) > self._limit:
-            self._sessions.popitem(last=False)
-        return session_id
-
-    def capabilities(self, session_id: str | None) -> Raw:
-        if session_id is None:
-            return EMPTY_OBJECT
-        return self._sessions.get(session_id, EMPTY_OBJECT)
-
-    def close(self, session_id: str | None) -> bool:
-        return session_id is not None and self._sessions.pop(session_id, None) is not None
 
 
 class Activity:
@@ -113,18 +86,19 @@ class Channel:
         name: str,
         upstream: Upstream,
         bridge: Bridge,
+        sessions: SessionStore,
         *,
         telemetry: Telemetry = NOOP,
         router: Router | None = None,
     ) -> None:
         self.name = name
         self.upstream = upstream
+        self.sessions = sessions
         self._router = router or Router()
         self._rounds = Rounds(bridge.codec)
         self._telemetry = telemetry
         self._bridge = bridge
         self._codec = bridge.codec
-        self._sessions = LocalSessions()
         self._activity = Activity()
 
     def route(self, message: JsonRpcMessage, headers: Headers) -> Route:
@@ -159,6 +133,15 @@ class Channel:
         method, params = message.method, message.params
         client = self._bridge.client_era(params, headers)
         passthrough = client is info.era
+        session: ClientSession | None = None
+        token = header_value(headers, SESSION_HEADER)
+        if token is not None and client is Era.LEGACY and method != "initialize" and not self.upstream.holds_sessions:
+            session = self.sessions.open(token)  # one the gateway issued (a server's own passes through)
+            if session is None:
+                if not message.is_request:
+                    yield Reply(404)
+                    return
+                raise SessionNotFound()
         if message.is_request:
             assert message.id is not UNSET
             if client is Era.MODERN and info.era is Era.LEGACY and retry_of(params) is not None:
@@ -174,8 +157,8 @@ class Channel:
             yield Reply(202)  # the gateway answered this client's initialize itself
             return
         if client is Era.LEGACY and info.era is Era.MODERN:
-            session = header_value(headers, SESSION_HEADER)
-            params = self._bridge.modern_params(params, self._sessions.capabilities(session), self._bridge.client_info)
+            capabilities = session.capabilities if session is not None else EMPTY_OBJECT
+            params = self._bridge.modern_params(params, capabilities, self._bridge.client_info)
         elif client is Era.MODERN and info.era is Era.LEGACY:
             params = self._bridge.legacy_params(params)
         call = Call(
@@ -252,9 +235,17 @@ class Channel:
             yield frame
 
     async def end_session(self, headers: Headers) -> Reply:
-        """`session_termination`: close a session the server holds; forget one the gateway issued."""
-        self._sessions.close(header_value(headers, SESSION_HEADER))
-        return await self.upstream.end_session(headers)
+        """`session_termination`: close a session the server holds; end one the gateway issued
+        (404 when it is unknown or ended already, as on aggregated channels)."""
+        await self.upstream.wait_info()
+        if self.upstream.holds_sessions:
+            return await self.upstream.end_session(headers)
+        token = header_value(headers, SESSION_HEADER)
+        session = self.sessions.open(token) if token is not None else None
+        if session is None:
+            return Reply(404)
+        self.sessions.end(session)
+        return Reply(200)
 
     def _local_answer(
         self, method: str, params: Raw | msgspec.UnsetType, headers: Headers, client: Era, info: UpstreamInfo
@@ -263,8 +254,8 @@ class Channel:
         if client is Era.LEGACY:
             if method == "initialize" and not self.upstream.holds_sessions:
                 version = self._bridge.requested_version(params)
-                session = self._sessions.open(self._bridge.client_capabilities(params))
-                return self._bridge.initialize_result(info, version), {SESSION_HEADER: [session]}
+                token, _ = self.sessions.issue(version, self._bridge.client_capabilities(params), {})
+                return self._bridge.initialize_result(info, version), {SESSION_HEADER: [token]}
             if method in ("ping", "logging/setLevel") and info.era is Era.MODERN:
                 return EMPTY_OBJECT, {}  # removed in 2026-07-28: the gateway answers for the server
         elif method == "server/discover" and info.era is Era.LEGACY:

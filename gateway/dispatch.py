@@ -1,8 +1,9 @@
 """One command's life: deadline, channel, upstream frames, response frames.
 
 Owns the bounded set of commands in flight (the capacity the poller asks
-for), what each command type becomes, and the one place where an error turns
-into a wire response. Parses no configuration; knows channels, not transports.
+for), what each command type becomes (a 2026-07-28 request is checked by
+`gateway.edge` first), and the one place where an error turns into a wire
+response. Parses no configuration; knows channels, not transports.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgspec
 from msgspec import UNSET, Raw
 
 from gateway.channel import ServedChannel
+from gateway.edge import Edge
 from gateway.errors import CommandError, RateLimited, UnknownChannel, UpstreamError
 from gateway.limits import Limits, Subject
 from gateway.logs import REQUEST_ID
@@ -72,6 +74,7 @@ class Dispatcher:
         self._telemetry = telemetry
         self._responder = responder
         self._codec = codec
+        self._edge = Edge(codec)
         self._max = max_inflight
         self._running = 0
         self._backlog: collections.deque[tuple[PolledCommand, float]] = collections.deque()
@@ -218,13 +221,14 @@ class Dispatcher:
             channel = self._channels.get(command.channel)
             if channel is None:
                 raise UnknownChannel(command.channel)
+            modern = self._edge.check(message, command.headers)
             async with self._admit(command, message, channel):
                 async for frame in channel.run(message, command.headers):
                     if isinstance(frame, Notify):
                         if expects_answer and notify_ok:
                             notify_ok = await self._post(command, RESP_NOTIFY, 200, frame.message)
                         continue
-                    await self._answer(command, expects_answer, frame)
+                    await self._answer(command, expects_answer, self._edge.answer(frame) if modern else frame)
                     return
             raise UpstreamError("upstream ended the call without an answer", CLIENT_INTERNAL)
         except (CommandError, UpstreamError) as exc:

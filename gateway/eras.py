@@ -35,6 +35,8 @@ _RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
 
 EMPTY_OBJECT: Final = Raw(b"{}")
 MODERN_ONLY_RESULT_KEYS: Final = frozenset({"resultType", "ttlMs", "cacheScope"})
+HANDSHAKE_ONLY_CAPABILITIES: Final = frozenset({"tasks"})
+"""Server capabilities of 2025-11-25 that 2026-07-28 does not define (tasks became an extension)."""
 
 CACHEABLE_METHODS: Final = frozenset(
     {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read", "server/discover"}
@@ -235,7 +237,7 @@ class Bridge:
         """Answer a 2026-07-28 client's `server/discover` for a handshake-era server."""
         body: dict[str, object] = {
             "supportedVersions": list(MODERN_VERSIONS),
-            "capabilities": info.capabilities,
+            "capabilities": self.modern_capabilities(info.capabilities),
             "resultType": "complete",
             "ttlMs": 0,
             "cacheScope": "private",
@@ -244,6 +246,16 @@ class Bridge:
         if info.instructions:
             body["instructions"] = info.instructions
         return Raw(self.codec.encode(body))
+
+    def modern_capabilities(self, capabilities: Raw) -> Raw:
+        """A handshake-era server's capabilities as a 2026-07-28 client may see them (no `tasks`)."""
+        if not any(f'"{key}"'.encode() in bytes(capabilities) for key in HANDSHAKE_ONLY_CAPABILITIES):
+            return capabilities
+        try:
+            members = self.codec.members(capabilities)
+        except msgspec.MsgspecError:
+            return capabilities
+        return Raw(self.codec.encode({k: v for k, v in members.items() if k not in HANDSHAKE_ONLY_CAPABILITIES}))
 
     def _meta_of(self, params: Raw) -> dict[str, Raw] | None:
         try:

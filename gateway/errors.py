@@ -8,7 +8,9 @@
     │   ├── RouteDenied          a `deny` routing rule matched            (403, -32010)
     │   ├── UnknownTarget        no server of the channel has that name   (400, -32602)
     │   ├── SessionNotFound      unknown, expired or ended Mcp-Session-Id (404, -32600)
-    │   └── InvalidRequestParams malformed params or cursor               (400, -32602)
+    │   ├── InvalidRequestParams malformed params or cursor, a 2026-07-28 `_meta` key missing (400, -32602)
+    │   ├── HeaderMismatch       2026-07-28 standard headers missing or not the body's  (400, -32020)
+    │   └── UnsupportedProtocolVersion  a version the gateway does not serve  (400, -32022, data.supported)
     ├── UpstreamError            the MCP server failed                    -> -32603 + tunnel_failure
     │   ├── UpstreamUnavailable  not running / connection failed / died
     │   ├── UpstreamProtocolError  answered something that is not MCP
@@ -22,8 +24,10 @@ Messages never carry secrets, URLs, raw bodies or exception text from peers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Final
 
+import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway.wire import INTERNAL_ERROR, TunnelFailure
@@ -121,6 +125,25 @@ class InvalidRequestParams(CommandError):
 
     code = -32602
     status = 400
+
+
+class HeaderMismatch(CommandError):
+    """A 2026-07-28 request's `MCP-Protocol-Version`, `Mcp-Method` or `Mcp-Name` header is missing,
+    malformed, or says something else than its body (streamable-http "Server Validation")."""
+
+    code = -32020
+    status = 400
+
+
+class UnsupportedProtocolVersion(CommandError):
+    """A request asks for a protocol version the gateway does not serve (basic/versioning)."""
+
+    code = -32022
+    status = 400
+
+    def __init__(self, requested: str, supported: Sequence[str]) -> None:
+        super().__init__("Unsupported protocol version")
+        self.data = Raw(msgspec.json.encode({"supported": list(supported), "requested": requested}))
 
 
 class UpstreamError(GatewayError):

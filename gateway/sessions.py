@@ -1,8 +1,9 @@
 """Client sessions the gateway issues: sealed `Mcp-Session-Id` tokens and what they carry.
 
-Owns the session a handshake-era client holds with an aggregated channel: its
-negotiated version and capabilities, and the sessions the gateway opened for
-it on handshake-era HTTP servers. All of it travels inside the client's
+Owns the session a handshake-era client holds with a channel whose
+`initialize` the gateway answers (aggregated, or in front of a stdio or
+2026-07-28 server): its negotiated version and capabilities, and the sessions
+the gateway opened for it on handshake-era HTTP servers. All of it travels inside the client's
 `Mcp-Session-Id`, encrypted and authenticated with AES-GCM under a key from
 routing.yaml, so a restarted gateway or another replica polling the same
 tunnel can resume the session. In-process state is only what a token cannot

@@ -94,13 +94,19 @@ async def _everything_http() -> AsyncIterator[str]:
         await handle.stop()
 
 
+def everything_stdio() -> str:
+    """A routing.yaml `stdio:` block for server-everything (Node 22); fails the test when not installed."""
+    _require_tools()
+    args = ", ".join(json.dumps(str(arg)) for arg in ("--require", LOOPBACK, EVERYTHING, "stdio"))
+    return f"{{stdio: {{command: {json.dumps(str(NODE))}, args: [{args}], inherit_env: false}}}}"
+
+
 def _everything_stdio_routes() -> str:
     """A routing document whose single channel `main` is server-everything over stdio (Node 22)."""
-    args = ", ".join(json.dumps(str(arg)) for arg in ("--require", LOOPBACK, EVERYTHING, "stdio"))
     return (
         "relay: {listen: '127.0.0.1:0'}\n"
         "servers:\n"
-        f"  everything: {{stdio: {{command: {json.dumps(str(NODE))}, args: [{args}], inherit_env: false}}}}\n"
+        f"  everything: {everything_stdio()}\n"
         "channels:\n"
         "  main: [everything]\n"
     )

@@ -70,9 +70,9 @@ async def test_every_body_on_the_wire_validates(relay: RelayUnderTest, tmp_path:
             }
             validate_failure(failure)
 
-            # Session termination on a stdio channel: 405.
+            # Session termination of a session the channel never issued: 404.
             ended = await http.delete(relay.mcp("main"), headers={"Mcp-Session-Id": "abc"})
-            assert ended.status_code == 405
+            assert ended.status_code == 404
 
     assert relay.recorded.polls, "the gateway never received a command"
     for body in relay.recorded.polls:

@@ -429,11 +429,11 @@ async def test_notification_is_acknowledged_with_notify_ack(cp: ScriptedControlP
     assert len(cp.attempts(rid)) == 1
 
 
-async def test_session_termination_on_a_stdio_channel_is_405(cp: ScriptedControlPlane) -> None:
+async def test_session_termination_of_an_unknown_session_on_a_stdio_channel_is_404(cp: ScriptedControlPlane) -> None:
     rid = cp.enqueue(command_type="session_termination", headers={"Mcp-Session-Id": ["abc"]})
     payload = await cp.answer(rid)
     assert payload["resp_type"] == "session_termination_response"
-    assert payload["resp_code"] == 405
+    assert payload["resp_code"] == 404
     assert payload.get("resp_json") is None
     assert await whoami(cp) > 0
 

@@ -228,8 +228,9 @@ async def serve_relay(
     """Run a relay until `stop` is set (the CLI's `gateway relay --config relay.yaml`).
 
     Secrets are resolved on start (RelayConfigError names the key on failure);
-    `on_ready(base_url)` is called once the socket is bound. `say` hears readiness as it changes: `relay: ready URL` once the socket is bound and the queue backend
-    answers, `waiting: …` / `relay: NOT ready: …` while it does not.
+    `on_ready(base_url)` is called once the socket is bound. `say` hears readiness as it
+    changes: `relay: ready URL` once the socket is bound and the queue backend answers,
+    `waiting: …` / `relay: NOT ready: …` while it does not.
     """
     async with Relay(config, tracer=tracer) as relay:
         if on_ready is not None:

@@ -320,6 +320,7 @@ class FrontDoor:
         stream = web.StreamResponse(status=200, headers=response_headers(first))
         stream.headers["Content-Type"] = "text/event-stream"
         stream.headers["Cache-Control"] = "no-cache"
+        stream.headers["X-Accel-Buffering"] = "no"  # reverse proxies pass events on at once (streamable-http)
         await stream.prepare(request)
         return stream
 

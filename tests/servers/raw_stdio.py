@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -77,8 +78,14 @@ def main() -> None:
     behaviour.add_argument("--malformed", action="store_true")
     behaviour.add_argument("--die-on-call", action="store_true")
     behaviour.add_argument("--hang-on-call", action="store_true")
-    flags = parser.parse_args()
-    for line in sys.stdin:
+    serve_lines(sys.stdin, handle, parser.parse_args())
+
+
+def serve_lines(
+    lines: Iterable[str], handler: Callable[[dict[str, Any], argparse.Namespace], None], flags: argparse.Namespace
+) -> None:
+    """Answer each JSON-RPC line with `handler`; a line that is not a JSON object gets the JSON-RPC error."""
+    for line in lines:
         if not line.strip():
             continue
         try:
@@ -87,7 +94,7 @@ def main() -> None:
             error(None, -32700, "parse error")
             continue
         if isinstance(request, dict):
-            handle(request, flags)
+            handler(request, flags)
         else:
             error(None, -32600, "invalid request")
 
