@@ -14,6 +14,7 @@
     │   ├── UpstreamProtocolError  answered something that is not MCP
     │   └── UpstreamHttpError    answered an HTTP error without a JSON-RPC body
     └── ControlPlaneError        the control plane refused or failed
+        └── CommandGone          404 on a response POST: the caller left (cancellation)
 
 The JSON-RPC code, HTTP status and provenance are class attributes or fields;
 `gateway.dispatch` turns an error into a wire response, in that one place.
@@ -193,3 +194,12 @@ class ControlPlaneError(GatewayError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class CommandGone(ControlPlaneError):
+    """The control plane no longer waits for a command (404 on a response POST): its caller
+    disconnected, which is how a 2026-07-28 client cancels over Streamable HTTP, or gave up.
+    The command's upstream call is cancelled and nothing more is posted for it."""
+
+    def __init__(self) -> None:
+        super().__init__("control plane no longer waits for this command (404)", 404)
