@@ -24,7 +24,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway import __version__
 from gateway.catalog import Catalog, Member, View, final
-from gateway.channel import Activity
+from gateway.channel import Activity, for_client
 from gateway.config import ChannelSpec
 from gateway.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
 from gateway.errors import (
@@ -156,7 +156,7 @@ class AggregateChannel:
 
     def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
-        return self._activity.track(self._run(message, headers))
+        return self._activity.track(for_client(self._bridge, message, headers, self._run(message, headers)))
 
     async def end_session(self, headers: Headers) -> Reply:
         """`session_termination`: forget the session, end the upstream sessions and processes held for it."""

@@ -89,6 +89,24 @@ class Activity:
         await self._idle.wait()
 
 
+async def scoped_logs(bridge: Bridge, least: int | None, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+    """A call's frames for a 2026-07-28 client: `notifications/message` only when its request asked
+    for log messages (`io.modelcontextprotocol/logLevel` in `_meta`), at or above that level."""
+    async for frame in frames:
+        if isinstance(frame, Notify) and not bridge.log_wanted(frame.message, least):
+            continue
+        yield frame
+
+
+def for_client(
+    bridge: Bridge, message: JsonRpcMessage, headers: Headers, frames: AsyncIterator[Frame]
+) -> AsyncIterator[Frame]:
+    """`frames` as the client may receive them (2026-07-28 logging is per request: `scoped_logs`)."""
+    if not message.is_request or bridge.client_era(message.params, headers) is not Era.MODERN:
+        return frames
+    return scoped_logs(bridge, bridge.log_level(message.params), frames)
+
+
 class ServedChannel(Protocol):
     """What the dispatcher needs of a channel: this one-server `Channel`, or an `AggregateChannel`."""
 
@@ -141,7 +159,7 @@ class Channel:
 
     def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
-        return self._activity.track(self._run(message, headers))
+        return self._activity.track(for_client(self._bridge, message, headers, self._run(message, headers)))
 
     async def _run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         info = await self.upstream.wait_info()
