@@ -38,6 +38,10 @@ _VERSION_KEY_BYTES: Final = PROTOCOL_VERSION_KEY.encode()
 _RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
 
 EMPTY_OBJECT: Final = Raw(b"{}")
+GATEWAY_CAPABILITIES: Final = Raw(b'{"elicitation":{"form":{},"url":{}},"sampling":{},"roots":{}}')
+"""What the gateway declares in its own `initialize` to a handshake-era server: the requests it can
+carry to a client during a call (gateway.mrtr). Each such request is checked against what the
+calling client declared; one it did not is refused with -32021 (`MissingClientCapability`)."""
 MODERN_ONLY_RESULT_KEYS: Final = frozenset({"resultType", "ttlMs", "cacheScope"})
 
 CACHEABLE_METHODS: Final = frozenset(
@@ -104,7 +108,13 @@ class Bridge:
 
     def initialize_params(self) -> Raw:
         return Raw(
-            self.codec.encode({"protocolVersion": LATEST_HANDSHAKE, "capabilities": {}, "clientInfo": self.client_info})
+            self.codec.encode(
+                {
+                    "protocolVersion": LATEST_HANDSHAKE,
+                    "capabilities": GATEWAY_CAPABILITIES,
+                    "clientInfo": self.client_info,
+                }
+            )
         )
 
     def info_from_discover(self, result: Raw | bytes) -> UpstreamInfo | None:
@@ -196,6 +206,14 @@ class Bridge:
         except msgspec.MsgspecError:
             return False
         return level in LOG_LEVELS and LOG_LEVELS.index(level) >= least
+
+    def envelope_capabilities(self, params: Raw | UnsetType) -> Raw:
+        """The capabilities a 2026-07-28 request declares in its `_meta` envelope (`{}` when none)."""
+        if params is UNSET or CLIENT_CAPABILITIES_KEY.encode() not in bytes(params):
+            return EMPTY_OBJECT
+        meta = self._meta_of(params)
+        found = meta.get(CLIENT_CAPABILITIES_KEY) if meta is not None else None
+        return EMPTY_OBJECT if found is None else _copy(found)
 
     # ------------------------------------------------------------------ translating requests
 

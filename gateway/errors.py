@@ -8,6 +8,7 @@
     │   ├── RouteDenied          a `deny` routing rule matched            (403, -32010)
     │   ├── UnknownTarget        no server of the channel has that name   (400, -32602)
     │   ├── SessionNotFound      unknown, expired or ended Mcp-Session-Id (404, -32600)
+    │   ├── MissingClientCapability  a server asked what the client did not declare (400, -32021)
     │   └── InvalidRequestParams malformed params or cursor               (400, -32602)
     ├── UpstreamError            the MCP server failed                    -> -32603 + tunnel_failure
     │   ├── UpstreamUnavailable  not running / connection failed / died
@@ -98,6 +99,22 @@ class SessionNotFound(CommandError):
 
     def __init__(self) -> None:
         super().__init__("Session not found")
+
+
+MISSING_CLIENT_CAPABILITY = -32021
+"""JSON-RPC code of MCP 2026-07-28's MissingRequiredClientCapabilityError."""
+
+
+class MissingClientCapability(CommandError):
+    """A server asked the client, during its request, for something (elicitation, sampling, roots)
+    the client did not declare it can do; `data.requiredCapabilities` says what it would need."""
+
+    code = MISSING_CLIENT_CAPABILITY
+    status = 400
+
+    def __init__(self, capability: str, required: Raw) -> None:
+        super().__init__(f"Client did not declare the {capability} capability required by the server's request")
+        self.data = Raw(b'{"requiredCapabilities":%s}' % bytes(required))
 
 
 class InvalidRequestParams(CommandError):
