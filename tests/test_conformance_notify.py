@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 
-from tests.harness import PYTHON, SERVERS, gateway, legacy_initialize
+from tests.harness import PYTHON, SERVERS, gateway, http_server, legacy_initialize
 
 CALLS = 1000
 """Calls per client (each of `STEPS` steps, so several notifications each)."""
@@ -28,13 +29,14 @@ MODERN = "2026-07-28"
 LEGACY = "2025-11-25"
 
 
+def _one_server(block: str) -> str:
+    """A routing document: the embedded relay, one channel `main` serving the server `block` describes."""
+    return f"relay: {{listen: '127.0.0.1:0'}}\nservers:\n  srv: {block}\nchannels:\n  main: [srv]\n"
+
+
 def _routes(*flags: str) -> str:
     args = ", ".join(json.dumps(str(arg)) for arg in (SERVERS / "notify_stdio.py", *flags))
-    return (
-        "relay: {listen: '127.0.0.1:0'}\n"
-        f"servers:\n  talk: {{stdio: {{command: {json.dumps(PYTHON)}, args: [{args}]}}}}\n"
-        "channels:\n  main: [talk]\n"
-    )
+    return _one_server(f"{{stdio: {{command: {json.dumps(PYTHON)}, args: [{args}]}}}}")
 
 
 @dataclass
@@ -153,3 +155,46 @@ async def test_log_messages_reach_only_the_request_that_asked(tmp_path: Path) ->
         assert client.heard.progress == CALLS * STEPS, client.name
     assert asking.heard.logs == CALLS * STEPS
     assert quiet.heard.logs == 0
+
+
+@pytest.mark.parametrize(("level", "delivered"), [(None, False), ("error", False), ("info", True), ("debug", True)])
+async def test_a_2026_client_gets_log_messages_only_at_the_level_it_asked(
+    tmp_path: Path, level: str | None, delivered: bool
+) -> None:
+    """MCP 2026-07-28 server/utilities/logging ("Per-request log level": no `notifications/message`
+    for a request without `io.modelcontextprotocol/logLevel`, and only "at or above the requested
+    level"): a handshake-era HTTP server logs about every call on the call's stream; the gateway
+    passes an info message to a 2026-07-28 client only when its request asked for info or below."""
+    async with (
+        http_server("--legacy") as url,
+        gateway(_one_server(f"{{http: {{url: '{url}'}}}}"), tmp_path) as gw,
+        httpx2.AsyncClient(timeout=WAIT) as http,
+    ):
+        meta: dict[str, Any] = {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        if level is not None:
+            meta["io.modelcontextprotocol/logLevel"] = level
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "chatty", "arguments": {}, "_meta": meta},
+        }
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": MODERN,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "chatty",
+        }
+        response = await http.post(gw.urls["main"], json=body, headers=headers)
+        while response.status_code == 503:  # the gateway has not polled yet
+            response = await http.post(gw.urls["main"], json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        *notes, answer = _events(response)
+    assert answer["result"]["content"][0]["text"] == "said it"
+    logs = [note for note in notes if note.get("method") == "notifications/message"]
+    assert len(logs) == (1 if delivered else 0), notes
+    if delivered:
+        assert logs[0]["params"]["data"] == "about this call"

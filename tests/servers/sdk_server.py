@@ -6,7 +6,7 @@ unless ``--legacy``, which serves the handshake era only, as a pre-2026 server w
 Imports nothing from ``gateway``.
 
 Tools: echo, add, slow_progress, sleep_ms, counter_incr, crash, whoami, big, fail, getenv, trace_context,
-track, peak, count_steps, step_count, ask_name.
+track, peak, count_steps, step_count, chatty, ask_name.
 With ``SDK_SERVER_OTLP_ENDPOINT`` set, the SDK's own server spans are exported there over OTLP/HTTP.
 """
 
@@ -147,6 +147,12 @@ def build_server(name: str) -> MCPServer:
     def step_count() -> str:
         """Steps `count_steps` took in this process, and how many of its calls were cancelled (JSON)."""
         return json.dumps(stepped)
+
+    @mcp.tool()
+    async def chatty(ctx: Context, text: str = "about this call") -> str:
+        """Send an info-level log message about this call (`notifications/message`), then answer."""
+        await ctx.info(text)
+        return "said it"
 
     class Name(BaseModel):
         name: str
