@@ -241,14 +241,19 @@ class _Elicit(msgspec.Struct):
 
 
 class _Sample(msgspec.Struct):
-    tools: Raw | None = None
-    toolChoice: Raw | None = None
+    tools: Raw | UnsetType = UNSET
+    toolChoice: Raw | UnsetType = UNSET
 
 
 class _Declared(msgspec.Struct):
     elicitation: dict[str, Raw] | None = None
     sampling: dict[str, Raw] | None = None
-    roots: Raw | None = None
+    roots: Raw | UnsetType = UNSET
+
+
+def _given(value: Raw | UnsetType) -> bool:
+    """A member that is present and not `null`."""
+    return value is not UNSET and bytes(value) != b"null"
 
 
 _elicit = msgspec.json.Decoder(_Elicit)
@@ -277,12 +282,12 @@ def missing_capability(request: JsonRpcMessage, declared: Raw) -> tuple[str, Raw
             return None if ok else ("form elicitation", Raw(b'{"elicitation":{"form":{}}}'))
         if request.method == "sampling/createMessage":
             asked = _sample.decode(params)
-            if asked.tools is not None or asked.toolChoice is not None:
+            if _given(asked.tools) or _given(asked.toolChoice):
                 ok = caps.sampling is not None and "tools" in caps.sampling
                 return None if ok else ("sampling.tools", Raw(b'{"sampling":{"tools":{}}}'))
             return None if caps.sampling is not None else ("sampling", Raw(b'{"sampling":{}}'))
         if request.method == "roots/list":
-            return None if caps.roots is not None else ("roots", Raw(b'{"roots":{}}'))
+            return None if _given(caps.roots) else ("roots", Raw(b'{"roots":{}}'))
     return None
 
 

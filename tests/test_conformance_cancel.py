@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 from gateway.relay import Relay, RelayConfig, TunnelSpec
 from gateway.relay.config import MemoryBackend, RedisBackend
 from tests.harness import gateway, http_server, stdio_server
-from tests.recording_relay import KEY, TUNNEL, RelayUnderTest, recording_relay
+from tests.recording_relay import KEY, TUNNEL, RelayUnderTest
 from tests.redis_server import redis_server
 
 WAIT = 60.0
@@ -82,18 +82,12 @@ async def start_and_leave(http: httpx2.AsyncClient, url: str) -> None:
 
 
 def _servers(kind: str, http_url: str | None) -> str:
-    if kind == "stdio":
-        return f"  srv: {stdio_server()}\n"
+    if kind.startswith("stdio"):
+        return f"  srv: {stdio_server(*(('--legacy',) if kind == 'stdio-2025-11-25' else ()))}\n"
     return f"  srv: {{http: {{url: '{http_url}'}}}}\n"
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[RelayUnderTest]:
-    async with recording_relay() as under_test:
-        yield under_test
-
-
-@pytest.mark.parametrize("kind", ["stdio", "http-2026-07-28", "http-2025-11-25"])
+@pytest.mark.parametrize("kind", ["stdio-2026-07-28", "stdio-2025-11-25", "http-2026-07-28", "http-2025-11-25"])
 async def test_closing_the_stream_cancels_the_upstream_call(relay: RelayUnderTest, tmp_path: Path, kind: str) -> None:
     """MCP 2026-07-28 basic/patterns/cancellation, "Transport-Specific Cancellation" and "Behavior
     Requirements": the caller closing its SSE stream stops the work on the server (stdio and
@@ -101,7 +95,7 @@ async def test_closing_the_stream_cancels_the_upstream_call(relay: RelayUnderTes
     stream closed); the step count stops growing and no answer is posted for the cancelled command."""
     legacy = ("--legacy",) if kind == "http-2025-11-25" else ()
     async with (
-        http_server(*legacy) if kind != "stdio" else contextlib.nullcontext() as http_url,
+        http_server(*legacy) if kind.startswith("http") else contextlib.nullcontext() as http_url,
         httpx2.AsyncClient(timeout=WAIT) as http,
     ):
         routes = (
