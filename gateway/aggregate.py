@@ -24,7 +24,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway import __version__
 from gateway.catalog import Catalog, Member, View, final
-from gateway.channel import Activity
+from gateway.channel import Activity, for_client
 from gateway.config import ChannelSpec
 from gateway.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
 from gateway.errors import (
@@ -57,7 +57,7 @@ from gateway.router import (
 )
 from gateway.sessions import ClientSession, SessionStore, UpstreamSession, open_upstream_session, session_headers
 from gateway.telemetry import NOOP, Telemetry
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo, abandon
 from gateway.upstream.pool import ClientProcesses, untagged
 from gateway.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
 
@@ -156,7 +156,7 @@ class AggregateChannel:
 
     def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
-        return self._activity.track(self._run(message, headers))
+        return self._activity.track(for_client(self._bridge, message, headers, self._run(message, headers)))
 
     async def end_session(self, headers: Headers) -> Reply:
         """`session_termination`: forget the session, end the upstream sessions and processes held for it."""
@@ -427,9 +427,12 @@ class AggregateChannel:
         except UpstreamUnavailable:
             self.catalog.failed(member)
             raise
+        if client is Era.MODERN:
+            declared = self._bridge.envelope_capabilities(params)
+        else:
+            declared = session.capabilities if session is not None else EMPTY_OBJECT
         if client is Era.LEGACY and info.era is Era.MODERN:
-            capabilities = session.capabilities if session is not None else EMPTY_OBJECT
-            params = self._bridge.modern_params(params, capabilities, self._bridge.client_info)
+            params = self._bridge.modern_params(params, declared, self._bridge.client_info)
         elif client is Era.MODERN and info.era is Era.LEGACY:
             params = self._bridge.legacy_params(params)
         forwarded = {k: v for k, v in strip_hop_by_hop(headers).items() if k.lower() not in _DROPPED}
@@ -441,7 +444,8 @@ class AggregateChannel:
             ending: Frame | Ask | _Expired | None = None
             try:
                 frames = self._telemetry.exchange(upstream, call, info)
-                async for frame in self._relay(member, upstream, info, method, id, frames, client, session, held):
+                relayed = self._relay(member, upstream, info, method, id, frames, client, session, held, declared)
+                async for frame in relayed:
                     if isinstance(frame, Notify):
                         yield frame
                     else:
@@ -485,18 +489,23 @@ class AggregateChannel:
         client: Era,
         session: ClientSession | None,
         held: UpstreamSession | None,
+        declared: Raw,
     ) -> AsyncIterator[Frame | Ask | _Expired]:
         """One exchange's frames for the client: Notify*, then a Reply (under `client_id`), `_EXPIRED`
         (the server forgot the client's session), or an `_Ask` (input a 2026-07-28 server needs).
 
         A handshake-era server's request to a 2026-07-28 client ends the answer with an `input_required`
-        result instead; the exchange is then held, not closed, until the client's retry."""
+        result instead; the exchange is then held, not closed, until the client's retry. On a session
+        the gateway holds, a server request needing a capability the client did not `declared` is
+        refused (-32021) and the exchange abandoned; on the client's own session the server knows."""
         kept = False
         try:
             async for frame in frames:
                 if isinstance(frame, Notify):
-                    request = self._rounds.input_request(frame) if client is Era.MODERN else None
-                    if request is not None:
+                    request = self._rounds.input_request(frame) if held is None or client is Era.MODERN else None
+                    if request is not None and held is None:
+                        await self._rounds.refuse_undeclared(request, declared, upstream, {}, True)
+                    if request is not None and client is Era.MODERN:
                         respond_headers = session_headers(held) if held is not None else {}
                         pending = Held(frames, upstream, info, method, {}, respond_headers, held is None, member.name)
                         kept = True
@@ -516,9 +525,7 @@ class AggregateChannel:
                 return
         finally:
             if not kept:
-                close = getattr(frames, "aclose", None)
-                if close is not None:
-                    await close()
+                await abandon(frames)
 
     def _from_server(self, member: Member, frame: Notify, session: ClientSession | None) -> Notify:
         """A server message during a call: requests to the client get an id naming the server;
@@ -567,8 +574,9 @@ class AggregateChannel:
             session_id = header_value(pending.respond_headers, SESSION_HEADER)
             version = header_value(pending.respond_headers, VERSION_HEADER)
             held = UpstreamSession(session_id or "", version or "")
+        declared = self._bridge.envelope_capabilities(params)
         frames = self._relay(
-            member, pending.upstream, pending.info, pending.method, id, pending.frames, client, None, held
+            member, pending.upstream, pending.info, pending.method, id, pending.frames, client, None, held, declared
         )
         async for frame in frames:
             if not isinstance(frame, (Notify, Reply)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
 
 import msgspec
@@ -24,7 +24,7 @@ from gateway.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_
 from gateway.router import NO_ROUTE, Route, Router
 from gateway.sessions import ClientSession, SessionStore
 from gateway.telemetry import NOOP, Telemetry
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo, abandon
 from gateway.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,24 @@ class Activity:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+
+async def scoped_logs(bridge: Bridge, least: int | None, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+    """A call's frames for a 2026-07-28 client: `notifications/message` only when its request asked
+    for log messages (`io.modelcontextprotocol/logLevel` in `_meta`), at or above that level."""
+    async for frame in frames:
+        if isinstance(frame, Notify) and not bridge.log_wanted(frame.message, least):
+            continue
+        yield frame
+
+
+def for_client(
+    bridge: Bridge, message: JsonRpcMessage, headers: Headers, frames: AsyncIterator[Frame]
+) -> AsyncIterator[Frame]:
+    """`frames` as the client may receive them (2026-07-28 logging is per request: `scoped_logs`)."""
+    if not message.is_request or bridge.client_era(message.params, headers) is not Era.MODERN:
+        return frames
+    return scoped_logs(bridge, bridge.log_level(message.params), frames)
 
 
 class ServedChannel(Protocol):
@@ -115,7 +133,7 @@ class Channel:
 
     def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
-        return self._activity.track(self._run(message, headers))
+        return self._activity.track(for_client(self._bridge, message, headers, self._run(message, headers)))
 
     async def _run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         info = await self.upstream.wait_info()
@@ -168,13 +186,18 @@ class Channel:
             self._forwarded_headers(headers, passthrough),
             own_session=not (passthrough and self.upstream.holds_sessions),
         )
+        declared = self._declared(message.params, headers, client)
         if passthrough:
-            async for frame in self._telemetry.exchange(self.upstream, call, info):  # the CLIENT span
+            frames = self._telemetry.exchange(self.upstream, call, info)  # the CLIENT span
+            if info.era is Era.LEGACY and call.own_session:
+                frames = self._declared_only(frames, call, declared)
+            async for frame in frames:
                 yield frame
             return
         for _ in range(MAX_ROUNDS):
             ask: Ask | None = None
-            async for bridged in self._bridged(self._telemetry.exchange(self.upstream, call, info), call, client, info):
+            exchange = self._telemetry.exchange(self.upstream, call, info)
+            async for bridged in self._bridged(exchange, call, client, info, declared):
                 if isinstance(bridged, Ask):
                     ask = bridged
                     break
@@ -192,18 +215,48 @@ class Channel:
             call = dataclasses.replace(call, params=with_input_responses(self._codec, call.params, answers, ask.state))
         raise UpstreamProtocolError(self.upstream.name, "invalid_protocol_response")
 
+    def _declared(self, params: Raw | UnsetType, headers: Headers, client: Era) -> Callable[[], Raw]:
+        """The calling client's capabilities, read when a server's request needs them: a 2026-07-28
+        request's envelope, or what a handshake-era client declared in the `initialize` the gateway answered."""
+        if client is Era.MODERN:
+            return lambda: self._bridge.envelope_capabilities(params)
+        token = header_value(headers, SESSION_HEADER)
+
+        def from_session() -> Raw:
+            session = self.sessions.open(token) if token is not None else None
+            return session.capabilities if session is not None else EMPTY_OBJECT
+
+        return from_session
+
+    async def _declared_only(
+        self, frames: AsyncIterator[Frame], call: Call, declared: Callable[[], Raw]
+    ) -> AsyncIterator[Frame]:
+        """A call on the gateway's own session with a handshake-era server, for a client of that era: a
+        server request the client did not declare the capability for is refused (-32021), the call abandoned."""
+        try:
+            async for frame in frames:
+                if isinstance(frame, Notify):
+                    request = self._rounds.input_request(frame)
+                    if request is not None:
+                        await self._rounds.refuse_undeclared(request, declared(), self.upstream, {}, call.own_session)
+                yield frame
+        finally:
+            await abandon(frames)
+
     async def _bridged(
-        self, frames: AsyncIterator[Frame], call: Call, client: Era, info: UpstreamInfo
+        self, frames: AsyncIterator[Frame], call: Call, client: Era, info: UpstreamInfo, declared: Callable[[], Raw]
     ) -> AsyncIterator[Frame | Ask]:
         """A call's frames for a client of the other era: results translated; a handshake-era server's
         request to a 2026-07-28 client becomes an `input_required` answer (the call is held for the
-        retry); a 2026-07-28 server's `input_required` result becomes an `Ask` for a handshake-era one."""
+        retry) unless the client did not declare the capability it needs (-32021); a 2026-07-28
+        server's `input_required` result becomes an `Ask` for a handshake-era one."""
         kept = False
         try:
             async for frame in frames:
                 if isinstance(frame, Notify):
                     request = self._rounds.input_request(frame) if client is Era.MODERN else None
                     if request is not None and call.id is not None:
+                        await self._rounds.refuse_undeclared(request, declared(), self.upstream, {}, call.own_session)
                         pending = Held(frames, self.upstream, info, call.method, {}, {}, call.own_session)
                         kept = True
                         result = await self._rounds.hold(pending, request)
@@ -221,15 +274,14 @@ class Channel:
                 return
         finally:
             if not kept:
-                close = getattr(frames, "aclose", None)
-                if close is not None:
-                    await close()
+                await abandon(frames)
 
     async def _resume(self, id: Raw, params: Raw | UnsetType) -> AsyncIterator[Frame]:
         """A 2026-07-28 client's retry: its answers go to the server, whose held call goes on."""
         pending = await self._rounds.resume(params)
         call = Call(pending.method, id, UNSET, {}, pending.own_session)
-        async for frame in self._bridged(pending.frames, call, Era.MODERN, pending.info):
+        declared = self._declared(params, {}, Era.MODERN)
+        async for frame in self._bridged(pending.frames, call, Era.MODERN, pending.info, declared):
             if isinstance(frame, Ask):
                 raise UpstreamProtocolError(self.upstream.name, "invalid_protocol_response")
             yield frame

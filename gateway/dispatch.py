@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import http
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
 import msgspec
@@ -21,11 +22,11 @@ from msgspec import UNSET, Raw
 
 from gateway.channel import ServedChannel
 from gateway.edge import Edge
-from gateway.errors import CommandError, RateLimited, UnknownChannel, UpstreamError
+from gateway.errors import CommandError, CommandGone, RateLimited, UnknownChannel, UpstreamError
 from gateway.limits import Limits, Subject
 from gateway.logs import REQUEST_ID
 from gateway.telemetry import NOOP, Telemetry
-from gateway.upstream.base import Notify, Reply
+from gateway.upstream.base import Frame, Notify, Reply
 from gateway.wire import (
     COMMAND_JSONRPC,
     COMMAND_SESSION_END,
@@ -49,6 +50,8 @@ from gateway.wire import (
 log = logging.getLogger(__name__)
 
 CLIENT_INTERNAL: Final = TunnelFailure(source="client_internal", upstream_response_received=False)
+MAX_PENDING_NOTIFY: Final = 256
+"""Notifications of one call waiting for their POST; more are dropped (the relay's backlog is as deep)."""
 
 
 class Responder(Protocol):
@@ -184,6 +187,8 @@ class Dispatcher:
                     await self._serve(command)
         except TimeoutError:
             log.info("command %s reached its deadline; abandoned without a response", command.request_id)
+        except CommandGone:
+            log.info("command %s: its caller left (404 from the control plane); call cancelled", command.request_id)
         except Exception:
             log.exception("command %s failed inside the gateway", command.request_id)
 
@@ -216,23 +221,33 @@ class Dispatcher:
             return
         self._telemetry.describe(message)
         expects_answer = message.is_request
-        notify_ok = True
         try:
             channel = self._channels.get(command.channel)
             if channel is None:
                 raise UnknownChannel(command.channel)
             modern = self._edge.check(message, command.headers)
             async with self._admit(command, message, channel):
-                async for frame in channel.run(message, command.headers):
-                    if isinstance(frame, Notify):
-                        if expects_answer and notify_ok:
-                            notify_ok = await self._post(command, RESP_NOTIFY, 200, frame.message)
-                        continue
-                    await self._answer(command, expects_answer, self._edge.answer(frame) if modern else frame)
-                    return
-            raise UpstreamError("upstream ended the call without an answer", CLIENT_INTERNAL)
+                reply = await self._frames(command, channel.run(message, command.headers), expects_answer)
+            await self._answer(command, expects_answer, self._edge.answer(reply) if modern else reply)
         except (CommandError, UpstreamError) as exc:
             await self._fail(command, message, exc)
+
+    async def _frames(self, command: PolledCommand, frames: AsyncIterator[Frame], expects_answer: bool) -> Reply:
+        """A call's terminal Reply, its notifications posted on the way.
+
+        Until the first notification the call runs in this task (the common case: one frame).
+        From then on a helper task pulls the frames while this one posts them, so that a 404 on a
+        notification (CommandGone: the caller left) cancels the call where it waits, through every
+        layer down to the upstream (`notifications/cancelled`, or the HTTP stream closed), and no
+        late answer is posted."""
+        pulled = aiter(frames)
+        async for frame in pulled:
+            if isinstance(frame, Reply):
+                return frame
+            if expects_answer:
+                post = functools.partial(self._post, command, RESP_NOTIFY, 200)
+                return await _Notifications(post, command.request_id, pulled, frame).run()
+        raise _unanswered()
 
     def _admit(
         self, command: PolledCommand, message: JsonRpcMessage, channel: ServedChannel
@@ -319,10 +334,18 @@ class Dispatcher:
             resp_headers=headers if headers else UNSET,
         )
         with self._telemetry.post(resp_type, status, body, headers) as trace:
-            delivered = await self._responder.post(
-                self._codec.encode(payload), command.shard_token, terminal=resp_type != RESP_NOTIFY
-            )
-            trace.delivered(delivered)
+            try:
+                delivered = await self._responder.post(
+                    self._codec.encode(payload), command.shard_token, terminal=resp_type != RESP_NOTIFY
+                )
+            except CommandGone:
+                trace.delivered(False)
+                gone = True
+            else:
+                trace.delivered(delivered)
+                gone = False
+        if gone:
+            raise CommandGone()
         return delivered
 
 
@@ -331,3 +354,55 @@ def _reason(status: int) -> str:
         return http.HTTPStatus(status).phrase
     except ValueError:
         return "Bad Gateway"
+
+
+class _Notifications:
+    """One call's notification frames, posted in order while a helper task pulls them from the call.
+
+    Owns the helper task: it is cancelled (and awaited) whenever posting ends early: the control
+    plane's 404 (the caller left), the deadline, a shutdown. Notifications pile up only to
+    `MAX_PENDING_NOTIFY` while a POST is slow (beyond that they are dropped, as undeliverable ones are).
+    """
+
+    def __init__(
+        self, post: Callable[[bytes], Awaitable[bool]], request_id: str, frames: AsyncIterator[Frame], first: Notify
+    ) -> None:
+        self._post = post
+        self._request_id = request_id
+        self._frames = frames
+        self._pending: collections.deque[Notify] = collections.deque([first])
+        self._wake = asyncio.Event()
+
+    async def run(self) -> Reply:
+        puller = asyncio.create_task(self._pull(), name="command-frames")
+        puller.add_done_callback(lambda _: self._wake.set())
+        deliverable = True
+        try:
+            while True:
+                while self._pending:
+                    frame = self._pending.popleft()
+                    if deliverable:
+                        deliverable = await self._post(frame.message)
+                if puller.done():
+                    return puller.result()
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            if not puller.done():
+                puller.cancel()
+                await asyncio.wait([puller])
+
+    async def _pull(self) -> Reply:
+        async for frame in self._frames:
+            if isinstance(frame, Reply):
+                return frame
+            if len(self._pending) < MAX_PENDING_NOTIFY:
+                self._pending.append(frame)
+                self._wake.set()
+            else:
+                log.debug("command %s: a notification was dropped (posting is behind)", self._request_id)
+        raise _unanswered()
+
+
+def _unanswered() -> UpstreamError:
+    return UpstreamError("upstream ended the call without an answer", CLIENT_INTERNAL)

@@ -30,10 +30,18 @@ PROTOCOL_VERSION_KEY: Final = "io.modelcontextprotocol/protocolVersion"
 CLIENT_CAPABILITIES_KEY: Final = "io.modelcontextprotocol/clientCapabilities"
 CLIENT_INFO_KEY: Final = "io.modelcontextprotocol/clientInfo"
 SERVER_INFO_KEY: Final = "io.modelcontextprotocol/serverInfo"
+LOG_LEVEL_KEY: Final = "io.modelcontextprotocol/logLevel"
+LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+"""RFC 5424 severities as MCP names them, least severe first."""
+_LOG_LEVEL_BYTES: Final = LOG_LEVEL_KEY.encode()
 _VERSION_KEY_BYTES: Final = PROTOCOL_VERSION_KEY.encode()
 _RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
 
 EMPTY_OBJECT: Final = Raw(b"{}")
+GATEWAY_CAPABILITIES: Final = Raw(b'{"elicitation":{"form":{},"url":{}},"sampling":{},"roots":{}}')
+"""What the gateway declares in its own `initialize` to a handshake-era server: the requests it can
+carry to a client during a call (gateway.mrtr). Each such request is checked against what the
+calling client declared; one it did not is refused with -32021 (`MissingClientCapability`)."""
 MODERN_ONLY_RESULT_KEYS: Final = frozenset({"resultType", "ttlMs", "cacheScope"})
 HANDSHAKE_ONLY_CAPABILITIES: Final = frozenset({"tasks"})
 """Server capabilities of 2025-11-25 that 2026-07-28 does not define (tasks became an extension)."""
@@ -59,6 +67,10 @@ class _InitializeResult(Struct):
     capabilities: Raw = EMPTY_OBJECT
     serverInfo: Raw = EMPTY_OBJECT
     instructions: str | None = None
+
+
+class _LogLevel(Struct):
+    level: str = ""
 
 
 class _InitializeParams(Struct):
@@ -88,6 +100,7 @@ class Bridge:
         self._discover = msgspec.json.Decoder(_DiscoverResult)
         self._initialize = msgspec.json.Decoder(_InitializeResult)
         self._init_params = msgspec.json.Decoder(_InitializeParams)
+        self._log_level = msgspec.json.Decoder(_LogLevel)
 
     # ------------------------------------------------------------------ probing servers
 
@@ -97,7 +110,13 @@ class Bridge:
 
     def initialize_params(self) -> Raw:
         return Raw(
-            self.codec.encode({"protocolVersion": LATEST_HANDSHAKE, "capabilities": {}, "clientInfo": self.client_info})
+            self.codec.encode(
+                {
+                    "protocolVersion": LATEST_HANDSHAKE,
+                    "capabilities": GATEWAY_CAPABILITIES,
+                    "clientInfo": self.client_info,
+                }
+            )
         )
 
     def info_from_discover(self, result: Raw | bytes) -> UpstreamInfo | None:
@@ -155,6 +174,48 @@ class Bridge:
             return _copy(self._init_params.decode(params).capabilities)
         except msgspec.MsgspecError:
             return EMPTY_OBJECT
+
+    def log_level(self, params: Raw | UnsetType) -> int | None:
+        """The least severity (index in LOG_LEVELS) of log messages a 2026-07-28 request asked for in
+        its `_meta` (`io.modelcontextprotocol/logLevel`); None when it asked for none."""
+        if params is UNSET or not _contains(params, _LOG_LEVEL_BYTES):
+            return None
+        meta = self._meta_of(params)
+        raw = meta.get(LOG_LEVEL_KEY) if meta is not None else None
+        if raw is None:
+            return None
+        try:
+            level = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            return None
+        return LOG_LEVELS.index(level) if level in LOG_LEVELS else None
+
+    def log_wanted(self, notification: bytes, least: int | None) -> bool:
+        """Whether a 2026-07-28 client that asked for `least` (see `log_level`) may be sent this
+        server message: anything but `notifications/message`, which only at or above its level."""
+        if b"notifications/message" not in notification:
+            return True
+        try:
+            message = self.codec.message(notification)
+        except msgspec.MsgspecError:
+            return True
+        if message.method != "notifications/message":
+            return True
+        if least is None or message.params is UNSET:
+            return False
+        try:
+            level = self._log_level.decode(message.params).level
+        except msgspec.MsgspecError:
+            return False
+        return level in LOG_LEVELS and LOG_LEVELS.index(level) >= least
+
+    def envelope_capabilities(self, params: Raw | UnsetType) -> Raw:
+        """The capabilities a 2026-07-28 request declares in its `_meta` envelope (`{}` when none)."""
+        if params is UNSET or CLIENT_CAPABILITIES_KEY.encode() not in bytes(params):
+            return EMPTY_OBJECT
+        meta = self._meta_of(params)
+        found = meta.get(CLIENT_CAPABILITIES_KEY) if meta is not None else None
+        return EMPTY_OBJECT if found is None else _copy(found)
 
     # ------------------------------------------------------------------ translating requests
 

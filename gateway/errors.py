@@ -10,12 +10,14 @@
     │   ├── SessionNotFound      unknown, expired or ended Mcp-Session-Id (404, -32600)
     │   ├── InvalidRequestParams malformed params or cursor, a 2026-07-28 `_meta` key missing (400, -32602)
     │   ├── HeaderMismatch       2026-07-28 standard headers missing or not the body's  (400, -32020)
+    │   ├── MissingClientCapability  a server asked what the client did not declare (400, -32021)
     │   └── UnsupportedProtocolVersion  a version the gateway does not serve  (400, -32022, data.supported)
     ├── UpstreamError            the MCP server failed                    -> -32603 + tunnel_failure
     │   ├── UpstreamUnavailable  not running / connection failed / died
     │   ├── UpstreamProtocolError  answered something that is not MCP
     │   └── UpstreamHttpError    answered an HTTP error without a JSON-RPC body
     └── ControlPlaneError        the control plane refused or failed
+        └── CommandGone          404 on a response POST: the caller left (cancellation)
 
 The JSON-RPC code, HTTP status and provenance are class attributes or fields;
 `gateway.dispatch` turns an error into a wire response, in that one place.
@@ -118,6 +120,22 @@ class SessionNotFound(CommandError):
 
     def __init__(self) -> None:
         super().__init__("Session not found")
+
+
+MISSING_CLIENT_CAPABILITY = -32021
+"""JSON-RPC code of MCP 2026-07-28's MissingRequiredClientCapabilityError."""
+
+
+class MissingClientCapability(CommandError):
+    """A server asked the client, during its request, for something (elicitation, sampling, roots)
+    the client did not declare it can do; `data.requiredCapabilities` says what it would need."""
+
+    code = MISSING_CLIENT_CAPABILITY
+    status = 400
+
+    def __init__(self, capability: str, required: Raw) -> None:
+        super().__init__(f"Client did not declare the {capability} capability required by the server's request")
+        self.data = Raw(b'{"requiredCapabilities":%s}' % bytes(required))
 
 
 class InvalidRequestParams(CommandError):
@@ -244,3 +262,12 @@ class ControlPlaneError(GatewayError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class CommandGone(ControlPlaneError):
+    """The control plane no longer waits for a command (404 on a response POST): its caller
+    disconnected, which is how a 2026-07-28 client cancels over Streamable HTTP, or gave up.
+    The command's upstream call is cancelled and nothing more is posted for it."""
+
+    def __init__(self) -> None:
+        super().__init__("control plane no longer waits for this command (404)", 404)

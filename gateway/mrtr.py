@@ -24,8 +24,8 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.errors import InvalidRequestParams
-from gateway.upstream.base import Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.errors import InvalidRequestParams, MissingClientCapability, UpstreamError
+from gateway.upstream.base import Frame, Notify, Reply, Upstream, UpstreamInfo, abandon
 from gateway.wire import Codec, Headers, JsonRpcMessage
 
 INPUT_METHODS: Final = frozenset({"elicitation/create", "sampling/createMessage", "roots/list"})
@@ -55,9 +55,7 @@ class Held:
     extra: dict[str, object] = field(default_factory=dict)
 
     async def close(self) -> None:
-        close = getattr(self.frames, "aclose", None)
-        if close is not None:
-            await close()
+        await abandon(self.frames)
 
 
 class HeldCalls:
@@ -161,6 +159,21 @@ class Rounds:
         pending.rounds += 1
         return pending
 
+    async def refuse_undeclared(
+        self, request: JsonRpcMessage, declared: Raw, upstream: Upstream, headers: Headers, own_session: bool
+    ) -> None:
+        """MissingClientCapability when the client did not declare what the server's `request` needs,
+        after answering the server's request with that error (the caller then abandons the call)."""
+        missing = missing_capability(request, declared)
+        if missing is None:
+            return
+        refusal = MissingClientCapability(*missing)
+        assert request.id is not UNSET
+        body = self._codec.error_response(request.id, refusal.code, str(refusal), refusal.data)
+        with contextlib.suppress(UpstreamError):
+            await upstream.respond(self._codec.message(body), headers, own_session)
+        raise refusal
+
     # ------------------------------------------------------------------ handshake-era clients
 
     def asked_of(self, reply: Reply) -> Ask | None:
@@ -218,6 +231,64 @@ def rekeyed(codec: Codec, reply: Reply, id: Raw) -> Reply:
     if answer.id is not UNSET and bytes(answer.id) == bytes(id):
         return reply
     return Reply(reply.status, codec.response(id, answer), reply.headers)
+
+
+# --------------------------------------------------------------------------- client capabilities
+
+
+class _Elicit(msgspec.Struct):
+    mode: str = "form"
+
+
+class _Sample(msgspec.Struct):
+    tools: Raw | UnsetType = UNSET
+    toolChoice: Raw | UnsetType = UNSET
+
+
+class _Declared(msgspec.Struct):
+    elicitation: dict[str, Raw] | None = None
+    sampling: dict[str, Raw] | None = None
+    roots: Raw | UnsetType = UNSET
+
+
+def _given(value: Raw | UnsetType) -> bool:
+    """A member that is present and not `null`."""
+    return value is not UNSET and bytes(value) != b"null"
+
+
+_elicit = msgspec.json.Decoder(_Elicit)
+_sample = msgspec.json.Decoder(_Sample)
+_declared = msgspec.json.Decoder(_Declared)
+
+
+def missing_capability(request: JsonRpcMessage, declared: Raw) -> tuple[str, Raw] | None:
+    """What a server's request to the client needs that the client's `declared` capabilities lack:
+    (its name, `requiredCapabilities`), or None when the client can answer it.
+
+    An `elicitation: {}` (the shape before modes) counts as form support, not URL support."""
+    params = request.params if request.params is not UNSET else Raw(b"{}")
+    try:
+        caps = _declared.decode(declared)
+    except msgspec.MsgspecError:
+        caps = _Declared()
+    with contextlib.suppress(msgspec.MsgspecError):
+        if request.method == "elicitation/create":
+            mode = _elicit.decode(params).mode
+            modes = caps.elicitation
+            if mode == "url":
+                ok = modes is not None and "url" in modes
+                return None if ok else ("URL elicitation", Raw(b'{"elicitation":{"url":{}}}'))
+            ok = modes is not None and ("form" in modes or "url" not in modes)
+            return None if ok else ("form elicitation", Raw(b'{"elicitation":{"form":{}}}'))
+        if request.method == "sampling/createMessage":
+            asked = _sample.decode(params)
+            if _given(asked.tools) or _given(asked.toolChoice):
+                ok = caps.sampling is not None and "tools" in caps.sampling
+                return None if ok else ("sampling.tools", Raw(b'{"sampling":{"tools":{}}}'))
+            return None if caps.sampling is not None else ("sampling", Raw(b'{"sampling":{}}'))
+        if request.method == "roots/list":
+            return None if _given(caps.roots) else ("roots", Raw(b'{"roots":{}}'))
+    return None
 
 
 # --------------------------------------------------------------------------- shapes

@@ -36,7 +36,7 @@ from gateway.config import ServerSpec, TelemetrySpec
 from gateway.errors import ConfigError, UpstreamError
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.tracecontext import TRACEPARENT, TRACESTATE, Params, Payloads, request_id_text, with_trace_headers
-from gateway.upstream.base import Call, Frame, Reply, Upstream, UpstreamInfo
+from gateway.upstream.base import Call, Frame, Reply, Upstream, UpstreamInfo, abandon
 from gateway.wire import COMMAND_SESSION_END, RESP_NOTIFY, Headers, JsonRpcMessage, PolledCommand, header_value
 
 if TYPE_CHECKING:
@@ -556,8 +556,9 @@ class OtelTelemetry(Telemetry):
     async def exchange(self, upstream: Upstream, call: Call, info: UpstreamInfo) -> AsyncIterator[Frame]:
         # The CLIENT span is never made current: this generator may be finalized in another task.
         client = _Client(self, upstream, call, info)
+        frames = upstream.exchange(client.call)
         try:
-            async for frame in upstream.exchange(client.call):
+            async for frame in frames:
                 if isinstance(frame, Reply):
                     client.reply(frame)
                 yield frame
@@ -566,6 +567,7 @@ class OtelTelemetry(Telemetry):
             raise
         finally:
             client.end()
+            await abandon(frames)  # closed early: the transport cancels the call now
 
     def poll(self, limit: int) -> _Poll:
         return _Poll(self, limit)

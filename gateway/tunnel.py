@@ -27,7 +27,7 @@ from msgspec import Raw
 from gateway import __version__
 from gateway.credentials import ApiKey
 from gateway.egress import Egress
-from gateway.errors import ControlPlaneError
+from gateway.errors import CommandGone, ControlPlaneError
 from gateway.h1 import H1Client, H1Error, valid_field_value
 from gateway.telemetry import NOOP, Telemetry
 from gateway.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
@@ -232,9 +232,10 @@ class ControlPlane:
     async def post(self, body: bytes, shard_token: str, *, terminal: bool) -> bool:
         """Deliver one response frame; retries what the contract allows.
 
-        Returns True when accepted, False when the control plane no longer
-        wants it (404) or a notify could not be delivered. The caller bounds
-        the whole exchange by the command's deadline.
+        Returns True when accepted, False when a frame could not be delivered;
+        raises CommandGone when the control plane no longer waits for the
+        command (404: its caller left, the cancellation signal). The caller
+        bounds the whole exchange by the command's deadline.
         """
         if not valid_field_value(shard_token):
             log.warning("the control plane sent a shard token a header cannot carry; response not delivered")
@@ -258,8 +259,7 @@ class ControlPlane:
                 if resp.status == 200:
                     return True
                 if resp.status == 404:
-                    log.info("control plane no longer waits for this response (404)")
-                    return False
+                    raise CommandGone()
                 if resp.status == 401 and not reauthenticated:
                     # The key may have rotated: read it again and send the same frame once more.
                     self.credentials_rejected()

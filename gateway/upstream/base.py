@@ -74,6 +74,15 @@ class Reply:
 
 Frame = Notify | Reply
 
+
+async def abandon(frames: AsyncIterator[Frame]) -> None:
+    """Close a call's frames before its Reply: the transport abandons (cancels) the call.
+    A no-op on frames that already ended."""
+    close = getattr(frames, "aclose", None)
+    if close is not None:
+        await close()
+
+
 UpstreamObserver = Callable[[str, str], None]
 """`(server name, event)`: `up`, `down` or `restart`."""
 

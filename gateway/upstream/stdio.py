@@ -3,7 +3,9 @@
 Owns the process (spawned without a shell, stderr logged, restarted with capped
 backoff when it dies), the era handshake on each start, and the multiplexing of
 concurrent requests over one pipe by remapping JSON-RPC ids and progress
-tokens. Calls in flight when the process dies fail with `transport_closed`.
+tokens. A server's notifications reach only the call they belong to (by progress
+token; log messages as `_log_owner` says); the rest go to the gateway's log.
+Calls in flight when the process dies fail with `transport_closed`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,21 @@ STDERR_IN_PROBLEM: Final = 200
 """A process that lived this long resets the restart backoff."""
 JSON_HEADERS: Final[Headers] = {"Content-Type": ["application/json"]}
 PROGRESS: Final = "notifications/progress"
+LOG_MESSAGE: Final = "notifications/message"
+LOG_LEVEL_KEY: Final = b"io.modelcontextprotocol/logLevel"
+"""A 2026-07-28 request's `_meta` key asking for the server's log messages about it."""
+LOG_DATA_CHARS: Final = 2000
+"""How much of an unattributed server log message the gateway's own log keeps."""
+PY_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "notice": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "alert": logging.CRITICAL,
+    "emergency": logging.CRITICAL,
+}
 CANCELLED: Final = "notifications/cancelled"
 BROADCAST: Final = frozenset(
     {
@@ -76,17 +93,25 @@ class _Inbox:
 
 
 class _Call:
-    """One request in flight on the pipe: where its frames go, and its client-side id."""
+    """One request in flight on the pipe: where its frames go, its client-side id, and whether it
+    asked a 2026-07-28 server for log messages."""
 
-    __slots__ = ("client_id", "frames")
+    __slots__ = ("client_id", "frames", "logs")
 
-    def __init__(self, client_id: Raw) -> None:
+    def __init__(self, client_id: Raw, logs: bool = False) -> None:
         self.client_id = client_id
         self.frames = _Inbox()
+        self.logs = logs
 
 
 class _Progress(msgspec.Struct):
     progressToken: Raw
+
+
+class _LogMessage(msgspec.Struct):
+    level: str = "info"
+    logger: str | None = None
+    data: Raw = Raw(b"null")
 
 
 class StdioUpstream(Upstream):
@@ -107,6 +132,7 @@ class StdioUpstream(Upstream):
         self._supervisor: asyncio.Task[None] | None = None
         self._era_hint: Era | None = None
         self._progress = msgspec.json.Decoder(_Progress)
+        self._log_message = msgspec.json.Decoder(_LogMessage)
         self._server_requests: dict[bytes, Raw] = {}
         """Requests the server sent to a client, by the gateway id the client answers to."""
         self._server_request_seq = 0
@@ -255,12 +281,13 @@ class StdioUpstream(Upstream):
         return len(self._ids)
 
     async def exchange(self, call: Call) -> AsyncIterator[Frame]:
-        await self.wait_info()
+        info = await self.wait_info()
         if call.id is None:
             await self._write(self._codec.notification(call.method, call.params))
             yield Reply(202)
             return
-        pending = _Call(call.id)
+        asks_logs = info.era is Era.MODERN and call.params is not UNSET and LOG_LEVEL_KEY in bytes(call.params)
+        pending = _Call(call.id, asks_logs)
         id = self._ids.issue(pending)
         params, token = self._rewrite_progress_token(call.params, pending)
         answered = False
@@ -390,25 +417,68 @@ class StdioUpstream(Upstream):
         call.frames.put_nowait(Reply(200, self._codec.response(call.client_id, message), JSON_HEADERS))
 
     def _deliver_notification(self, message: JsonRpcMessage, line: bytes) -> None:
-        if message.method == PROGRESS and message.params is not UNSET:
-            with contextlib.suppress(msgspec.MsgspecError):
-                token = self._progress.decode(message.params).progressToken
-                owner = self._ids.token_owner(msgspec.json.decode(token)) if bytes(token)[:1] == b'"' else None
-                if owner is not None:
-                    call, original = owner
-                    members = self._codec.members(message.params)
-                    members["progressToken"] = Raw(original)
-                    call.frames.put_nowait(Notify(self._codec.notification(PROGRESS, Raw(self._codec.encode(members)))))
-                    return
-        if message.method in BROADCAST and self.listeners:
-            for listener in list(self.listeners):
-                listener(line)
+        """Each notification to the call it belongs to, never to whichever call happens to be running:
+        a pipe carries no related-request id, so progress goes by its (gateway-unique) token and log
+        messages as `_log_owner` says; what belongs to no call is logged or dropped."""
+        if message.method == PROGRESS:
+            if not self._deliver_progress(message.params):
+                log.debug("stdio server %r sent progress for no running call; dropped", self.name)
             return
-        calls = self._ids.owners()
-        if len(calls) == 1:
-            calls[0].frames.put_nowait(Notify(line))
-        else:
-            log.debug("stdio server %r sent %s with no single owner; dropped", self.name, message.method)
+        if message.method == LOG_MESSAGE:
+            owner = self._log_owner()
+            if owner is not None:
+                owner.frames.put_nowait(Notify(line))
+            else:
+                self._log_unattributed(message.params)
+            return
+        if message.method in BROADCAST:
+            if self.listeners:
+                for listener in list(self.listeners):
+                    listener(line)
+                return
+            calls = self._ids.owners()
+            if len(calls) == 1:  # about the server, not about a call: the one running call hears of it
+                calls[0].frames.put_nowait(Notify(line))
+                return
+        log.debug("stdio server %r sent %s that belongs to no call; dropped", self.name, message.method)
+
+    def _deliver_progress(self, params: Raw | UnsetType) -> bool:
+        if params is UNSET:
+            return False
+        try:
+            token = self._progress.decode(params).progressToken
+            owner = self._ids.token_owner(msgspec.json.decode(token)) if bytes(token)[:1] == b'"' else None
+            if owner is None:
+                return False
+            call, original = owner
+            members = self._codec.members(params)
+        except msgspec.MsgspecError:
+            return False
+        members["progressToken"] = Raw(original)
+        call.frames.put_nowait(Notify(self._codec.notification(PROGRESS, Raw(self._codec.encode(members)))))
+        return True
+
+    def _log_owner(self) -> _Call | None:
+        """The call a log message is about: a 2026-07-28 server logs only for requests whose `_meta`
+        asked (`io.modelcontextprotocol/logLevel`), so when exactly one such call is running it is
+        that one's. Otherwise (several asked, or a handshake-era server, which logs for whom it
+        likes) nobody's: a guess would show one client another's messages."""
+        info = self._info
+        if info is None or info.era is not Era.MODERN:
+            return None
+        asking = [call for call in self._ids.owners() if call.logs]
+        return asking[0] if len(asking) == 1 else None
+
+    def _log_unattributed(self, params: Raw | UnsetType) -> None:
+        """A server log message that belongs to no call goes to the gateway's own log."""
+        try:
+            entry = self._log_message.decode(params) if params is not UNSET else _LogMessage()
+        except msgspec.MsgspecError:
+            log.debug("stdio server %r sent a malformed log message; dropped", self.name)
+            return
+        text = bytes(entry.data).decode(errors="replace")[:LOG_DATA_CHARS]
+        level = PY_LEVELS.get(entry.level, logging.INFO)
+        log.log(level, "[%s] server log%s: %s", self.name, f" ({entry.logger})" if entry.logger else "", text)
 
     def _fail_lone(self, error: UpstreamError) -> None:
         """A message that cannot be attributed fails the call only when exactly one is in flight."""

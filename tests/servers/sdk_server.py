@@ -5,7 +5,8 @@ Stdio by default; ``--http --port 0`` serves Streamable HTTP on 127.0.0.1 and pr
 unless ``--legacy``, which serves the handshake era only, as a pre-2026 server would.
 Imports nothing from ``gateway``.
 
-Tools: echo, add, slow_progress, sleep_ms, counter_incr, crash, whoami, big, fail, getenv, trace_context.
+Tools: echo, add, slow_progress, sleep_ms, counter_incr, crash, whoami, big, fail, getenv, trace_context,
+track, peak, count_steps, step_count, chatty, ask_name.
 With ``SDK_SERVER_OTLP_ENDPOINT`` set, the SDK's own server spans are exported there over OTLP/HTTP.
 """
 
@@ -125,6 +126,33 @@ def build_server(name: str) -> MCPServer:
     def peak() -> int:
         """The most `track` calls that ever ran at once in this process."""
         return running["peak"]
+
+    stepped = {"steps": 0, "cancelled": 0}
+
+    @mcp.tool()
+    async def count_steps(ctx: Context, steps: int = 10_000, delay_ms: int = 10) -> str:
+        """Take up to `steps` steps of `delay_ms`, counting each in this process and reporting progress
+        after it; a call cancelled midway (notifications/cancelled, or its stream closed) is counted too."""
+        try:
+            for step in range(1, steps + 1):
+                await anyio.sleep(delay_ms / 1000)
+                stepped["steps"] += 1
+                await ctx.report_progress(step, steps)
+        except anyio.get_cancelled_exc_class():
+            stepped["cancelled"] += 1
+            raise
+        return f"took {steps} steps"
+
+    @mcp.tool()
+    def step_count() -> str:
+        """Steps `count_steps` took in this process, and how many of its calls were cancelled (JSON)."""
+        return json.dumps(stepped)
+
+    @mcp.tool()
+    async def chatty(ctx: Context, text: str = "about this call") -> str:
+        """Send an info-level log message about this call (`notifications/message`), then answer."""
+        await ctx.info(text)
+        return "said it"
 
     class Name(BaseModel):
         name: str
