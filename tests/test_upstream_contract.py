@@ -198,7 +198,7 @@ async def test_restart_after_death_serves_from_a_new_process(under_test: Subject
         if under_test.upstream.holds_sessions:  # the client's session died with the server
             _, gone = await client.run_tool("echo", text="old session")
             assert gone.status == 404
-            await client.open()
+            await under_test.reopen()
     assert await whoami(client) not in before
     assert await sessionless.text("echo", text="renewed") == "renewed"
 
@@ -227,4 +227,21 @@ async def test_oversized_answer_fails_its_call_and_the_upstream_keeps_serving(un
         await client.run_tool("big", n=MAX_MESSAGE_BYTES * 2)
     assert caught.value.failure.transport_error_kind == "response_body_too_large"
     assert len(await client.text("big", n=MAX_MESSAGE_BYTES // 4)) == MAX_MESSAGE_BYTES // 4
+    assert await client.text("echo", text="after") == "after"
+
+
+async def test_oversized_answer_fails_only_its_own_call_while_others_run(under_test: Subject) -> None:
+    """The same with another client's call in flight on the upstream: the oversized answer fails its own
+    call (not some other, and not never), and the other call goes on receiving its frames
+    (MCP 2026-07-28 basic, Responses: every request gets a response or an error)."""
+    other, _ = await _first_progress(await under_test.client("b"), None)
+    async with contextlib.aclosing(other):
+        client = await under_test.client()
+        with pytest.raises(UpstreamProtocolError) as caught:
+            await client.run_tool("big", n=MAX_MESSAGE_BYTES * 2)
+        assert caught.value.failure.transport_error_kind == "response_body_too_large"
+        async with asyncio.timeout(HANG_GUARD_S):
+            going_on = await anext(other)
+        assert isinstance(going_on, Notify)
+        assert progress_of(going_on)["progressToken"] == "long"
     assert await client.text("echo", text="after") == "after"

@@ -122,7 +122,7 @@ class Client:
     async def exchange(self, call: Call) -> AsyncGenerator[Frame, None]:
         """The call's frames, as every transport gives them: an async generator, abandoned by closing it."""
         frames = (await self.upstream()).exchange(call)
-        assert isinstance(frames, AsyncGenerator)
+        assert isinstance(frames, AsyncGenerator), "every transport's exchange is an async generator"
         return frames
 
     async def run(self, call: Call) -> tuple[list[Notify], Reply]:
@@ -192,8 +192,12 @@ class Subject:
         each client opens a new one (2025-11-25 transports, session management)."""
         if self.http_server is not None:
             await self.http_server.revive()
-            for client in self.clients.values():
-                await client.open()
+            await self.reopen()
+
+    async def reopen(self) -> None:
+        """Every client opens a new server session (where the transport has client sessions)."""
+        for client in self.clients.values():
+            await client.open()
 
 
 SUBJECTS = {
@@ -247,7 +251,8 @@ async def collect(exchange: AsyncIterator[Frame]) -> tuple[list[Notify], Reply]:
     """Every frame of one call, checking the contract's shape: Notify*, then exactly one Reply."""
     notes: list[Notify] = []
     replies: list[Reply] = []
-    async with contextlib.aclosing(exchange) as frames:  # type: ignore[type-var]  # an async generator
+    assert isinstance(exchange, AsyncGenerator), "every transport's exchange is an async generator"
+    async with contextlib.aclosing(exchange) as frames:
         async for frame in frames:
             assert not replies, "nothing may follow the Reply"
             if isinstance(frame, Notify):
