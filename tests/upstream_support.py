@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from msgspec import UNSET, Raw
@@ -22,6 +23,7 @@ from gateway import config as config_module
 from gateway.app import _build_upstream
 from gateway.eras import EMPTY_OBJECT, LATEST_HANDSHAKE, Bridge
 from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream
+from gateway.upstream.http import SESSION_HEADER, VERSION_HEADER
 from gateway.upstream.pool import ClientProcesses
 from gateway.wire import Codec, Headers, header_value
 from tests.harness import PYTHON, SERVERS, Process, process
@@ -31,8 +33,6 @@ HANG_GUARD_S = 60.0
 MAX_MESSAGE_BYTES = 64 * 1024
 """`gateway.max_message_bytes` for every subject: small, so the oversized check stays cheap."""
 SERVER = SERVERS / "sdk_server.py"
-SESSION_HEADER = "Mcp-Session-Id"
-VERSION_HEADER = "MCP-Protocol-Version"
 
 
 class HttpServer:
@@ -65,8 +65,7 @@ class HttpServer:
         assert self._proc is not None
         await self.dead()
         await self._proc.stop()
-        port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
-        await self.start(port)
+        await self.start(urlsplit(self.url).port or 0)
 
     async def close(self) -> None:
         await self._stack.aclose()
