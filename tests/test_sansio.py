@@ -35,7 +35,31 @@ def test_line_decoder_byte_at_a_time() -> None:
 def test_oversized_line_is_skipped_and_reported_once() -> None:
     decoder = LineDecoder(limit=10)
     out = list(decoder.feed(b"x" * 8)) + list(decoder.feed(b"y" * 8)) + list(decoder.feed(b'zz\n{"ok":1}\n'))
-    assert out == [Oversized(18), b'{"ok":1}']
+    assert out == [Oversized(18, b"x" * 8 + b"y" * 8), b'{"ok":1}']
+
+
+@pytest.mark.parametrize("cut", [1, 20, 40, 200])
+@pytest.mark.parametrize(
+    ("line", "id"),
+    [
+        (b'{"jsonrpc":"2.0","id":17,"result":{"content":"%s"}}', 17),
+        (b'{ "id" : 5 , "jsonrpc" : "2.0" , "error" : {"message":"%s"}}', 5),
+        (b'{"jsonrpc":"2.0","id":"srv-1","result":{"content":"%s"}}', None),  # not an id the gateway issued
+        (b'{"jsonrpc":"2.0","id":3,"method":"sampling/createMessage","params":"%s"}', None),  # a request
+        (b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"%s"}}', None),
+        (b'{"result":{"content":"%s"},"id":9,"jsonrpc":"2.0"}', None),  # the id comes too late to be seen
+    ],
+)
+def test_an_oversized_response_shows_the_id_it_answers(line: bytes, id: int | None, cut: int) -> None:
+    """A stdio server's answer too large to relay still fails the call it answers (tests/test_upstream_contract.py)."""
+    data = line % (b"x" * 1000) + b"\n"
+    decoder = LineDecoder(limit=100)
+    out = list(decoder.feed(data[:cut])) + list(decoder.feed(data[cut:]))
+    assert len(out) == 1
+    assert isinstance(out[0], Oversized)
+    assert out[0].length == len(data) - 1
+    assert out[0].head == data[:128]
+    assert out[0].response_id == id
 
 
 def test_id_table_never_reuses_ids_and_maps_tokens() -> None:

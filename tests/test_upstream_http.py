@@ -31,6 +31,7 @@ from gateway.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolErr
 from gateway.upstream.base import Call, Era, Notify, Reply
 from gateway.upstream.http import HttpUpstream, encode_header_value, map_aiohttp_errors
 from gateway.wire import Codec, Headers
+from tests.upstream_support import collect
 
 SERVER = Path(__file__).parent / "servers" / "http_probe_server.py"
 MAX_BYTES = 4 * 1024 * 1024
@@ -156,17 +157,7 @@ def tool_call(up: HttpUpstream, bridge: Bridge, name: str, progress: str | None 
 
 
 async def run(up: HttpUpstream, call: Call) -> tuple[list[Notify], Reply]:
-    notes: list[Notify] = []
-    replies: list[Reply] = []
-    async with contextlib.aclosing(up.exchange(call)) as frames:
-        async for frame in frames:
-            assert not replies, "nothing may follow the Reply"
-            if isinstance(frame, Notify):
-                notes.append(frame)
-            else:
-                replies.append(frame)
-    assert len(replies) == 1
-    return notes, replies[0]
+    return await collect(up.exchange(call))
 
 
 def result_of(reply: Reply) -> Any:

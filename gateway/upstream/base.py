@@ -2,7 +2,8 @@
 
 Owns the types exchanged between the channel layer and a transport (`Call`,
 `Notify`, `Reply`, `UpstreamInfo`) and the abstract `Upstream`. Knows nothing
-of the tunnel; every transport passes the same contract suite in the tests.
+of the tunnel; every transport passes the same contract suite,
+tests/test_upstream_contract.py.
 """
 
 from __future__ import annotations

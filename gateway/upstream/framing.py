@@ -7,18 +7,34 @@ ids and progress tokens mapped to the calls that own them. Sans-IO: no asyncio.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
+
+HEAD_BYTES: Final = 128
+"""How much of a skipped line is kept: enough for the members that precede a response's result."""
+_RESPONSE_HEAD: Final = re.compile(
+    rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*([0-9]{1,18})\s*,\s*'
+    rb'(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"(?:result|error)"'
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Oversized:
-    """A line longer than the limit was skipped (its length, as far as it was seen)."""
+    """A line longer than the limit was skipped: its length as far as it was seen, and its first bytes."""
 
     length: int
+    head: bytes = b""
+
+    @property
+    def response_id(self) -> int | None:
+        """The integer id of the JSON-RPC response this line was, when its first members show it
+        (`{"jsonrpc":"2.0","id":7,"result":…`, as servers write them); None when they do not."""
+        match = _RESPONSE_HEAD.match(self.head)
+        return int(match[1]) if match else None
 
 
 class LineDecoder:
@@ -26,14 +42,16 @@ class LineDecoder:
 
     Lines are yielded without the terminator (a trailing `\\r` is dropped too);
     blank lines are skipped. A line over the limit is discarded up to its end
-    and reported once as `Oversized`, so one runaway message cannot exhaust
-    memory or desynchronize the stream.
+    and reported once as `Oversized` (with its first bytes, which may name the
+    request it answers), so one runaway message cannot exhaust memory or
+    desynchronize the stream.
     """
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._buffer = bytearray()
         self._skipping = 0
+        self._head = b""
 
     def feed(self, chunk: bytes) -> Iterator[bytes | Oversized]:
         start = 0
@@ -45,11 +63,11 @@ class LineDecoder:
             piece = chunk[start:end]
             start = end + 1
             if self._skipping:
-                yield Oversized(self._skipping + len(piece))
-                self._skipping = 0
+                yield Oversized(self._skipping + len(piece), self._head)
+                self._skipping, self._head = 0, b""
                 continue
             if len(self._buffer) + len(piece) > self._limit:
-                yield Oversized(len(self._buffer) + len(piece))
+                yield Oversized(len(self._buffer) + len(piece), self._start_of(piece))
                 self._buffer.clear()
                 continue
             if self._buffer:
@@ -67,9 +85,14 @@ class LineDecoder:
             self._skipping += len(rest)
         elif len(self._buffer) + len(rest) > self._limit:
             self._skipping = len(self._buffer) + len(rest)
+            self._head = self._start_of(rest)
             self._buffer.clear()
         else:
             self._buffer += rest
+
+    def _start_of(self, piece: bytes) -> bytes:
+        """The first HEAD_BYTES of the buffered line continued by `piece`."""
+        return (bytes(self._buffer[:HEAD_BYTES]) + piece[:HEAD_BYTES])[:HEAD_BYTES]
 
 
 class IdTable(Generic[T]):

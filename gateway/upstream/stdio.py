@@ -367,7 +367,7 @@ class StdioUpstream(Upstream):
             for line in decoder.feed(chunk):
                 if isinstance(line, Oversized):
                     log.warning("stdio server %r sent a %d-byte line over the limit", self.name, line.length)
-                    self._fail_lone(UpstreamProtocolError(self.name, "response_body_too_large"))
+                    self._fail_oversized(line)
                     continue
                 await self._route(line)
 
@@ -479,6 +479,17 @@ class StdioUpstream(Upstream):
         text = bytes(entry.data).decode(errors="replace")[:LOG_DATA_CHARS]
         level = PY_LEVELS.get(entry.level, logging.INFO)
         log.log(level, "[%s] server log%s: %s", self.name, f" ({entry.logger})" if entry.logger else "", text)
+
+    def _fail_oversized(self, line: Oversized) -> None:
+        """An answer too large to relay fails the call it answers (named by the id at its start), even
+        among others in flight; a line that does not show whose it is fails the call only if it is alone."""
+        error = UpstreamProtocolError(self.name, "response_body_too_large")
+        id = line.response_id
+        call = self._ids.owner(id) if id is not None else None
+        if call is not None:
+            call.frames.put_nowait(error)
+        else:
+            self._fail_lone(error)
 
     def _fail_lone(self, error: UpstreamError) -> None:
         """A message that cannot be attributed fails the call only when exactly one is in flight."""
