@@ -29,8 +29,8 @@ import msgspec
 
 from bench.stacks import BENCH, OUT, PYTHON
 from gateway.h1 import H1Client
+from gateway.protocol.wire import JsonRpcMessage
 from gateway.upstream.pipe import LineWriter
-from gateway.wire import JsonRpcMessage
 
 N_POST = 3000
 N_WRITE = 20000
@@ -194,7 +194,7 @@ class _Batch(msgspec.Struct):
 
 def decode_costs(payload: int) -> dict[str, float]:
     """One polled command of `payload` bytes through the gateway's decode steps, current vs decode-once."""
-    from gateway.wire import Codec
+    from gateway.protocol.wire import Codec
 
     codec = Codec()
     message = (

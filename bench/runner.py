@@ -412,7 +412,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stdio write + drain (StdioUpstream._write)", ("StdioUpstream._write ",)),
     ("stdio read + route (StdioUpstream._read/_route)", ("StdioUpstream._read ", "StdioUpstream._route ")),
     ("channel, whole call incl. the upstream exchange (Channel.run)", ("Channel.run ",)),
-    ("era bridge (gateway/eras.py)", ("gateway/eras.py",)),
+    ("era bridge (gateway/protocol/eras.py)", ("gateway/protocol/eras.py",)),
     (
         "header filtering/copying (strip_hop_by_hop, _forwarded_headers, allowed_response_headers, forwarded_headers)",
         ("strip_hop_by_hop", "_forwarded_headers", "allowed_response_headers", "forwarded_headers"),

@@ -25,9 +25,11 @@ from msgspec import UNSET, Raw, UnsetType
 from gateway import __version__
 from gateway.catalog import Catalog, Member, View, final
 from gateway.channel import Activity, for_client
-from gateway.config import ChannelSpec
-from gateway.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
-from gateway.errors import (
+from gateway.config.routing import ChannelSpec
+from gateway.events import ChannelEvents
+from gateway.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
+from gateway.protocol.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
+from gateway.protocol.errors import (
     CommandError,
     InvalidRequestParams,
     RouteDenied,
@@ -38,8 +40,8 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from gateway.events import ChannelEvents
-from gateway.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
+from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon, tag_id, untag_id
+from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
 from gateway.router import (
     CALL_OF_LIST,
     LIST_KEYS,
@@ -51,15 +53,12 @@ from gateway.router import (
     merge_capabilities,
     page,
     string_member,
-    tag_id,
-    untag_id,
     with_member,
 )
 from gateway.sessions import ClientSession, SessionStore, UpstreamSession, open_upstream_session, session_headers
 from gateway.telemetry import NOOP, Telemetry
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo, abandon
+from gateway.upstream.base import Upstream
 from gateway.upstream.pool import ClientProcesses, untagged
-from gateway.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
 
 log = logging.getLogger(__name__)
 

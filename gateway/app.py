@@ -18,18 +18,19 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway import config as config_module
-from gateway import secrets as secret_refs
 from gateway.aggregate import AggregateChannel
 from gateway.channel import Channel
-from gateway.config import Egress, RoutingConfig, ServerSpec, channel_spec
+from gateway.config import routing as config_module
+from gateway.config import secrets as secret_refs
+from gateway.config.routing import Egress, RoutingConfig, ServerSpec, channel_spec
 from gateway.credentials import ApiKey
 from gateway.dispatch import Dispatcher
 from gateway.egress import egress
-from gateway.eras import Bridge
-from gateway.errors import ConfigError
 from gateway.limits import Limits
 from gateway.ops import OpsServer, Readiness
+from gateway.protocol.eras import Bridge
+from gateway.protocol.errors import ConfigError
+from gateway.protocol.wire import Codec, server_info_header
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
 from gateway.router import Router
 from gateway.sessions import SessionKeys, SessionStore
@@ -39,7 +40,6 @@ from gateway.upstream.base import Upstream
 from gateway.upstream.http import HttpUpstream
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
 from gateway.upstream.stdio import StdioUpstream
-from gateway.wire import Codec, server_info_header
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,11 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw
 
-from gateway.config import ChannelSpec
-from gateway.eras import EMPTY_OBJECT, Bridge
-from gateway.errors import UpstreamError, UpstreamProtocolError
+from gateway.config.routing import ChannelSpec
+from gateway.protocol.eras import EMPTY_OBJECT, Bridge
+from gateway.protocol.errors import UpstreamError, UpstreamProtocolError
+from gateway.protocol.mcp import Call, Era, Frame, Reply, UpstreamInfo
+from gateway.protocol.wire import METHOD_NOT_FOUND
 from gateway.router import (
     LIST_CHANGED,
     LIST_KEYS,
@@ -41,8 +43,7 @@ from gateway.router import (
     string_member,
     with_member,
 )
-from gateway.upstream.base import Call, Era, Frame, Reply, Upstream, UpstreamInfo
-from gateway.wire import METHOD_NOT_FOUND
+from gateway.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,15 @@ from typing import Final, Protocol
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.eras import EMPTY_OBJECT, Bridge
-from gateway.errors import SessionNotFound, UpstreamProtocolError
 from gateway.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
+from gateway.protocol.eras import EMPTY_OBJECT, Bridge
+from gateway.protocol.errors import SessionNotFound, UpstreamProtocolError
+from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon
+from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
 from gateway.router import NO_ROUTE, Route, Router
 from gateway.sessions import ClientSession, SessionStore
 from gateway.telemetry import NOOP, Telemetry
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo, abandon
-from gateway.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
+from gateway.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 

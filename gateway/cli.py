@@ -16,11 +16,12 @@ from pathlib import Path
 
 import uvloop
 
-from gateway import __version__, config, logs
+from gateway import __version__, logs
 from gateway.announce import announce
 from gateway.app import Overrides, provision
-from gateway.errors import ConfigError
-from gateway.relay import RelayConfigError, load_relay_config, serve_relay
+from gateway.config import routing as config
+from gateway.protocol.errors import ConfigError
+from gateway.relay import Relay, RelayConfigError, load_relay_config, serve_relay
 from gateway.telemetry import RELAY_SERVICE, Telemetry, current_trace_ids
 from gateway.telemetry import build as build_telemetry
 
@@ -128,6 +129,10 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+async def _announce_relay(relay: Relay) -> None:
+    await announce("relay", relay.problems, _say, ready_detail=f" {relay.url}", interval_s=1.0)
+
+
 def _relay_main(path: Path, redactor: logs.Redactor) -> int:
     """The relay's telemetry comes from the OTEL_* variables alone (relay.yaml has no section for it)."""
     telemetry = build_telemetry(config.TelemetrySpec(), service_name=RELAY_SERVICE, redact=redactor.redact)
@@ -145,7 +150,7 @@ async def _relay(path: Path, redactor: logs.Redactor, telemetry: Telemetry) -> i
     try:
         relay_config = load_relay_config(path)
         redactor.add_all(logs.relay_secrets(relay_config, path.parent))
-        await serve_relay(relay_config, stop, say=_say, tracer=telemetry.relay_tracer())
+        await serve_relay(relay_config, stop, watch=_announce_relay, tracer=telemetry.relay_tracer())
     except RelayConfigError as exc:
         print(f"gateway relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG

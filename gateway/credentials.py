@@ -18,8 +18,8 @@ from typing import Final
 
 import msgspec
 
-from gateway import secrets
-from gateway.errors import ControlPlaneError
+from gateway.config import secrets
+from gateway.protocol.errors import ControlPlaneError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Owns the bounded set of commands in flight (the capacity the poller asks
 for), what each command type becomes (a 2026-07-28 request is checked by
-`gateway.edge` first), and the one place where an error turns into a wire
+`gateway.protocol.edge` first), and the one place where an error turns into a wire
 response. Parses no configuration; knows channels, not transports.
 """
 
@@ -21,13 +21,12 @@ import msgspec
 from msgspec import UNSET, Raw
 
 from gateway.channel import ServedChannel
-from gateway.edge import Edge
-from gateway.errors import CommandError, CommandGone, RateLimited, UnknownChannel, UpstreamError
 from gateway.limits import Limits, Subject
 from gateway.logs import REQUEST_ID
-from gateway.telemetry import NOOP, Telemetry
-from gateway.upstream.base import Frame, Notify, Reply
-from gateway.wire import (
+from gateway.protocol.edge import Edge
+from gateway.protocol.errors import CommandError, CommandGone, RateLimited, UnknownChannel, UpstreamError
+from gateway.protocol.mcp import Frame, Notify, Reply
+from gateway.protocol.wire import (
     COMMAND_JSONRPC,
     COMMAND_SESSION_END,
     INVALID_REQUEST,
@@ -46,6 +45,7 @@ from gateway.wire import (
     header_value,
     parse_response_timeout,
 )
+from gateway.telemetry import NOOP, Telemetry
 
 log = logging.getLogger(__name__)
 

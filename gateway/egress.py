@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.config import Egress as EgressSpec
-from gateway.errors import ConfigError
+from gateway.config.routing import Egress as EgressSpec
+from gateway.protocol.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,10 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.eras import META
+from gateway.protocol.eras import META
+from gateway.protocol.mcp import Frame, Notify, Reply
+from gateway.protocol.wire import Codec, Headers
 from gateway.router import LIST_KEYS
-from gateway.upstream.base import Frame, Notify, Reply
-from gateway.wire import Codec, Headers
 
 SUBSCRIPTION_ID_KEY: Final = "io.modelcontextprotocol/subscriptionId"
 UPDATED: Final = "notifications/resources/updated"

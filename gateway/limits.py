@@ -18,8 +18,8 @@ from typing import Final
 
 from aiolimiter import AsyncLimiter
 
-from gateway.config import LimitSpec, LimitsSpec
-from gateway.errors import RateLimited
+from gateway.config.routing import LimitSpec, LimitsSpec
+from gateway.protocol.errors import RateLimited
 
 MAX_BUDGETS: Final = 10_000
 """Per-key budgets kept at once (tenants are unbounded); the least recently used idle one goes first."""

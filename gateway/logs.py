@@ -21,8 +21,8 @@ from typing import IO, Final
 
 import msgspec
 
-from gateway import secrets as secret_refs
-from gateway.config import RoutingConfig
+from gateway.config import secrets as secret_refs
+from gateway.config.routing import RoutingConfig
 from gateway.relay.config import RelayConfig
 
 REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("gateway_request_id", default=None)

@@ -24,9 +24,10 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.errors import InvalidRequestParams, MissingClientCapability, UpstreamError
-from gateway.upstream.base import Frame, Notify, Reply, Upstream, UpstreamInfo, abandon
-from gateway.wire import Codec, Headers, JsonRpcMessage
+from gateway.protocol.errors import InvalidRequestParams, MissingClientCapability, UpstreamError
+from gateway.protocol.mcp import Frame, Notify, Reply, UpstreamInfo, abandon
+from gateway.protocol.wire import Codec, Headers, JsonRpcMessage
+from gateway.upstream.base import Upstream
 
 INPUT_METHODS: Final = frozenset({"elicitation/create", "sampling/createMessage", "roots/list"})
 """Requests a server may make of a client during a call (MRTR input requests in 2026-07-28)."""

@@ -18,9 +18,8 @@ from typing import Any, Final, Protocol
 import msgspec
 from aiohttp import web
 
-from gateway.config import RoutingConfig, split_listen
+from gateway.config.routing import RoutingConfig, split_listen
 from gateway.telemetry import Telemetry
-from gateway.upstream.base import Upstream
 
 PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -34,6 +33,16 @@ class PollClock(Protocol):
     """Why the last request to the control plane failed (None after a success)."""
 
 
+class ServerState(Protocol):
+    """What readiness reads from one server's transport (`Upstream`)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def problem(self) -> str | None: ...
+
+
 class RuntimeView(Protocol):
     """What readiness reads from the running gateway (`app.Runtime`), live, so reloads show at once."""
 
@@ -41,7 +50,7 @@ class RuntimeView(Protocol):
     def config(self) -> RoutingConfig: ...
 
     @property
-    def upstreams(self) -> Mapping[str, Upstream]: ...
+    def upstreams(self) -> Mapping[str, ServerState]: ...
 
     @property
     def control_plane(self) -> PollClock: ...

@@ -16,15 +16,14 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.wire import Codec, Headers
-
-if TYPE_CHECKING:
-    from gateway.config import RouteSpec
+from gateway.config.globs import compile_glob
+from gateway.config.routing import RouteSpec
+from gateway.protocol.wire import Codec, Headers
 
 PrefixMode = Literal["always", "conditional", "none"]
 T = TypeVar("T")
@@ -57,69 +56,6 @@ LIST_CHANGED: Final = {
 
 MAX_UPSTREAM_PAGES: Final = 1000
 """A server that keeps returning cursors past this many pages is cut off (a loop guard)."""
-
-
-# --------------------------------------------------------------------------- globs
-
-
-class GlobError(ValueError):
-    """A pattern that is not a valid glob."""
-
-
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """A glob as a regex: `*` any run (slashes too), `?` one character, `[a-z]`/`[!a-z]` a class,
-    `\\` escapes the next character. Raises GlobError for an empty or malformed pattern."""
-    if not pattern:
-        raise GlobError("an empty pattern")
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "\\":
-            if i + 1 == n:
-                raise GlobError("a trailing backslash")
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[":
-            j = i + 1
-            negate = pattern[j : j + 1] == "!"
-            if negate:
-                j += 1
-            start = j
-            if pattern[j : j + 1] == "]":
-                j += 1  # a leading ']' is a member, as in fnmatch
-            end = pattern.find("]", j)
-            if end < 0:
-                raise GlobError(f"an unclosed '[' at position {i}")
-            body = pattern[start:end]
-            if not body:
-                raise GlobError(f"an empty character class at position {i}")
-            members = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[").replace("]", "\\]")
-            try:
-                re.compile(f"[{members}]")
-            except re.error as exc:
-                raise GlobError(f"a bad character class at position {i} ({exc.msg})") from None
-            out.append(f"[{'^' if negate else ''}{members}]")
-            i = end
-        elif c == "]":
-            raise GlobError(f"an unmatched ']' at position {i}")
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out), re.S)
-
-
-def glob_error(pattern: str) -> str | None:
-    """Why `pattern` is not a valid glob, or None when it is."""
-    try:
-        compile_glob(pattern)
-    except GlobError as exc:
-        return str(exc)
-    return None
 
 
 # --------------------------------------------------------------------------- routing rules
@@ -494,26 +430,3 @@ def has_capability(codec: Codec, capabilities: Raw, feature: str) -> bool:
 
 
 # --------------------------------------------------------------------------- ids of server-to-client requests
-
-
-def tag_id(codec: Codec, tag: str, id: Raw) -> Raw:
-    """A JSON-RPC id that also says which upstream a request came from (`tag` has no `~`)."""
-    return Raw(codec.encode(f"{tag}~{bytes(id).decode()}"))
-
-
-def untag_id(id: Raw) -> tuple[str, Raw] | None:
-    """The tag and original id of a tagged id, or None when it is not one of ours."""
-    try:
-        value = msgspec.json.decode(id)
-    except msgspec.DecodeError:
-        return None
-    if not isinstance(value, str):
-        return None
-    tag, sep, original = value.partition("~")
-    if not sep or not original:
-        return None
-    try:
-        msgspec.json.decode(original)
-    except msgspec.DecodeError:
-        return None
-    return tag, Raw(original.encode())

@@ -30,12 +30,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from msgspec import Raw, Struct
 
-from gateway import secrets as secret_refs
-from gateway.config import SessionsSpec
-from gateway.eras import Bridge
-from gateway.errors import ConfigError, UpstreamProtocolError
-from gateway.upstream.base import Call, Reply, Upstream
-from gateway.wire import Headers, header_value
+from gateway.config import secrets as secret_refs
+from gateway.config.routing import SessionsSpec
+from gateway.protocol.eras import Bridge
+from gateway.protocol.errors import ConfigError, UpstreamProtocolError
+from gateway.protocol.mcp import Call, Reply
+from gateway.protocol.wire import Headers, header_value
+from gateway.upstream.base import Upstream
 
 SESSION_HEADER: Final = "Mcp-Session-Id"
 VERSION_HEADER: Final = "MCP-Protocol-Version"

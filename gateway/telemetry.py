@@ -31,13 +31,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway import __version__
-from gateway import secrets as secret_refs
-from gateway.config import ServerSpec, TelemetrySpec
-from gateway.errors import ConfigError, UpstreamError
+from gateway.config import secrets as secret_refs
+from gateway.config.routing import ServerSpec, TelemetrySpec
+from gateway.protocol.errors import ConfigError, UpstreamError
+from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo, abandon
+from gateway.protocol.tracecontext import TRACEPARENT, TRACESTATE, Params, Payloads, request_id_text, with_trace_headers
+from gateway.protocol.wire import COMMAND_SESSION_END, RESP_NOTIFY, Headers, JsonRpcMessage, PolledCommand, header_value
 from gateway.relay.tracing import NO_TRACER, RelayTracer
-from gateway.tracecontext import TRACEPARENT, TRACESTATE, Params, Payloads, request_id_text, with_trace_headers
-from gateway.upstream.base import Call, Frame, Reply, Upstream, UpstreamInfo, abandon
-from gateway.wire import COMMAND_SESSION_END, RESP_NOTIFY, Headers, JsonRpcMessage, PolledCommand, header_value
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
@@ -75,6 +75,20 @@ def _identity(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- the hooks
+
+
+class Observed(Protocol):
+    """What telemetry needs of one server's transport (an `Upstream`): its name and kind, its calls,
+    and the `observer` hook it reports up/down/restart through."""
+
+    name: str
+    transport: str
+    observer: Callable[[str, str], None] | None
+
+    @property
+    def ready(self) -> bool: ...
+
+    def exchange(self, call: Call) -> AsyncIterator[Frame]: ...
 
 
 class CommandScope(Protocol):
@@ -149,7 +163,7 @@ class Telemetry:
         """Around one response POST of the current command; a terminal frame settles the outcome."""
         return _NULL
 
-    def exchange(self, upstream: Upstream, call: Call, info: UpstreamInfo) -> AsyncIterator[Frame]:
+    def exchange(self, upstream: Observed, call: Call, info: UpstreamInfo) -> AsyncIterator[Frame]:
         """`upstream.exchange(call)` in a CLIENT span, with the trace context passed on to the server."""
         return upstream.exchange(call)
 
@@ -171,7 +185,7 @@ class Telemetry:
     def watch_limits(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         """Export the limits' own (limit label, admitted|waited|rejected) counts as counters."""
 
-    def watch(self, upstreams: Mapping[str, Upstream], specs: Mapping[str, ServerSpec]) -> None:
+    def watch(self, upstreams: Mapping[str, Observed], specs: Mapping[str, ServerSpec]) -> None:
         """Observe these upstreams (all of them, replacing earlier ones): up/down gauge, restart counter
         and events, through `Upstream.observer`."""
 
@@ -411,7 +425,7 @@ class OtelTelemetry(Telemetry):
         self._scrape = scrape
         self._shutdowns = list(shutdowns)
         self._sessions: OrderedDict[str, float] = OrderedDict()
-        self._upstreams: dict[str, Upstream] = {}
+        self._upstreams: dict[str, Observed] = {}
         self._servers: dict[str, Attributes] = {}
 
         self.server_duration = _histogram(
@@ -530,7 +544,7 @@ class OtelTelemetry(Telemetry):
         span.set_status(Status(StatusCode.ERROR, self.redact(str(exc))[:256]))
         return kind
 
-    def server_attributes(self, upstream: Upstream) -> Attributes:
+    def server_attributes(self, upstream: Observed) -> Attributes:
         found = self._servers.get(upstream.name)
         if found is None:
             transport = "pipe" if upstream.transport == "stdio" else "tcp"
@@ -553,7 +567,7 @@ class OtelTelemetry(Telemetry):
             scope.settle(status, body, headers or {})
         return _Post(self, resp_type, status)
 
-    async def exchange(self, upstream: Upstream, call: Call, info: UpstreamInfo) -> AsyncIterator[Frame]:
+    async def exchange(self, upstream: Observed, call: Call, info: UpstreamInfo) -> AsyncIterator[Frame]:
         # The CLIENT span is never made current: this generator may be finalized in another task.
         client = _Client(self, upstream, call, info)
         frames = upstream.exchange(client.call)
@@ -602,7 +616,7 @@ class OtelTelemetry(Telemetry):
 
         return observe
 
-    def watch(self, upstreams: Mapping[str, Upstream], specs: Mapping[str, ServerSpec]) -> None:
+    def watch(self, upstreams: Mapping[str, Observed], specs: Mapping[str, ServerSpec]) -> None:
         self._upstreams = dict(upstreams)  # the whole current set (a reload passes the new one)
         for name, upstream in upstreams.items():
             upstream.observer = self._upstream_event
@@ -847,7 +861,7 @@ class _Client:
 
     __slots__ = ("_done", "_metric", "_op", "_span", "_started", "_t", "call")
 
-    def __init__(self, t: OtelTelemetry, upstream: Upstream, call: Call, info: UpstreamInfo) -> None:
+    def __init__(self, t: OtelTelemetry, upstream: Observed, call: Call, info: UpstreamInfo) -> None:
         self._t = t
         self._done = False
         server = t.server_attributes(upstream)

@@ -27,10 +27,10 @@ from msgspec import Raw
 from gateway import __version__
 from gateway.credentials import ApiKey
 from gateway.egress import Egress
-from gateway.errors import CommandGone, ControlPlaneError
 from gateway.h1 import H1Client, H1Error, valid_field_value
+from gateway.protocol.errors import CommandGone, ControlPlaneError
+from gateway.protocol.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
 from gateway.telemetry import NOOP, Telemetry
-from gateway.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
 
 log = logging.getLogger(__name__)
 

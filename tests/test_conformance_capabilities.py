@@ -22,7 +22,7 @@ from mcp_types import ElicitRequestParams, ElicitResult
 from msgspec import Raw
 
 from gateway.mrtr import missing_capability
-from gateway.wire import JsonRpcMessage
+from gateway.protocol.wire import JsonRpcMessage
 from tests.harness import gateway, legacy_initialize, stdio_server
 from tests.test_conformance import _everything_stdio_routes, _require_tools
 

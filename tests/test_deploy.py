@@ -60,7 +60,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from gateway import __version__
-from gateway import config as routing_config
+from gateway.config import routing as routing_config
 from gateway.relay.config import load_relay_config
 
 ROOT = Path(__file__).resolve().parent.parent

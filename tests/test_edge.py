@@ -1,4 +1,5 @@
-"""gateway.edge with plain calls: the 2026-07-28 request ladder and the framing of a 2026-07-28 client's answer.
+"""gateway.protocol.edge with plain calls: the 2026-07-28 request ladder and the framing of a 2026-07-28
+client's answer.
 
 The end-to-end checks of the same rules, through the relay, are in tests/test_conformance_edge.py.
 """
@@ -10,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway.edge import Edge, decode_header_value
-from gateway.errors import CommandError, HeaderMismatch, InvalidRequestParams, UnsupportedProtocolVersion
-from gateway.upstream.base import Reply
-from gateway.wire import Codec, Headers
+from gateway.protocol.edge import Edge, decode_header_value
+from gateway.protocol.errors import CommandError, HeaderMismatch, InvalidRequestParams, UnsupportedProtocolVersion
+from gateway.protocol.mcp import Reply
+from gateway.protocol.wire import Codec, Headers
 
 CODEC = Codec()
 EDGE = Edge(CODEC)

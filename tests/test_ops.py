@@ -23,7 +23,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from gateway import config as routing_config
+from gateway.config import routing as routing_config
 from gateway.ops import Readiness, render_prometheus
 from gateway.telemetry import build
 from tests.harness import PYTHON, SERVERS, Gateway, Process, gateway, process

@@ -19,10 +19,11 @@ from mcp import Client
 from mcp_types import TextContent
 from msgspec import UNSET, Raw
 
-from gateway.errors import UpstreamUnavailable
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.protocol.errors import UpstreamUnavailable
+from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
+from gateway.protocol.wire import Codec, Headers, JsonRpcMessage
+from gateway.upstream.base import Upstream
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
-from gateway.wire import Codec, Headers, JsonRpcMessage
 from tests.harness import PYTHON, SERVERS, Gateway, gateway
 
 MUX = SERVERS / "mux_server.py"

@@ -20,6 +20,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.config.secrets import Secret
+from gateway.protocol.wire import TunnelResponsePayload
 from gateway.relay import (
     BACKEND,
     Command,
@@ -37,8 +39,6 @@ from gateway.relay import (
 from gateway.relay.errors import FrameBacklog, PendingNotFound
 from gateway.relay.guard import TunnelCredentials, resolve_credentials
 from gateway.relay.queue import FRAME_BACKLOG
-from gateway.secrets import Secret
-from gateway.wire import TunnelResponsePayload
 from tests.openapi import validate, validate_failure
 
 TUNNEL = "tunnel_test"

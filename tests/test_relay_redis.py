@@ -30,6 +30,7 @@ from mcp_types import TextContent
 from openapi import validate
 from redis_server import RedisServer, redis_server
 
+from gateway.protocol.wire import TunnelResponsePayload
 from gateway.relay import BACKEND, MemoryQueue, QueueBackend, Relay, RelayConfig, TunnelSpec, new_command
 from gateway.relay.config import (
     MemoryBackend,
@@ -48,7 +49,6 @@ from gateway.relay.errors import (
 )
 from gateway.relay.queue import FRAME_BACKLOG, Command
 from gateway.relay.redis_queue import RedisQueue
-from gateway.wire import TunnelResponsePayload
 
 TUNNEL = "tunnel_r"
 KEY = "gateway-key-r"

@@ -1,6 +1,6 @@
 """Routing rules and aggregation tables: the sans-IO core with plain calls, then `routes:` end to end.
 
-The first part feeds `gateway.router` and `gateway.config` values directly; the second runs the real
+The first part feeds `gateway.router` and `gateway.config.routing` values directly; the second runs the real
 gateway with official-SDK servers and proves deny (hidden and refused), `to:` by header and by glob,
 and `limit_key` tagging, and that a bad rule is refused at load time with the file and the key.
 """
@@ -21,26 +21,23 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 from msgspec import Raw
 
-from gateway import config
-from gateway.errors import ConfigError
+from gateway.config import routing as config
+from gateway.config.globs import GlobError, compile_glob, glob_error
+from gateway.protocol.errors import ConfigError
+from gateway.protocol.mcp import tag_id, untag_id
+from gateway.protocol.wire import Codec
 from gateway.router import (
-    GlobError,
     InvalidCursor,
     Router,
-    compile_glob,
     decode_cursor,
     encode_cursor,
-    glob_error,
     merge_capabilities,
     namespace,
     page,
     resource_table,
     split_page,
-    tag_id,
     template_regex,
-    untag_id,
 )
-from gateway.wire import Codec
 from tests.harness import PYTHON, SERVERS, gateway, http_server
 
 CODEC = Codec()

@@ -7,12 +7,12 @@ import json
 import pytest
 from msgspec import UNSET, Raw
 
-from gateway import config
-from gateway.eras import Bridge
-from gateway.errors import ConfigError
-from gateway.upstream.base import Era
+from gateway.config import routing as config
+from gateway.protocol.eras import Bridge
+from gateway.protocol.errors import ConfigError
+from gateway.protocol.mcp import Era
+from gateway.protocol.wire import Codec
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
-from gateway.wire import Codec
 
 bridge = Bridge(Codec())
 STREAM = b'{"a":1}\n{"b":"\xc3\xa9"}\r\n\n   \n{"c":[1,2,3]}\n'

@@ -1,10 +1,10 @@
-"""gateway.sse: the sans-IO SSE parser and encoder, fed bytes split at every position."""
+"""gateway.protocol.sse: the sans-IO SSE parser and encoder, fed bytes split at every position."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.sse import SseEvent, SseEventTooLarge, SseParser, encode_event
+from gateway.protocol.sse import SseEvent, SseEventTooLarge, SseParser, encode_event
 
 
 def parse_whole(stream: bytes, **kwargs: int) -> list[SseEvent]:

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
-from gateway.upstream.base import Frame, Notify
+from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from gateway.protocol.mcp import Frame, Notify
 from tests.upstream_support import HANG_GUARD_S, MAX_MESSAGE_BYTES, SUBJECTS, Client, Subject, subject, text_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

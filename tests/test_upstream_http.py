@@ -25,12 +25,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from msgspec import UNSET, Raw
 
-from gateway.config import HttpSpec
-from gateway.eras import EMPTY_OBJECT, MODERN_VERSION, Bridge
-from gateway.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
-from gateway.upstream.base import Call, Era, Notify, Reply
+from gateway.config.routing import HttpSpec
+from gateway.protocol.eras import EMPTY_OBJECT, MODERN_VERSION, Bridge
+from gateway.protocol.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
+from gateway.protocol.mcp import Call, Era, Notify, Reply
+from gateway.protocol.wire import Codec, Headers
 from gateway.upstream.http import HttpUpstream, encode_header_value, map_aiohttp_errors
-from gateway.wire import Codec, Headers
 from tests.upstream_support import collect
 
 SERVER = Path(__file__).parent / "servers" / "http_probe_server.py"

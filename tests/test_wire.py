@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from msgspec import UNSET, Raw
 
-from gateway.wire import (
+from gateway.protocol.wire import (
     Codec,
     PolledCommand,
     TunnelFailure,

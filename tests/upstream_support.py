@@ -19,13 +19,14 @@ from urllib.parse import urlsplit
 import aiohttp
 from msgspec import UNSET, Raw
 
-from gateway import config as config_module
 from gateway.app import _build_upstream
-from gateway.eras import EMPTY_OBJECT, LATEST_HANDSHAKE, Bridge
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream
+from gateway.config import routing as config_module
+from gateway.protocol.eras import EMPTY_OBJECT, LATEST_HANDSHAKE, Bridge
+from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply
+from gateway.protocol.wire import Codec, Headers, header_value
+from gateway.upstream.base import Upstream
 from gateway.upstream.http import SESSION_HEADER, VERSION_HEADER
 from gateway.upstream.pool import ClientProcesses
-from gateway.wire import Codec, Headers, header_value
 from tests.harness import PYTHON, SERVERS, Process, process
 
 HANG_GUARD_S = 60.0

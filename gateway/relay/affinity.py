@@ -27,7 +27,7 @@ from typing import Final
 
 import msgspec
 
-from gateway.wire import (
+from gateway.protocol.wire import (
     RESP_SESSION_END,
     SERVER_INFO_MAX_BYTES,
     SERVER_INFO_MAX_CHANNELS,

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Final
 from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.announce import announce
+from gateway.config.secrets import SecretError, resolve
+from gateway.protocol.wire import Codec
 from gateway.relay.config import RedisBackend, RelayConfig, RelayConfigError, parse_listen
 from gateway.relay.errors import error_middleware
 from gateway.relay.front import FrontDoor
@@ -25,8 +26,6 @@ from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
-from gateway.secrets import SecretError, resolve
-from gateway.wire import Codec
 
 log = logging.getLogger("gateway.relay")
 
@@ -222,25 +221,22 @@ async def serve_relay(
     stop: asyncio.Event,
     *,
     on_ready: Callable[[str], object] | None = None,
-    say: Callable[[str], None] | None = None,
+    watch: Callable[[Relay], Coroutine[object, object, None]] | None = None,
     tracer: RelayTracer = NO_TRACER,
 ) -> None:
     """Run a relay until `stop` is set (the CLI's `gateway relay --config relay.yaml`).
 
     Secrets are resolved on start (RelayConfigError names the key on failure);
-    `on_ready(base_url)` is called once the socket is bound. `say` hears readiness as it
-    changes: `relay: ready URL` once the socket is bound and the queue backend answers,
-    `waiting: …` / `relay: NOT ready: …` while it does not.
+    `on_ready(base_url)` is called once the socket is bound; `watch(relay)` runs while the relay
+    serves (the CLI's readiness announcements, reading `relay.problems()`), cancelled at the stop.
     """
     async with Relay(config, tracer=tracer) as relay:
         if on_ready is not None:
             on_ready(relay.url)
-        if say is None:
+        if watch is None:
             await stop.wait()
             return
         async with asyncio.TaskGroup() as tasks:
-            announcer = tasks.create_task(
-                announce("relay", relay.problems, say, ready_detail=f" {relay.url}", interval_s=1.0)
-            )
+            watcher = tasks.create_task(watch(relay))
             await stop.wait()
-            announcer.cancel()
+            watcher.cancel()

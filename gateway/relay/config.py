@@ -15,7 +15,7 @@ import msgspec
 import msgspec.yaml
 from msgspec import Meta, Struct
 
-from gateway import rates
+from gateway.config import rates
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8780"
 DEFAULT_ALLOWED_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")

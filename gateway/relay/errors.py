@@ -38,7 +38,7 @@ from typing import ClassVar
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from gateway.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
+from gateway.protocol.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
 
 log = logging.getLogger("gateway.relay")
 

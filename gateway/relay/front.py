@@ -18,7 +18,18 @@ from aiohttp import web
 from aiolimiter import AsyncLimiter
 from msgspec import UNSET, Raw
 
-from gateway import rates
+from gateway.config import rates
+from gateway.protocol.wire import (
+    COMMAND_JSONRPC,
+    COMMAND_SESSION_END,
+    INTERNAL_ERROR,
+    JSONRPC_VERSION,
+    Codec,
+    Headers,
+    TunnelResponsePayload,
+    allowed_response_headers,
+    strip_hop_by_hop,
+)
 from gateway.relay.config import RelayConfig
 from gateway.relay.errors import (
     CallerTimeout,
@@ -34,17 +45,6 @@ from gateway.relay.guard import Credentials, HostGuard, bearer_token, check_chan
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import Command, QueueBackend, new_command
 from gateway.relay.tracing import NO_TRACER, RelayTracer
-from gateway.wire import (
-    COMMAND_JSONRPC,
-    COMMAND_SESSION_END,
-    INTERNAL_ERROR,
-    JSONRPC_VERSION,
-    Codec,
-    Headers,
-    TunnelResponsePayload,
-    allowed_response_headers,
-    strip_hop_by_hop,
-)
 
 DEFAULT_CHANNEL: Final = "main"
 SESSION_HEADER: Final = "Mcp-Session-Id"

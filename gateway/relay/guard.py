@@ -14,6 +14,7 @@ from typing import Final
 
 from aiohttp import web
 
+from gateway.config.secrets import Secret, SecretError, resolve
 from gateway.relay.config import RelayConfig, RelayConfigError
 from gateway.relay.errors import (
     BodyTooLarge,
@@ -23,7 +24,6 @@ from gateway.relay.errors import (
     InvalidChannel,
     OriginNotAllowed,
 )
-from gateway.secrets import Secret, SecretError, resolve
 
 _CHANNEL: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _LOOPBACK_ORIGIN: Final = re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?", re.I)

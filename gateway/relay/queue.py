@@ -19,6 +19,7 @@ from typing import Final, Literal
 
 from msgspec import UNSET, Raw, Struct, UnsetType
 
+from gateway.protocol.wire import Headers, PolledCommand, TunnelResponsePayload
 from gateway.relay.affinity import ANONYMOUS, SessionTable, ends_session, session_of, session_set_by
 from gateway.relay.errors import (
     FrameBacklog,
@@ -28,7 +29,6 @@ from gateway.relay.errors import (
     ShardMismatch,
     TunnelNotFound,
 )
-from gateway.wire import Headers, PolledCommand, TunnelResponsePayload
 
 FRAME_BACKLOG: Final = 256
 """Unread `jsonrpc_notify` frames one caller may have before the gateway is told to slow down."""

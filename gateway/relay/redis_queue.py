@@ -45,6 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.protocol.wire import Headers, TunnelResponsePayload
 from gateway.relay import redis_scripts as lua
 from gateway.relay.affinity import ANONYMOUS, ends_session, session_of, session_set_by
 from gateway.relay.config import RedisBackend
@@ -59,7 +60,6 @@ from gateway.relay.errors import (
     TunnelNotFound,
 )
 from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus
-from gateway.wire import Headers, TunnelResponsePayload
 
 log = logging.getLogger("gateway.relay")
 

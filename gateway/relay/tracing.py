@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Final, Protocol
 
-from gateway.wire import Headers
+from gateway.protocol.wire import Headers
 
 
 class RequestTrace(Protocol):

@@ -15,13 +15,7 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET
 
-from gateway.relay.affinity import SERVER_INFO_HEADER, affine_channels
-from gateway.relay.config import RelayConfig
-from gateway.relay.errors import InvalidParameter, InvalidPayload, TunnelNotFound
-from gateway.relay.guard import Credentials, TunnelCredentials, check_channel, check_gateway, read_body
-from gateway.relay.ops import RelayMetrics
-from gateway.relay.queue import QueueBackend
-from gateway.wire import (
+from gateway.protocol.wire import (
     MAX_POLL_LIMIT,
     RESP_JSONRPC,
     RESP_NOTIFY,
@@ -33,6 +27,12 @@ from gateway.wire import (
     TunnelResponseAck,
     TunnelResponsePayload,
 )
+from gateway.relay.affinity import SERVER_INFO_HEADER, affine_channels
+from gateway.relay.config import RelayConfig
+from gateway.relay.errors import InvalidParameter, InvalidPayload, TunnelNotFound
+from gateway.relay.guard import Credentials, TunnelCredentials, check_channel, check_gateway, read_body
+from gateway.relay.ops import RelayMetrics
+from gateway.relay.queue import QueueBackend
 
 SHARD_HEADER: Final = "X-Tunnel-Shard-Token"
 INSTANCE_HEADER: Final = "X-Tunnel-Client-Instance-Id"

@@ -1,8 +1,8 @@
 """The Upstream contract: what every transport to an MCP server provides.
 
-Owns the types exchanged between the channel layer and a transport (`Call`,
-`Notify`, `Reply`, `UpstreamInfo`) and the abstract `Upstream`. Knows nothing
-of the tunnel; every transport passes the same contract suite,
+Owns the abstract `Upstream` (the types it exchanges with the channel layer,
+`Call`, `Notify`, `Reply`, `UpstreamInfo`, live in `gateway.protocol.mcp`).
+Knows nothing of the tunnel; every transport passes the same contract suite,
 tests/test_upstream_contract.py.
 """
 
@@ -10,79 +10,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import enum
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
-from msgspec import UNSET, Raw, UnsetType
-
-from gateway.errors import UpstreamUnavailable
-from gateway.wire import Headers, JsonRpcMessage
-
-
-class Era(enum.Enum):
-    """The MCP generation a peer speaks."""
-
-    LEGACY = "legacy"
-    """Handshake era: `initialize`, sessions (2024-11-05 … 2025-11-25)."""
-    MODERN = "modern"
-    """Stateless era: per-request `_meta` envelope, `server/discover` (2026-07-28)."""
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamInfo:
-    """What the server said about itself when the gateway connected to it."""
-
-    era: Era
-    protocol_version: str
-    capabilities: Raw
-    server_info: Raw
-    instructions: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One JSON-RPC message for the server, taken apart so a transport can re-id it.
-
-    `id` is None for notifications. `params` is relayed as raw bytes.
-    `headers` are the ones the transport should send (HTTP only); the channel
-    layer has already decided them. `own_session` asks an HTTP transport to use
-    the session the gateway holds with the server instead of the client's.
-    """
-
-    method: str
-    id: Raw | None
-    params: Raw | UnsetType = UNSET
-    headers: Headers = field(default_factory=dict)
-    own_session: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Notify:
-    """A server message sent while the call runs (progress, logging …): one JSON-RPC message."""
-
-    message: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The terminal answer: a JSON-RPC response body (empty for acks) and its HTTP framing."""
-
-    status: int
-    body: bytes = b""
-    headers: Headers = field(default_factory=dict)
-
-
-Frame = Notify | Reply
-
-
-async def abandon(frames: AsyncIterator[Frame]) -> None:
-    """Close a call's frames before its Reply: the transport abandons (cancels) the call.
-    A no-op on frames that already ended."""
-    close = getattr(frames, "aclose", None)
-    if close is not None:
-        await close()
-
+from gateway.protocol.errors import UpstreamUnavailable
+from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo
+from gateway.protocol.wire import Headers, JsonRpcMessage
 
 UpstreamObserver = Callable[[str, str], None]
 """`(server name, event)`: `up`, `down` or `restart`."""

@@ -25,14 +25,13 @@ import msgspec
 from msgspec import UNSET, Raw
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import HttpSpec
+from gateway.config.routing import HttpSpec
 from gateway.egress import Egress
-from gateway.eras import MODERN_VERSION, Bridge
-from gateway.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
-from gateway.sse import SseEventTooLarge, SseParser
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
-from gateway.upstream.process import SupervisedProcess
-from gateway.wire import (
+from gateway.protocol.eras import MODERN_VERSION, Bridge
+from gateway.protocol.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
+from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
+from gateway.protocol.sse import SseEventTooLarge, SseParser
+from gateway.protocol.wire import (
     HOP_BY_HOP,
     Headers,
     JsonRpcMessage,
@@ -41,6 +40,8 @@ from gateway.wire import (
     header_value,
     strip_hop_by_hop,
 )
+from gateway.upstream.base import Upstream
+from gateway.upstream.process import SupervisedProcess
 
 JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"

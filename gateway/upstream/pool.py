@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from msgspec import UNSET, Raw
 
-from gateway.errors import UpstreamUnavailable
-from gateway.router import tag_id, untag_id
-from gateway.upstream.base import Call, Frame, Notify, Reply, Upstream, UpstreamInfo
-from gateway.wire import Codec, Headers, JsonRpcMessage, TunnelFailure
+from gateway.protocol.errors import UpstreamUnavailable
+from gateway.protocol.mcp import Call, Frame, Notify, Reply, UpstreamInfo, tag_id, untag_id
+from gateway.protocol.wire import Codec, Headers, JsonRpcMessage, TunnelFailure
+from gateway.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 

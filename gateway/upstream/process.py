@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Final
 
-from gateway.config import ProgramSpec
+from gateway.config.routing import ProgramSpec
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,14 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.config import ServerSpec, StdioSpec
-from gateway.eras import Bridge
-from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.config.routing import ServerSpec, StdioSpec
+from gateway.protocol.eras import Bridge
+from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
+from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonRpcMessage
+from gateway.upstream.base import Upstream
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
-from gateway.wire import METHOD_NOT_FOUND, Codec, Headers, JsonRpcMessage
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import ClassVar, Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.wire import INTERNAL_ERROR, TunnelFailure
+from gateway.protocol.wire import INTERNAL_ERROR, TunnelFailure
 
 
 class GatewayError(Exception):

@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Struct
 
-from gateway import rates
-from gateway.errors import ConfigError
+from gateway.config import rates
+from gateway.config.globs import glob_error
+from gateway.protocol.errors import ConfigError
 
 CHANNEL_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 """Channel names the control plane accepts: lowercase letters, digits, `-`, `_`."""
@@ -486,8 +487,6 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 def check_multiplexing(config: RoutingConfig, file: str) -> None:
     """Channel options, routing rules, process management and sessions."""
-    from gateway.router import glob_error  # sans-IO too; imported here to keep the module graph acyclic
-
     for name, server in config.servers.items():
         key = f"servers.{name}"
         if server.processes < 1:

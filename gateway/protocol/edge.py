@@ -17,7 +17,7 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.eras import (
+from gateway.protocol.eras import (
     CLIENT_CAPABILITIES_KEY,
     HANDSHAKE_VERSIONS,
     META,
@@ -25,9 +25,17 @@ from gateway.eras import (
     NAMED_METHODS,
     PROTOCOL_VERSION_KEY,
 )
-from gateway.errors import HeaderMismatch, InvalidRequestParams, UnsupportedProtocolVersion
-from gateway.upstream.base import Reply
-from gateway.wire import INVALID_PARAMS, METHOD_NOT_FOUND, NULL_ID, Codec, Headers, JsonRpcMessage, header_value
+from gateway.protocol.errors import HeaderMismatch, InvalidRequestParams, UnsupportedProtocolVersion
+from gateway.protocol.mcp import Reply
+from gateway.protocol.wire import (
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    NULL_ID,
+    Codec,
+    Headers,
+    JsonRpcMessage,
+    header_value,
+)
 
 VERSION_HEADER: Final = "MCP-Protocol-Version"
 METHOD_HEADER: Final = "Mcp-Method"

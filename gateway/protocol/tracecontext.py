@@ -16,7 +16,7 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 
-from gateway.wire import Headers, JsonRpcMessage
+from gateway.protocol.wire import Headers, JsonRpcMessage
 
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"

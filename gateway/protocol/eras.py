@@ -16,8 +16,8 @@ import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 
 from gateway import __version__
-from gateway.upstream.base import Era, UpstreamInfo
-from gateway.wire import Codec, Headers, header_value
+from gateway.protocol.mcp import Era, UpstreamInfo
+from gateway.protocol.wire import Codec, Headers, header_value
 
 MODERN_VERSION: Final = "2026-07-28"
 MODERN_VERSIONS: Final = (MODERN_VERSION,)

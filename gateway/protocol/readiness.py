@@ -1,0 +1,41 @@
+"""The readiness lines a gateway or relay prints for people and supervisors: `PROG: ready`,
+`waiting: PART (why), …`, `PROG: NOT ready: …`, each said once per change.
+
+Owns when a line is due, given the failing parts and the time; sans-IO (the caller polls its own
+check and prints). Knows nothing of what the parts are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class ReadinessLines:
+    """Feed it the failing parts (`{part: why}`, empty when ready) as often as you like; it answers the
+    line to say now, or None. `waiting:` lines wait `settle_s` after start, so a start that takes a
+    moment says nothing but `ready`."""
+
+    def __init__(self, prog: str, *, ready_detail: str = "", settle_s: float = 1.0, started: float) -> None:
+        self._prog = prog
+        self._detail = ready_detail
+        self._settle_until = started + settle_s
+        self._said: Mapping[str, str] | None = None
+        self._ready = False
+
+    def update(self, problems: Mapping[str, str], now: float) -> str | None:
+        if not problems:
+            if self._ready:
+                return None
+            self._ready, self._said = True, {}
+            return f"{self._prog}: ready{self._detail}"
+        if self._ready:
+            self._ready, self._said = False, dict(problems)
+            return f"{self._prog}: NOT ready: {_reasons(problems)}"
+        if problems == self._said or (self._said is None and now < self._settle_until):
+            return None
+        self._said = dict(problems)
+        return f"waiting: {_reasons(problems)}"
+
+
+def _reasons(problems: Mapping[str, str]) -> str:
+    return ", ".join(f"{part} ({why})" for part, why in problems.items())
