@@ -133,6 +133,14 @@ def _command_of(poll_body: bytes) -> list[tuple[str, str | None]]:
 # ----------------------------------------------------------------------------- the relay's side
 
 
+async def _polling(http: aiohttp.ClientSession, relay: Relay) -> bool:
+    """Whether a gateway poll waits at the relay now (its /metrics `relay_polls_waiting`)."""
+    async with http.get(f"{relay.url}/metrics") as resp:
+        text = await resp.text()
+    line = next(x for x in text.splitlines() if x.startswith(f'relay_polls_waiting{{tunnel="{TUNNEL}"}}'))
+    return float(line.rsplit(" ", 1)[1]) > 0
+
+
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_a_disconnected_caller_makes_the_next_frame_404(tmp_path: Path, backend: str) -> None:
     """MCP 2026-07-28 basic/transports/streamable-http ("Cancellation": a client disconnect is the
@@ -145,6 +153,8 @@ async def test_a_disconnected_caller_makes_the_next_frame_404(tmp_path: Path, ba
         async with Relay(config) as relay, aiohttp.ClientSession() as http:
             tunnel = f"{relay.url}/v1/tunnels/{TUNNEL}"
             poll = asyncio.create_task(http.get(f"{tunnel}/poll", params={"timeout_ms": "30000"}, headers=auth))
+            while not await _polling(http, relay):  # noqa: ASYNC110 - the state lives in the relay, read over HTTP
+                await asyncio.sleep(0.01)  # a caller before any poll would get 503 tunnel_client_not_seen
             body, headers = modern_call(1, "count_steps", {})
             calling = asyncio.create_task(http.post(relay.url_for(TUNNEL), json=body, headers=headers))
             polled = await poll
