@@ -40,6 +40,7 @@ from gateway.wire import (
     TunnelFailure,
     TunnelResponsePayload,
     allowed_response_headers,
+    expired,
     header_value,
     parse_response_timeout,
 )
@@ -171,8 +172,7 @@ class Dispatcher:
         REQUEST_ID.set(command.request_id)  # this command's log lines carry it
         timeout = parse_response_timeout(command.response_timeout)
         deadline = None if timeout is None else received_at + timeout
-        loop = asyncio.get_running_loop()
-        if deadline is not None and loop.time() >= deadline:
+        if expired(deadline, asyncio.get_running_loop().time()):
             log.info("command %s expired before it ran; dropped", command.request_id)
             return
         try:
@@ -228,6 +228,9 @@ class Dispatcher:
                     return
             raise UpstreamError("upstream ended the call without an answer", CLIENT_INTERNAL)
         except (CommandError, UpstreamError) as exc:
+            await self._fail(command, message, exc)
+        except Exception as exc:  # a gateway bug: the command still gets its one answer
+            log.exception("command %s failed inside the gateway", command.request_id)
             await self._fail(command, message, exc)
 
     def _admit(

@@ -31,6 +31,13 @@ class PollClock(Protocol):
     """Loop time of the last poll the control plane answered (200 or 204)."""
 
 
+class PollLoop(Protocol):
+    """What readiness reads from the poll loop (`Poller`)."""
+
+    fault: str | None
+    """Why the poll loop is backing off after an unexpected error; None while it runs cleanly."""
+
+
 class RuntimeView(Protocol):
     """What readiness reads from the running gateway (`app.Runtime`), live, so reloads show at once."""
 
@@ -43,9 +50,13 @@ class RuntimeView(Protocol):
     @property
     def control_plane(self) -> PollClock: ...
 
+    @property
+    def poller(self) -> PollLoop: ...
+
 
 class Readiness:
-    """Whether the gateway can serve: a recent successful poll and every required server up."""
+    """Whether the gateway can serve: a recent successful poll, a poll loop not backing off from an
+    unexpected error, and every required server up."""
 
     def __init__(self, *, max_poll_age_s: float, clock: Callable[[], float] | None = None) -> None:
         self._max_age = max_poll_age_s
@@ -72,7 +83,10 @@ class Readiness:
                 checks["control_plane"] = f"polled {age:.1f}s ago"
             else:
                 checks["control_plane"] = f"no successful poll for {age:.1f}s (limit {self._max_age:g}s)"
-        if not checks["control_plane"].startswith("polled"):
+        fault = runtime.poller.fault
+        if fault is not None:
+            checks["control_plane"] = fault
+        if fault is not None or not checks["control_plane"].startswith("polled"):
             failing.append("control_plane")
         servers = runtime.config.servers
         for name, upstream in sorted(runtime.upstreams.items()):

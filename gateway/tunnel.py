@@ -300,12 +300,27 @@ class Poller:
         self._out = 0
         self._backoff = Backoff()
         self._auth_reported = False
+        self.fault: str | None = None
+        """Why the poll loop is backing off after an unexpected error; None while it runs cleanly."""
 
     async def run(self) -> None:
         """Poll until cancelled."""
         async with asyncio.TaskGroup() as polls:
             for _ in range(self._polls):
-                polls.create_task(self._poll_loop())
+                polls.create_task(self._supervised())
+
+    async def _supervised(self) -> None:
+        """One poll loop that nothing but cancellation ends: an unexpected error is logged once
+        (until a poll goes through again), shown as `fault` (and so on `/readyz`), and followed
+        by a backoff and the next poll."""
+        while True:
+            try:
+                await self._poll_loop()
+            except Exception as exc:
+                if self.fault is None:
+                    log.exception("the poll loop failed unexpectedly; polling again after a backoff")
+                self.fault = f"the poll loop failed ({type(exc).__name__}); retrying"
+                await asyncio.sleep(self._backoff.next())
 
     async def _poll_loop(self) -> None:
         while True:
@@ -328,13 +343,17 @@ class Poller:
                 self._sink.capacity_changed()
             self._backoff.reset()
             self._auth_reported = False
+            dropped = 0
             for raw in commands:
                 try:
                     command = self._codec.command(raw)
-                except msgspec.MsgspecError as exc:
-                    log.error("dropped a malformed command from the control plane: %s", exc)
+                except msgspec.MsgspecError:
+                    dropped += 1  # no usable request_id or shard_token: nothing can answer it
                     continue
                 self._sink.submit(command, received)
+            if dropped:
+                log.warning("dropped %d command(s) without a usable request_id or shard_token", dropped)
+            self.fault = None
 
     def _delay_after(self, exc: ControlPlaneError) -> float:
         delay = self._backoff.next()
