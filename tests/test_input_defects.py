@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 
 from gateway import config as routing_config
+from gateway.dispatch import Dispatcher
 from gateway.errors import ConfigError
 from gateway.ops import Readiness
 from gateway.relay import Relay
@@ -154,7 +155,7 @@ async def test_bridged_requests_are_answered_whatever_their_params(
 # --------------------------------------------------------------------------- 4, 5: response_timeout
 
 
-@pytest.mark.parametrize("value", [5, 1.5, True, ["30s"], {"s": 1}, None])
+@pytest.mark.parametrize("value", [5, 1.5, True, ["30s"], {"s": 1}])
 async def test_a_non_string_response_timeout_means_no_deadline(cp: ScriptedControlPlane, value: Any) -> None:
     """Defect 4: a number, boolean, list or object `response_timeout` dropped the command unanswered;
     the contract says a malformed value means no deadline."""
@@ -169,11 +170,54 @@ async def test_sub_millisecond_deadlines_have_passed_on_arrival(cp: ScriptedCont
     expired = [cp.enqueue(ping(v), headers=LEGACY, response_timeout=v) for v in values]
     expired += [cp.enqueue(None, response_timeout=v, contract=False) for v in values]  # no jsonrpc: a local 400
     alive = cp.enqueue(ping("alive"), headers=LEGACY, response_timeout="30s")
+    await cp.answers([cp.enqueue(ping(n), headers=LEGACY) for n in range(len(expired))])  # warm response connections
     cp.force_batch = len(expired) + 1
     await cp.answer(alive)
     polls = len(cp.polls)
     await cp.polls_after(polls, 2)
     assert {r: cp.attempts(r) for r in expired} == {r: [] for r in expired}
+
+
+class FrozenClockLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock stands still, like uvloop's millisecond clock within one tick."""
+
+    def time(self) -> float:
+        return 1000.0
+
+
+class RecordingResponder:
+    """Our `Responder`: records each frame as it is posted (a pooled connection writes at once)."""
+
+    def __init__(self) -> None:
+        self.posted: list[bytes] = []
+
+    async def post(self, body: bytes, shard_token: str, *, terminal: bool) -> bool:
+        self.posted.append(body)
+        return True
+
+
+async def test_a_deadline_inside_one_clock_tick_has_passed() -> None:
+    """Defect 5 at its cause: with a clock that counts milliseconds (uvloop's), a `1ns` deadline
+    received in the current tick compared as not passed, so the command ran and posted a frame."""
+
+    async def run() -> list[bytes]:
+        responder = RecordingResponder()
+        dispatcher = Dispatcher({}, responder, Codec(), 8)
+        received = asyncio.get_running_loop().time()
+        for n, value in enumerate(("1ns", "100ns", "1us", "999us", "1ms", "2ms")):
+            dispatcher.submit(PolledCommand(request_id=f"r{n}", shard_token="s", response_timeout=value), received)
+        await dispatcher.drain(5.0)
+        return responder.posted
+
+    def on_frozen_loop() -> list[bytes]:
+        loop = FrozenClockLoop()
+        try:
+            return loop.run_until_complete(run())
+        finally:
+            loop.close()
+
+    posted = await asyncio.to_thread(on_frozen_loop)  # its own loop, in a thread of its own
+    assert [json.loads(body)["request_id"] for body in posted] == ["r4", "r5"]
 
 
 # --------------------------------------------------------------------------- 1: the poll loop is supervised
