@@ -19,7 +19,7 @@ import msgspec
 from msgspec import UNSET, Raw
 
 from gateway.channel import ServedChannel
-from gateway.errors import CommandError, RateLimited, UnknownChannel, UpstreamError
+from gateway.errors import CommandError, InvalidRequestParams, RateLimited, UnknownChannel, UpstreamError
 from gateway.limits import Limits, Subject
 from gateway.logs import REQUEST_ID
 from gateway.telemetry import NOOP, Telemetry
@@ -215,6 +215,10 @@ class Dispatcher:
         expects_answer = message.is_request
         notify_ok = True
         try:
+            if message.method is not UNSET and message.params is not UNSET and not _object_or_null(message.params):
+                # MCP 2025-11-25 / 2026-07-28 schema: `params` is an object. Servers drop other shapes
+                # unanswered (the official SDK does), so the gateway answers for them.
+                raise InvalidRequestParams("params must be a JSON object")
             channel = self._channels.get(command.channel)
             if channel is None:
                 raise UnknownChannel(command.channel)
@@ -294,7 +298,7 @@ class Dispatcher:
         if command.jsonrpc is UNSET:
             return None
         try:
-            message = self._codec.message(command.jsonrpc)
+            message = self._codec.client_message(command.jsonrpc)
         except msgspec.MsgspecError:
             return None
         if message.method is UNSET and not message.is_response:
@@ -323,6 +327,11 @@ class Dispatcher:
             )
             trace.delivered(delivered)
         return delivered
+
+
+def _object_or_null(raw: Raw) -> bool:
+    """Whether a decoded raw JSON value (no leading whitespace) is an object or null."""
+    return bytes(memoryview(raw)[:1]) in (b"{", b"n")
 
 
 def _reason(status: int) -> str:

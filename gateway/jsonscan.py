@@ -1,10 +1,10 @@
-"""A tolerant, non-recursive scan of the top level of a JSON document, for salvage only.
+"""Tolerant, non-recursive scans of JSON text: top-level members for salvage, nesting depth.
 
 Owns splitting a JSON object or array into its members' raw bytes without
 validating them, so that one member a strict decoder refuses (nested too deep,
-a lone surrogate escape, a wrong type) cannot hide its neighbours. It never
-decodes a value and never recurses: any depth costs one pass over the bytes.
-Sans-IO; callers decode each member strictly themselves.
+a lone surrogate escape, a wrong type) cannot hide its neighbours, and measuring
+whether a document nests deeper than a bound. Never decodes a value and never
+recurses. Sans-IO; callers decode strictly themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ _TOKEN: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
 _OPEN: Final = frozenset(b"[{")
 _CLOSE: Final = frozenset(b"]}")
 _SPACE: Final = b" \t\r\n"
+
+_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 
 Member = tuple[bytes | None, bytes]
 """(the raw key including its quotes, or None inside an array; the raw value)."""
@@ -66,4 +70,22 @@ def _member(found: list[Member], key: bytes | None, value: bytes, is_object: boo
     if is_object and key is None:
         return False
     found.append((key, value))
+    return True
+
+
+def nesting_exceeds(data: bytes, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects more than `limit` levels deep.
+
+    Free for most documents (fewer brackets than `limit`); otherwise strings are cut out and
+    innermost `[]` pairs removed one level per pass, so a document costs as many passes as it is
+    deep (at most `limit`), each a C-speed scan. Unbalanced text is not judged (False)."""
+    text = bytes(data)
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b"", text).translate(_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        inner = brackets.replace(b"[]", b"")
+        if not inner or len(inner) == len(brackets):
+            return False
+        brackets = inner
     return True

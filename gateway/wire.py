@@ -231,6 +231,8 @@ class _ErrorObject(Struct, kw_only=True):
 
 
 TOO_DEEP: Final = "JSON nested deeper than the decoder allows"
+MAX_CLIENT_DEPTH: Final = 128
+"""How deep an MCP client's message may nest arrays and objects (the envelope included)."""
 
 
 class JsonDecoder(Generic[T]):
@@ -268,6 +270,14 @@ class Codec:
 
     # decoders raise msgspec.DecodeError / ValidationError; callers translate.
     def message(self, data: bytes | Raw) -> JsonRpcMessage:
+        return self._message.decode(data)
+
+    def client_message(self, data: bytes | Raw) -> JsonRpcMessage:
+        """A message from an MCP client: like `message`, and DecodeError when it nests deeper than
+        MAX_CLIENT_DEPTH, which servers may not survive (the official Python SDK drops such a
+        message unanswered)."""
+        if jsonscan.nesting_exceeds(bytes(data), MAX_CLIENT_DEPTH):
+            raise msgspec.DecodeError(f"JSON nested deeper than {MAX_CLIENT_DEPTH} levels")
         return self._message.decode(data)
 
     def command(self, data: bytes | Raw) -> PolledCommand:

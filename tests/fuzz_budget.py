@@ -25,6 +25,11 @@ def budget(ci: int) -> int:
     return max(1, round(ci * SCALE))
 
 
+def timeout_s(ci_s: float) -> float:
+    """A pytest-timeout for a fuzz test whose CI run takes well under `ci_s`, grown with the budget."""
+    return ci_s * max(1.0, SCALE)
+
+
 FUZZ: Final = settings(
     max_examples=budget(300),
     deadline=None,  # a loaded two-core machine makes per-example timing meaningless

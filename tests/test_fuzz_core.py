@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from msgspec import UNSET, Raw
@@ -28,7 +29,10 @@ from gateway.errors import ConfigError, InvalidRequestParams
 from gateway.sse import SseError, SseParser
 from gateway.upstream.framing import LineDecoder
 from gateway.wire import Codec, PolledCommand, expired, parse_response_timeout
-from tests.fuzz_budget import FUZZ, FuzzReport
+from tests.fuzz_budget import FUZZ, FuzzReport, timeout_s
+
+pytestmark = pytest.mark.timeout(timeout_s(240))
+
 
 CODEC = Codec()
 BRIDGE = Bridge(CODEC)

@@ -92,6 +92,17 @@ async def test_a_command_nested_1000_deep_is_answered_and_polling_goes_on(cp: Sc
     assert (await cp.answer(later))["resp_code"] == 200
 
 
+async def test_a_message_deeper_than_servers_survive_is_refused(cp: ScriptedControlPlane) -> None:
+    """A client message nested 200 levels decodes, but the official Python SDK server drops it
+    unanswered: the gateway refuses messages nested past 128 levels itself (-32600)."""
+    nested = b"[" * 200 + b"]" * 200
+    deep = cp.enqueue_raw(b'"jsonrpc":{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"x":%s}}' % nested)
+    shallow = cp.enqueue_raw(b'"jsonrpc":{"jsonrpc":"2.0","id":9,"method":"tools/list","params":{"x":[[1]]}}')
+    refused, served = await cp.answers([deep, shallow])
+    assert error_of(refused) == (400, -32600, None)
+    assert served["resp_json"]["id"] == 9
+
+
 async def test_a_deep_value_in_any_field_spares_the_batch(cp: ScriptedControlPlane) -> None:
     """Depth in `headers` or `response_timeout`, or a whole command that is one deep array."""
     bad_headers = cp.enqueue_raw(b'"headers":{"x":%s},"jsonrpc":{"jsonrpc":"2.0","id":1,"method":"ping"}' % DEEP)
@@ -150,6 +161,21 @@ async def test_bridged_requests_are_answered_whatever_their_params(
         assert isinstance(payload["resp_json"]["result"]["tools"], list)
     else:
         assert error_of(payload) == (400, expected, 41)
+
+
+async def test_params_of_any_shape_reach_no_crash_on_the_way_to_a_server(cp: ScriptedControlPlane) -> None:
+    """Found by the live fuzzer: a `_meta` that is not an object next to a `progressToken` crashed the
+    stdio progress-token rewrite (answered only by the safety net, with a traceback), and array
+    params went to the server, which drops them unanswered (MCP 2025-11-25 basic/index: params is
+    an object). Now: -32602 for array params, and the server's own answer for the odd `_meta`."""
+    modern = {"Mcp-Protocol-Version": ["2026-07-28"]}
+    odd_meta = cp.enqueue(
+        {"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": ["progressToken"]}}, headers=modern
+    )
+    array = cp.enqueue({"jsonrpc": "2.0", "id": 6, "method": "tools/list", "params": [1]}, headers=modern)
+    odd, refused = await cp.answers([odd_meta, array])
+    assert odd["resp_json"]["id"] == 5
+    assert error_of(refused) == (400, -32602, 6)
 
 
 # --------------------------------------------------------------------------- 4, 5: response_timeout

@@ -309,11 +309,11 @@ class StdioUpstream(Upstream):
         """Give the server a gateway-unique progress token, so clients' tokens never collide."""
         if params is UNSET or b"progressToken" not in bytes(params):
             return params, None
-        members = self._codec.members(params)
-        meta_raw = members.get("_meta")
-        if meta_raw is None:
+        try:
+            members = self._codec.members(params)
+            meta = self._codec.members(members.get("_meta", b"null"))
+        except msgspec.MsgspecError:  # params or `_meta` not an object: no progress token to rewrite
             return params, None
-        meta = self._codec.members(meta_raw)
         original = meta.get("progressToken")
         if original is None:
             return params, None
