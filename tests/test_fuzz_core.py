@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from msgspec import UNSET, Raw
 
 from gateway import config as routing_config
+from gateway import jsonscan
 from gateway.eras import EMPTY_OBJECT, META, PROTOCOL_VERSION_KEY, RESERVED_PREFIX, Bridge
 from gateway.errors import ConfigError, InvalidRequestParams
 from gateway.sse import SseError, SseParser
@@ -160,6 +161,27 @@ def test_any_poll_body_decodes_or_is_refused(fuzz_report: FuzzReport, body: byte
             CODEC.command(raw)
 
 
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value, without recursion (a scalar is 0)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, list | dict):
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+@FUZZ
+@given(VALUES.filter(lambda v: not _surrogates_in(v)), st.integers(0, 400), st.integers(1, 200))
+def test_nesting_depth_is_measured_exactly(fuzz_report: FuzzReport, value: Any, wrap: int, limit: int) -> None:
+    """The depth bound on client messages: strings full of brackets do not count, every level does."""
+    text = b'{"s":"[[{{\\"}}","v":' * wrap + encode(value) + b"}" * wrap
+    depth = wrap + _depth(value)
+    assert jsonscan.nesting_exceeds(text, limit) == (depth > limit)
+    fuzz_report.add("jsonscan", "depths measured")
+
+
 # --------------------------------------------------------------------------- response_timeout
 
 UNITS = {"ns": 1, "us": 1_000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
@@ -263,7 +285,7 @@ DOCUMENT = st.recursive(
 
 @st.composite
 def routing_documents(draw: st.DrawFn) -> bytes:
-    choice = draw(st.integers(0, 3))
+    choice = draw(st.integers(0, 4))
     if choice == 0:
         return draw(YAML_TEXT).encode("utf-8", "surrogatepass")
     if choice == 1:
@@ -272,6 +294,9 @@ def routing_documents(draw: st.DrawFn) -> bytes:
         "servers": {"a": {"stdio": {"command": "x"}}, "b": {"http": {"url": "http://127.0.0.1:1/mcp"}}},
         "channels": {"main": ["a"], "web": ["b"]},
     }
+    if choice == 4:  # a valid document with one valid setting changed
+        base["gateway"] = {"max_inflight": draw(st.integers(-2, 10**6)), "polls_in_flight": draw(st.integers(0, 20))}
+        return json.dumps(base).encode()
     path = draw(st.lists(KEYS | st.sampled_from(["a", "b", "main", "web"]), min_size=1, max_size=4))
     node: Any = base
     for key in path[:-1]:
