@@ -26,7 +26,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway.errors import InvalidRequestParams
 from gateway.upstream.base import Frame, Notify, Reply, Upstream, UpstreamInfo
-from gateway.wire import Codec, Headers, JsonRpcMessage
+from gateway.wire import Codec, Headers, JsonDecoder, JsonRpcMessage
 
 INPUT_METHODS: Final = frozenset({"elicitation/create", "sampling/createMessage", "roots/list"})
 """Requests a server may make of a client during a call (MRTR input requests in 2026-07-28)."""
@@ -239,8 +239,8 @@ class _Retry(msgspec.Struct):
     inputResponses: dict[str, Raw] = {}
 
 
-_input_required = msgspec.json.Decoder(_InputRequired)
-_retry = msgspec.json.Decoder(_Retry)
+_input_required = JsonDecoder(_InputRequired)
+_retry = JsonDecoder(_Retry)
 
 
 def input_required_result(codec: Codec, requests: dict[str, tuple[str, Raw | UnsetType]], state: str) -> Raw:

@@ -34,7 +34,7 @@ from gateway.config import SessionsSpec
 from gateway.eras import Bridge
 from gateway.errors import ConfigError, UpstreamProtocolError
 from gateway.upstream.base import Call, Reply, Upstream
-from gateway.wire import Headers, header_value
+from gateway.wire import Headers, JsonDecoder, header_value
 
 SESSION_HEADER: Final = "Mcp-Session-Id"
 VERSION_HEADER: Final = "MCP-Protocol-Version"
@@ -84,7 +84,7 @@ class SessionKeys:
         self.persistent = persistent
         """False when the key is random to this process (sessions end with it)."""
         self._encoder = msgspec.json.Encoder()
-        self._decoder = msgspec.json.Decoder(ClientSession)
+        self._decoder = JsonDecoder(ClientSession)
 
     @classmethod
     def random(cls) -> SessionKeys:

@@ -30,7 +30,7 @@ from gateway.egress import Egress
 from gateway.errors import ControlPlaneError
 from gateway.h1 import H1Client, H1Error, valid_field_value
 from gateway.telemetry import NOOP, Telemetry
-from gateway.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
+from gateway.wire import MAX_POLL_LIMIT, Codec, JsonDecoder, PolledCommand, TunnelClientMetadata
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class ControlPlane:
         self._responses = H1Client(f"{base}/response", ssl_context=self._ssl, proxy=self._proxy)
         self._header_lines: tuple[str, bytes] | None = None  # (key, lines) for the key they were built with
         self._codec = codec
-        self._metadata = msgspec.json.Decoder(TunnelClientMetadata)
+        self._metadata = JsonDecoder(TunnelClientMetadata)
         headers = {
             "Accept": "application/json",
             "X-Tunnel-Client-Name": identity.name,

@@ -25,7 +25,7 @@ from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavail
 from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
-from gateway.wire import METHOD_NOT_FOUND, Codec, Headers, JsonRpcMessage
+from gateway.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class StdioUpstream(Upstream):
         self._attempted = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._era_hint: Era | None = None
-        self._progress = msgspec.json.Decoder(_Progress)
+        self._progress = JsonDecoder(_Progress)
         self._server_requests: dict[bytes, Raw] = {}
         """Requests the server sent to a client, by the gateway id the client answers to."""
         self._server_request_seq = 0
