@@ -57,7 +57,8 @@ class Endpoint:
     """Where MCP clients connect when the relay is embedded."""
 
     urls: dict[str, str]
-    client_token: str | None
+    token_required: bool
+    """Clients must send the configured `relay.client_token` (never printed: it is a secret)."""
 
 
 @dataclass(slots=True)
@@ -411,7 +412,7 @@ async def _embedded_relay(
     relay = Relay(relay_config, credentials, tracer=telemetry.relay_tracer())
     await relay.start()
     urls = {channel: relay.url_for(spec.tunnel_id, channel) for channel in config.channels}
-    return relay, key, Endpoint(urls, token.reveal() if token else None)
+    return relay, key, Endpoint(urls, token_required=token is not None)
 
 
 def _remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> tuple[str, str, ApiKey]:

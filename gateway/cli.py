@@ -99,8 +99,8 @@ async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Override
         if runtime.endpoint is not None:
             for channel, url in runtime.endpoint.urls.items():
                 print(f"MCP endpoint (channel {channel}): {url}")
-            if runtime.endpoint.client_token:
-                print(f"clients send: Authorization: Bearer {runtime.endpoint.client_token}")
+            if runtime.endpoint.token_required:
+                print("clients send: Authorization: Bearer <the token relay.client_token names>")
         readiness = runtime.readiness
         assert readiness is not None
 

@@ -20,6 +20,7 @@ import msgspec
 
 from gateway.config import secrets
 from gateway.protocol.errors import ControlPlaneError
+from gateway.protocol.wire import JsonDecoder
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ApiKey:
         self._expires: float | None = None
         self._file_stamp: tuple[float, int] | None = None
         self._lock = asyncio.Lock()
-        self._decoder = msgspec.json.Decoder(_TokenOutput)
+        self._decoder = JsonDecoder(_TokenOutput)
 
     @property
     def source(self) -> str:

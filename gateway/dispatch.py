@@ -24,7 +24,14 @@ from gateway.channel import ServedChannel
 from gateway.limits import Limits, Subject
 from gateway.logs import REQUEST_ID
 from gateway.protocol.edge import Edge
-from gateway.protocol.errors import CommandError, CommandGone, RateLimited, UnknownChannel, UpstreamError
+from gateway.protocol.errors import (
+    CommandError,
+    CommandGone,
+    InvalidRequestParams,
+    RateLimited,
+    UnknownChannel,
+    UpstreamError,
+)
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
@@ -42,6 +49,7 @@ from gateway.protocol.wire import (
     TunnelFailure,
     TunnelResponsePayload,
     allowed_response_headers,
+    expired,
     header_value,
     parse_response_timeout,
 )
@@ -177,8 +185,7 @@ class Dispatcher:
         REQUEST_ID.set(command.request_id)  # this command's log lines carry it
         timeout = parse_response_timeout(command.response_timeout)
         deadline = None if timeout is None else received_at + timeout
-        loop = asyncio.get_running_loop()
-        if deadline is not None and loop.time() >= deadline:
+        if expired(deadline, asyncio.get_running_loop().time()):
             log.info("command %s expired before it ran; dropped", command.request_id)
             return
         try:
@@ -222,6 +229,10 @@ class Dispatcher:
         self._telemetry.describe(message)
         expects_answer = message.is_request
         try:
+            if message.method is not UNSET and message.params is not UNSET and not _object_or_null(message.params):
+                # MCP 2025-11-25 / 2026-07-28 schema: `params` is an object. Servers drop other shapes
+                # unanswered (the official SDK does), so the gateway answers for them.
+                raise InvalidRequestParams("params must be a JSON object")
             channel = self._channels.get(command.channel)
             if channel is None:
                 raise UnknownChannel(command.channel)
@@ -230,6 +241,9 @@ class Dispatcher:
                 reply = await self._frames(command, channel.run(message, command.headers), expects_answer)
             await self._answer(command, expects_answer, self._edge.answer(reply) if modern else reply)
         except (CommandError, UpstreamError) as exc:
+            await self._fail(command, message, exc)
+        except Exception as exc:  # a gateway bug: the command still gets its one answer
+            log.exception("command %s failed inside the gateway", command.request_id)
             await self._fail(command, message, exc)
 
     async def _frames(self, command: PolledCommand, frames: AsyncIterator[Frame], expects_answer: bool) -> Reply:
@@ -310,7 +324,7 @@ class Dispatcher:
         if command.jsonrpc is UNSET:
             return None
         try:
-            message = self._codec.message(command.jsonrpc)
+            message = self._codec.client_message(command.jsonrpc)
         except msgspec.MsgspecError:
             return None
         if message.method is UNSET and not message.is_response:
@@ -347,6 +361,11 @@ class Dispatcher:
         if gone:
             raise CommandGone()
         return delivered
+
+
+def _object_or_null(raw: Raw) -> bool:
+    """Whether a decoded raw JSON value (no leading whitespace) is an object or null."""
+    return bytes(memoryview(raw)[:1]) in (b"{", b"n")
 
 
 def _reason(status: int) -> str:

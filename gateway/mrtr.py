@@ -26,7 +26,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway.protocol.errors import InvalidRequestParams, MissingClientCapability, UpstreamError
 from gateway.protocol.mcp import Frame, Notify, Reply, UpstreamInfo, abandon
-from gateway.protocol.wire import Codec, Headers, JsonRpcMessage
+from gateway.protocol.wire import Codec, Headers, JsonDecoder, JsonRpcMessage
 from gateway.upstream.base import Upstream
 
 INPUT_METHODS: Final = frozenset({"elicitation/create", "sampling/createMessage", "roots/list"})
@@ -311,8 +311,8 @@ class _Retry(msgspec.Struct):
     inputResponses: dict[str, Raw] = {}
 
 
-_input_required = msgspec.json.Decoder(_InputRequired)
-_retry = msgspec.json.Decoder(_Retry)
+_input_required = JsonDecoder(_InputRequired)
+_retry = JsonDecoder(_Retry)
 
 
 def input_required_result(codec: Codec, requests: dict[str, tuple[str, Raw | UnsetType]], state: str) -> Raw:

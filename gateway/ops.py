@@ -43,6 +43,13 @@ class ServerState(Protocol):
     def problem(self) -> str | None: ...
 
 
+class PollLoop(Protocol):
+    """What readiness reads from the poll loop (`Poller`)."""
+
+    fault: str | None
+    """Why the poll loop is backing off after an unexpected error; None while it runs cleanly."""
+
+
 class RuntimeView(Protocol):
     """What readiness reads from the running gateway (`app.Runtime`), live, so reloads show at once."""
 
@@ -55,9 +62,13 @@ class RuntimeView(Protocol):
     @property
     def control_plane(self) -> PollClock: ...
 
+    @property
+    def poller(self) -> PollLoop: ...
+
 
 class Readiness:
-    """Whether the gateway can serve: a recent successful poll and every required server up."""
+    """Whether the gateway can serve: a recent successful poll, a poll loop not backing off from an
+    unexpected error, and every required server up."""
 
     def __init__(self, *, max_poll_age_s: float, clock: Callable[[], float] | None = None) -> None:
         self._max_age = max_poll_age_s
@@ -96,6 +107,9 @@ class Readiness:
             else:
                 check = f"no successful poll for {age:.1f}s (limit {self._max_age:g}s)"
                 parts.append(_Part("control_plane", check, why or f"no successful poll for over {self._max_age:g}s"))
+        fault = runtime.poller.fault
+        if fault is not None:  # the poll loop itself failed and backs off: that is the news
+            parts[-1] = _Part("control_plane", fault, fault)
         servers = runtime.config.servers
         for name, upstream in sorted(runtime.upstreams.items()):
             spec = servers.get(name)

@@ -35,7 +35,7 @@ from gateway.config.routing import SessionsSpec
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError, UpstreamProtocolError
 from gateway.protocol.mcp import Call, Reply
-from gateway.protocol.wire import Headers, header_value
+from gateway.protocol.wire import Headers, JsonDecoder, header_value
 from gateway.upstream.base import Upstream
 
 SESSION_HEADER: Final = "Mcp-Session-Id"
@@ -86,7 +86,7 @@ class SessionKeys:
         self.persistent = persistent
         """False when the key is random to this process (sessions end with it)."""
         self._encoder = msgspec.json.Encoder()
-        self._decoder = msgspec.json.Decoder(ClientSession)
+        self._decoder = JsonDecoder(ClientSession)
 
     @classmethod
     def random(cls) -> SessionKeys:

@@ -29,7 +29,7 @@ from gateway.credentials import ApiKey
 from gateway.egress import Egress
 from gateway.h1 import H1Client, H1Error, valid_field_value
 from gateway.protocol.errors import CommandGone, ControlPlaneError
-from gateway.protocol.wire import MAX_POLL_LIMIT, Codec, PolledCommand, TunnelClientMetadata
+from gateway.protocol.wire import MAX_POLL_LIMIT, Codec, JsonDecoder, PolledCommand, TunnelClientMetadata
 from gateway.telemetry import NOOP, Telemetry
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class ControlPlane:
         self._responses = H1Client(f"{base}/response", ssl_context=self._ssl, proxy=self._proxy)
         self._header_lines: tuple[str, bytes] | None = None  # (key, lines) for the key they were built with
         self._codec = codec
-        self._metadata = msgspec.json.Decoder(TunnelClientMetadata)
+        self._metadata = JsonDecoder(TunnelClientMetadata)
         headers = {
             "Accept": "application/json",
             "X-Tunnel-Client-Name": identity.name,
@@ -312,13 +312,28 @@ class Poller:
         self._out = 0
         self._backoff = Backoff()
         self._auth_reported = False
+        self.fault: str | None = None
+        """Why the poll loop is backing off after an unexpected error; None while it runs cleanly."""
 
     async def run(self) -> None:
         """Introduce the gateway (the startup metadata request), then poll until cancelled."""
         await self._introduce()
         async with asyncio.TaskGroup() as polls:
             for _ in range(self._polls):
-                polls.create_task(self._poll_loop())
+                polls.create_task(self._supervised())
+
+    async def _supervised(self) -> None:
+        """One poll loop that nothing but cancellation ends: an unexpected error is logged once
+        (until a poll goes through again), shown as `fault` (and so on `/readyz`), and followed
+        by a backoff and the next poll."""
+        while True:
+            try:
+                await self._poll_loop()
+            except Exception as exc:
+                if self.fault is None:
+                    log.exception("the poll loop failed unexpectedly; polling again after a backoff")
+                self.fault = f"the poll loop failed ({type(exc).__name__}); retrying"
+                await asyncio.sleep(self._backoff.next())
 
     async def _poll_loop(self) -> None:
         while True:
@@ -344,13 +359,17 @@ class Poller:
                 self._sink.capacity_changed()
             self._backoff.reset()
             self._auth_reported = False
+            dropped = 0
             for raw in commands:
                 try:
                     command = self._codec.command(raw)
-                except msgspec.MsgspecError as exc:
-                    log.error("dropped a malformed command from the control plane: %s", exc)
+                except msgspec.MsgspecError:
+                    dropped += 1  # no usable request_id or shard_token: nothing can answer it
                     continue
                 self._sink.submit(command, received)
+            if dropped:
+                log.warning("dropped %d command(s) without a usable request_id or shard_token", dropped)
+            self.fault = None
 
     async def _introduce(self) -> None:
         """Ask for the tunnel's metadata once: a quick answer to "is the control plane there, and does it

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx2
 
@@ -67,12 +68,15 @@ class Process:
 
 
 @contextlib.asynccontextmanager
-async def process(*args: str | Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> AsyncIterator[Process]:
+async def process(
+    *args: str | Path, env: dict[str, str] | None = None, cwd: Path = ROOT, stderr: IO[bytes] | None = None
+) -> AsyncIterator[Process]:
+    """A child process; its stderr goes to ours, or to the file `stderr`."""
     proc = await asyncio.create_subprocess_exec(
         *map(str, args),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=None,
+        stderr=stderr,
         env={**os.environ, **(env or {})},
         cwd=cwd,
     )

@@ -111,6 +111,8 @@ class Command:
     body: dict[str, Any]
     contract: bool
     handed_at: float | None = None
+    raw: bytes | None = None
+    """The command's exact bytes in the poll body, when they are not `body` as JSON (malformed on purpose)."""
 
 
 @dataclass
@@ -302,6 +304,34 @@ class ScriptedControlPlane:
         command = Command(request_id, shard_token, channel, body, contract)
         if contract:
             validate("PolledCommandList", {"commands": [body]})
+        self.commands[request_id] = command
+        self._queue.append(command)
+        self._enqueued.set()
+        return request_id
+
+    def enqueue_raw(
+        self,
+        members: bytes,
+        *,
+        request_id: str | None = None,
+        shard_token: str | None = None,
+        envelope: bool = True,
+        channel: str | None = None,
+    ) -> str:
+        """Queue a command given as raw JSON text (deep nesting, lone surrogates, wrong types: what
+        `json.dumps` cannot or will not write); returns its request_id. With `envelope`, `members`
+        are the object's members after `request_id` and `shard_token`; without, the whole command
+        (`request_id` and `shard_token` then say what it holds; `channel` is what responses must echo).
+        Never validated against the contract."""
+        n = next(self._ids)
+        request_id = request_id or f"req_{n:04d}"
+        shard_token = shard_token or f"shard:{n}:{os.urandom(4).hex()}"
+        if envelope:
+            head = json.dumps({"request_id": request_id, "shard_token": shard_token}).encode()[:-1]
+            raw = head + (b"," + members if members else b"") + b"}"
+        else:
+            raw = members
+        command = Command(request_id, shard_token, channel, {}, False, raw=raw)
         self.commands[request_id] = command
         self._queue.append(command)
         self._enqueued.set()
@@ -558,7 +588,8 @@ class ScriptedControlPlane:
             self._handed.add(command.request_id)
             record.handed.append(command.request_id)
         validate("PolledCommandList", {"commands": [c.body for c in batch if c.contract]})
-        body = json.dumps({"commands": [c.body for c in batch]}).encode()
+        listed = b",".join(c.raw if c.raw is not None else json.dumps(c.body).encode() for c in batch)
+        body = b'{"commands":[%s]}' % listed
         delay, self.body_delay_s = self.body_delay_s, 0.0
         if not delay:
             return web.Response(body=body, content_type="application/json")
@@ -659,7 +690,7 @@ class ScriptedControlPlane:
         if "shard_token" in payload:
             self.violations.append(f"{where}: shard_token in the body")
         command = self.commands.get(str(payload.get("request_id")))
-        if command is not None and payload.get("channel") != (command.channel or "main"):
+        if command is not None and payload.get("channel") != ("main" if command.channel is None else command.channel):
             self.violations.append(f"{where}: channel {payload.get('channel')!r} not echoed from the command")
         if not record.headers.get("Content-Type", "").startswith("application/json"):
             self.violations.append(f"{where}: Content-Type is not application/json")

@@ -164,10 +164,16 @@ class FakeControlPlane:
 
 
 @dataclass
+class FakePoller:
+    fault: str | None = None
+
+
+@dataclass
 class FakeRuntime:
     config: routing_config.RoutingConfig
     upstreams: Mapping[str, Any]
     control_plane: FakeControlPlane = field(default_factory=FakeControlPlane)
+    poller: FakePoller = field(default_factory=FakePoller)
 
 
 def _config(required_b: bool = True) -> routing_config.RoutingConfig:

@@ -269,9 +269,8 @@ async def test_gateway_auth_failures(harness: Harness, authorization: str | None
     api_error(reply, 401, "tunnel_use_forbidden")
 
 
-async def test_unknown_tunnel_is_404(harness: Harness) -> None:
-    async with harness.client.get("/v1/tunnels/tunnel_nope/poll", headers=GATEWAY) as resp:
-        api_error(await _reply(resp), 404, None)
+async def test_unknown_tunnel_is_404_to_callers(harness: Harness) -> None:
+    """(The tunnel API answers an unknown tunnel 401, like a wrong key: tests/test_input_defects.py.)"""
     reply = await harness.call(tunnel="tunnel_nope")
     api_error(reply, 404, None)
 

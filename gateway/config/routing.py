@@ -425,10 +425,23 @@ def _check_observability(config: RoutingConfig, file: str) -> None:
             raise ConfigError(file, "ops.ready_poll_age_s", "a positive number of seconds")
 
 
+_USERINFO: Final = re.compile(r"^((?:[^/?#]*?//)?)[^/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """`url` with any userinfo (`user:password@`) replaced, for error messages; works on text
+    that does not parse as a URL too."""
+    return _USERINFO.sub(r"\1***@", url)
+
+
 def _check_url(url: str, file: str, key: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(file, key, f"an absolute http(s) URL (got {url!r})")
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        valid = False
+    if not valid:
+        raise ConfigError(file, key, f"an absolute http(s) URL (got {redact_url(url)!r})")
 
 
 def _on_loopback(url: str) -> bool:

@@ -16,8 +16,9 @@ import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 
 from gateway import __version__
+from gateway.protocol.errors import InvalidRequestParams
 from gateway.protocol.mcp import Era, UpstreamInfo
-from gateway.protocol.wire import Codec, Headers, header_value
+from gateway.protocol.wire import Codec, Headers, JsonDecoder, header_value
 
 MODERN_VERSION: Final = "2026-07-28"
 MODERN_VERSIONS: Final = (MODERN_VERSION,)
@@ -97,10 +98,10 @@ class Bridge:
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
         self.client_info = Raw(codec.encode(_Implementation("mcp-tunnel-gateway", __version__)))
-        self._discover = msgspec.json.Decoder(_DiscoverResult)
-        self._initialize = msgspec.json.Decoder(_InitializeResult)
-        self._init_params = msgspec.json.Decoder(_InitializeParams)
-        self._log_level = msgspec.json.Decoder(_LogLevel)
+        self._discover = JsonDecoder(_DiscoverResult)
+        self._initialize = JsonDecoder(_InitializeResult)
+        self._init_params = JsonDecoder(_InitializeParams)
+        self._log_level = JsonDecoder(_LogLevel)
 
     # ------------------------------------------------------------------ probing servers
 
@@ -220,14 +221,15 @@ class Bridge:
     # ------------------------------------------------------------------ translating requests
 
     def legacy_params(self, params: Raw | UnsetType) -> Raw | UnsetType:
-        """Strip the 2026-07-28 envelope for a handshake-era server."""
+        """Strip the 2026-07-28 envelope for a handshake-era server (params that are not an
+        object, or whose `_meta` is not one, carry no envelope and pass as they are)."""
         if params is UNSET or not _contains(params, _RESERVED_BYTES):
             return params
-        members = self.codec.members(params)
-        meta = members.get(META)
-        if meta is None:
+        members = self._object(params)
+        meta = None if members is None else self._object(members.get(META))
+        if members is None or meta is None:
             return params
-        kept = {k: v for k, v in self.codec.members(meta).items() if not k.startswith(RESERVED_PREFIX)}
+        kept = {k: v for k, v in meta.items() if not k.startswith(RESERVED_PREFIX)}
         if kept:
             members[META] = Raw(self.codec.encode(kept))
         else:
@@ -235,9 +237,16 @@ class Bridge:
         return Raw(self.codec.encode(members))
 
     def modern_params(self, params: Raw | UnsetType, capabilities: Raw, client_info: Raw) -> Raw:
-        """Add the 2026-07-28 envelope for a stateless server on behalf of a legacy client."""
-        members = {} if params is UNSET else self.codec.members(params)
-        meta = self.codec.members(members[META]) if META in members else {}
+        """Add the 2026-07-28 envelope for a stateless server on behalf of a legacy client.
+
+        Absent or null `params` (and `_meta`) are taken as empty objects; any other
+        non-object raises InvalidRequestParams (-32602): there is nowhere to put the envelope."""
+        members = {} if params is UNSET else self._object(params, null={})
+        if members is None:
+            raise InvalidRequestParams("params must be a JSON object")
+        meta = self._object(members.get(META), null={}) if META in members else {}
+        if meta is None:
+            raise InvalidRequestParams("params._meta must be a JSON object")
         envelope = self.codec.members(self.codec.encode(_Envelope(MODERN_VERSION, capabilities, client_info)))
         meta.update(envelope)
         members[META] = Raw(self.codec.encode(meta))
@@ -255,26 +264,29 @@ class Bridge:
     def modern_result(self, method: str, result: Raw, server_info: Raw) -> Raw:
         """A handshake-era result made a 2026-07-28 one: `resultType`, cache directives
         (immediately stale and private: a handshake-era server gave no freshness hint),
-        and the serverInfo stamp."""
-        members = self.codec.members(result)
+        and the serverInfo stamp. A result that is not an object passes as it is."""
+        members = self._object(result)
+        if members is None:
+            return result
         members.setdefault("resultType", Raw(b'"complete"'))
         if method in CACHEABLE_METHODS:
             members.setdefault("ttlMs", Raw(b"0"))
             members.setdefault("cacheScope", Raw(b'"private"'))
-        meta = self.codec.members(members[META]) if META in members else {}
+        meta = self._object(members.get(META)) or {}
         meta.setdefault(SERVER_INFO_KEY, server_info)
         members[META] = Raw(self.codec.encode(meta))
         return Raw(self.codec.encode(members))
 
     def legacy_result(self, result: Raw) -> Raw:
         """A 2026-07-28 result made a handshake-era one: drop the keys older clients reject."""
-        members = self.codec.members(result)
-        if not MODERN_ONLY_RESULT_KEYS.intersection(members) and META not in members:
+        members = self._object(result)
+        if members is None or (not MODERN_ONLY_RESULT_KEYS.intersection(members) and META not in members):
             return result
         for key in MODERN_ONLY_RESULT_KEYS:
             members.pop(key, None)
-        if META in members:
-            meta = {k: v for k, v in self.codec.members(members[META]).items() if k != SERVER_INFO_KEY}
+        meta = self._object(members.get(META))
+        if meta is not None:
+            meta.pop(SERVER_INFO_KEY, None)
             if meta:
                 members[META] = Raw(self.codec.encode(meta))
             else:
@@ -319,9 +331,17 @@ class Bridge:
         return Raw(self.codec.encode({k: v for k, v in members.items() if k not in HANDSHAKE_ONLY_CAPABILITIES}))
 
     def _meta_of(self, params: Raw) -> dict[str, Raw] | None:
+        members = self._object(params)
+        return None if members is None else self._object(members.get(META))
+
+    def _object(self, raw: Raw | None, *, null: dict[str, Raw] | None = None) -> dict[str, Raw] | None:
+        """The members of a JSON object; `null` for JSON null, None for anything else."""
+        if raw is None:
+            return None
+        if memoryview(raw).nbytes == 4 and bytes(raw) == b"null":
+            return null
         try:
-            meta = self.codec.members(params).get(META)
-            return None if meta is None else self.codec.members(meta)
+            return self.codec.members(raw)
         except msgspec.MsgspecError:
             return None
 

@@ -16,7 +16,7 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 
-from gateway.protocol.wire import Headers, JsonRpcMessage
+from gateway.protocol.wire import Headers, JsonDecoder, JsonRpcMessage
 
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
@@ -68,10 +68,10 @@ class Payloads:
     """Decoders and an encoder built once; the methods never raise on bad input."""
 
     def __init__(self) -> None:
-        self._params = msgspec.json.Decoder(Params)
-        self._message = msgspec.json.Decoder(JsonRpcMessage)
-        self._answer = msgspec.json.Decoder(_Answer)
-        self._members = msgspec.json.Decoder(dict[str, Raw])
+        self._params = JsonDecoder(Params)
+        self._message = JsonDecoder(JsonRpcMessage)
+        self._answer = JsonDecoder(_Answer)
+        self._members = JsonDecoder(dict[str, Raw])
         self._enc = msgspec.json.Encoder()
 
     def params(self, params: Raw | UnsetType | None) -> Params:

@@ -9,10 +9,14 @@ Sans-IO: imports neither asyncio nor aiohttp, and never touches a socket.
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Final, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
+
+from gateway.protocol import jsonscan
+
+T = TypeVar("T")
 
 Headers = dict[str, list[str]]
 """Multi-valued HTTP headers as the tunnel carries them: name -> values."""
@@ -61,6 +65,15 @@ class PollBatch(Struct):
     so that one malformed command cannot take its neighbours down with it."""
 
     commands: list[Raw]
+
+
+class _Envelope(Struct):
+    """What a command needs to be answered at all; its other fields are read one by one."""
+
+    request_id: str
+    shard_token: str
+    command_type: str = COMMAND_JSONRPC
+    channel: str = "main"
 
 
 class PolledCommandList(Struct):
@@ -217,28 +230,114 @@ class _ErrorObject(Struct, kw_only=True):
     data: FailureData | Raw | UnsetType = UNSET
 
 
+TOO_DEEP: Final = "JSON nested deeper than the decoder allows"
+MAX_CLIENT_DEPTH: Final = 128
+"""How deep an MCP client's message may nest arrays and objects (the envelope included)."""
+
+
+class JsonDecoder(Generic[T]):
+    """A msgspec JSON decoder for one type whose nesting bound ends in `msgspec.DecodeError`.
+
+    msgspec refuses a value nested deeper than the interpreter's recursion limit (about
+    1,000 levels) with `RecursionError`; here that is what it is, malformed input, so
+    every caller's `except msgspec.MsgspecError` covers it."""
+
+    def __init__(self, type: type[T]) -> None:
+        self._decoder = msgspec.json.Decoder(type)
+
+    def decode(self, data: bytes | Raw | str) -> T:
+        try:
+            return self._decoder.decode(data)
+        except RecursionError:
+            raise msgspec.DecodeError(TOO_DEEP) from None
+
+
 class Codec:
     """Encoders and decoders built once and shared (msgspec's fast path)."""
 
     def __init__(self) -> None:
         self._enc = msgspec.json.Encoder()
-        self._message = msgspec.json.Decoder(JsonRpcMessage)
-        self._command = msgspec.json.Decoder(PolledCommand)
-        self._batch = msgspec.json.Decoder(PollBatch)
-        self._payload = msgspec.json.Decoder(TunnelResponsePayload)
-        self._error = msgspec.json.Decoder(JsonRpcError)
-        self._object = msgspec.json.Decoder(dict[str, Raw])
-        self._string = msgspec.json.Decoder(str)
+        self._message = JsonDecoder(JsonRpcMessage)
+        self._command = JsonDecoder(PolledCommand)
+        self._envelope = JsonDecoder(_Envelope)
+        self._headers = JsonDecoder(Headers)
+        self._raw = JsonDecoder(Raw)
+        self._batch = JsonDecoder(PollBatch)
+        self._payload = JsonDecoder(TunnelResponsePayload)
+        self._error = JsonDecoder(JsonRpcError)
+        self._object = JsonDecoder(dict[str, Raw])
+        self._string = JsonDecoder(str)
 
     # decoders raise msgspec.DecodeError / ValidationError; callers translate.
     def message(self, data: bytes | Raw) -> JsonRpcMessage:
         return self._message.decode(data)
 
+    def client_message(self, data: bytes | Raw) -> JsonRpcMessage:
+        """A message from an MCP client: like `message`, and DecodeError when it nests deeper than
+        MAX_CLIENT_DEPTH, which servers may not survive (the official Python SDK drops such a
+        message unanswered)."""
+        if jsonscan.nesting_exceeds(bytes(data), MAX_CLIENT_DEPTH):
+            raise msgspec.DecodeError(f"JSON nested deeper than {MAX_CLIENT_DEPTH} levels")
+        return self._message.decode(data)
+
     def command(self, data: bytes | Raw) -> PolledCommand:
-        return self._command.decode(data)
+        """One polled command. A command the strict decode refuses is read field by field:
+        when its `request_id`, `shard_token`, `command_type` and `channel` are usable it is
+        returned with what else could be read (an unreadable `response_timeout` means no
+        deadline; unreadable `headers` or `jsonrpc` leave `jsonrpc` unset, which is answered
+        as an invalid request); otherwise DecodeError (it cannot be answered)."""
+        try:
+            return self._command.decode(data)
+        except msgspec.MsgspecError:
+            return self._salvage(bytes(data))
+
+    def _salvage(self, data: bytes) -> PolledCommand:
+        found = jsonscan.members(data)
+        if found is None or any(key is None for key, _ in found):
+            raise msgspec.DecodeError("a command that is not a JSON object")
+        fields = {key: value for key, value in found if key is not None}  # the last one wins, as in msgspec
+        kept = b",".join(key + b":" + value for key, value in fields.items() if key in _ENVELOPE_KEYS)
+        envelope = self._envelope.decode(b"{%s}" % kept)
+        timeout = fields.get(b'"response_timeout"')
+        command = PolledCommand(
+            request_id=envelope.request_id,
+            shard_token=envelope.shard_token,
+            command_type=envelope.command_type,
+            channel=envelope.channel,
+            response_timeout=self._optional_string(timeout),
+        )
+        try:
+            headers = fields.get(b'"headers"')
+            command.headers = {} if headers is None else self._headers.decode(headers)
+            jsonrpc = fields.get(b'"jsonrpc"')
+            if jsonrpc is not None:
+                self._raw.decode(jsonrpc)  # a value msgspec reads, so it can be forwarded
+                command.jsonrpc = Raw(jsonrpc)
+        except msgspec.MsgspecError:
+            command.headers, command.jsonrpc = {}, UNSET
+        return command
+
+    def _optional_string(self, data: bytes | None) -> str | None:
+        if data is None:
+            return None
+        try:
+            return self._string.decode(data)
+        except msgspec.MsgspecError:
+            return None
 
     def batch(self, data: bytes) -> PollBatch:
-        return self._batch.decode(data)
+        """The commands of a poll body, each still raw. When the strict decode refuses the body
+        (one command nested too deep or holding a lone surrogate), the `commands` array is split
+        without judging its members, so each is decoded, and answered or dropped, on its own."""
+        try:
+            return self._batch.decode(data)
+        except msgspec.MsgspecError:
+            top = jsonscan.members(data)
+            commands = None if top is None else dict(top).get(b'"commands"')
+            listed = None if commands is None else jsonscan.members(commands)
+            if listed is None or commands is None or not commands.startswith(b"["):
+                raise
+            return PollBatch([Raw(value) for _, value in listed])
 
     def payload(self, data: bytes) -> TunnelResponsePayload:
         return self._payload.decode(data)
@@ -292,6 +391,8 @@ class Codec:
         return self._enc.encode(APIErrorResponse(APIErrorBody(message=message, type=type, param=param, code=code)))
 
 
+_ENVELOPE_KEYS: Final = frozenset(b'"%s"' % name.encode() for name in _Envelope.__struct_fields__)
+
 NULL_ID: Final = Raw(b"null")
 
 # JSON-RPC error codes used by the gateway.
@@ -310,14 +411,19 @@ _MAX_DURATION_NS: Final = 2**63 - 1
 """A duration beyond a signed 64-bit nanosecond count is an overflow: no deadline."""
 
 
-def parse_response_timeout(value: str | None) -> float | None:
+CLOCK_RESOLUTION_S: Final = 0.001
+"""The coarsest tick of the loop clocks the gateway runs on (uvloop counts milliseconds): a
+deadline closer than this cannot be told from one already passed, so it counts as passed."""
+
+
+def parse_response_timeout(value: object) -> float | None:
     """`response_timeout` -> seconds, or None for "no deadline".
 
     Grammar: one non-negative integer (ASCII digits) and one unit of
-    ns/us/ms/s/m/h. Absent, null, malformed or overflowing values fail open
-    (None); `0s` is 0.0, meaning already expired.
+    ns/us/ms/s/m/h. Absent, null, malformed, non-string or overflowing values
+    fail open (None); `0s` is 0.0, meaning already expired.
     """
-    if value is None:
+    if not isinstance(value, str):
         return None
     match = _TIMEOUT.fullmatch(value)
     if match is None:
@@ -326,6 +432,12 @@ def parse_response_timeout(value: str | None) -> float | None:
     if nanos > _MAX_DURATION_NS:
         return None
     return nanos / 1e9
+
+
+def expired(deadline: float | None, now: float) -> bool:
+    """Whether a command with this deadline (loop time) must be dropped at `now`: past it, or
+    closer to it than the clock can resolve (`1ns`, `100ns`, `1us` have passed on arrival)."""
+    return deadline is not None and now + CLOCK_RESOLUTION_S > deadline
 
 
 # --------------------------------------------------------------------------- headers

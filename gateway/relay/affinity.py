@@ -32,6 +32,7 @@ from gateway.protocol.wire import (
     SERVER_INFO_MAX_BYTES,
     SERVER_INFO_MAX_CHANNELS,
     Headers,
+    JsonDecoder,
     ServerInfoHeader,
     TunnelResponsePayload,
     header_value,
@@ -42,7 +43,7 @@ SESSION_HEADER: Final = "Mcp-Session-Id"
 ANONYMOUS: Final = "-"
 """The instance id of polls that send no `X-Tunnel-Client-Instance-Id`."""
 
-_server_info = msgspec.json.Decoder(ServerInfoHeader)
+_server_info = JsonDecoder(ServerInfoHeader)
 
 
 def affine_channels(value: str | None) -> frozenset[str]:

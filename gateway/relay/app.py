@@ -19,9 +19,9 @@ from aiohttp import web
 from gateway.config.secrets import SecretError, resolve
 from gateway.protocol.wire import Codec
 from gateway.relay.config import RedisBackend, RelayConfig, RelayConfigError, parse_listen
-from gateway.relay.errors import error_middleware
+from gateway.relay.errors import ServerLog, error_middleware
 from gateway.relay.front import FrontDoor
-from gateway.relay.guard import Credentials, check_channel, resolve_credentials
+from gateway.relay.guard import READ_TIMEOUT, Credentials, check_channel, resolve_credentials
 from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
 from gateway.relay.tracing import NO_TRACER, RelayTracer
@@ -110,6 +110,7 @@ def build_relay_app(
     app[CONFIG] = config
     app[BACKEND] = queue
     app[METRICS] = metrics
+    app[READ_TIMEOUT] = config.read_timeout_s
     app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics).routes())
     app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer).routes())
     app.router.add_routes(OpsEndpoints(queue, metrics).routes())
@@ -184,6 +185,8 @@ class Relay:
             handler_cancellation=True,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             access_log=logging.getLogger("aiohttp.access") if self._config.access_log else None,
+            logger=ServerLog(logging.getLogger("aiohttp.server")),
+            keepalive_timeout=self._config.read_timeout_s,  # bounds a request's headers too
         )
         await runner.setup()
         try:

@@ -106,6 +106,10 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     """A gateway counts as connected while it polls and this long after its last poll ended."""
     poll_max_wait_ms: Annotated[int, Meta(ge=1)] = 25000
     """Default and cap of a poll's `timeout_ms`."""
+    read_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    """How long a connection may take to send a request's headers (counted from when it opened
+    or its previous request ended, so it also closes idle keep-alive connections) and, separately,
+    its body; a slower request is closed (headers) or answered 408 (body)."""
     access_log: bool = False
     """One log line per HTTP request (off by default: it costs more CPU than relaying the request)."""
     session_ttl_s: Annotated[float, Meta(gt=0)] = 3600.0

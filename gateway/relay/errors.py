@@ -19,9 +19,11 @@ one becomes a response. The tree::
     │   ├── PendingNotFound (404 pending_request_not_found)
     │   ├── ShardMismatch (401 tunnel_request_mismatch)
     │   └── FrameBacklog (429 rate_limit_exceeded + Retry-After)
-    ├── TunnelNotFound (404)             either side named a tunnel the relay does not serve
+    ├── TunnelNotFound (404)             a caller named a tunnel the relay does not serve (the
+    │                                    tunnel API answers 401 instead: tunnel ids stay secret)
     ├── InvalidChannel (400 invalid_channel_format)
     ├── BodyTooLarge (413 request_body_too_large)
+    ├── BodyTimeout (408 request_timeout)  the body did not arrive within `read_timeout_s`
     ├── QueueFull (429 tunnel_queue_full + Retry-After)
     ├── ClientNotSeen (503 tunnel_client_not_seen)
     ├── BackendUnavailable (503 tunnel_transport_unavailable + Retry-After)  the queue store is unreachable
@@ -33,9 +35,11 @@ one becomes a response. The tree::
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+import sys
+from typing import Any, ClassVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.protocol.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
@@ -174,6 +178,13 @@ class BodyTooLarge(RelayError):
     default_message = "the request body exceeds the relay's byte limit"
 
 
+class BodyTimeout(RelayError):
+    status = 408
+    code = "request_timeout"
+    default_message = "the request body did not arrive in time"
+    extra_headers = {"Connection": "close"}
+
+
 class QueueFull(RelayError):
     status = 429
     code = "tunnel_queue_full"
@@ -241,3 +252,17 @@ def error_middleware(codec: Codec) -> Middleware:
             return RelayError().to_response(codec)
 
     return middleware
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger the relay gives aiohttp's HTTP server. A request aiohttp could not parse (bad
+    request line, headers or chunking: the client's fault, answered 400) becomes one DEBUG line
+    without a traceback, so malformed traffic cannot flood the log; anything else keeps its
+    ERROR line and traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            self.debug("relay: refused a malformed HTTP request (%s)", type(exc).__name__)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)

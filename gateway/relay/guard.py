@@ -6,8 +6,10 @@ queues or frames; secrets never appear in its errors or logs.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -17,6 +19,7 @@ from aiohttp import web
 from gateway.config.secrets import Secret, SecretError, resolve
 from gateway.relay.config import RelayConfig, RelayConfigError
 from gateway.relay.errors import (
+    BodyTimeout,
     BodyTooLarge,
     ClientUnauthorized,
     GatewayUnauthorized,
@@ -27,6 +30,10 @@ from gateway.relay.errors import (
 
 _CHANNEL: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _LOOPBACK_ORIGIN: Final = re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?", re.I)
+
+READ_TIMEOUT: Final = web.AppKey("relay_read_timeout_s", float)
+"""The app's `read_timeout_s`: how long `read_body` waits for a whole body."""
+DEFAULT_READ_TIMEOUT_S: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +89,15 @@ def _matches_any(presented: str | None, secrets: Iterable[Secret]) -> bool:
     return found and presented is not None
 
 
-def check_gateway(request: web.Request, credentials: TunnelCredentials) -> None:
-    """The tunnel API's Bearer gateway key; raises GatewayUnauthorized."""
-    if not _matches_any(bearer_token(request), (credentials.gateway_key,)):
+_NO_TUNNEL: Final = TunnelCredentials(Secret(secrets.token_urlsafe(32), "no such tunnel"))
+"""Compared against when a request names an unknown tunnel, so that it costs what a known one does."""
+
+
+def check_gateway(request: web.Request, credentials: TunnelCredentials | None) -> None:
+    """The tunnel API's Bearer gateway key; raises GatewayUnauthorized. An unknown tunnel
+    (`credentials` None) is refused the same way, so tunnel ids cannot be enumerated."""
+    presented = bearer_token(request)
+    if not _matches_any(presented, ((credentials or _NO_TUNNEL).gateway_key,)) or credentials is None:
         raise GatewayUnauthorized()
 
 
@@ -152,7 +165,8 @@ def check_channel(name: str, *, param: str = "channel") -> str:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body, or BodyTooLarge as soon as it is known to exceed `limit`.
+    """The whole request body, or BodyTooLarge as soon as it is known to exceed `limit`, or
+    BodyTimeout when it takes longer than the app's `read_timeout_s` to arrive.
 
     The app's `client_max_size` is the same limit, so aiohttp stops reading a
     body without a Content-Length as soon as it grows past it.
@@ -160,6 +174,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes")
     try:
-        return await request.read()
+        async with asyncio.timeout(request.app.get(READ_TIMEOUT, DEFAULT_READ_TIMEOUT_S)):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes") from None
+    except TimeoutError:
+        raise BodyTimeout() from None

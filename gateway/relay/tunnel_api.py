@@ -29,7 +29,7 @@ from gateway.protocol.wire import (
 )
 from gateway.relay.affinity import SERVER_INFO_HEADER, affine_channels
 from gateway.relay.config import RelayConfig
-from gateway.relay.errors import InvalidParameter, InvalidPayload, TunnelNotFound
+from gateway.relay.errors import InvalidParameter, InvalidPayload
 from gateway.relay.guard import Credentials, TunnelCredentials, check_channel, check_gateway, read_body
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
@@ -93,9 +93,8 @@ class TunnelAPI:
     def _authorize(self, request: web.Request) -> tuple[str, TunnelCredentials]:
         tunnel_id = request.match_info["tunnel_id"]
         credentials = self._credentials.get(tunnel_id)
-        if credentials is None:
-            raise TunnelNotFound()
-        check_gateway(request, credentials)
+        check_gateway(request, credentials)  # an unknown tunnel is refused like a wrong key
+        assert credentials is not None
         return tunnel_id, credentials
 
     def _json(self, obj: object) -> web.Response:

@@ -63,7 +63,7 @@ class LineDecoder:
             piece = chunk[start:end]
             start = end + 1
             if self._skipping:
-                yield Oversized(self._skipping + len(piece), self._head)
+                yield Oversized(self._skipping + len(piece), (self._head + piece[:HEAD_BYTES])[:HEAD_BYTES])
                 self._skipping, self._head = 0, b""
                 continue
             if len(self._buffer) + len(piece) > self._limit:
@@ -83,6 +83,8 @@ class LineDecoder:
     def _take(self, rest: bytes) -> None:
         if self._skipping:
             self._skipping += len(rest)
+            if len(self._head) < HEAD_BYTES:  # however the line was split, keep the same first bytes
+                self._head = (self._head + rest[:HEAD_BYTES])[:HEAD_BYTES]
         elif len(self._buffer) + len(rest) > self._limit:
             self._skipping = len(self._buffer) + len(rest)
             self._head = self._start_of(rest)

@@ -26,7 +26,7 @@ from gateway.config.routing import ServerSpec, StdioSpec
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
-from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonRpcMessage
+from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage
 from gateway.upstream.base import Upstream
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
@@ -132,8 +132,8 @@ class StdioUpstream(Upstream):
         self._attempted = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._era_hint: Era | None = None
-        self._progress = msgspec.json.Decoder(_Progress)
-        self._log_message = msgspec.json.Decoder(_LogMessage)
+        self._progress = JsonDecoder(_Progress)
+        self._log_message = JsonDecoder(_LogMessage)
         self._server_requests: dict[bytes, Raw] = {}
         """Requests the server sent to a client, by the gateway id the client answers to."""
         self._server_request_seq = 0
@@ -347,11 +347,11 @@ class StdioUpstream(Upstream):
         """Give the server a gateway-unique progress token, so clients' tokens never collide."""
         if params is UNSET or b"progressToken" not in bytes(params):
             return params, None
-        members = self._codec.members(params)
-        meta_raw = members.get("_meta")
-        if meta_raw is None:
+        try:
+            members = self._codec.members(params)
+            meta = self._codec.members(members.get("_meta", b"null"))
+        except msgspec.MsgspecError:  # params or `_meta` not an object: no progress token to rewrite
             return params, None
-        meta = self._codec.members(meta_raw)
         original = meta.get("progressToken")
         if original is None:
             return params, None
