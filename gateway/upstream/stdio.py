@@ -171,10 +171,8 @@ class StdioUpstream(Upstream):
                 assert proc.stderr is not None
                 tasks.create_task(self._read(proc.stdout))
                 tasks.create_task(self._log_stderr(proc.stderr))
-                try:
-                    info = await asyncio.wait_for(self._handshake(), self._spec.startup_timeout_s)
-                except (TimeoutError, UpstreamError, msgspec.MsgspecError):
-                    log.error("stdio server %r did not complete the MCP handshake", self.name)
+                info = await self._handshake_or_exit(proc)
+                if info is None:
                     await self._stop(proc)
                 else:
                     self._up(info)
@@ -184,6 +182,30 @@ class StdioUpstream(Upstream):
         finally:
             self._proc = self._stdin = None
             await self._stop(proc)
+
+    async def _handshake_or_exit(self, proc: asyncio.subprocess.Process) -> UpstreamInfo | None:
+        """The handshake, bounded by `startup_timeout_s` and raced against the process's exit:
+        a server that dies mid-handshake is noticed at once, not when the bound expires."""
+        handshake = asyncio.ensure_future(self._handshake())
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            done, _ = await asyncio.wait(
+                (handshake, exited), timeout=self._spec.startup_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if handshake in done:
+                try:
+                    return handshake.result()
+                except (UpstreamError, msgspec.MsgspecError):
+                    log.error("stdio server %r did not complete the MCP handshake", self.name)
+            elif exited in done:
+                log.error("stdio server %r exited during the MCP handshake", self.name)
+            else:
+                log.error("stdio server %r did not complete the MCP handshake in time", self.name)
+            return None
+        finally:
+            for task in (handshake, exited):
+                task.cancel()
+            await asyncio.gather(handshake, exited, return_exceptions=True)
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """Close stdin, then SIGTERM, then SIGKILL, each after a grace period."""

@@ -6,13 +6,18 @@ Flags change what happens when `tools/call` arrives:
   --malformed     answer with a line that is not JSON, then carry on serving
   --die-on-call   exit with status 4 without answering
   --hang-on-call  never answer that call (other requests are still served)
+Restart scripting (independent of the above):
+  --spawn-log FILE          append this process's pid to FILE when it starts (count the spawns)
+  --die-in-handshake N,...  exit with status 5 on `initialize` when this is the Nth spawn in FILE
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -40,6 +45,8 @@ def handle(request: dict[str, Any], flags: argparse.Namespace) -> None:
     method, req_id, params = request.get("method"), request.get("id"), request.get("params") or {}
     if "id" not in request:
         return  # a notification: nothing to answer
+    if method == "initialize" and flags.spawn in flags.die_in_handshake:
+        sys.exit(5)
     if method == "initialize":
         asked = params.get("protocolVersion")
         result(
@@ -77,7 +84,14 @@ def main() -> None:
     behaviour.add_argument("--malformed", action="store_true")
     behaviour.add_argument("--die-on-call", action="store_true")
     behaviour.add_argument("--hang-on-call", action="store_true")
+    parser.add_argument("--spawn-log", type=Path)
+    parser.add_argument("--die-in-handshake", type=lambda v: {int(n) for n in v.split(",")}, default=set())
     flags = parser.parse_args()
+    flags.spawn = 0
+    if flags.spawn_log is not None:
+        with flags.spawn_log.open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        flags.spawn = len(flags.spawn_log.read_text().split())
     for line in sys.stdin:
         if not line.strip():
             continue
