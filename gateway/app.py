@@ -270,6 +270,7 @@ def _build_upstream(
         max_message_bytes=limit,
         extra_headers=headers,
         ready_timeout_s=spec.startup_timeout_s,
+        request_timeout_s=spec.request_timeout_s,
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
     )
     return Bounded(http_upstream, spec.max_concurrency) if spec.max_concurrency else http_upstream

@@ -74,6 +74,36 @@ class Reply:
 
 Frame = Notify | Reply
 
+
+def within(frames: AsyncIterator[Frame], timeout_s: float | None, server: str) -> AsyncIterator[Frame]:
+    """A call's frames, bounded by the server's `request_timeout_s` (None: unbounded, `frames` as is).
+
+    When the call takes longer, `frames` is cancelled where it waits (the transport
+    retires the id or aborts the request, as it does for any abandoned call) and the
+    call fails with the contract's `timeout` failure. A deadline of the caller's own
+    (the command's) still cancels through this untouched.
+    """
+    return frames if timeout_s is None else _bounded(frames, timeout_s, server)
+
+
+async def _bounded(frames: AsyncIterator[Frame], timeout_s: float, server: str) -> AsyncIterator[Frame]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    frame = await anext(frames)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UpstreamUnavailable.timeout(server) from None
+            yield frame
+    finally:
+        close = getattr(frames, "aclose", None)
+        if close is not None:
+            await close()
+
+
 UpstreamObserver = Callable[[str, str], None]
 """`(server name, event)`: `up`, `down` or `restart`."""
 

@@ -29,7 +29,7 @@ from gateway.egress import Egress
 from gateway.eras import MODERN_VERSION, Bridge
 from gateway.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.sse import SseEventTooLarge, SseParser
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo, within
 from gateway.wire import (
     HOP_BY_HOP,
     Headers,
@@ -145,9 +145,11 @@ class HttpUpstream(Upstream):
         max_message_bytes: int,
         extra_headers: dict[str, str],
         ready_timeout_s: float = 30.0,
+        request_timeout_s: float | None = None,
         egress: Egress | None = None,
     ) -> None:
         super().__init__(name, ready_timeout_s)
+        self._request_timeout_s = request_timeout_s
         self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
         self._proxy = egress.proxy if egress else None
         self._url = spec.url
@@ -240,7 +242,10 @@ class HttpUpstream(Upstream):
 
     # ------------------------------------------------------------------ calls
 
-    async def exchange(self, call: Call) -> AsyncIterator[Frame]:
+    def exchange(self, call: Call) -> AsyncIterator[Frame]:
+        return within(self._exchange(call), self._request_timeout_s, self.name)
+
+    async def _exchange(self, call: Call) -> AsyncIterator[Frame]:
         """POST one message; yield the server's notifications, then its answer as the Reply.
 
         On the gateway's own session with a handshake-era server, many clients'

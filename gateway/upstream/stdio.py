@@ -22,7 +22,7 @@ from msgspec import UNSET, Raw, UnsetType
 from gateway.config import ServerSpec, StdioSpec
 from gateway.eras import Bridge
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
-from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo
+from gateway.upstream.base import Call, Era, Frame, Notify, Reply, Upstream, UpstreamInfo, within
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
 from gateway.wire import METHOD_NOT_FOUND, Codec, Headers, JsonRpcMessage
@@ -266,7 +266,10 @@ class StdioUpstream(Upstream):
     def pending(self) -> int:
         return len(self._ids)
 
-    async def exchange(self, call: Call) -> AsyncIterator[Frame]:
+    def exchange(self, call: Call) -> AsyncIterator[Frame]:
+        return within(self._exchange(call), self._spec.request_timeout_s, self.name)
+
+    async def _exchange(self, call: Call) -> AsyncIterator[Frame]:
         await self.wait_info()
         if call.id is None:
             await self._write(self._codec.notification(call.method, call.params))
