@@ -9,6 +9,8 @@ Flags change what happens when `tools/call` arrives:
 Restart scripting (independent of the above):
   --spawn-log FILE          append this process's pid to FILE when it starts (count the spawns)
   --die-in-handshake N,...  exit with status 5 on `initialize` when this is the Nth spawn in FILE
+  --call-log FILE           append the `text` of each `echo` call to FILE before answering it
+  --echo-delay-ms N         take N ms over each `echo` call (calls stay in flight long enough to break)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,10 @@ def handle(request: dict[str, Any], flags: argparse.Namespace) -> None:
             return
         elif params.get("name") == "echo":
             text = str((params.get("arguments") or {}).get("text", ""))
+            time.sleep(flags.echo_delay_ms / 1000)
+            if flags.call_log is not None:
+                with flags.call_log.open("a") as log:
+                    log.write(f"{text}\n")
             result(req_id, {"content": [{"type": "text", "text": text}], "isError": False})
         else:
             error(req_id, -32602, f"unknown tool {params.get('name')!r}")
@@ -85,6 +92,8 @@ def main() -> None:
     behaviour.add_argument("--die-on-call", action="store_true")
     behaviour.add_argument("--hang-on-call", action="store_true")
     parser.add_argument("--spawn-log", type=Path)
+    parser.add_argument("--call-log", type=Path)
+    parser.add_argument("--echo-delay-ms", type=int, default=0)
     parser.add_argument("--die-in-handshake", type=lambda v: {int(n) for n in v.split(",")}, default=set())
     flags = parser.parse_args()
     flags.spawn = 0
