@@ -567,6 +567,11 @@ def encode_header_value(value: str) -> str:
     return f"=?base64?{base64.b64encode(value.encode()).decode('ascii')}?="
 
 
+def sendable_header(name: str, value: str) -> bool:
+    """A configured header an HTTP request can carry: a token name and a value without CR, LF or NUL."""
+    return _TOKEN.fullmatch(name) is not None and _valid_value(value)
+
+
 def _valid_value(value: str) -> bool:
     """A header value that cannot split or smuggle a header (no CR, LF or NUL)."""
     return _FIELD_VALUE.fullmatch(value) is not None
