@@ -1,7 +1,8 @@
 """A scripted, non-SDK stdio MCP server for fault tests (standard library only, handshake era only).
 
 Reads newline-delimited JSON-RPC on stdin and answers `initialize`, `ping`, `tools/list` and
-`tools/call` of its one tool `echo`; any other request (`server/discover` included) gets -32601.
+`tools/call` of its one tool `echo` (optional `delay_ms`: answer that much later); any other
+request (`server/discover` included) gets -32601.
 Flags change what happens when `tools/call` arrives:
   --malformed     answer with a line that is not JSON, then carry on serving
   --die-on-call   exit with status 4 without answering
@@ -74,7 +75,7 @@ def handle(request: dict[str, Any], flags: argparse.Namespace) -> None:
             return
         elif params.get("name") == "echo":
             text = str((params.get("arguments") or {}).get("text", ""))
-            time.sleep(flags.echo_delay_ms / 1000)
+            time.sleep((flags.echo_delay_ms + int((params.get("arguments") or {}).get("delay_ms", 0))) / 1000)
             if flags.call_log is not None:
                 with flags.call_log.open("a") as log:
                     log.write(f"{text}\n")
