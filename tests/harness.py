@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ROOT / "tests" / "servers"
@@ -135,3 +136,10 @@ async def legacy_initialize(http: httpx2.AsyncClient, url: str) -> httpx2.Respon
         },
         headers={"Accept": "application/json, text/event-stream"},
     )
+
+
+def report(request: pytest.FixtureRequest, lines: list[str]) -> None:
+    """Print figures to the terminal past pytest's output capture (campaign tables and counts)."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print("\n".join(lines), flush=True)
