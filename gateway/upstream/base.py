@@ -1,8 +1,9 @@
 """The Upstream contract: what every transport to an MCP server provides.
 
 Owns the types exchanged between the channel layer and a transport (`Call`,
-`Notify`, `Reply`, `UpstreamInfo`) and the abstract `Upstream`. Knows nothing
-of the tunnel; every transport passes the same contract suite in the tests.
+`Notify`, `Reply`, `UpstreamInfo`), the abstract `Upstream` and `within`, the
+per-server bound on one call that transports apply. Knows nothing of the tunnel;
+every transport passes the same contract suite in the tests.
 """
 
 from __future__ import annotations
