@@ -37,7 +37,7 @@ from gateway.sessions import SessionKeys, SessionStore
 from gateway.telemetry import NOOP, Telemetry
 from gateway.tunnel import ControlPlane, Identity, Poller
 from gateway.upstream.base import Upstream
-from gateway.upstream.http import HttpUpstream
+from gateway.upstream.http import HttpUpstream, sendable_header
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
 from gateway.upstream.stdio import StdioUpstream
 
@@ -271,6 +271,10 @@ def _build_upstream(
         }
     except secret_refs.SecretError as exc:
         raise ConfigError(file, f"servers.{name}.http.headers", f"resolvable secrets ({exc})") from None
+    if not all(sendable_header(k, v) for k, v in headers.items()):
+        # Neither the name nor the value is echoed: the value may be a secret.
+        expected = "header names that are HTTP tokens and values without line breaks or control characters"
+        raise ConfigError(file, f"servers.{name}.http.headers", expected)
     http_upstream = HttpUpstream(
         name,
         spec.http,
@@ -279,6 +283,7 @@ def _build_upstream(
         max_message_bytes=limit,
         extra_headers=headers,
         ready_timeout_s=spec.startup_timeout_s,
+        request_timeout_s=spec.request_timeout_s,
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
         reprobe_max_s=spec.restart_backoff_max_s,
     )

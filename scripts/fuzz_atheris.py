@@ -36,8 +36,8 @@ with atheris.instrument_imports():
     import msgspec
     from msgspec import Raw
 
-    from gateway import jsonscan
     from gateway.config import routing as routing_config
+    from gateway.protocol import jsonscan
     from gateway.protocol.eras import EMPTY_OBJECT, Bridge
     from gateway.protocol.errors import ConfigError, InvalidRequestParams
     from gateway.protocol.sse import SseError, SseParser

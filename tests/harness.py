@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx2
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ROOT / "tests" / "servers"
@@ -142,3 +143,10 @@ async def legacy_initialize(http: httpx2.AsyncClient, url: str) -> httpx2.Respon
         },
         headers={"Accept": "application/json, text/event-stream"},
     )
+
+
+def report(request: pytest.FixtureRequest, lines: list[str]) -> None:
+    """Print figures to the terminal past pytest's output capture (campaign tables and counts)."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print("\n".join(lines), flush=True)

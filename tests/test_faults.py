@@ -11,6 +11,8 @@ every failure must be the contract's -32603 with valid `tunnel_failure` provenan
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -171,3 +173,31 @@ async def test_http_upstream_refusing_connections(tmp_path: Path) -> None:
                 exactly_once(cp, [*before, *after])
                 raw = json.dumps([p.payload for p in cp.posts])
                 assert url not in raw, "the upstream URL leaked into a response"
+
+
+async def test_death_in_the_restart_handshake_is_noticed_at_once(tmp_path: Path) -> None:
+    """A stdio server killed, whose restart then exits during its `initialize` (MCP 2025-11-25,
+    Lifecycle: Initialization), is restarted again after the backoff, not after `startup_timeout_s`:
+    300 s here, ten times this test's own patience. Counted by the spawns the server logs."""
+    spawns = tmp_path / "spawns"
+    server = stdio(
+        "raw_stdio.py",
+        "--spawn-log",
+        str(spawns),
+        "--die-in-handshake",
+        "2",
+        startup_timeout_s=300,
+        restart_backoff_max_s=0.5,
+    )
+    async with (
+        ScriptedControlPlane(hold_s=0.3) as cp,
+        run_gateway(routes({"raw": server}), tmp_path, *cli_args(cp)) as gw,
+    ):
+        assert text(await cp.answer(cp.call("echo", {"text": "before"}, channel="raw"))) == "before"
+        os.kill(int(spawns.read_text().split()[0]), signal.SIGKILL)
+        await gw.wait_for(r"stdio server 'raw' exited with status -9", stream="stderr")
+        after = cp.call("echo", {"text": "after"}, channel="raw")
+        assert text(await cp.answer(after, within_s=30)) == "after"
+        await gw.wait_for(r"stdio server 'raw' exited during the MCP handshake", stream="stderr", within_s=1)
+        assert len(spawns.read_text().split()) == 3, "not one restart after the handshake death"
+        exactly_once(cp, [after])

@@ -182,6 +182,11 @@ def test_good_routing_file_loads() -> None:
             "gateway.max_inflight",
             "at least 1",
         ),
+        (
+            "servers: {a: {stdio: {command: x}, request_timeout_s: 0}}\nchannels: {main: [a]}\n",
+            "servers.a.request_timeout_s",
+            "a positive number of seconds",
+        ),
     ],
 )
 def test_bad_routing_files_name_the_key(document: str, key: str, expected: str) -> None:

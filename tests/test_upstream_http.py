@@ -106,6 +106,7 @@ async def upstream(http: aiohttp.ClientSession, bridge: Bridge) -> AsyncIterator
         max_bytes: int = MAX_BYTES,
         headers: dict[str, str] | None = None,
         ready_timeout_s: float = PATIENCE_S,
+        request_timeout_s: float | None = None,
     ) -> HttpUpstream:
         up = HttpUpstream(
             "srv",
@@ -115,6 +116,7 @@ async def upstream(http: aiohttp.ClientSession, bridge: Bridge) -> AsyncIterator
             max_message_bytes=max_bytes,
             extra_headers=headers or {},
             ready_timeout_s=ready_timeout_s,
+            request_timeout_s=request_timeout_s,
         )
         made.append(up)
         return up
@@ -451,6 +453,25 @@ async def test_closing_the_exchange_early_cancels_the_legacy_request(
         async for frame in frames:
             assert isinstance(frame, Notify)
             break
+    await wait_for_cancelled(up, bridge, before["cancelled"] + 1)
+    _, reply = await run(up, tool_call(up, bridge, "echo", text="after"))
+    assert text_of(reply) == "after"
+
+
+@pytest.mark.parametrize("server", ["dual_server", "legacy_server"])
+async def test_request_timeout_fails_the_call_and_aborts_the_request(
+    upstream: Factory, bridge: Bridge, server: str, request: pytest.FixtureRequest
+) -> None:
+    """`request_timeout_s`: past it the call fails with the contract's `timeout` failure and the
+    request is abandoned as a cancelled one is (MCP 2025-11-25, Cancellation; on 2026-07-28 the
+    closed stream is the cancellation), so the one connection allowed is free again."""
+    up = await started(upstream, request.getfixturevalue(server), request_timeout_s=0.3)
+    before = await counters(up, bridge)
+    with pytest.raises(UpstreamUnavailable) as failed:
+        await run(up, tool_call(up, bridge, "block", progress="b"))
+    assert failed.value.failure.source == "timeout"
+    assert failed.value.failure.transport_error_kind == "timeout"
+    assert failed.value.failure.upstream_response_received is False
     await wait_for_cancelled(up, bridge, before["cancelled"] + 1)
     _, reply = await run(up, tool_call(up, bridge, "echo", text="after"))
     assert text_of(reply) == "after"

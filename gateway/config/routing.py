@@ -86,7 +86,9 @@ class ServerSpec(_Frozen, frozen=True, kw_only=True):
     http: HttpSpec | None = None
     startup_timeout_s: float = 30.0
     request_timeout_s: float | None = None
-    """Upper bound for one call when the command carries no deadline (None: unbounded)."""
+    """Upper bound for one call to this server (waiting for a restart included): past it the call
+    is cancelled and answered with the contract's `timeout` failure. A command's own earlier
+    deadline still wins (it is abandoned without an answer). None: unbounded."""
     restart_backoff_max_s: float = 30.0
     required: bool = True
     """`/readyz` reports not ready while this server is down."""
@@ -379,6 +381,8 @@ def check(config: RoutingConfig, file: str) -> None:
                 raise ConfigError(file, f"{key}.http.url", "a loopback URL (127.0.0.1, [::1], localhost) with `spawn`")
         if server.startup_timeout_s <= 0:
             raise ConfigError(file, f"{key}.startup_timeout_s", "a positive number of seconds")
+        if server.request_timeout_s is not None and not server.request_timeout_s > 0:
+            raise ConfigError(file, f"{key}.request_timeout_s", "a positive number of seconds")
     if not config.channels:
         raise ConfigError(file, "channels", "at least one channel")
     for channel, members in config.channels.items():

@@ -1,9 +1,9 @@
 """The Upstream contract: what every transport to an MCP server provides.
 
-Owns the abstract `Upstream` (the types it exchanges with the channel layer,
-`Call`, `Notify`, `Reply`, `UpstreamInfo`, live in `gateway.protocol.mcp`).
-Knows nothing of the tunnel; every transport passes the same contract suite,
-tests/test_upstream_contract.py.
+Owns the abstract `Upstream` and `within`, the per-server bound on one call that transports apply
+(the types an upstream exchanges with the channel layer, `Call`, `Notify`, `Reply`, `UpstreamInfo`,
+live in `gateway.protocol.mcp`). Knows nothing of the tunnel; every transport passes the same
+contract suite, tests/test_upstream_contract.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,36 @@ from collections.abc import AsyncIterator, Callable
 from gateway.protocol.errors import UpstreamUnavailable
 from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo
 from gateway.protocol.wire import Headers, JsonRpcMessage
+
+
+def within(frames: AsyncIterator[Frame], timeout_s: float | None, server: str) -> AsyncIterator[Frame]:
+    """A call's frames, bounded by the server's `request_timeout_s` (None: unbounded, `frames` as is).
+
+    When the call takes longer, `frames` is cancelled where it waits (the transport
+    retires the id or aborts the request, as it does for any abandoned call) and the
+    call fails with the contract's `timeout` failure. A deadline of the caller's own
+    (the command's) still cancels through this untouched.
+    """
+    return frames if timeout_s is None else _bounded(frames, timeout_s, server)
+
+
+async def _bounded(frames: AsyncIterator[Frame], timeout_s: float, server: str) -> AsyncIterator[Frame]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    frame = await anext(frames)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UpstreamUnavailable.timeout(server) from None
+            yield frame
+    finally:
+        close = getattr(frames, "aclose", None)
+        if close is not None:
+            await close()
+
 
 UpstreamObserver = Callable[[str, str], None]
 """`(server name, event)`: `up`, `down` or `restart`."""

@@ -40,7 +40,7 @@ from gateway.protocol.wire import (
     header_value,
     strip_hop_by_hop,
 )
-from gateway.upstream.base import Upstream
+from gateway.upstream.base import Upstream, within
 from gateway.upstream.process import SupervisedProcess
 
 JSON: Final = "application/json"
@@ -152,6 +152,7 @@ class HttpUpstream(Upstream):
         max_message_bytes: int,
         extra_headers: dict[str, str],
         ready_timeout_s: float = 30.0,
+        request_timeout_s: float | None = None,
         egress: Egress | None = None,
         reprobe_max_s: float = 30.0,
     ) -> None:
@@ -166,6 +167,7 @@ class HttpUpstream(Upstream):
             if spec.spawn is None
             else SupervisedProcess(name, spec.spawn, backoff_max_s=reprobe_max_s, on_exit=self._process_exited)
         )
+        self._request_timeout_s = request_timeout_s
         self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
         self._proxy = egress.proxy if egress else None
         self._url = spec.url
@@ -314,7 +316,10 @@ class HttpUpstream(Upstream):
 
     # ------------------------------------------------------------------ calls
 
-    async def exchange(self, call: Call) -> AsyncIterator[Frame]:
+    def exchange(self, call: Call) -> AsyncIterator[Frame]:
+        return within(self._exchange(call), self._request_timeout_s, self.name)
+
+    async def _exchange(self, call: Call) -> AsyncIterator[Frame]:
         """POST one message; yield the server's notifications, then its answer as the Reply.
 
         On the gateway's own session with a handshake-era server, many clients'
@@ -640,6 +645,11 @@ def encode_header_value(value: str) -> str:
     if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not _B64_SENTINEL.fullmatch(value):
         return value
     return f"=?base64?{base64.b64encode(value.encode()).decode('ascii')}?="
+
+
+def sendable_header(name: str, value: str) -> bool:
+    """A configured header an HTTP request can carry: a token name and a value without CR, LF or NUL."""
+    return _TOKEN.fullmatch(name) is not None and _valid_value(value)
 
 
 def _valid_value(value: str) -> bool:

@@ -210,7 +210,9 @@ class StdioPool(Upstream):
 class _Lease:
     process: Upstream
     active: int = 0
+    """Calls running on the process (its start counts as one): a busy lease is never stopped."""
     last_used: float = 0.0
+    stopped: bool = False
 
 
 class SessionProcess(Delegate):
@@ -223,6 +225,8 @@ class SessionProcess(Delegate):
 
     async def exchange(self, call: Call) -> AsyncIterator[Frame]:
         lease = self._lease
+        if lease.stopped:  # evicted to make room between the lookup and this call
+            raise UpstreamUnavailable.closed(self.name)
         lease.active += 1
         lease.last_used = self._clock()
         frames = self.inner.exchange(call)
@@ -246,6 +250,8 @@ class ClientProcesses(Delegate):
     A session's process starts on its first call and stops after
     `idle_timeout_s` without one; at `max_sessions` the process idle longest
     is stopped to make room (when every one is busy, the new session is refused).
+    A process still stopping counts against the cap until it is gone, and one
+    still starting is busy: there are never more than `max_sessions` at once.
     """
 
     def __init__(
@@ -263,6 +269,9 @@ class ClientProcesses(Delegate):
         self._leases: OrderedDict[str, _Lease] = OrderedDict()
         self._starting: dict[str, asyncio.Future[_Lease]] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._stopping = 0
+        """Processes taken off `_leases` whose stop is not finished: they still hold a slot."""
+        self._stopped = asyncio.Condition()
 
     def _clock(self) -> float:
         return asyncio.get_running_loop().time()
@@ -289,7 +298,7 @@ class ClientProcesses(Delegate):
     async def for_session(self, session_id: str) -> Upstream:
         """The process of one client session, started (and waited for) on first use."""
         lease = self._leases.get(session_id)
-        if lease is None:
+        while lease is None:
             pending = self._starting.get(session_id)
             if pending is None:
                 pending = asyncio.get_running_loop().create_future()
@@ -304,36 +313,48 @@ class ClientProcesses(Delegate):
                     self._starting.pop(session_id, None)
                 pending.set_result(lease)
             else:
-                lease = await asyncio.shield(pending)
+                await asyncio.shield(pending)
+                lease = self._leases.get(session_id)  # None when stopped again meanwhile: open anew
         self._leases.move_to_end(session_id)
         lease.last_used = self._clock()
         return SessionProcess(lease.process, lease, self._clock)
 
     async def _open(self, session_id: str) -> _Lease:
-        while len(self._leases) >= self._max:
+        while len(self._leases) + self._stopping >= self._max:
             idle = [(lease.last_used, sid) for sid, lease in self._leases.items() if lease.active == 0]
-            if not idle:
+            if idle:
+                _, oldest = min(idle)
+                log.info("server %r: stopping the process of the session idle longest to make room", self.name)
+                await self._stop(oldest)
+            elif self._stopping:
+                async with self._stopped:  # a slot frees when a process being stopped is gone
+                    await self._stopped.wait()
+            else:
                 raise UpstreamUnavailable(
                     f"upstream {self.name!r} has no room for another client session ({self._max} busy)",
                     TunnelFailure(
                         source="client_internal", transport_error_kind="unknown", upstream_response_received=False
                     ),
                 )
-            _, oldest = min(idle)
-            log.info("server %r: stopping the process of the session idle longest to make room", self.name)
-            await self._stop(oldest)
         process = self._factory()
         process.listeners = self.listeners
         process.observer = self._relay_event
-        lease = _Lease(process, 0, self._clock())
+        lease = _Lease(process, 1, self._clock())  # busy while it starts: never the one stopped for room
         self._leases[session_id] = lease
         try:
             await process.start()
             await process.wait_info()
+            if lease.stopped:  # the session ended while its process started
+                raise UpstreamUnavailable.closed(self.name)
         except BaseException:
-            self._leases.pop(session_id, None)
-            await process.close()
+            if self._leases.get(session_id) is lease:
+                self._leases.pop(session_id)
+            if not lease.stopped:
+                await self._retire(lease)
             raise
+        finally:
+            lease.active -= 1
+            lease.last_used = self._clock()
         log.info("server %r: started a process for a client session (%d running)", self.name, len(self._leases))
         return lease
 
@@ -344,7 +365,18 @@ class ClientProcesses(Delegate):
     async def _stop(self, session_id: str) -> None:
         lease = self._leases.pop(session_id, None)
         if lease is not None:
+            await self._retire(lease)
+
+    async def _retire(self, lease: _Lease) -> None:
+        """Stop a process taken off `_leases`; it holds its slot until it is gone."""
+        lease.stopped = True
+        self._stopping += 1
+        try:
             await lease.process.close()
+        finally:
+            self._stopping -= 1
+            async with self._stopped:
+                self._stopped.notify_all()
 
     async def _reap(self) -> None:
         interval = min(self._idle_timeout_s / 2, REAP_INTERVAL_MAX_S)

@@ -27,7 +27,7 @@ from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage
-from gateway.upstream.base import Upstream
+from gateway.upstream.base import Upstream, within
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
 
@@ -204,10 +204,8 @@ class StdioUpstream(Upstream):
                 assert proc.stderr is not None
                 tasks.create_task(self._read(proc.stdout))
                 tasks.create_task(self._log_stderr(proc.stderr))
-                try:
-                    info = await asyncio.wait_for(self._handshake(), self._spec.startup_timeout_s)
-                except (TimeoutError, UpstreamError, msgspec.MsgspecError):
-                    log.error("stdio server %r did not complete the MCP handshake", self.name)
+                info = await self._handshake_or_exit(proc)
+                if info is None:
                     if proc.returncode is None:  # alive but mute; an exit says more by its status
                         problem = "did not complete the MCP handshake"
                     await self._stop(proc)
@@ -221,6 +219,30 @@ class StdioUpstream(Upstream):
         finally:
             self._proc = self._stdin = None
             await self._stop(proc)
+
+    async def _handshake_or_exit(self, proc: asyncio.subprocess.Process) -> UpstreamInfo | None:
+        """The handshake, bounded by `startup_timeout_s` and raced against the process's exit:
+        a server that dies mid-handshake is noticed at once, not when the bound expires."""
+        handshake = asyncio.ensure_future(self._handshake())
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            done, _ = await asyncio.wait(
+                (handshake, exited), timeout=self._spec.startup_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if handshake in done:
+                try:
+                    return handshake.result()
+                except (UpstreamError, msgspec.MsgspecError):
+                    log.error("stdio server %r did not complete the MCP handshake", self.name)
+            elif exited in done:
+                log.error("stdio server %r exited during the MCP handshake", self.name)
+            else:
+                log.error("stdio server %r did not complete the MCP handshake in time", self.name)
+            return None
+        finally:
+            for task in (handshake, exited):
+                task.cancel()
+            await asyncio.gather(handshake, exited, return_exceptions=True)
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """Close stdin, then SIGTERM, then SIGKILL, each after a grace period."""
@@ -281,7 +303,10 @@ class StdioUpstream(Upstream):
     def pending(self) -> int:
         return len(self._ids)
 
-    async def exchange(self, call: Call) -> AsyncIterator[Frame]:
+    def exchange(self, call: Call) -> AsyncIterator[Frame]:
+        return within(self._exchange(call), self._spec.request_timeout_s, self.name)
+
+    async def _exchange(self, call: Call) -> AsyncIterator[Frame]:
         info = await self.wait_info()
         if call.id is None:
             await self._write(self._codec.notification(call.method, call.params))

@@ -1,19 +1,28 @@
 """A scripted, non-SDK stdio MCP server for fault tests (standard library only, handshake era only).
 
 Reads newline-delimited JSON-RPC on stdin and answers `initialize`, `ping`, `tools/list` and
-`tools/call` of its one tool `echo`; any other request (`server/discover` included) gets -32601.
+`tools/call` of its one tool `echo` (optional `delay_ms`: answer that much later); any other
+request (`server/discover` included) gets -32601.
 Flags change what happens when `tools/call` arrives:
   --malformed     answer with a line that is not JSON, then carry on serving
   --die-on-call   exit with status 4 without answering
   --hang-on-call  never answer that call (other requests are still served)
+Restart scripting (independent of the above):
+  --spawn-log FILE          append this process's pid to FILE when it starts (count the spawns)
+  --die-in-handshake N,...  exit with status 5 on `initialize` when this is the Nth spawn in FILE
+  --call-log FILE           append the `text` of each `echo` call to FILE before answering it
+  --echo-delay-ms N         take N ms over each `echo` call (calls stay in flight long enough to break)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -41,6 +50,8 @@ def handle(request: dict[str, Any], flags: argparse.Namespace) -> None:
     method, req_id, params = request.get("method"), request.get("id"), request.get("params") or {}
     if "id" not in request:
         return  # a notification: nothing to answer
+    if method == "initialize" and flags.spawn in flags.die_in_handshake:
+        sys.exit(5)
     if method == "initialize":
         asked = params.get("protocolVersion")
         result(
@@ -65,6 +76,10 @@ def handle(request: dict[str, Any], flags: argparse.Namespace) -> None:
             return
         elif params.get("name") == "echo":
             text = str((params.get("arguments") or {}).get("text", ""))
+            time.sleep((flags.echo_delay_ms + int((params.get("arguments") or {}).get("delay_ms", 0))) / 1000)
+            if flags.call_log is not None:
+                with flags.call_log.open("a") as log:
+                    log.write(f"{text}\n")
             result(req_id, {"content": [{"type": "text", "text": text}], "isError": False})
         else:
             error(req_id, -32602, f"unknown tool {params.get('name')!r}")
@@ -78,7 +93,17 @@ def main() -> None:
     behaviour.add_argument("--malformed", action="store_true")
     behaviour.add_argument("--die-on-call", action="store_true")
     behaviour.add_argument("--hang-on-call", action="store_true")
-    serve_lines(sys.stdin, handle, parser.parse_args())
+    parser.add_argument("--spawn-log", type=Path)
+    parser.add_argument("--call-log", type=Path)
+    parser.add_argument("--echo-delay-ms", type=int, default=0)
+    parser.add_argument("--die-in-handshake", type=lambda v: {int(n) for n in v.split(",")}, default=set())
+    flags = parser.parse_args()
+    flags.spawn = 0
+    if flags.spawn_log is not None:
+        with flags.spawn_log.open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        flags.spawn = len(flags.spawn_log.read_text().split())
+    serve_lines(sys.stdin, handle, flags)
 
 
 def serve_lines(
