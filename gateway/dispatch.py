@@ -240,6 +240,8 @@ class Dispatcher:
             async with self._admit(command, message, channel):
                 reply = await self._frames(command, channel.run(message, command.headers), expects_answer)
             await self._answer(command, expects_answer, self._edge.answer(reply) if modern else reply)
+        except CommandGone:
+            raise  # the control plane no longer waits for this command: nothing more is posted
         except (CommandError, UpstreamError) as exc:
             await self._fail(command, message, exc)
         except Exception as exc:  # a gateway bug: the command still gets its one answer
