@@ -127,6 +127,35 @@ def stdio_server(*extra: str) -> str:
     return f'{{stdio: {{command: "{PYTHON}", args: [{args}]}}}}'
 
 
+MODERN = "2026-07-28"
+ENVELOPE: dict[str, object] = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+}
+"""The `_meta` envelope of a 2026-07-28 request (MCP 2026-07-28 basic/index `_meta`)."""
+
+
+def modern_call(
+    id: int, tool: str, arguments: dict[str, object], **meta: object
+) -> tuple[dict[str, object], dict[str, str]]:
+    """A raw 2026-07-28 `tools/call` body (envelope keys in `meta` win) and the headers streamable-http
+    requires with it."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": {**ENVELOPE, **meta}},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": tool,
+    }
+    return body, headers
+
+
 async def legacy_initialize(http: httpx2.AsyncClient, url: str) -> httpx2.Response:
     """A raw handshake-era `initialize` POSTed to an MCP endpoint (JSON or SSE accepted)."""
     return await http.post(

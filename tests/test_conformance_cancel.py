@@ -14,7 +14,6 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import httpx2
@@ -22,37 +21,13 @@ import pytest
 
 from gateway.relay import Relay, RelayConfig, TunnelSpec
 from gateway.relay.config import MemoryBackend, RedisBackend
-from tests.harness import gateway, http_server, stdio_server
+from tests.harness import gateway, http_server, modern_call, stdio_server
 from tests.recording_relay import KEY, TUNNEL, RelayUnderTest
 from tests.redis_server import redis_server
 
 WAIT = 60.0
 """Generous bound for what should happen promptly (never a timing assert)."""
 MODERN = "2026-07-28"
-ENVELOPE = {
-    "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientCapabilities": {},
-    "io.modelcontextprotocol/clientInfo": {"name": "cancel-test", "version": "1"},
-}
-
-
-def modern_call(id: int, tool: str, arguments: dict[str, Any], **meta: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """A 2026-07-28 `tools/call` body and its headers."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": {**ENVELOPE, **meta}},
-    }
-    headers = {
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": tool,
-    }
-    return body, headers
-
-
 async def until(condition: Callable[[], Awaitable[bool]]) -> None:
     """Re-check `condition` until it holds (bounded): the state lives in another process."""
     async with asyncio.timeout(WAIT):

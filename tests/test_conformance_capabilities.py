@@ -23,7 +23,7 @@ from msgspec import Raw
 
 from gateway.mrtr import missing_capability
 from gateway.protocol.wire import JsonRpcMessage
-from tests.harness import gateway, legacy_initialize, stdio_server
+from tests.harness import gateway, legacy_initialize, modern_call, stdio_server
 from tests.test_conformance import _everything_stdio_routes, _require_tools
 
 WAIT = 60.0
@@ -61,24 +61,8 @@ async def test_mrtr_bridge_carries_server_everythings_elicitation(url: str) -> N
 
 
 def _call(id: int, capabilities: dict[str, Any], tool: str = TOOL) -> tuple[dict[str, Any], dict[str, str]]:
-    meta = {
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": capabilities,
-        "io.modelcontextprotocol/clientInfo": {"name": "caps-test", "version": "1"},
-    }
-    body = {
-        "jsonrpc": "2.0",
-        "id": id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": {}, "_meta": meta},
-    }
-    headers = {
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": tool,
-    }
-    return body, headers
+    meta = {"io.modelcontextprotocol/clientCapabilities": capabilities}
+    return modern_call(id, tool, {}, **meta)
 
 
 @pytest.mark.conformance

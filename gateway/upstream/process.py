@@ -1,8 +1,10 @@
-"""A local server process the gateway starts and keeps running (`http.spawn` in routing.yaml).
+"""Local server processes the gateway starts and keeps running: `SupervisedProcess` for `http.spawn`
+in routing.yaml, and the pieces the stdio transport's supervisor shares with it (restart pacing,
+stopping a process, ending an owned task).
 
-Owns the process's life: spawn without a shell, its output into the gateway's log, restart with
-capped backoff when it exits, and TERM-then-KILL when the gateway stops. Speaks no MCP: the HTTP
-transport reaches the process at its URL like any other server.
+Owns a process's life: spawn without a shell, its output into the gateway's log, restart with
+capped backoff when it exits, and stdin-EOF, TERM, then KILL when the gateway stops. Speaks no MCP:
+the HTTP transport reaches the process at its URL like any other server.
 """
 
 from __future__ import annotations
@@ -23,6 +25,51 @@ BACKOFF_START_S: Final = 0.2
 STABLE_AFTER_S: Final = 10.0
 """A process that ran this long is restarted at once the next time it exits (backoff reset)."""
 STOP_GRACE_S: Final = 3.0
+
+
+class RestartPacing:
+    """The pause before each restart: doubles from `start_s` up to `max_s`, and starts over after a
+    run that lasted `STABLE_AFTER_S` (a server that crashes once a day restarts at once)."""
+
+    def __init__(self, start_s: float, max_s: float) -> None:
+        self._start = start_s
+        self._max = max_s
+        self._next = start_s
+
+    def after(self, ran_s: float) -> float:
+        """The pause now, after a run of `ran_s` seconds."""
+        if ran_s > STABLE_AFTER_S:
+            self._next = self._start
+        delay, self._next = self._next, min(self._next * 2, self._max)
+        return delay
+
+
+async def end_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel a task this object owns and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace_s: float = STOP_GRACE_S) -> None:
+    """Close its stdin (if it has one), then SIGTERM, then SIGKILL, each after `grace_s`; reaps it."""
+    if proc.returncode is not None:
+        return
+    steps: list[Callable[[], None] | None] = [proc.terminate, proc.kill]
+    if proc.stdin is not None:
+        proc.stdin.close()
+        steps.insert(0, None)  # first a grace period for the EOF alone
+    for step in steps:
+        if step is not None:
+            with contextlib.suppress(ProcessLookupError):
+                step()
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), grace_s)
+            return
+        except TimeoutError:
+            continue
+    await proc.wait()
 
 
 class SupervisedProcess:
@@ -51,23 +98,18 @@ class SupervisedProcess:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await end_task(task)
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
-        backoff = BACKOFF_START_S
+        pacing = RestartPacing(BACKOFF_START_S, self._backoff_max_s)
         while True:
             began = loop.time()
             reason = await self._run_once()
             self._on_exit(reason)
-            if loop.time() - began > STABLE_AFTER_S:
-                backoff = BACKOFF_START_S
-            log.warning("server %r: its process %s; restarting in %.1fs", self.name, reason, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._backoff_max_s)
+            delay = pacing.after(loop.time() - began)
+            log.warning("server %r: its process %s; restarting in %.1fs", self.name, reason, delay)
+            await asyncio.sleep(delay)
             self.restarts += 1
 
     async def _run_once(self) -> str:
@@ -96,21 +138,6 @@ class SupervisedProcess:
                 log.info("[%s] %s", self.name, line.decode(errors="replace").rstrip())
             code = await proc.wait()
         finally:
-            await _stop(proc)
+            await stop_process(proc)
             self.pid = None
         return f"exited with status {code}"
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then SIGKILL after a grace period; reaps it either way."""
-    if proc.returncode is not None:
-        return
-    for send in (proc.terminate, proc.kill):
-        with contextlib.suppress(ProcessLookupError):
-            send()
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_GRACE_S)
-            return
-        except TimeoutError:
-            continue
-    await proc.wait()

@@ -30,13 +30,13 @@ from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder,
 from gateway.upstream.base import Upstream, within
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
+from gateway.upstream.process import RestartPacing, end_task, stop_process
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S: Final = 5.0
 STOP_GRACE_S: Final = 2.0
 BACKOFF_START_S: Final = 0.1
-STABLE_AFTER_S: Final = 10.0
 STDERR_IN_PROBLEM: Final = 200
 """Characters of the process's last stderr line kept for `problem` (what an operator sees)."""
 """A process that lived this long resets the restart backoff."""
@@ -152,14 +152,11 @@ class StdioUpstream(Upstream):
 
     async def close(self) -> None:
         task, self._supervisor = self._supervisor, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await end_task(task)
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
-        backoff = BACKOFF_START_S
+        pacing = RestartPacing(BACKOFF_START_S, self._spec.restart_backoff_max_s)
         while True:
             began = loop.time()
             try:
@@ -173,11 +170,9 @@ class StdioUpstream(Upstream):
                 self._down()
                 self._fail_all(UpstreamUnavailable.closed(self.name))
             self._attempted.set()
-            if loop.time() - began > STABLE_AFTER_S:
-                backoff = BACKOFF_START_S
-            log.warning("stdio server %r stopped; restarting in %.1fs", self.name, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._spec.restart_backoff_max_s)
+            delay = pacing.after(loop.time() - began)
+            log.warning("stdio server %r stopped; restarting in %.1fs", self.name, delay)
+            await asyncio.sleep(delay)
             self.restarts += 1
             self._notify("restart")
 
@@ -246,19 +241,7 @@ class StdioUpstream(Upstream):
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """Close stdin, then SIGTERM, then SIGKILL, each after a grace period."""
-        if proc.returncode is not None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()
-        for signal_step in (None, proc.terminate, proc.kill):
-            if signal_step is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    signal_step()
-            try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_GRACE_S)
-                return
-            except TimeoutError:
-                continue
+        await stop_process(proc, STOP_GRACE_S)
 
     async def _handshake(self) -> UpstreamInfo:
         """Learn the era: `server/discover` first, `initialize` when that is not answered as modern."""

@@ -88,7 +88,12 @@ def handle(request: dict[str, Any], flags: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve_lines(sys.stdin, handle, parse_flags(arguments()))
+
+
+def arguments(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """This server's command line; servers built on it add their own flags."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     behaviour = parser.add_mutually_exclusive_group()
     behaviour.add_argument("--malformed", action="store_true")
     behaviour.add_argument("--die-on-call", action="store_true")
@@ -97,13 +102,18 @@ def main() -> None:
     parser.add_argument("--call-log", type=Path)
     parser.add_argument("--echo-delay-ms", type=int, default=0)
     parser.add_argument("--die-in-handshake", type=lambda v: {int(n) for n in v.split(",")}, default=set())
+    return parser
+
+
+def parse_flags(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The flags, with `spawn` the number of this start (counted in `--spawn-log`, 0 without it)."""
     flags = parser.parse_args()
     flags.spawn = 0
     if flags.spawn_log is not None:
         with flags.spawn_log.open("a") as log:
             log.write(f"{os.getpid()}\n")
         flags.spawn = len(flags.spawn_log.read_text().split())
-    serve_lines(sys.stdin, handle, flags)
+    return flags
 
 
 def serve_lines(

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from raw_stdio import ECHO_TOOL, handle, result, send, serve_lines
+from raw_stdio import ECHO_TOOL, arguments, handle, parse_flags, result, send, serve_lines
 
 NON_ASCII_TOOL = {**ECHO_TOOL, "name": "héllo", "description": "Return `text` unchanged (a non-ASCII name)."}
 CAPABILITIES = {"tools": {}, "resources": {}, "tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
@@ -40,10 +40,9 @@ def serve(request: dict[str, Any], flags: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--record", required=True)
-    flags = parser.parse_args()
-    flags.malformed = flags.die_on_call = flags.hang_on_call = False  # raw_stdio's behaviour flags: all off
+    flags = parse_flags(parser)
     with open(flags.record, "a", encoding="utf-8") as record:
         serve_lines(_recorded(sys.stdin, record), serve, flags)
 
