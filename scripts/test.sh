@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs it through .ci/run): ruff, mypy (strict, on the packages
-# named in pyproject.toml), then pytest with any extra arguments. Before them it installs the MCP
-# conformance toolchain into .tools/ (needs npm; instant once installed) for the `conformance` test.
+# named in pyproject.toml), then pytest in PYTEST_WORKERS (default 2) processes with any extra
+# arguments. Before them it installs the MCP conformance toolchain into .tools/ (needs npm; instant
+# once installed) for the `conformance` test.
 # Every step runs; the script exits non-zero if any failed, and treats pytest collecting no tests
 # (exit 5) as a failure.
 set -uo pipefail
@@ -13,7 +14,7 @@ failed=()
 bash scripts/conformance-tools.sh || failed+=("conformance-tools")
 .venv/bin/ruff check . || failed+=("ruff")
 .venv/bin/mypy || failed+=("mypy")
-.venv/bin/pytest "$@"
+.venv/bin/pytest -n "${PYTEST_WORKERS:-2}" "$@"  # both cores: most tests wait on processes they started
 rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "test.sh: pytest collected no tests" >&2

@@ -75,3 +75,24 @@ def terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.C
     terminalreporter.section(f"fuzz counts (GATEWAY_FUZZ_SCALE={SCALE:g})")
     for line in report.lines():
         terminalreporter.write_line(line)
+
+
+def session_finish(session: pytest.Session) -> None:
+    """conftest's `pytest_sessionfinish`: an xdist worker hands its counts to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    report = session.config.stash.get(REPORT_KEY, None)
+    if workeroutput is not None and report is not None:
+        workeroutput["fuzz_counts"] = {target: dict(counts) for target, counts in report.counts.items()}
+
+
+def worker_done(config: pytest.Config, workeroutput: dict[str, object]) -> None:
+    """conftest's `pytest_testnodedown`: the controller adds a worker's counts to the session's."""
+    counts = workeroutput.get("fuzz_counts")
+    if not isinstance(counts, dict):
+        return
+    if REPORT_KEY not in config.stash:
+        config.stash[REPORT_KEY] = FuzzReport()
+    report = config.stash[REPORT_KEY]
+    for target, by_what in counts.items():
+        for what, n in by_what.items():
+            report.add(target, what, n)
