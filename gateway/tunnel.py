@@ -316,7 +316,7 @@ class Poller:
         """Why the poll loop is backing off after an unexpected error; None while it runs cleanly."""
 
     async def run(self) -> None:
-        """Introduce the gateway (the startup metadata request), then poll until cancelled."""
+        """Introduce the gateway (the startup metadata request, bounded), then poll until cancelled."""
         await self._introduce()
         async with asyncio.TaskGroup() as polls:
             for _ in range(self._polls):
@@ -383,6 +383,8 @@ class Poller:
         except TimeoutError:
             self._cp.problem = f"no answer to the metadata request within {METADATA_TIMEOUT_S:g}s"
             log.warning("control plane: %s; polling all the same", self._cp.problem)
+        except Exception:  # a diagnostic request never stops the poll loops beside it
+            log.exception("control plane: the metadata request failed inside the gateway; polling all the same")
         else:
             log.info("control plane: tunnel %r (%s)", metadata.id, metadata.name)
 
