@@ -5,7 +5,7 @@ Owns small, isolated comparisons run in this process (CPU time by
 numbers), each the mechanism the profile found against the one that replaced it
 (or, for decoding, the one proposed):
 
-- response POST: aiohttp `ClientSession.post` vs `gateway.h1.H1Client` (keep-alive, prebuilt header lines)
+- response POST: aiohttp `ClientSession.post` vs `gateway.tunnel.http1.H1Client` (keep-alive, prebuilt header lines)
 - stdio write: `write(line + b"\\n")` + `await drain()` per message vs `gateway.upstream.pipe.LineWriter`
 - per-command task: `create_task` + `asyncio.timeout_at` per command vs a pool of worker tasks
 - decoding a polled command: batch -> command -> message, plus the byte scans for the era and the
@@ -28,8 +28,8 @@ import aiohttp
 import msgspec
 
 from bench.stacks import BENCH, OUT, PYTHON
-from gateway.h1 import H1Client
 from gateway.protocol.wire import JsonRpcMessage
+from gateway.tunnel.http1 import H1Client
 from gateway.upstream.pipe import LineWriter
 
 N_POST = 3000
@@ -77,7 +77,7 @@ async def post_costs(url: str) -> dict[str, float]:
         await _fanout(N_POST, one_h1)
 
     await run_h1()  # warm the pool
-    out["response POST: gateway.h1.H1Client, prebuilt header lines (now)"] = await _cpu_per_op(N_POST, run_h1)
+    out["response POST: gateway.tunnel.http1.H1Client, prebuilt header lines (now)"] = await _cpu_per_op(N_POST, run_h1)
     client.close()
     return out
 
@@ -173,7 +173,7 @@ async def task_costs() -> dict[str, float]:
             queue.put_nowait(None)
         await asyncio.gather(*workers)
 
-    out["per command: a pool of worker tasks, as gateway/dispatch.py now runs them (now)"] = await _cpu_per_op(
+    out["per command: a pool of worker tasks, as the dispatcher runs them (now)"] = await _cpu_per_op(
         N_TASK, run_workers
     )
     return out

@@ -401,10 +401,10 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("self:aiohttp/http_", "self:aiohttp/helpers", "self:aiohttp/streams", "self:multidict", "self:yarl/"),
     ),
     ("access log (aiohttp web_log)", ("aiohttp/web_log",)),
-    ("logging (stdlib logging + gateway/logs.py)", ("logging/__init__", "gateway/logs.py")),
+    ("logging (stdlib logging + gateway/observe/logs.py)", ("logging/__init__", "gateway/observe/logs.py")),
     (
-        "telemetry, all (gateway/telemetry.py, relay/tracing.py, the OpenTelemetry SDK)",
-        ("gateway/telemetry.py", "opentelemetry/", "relay/tracing.py", "trace_encoder", "BatchProcessor"),
+        "telemetry, all (gateway/observe/telemetry.py, relay/tracing.py, the OpenTelemetry SDK)",
+        ("gateway/observe/telemetry.py", "opentelemetry/", "relay/tracing.py", "trace_encoder", "BatchProcessor"),
     ),
     ("telemetry: OTLP export thread (BatchProcessor: encode + POST)", ("BatchProcessor",)),
     ("telemetry: span start/end (SDK trace)", ("trace/__init__.py",)),

@@ -18,25 +18,25 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.aggregate import AggregateChannel
-from gateway.channel import Channel
+from gateway.channels.aggregate import AggregateChannel
+from gateway.channels.channel import Channel
+from gateway.channels.router import Router
+from gateway.channels.sessions import SessionKeys, SessionStore
 from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs
 from gateway.config.routing import Egress, RoutingConfig, ServerSpec, channel_spec
-from gateway.credentials import ApiKey
-from gateway.dispatch import Dispatcher
-from gateway.egress import egress
-from gateway.limits import Limits
-from gateway.ops import OpsServer, Readiness
+from gateway.dispatch.dispatcher import Dispatcher
+from gateway.dispatch.limits import Limits
+from gateway.observe.ops import OpsServer, Readiness
+from gateway.observe.telemetry import NOOP, Telemetry
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, server_info_header
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
-from gateway.router import Router
-from gateway.sessions import SessionKeys, SessionStore
-from gateway.telemetry import NOOP, Telemetry
-from gateway.tunnel import ControlPlane, Identity, Poller
+from gateway.tunnel.client import ControlPlane, Identity, Poller
+from gateway.tunnel.credentials import ApiKey
 from gateway.upstream.base import Upstream
+from gateway.upstream.egress import egress
 from gateway.upstream.http import HttpUpstream, sendable_header
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
 from gateway.upstream.stdio import StdioUpstream

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import uvloop
 
-from gateway import __version__, logs
-from gateway.announce import announce
+from gateway import __version__
 from gateway.app import Overrides, provision
 from gateway.config import routing as config
+from gateway.observe import logs
+from gateway.observe.announce import announce
+from gateway.observe.telemetry import RELAY_SERVICE, Telemetry, current_trace_ids
+from gateway.observe.telemetry import build as build_telemetry
 from gateway.protocol.errors import ConfigError
 from gateway.relay import Relay, RelayConfigError, load_relay_config, serve_relay
-from gateway.telemetry import RELAY_SERVICE, Telemetry, current_trace_ids
-from gateway.telemetry import build as build_telemetry
 
 EXIT_CONFIG = 2
 

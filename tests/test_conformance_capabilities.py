@@ -2,7 +2,7 @@
 
 The gateway initializes a handshake-era server itself (stdio, aggregated channels, its own HTTP
 session) and declares the client capabilities it can carry to clients (elicitation, sampling,
-roots: gateway.mrtr). Per request it checks what the calling client declared: a server request the
+roots: gateway.channels.mrtr). Per request it checks what the calling client declared: a server request the
 client cannot answer is refused with -32021 instead of being passed on. Shown end to end with
 `@modelcontextprotocol/server-everything` (Node 22 in `.tools/`, as tests/test_conformance.py
 uses it) and the official SDK client.
@@ -21,7 +21,7 @@ from mcp import Client
 from mcp_types import ElicitRequestParams, ElicitResult
 from msgspec import Raw
 
-from gateway.mrtr import missing_capability
+from gateway.channels.mrtr import missing_capability
 from gateway.protocol.wire import JsonRpcMessage
 from tests.harness import gateway, legacy_initialize, modern_call, stdio_server
 from tests.test_conformance import _everything_stdio_routes, _require_tools

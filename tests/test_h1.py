@@ -1,4 +1,4 @@
-"""gateway/h1.py: the keep-alive HTTP/1.1 client, against a scripted server on real sockets (127.0.0.1:0).
+"""gateway/tunnel/http1.py: the keep-alive HTTP/1.1 client, against a scripted server on real sockets (127.0.0.1:0).
 
 The server reads each request (head up to the blank line, then a Content-Length body), records it with the
 index of the TCP connection it came on, and answers with exactly the bytes the test scripts.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.h1 import H1Client, H1Error, Origin, valid_field_value
+from gateway.tunnel.http1 import H1Client, H1Error, Origin, valid_field_value
 
 Reply = Callable[["Received", asyncio.StreamWriter], Awaitable[None]]
 WAIT_S = 10.0  # an upper bound for events that must happen; never a measured duration

@@ -19,12 +19,12 @@ import pytest
 import pytest_asyncio
 
 from gateway.config import routing as routing_config
-from gateway.dispatch import Dispatcher
-from gateway.ops import Readiness
+from gateway.dispatch.dispatcher import Dispatcher
+from gateway.observe.ops import Readiness
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, PolledCommand, TunnelClientMetadata
 from gateway.relay import Relay
-from gateway.tunnel import Poller
+from gateway.tunnel.client import Poller
 from tests.raw_http import Closed, connection, read_response, request
 from tests.scripted_cp import (
     GatewayProcess,

@@ -16,7 +16,7 @@ import pytest
 from mcp import Client
 
 from gateway.config import routing as config
-from gateway.limits import Limits, Subject
+from gateway.dispatch.limits import Limits, Subject
 from gateway.protocol.errors import ConfigError, RateLimited
 from tests.harness import gateway, stdio_server
 from tests.recording_relay import KEY, TUNNEL, recording_relay

@@ -24,8 +24,8 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from gateway.config import routing as routing_config
-from gateway.ops import Readiness, render_prometheus
-from gateway.telemetry import build
+from gateway.observe.ops import Readiness, render_prometheus
+from gateway.observe.telemetry import build
 from tests.harness import PYTHON, SERVERS, Gateway, Process, gateway, process
 
 RELAY_KEY = "relay-gateway-key-0123456789"

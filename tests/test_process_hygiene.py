@@ -211,7 +211,7 @@ async def until_only(pid: int, shared: set[int], within_s: float = 60.0) -> None
 async def until_fds(pid: int, url: str, target: int, within_s: float = 40.0) -> int:
     """The gateway's descriptor count once back to `target`, or after `within_s`. Closing is
     asynchronous, and the gateway's keep-alive pools forget idle connections when next used
-    (`gateway.h1`), so each look is preceded by one more call, as the next agent would make."""
+    (`gateway.tunnel.http1`), so each look is preceded by one more call, as the next agent would make."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(within_s):
             while fds(pid) > target:

@@ -1,6 +1,6 @@
 """Routing rules and aggregation tables: the sans-IO core with plain calls, then `routes:` end to end.
 
-The first part feeds `gateway.router` and `gateway.config.routing` values directly; the second runs the real
+The first part feeds `gateway.channels.router` and `gateway.config.routing` values directly; the second runs the real
 gateway with official-SDK servers and proves deny (hidden and refused), `to:` by header and by glob,
 and `limit_key` tagging, and that a bad rule is refused at load time with the file and the key.
 """
@@ -21,12 +21,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 from msgspec import Raw
 
-from gateway.config import routing as config
-from gateway.config.globs import GlobError, compile_glob, glob_error
-from gateway.protocol.errors import ConfigError
-from gateway.protocol.mcp import tag_id, untag_id
-from gateway.protocol.wire import Codec
-from gateway.router import (
+from gateway.channels.router import (
     InvalidCursor,
     Router,
     decode_cursor,
@@ -38,6 +33,11 @@ from gateway.router import (
     split_page,
     template_regex,
 )
+from gateway.config import routing as config
+from gateway.config.globs import GlobError, compile_glob, glob_error
+from gateway.protocol.errors import ConfigError
+from gateway.protocol.mcp import tag_id, untag_id
+from gateway.protocol.wire import Codec
 from tests.harness import PYTHON, SERVERS, gateway, http_server
 
 CODEC = Codec()

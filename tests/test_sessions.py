@@ -18,9 +18,9 @@ from mcp import Client
 from mcp_types import TextContent
 from msgspec import Raw
 
+from gateway.channels.sessions import TOKEN_PREFIX, SessionKeys, SessionStore, UpstreamSession
 from gateway.config.routing import SessionsSpec
 from gateway.protocol.errors import ConfigError
-from gateway.sessions import TOKEN_PREFIX, SessionKeys, SessionStore, UpstreamSession
 from tests.harness import PYTHON, SERVERS, Gateway, gateway, legacy_initialize, process
 from tests.recording_relay import KEY, TUNNEL, RelayUnderTest
 

@@ -34,13 +34,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from gateway import logs
 from gateway.config import routing as routing_config
-from gateway.ops import render_prometheus
-from gateway.protocol.errors import ConfigError
-from gateway.protocol.tracecontext import Payloads, request_id_text, with_trace_headers
-from gateway.protocol.wire import JsonRpcMessage, PolledCommand
-from gateway.telemetry import (
+from gateway.observe import logs
+from gateway.observe.ops import render_prometheus
+from gateway.observe.telemetry import (
     DURATION_BUCKETS,
     NOOP,
     RELAY_SCOPE,
@@ -51,6 +48,9 @@ from gateway.telemetry import (
     current_trace_ids,
     export_configured,
 )
+from gateway.protocol.errors import ConfigError
+from gateway.protocol.tracecontext import Payloads, request_id_text, with_trace_headers
+from gateway.protocol.wire import JsonRpcMessage, PolledCommand
 from tests.harness import PYTHON, SERVERS, Gateway, gateway, process
 from tests.otlp_receiver import Receiver, Span, otlp_receiver
 from tests.test_ops import RELAY_KEY, TUNNEL, free_port, get, ops_url, standalone_relay, until
@@ -385,7 +385,7 @@ def test_telemetry_off_builds_nothing() -> None:
     # The SDK is not even imported by a gateway whose telemetry is off.
     probe = (
         "import sys; from gateway import cli; from gateway.config.routing import TelemetrySpec; "
-        "from gateway.telemetry import build; build(TelemetrySpec(), environ={}); "
+        "from gateway.observe.telemetry import build; build(TelemetrySpec(), environ={}); "
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
     )
     out = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, check=True, timeout=60)

@@ -41,7 +41,7 @@ _RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
 EMPTY_OBJECT: Final = Raw(b"{}")
 GATEWAY_CAPABILITIES: Final = Raw(b'{"elicitation":{"form":{},"url":{}},"sampling":{},"roots":{}}')
 """What the gateway declares in its own `initialize` to a handshake-era server: the requests it can
-carry to a client during a call (gateway.mrtr). Each such request is checked against what the
+carry to a client during a call (gateway.channels.mrtr). Each such request is checked against what the
 calling client declared; one it did not is refused with -32021 (`MissingClientCapability`)."""
 MODERN_ONLY_RESULT_KEYS: Final = frozenset({"resultType", "ttlMs", "cacheScope"})
 HANDSHAKE_ONLY_CAPABILITIES: Final = frozenset({"tasks"})

@@ -26,7 +26,6 @@ from msgspec import UNSET, Raw
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.routing import HttpSpec
-from gateway.egress import Egress
 from gateway.protocol.eras import MODERN_VERSION, Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
@@ -41,6 +40,7 @@ from gateway.protocol.wire import (
     strip_hop_by_hop,
 )
 from gateway.upstream.base import Upstream, within
+from gateway.upstream.egress import Egress
 from gateway.upstream.process import SupervisedProcess
 
 JSON: Final = "application/json"

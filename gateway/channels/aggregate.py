@@ -3,11 +3,11 @@
 Owns what a client of either era asks of such a channel: the gateway's own
 answers (`initialize` with merged capabilities and the sessions it issues,
 `server/discover`, `ping`, `logging/setLevel` to every server), merged lists
-(`gateway.catalog`) paged with the gateway's own cursors, requests sent to the
+(`gateway.channels.catalog`) paged with the gateway's own cursors, requests sent to the
 server that owns the name (or the one a `to:` rule names), `deny` rules, list
 changes passed on to clients, and requests servers send to clients during a
 call (their ids name the server, so the answer finds its way back). Era
-bridging per server is as in `gateway.channel`.
+bridging per server is as in `gateway.channels.channel`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,32 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway import __version__
-from gateway.catalog import Catalog, Member, View, final
-from gateway.channel import Activity, for_client
+from gateway.channels.catalog import Catalog, Member, View, final
+from gateway.channels.channel import Activity, for_client
+from gateway.channels.events import ChannelEvents
+from gateway.channels.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
+from gateway.channels.router import (
+    CALL_OF_LIST,
+    LIST_KEYS,
+    NO_ROUTE,
+    InvalidCursor,
+    Route,
+    Router,
+    digest,
+    merge_capabilities,
+    page,
+    string_member,
+    with_member,
+)
+from gateway.channels.sessions import (
+    ClientSession,
+    SessionStore,
+    UpstreamSession,
+    open_upstream_session,
+    session_headers,
+)
 from gateway.config.routing import ChannelSpec
-from gateway.events import ChannelEvents
-from gateway.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
+from gateway.observe.telemetry import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
 from gateway.protocol.errors import (
     CommandError,
@@ -42,21 +63,6 @@ from gateway.protocol.errors import (
 )
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon, tag_id, untag_id
 from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
-from gateway.router import (
-    CALL_OF_LIST,
-    LIST_KEYS,
-    NO_ROUTE,
-    InvalidCursor,
-    Route,
-    Router,
-    digest,
-    merge_capabilities,
-    page,
-    string_member,
-    with_member,
-)
-from gateway.sessions import ClientSession, SessionStore, UpstreamSession, open_upstream_session, session_headers
-from gateway.telemetry import NOOP, Telemetry
 from gateway.upstream.base import Upstream
 from gateway.upstream.pool import ClientProcesses, untagged
 
@@ -419,7 +425,7 @@ class AggregateChannel:
         """Send a request to one server in its era, and its frames back in the client's.
 
         A 2026-07-28 server's `input_required` result is turned into requests to a
-        handshake-era client, and the request retried with the answers (`gateway.mrtr`)."""
+        handshake-era client, and the request retried with the answers (`gateway.channels.mrtr`)."""
         try:
             upstream = await self._scoped(member, session)
             info = await upstream.wait_info()

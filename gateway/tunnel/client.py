@@ -25,12 +25,12 @@ import msgspec
 from msgspec import Raw
 
 from gateway import __version__
-from gateway.credentials import ApiKey
-from gateway.egress import Egress
-from gateway.h1 import H1Client, H1Error, valid_field_value
+from gateway.observe.telemetry import NOOP, Telemetry
 from gateway.protocol.errors import CommandGone, ControlPlaneError
 from gateway.protocol.wire import MAX_POLL_LIMIT, Codec, JsonDecoder, PolledCommand, TunnelClientMetadata
-from gateway.telemetry import NOOP, Telemetry
+from gateway.tunnel.credentials import ApiKey
+from gateway.tunnel.http1 import H1Client, H1Error, valid_field_value
+from gateway.upstream.egress import Egress
 
 log = logging.getLogger(__name__)
 

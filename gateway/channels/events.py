@@ -21,10 +21,10 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
+from gateway.channels.router import LIST_KEYS
 from gateway.protocol.eras import META
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import Codec, Headers
-from gateway.router import LIST_KEYS
 
 SUBSCRIPTION_ID_KEY: Final = "io.modelcontextprotocol/subscriptionId"
 UPDATED: Final = "notifications/resources/updated"

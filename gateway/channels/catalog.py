@@ -2,7 +2,7 @@
 
 Owns fetching each server's lists (every page, as the gateway itself),
 caching them until they go stale (a `list_changed`, a restart, the cache TTL,
-a failed call), merging them with namespaced names (`gateway.router` does the
+a failed call), merging them with namespaced names (`gateway.channels.router` does the
 pure part), and watching servers for list changes outside calls
 (`subscriptions/listen` on 2026-07-28 servers, unsolicited notifications on
 stdio). A server that is down is left out of the view and rejoins once it
@@ -21,12 +21,7 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw
 
-from gateway.config.routing import ChannelSpec
-from gateway.protocol.eras import EMPTY_OBJECT, Bridge
-from gateway.protocol.errors import UpstreamError, UpstreamProtocolError
-from gateway.protocol.mcp import Call, Era, Frame, Reply, UpstreamInfo
-from gateway.protocol.wire import METHOD_NOT_FOUND
-from gateway.router import (
+from gateway.channels.router import (
     LIST_CHANGED,
     LIST_KEYS,
     MAX_UPSTREAM_PAGES,
@@ -43,6 +38,11 @@ from gateway.router import (
     string_member,
     with_member,
 )
+from gateway.config.routing import ChannelSpec
+from gateway.protocol.eras import EMPTY_OBJECT, Bridge
+from gateway.protocol.errors import UpstreamError, UpstreamProtocolError
+from gateway.protocol.mcp import Call, Era, Frame, Reply, UpstreamInfo
+from gateway.protocol.wire import METHOD_NOT_FOUND
 from gateway.upstream.base import Upstream
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,14 @@ from typing import Final, Protocol
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
+from gateway.channels.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
+from gateway.channels.router import NO_ROUTE, Route, Router
+from gateway.channels.sessions import ClientSession, SessionStore
+from gateway.observe.telemetry import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
 from gateway.protocol.errors import SessionNotFound, UpstreamProtocolError
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon
 from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
-from gateway.router import NO_ROUTE, Route, Router
-from gateway.sessions import ClientSession, SessionStore
-from gateway.telemetry import NOOP, Telemetry
 from gateway.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Channel:
         info = await self.upstream.wait_info()
         if message.is_response:
             # A client's answer to a request the server sent it during a call (or the gateway, on a
-            # 2026-07-28 server's behalf: gateway.mrtr).
+            # 2026-07-28 server's behalf: gateway.channels.mrtr).
             answered = self._rounds.answered(message)
             if answered is not None:
                 yield Reply(202 if answered else 404)

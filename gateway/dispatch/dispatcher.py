@@ -20,9 +20,10 @@ from typing import Final, Protocol
 import msgspec
 from msgspec import UNSET, Raw
 
-from gateway.channel import ServedChannel
-from gateway.limits import Limits, Subject
-from gateway.logs import REQUEST_ID
+from gateway.channels.channel import ServedChannel
+from gateway.dispatch.limits import Limits, Subject
+from gateway.observe.logs import REQUEST_ID
+from gateway.observe.telemetry import NOOP, Telemetry
 from gateway.protocol.edge import Edge
 from gateway.protocol.errors import (
     CommandError,
@@ -53,7 +54,6 @@ from gateway.protocol.wire import (
     header_value,
     parse_response_timeout,
 )
-from gateway.telemetry import NOOP, Telemetry
 
 log = logging.getLogger(__name__)
 
