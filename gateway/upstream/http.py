@@ -41,7 +41,7 @@ from gateway.protocol.wire import (
 )
 from gateway.upstream.base import Upstream, within
 from gateway.upstream.egress import Egress
-from gateway.upstream.process import SupervisedProcess
+from gateway.upstream.process import SupervisedProcess, end_task
 
 JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"
@@ -273,10 +273,7 @@ class HttpUpstream(Upstream):
         """End the gateway's own legacy session (best effort), stop probing and the spawned process;
         the shared aiohttp session stays open."""
         watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+        await end_task(watch)
         try:
             await self._end_own_session()
         finally:

@@ -45,7 +45,7 @@ class RestartPacing:
 
 
 async def end_task(task: asyncio.Task[None] | None) -> None:
-    """Cancel a task this object owns and wait until it has ended."""
+    """Cancel a task the caller owns (None: nothing to do) and wait until it has ended."""
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
