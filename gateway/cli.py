@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 import uvloop
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         overrides = Overrides(control_plane=args.control_plane, tunnel_id=args.tunnel_id)
         try:
-            return _run(_gateway(routes, args.routes, overrides, telemetry))
+            return _run(_gateway(routes, args.routes, overrides, telemetry, redactor.redact))
         finally:
             telemetry.shutdown()  # flush spans and metrics after the loop is gone
     except ConfigError as exc:
@@ -88,7 +88,13 @@ def _run(main: Coroutine[object, object, int]) -> int:
         return runner.run(main)
 
 
-async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Overrides, telemetry: Telemetry) -> int:
+async def _gateway(
+    routes: config.RoutingConfig,
+    file: Path,
+    overrides: Overrides,
+    telemetry: Telemetry,
+    redact: Callable[[str], str],
+) -> int:
     loop = asyncio.get_running_loop()
     stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +112,8 @@ async def _gateway(routes: config.RoutingConfig, file: Path, overrides: Override
         assert readiness is not None
 
         async def problems() -> dict[str, str]:
-            return readiness.problems()
+            # a reason can quote a server's last stderr line: it passes the log redactor before stdout
+            return {part: redact(why) for part, why in readiness.problems().items()}
 
         async with asyncio.TaskGroup() as tasks:
             announcer = tasks.create_task(announce("gateway", problems, _say))

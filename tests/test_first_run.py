@@ -186,3 +186,17 @@ async def test_relay_says_ready_only_when_its_queue_backend_answers(tmp_path: Pa
         finally:
             await relay.stop()
             await redis.stop()
+
+
+async def test_a_reason_quoting_the_server_never_shows_a_secret(tmp_path: Path) -> None:
+    """The `waiting:` line quotes a dying server's last stderr line; a configured secret in it is masked."""
+    secret = "first-run-secret-Qx81mz"
+    leaks = tmp_path / "leaks.py"
+    leaks.write_text("import os, sys\nsys.exit('cannot start with key ' + os.environ['TUNNEL_API_KEY'])\n")
+    routes = _routes(f"  leaky: {{stdio: {{command: '{{python}}', args: ['{leaks}']}}}}\n", "  main: [leaky]\n")
+    (tmp_path / "routing.yaml").write_text(routes)
+    async with process(*GATEWAY, "--routes", tmp_path / "routing.yaml", env={"TUNNEL_API_KEY": secret}) as gw:
+        waiting = await gw.wait_for(r"^waiting: servers\.leaky \(exited with status 1: cannot start with key (.*)\)$")
+        assert secret not in waiting[0]
+        assert waiting[1], "the reason keeps the rest of the line"
+    assert not any(secret in line for line in gw.lines)
