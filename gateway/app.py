@@ -20,7 +20,7 @@ import aiohttp
 
 from gateway.channels.aggregate import AggregateChannel
 from gateway.channels.channel import Channel
-from gateway.channels.router import Router
+from gateway.channels.rules import Router
 from gateway.channels.sessions import SessionKeys, SessionStore
 from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs

@@ -25,21 +25,11 @@ from msgspec import UNSET, Raw, UnsetType
 from gateway import __version__
 from gateway.channels.catalog import Catalog, Member, View, final
 from gateway.channels.channel import Activity, for_client
+from gateway.channels.cursors import InvalidCursor, digest, page
 from gateway.channels.events import ChannelEvents
+from gateway.channels.lists import CALL_OF_LIST, LIST_KEYS, merge_capabilities, string_member, with_member
 from gateway.channels.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
-from gateway.channels.router import (
-    CALL_OF_LIST,
-    LIST_KEYS,
-    NO_ROUTE,
-    InvalidCursor,
-    Route,
-    Router,
-    digest,
-    merge_capabilities,
-    page,
-    string_member,
-    with_member,
-)
+from gateway.channels.rules import NO_ROUTE, Route, Router
 from gateway.channels.sessions import (
     ClientSession,
     SessionStore,
