@@ -21,7 +21,7 @@ from msgspec import UNSET, Raw, UnsetType
 from gateway.channels.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
 from gateway.channels.router import NO_ROUTE, Route, Router
 from gateway.channels.sessions import ClientSession, SessionStore
-from gateway.observe.telemetry import NOOP, Telemetry
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
 from gateway.protocol.errors import SessionNotFound, UpstreamProtocolError
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon
