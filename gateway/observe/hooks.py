@@ -1,7 +1,6 @@
-"""The telemetry seam: the hooks the gateway's layers call (`Telemetry`) and `NOOP`, which does nothing.
-
-Owns the interface and the do-nothing default only, so every layer records telemetry without
-importing OpenTelemetry (as httpcore's `_trace.py`); must not import opentelemetry, directly or not.
+"""The telemetry seam: the hooks every layer calls (`Telemetry`) and `NOOP`, which does nothing.
+Owns the interface and the no-op only, so no layer needs OpenTelemetry (as httpcore's `_trace.py`);
+must not import opentelemetry, directly or through anything it imports.
 """
 
 from __future__ import annotations

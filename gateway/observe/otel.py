@@ -1,10 +1,6 @@
-"""The OTel implementation of the telemetry hooks: spans and metrics following the MCP semantic conventions.
-
-Owns `OtelTelemetry` (every instrument, span naming and attributes, trace context passed on in
-command headers, `params._meta` and upstream HTTP headers); `otel_scopes` holds the spans with a
-lifetime, `otel_sdk` builds the providers. Uses only the OpenTelemetry API and the providers it is
-handed (no global provider); imported only when telemetry is on. Records no header, no secret, and
-no tool arguments or results unless `capture_arguments` is on (redacted even then).
+"""`OtelTelemetry`: the hooks as spans and metrics following the MCP semantic conventions, and the trace
+context passed on (command headers, `params._meta`, upstream HTTP headers). OpenTelemetry API only,
+no global provider; records no header or secret, no tool arguments/results unless `capture_arguments` (redacted).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The spans with a lifetime: one command (SERVER), one response POST, one poll, one upstream call
-(CLIENT), one relay client request; each records its metrics through the `OtelTelemetry` it is given.
-
-Part of the OTel implementation (imported only when telemetry is on); builds no provider, sets no global.
+(CLIENT), one relay client request, each recording its metrics through its `OtelTelemetry`.
+Part of the OTel implementation (loaded only when telemetry is on); builds no provider, sets no global.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""The OpenTelemetry SDK wiring: tracer and meter providers, samplers and OTLP exporters built from config.
-
-Imported only by `telemetry.build` when telemetry is on; sets no global provider (the CLI holds what
-it returns and shuts it down). Records nothing itself: `otel.OtelTelemetry` does.
+"""The OpenTelemetry SDK wiring: tracer and meter providers, sampler and OTLP exporters built from config.
+Imported only by `telemetry.build` when telemetry is on; sets no global provider (the CLI holds and
+shuts down what it returns); records nothing itself (`otel.OtelTelemetry` does).
 """
 
 from __future__ import annotations

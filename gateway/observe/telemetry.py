@@ -1,7 +1,6 @@
-"""Builds the `Telemetry` the CLI holds from the `telemetry:` section and the OTEL_* variables.
-
-Owns the on/off decision: off gives `NOOP` and loads no OpenTelemetry; only when on does it import
-the OTel implementation (`otel_sdk`, inside `build`). Must not import opentelemetry itself.
+"""Builds the CLI's `Telemetry` from the `telemetry:` section and the OTEL_* variables: `NOOP` when off.
+Imports the OTel implementation (`otel_sdk`) only inside `build`, when telemetry is on; must not
+import opentelemetry itself.
 """
 
 from __future__ import annotations
