@@ -27,8 +27,8 @@ from gateway.config import secrets as secret_refs
 from gateway.config.routing import Egress, RoutingConfig, ServerSpec, channel_spec
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.ops import OpsServer, Readiness
-from gateway.observe.telemetry import NOOP, Telemetry
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, server_info_header

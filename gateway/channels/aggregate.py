@@ -42,7 +42,7 @@ from gateway.channels.sessions import (
     session_headers,
 )
 from gateway.config.routing import ChannelSpec
-from gateway.observe.telemetry import NOOP, Telemetry
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
 from gateway.protocol.errors import (
     CommandError,

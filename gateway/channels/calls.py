@@ -17,7 +17,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway.channels.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
 from gateway.channels.sessions import SESSION_HEADER, VERSION_HEADER, UpstreamSession, session_headers
-from gateway.observe.telemetry import NOOP, Telemetry
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import UpstreamHttpError, UpstreamProtocolError
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon

@@ -18,7 +18,7 @@ from gateway.channels.calls import JSON, Calls, Leg, forwarded_headers
 from gateway.channels.mrtr import Held
 from gateway.channels.rules import NO_ROUTE, Route, Router
 from gateway.channels.sessions import SESSION_HEADER, ClientSession, SessionStore
-from gateway.observe.telemetry import NOOP, Telemetry
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
 from gateway.protocol.errors import SessionNotFound
 from gateway.protocol.mcp import Era, Frame, Notify, Reply, UpstreamInfo
