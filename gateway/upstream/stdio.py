@@ -208,6 +208,7 @@ class StdioUpstream(Upstream):
                     self._up(info)
                     self._attempted.set()
                 code = await proc.wait()
+                self._down()  # at once: a call from now on waits for the restart instead of a dead pipe
                 log.warning("stdio server %r exited with status %s", self.name, code)
             # After the readers reached EOF: the last stderr line is often why it died.
             self._problem = self._with_stderr(problem or f"exited with status {code}")
