@@ -23,6 +23,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway.channels.lists import LIST_KEYS
 from gateway.protocol.eras import META
+from gateway.protocol.headers import CONTENT_TYPE, JSON
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import Codec, Headers
 
@@ -42,7 +43,7 @@ LIST_FLAGS: Final = {
     "resources/templates/list": "resourcesListChanged",
 }
 """The `subscriptions/listen` filter flag each list's changes need."""
-JSON: Final[Headers] = {"Content-Type": ["application/json"]}
+JSON_HEADERS: Final[Headers] = {CONTENT_TYPE: [JSON]}
 SESSIONS_KEPT: Final = 10_000
 QUEUE_SIZE: Final = 256
 
@@ -164,7 +165,7 @@ class ChannelEvents:
         finally:
             self._listens.discard(queue)
         result = Raw(self._codec.encode({"resultType": "complete", META: meta}))
-        yield Reply(200, self._codec.result(id, result), dict(JSON))
+        yield Reply(200, self._codec.result(id, result), dict(JSON_HEADERS))
 
 
 def _listen_filter(codec: Codec, params: Raw | UnsetType) -> dict[str, object]:

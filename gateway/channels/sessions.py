@@ -34,12 +34,11 @@ from gateway.config import secrets as secret_refs
 from gateway.config.routing import SessionsSpec
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError, UpstreamProtocolError
+from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Reply
 from gateway.protocol.wire import Headers, JsonDecoder, header_value
 from gateway.upstream.base import Upstream
 
-SESSION_HEADER: Final = "Mcp-Session-Id"
-VERSION_HEADER: Final = "MCP-Protocol-Version"
 INIT_ID: Final = Raw(b'"gw-client-init"')
 TOKEN_PREFIX: Final = "g1."
 MIN_SECRET_CHARS: Final = 16

@@ -33,6 +33,7 @@ from gateway.protocol.errors import (
     UnknownChannel,
     UpstreamError,
 )
+from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
@@ -278,7 +279,7 @@ class Dispatcher:
         tenant_header = limits.tenant_header
         tenant = header_value(command.headers, tenant_header) if tenant_header else None
         if tenant is None:
-            tenant = header_value(command.headers, "Mcp-Session-Id")
+            tenant = header_value(command.headers, SESSION_HEADER)
         route = channel.route(message, command.headers)
         subject = Subject(
             channel=command.channel,

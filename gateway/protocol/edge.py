@@ -26,6 +26,7 @@ from gateway.protocol.eras import (
     PROTOCOL_VERSION_KEY,
 )
 from gateway.protocol.errors import HeaderMismatch, InvalidRequestParams, UnsupportedProtocolVersion
+from gateway.protocol.headers import METHOD_HEADER, NAME_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Reply
 from gateway.protocol.wire import (
     INVALID_PARAMS,
@@ -37,9 +38,6 @@ from gateway.protocol.wire import (
     header_value,
 )
 
-VERSION_HEADER: Final = "MCP-Protocol-Version"
-METHOD_HEADER: Final = "Mcp-Method"
-NAME_HEADER: Final = "Mcp-Name"
 SUPPORTED_VERSIONS: Final = (*MODERN_VERSIONS, *reversed(HANDSHAKE_VERSIONS))
 """Every version the gateway serves (it bridges both eras on every channel), newest first."""
 

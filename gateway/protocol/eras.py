@@ -17,6 +17,7 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 
 from gateway import __version__
 from gateway.protocol.errors import InvalidRequestParams
+from gateway.protocol.headers import VERSION_HEADER
 from gateway.protocol.mcp import Era, UpstreamInfo
 from gateway.protocol.wire import Codec, Headers, JsonDecoder, header_value
 
@@ -147,7 +148,7 @@ class Bridge:
 
     def client_era(self, params: Raw | UnsetType, headers: Headers) -> Era:
         """The era a client request speaks: the header says so, or the `_meta` envelope does."""
-        version = header_value(headers, "Mcp-Protocol-Version")
+        version = header_value(headers, VERSION_HEADER)
         if version in MODERN_VERSIONS:
             return Era.MODERN
         if version in HANDSHAKE_VERSIONS:

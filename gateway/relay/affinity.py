@@ -27,6 +27,7 @@ from typing import Final
 
 import msgspec
 
+from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.wire import (
     RESP_SESSION_END,
     SERVER_INFO_MAX_BYTES,
@@ -38,8 +39,6 @@ from gateway.protocol.wire import (
     header_value,
 )
 
-SERVER_INFO_HEADER: Final = "X-Tunnel-MCP-Server-Info"
-SESSION_HEADER: Final = "Mcp-Session-Id"
 ANONYMOUS: Final = "-"
 """The instance id of polls that send no `X-Tunnel-Client-Instance-Id`."""
 

@@ -42,6 +42,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.protocol.headers import JSON, RETRY_AFTER, WWW_AUTHENTICATE
 from gateway.protocol.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
 
 log = logging.getLogger("gateway.relay")
@@ -66,7 +67,7 @@ class RelayError(Exception):
 
     def to_response(self, codec: Codec) -> web.Response:
         body = codec.api_error(self.message, self.error_type, self.code, self.param)
-        return web.Response(status=self.status, body=body, content_type="application/json", headers=self.extra_headers)
+        return web.Response(status=self.status, body=body, content_type=JSON, headers=self.extra_headers)
 
 
 class CallerError(RelayError):
@@ -93,7 +94,7 @@ class ClientUnauthorized(CallerError):
     status = 401
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer token for this tunnel is required"
-    extra_headers = {"WWW-Authenticate": "Bearer"}
+    extra_headers = {WWW_AUTHENTICATE: "Bearer"}
 
 
 class InvalidJsonRpc(CallerError):
@@ -105,7 +106,7 @@ class InvalidJsonRpc(CallerError):
 
     def to_response(self, codec: Codec) -> web.Response:
         body = codec.error_response(NULL_ID, self.rpc_code, self.message)
-        return web.Response(status=self.status, body=body, content_type="application/json")
+        return web.Response(status=self.status, body=body, content_type=JSON)
 
     @classmethod
     def parse_error(cls, message: str) -> InvalidJsonRpc:
@@ -158,7 +159,7 @@ class FrameBacklog(GatewayError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "the MCP caller has not consumed earlier frames yet; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class TunnelNotFound(RelayError):
@@ -189,7 +190,7 @@ class QueueFull(RelayError):
     status = 429
     code = "tunnel_queue_full"
     default_message = "the tunnel's queue is full; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientRateExceeded(RelayError):
@@ -198,7 +199,7 @@ class ClientRateExceeded(RelayError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "too many requests for this client token; retry after the Retry-After delay"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientNotSeen(RelayError):
@@ -211,7 +212,7 @@ class BackendUnavailable(RelayError):
     status = 503
     code = "tunnel_transport_unavailable"
     default_message = "the relay's queue store is unreachable; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class CommandLost(BackendUnavailable):
@@ -242,9 +243,9 @@ def error_middleware(codec: Codec) -> Middleware:
             if exc.status < 400:
                 raise
             kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", RETRY_AFTER.lower()}}
             body = codec.api_error(exc.reason, kind, None)
-            return web.Response(status=exc.status, body=body, content_type="application/json", headers=headers)
+            return web.Response(status=exc.status, body=body, content_type=JSON, headers=headers)
         except ConnectionResetError:
             raise  # the peer left; there is nobody to answer
         except Exception:

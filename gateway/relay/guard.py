@@ -17,6 +17,7 @@ from typing import Final
 from aiohttp import web
 
 from gateway.config.secrets import Secret, SecretError, resolve
+from gateway.protocol.headers import AUTHORIZATION
 from gateway.relay.config import RelayConfig, RelayConfigError
 from gateway.relay.errors import (
     BodyTimeout,
@@ -70,7 +71,7 @@ def resolve_credentials(config: RelayConfig, *, source: str = "<relay config>") 
 
 def bearer_token(request: web.Request) -> str | None:
     """The token of the request's one `Authorization: Bearer <token>` header, or None."""
-    values = request.headers.getall("Authorization", [])
+    values = request.headers.getall(AUTHORIZATION, [])
     if len(values) != 1:
         return None
     scheme, _, token = values[0].strip().partition(" ")

@@ -26,9 +26,12 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from gateway.protocol.headers import RETRY_AFTER
+
 STATUS_BODY: Final = 64 * 1024  # default body kept per response, for callers that only need the status
 IDLE_S: Final = 4.0  # shorter than common keep-alive timeouts, so a pooled connection is rarely stale
 CONNECT_TIMEOUT_S: Final = 10.0
+_RETRY_AFTER: Final = RETRY_AFTER.lower().encode()
 
 
 class H1Error(Exception):
@@ -158,7 +161,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"retry-after":
+        if name == _RETRY_AFTER:
             self._retry_after = value.decode("latin-1")
         elif name in (b"content-length", b"transfer-encoding"):
             self._framed = True  # the body's end is known: a close before it is an error
