@@ -35,7 +35,7 @@ from gateway.channels.lists import (
 from gateway.channels.names import NameTable, Owner, PrefixMode, ResourceTable, namespace, resource_table
 from gateway.config.routing import ChannelSpec
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
-from gateway.protocol.errors import UpstreamError, UpstreamProtocolError
+from gateway.protocol.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from gateway.protocol.mcp import Call, Era, Frame, Reply, UpstreamInfo
 from gateway.protocol.wire import METHOD_NOT_FOUND
 from gateway.upstream.base import Upstream
@@ -57,7 +57,7 @@ ACKNOWLEDGED: Final = "notifications/subscriptions/acknowledged"
 WATCH_BACKOFF_MAX_S: Final = 30.0
 
 
-class ListUnavailable(Exception):
+class ListUnavailable(GatewayError):
     """A server's list could not be fetched (it is left out of the view)."""
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.protocol.errors import GatewayError
+
 _BOM: Final = b"\xef\xbb\xbf"
 _CR: Final = 0x0D
 _LF: Final = 0x0A
 
 
-class SseError(ValueError):
+class SseError(GatewayError, ValueError):
     """The stream cannot be parsed within the configured bounds."""
 
 

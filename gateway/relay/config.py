@@ -16,6 +16,7 @@ import msgspec.yaml
 from msgspec import Meta, Struct
 
 from gateway.config import rates
+from gateway.protocol.errors import ConfigError, GatewayError
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8780"
 DEFAULT_ALLOWED_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
@@ -29,13 +30,16 @@ SecretRef = Annotated[str, Meta(min_length=1)]
 """`env:VAR`, `file:/path` (relative paths are taken from the config file's folder) or a literal."""
 
 
-class RelayConfigError(Exception):
-    """`relay.yaml` is unreadable or invalid; the message names the file, the key and what was expected."""
+class RelayConfigError(ConfigError):
+    """`relay.yaml` is unreadable or invalid; the message names the file, the key and what was expected.
+
+    `problem` is msgspec's own sentence ("Expected `int` >= 1") or one in the same style, so the
+    message is `source: key: problem`, not ConfigError's `file: key: expected …`."""
 
     def __init__(self, source: str, key: str, problem: str) -> None:
-        super().__init__(f"{source}: {key}: {problem}")
+        GatewayError.__init__(self, f"{source}: {key}: {problem}")
+        self.file, self.key, self.expected = source, key, problem
         self.source = source
-        self.key = key
         self.problem = problem
 
 

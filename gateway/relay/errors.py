@@ -2,7 +2,8 @@
 
 Every failure the relay reports is a `RelayError` subclass whose status, API error
 code and extra headers are class attributes; `error_middleware` is the only place
-one becomes a response. The tree::
+one becomes a response. `RelayError` is a branch of the package's one tree
+(`gateway.protocol.errors.GatewayError`); this is that branch in full::
 
     RelayError (500, server_error)
     ├── CallerError                      the MCP client's request is at fault (4xx)
@@ -12,7 +13,7 @@ one becomes a response. The tree::
     │   ├── ClientUnauthorized (401 + WWW-Authenticate: Bearer)
     │   ├── InvalidJsonRpc (400, JSON-RPC error body)
     │   └── MethodNotAllowed (405 + Allow)
-    ├── GatewayError                     the tunnel client's request is at fault (4xx)
+    ├── TunnelClientError                the tunnel client's (a gateway's) request is at fault (4xx)
     │   ├── GatewayUnauthorized (401 tunnel_use_forbidden)
     │   ├── InvalidParameter (400)
     │   ├── InvalidPayload (400 invalid_json_payload)
@@ -25,6 +26,7 @@ one becomes a response. The tree::
     ├── BodyTooLarge (413 request_body_too_large)
     ├── BodyTimeout (408 request_timeout)  the body did not arrive within `read_timeout_s`
     ├── QueueFull (429 tunnel_queue_full + Retry-After)
+    ├── ClientRateExceeded (429 rate_limit_exceeded + Retry-After)  a client token's `client_rate` is spent
     ├── ClientNotSeen (503 tunnel_client_not_seen)
     ├── BackendUnavailable (503 tunnel_transport_unavailable + Retry-After)  the queue store is unreachable
     │   └── CommandLost (503)            the queue store no longer knows a waiting caller's command
@@ -42,13 +44,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.protocol.errors import GatewayError
 from gateway.protocol.headers import JSON, RETRY_AFTER, WWW_AUTHENTICATE
 from gateway.protocol.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
 
 log = logging.getLogger("gateway.relay")
 
 
-class RelayError(Exception):
+class RelayError(GatewayError):
     """Base of every error the relay answers with; maps to an APIErrorResponse."""
 
     status: ClassVar[int] = 500
@@ -123,39 +126,41 @@ class MethodNotAllowed(CallerError):
     extra_headers = {"Allow": "POST, DELETE"}
 
 
-class GatewayError(RelayError):
+class TunnelClientError(RelayError):
+    """A request to the tunnel API (from a gateway polling or posting frames) is at fault."""
+
     status = 400
     default_message = "bad request"
 
 
-class GatewayUnauthorized(GatewayError):
+class GatewayUnauthorized(TunnelClientError):
     status = 401
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer key for this tunnel is required"
 
 
-class InvalidParameter(GatewayError):
+class InvalidParameter(TunnelClientError):
     default_message = "invalid parameter"
 
 
-class InvalidPayload(GatewayError):
+class InvalidPayload(TunnelClientError):
     code = "invalid_json_payload"
     default_message = "the body is not a valid TunnelResponsePayload JSON object"
 
 
-class PendingNotFound(GatewayError):
+class PendingNotFound(TunnelClientError):
     status = 404
     code = "pending_request_not_found"
     default_message = "the pending request was already processed, expired, or never existed"
 
 
-class ShardMismatch(GatewayError):
+class ShardMismatch(TunnelClientError):
     status = 401
     code = "tunnel_request_mismatch"
     default_message = "the shard token does not belong to this request"
 
 
-class FrameBacklog(GatewayError):
+class FrameBacklog(TunnelClientError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "the MCP caller has not consumed earlier frames yet; retry shortly"

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from gateway.protocol.errors import GatewayError
 from gateway.protocol.headers import RETRY_AFTER
 
 STATUS_BODY: Final = 64 * 1024  # default body kept per response, for callers that only need the status
@@ -34,7 +35,7 @@ CONNECT_TIMEOUT_S: Final = 10.0
 _RETRY_AFTER: Final = RETRY_AFTER.lower().encode()
 
 
-class H1Error(Exception):
+class H1Error(GatewayError):
     """The exchange failed. `sent` is False when the request never left (no connection)."""
 
     def __init__(self, message: str, *, sent: bool) -> None:
