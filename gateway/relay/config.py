@@ -52,7 +52,7 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Bearer tokens MCP clients must present; empty = the MCP endpoint is open."""
     client_rate: str | None = None
     """Requests each client token may make (`N/s`, `N/m`, `N/h`); all tokenless callers share one budget."""
-    client_burst: int | None = None
+    client_burst: Annotated[int, Meta(ge=1)] | None = None
     """Requests allowed at once before `client_rate` applies (default: one second's worth, at least 2)."""
     name: str = ""
     description: str = ""
@@ -60,8 +60,8 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.client_rate is not None and rates.per_second(self.client_rate) is None:
             raise ValueError(f"Expected {rates.EXPECTED}, got {self.client_rate!r}")
-        if self.client_burst is not None and (self.client_burst < 1 or self.client_rate is None):
-            raise ValueError("Expected `client_burst` to be a positive integer, with a `client_rate`")
+        if self.client_burst is not None and self.client_rate is None:
+            raise ValueError("Expected `client_burst` to come with a `client_rate`")
 
 
 class MemoryBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="memory"):
