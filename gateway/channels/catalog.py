@@ -1,4 +1,5 @@
-"""The merged view of an aggregated channel's lists: tools, prompts, resources, templates.
+"""The merged view of an aggregated channel's lists (tools, prompts, resources, templates): fetched,
+cached, merged, watched. Knows nothing of clients, sessions or the tunnel; the pure merging is `router`'s.
 
 Owns fetching each server's lists (every page, as the gateway itself),
 caching them until they go stale (a `list_changed`, a restart, the cache TTL,
@@ -6,7 +7,7 @@ a failed call), merging them with namespaced names (`gateway.channels.router` do
 pure part), and watching servers for list changes outside calls
 (`subscriptions/listen` on 2026-07-28 servers, unsolicited notifications on
 stdio). A server that is down is left out of the view and rejoins once it
-answers again. Knows nothing of clients, sessions or the tunnel.
+answers again.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What an aggregated channel tells its clients about changes on its servers.
+"""What an aggregated channel tells its clients about changes on its servers, in either MCP era.
+In-process and bounded; knows nothing of servers beyond the `watch` callback it is given.
 
 Owns the channel's change events (a server's list changed, or it left or
 rejoined the merged view; a resource was updated) and their delivery to both
@@ -6,8 +7,7 @@ eras: `subscriptions/listen` streams of 2026-07-28 clients (acknowledged, each
 notification tagged with the subscription id, ended gracefully after
 `listen_timeout_s` or when the gateway stops), and notifications sent to
 handshake-era sessions ahead of their next answer (list changes they have not
-seen, updates of resources they subscribed to). In-process and bounded; knows
-nothing of servers beyond the `watch` callback it is given.
+seen, updates of resources they subscribed to).
 """
 
 from __future__ import annotations

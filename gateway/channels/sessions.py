@@ -1,4 +1,5 @@
 """Client sessions the gateway issues: sealed `Mcp-Session-Id` tokens and what they carry.
+Keeps in process only what a token cannot carry; does no transport I/O itself (it calls through an `Upstream`).
 
 Owns the session a handshake-era client holds with a channel whose
 `initialize` the gateway answers (aggregated, or in front of a stdio or
@@ -6,8 +7,8 @@ Owns the session a handshake-era client holds with a channel whose
 the gateway opened for it on handshake-era HTTP servers. All of it travels inside the client's
 `Mcp-Session-Id`, encrypted and authenticated with AES-GCM under a key from
 routing.yaml, so a restarted gateway or another replica polling the same
-tunnel can resume the session. In-process state is only what a token cannot
-carry: ended sessions, and upstream sessions renewed after the token was issued.
+tunnel can resume the session. Kept in process: ended sessions, and upstream
+sessions renewed after the token was issued.
 `open_upstream_session` runs the handshake that opens one such upstream session.
 """
 

@@ -1,6 +1,5 @@
 """Glob patterns of routing rules (`routes[].match`): compiled to regexes, and why a pattern is bad.
-
-Sans-IO, pure; imports only the error tree of ours, so the config checks and the router share it.
+Sans-IO and pure; imports only the error tree, so the config checks and the router share it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""routing.yaml: frozen msgspec Structs, `load()`, and the cross-reference checks.
+"""routing.yaml: frozen msgspec Structs (range checks as `Meta` constraints), `load()`, cross-reference checks.
+Builds no runtime objects and resolves no secrets; sans-IO apart from reading the one file it is given.
 
 Owns the shape of the gateway's configuration and every load-time error
-(naming the file, the key and what was expected). Builds no runtime objects;
-secrets stay references (`env:VAR`, `file:/path`) until provisioning.
-Sans-IO apart from reading the one file it is given.
+(naming the file, the key and what was expected). Secrets stay references
+(`env:VAR`, `file:/path`) until provisioning.
 """
 
 from __future__ import annotations

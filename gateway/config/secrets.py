@@ -1,7 +1,5 @@
 """Secret references: `env:VAR`, `file:/path`, or a literal, resolved on demand.
-
-Owns reading secrets and keeping them out of reprs and error text; imports only
-the error tree from the project, so both the gateway and the relay may use it.
+Keeps the value out of reprs and error text; imports only the error tree, so gateway and relay share it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""One command's life: deadline, channel, upstream frames, response frames.
+"""One command's life: deadline, limits, channel, response frames, and the one place an error becomes
+a wire response. Parses no configuration; knows channels, not transports.
 
 Owns the bounded set of commands in flight (the capacity the poller asks
-for), what each command type becomes (a 2026-07-28 request is checked by
-`gateway.protocol.edge` first), and the one place where an error turns into a wire
-response. Parses no configuration; knows channels, not transports.
+for) and what each command type becomes (a 2026-07-28 request is checked by
+`gateway.protocol.edge` first).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The ops listener: `/healthz`, `/readyz` and `/metrics` on a local address (`ops.listen`).
+Reads the runtime and changes nothing; imports no opentelemetry (metric data is read by shape).
 
 Owns readiness (ready only when the control plane answered a poll recently and
 every required server is up; the body names what is not) and the Prometheus
-text exposition of the telemetry's metrics. Reads the runtime, changes nothing;
-imports no opentelemetry (metric data is read by shape).
+text exposition of the telemetry's metrics.
 """
 
 from __future__ import annotations

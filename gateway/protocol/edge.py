@@ -1,10 +1,10 @@
 """What a 2026-07-28 request must agree with before the gateway serves it, and how its answer is framed.
+Sans-IO: raises `CommandError`s and imports no I/O library; handshake-era requests pass untouched.
 
 Owns the MCP 2026-07-28 request checks every front door relies on (the relay's
 and the hosted service's, whose commands both carry the client's headers): the
 `_meta` envelope, the standard headers against the body, the protocol version;
-and the answer's HTTP status and error codes for such a client. Handshake-era
-requests pass untouched. Sans-IO: raises `CommandError`s, imports no I/O library.
+and the answer's HTTP status and error codes for such a client.
 """
 
 from __future__ import annotations

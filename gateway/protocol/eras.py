@@ -1,11 +1,12 @@
-"""Bridging the two MCP generations: era detection, envelopes, local answers.
+"""Era bridging: the two MCP generations are the handshake era (2024-11-05 … 2025-11-25: `initialize`,
+sessions) and the stateless 2026-07-28 era (a `_meta` envelope on every request). Era detection,
+envelopes, local answers; sans-IO: bytes in, bytes out, no asyncio or aiohttp.
 
-Owns what differs between handshake-era MCP (2024-11-05 … 2025-11-25:
-`initialize`, sessions) and stateless 2026-07-28 MCP (per-request `_meta`
-envelope, `server/discover`, `resultType`): the probe messages the gateway
-sends to servers, the `_meta` surgery that lets a client of one era talk to a
-server of the other, and the answers the gateway gives locally on a server's
-behalf. Sans-IO: bytes in, bytes out.
+Owns what differs between the eras (`initialize` and sessions against the
+per-request `_meta` envelope, `server/discover`, `resultType`): the probe
+messages the gateway sends to servers, the `_meta` surgery that lets a client of
+one era talk to a server of the other, and the answers the gateway gives
+locally on a server's behalf.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Secure MCP Tunnel v1 and JSON-RPC on the wire: typed Structs, codecs, deadlines, failures.
+Sans-IO: imports neither asyncio nor aiohttp, and never touches a socket.
 
 Owns every byte shape that crosses the control-plane boundary (poll batches,
 response payloads, acks, API errors, the server-info header) and the JSON-RPC
 envelopes relayed through it, with `params`/`result`/`error` kept as raw bytes.
-Sans-IO: imports neither asyncio nor aiohttp, and never touches a socket.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The relay's configuration: frozen msgspec Structs for `relay.yaml` and `load_relay_config()`.
+Builds no runtime objects and resolves no secrets.
 
 Owns the file's shape, its defaults and its error messages (file, key path, what
-was expected). Builds no runtime objects and resolves no secrets.
+was expected).
 """
 
 from __future__ import annotations

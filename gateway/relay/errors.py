@@ -1,8 +1,8 @@
 """Relay errors, named by who caused them, and their one translation into HTTP responses.
+Raised anywhere in the relay; turned into a response nowhere but `error_middleware`.
 
 Every failure the relay reports is a `RelayError` subclass whose status, API error
-code and extra headers are class attributes; `error_middleware` is the only place
-one becomes a response. `RelayError` is a branch of the package's one tree
+code and extra headers are class attributes. `RelayError` is a branch of the package's one tree
 (`gateway.protocol.errors.GatewayError`); this is that branch in full::
 
     RelayError (500, server_error)

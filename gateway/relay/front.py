@@ -1,8 +1,9 @@
 """The relay's front door: the Streamable HTTP MCP endpoint MCP clients call.
+Turns requests into queued commands and frames into answers; queues nothing itself (that is the backend).
 
 Owns `/v1/mcp/{tunnel_id}[/{channel}]`: admission, turning a POST or DELETE into a
 queued command, and turning that command's frames into a JSON, SSE or empty
-answer with the contract's status mapping. Queueing is the backend's.
+answer with the contract's status mapping.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Admission to the relay: resolved credentials, Bearer checks, Host/Origin checks, body limits.
+Knows nothing of queues or frames; secrets never appear in its errors or logs.
 
-Owns who may call which endpoint and how much they may send. Knows nothing of
-queues or frames; secrets never appear in its errors or logs.
+Owns who may call which endpoint and how much they may send.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The relay's operations endpoints: `/healthz`, `/readyz`, `/metrics` (Prometheus text format).
+Knows nothing of Redis itself: queue depth and pending requests come from the backend.
 
 Owns the relay's own counters (poll waits, waiting callers) and their small
-hand-written exposition; queue depth and pending requests come from the backend
-(shared by every replica when it is Redis). Knows nothing of Redis itself.
+hand-written exposition; the backend's figures are shared by every replica when
+it is Redis.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The Secure MCP Tunnel v1 API the relay serves to gateways: metadata, poll, response.
+Validates and encodes; queueing is the backend's, and errors become responses only in the error middleware.
 
 Owns parameter and payload validation for `/v1/tunnels/{tunnel_id}[/poll|/response]`
-and the wire encoding of what it returns; queueing is the backend's, errors
-become responses in the error middleware.
+and the wire encoding of what it returns.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The outbound channel to the control plane: poll loop, response POSTs, retry policy.
+Knows nothing about upstreams: commands go to a `CommandSink`, frames come in as encoded payloads.
 
 Owns the v1 client side of the wire (identity headers, auth, `GET /poll` with
 backpressure, `POST /response` with the shard-token header) and when to retry.
-Knows nothing about upstreams: commands go to a `CommandSink`, frames come in
-as encoded payloads.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""A keep-alive HTTP/1.1 client for the poll channel's hot endpoints: `GET /poll`, `POST /response`.
+"""A minimal keep-alive HTTP/1.1 client ("h1", on httptools) for the poll channel's two hot endpoints,
+`GET /poll` and `POST /response`. Not a general client: no redirects, compression or cookies, and one
+request at a time per connection.
 
 Owns connections to one origin (directly, or through an HTTP proxy: absolute-form
 requests for `http://`, a `CONNECT` tunnel for `https://`), TLS with the
@@ -9,9 +11,8 @@ several times the CPU of the request itself on them, so the header lines are
 prebuilt by the caller and only the query, length and body change per request.
 The rare metadata request stays on aiohttp.
 
-Not a general client: no redirects, no compression, no cookies, one request at
-a time per connection (a small pool of them), and a connection that is
-interrupted mid-request is dropped, never reused.
+Connections come from a small pool; one interrupted mid-request is dropped,
+never reused.
 """
 
 from __future__ import annotations

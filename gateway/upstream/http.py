@@ -1,11 +1,11 @@
 """The Streamable HTTP transport: one MCP server reached over HTTP(S).
+Uses a shared aiohttp session it does not own; knows nothing of the tunnel.
 
 Owns the HTTP side of MCP for one server: the era probe (`server/discover`,
 falling back to `initialize`), the gateway's own legacy session, request
 headers, JSON and SSE answers turned into `Notify`/`Reply` frames, and the
 translation of aiohttp failures into `UpstreamError`s (in `map_aiohttp_errors`,
-nowhere else). Uses a shared aiohttp session it does not own; knows nothing of
-the tunnel.
+nowhere else).
 """
 
 from __future__ import annotations

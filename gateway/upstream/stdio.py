@@ -1,10 +1,11 @@
 """The stdio transport: one supervised server process shared by many concurrent calls.
+Knows nothing of the tunnel; a server's notifications reach only the call they belong to.
 
 Owns the process (spawned without a shell, stderr logged, restarted with capped
 backoff when it dies), the era handshake on each start, and the multiplexing of
 concurrent requests over one pipe by remapping JSON-RPC ids and progress
-tokens. A server's notifications reach only the call they belong to (by progress
-token; log messages as `_log_owner` says); the rest go to the gateway's log.
+tokens. Notifications go to their call by progress token (log messages as
+`_log_owner` says); the rest go to the gateway's log.
 Calls in flight when the process dies fail with `transport_closed`.
 """
 
