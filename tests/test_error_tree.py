@@ -19,11 +19,9 @@ import gateway
 from gateway.protocol import errors
 from gateway.relay import errors as relay_errors
 
-PENDING: Final = {
-    "gateway.channels.router.InvalidCursor": "channels/router.py is being rewritten (issue 16) and keeps its "
-    "`ValueError` until then; once it descends from GatewayError, delete this entry",
-}
-"""Known strays, each with why it may stay for now. Equality is checked, so a fixed one fails until removed."""
+PENDING: Final[dict[str, str]] = {}
+"""Known strays, each with why it may stay for now (`"gateway.x.Name": "why"`). Equality is checked, so
+a fixed one fails until its entry goes."""
 
 
 def package_modules() -> list[types.ModuleType]:

@@ -12,10 +12,12 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
+from gateway.protocol.errors import GatewayError
+
 T = TypeVar("T")
 
 
-class InvalidCursor(ValueError):
+class InvalidCursor(GatewayError, ValueError):
     """A cursor the gateway did not issue, or one for a list that has changed since."""
 
 

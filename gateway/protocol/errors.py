@@ -12,6 +12,8 @@ classes raised by one module only live in that module (its path is given).
     ├── GlobError, ValueError    a routing rule's glob pattern is malformed (config/globs.py)
     ├── SseError, ValueError     an SSE stream cannot be parsed in bounds (protocol/sse.py)
     │   └── SseEventTooLarge     one event grew past `max_event_bytes`
+    ├── InvalidCursor, ValueError  a cursor the gateway did not issue, or for a list that changed
+    │                            since (channels/cursors.py; a channel answers InvalidRequestParams)
     ├── CommandError             the MCP client / command is wrong        -> JSON-RPC error
     │   ├── UnknownChannel       no such channel on this gateway          (400, -32603)
     │   ├── RateLimited          a rate limit or concurrency cap said no  (429, -32029, data.retry_after_ms)
