@@ -1,9 +1,9 @@
 """The forwarded-call path every channel uses: one request to one server, and its frames back.
+It does not choose the server, answer locally, or know sessions beyond the `HeldSession` it is handed.
 
 Owns era bridging of params and results, the multi round-trip relay in both directions (with the
 held calls it keeps between a client's retries), re-keying answers, the headers a call carries, and
-error translation (an answer that is not JSON-RPC fails as `malformed_json`). It does not choose the
-server, answer locally, or know about sessions beyond the `HeldSession` a channel hands it.
+error translation (an answer that is not JSON-RPC fails as `malformed_json`).
 """
 
 from __future__ import annotations

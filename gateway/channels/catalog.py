@@ -1,10 +1,10 @@
 """The merged view of an aggregated channel's lists (tools, prompts, resources, templates): fetched,
-cached, merged, watched. Knows nothing of clients, sessions or the tunnel; the pure merging is `router`'s.
+cached, merged, watched. Knows nothing of clients, sessions or the tunnel; the pure merging is in `lists`.
 
 Owns fetching each server's lists (every page, as the gateway itself),
 caching them until they go stale (a `list_changed`, a restart, the cache TTL,
-a failed call), merging them with namespaced names (`gateway.channels.router` does the
-pure part), and watching servers for list changes outside calls
+a failed call), merging them with namespaced names (`gateway.channels.lists` and `names` do
+the pure part), and watching servers for list changes outside calls
 (`subscriptions/listen` on 2026-07-28 servers, unsolicited notifications on
 stdio). A server that is down is left out of the view and rejoins once it
 answers again.

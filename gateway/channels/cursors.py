@@ -1,7 +1,8 @@
 """The gateway's own opaque pagination cursors over a merged list, bound to the list they page.
+Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
 
 Owns cursor encoding (a fingerprint of the list plus an offset) and paging; a cursor from another
-list, or a forged one, is refused. Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
+list, or a forged one, is refused.
 """
 
 from __future__ import annotations
