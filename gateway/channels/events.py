@@ -1,4 +1,5 @@
-"""What an aggregated channel tells its clients about changes on its servers.
+"""What an aggregated channel tells its clients about changes on its servers, in either MCP era.
+In-process and bounded; knows nothing of servers beyond the `watch` callback it is given.
 
 Owns the channel's change events (a server's list changed, or it left or
 rejoined the merged view; a resource was updated) and their delivery to both
@@ -6,8 +7,7 @@ eras: `subscriptions/listen` streams of 2026-07-28 clients (acknowledged, each
 notification tagged with the subscription id, ended gracefully after
 `listen_timeout_s` or when the gateway stops), and notifications sent to
 handshake-era sessions ahead of their next answer (list changes they have not
-seen, updates of resources they subscribed to). In-process and bounded; knows
-nothing of servers beyond the `watch` callback it is given.
+seen, updates of resources they subscribed to).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway.channels.lists import LIST_KEYS
 from gateway.protocol.eras import META
+from gateway.protocol.headers import CONTENT_TYPE, JSON
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import Codec, Headers
 
@@ -42,7 +43,7 @@ LIST_FLAGS: Final = {
     "resources/templates/list": "resourcesListChanged",
 }
 """The `subscriptions/listen` filter flag each list's changes need."""
-JSON: Final[Headers] = {"Content-Type": ["application/json"]}
+JSON_HEADERS: Final[Headers] = {CONTENT_TYPE: [JSON]}
 SESSIONS_KEPT: Final = 10_000
 QUEUE_SIZE: Final = 256
 
@@ -164,7 +165,7 @@ class ChannelEvents:
         finally:
             self._listens.discard(queue)
         result = Raw(self._codec.encode({"resultType": "complete", META: meta}))
-        yield Reply(200, self._codec.result(id, result), dict(JSON))
+        yield Reply(200, self._codec.result(id, result), dict(JSON_HEADERS))
 
 
 def _listen_filter(codec: Codec, params: Raw | UnsetType) -> dict[str, object]:

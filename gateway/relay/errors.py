@@ -1,8 +1,9 @@
 """Relay errors, named by who caused them, and their one translation into HTTP responses.
+Raised anywhere in the relay; turned into a response nowhere but `error_middleware`.
 
 Every failure the relay reports is a `RelayError` subclass whose status, API error
-code and extra headers are class attributes; `error_middleware` is the only place
-one becomes a response. The tree::
+code and extra headers are class attributes. `RelayError` is a branch of the package's one tree
+(`gateway.protocol.errors.GatewayError`); this is that branch in full::
 
     RelayError (500, server_error)
     ├── CallerError                      the MCP client's request is at fault (4xx)
@@ -12,7 +13,7 @@ one becomes a response. The tree::
     │   ├── ClientUnauthorized (401 + WWW-Authenticate: Bearer)
     │   ├── InvalidJsonRpc (400, JSON-RPC error body)
     │   └── MethodNotAllowed (405 + Allow)
-    ├── GatewayError                     the tunnel client's request is at fault (4xx)
+    ├── TunnelClientError                the tunnel client's (a gateway's) request is at fault (4xx)
     │   ├── GatewayUnauthorized (401 tunnel_use_forbidden)
     │   ├── InvalidParameter (400)
     │   ├── InvalidPayload (400 invalid_json_payload)
@@ -25,6 +26,7 @@ one becomes a response. The tree::
     ├── BodyTooLarge (413 request_body_too_large)
     ├── BodyTimeout (408 request_timeout)  the body did not arrive within `read_timeout_s`
     ├── QueueFull (429 tunnel_queue_full + Retry-After)
+    ├── ClientRateExceeded (429 rate_limit_exceeded + Retry-After)  a client token's `client_rate` is spent
     ├── ClientNotSeen (503 tunnel_client_not_seen)
     ├── BackendUnavailable (503 tunnel_transport_unavailable + Retry-After)  the queue store is unreachable
     │   └── CommandLost (503)            the queue store no longer knows a waiting caller's command
@@ -42,12 +44,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.headers import JSON, RETRY_AFTER, WWW_AUTHENTICATE
 from gateway.protocol.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
 
 log = logging.getLogger("gateway.relay")
 
 
-class RelayError(Exception):
+class RelayError(GatewayError):
     """Base of every error the relay answers with; maps to an APIErrorResponse."""
 
     status: ClassVar[int] = 500
@@ -66,7 +70,7 @@ class RelayError(Exception):
 
     def to_response(self, codec: Codec) -> web.Response:
         body = codec.api_error(self.message, self.error_type, self.code, self.param)
-        return web.Response(status=self.status, body=body, content_type="application/json", headers=self.extra_headers)
+        return web.Response(status=self.status, body=body, content_type=JSON, headers=self.extra_headers)
 
 
 class CallerError(RelayError):
@@ -93,7 +97,7 @@ class ClientUnauthorized(CallerError):
     status = 401
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer token for this tunnel is required"
-    extra_headers = {"WWW-Authenticate": "Bearer"}
+    extra_headers = {WWW_AUTHENTICATE: "Bearer"}
 
 
 class InvalidJsonRpc(CallerError):
@@ -105,7 +109,7 @@ class InvalidJsonRpc(CallerError):
 
     def to_response(self, codec: Codec) -> web.Response:
         body = codec.error_response(NULL_ID, self.rpc_code, self.message)
-        return web.Response(status=self.status, body=body, content_type="application/json")
+        return web.Response(status=self.status, body=body, content_type=JSON)
 
     @classmethod
     def parse_error(cls, message: str) -> InvalidJsonRpc:
@@ -122,43 +126,45 @@ class MethodNotAllowed(CallerError):
     extra_headers = {"Allow": "POST, DELETE"}
 
 
-class GatewayError(RelayError):
+class TunnelClientError(RelayError):
+    """A request to the tunnel API (from a gateway polling or posting frames) is at fault."""
+
     status = 400
     default_message = "bad request"
 
 
-class GatewayUnauthorized(GatewayError):
+class GatewayUnauthorized(TunnelClientError):
     status = 401
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer key for this tunnel is required"
 
 
-class InvalidParameter(GatewayError):
+class InvalidParameter(TunnelClientError):
     default_message = "invalid parameter"
 
 
-class InvalidPayload(GatewayError):
+class InvalidPayload(TunnelClientError):
     code = "invalid_json_payload"
     default_message = "the body is not a valid TunnelResponsePayload JSON object"
 
 
-class PendingNotFound(GatewayError):
+class PendingNotFound(TunnelClientError):
     status = 404
     code = "pending_request_not_found"
     default_message = "the pending request was already processed, expired, or never existed"
 
 
-class ShardMismatch(GatewayError):
+class ShardMismatch(TunnelClientError):
     status = 401
     code = "tunnel_request_mismatch"
     default_message = "the shard token does not belong to this request"
 
 
-class FrameBacklog(GatewayError):
+class FrameBacklog(TunnelClientError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "the MCP caller has not consumed earlier frames yet; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class TunnelNotFound(RelayError):
@@ -189,7 +195,7 @@ class QueueFull(RelayError):
     status = 429
     code = "tunnel_queue_full"
     default_message = "the tunnel's queue is full; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientRateExceeded(RelayError):
@@ -198,7 +204,7 @@ class ClientRateExceeded(RelayError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "too many requests for this client token; retry after the Retry-After delay"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientNotSeen(RelayError):
@@ -211,7 +217,7 @@ class BackendUnavailable(RelayError):
     status = 503
     code = "tunnel_transport_unavailable"
     default_message = "the relay's queue store is unreachable; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class CommandLost(BackendUnavailable):
@@ -242,9 +248,9 @@ def error_middleware(codec: Codec) -> Middleware:
             if exc.status < 400:
                 raise
             kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", RETRY_AFTER.lower()}}
             body = codec.api_error(exc.reason, kind, None)
-            return web.Response(status=exc.status, body=body, content_type="application/json", headers=headers)
+            return web.Response(status=exc.status, body=body, content_type=JSON, headers=headers)
         except ConnectionResetError:
             raise  # the peer left; there is nobody to answer
         except Exception:
