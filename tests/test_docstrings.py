@@ -21,13 +21,6 @@ MAX_LINES: Final = 3
 LIMIT_WORDS: Final = re.compile(r"\b(no|not|never|nothing|none|neither|nor|only|nowhere|without)\b|sans-io", re.I)
 """How a sentence says what a module must not do."""
 
-STATES_NO_LIMIT_YET: Final = {
-    "gateway/channels/aggregate.py": "being rewritten (issue 16)",
-    "gateway/channels/channel.py": "being rewritten (issue 16)",
-}
-"""Modules whose first paragraph says what they own but not what they must not do, and why they may
-for now. Their test is a strict xfail: once fixed it fails until the entry goes."""
-
 
 def modules() -> list[str]:
     return sorted(path.relative_to(PACKAGE.parent).as_posix() for path in PACKAGE.rglob("*.py"))
@@ -66,15 +59,7 @@ def test_module_opens_with_a_one_to_three_line_summary(module: str) -> None:
     assert problem(_read(module)) is None, f"{module}: {problem(_read(module))}"
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(module, marks=pytest.mark.xfail(strict=True, reason=STATES_NO_LIMIT_YET[module]))
-        if module in STATES_NO_LIMIT_YET
-        else module
-        for module in modules()
-    ],
-)
+@pytest.mark.parametrize("module", modules())
 def test_module_summary_says_what_it_must_not_do(module: str) -> None:
     assert states_a_limit(_read(module)), f"{module}: the first paragraph states no limit ({LIMIT_WORDS.pattern})"
 

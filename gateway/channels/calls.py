@@ -28,12 +28,10 @@ from gateway.protocol.headers import (
     SESSION_HEADER,
     VERSION_HEADER,
 )
-from gateway.protocol.headers import JSON as JSON_TYPE
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon
-from gateway.protocol.wire import Headers, JsonRpcMessage, strip_hop_by_hop
+from gateway.protocol.wire import Headers, JsonRpcMessage, json_headers, strip_hop_by_hop
 from gateway.upstream.base import Upstream
 
-JSON: Final[Headers] = {CONTENT_TYPE: [JSON_TYPE]}
 DECLINED: Final = "the client declined the server's request"
 
 _TRANSPORT_OWNED: Final = frozenset({CONTENT_TYPE.lower(), ACCEPT.lower(), "content-length", "host"})
@@ -228,7 +226,7 @@ class Calls:
                             pending.member = leg.server
                             kept = True
                             result = await self._rounds.hold(pending, request)
-                            yield Reply(200, self._codec.result(call.id, result), dict(JSON))
+                            yield Reply(200, self._codec.result(call.id, result), json_headers())
                             return
                     yield leg.from_server(frame)
                     continue

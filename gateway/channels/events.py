@@ -23,9 +23,8 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway.channels.lists import LIST_KEYS
 from gateway.protocol.eras import META
-from gateway.protocol.headers import CONTENT_TYPE, JSON
 from gateway.protocol.mcp import Frame, Notify, Reply
-from gateway.protocol.wire import Codec, Headers
+from gateway.protocol.wire import Codec, json_headers
 
 SUBSCRIPTION_ID_KEY: Final = "io.modelcontextprotocol/subscriptionId"
 UPDATED: Final = "notifications/resources/updated"
@@ -43,7 +42,6 @@ LIST_FLAGS: Final = {
     "resources/templates/list": "resourcesListChanged",
 }
 """The `subscriptions/listen` filter flag each list's changes need."""
-JSON_HEADERS: Final[Headers] = {CONTENT_TYPE: [JSON]}
 SESSIONS_KEPT: Final = 10_000
 QUEUE_SIZE: Final = 256
 
@@ -165,7 +163,7 @@ class ChannelEvents:
         finally:
             self._listens.discard(queue)
         result = Raw(self._codec.encode({"resultType": "complete", META: meta}))
-        yield Reply(200, self._codec.result(id, result), dict(JSON_HEADERS))
+        yield Reply(200, self._codec.result(id, result), json_headers())
 
 
 def _listen_filter(codec: Codec, params: Raw | UnsetType) -> dict[str, object]:

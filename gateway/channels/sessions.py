@@ -38,8 +38,7 @@ from gateway.protocol.errors import ConfigError, UpstreamProtocolError
 
 # Re-exported (`X as X`) for channel.py and aggregate.py, which import them from here until they import
 # gateway.protocol.headers themselves.
-from gateway.protocol.headers import SESSION_HEADER as SESSION_HEADER
-from gateway.protocol.headers import VERSION_HEADER as VERSION_HEADER
+from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Reply
 from gateway.protocol.wire import Headers, JsonDecoder, header_value
 from gateway.upstream.base import Upstream

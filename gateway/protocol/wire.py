@@ -15,12 +15,18 @@ import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 
 from gateway.protocol import jsonscan
-from gateway.protocol.headers import CONTENT_TYPE, LAST_EVENT_ID, SESSION_HEADER, WWW_AUTHENTICATE
+from gateway.protocol.headers import CONTENT_TYPE, JSON, LAST_EVENT_ID, SESSION_HEADER, WWW_AUTHENTICATE
 
 T = TypeVar("T")
 
 Headers = dict[str, list[str]]
 """Multi-valued HTTP headers as the tunnel carries them: name -> values."""
+
+
+def json_headers() -> Headers:
+    """The headers of a JSON answer (a new dict: callers may add to it)."""
+    return {CONTENT_TYPE: [JSON]}
+
 
 JSONRPC_VERSION: Final = "2.0"
 
