@@ -164,7 +164,7 @@ class TokenExchange:
         if not isinstance(alg, str) or alg not in issuer.spec.algorithms:
             raise InvalidGrant("the subject token's signing algorithm (alg) is not allowed")
         if kid is not None and not isinstance(kid, str):
-            raise InvalidGrant("the subject token is not a well-formed JWT (kid)")
+            raise InvalidGrant("the subject token is not a well-formed JWT")
         try:
             keys = await issuer.keys.lookup(kid, alg)
         except JwksUnavailable:

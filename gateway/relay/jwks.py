@@ -71,7 +71,7 @@ class VerifyKey:
 
 
 class _Document(msgspec.Struct):
-    keys: list[dict[str, object]]
+    keys: list[object]
 
 
 _DOCUMENT: Final = JsonDecoder(_Document)
@@ -85,6 +85,8 @@ def parse_jwks(data: bytes) -> tuple[VerifyKey, ...]:
         raise JwksUnavailable("not a JWKS document (a JSON object with a `keys` array)") from None
     found: list[VerifyKey] = []
     for member in document.keys[:MAX_KEYS]:
+        if not isinstance(member, dict):
+            continue
         if member.get("kty") not in ("RSA", "EC", "OKP") or member.get("use", "sig") != "sig":
             continue
         kid, alg = member.get("kid"), member.get("alg")
@@ -298,7 +300,6 @@ class IssuerKeys:
 
     async def _fetch(self) -> None:
         self._last_attempt = self._clock()
-        self._attempts += 1
         self.fetches += 1
         try:
             keys = parse_jwks(await self._source.fetch())
@@ -307,6 +308,8 @@ class IssuerKeys:
                 log.warning("identity: JWKS of issuer %s from %s unavailable: %s", self.issuer, self._source.where, exc)
             self._error = exc.reason
             return
+        finally:
+            self._attempts += 1  # after the fetch: lookups that waited for it see it done
         before = {key.kid for key in self._keys}
         after = {key.kid for key in keys}
         if before != after or self._error is not None:

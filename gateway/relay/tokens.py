@@ -65,20 +65,20 @@ def load_signing_key(pem: str) -> SigningKey:
         if key.key_size < MIN_RSA_BITS:
             raise SigningKeyError(f"an RSA key needs at least {MIN_RSA_BITS} bits, this one has {key.key_size}")
         rsa_public = key.public_key()
-        return SigningKey(_kid(RSAAlgorithm.to_jwk(rsa_public, as_dict=True)), "RS256", key, rsa_public)
+        return SigningKey(thumbprint(RSAAlgorithm.to_jwk(rsa_public, as_dict=True)), "RS256", key, rsa_public)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         algorithm = _CURVES.get(key.curve.name)
         if algorithm is None:
             raise SigningKeyError(f"EC keys must use P-256, P-384 or P-521, not {key.curve.name}")
         ec_public = key.public_key()
-        return SigningKey(_kid(ECAlgorithm.to_jwk(ec_public, as_dict=True)), algorithm, key, ec_public)
+        return SigningKey(thumbprint(ECAlgorithm.to_jwk(ec_public, as_dict=True)), algorithm, key, ec_public)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         ed_public = key.public_key()
-        return SigningKey(_kid(OKPAlgorithm.to_jwk(ed_public, as_dict=True)), "EdDSA", key, ed_public)
+        return SigningKey(thumbprint(OKPAlgorithm.to_jwk(ed_public, as_dict=True)), "EdDSA", key, ed_public)
     raise SigningKeyError("expected an RSA, EC or Ed25519 private key")
 
 
-def _kid(jwk: dict[str, object]) -> str:
+def thumbprint(jwk: dict[str, object]) -> str:
     """RFC 7638: the SHA-256 thumbprint of the public key's required JWK members."""
     members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[str(jwk["kty"])]}
     digest = hashlib.sha256(json.dumps(members, separators=(",", ":"), sort_keys=True).encode()).digest()
