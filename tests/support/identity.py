@@ -226,14 +226,19 @@ class RelayProcess:
 
 @contextlib.asynccontextmanager
 async def relay_process(
-    config: str, folder: Path, *, stderr: IO[bytes] | None = None, log_level: str = "INFO"
+    config: str,
+    folder: Path,
+    *,
+    stderr: IO[bytes] | None = None,
+    log_level: str = "INFO",
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[RelayProcess]:
     """`gateway relay --config` on a relay.yaml written into `folder`; ready at its `relay: ready URL` line."""
     file = folder / "relay.yaml"
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     await asyncio.to_thread(file.write_text, config)
     args = ("-m", "gateway.cli", "--log-level", log_level, "relay", "--config", file)
-    async with process(PYTHON, *args, stderr=stderr) as proc:
+    async with process(PYTHON, *args, stderr=stderr, env=env) as proc:
         match = await proc.wait_for(r"relay: ready (\S+)")
         yield RelayProcess(proc, match[1])
 
