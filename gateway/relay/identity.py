@@ -171,6 +171,8 @@ class TokenExchange:
             raise IssuerUnavailable(
                 f"the signing keys of issuer {describe(iss)} cannot be fetched right now; retry later"
             ) from None
+        if not keys and issuer.keys.knows(kid):
+            raise InvalidGrant("the subject token's algorithm (alg) does not fit its issuer's key")
         if not keys:
             raise InvalidGrant("the subject token's signing key (kid) is not in its issuer's key set")
         failure: jwt.PyJWTError | None = None

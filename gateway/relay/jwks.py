@@ -281,13 +281,14 @@ class IssuerKeys:
 
         Raises JwksUnavailable when none is known and the latest fetch failed: the token can
         then be neither accepted nor refused."""
-        if not self._knows(kid):
+        if not self.knows(kid):
             await self._refresh_for_unknown(self._attempts)
-        if not self._knows(kid) and self._error is not None:
+        if not self.knows(kid) and self._error is not None:
             raise JwksUnavailable(self._error)
         return [key for key in self._keys if (kid is None or key.kid == kid) and key.fits(algorithm)]
 
-    def _knows(self, kid: str | None) -> bool:
+    def knows(self, kid: str | None) -> bool:
+        """Whether the cache holds a key with this `kid` (any key, when None)."""
         return any(kid is None or key.kid == kid for key in self._keys)
 
     async def _refresh_for_unknown(self, attempts_seen: int) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import RSAAlgorithm
+from jwt.warnings import InsecureKeyLengthWarning
 
 from gateway.relay.config import IdentitySpec, RelayConfigError, decode_relay_config, load_relay_config
 from gateway.relay.errors import InvalidGrant, IssuerUnavailable, TokenError, UnauthorizedClient
@@ -552,8 +554,18 @@ async def test_a_jwk_that_names_its_algorithm_refuses_others(tmp_path: Path) -> 
     key = IssuerKey.rsa("RS256")
     identity = _identity(tmp_path, key)
     ps256 = jwt.encode(claims(), key.private, algorithm="PS256", headers={"kid": key.kid})
-    with pytest.raises(InvalidGrant, match="signing key"):
+    with pytest.raises(InvalidGrant, match=r"algorithm \(alg\) does not fit its issuer's key"):
         await identity.exchange.exchange(_request(ps256))
+
+
+async def test_an_issuers_short_rsa_key_is_refused(tmp_path: Path) -> None:
+    weak = IssuerKey.rsa(bits=1024)
+    identity = _identity(tmp_path, weak)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)  # PyJWT warns the signer; the relay refuses
+        token = weak.sign(claims())
+    with pytest.raises(InvalidGrant, match=r"unusable \(type, curve or size\)"):
+        await identity.exchange.exchange(_request(token))
 
 
 async def test_an_issuer_can_narrow_its_algorithms(tmp_path: Path) -> None:
