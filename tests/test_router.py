@@ -21,18 +21,10 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 from msgspec import Raw
 
-from gateway.channels.router import (
-    InvalidCursor,
-    Router,
-    decode_cursor,
-    encode_cursor,
-    merge_capabilities,
-    namespace,
-    page,
-    resource_table,
-    split_page,
-    template_regex,
-)
+from gateway.channels.cursors import InvalidCursor, decode_cursor, encode_cursor, page
+from gateway.channels.lists import merge_capabilities, split_page
+from gateway.channels.names import namespace, resource_table, template_regex
+from gateway.channels.rules import Router
 from gateway.config import routing as config
 from gateway.config.globs import GlobError, compile_glob, glob_error
 from gateway.protocol.errors import ConfigError
