@@ -33,6 +33,8 @@ classes raised by one module only live in that module (its path is given).
     │                            view                                     (channels/catalog.py)
     ├── ControlPlaneError        the control plane refused or failed
     │   └── CommandGone          404 on a response POST: the caller left (cancellation)
+    ├── JwksUnavailable          an issuer's key set could not be had (relay/jwks.py)
+    ├── SigningKeyError, ValueError  a relay signing key is unusable; says why, never the key (relay/tokens.py)
     ├── H1Error                  an HTTP/1.1 exchange with the control plane failed; `sent` says
     │                            whether the request left                 (tunnel/http1.py)
     └── RelayError               what the relay answers its callers with: HTTP status and API error
