@@ -17,7 +17,8 @@
     │   ├── UpstreamProtocolError  answered something that is not MCP
     │   └── UpstreamHttpError    answered an HTTP error without a JSON-RPC body
     └── ControlPlaneError        the control plane refused or failed
-        └── CommandGone          404 on a response POST: the caller left (cancellation)
+        ├── CommandGone          404 on a response POST: the caller left (cancellation)
+        └── CredentialsUnavailable  no access token to send: the token exchange failed
 
 The JSON-RPC code, HTTP status and provenance are class attributes or fields;
 `gateway.dispatch` turns an error into a wire response, in that one place.
@@ -271,3 +272,13 @@ class CommandGone(ControlPlaneError):
 
     def __init__(self) -> None:
         super().__init__("control plane no longer waits for this command (404)", 404)
+
+
+class CredentialsUnavailable(ControlPlaneError):
+    """There is no credential to send: the workload identity's token exchange failed (or has not
+    finished) and the last access token has expired. Nothing was sent to the control plane;
+    `retry_after` says when the next exchange may start."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"credentials: {reason}", None, retry_after)
+        self.reason = reason
