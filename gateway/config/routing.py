@@ -164,7 +164,8 @@ class WorkloadIdentitySpec(Egress, frozen=True, kw_only=True):
     """`env:VAR`, `file:/path` or the id itself."""
     service_account_id: str
     """`env:VAR`, `file:/path` or the id itself."""
-    subject_token_type: Literal["jwt", "id_token"] = "jwt"
+    subject_token_type: str = "jwt"
+    """`jwt` or `id_token` (RFC 8693 `urn:ietf:params:oauth:token-type:…`)."""
     subject_token: str | None = None
     """`file:/path` (read again for every exchange), `env:VAR`, `exec:COMMAND` (run for every
     exchange; prints the token) or a literal; or `provider` instead."""
@@ -496,6 +497,8 @@ def check_workload_identity(
     for name in ("identity_provider_id", "service_account_id"):
         if not getattr(spec, name):
             raise ConfigError(file, f"{key}.{name}", "a non-empty id or a reference (env:VAR, file:/path)")
+    if spec.subject_token_type not in ("jwt", "id_token"):
+        raise ConfigError(file, f"{key}.subject_token_type", f"`jwt` or `id_token` (got {spec.subject_token_type!r})")
     if (spec.subject_token is None) == (spec.provider is None):
         raise ConfigError(file, key, "exactly one of `subject_token` or `provider`")
     if spec.subject_token is not None and spec.subject_token in ("", "env:", "file:", "exec:"):

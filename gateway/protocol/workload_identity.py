@@ -292,6 +292,13 @@ class TokenLifecycle:
         self._next_attempt = float("-inf")
         return True
 
+    def next_due(self, now: float) -> float:
+        """When `decide` will next say something other than USE or FAIL (an exchange comes due):
+        the refresh time (not before a failure's pause ends), else the pause's end."""
+        if self.lease is not None and now < self.lease.usable_until:
+            return min(self.lease.usable_until, max(self.lease.refresh_at, self._next_attempt))
+        return max(now, self._next_attempt)
+
     def retry_in(self, now: float) -> float:
         """Seconds until the next exchange may start (0 when it may start now)."""
         return max(0.0, self._next_attempt - now)

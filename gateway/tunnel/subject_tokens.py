@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -204,7 +204,7 @@ class AzureManagedIdentityToken:
     resource: str
     client_id: str | None
     endpoint: str
-    identity_header: str | None = None
+    identity_header: str | None = field(default=None, repr=False)
     """App Service's `IDENTITY_HEADER` (a secret: sent, never shown); None for IMDS."""
 
     @property

@@ -66,7 +66,7 @@ class ExchangeSettings:
             token_url=spec.token_url,
             identity_provider_id=value("identity_provider_id", spec.identity_provider_id),
             service_account_id=value("service_account_id", spec.service_account_id),
-            subject_token_type=spec.subject_token_type,
+            subject_token_type="id_token" if spec.subject_token_type == "id_token" else "jwt",
             refresh_before_s=spec.refresh_before_s,
         )
 
@@ -91,6 +91,8 @@ class WorkloadIdentity:
         self._proxy = egress.proxy if egress else None
         self._life = lifecycle or TokenLifecycle(refresh_before_s=settings.refresh_before_s)
         self._flight: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._context = f"identity provider {settings.identity_provider_id}"
         parts = urlsplit(settings.token_url)
         self._endpoint = parts.hostname or "?"
@@ -127,6 +129,7 @@ class WorkloadIdentity:
         if rejected is not None and self._life.rejected(rejected, now=self._now()):
             log.warning("credentials: the control plane refused the access token; exchanging again")
             self._launch()
+            self._wake.set()
 
     def status(self) -> str:
         return self._life.status(self._now())
@@ -137,15 +140,29 @@ class WorkloadIdentity:
     # ------------------------------------------------------------------ lifetime
 
     def start(self) -> None:
-        """Exchange now (at start), without waiting for the outcome."""
-        self._launch()
+        """Exchange now (at start), and from then on whenever one is due, whether or not anyone asks
+        for a token: refreshes happen ahead of expiry even while a long poll is out."""
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._keep_fresh(), name="token-refresher")
 
     async def close(self) -> None:
-        flight, self._flight = self._flight, None
-        if flight is not None and not flight.done():
-            flight.cancel()
+        tasks = [task for task in (self._refresher, self._flight) if task is not None]
+        self._refresher = self._flight = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await flight
+                await task
+
+    async def _keep_fresh(self) -> None:
+        while True:
+            now = self._now()
+            if self._life.decide(now) in (Decision.EXCHANGE, Decision.USE_AND_REFRESH):
+                await self._launch()
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._life.next_due(now) - now))
 
     @staticmethod
     def _now() -> float:
