@@ -257,12 +257,16 @@ class UpstreamHttpError(UpstreamError):
 
 
 class ControlPlaneError(GatewayError):
-    """The control plane refused a request or could not be reached."""
+    """The control plane refused a request or could not be reached. `renewed`: it refused the
+    credential (401/403) and a new one is on its way (workload identity exchanges again once)."""
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None, *, renewed: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.renewed = renewed
 
 
 class CommandGone(ControlPlaneError):

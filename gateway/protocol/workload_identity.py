@@ -218,6 +218,17 @@ class Decision(enum.Enum):
     """No usable token, and the last exchange failed moments ago: report that, do not exchange yet."""
 
 
+class Rejection(enum.Enum):
+    """What follows the control plane's refusal of a token."""
+
+    RENEW = "renew"
+    """The token is dropped: exchange now; the next request carries the new one."""
+    REPLACED = "replaced"
+    """Not the current token (already dropped or replaced): the next request carries another."""
+    REFUSED_AGAIN = "refused again"
+    """A token exchanged because of a refusal was refused too: keep it, back off; no exchange."""
+
+
 class TokenLifecycle:
     """The access token's life: events in (`granted`, `failed`, `rejected`), decisions out (`decide`).
 
@@ -278,19 +289,19 @@ class TokenLifecycle:
         self._next_attempt = now + delay
         return delay
 
-    def rejected(self, token: str, *, now: float) -> bool:
-        """The control plane refused `token` (401/403). True when the token is dropped and the next
-        request waits for a new exchange: once per pause, and only for the current token (requests
-        still out with an older one do not count twice)."""
+    def rejected(self, token: str, *, now: float) -> Rejection:
+        """The control plane refused `token` (401/403): what follows (see `Rejection`). A fresh
+        exchange follows once per pause, and only for the current token (requests still out with
+        an older one, or with this one after it was dropped, do not count twice)."""
         if self.lease is None or self.lease.token != token:
-            return False
+            return Rejection.REPLACED
         if self.lease.after_rejection and now < self._exchange_on_rejection_from:
-            return False  # a fresh token was refused too: it is not the token; back off
+            return Rejection.REFUSED_AGAIN  # a fresh token was refused too: it is not the token; back off
         self.lease = None
         self._rejected_pending = True
         self._exchange_on_rejection_from = now + self._pause
         self._next_attempt = float("-inf")
-        return True
+        return Rejection.RENEW
 
     def next_due(self, now: float) -> float:
         """When `decide` will next say something other than USE or FAIL (an exchange comes due):

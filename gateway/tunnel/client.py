@@ -48,6 +48,7 @@ FIRST_POLL_TIMEOUT_MS: Final = 1
 MAX_POLL_BYTES: Final = 256 * 1024 * 1024
 """A poll body larger than this is refused instead of exhausting memory."""
 JSON_CONTENT: Final = b"Content-Type: application/json\r\n"
+CREDENTIALS_RETRY_MIN_S: Final = 0.05
 NO_CREDENTIALS: Final = "waiting for an access token (see credentials)"
 """The control plane's problem while there is no credential to send it."""
 
@@ -177,9 +178,8 @@ class ControlPlane:
         return self._header_lines
 
     def _refused(self, what: str, status: int, retry_after: str | None, key: str) -> ControlPlaneError:
-        if status in (401, 403):
-            self.credentials_rejected(key)
-        return _refused(what, status, retry_after)
+        renewed = self.credentials_rejected(key) if status in (401, 403) else False
+        return _refused(what, status, retry_after, renewed=renewed)
 
     def declare(self, server_info: str | None) -> None:
         """Change the `X-Tunnel-MCP-Server-Info` declaration (channels changed on reload)."""
@@ -194,10 +194,10 @@ class ControlPlane:
         self._polls.close()
         self._responses.close()
 
-    def credentials_rejected(self, key: str | None = None) -> None:
+    def credentials_rejected(self, key: str | None = None) -> bool:
         """The control plane said 401/403 to `key`: read the key again (or exchange for a new
-        token, once) before the next request."""
-        self._key.invalidate(key)
+        token, once) before the next request; True when a new credential is on its way."""
+        return self._key.invalidate(key)
 
     async def metadata(self) -> TunnelClientMetadata:
         """The tunnel's metadata (startup diagnostics: the key and tunnel id are checked at once)."""
@@ -303,8 +303,9 @@ class ControlPlane:
             await asyncio.sleep(delay)
 
 
-def _refused(what: str, status: int, retry_after: str | None) -> ControlPlaneError:
-    return ControlPlaneError(f"control plane refused {what}: HTTP {status}", status, parse_retry_after(retry_after))
+def _refused(what: str, status: int, retry_after: str | None, *, renewed: bool = False) -> ControlPlaneError:
+    message = f"control plane refused {what}: HTTP {status}"
+    return ControlPlaneError(message, status, parse_retry_after(retry_after), renewed=renewed)
 
 
 class Poller:
@@ -416,13 +417,18 @@ class Poller:
 
     def _delay_after(self, exc: ControlPlaneError) -> float:
         self._cp.problem = str(exc)
-        delay = self._backoff.next()
         retry_after = exc.retry_after
         if isinstance(exc, CredentialsUnavailable):
             # Nothing was sent: the credential (the token exchange) logs and reports its own failure,
-            # and says when it will try again.
+            # and says when it exchanges next; the poll goes then, so it recovers with the credential.
             self._cp.problem = NO_CREDENTIALS
-            log.debug("%s; polling again in %.1fs", exc, max(delay, retry_after or 0.0))
+            log.debug("%s; polling again in %.1fs", exc, retry_after or 0.0)
+            return max(retry_after or 0.0, CREDENTIALS_RETRY_MIN_S)
+        delay = self._backoff.next()
+        if exc.status in (401, 403) and exc.renewed:
+            # The credential exchanged the refused token for a new one: try that at once (once;
+            # were it refused too, the credential would not renew it again so soon).
+            log.warning("%s; polling again with a new access token", exc)
         elif exc.status in (401, 403):
             # The client has already told the credential (it reads the key again, or exchanges once).
             if not self._auth_reported:

@@ -49,8 +49,9 @@ class Credential(Protocol):
     async def get(self) -> str:
         """The value to send now; raises ControlPlaneError (CredentialsUnavailable) when there is none."""
 
-    def invalidate(self, rejected: str | None = None) -> None:
-        """The control plane answered 401/403 to a request that carried `rejected` (None: unknown)."""
+    def invalidate(self, rejected: str | None = None) -> bool:
+        """The control plane answered 401/403 to a request that carried `rejected` (None: unknown).
+        True when a different credential is on its way, so retrying at once is worth it."""
 
     def status(self) -> str | None:
         """The credential's state for `/readyz`; None when there is nothing to tell (a static key)."""
@@ -79,9 +80,11 @@ class ApiKey:
     def label(self) -> str:
         return f"api_key ({self.source})"
 
-    def invalidate(self, rejected: str | None = None) -> None:
-        """Forget the cached key (after a 401): the next `get()` reads it again."""
+    def invalidate(self, rejected: str | None = None) -> bool:
+        """Forget the cached key (after a 401): the next `get()` reads it again. A key does not
+        change because it was refused, so the caller backs off all the same (False)."""
         self._value = None
+        return False
 
     def status(self) -> None:
         return None

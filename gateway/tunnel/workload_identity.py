@@ -28,6 +28,7 @@ from gateway.protocol.workload_identity import (
     Decision,
     Failed,
     Granted,
+    Rejection,
     SubjectTokenType,
     TokenLifecycle,
     encode_request,
@@ -125,11 +126,15 @@ class WorkloadIdentity:
             # shield keeps a caller that gives up (a cancelled poll) from cancelling it for all.
             await asyncio.shield(self._launch())
 
-    def invalidate(self, rejected: str | None = None) -> None:
-        if rejected is not None and self._life.rejected(rejected, now=self._now()):
+    def invalidate(self, rejected: str | None = None) -> bool:
+        if rejected is None:
+            return False
+        outcome = self._life.rejected(rejected, now=self._now())
+        if outcome is Rejection.RENEW:
             log.warning("credentials: the control plane refused the access token; exchanging again")
             self._launch()
             self._wake.set()
+        return outcome is not Rejection.REFUSED_AGAIN
 
     def status(self) -> str:
         return self._life.status(self._now())

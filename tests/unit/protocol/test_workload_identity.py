@@ -15,6 +15,7 @@ from gateway.protocol.workload_identity import (
     Decision,
     Failed,
     Granted,
+    Rejection,
     TokenLifecycle,
     describe,
     encode_request,
@@ -233,17 +234,18 @@ def test_a_token_spent_before_it_arrived_is_a_failure_not_a_loop() -> None:
 def test_a_401_exchanges_again_once_then_backs_off() -> None:
     life = lifecycle(rejection_pause_s=30)
     life.granted(Granted("a", 3600), sent_at=0, now=0)
-    assert life.rejected("a", now=10) is True
+    assert life.rejected("a", now=10) is Rejection.RENEW
     assert life.decide(10) is Decision.EXCHANGE
-    assert life.rejected("a", now=10.1) is False, "a second request with the same token counts once"
+    assert life.rejected("a", now=10.1) is Rejection.REPLACED, "a second request with the same token counts once"
     life.granted(Granted("b", 3600), sent_at=10.2, now=10.3)
     assert life.lease is not None
     assert life.lease.after_rejection
-    assert life.rejected("b", now=11) is False, "the fresh token was refused too: no exchange in a loop"
+    assert life.rejected("a", now=10.4) is Rejection.REPLACED, "a request still out with the old token"
+    assert life.rejected("b", now=11) is Rejection.REFUSED_AGAIN, "the fresh token was refused too: no loop"
     assert life.decide(11) is Decision.USE
-    assert life.rejected("b", now=40.1) is True, "after the pause, once more"
+    assert life.rejected("b", now=40.1) is Rejection.RENEW, "after the pause, once more"
     life.granted(Granted("c", 3600), sent_at=41, now=41)
-    assert life.rejected("c", now=42) is False
+    assert life.rejected("c", now=42) is Rejection.REFUSED_AGAIN
 
 
 def test_a_401_after_a_long_good_run_exchanges_again() -> None:
@@ -255,14 +257,14 @@ def test_a_401_after_a_long_good_run_exchanges_again() -> None:
     life.granted(Granted("c", 3600), sent_at=2000, now=2000)
     assert life.lease is not None
     assert not life.lease.after_rejection
-    assert life.rejected("c", now=2001) is True
+    assert life.rejected("c", now=2001) is Rejection.RENEW
 
 
 def test_a_401_for_a_token_already_replaced_is_ignored() -> None:
     life = lifecycle()
     life.granted(Granted("a", 100), sent_at=0, now=0)
     life.granted(Granted("b", 100), sent_at=50, now=50)
-    assert life.rejected("a", now=51) is False
+    assert life.rejected("a", now=51) is Rejection.REPLACED
     assert life.decide(51) is Decision.USE
 
 
@@ -270,7 +272,7 @@ def test_a_401_overrides_a_failure_backoff() -> None:
     life = lifecycle()
     life.granted(Granted("a", 100), sent_at=0, now=0)
     life.failed(Failed("x"), now=60)
-    assert life.rejected("a", now=60.01) is True
+    assert life.rejected("a", now=60.01) is Rejection.RENEW
     assert life.decide(60.01) is Decision.EXCHANGE
 
 

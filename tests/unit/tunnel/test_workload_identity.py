@@ -140,12 +140,12 @@ async def test_a_refusal_is_named_and_paced(issuer: SubjectIssuer, token_file: P
 async def test_a_401_exchanges_once_then_not_again_at_once(issuer: SubjectIssuer, token_file: Path) -> None:
     async with TokenEndpoint(issuer) as endpoint, credential(endpoint, ReferenceToken(f"file:{token_file}")) as wi:
         first = await wi.get()
-        wi.invalidate(first)
-        wi.invalidate(first)  # a second request that carried it
+        assert wi.invalidate(first) is True
+        assert wi.invalidate(first) is True  # a second request that carried it: the same exchange
         second = await wi.get()
         assert second != first
         assert len(endpoint.exchanges) == 2
-        wi.invalidate(second)  # the fresh one refused too: not the token's fault
+        assert wi.invalidate(second) is False  # the fresh one refused too: not the token's fault
         assert await wi.get() == second
         assert len(endpoint.exchanges) == 2
 
