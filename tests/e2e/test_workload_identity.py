@@ -26,9 +26,11 @@ import jwt
 import pytest
 
 from tests.harness import PYTHON, ROOT
+from tests.otlp_receiver import otlp_receiver
 from tests.scripted_cp import GatewayProcess, ScriptedControlPlane, gateway_env, run_gateway, stdio
 from tests.support.metadata_servers import AZURE_ISSUER, GOOGLE_ISSUER, AzureIdentityServer, GcpMetadataServer
 from tests.support.token_endpoint import SubjectIssuer, TokenEndpoint
+from tests.test_secret_sweep import FAST_EXPORT, Sweep
 
 IDP = "idp_test_0001"
 REFUSED = rf"token exchange refused: invalid_grant \(identity provider {IDP}\)"
@@ -368,3 +370,60 @@ async def test_an_ambiguous_environment_stops_the_gateway_at_start(
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert err.decode().strip() == f"gateway: {routes_file}: {words}"
+
+
+# --------------------------------------------------------------------------- the secret sweep
+
+
+async def test_no_subject_or_access_token_reaches_output_telemetry_metrics_or_answers(tmp_path: Path) -> None:
+    """A run through every workload-identity path, with an endpoint careless enough to quote the
+    subject token in its refusals; every byte the gateway put out is searched for every subject
+    token (and its signature alone) and every access token (tests/test_secret_sweep.py's method)."""
+    sweep = Sweep()
+    async with contextlib.AsyncExitStack() as stack:
+        receiver = await stack.enter_async_context(otlp_receiver())
+        issuer, endpoint, cp = await stack.enter_async_context(doubles(lifetime_s=3))
+        http = await stack.enter_async_context(httpx2.AsyncClient())
+        subject = tmp_path / "token"
+        subject.write_text(issuer.mint())
+        endpoint.echo_subject = True
+        endpoint.refuse("invalid_grant", "this subject token is not accepted")
+        document = json.loads(routes(cp, endpoint, subject=subject))
+        document["telemetry"] = {"endpoint": receiver.url, "capture_arguments": True, "service_name": "wif-sweep"}
+        env = environment(endpoint, **FAST_EXPORT)
+        waiting = rf"^waiting: credentials \({REFUSED}: this subject token is not accepted: \[REDACTED\]\)"
+        gw = await stack.enter_async_context(run_gateway(json.dumps(document), tmp_path, env=env, ready=waiting))
+        sweep.add("/readyz while refused", [json.dumps(await readyz(gw))])
+        mark = len(gw.stdout)
+        endpoint.accept()
+        await line_after(gw, r"^gateway: ready$", mark)
+        ids = [cp.call("echo", {"text": f"e{i}"}) for i in range(3)]
+        ids.append(cp.call("fail", {"message": "as asked"}))
+        await cp.answers(ids)
+        endpoint.revoke()  # a 401, answered with an exchange
+        ids.append(cp.call("echo", {"text": "after the 401"}))
+        await cp.answers(ids)
+        subject.write_text(issuer.mint())  # rotated; the next refreshes present it
+        granted = len(endpoint.granted())
+        await endpoint.until(lambda: len(endpoint.granted()) >= granted + 2, what="refreshes after the rotation")
+        ids.append(cp.call("echo", {"text": "after the rotation"}))
+        await cp.answers(ids)
+        await receiver.wait_for(lambda r: bool(r.spans) and bool(r.points))
+        url = (await gw.wait_for(r"^ops: listening on (\S+)"))[1]
+        sweep.add("/metrics", [(await http.get(f"{url}/metrics")).text])
+        sweep.add("/readyz", [json.dumps(await readyz(gw))])
+        assert await gw.stop() == 0
+        sweep.add("gateway stdout", gw.stdout)
+        sweep.add("gateway stderr", gw.stderr)
+        sweep.add("answers", [post.body for post in cp.posts])
+        sweep.add("OTLP exports", receiver.raw)
+        assert cp.text(ids[-1]) == "after the rotation"
+    secrets = {f"access token {i}": token for i, token in enumerate(endpoint.issued)}
+    for i, token in enumerate(issuer.minted):
+        secrets[f"subject token {i}"] = token
+        secrets[f"subject token {i} signature"] = token.rsplit(".", 1)[1]
+    assert len(issuer.minted) == 2
+    assert len(endpoint.issued) >= 4
+    assert any(e.error == "invalid_grant" for e in endpoint.exchanges), "the careless refusal was not exercised"
+    assert sweep.leaks(secrets) == []
+    assert sweep.searched() > 50
