@@ -234,10 +234,12 @@ class WorkloadIdentity:
                 if self.exchanges == 1 or recovered:
                     again = " again" if recovered else ""
                     log.info(
-                        "credentials: access token%s for %s (service account %s), valid %.0fs, refreshed after %.0fs",
+                        "credentials: access token%s for %s (service account %s, subject token from %s), "
+                        "valid %.0fs, refreshed after %.0fs",
                         again,
                         self._context,
                         self.settings.service_account_id,
+                        self._subject.description,
                         lifetime,
                         lease.refresh_at - lease.obtained_at,
                     )
