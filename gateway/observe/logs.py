@@ -93,13 +93,17 @@ class Redactor:
 
 def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
     """Every secret value routing.yaml names (references resolved now; unresolvable ones skipped,
-    provisioning reports them): the control-plane key, secret header values, the relay's client
-    token, the telemetry exporter's headers."""
+    provisioning reports them): the control-plane key (or App Service's identity header), secret
+    header values, the relay's client token, the telemetry exporter's headers."""
     refs: list[str] = []
     if config.control_plane is not None and config.control_plane.api_key:
         refs.append(config.control_plane.api_key)
     elif config.control_plane is None or config.control_plane.workload_identity is None:
         refs.append("env:TUNNEL_API_KEY")
+    else:
+        provider = config.control_plane.workload_identity.provider
+        if provider is not None and provider.azure_managed_identity is not None:
+            refs.append("env:IDENTITY_HEADER")  # App Service's managed-identity secret, when set
     if config.relay.client_token:
         refs.append(config.relay.client_token)
     headers = [server.http.headers for server in config.servers.values() if server.http is not None]
