@@ -85,8 +85,6 @@ class CommandToken:
     async def read(self) -> str:
         try:
             token, _ = await run_token_command(self.command, cwd=self.base, what="subject token")
-        except SubjectTokenError:
-            raise
         except ControlPlaneError as exc:
             raise SubjectTokenError(f"no subject token: {exc}") from None
         return token
