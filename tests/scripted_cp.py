@@ -196,9 +196,13 @@ class ScriptedControlPlane:
         key: str = KEY,
         ssl_context: ssl.SSLContext | None = None,
         hold_s: float = 1.0,
+        authorize: Callable[[str], bool] | None = None,
     ) -> None:
         self.tunnel_id = tunnel_id
         self.keys: dict[str, set[str]] = {"poll": {key}, "post": {key}, "metadata": {key}}
+        self.authorize = authorize
+        """When set, it alone decides which bearer tokens are good on every endpoint, instead of
+        `keys` (e.g. the access tokens a token-endpoint double issued and that have not expired)."""
         self.hold_s = hold_s
         """Longest a poll is held when the queue is empty (the service bounds `timeout_ms`)."""
         self._ssl = ssl_context
@@ -512,7 +516,11 @@ class ScriptedControlPlane:
 
     def _authorized(self, request: web.Request, endpoint: str) -> bool:
         auth = request.headers.get("Authorization", "")
-        return auth.startswith("Bearer ") and auth[7:] in self.keys[endpoint]
+        if not auth.startswith("Bearer "):
+            return False
+        if self.authorize is not None:
+            return self.authorize(auth[7:])
+        return auth[7:] in self.keys[endpoint]
 
     def _error(self, reply: Reply, message: str = "scripted failure") -> web.Response:
         if reply.body is not None:

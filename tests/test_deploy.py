@@ -82,6 +82,14 @@ ROUTING_FILES = [
     DEPLOY / "systemd" / "routing.example.yaml",
 ]
 RELAY_FILES = [DEPLOY / "compose" / "relay.yaml", K8S / "relay" / "relay.yaml"]
+WORKLOAD_IDENTITY_FILES = {
+    K8S / "base" / "routing.yaml",
+    K8S / "sidecar" / "routing.yaml",
+    K8S / "overlays" / "segment-example" / "routing.yaml",
+}
+"""Gateways polling OpenAI's service from Kubernetes: no API key, a projected service-account token."""
+MIN_PROJECTED_TOKEN_S = 600
+"""The shortest `expirationSeconds` Kubernetes accepts for a projected service-account token."""
 
 
 def _rel(path: Path) -> str:
@@ -121,9 +129,16 @@ def test_yaml_file_loads(path: Path) -> None:
 def test_routing_file_is_valid(path: Path) -> None:
     routes = routing_config.load(path)
     assert routes.control_plane is not None, "deployed gateways name their control plane"
-    api_key = routes.control_plane.api_key
-    assert api_key is not None, "the key comes from a secret file"
-    assert api_key.startswith("file:/"), "the key comes from a secret file"
+    identity = routes.control_plane.workload_identity
+    if path in WORKLOAD_IDENTITY_FILES:
+        assert routes.control_plane.api_key is None, "no API key under workload identity"
+        assert identity is not None, "gateways in Kubernetes use workload identity"
+        assert identity.subject_token is not None
+        assert identity.subject_token.startswith("file:/"), "the subject token is the projected token file"
+    else:
+        api_key = routes.control_plane.api_key
+        assert api_key is not None, "the key comes from a secret file"
+        assert api_key.startswith("file:/"), "the key comes from a secret file"
     assert routes.gateway.drain_timeout_s == 20
     assert routes.ops is not None, "an ops listener serves the probes"
     host, port = routing_config.split_listen(routes.ops.listen)
@@ -459,16 +474,20 @@ def test_k8s_gateway_files_and_objects_agree(directory: Path) -> None:
         drain_s = routing.get("gateway", {}).get("drain_timeout_s", 20)
         assert pod["terminationGracePeriodSeconds"] > drain_s + 5, "SIGKILL only after the drain"
         assert routing["ops"]["listen"] == f"0.0.0.0:{OPS_PORT}"
-        # The API key file named in routing.yaml is the mounted Secret's key.
-        key_path = Path(routing["control_plane"]["api_key"].removeprefix("file:"))
-        mount = next(m for m in main["volumeMounts"] if m["mountPath"] == str(key_path.parent))
-        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])["secret"]
-        assert volume["defaultMode"] == 0o440
-        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"], "group-readable key"
-        example = _secret_example(volume["secretName"])
-        assert key_path.name in example["stringData"]
-        assert [i["path"] for i in volume.get("items", [])] in ([], [key_path.name])
-        # Nothing in a kustomization carries the key itself.
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"], "group-readable credential"
+        if "workload_identity" in routing["control_plane"]:
+            _check_projected_token(rendered, pod, routing["control_plane"])
+        else:
+            # The API key file named in routing.yaml is the mounted Secret's key.
+            key_path = Path(routing["control_plane"]["api_key"].removeprefix("file:"))
+            mount = next(m for m in main["volumeMounts"] if m["mountPath"] == str(key_path.parent))
+            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            assert set(volume) == {"name", "secret"}
+            assert volume["secret"]["defaultMode"] == 0o440
+            example = _secret_example(volume["secret"]["secretName"])
+            assert key_path.name in example["stringData"]
+            assert [i["path"] for i in volume["secret"].get("items", [])] in ([], [key_path.name])
+        # Nothing in a kustomization carries a key itself.
         assert not [r for r in rendered if r["kind"] == "Secret"]
         # The PodDisruptionBudget covers these pods, keeps one polling where there are several,
         # and never blocks a node drain.
@@ -497,6 +516,50 @@ def test_k8s_gateway_files_and_objects_agree(directory: Path) -> None:
             assert url.hostname == "127.0.0.1"
             assert str(url.port) in sidecar["args"]
             assert "127.0.0.1" in sidecar["args"]
+
+
+def _check_projected_token(rendered: list[dict[str, Any]], pod: dict[str, Any], control_plane: dict[str, Any]) -> None:
+    """Workload identity: the subject token file named in routing.yaml is a service-account token the
+    kubelet projects for the control plane's audience; no Secret reaches the pod, and the Kubernetes
+    API token is not mounted."""
+    main = pod["containers"][0]
+    token_path = Path(control_plane["workload_identity"]["subject_token"].removeprefix("file:"))
+    mount = next(m for m in main["volumeMounts"] if m["mountPath"] == str(token_path.parent))
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert set(volume) == {"name", "projected"}
+    assert volume["projected"]["defaultMode"] == 0o440
+    sources = volume["projected"]["sources"]
+    assert [set(source) for source in sources] == [{"serviceAccountToken"}]
+    token = sources[0]["serviceAccountToken"]
+    assert token["path"] == token_path.name
+    if urlsplit(control_plane["url"]).hostname == "api.openai.com":
+        assert token["audience"] == "https://api.openai.com/v1", "the audience OpenAI's Kubernetes guide uses"
+    assert token["expirationSeconds"] >= MIN_PROJECTED_TOKEN_S
+    assert not [v for v in pod["volumes"] if "secret" in v], "no API key Secret under workload identity"
+    assert pod["automountServiceAccountToken"] is False
+    accounts = [
+        r for r in rendered if r["kind"] == "ServiceAccount" and r["metadata"]["name"] == pod["serviceAccountName"]
+    ]
+    assert len(accounts) == 1, "the identity the token is projected for is part of the rendering"
+    assert accounts[0]["automountServiceAccountToken"] is False
+
+
+def test_k8s_gateways_polling_openai_carry_no_api_key() -> None:
+    """Every kustomization that runs a gateway against OpenAI's service gives it workload identity."""
+    checked = 0
+    for directory in KUSTOMIZATIONS:
+        rendered = _kustomize(directory)
+        for deployment in _deployments(rendered):
+            pod = deployment["spec"]["template"]["spec"]
+            if pod["containers"][0]["name"] != "gateway":
+                continue
+            routing = yaml.safe_load(_routing_from_config_map(rendered, pod, "/etc/gateway")["routing.yaml"])
+            if urlsplit(routing["control_plane"]["url"]).hostname == "api.openai.com":
+                assert "api_key" not in routing["control_plane"], _rel(directory)
+                assert "workload_identity" in routing["control_plane"], _rel(directory)
+                checked += 1
+    assert checked >= 3
 
 
 def test_k8s_self_hosted_gateway_polls_the_relay_service() -> None:

@@ -6,7 +6,8 @@ when `HTTPS_PROXY` does, and is bypassed for `NO_PROXY` hosts and `proxy: none`.
 control plane speaks TLS with a certificate from a CA made in the test (`trustme`), which
 the gateway trusts only through `ca_bundle`, and can demand a client certificate (mTLS).
 The API key rotates without a restart: a `file:` key re-read when the file changes, and an
-`exec:` command re-run when its short-lived token expires.
+`exec:` command re-run when its short-lived token expires. Under workload identity the token
+endpoint is reached with the control plane's settings.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tests.scripted_cp import (
     run_gateway,
     stdio,
 )
+from tests.support.token_endpoint import SubjectIssuer, TokenEndpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -309,4 +311,43 @@ async def test_exec_key_command_rerun_after_expiry(tmp_path: Path) -> None:
             runs = int(counter.read_text())
             assert runs < len(keys), "the token command ran for every request instead of being cached"
             assert max(numbers) <= runs
+        assert cp.violations == []
+
+
+# --------------------------------------------------------------------------- workload identity
+
+
+async def test_token_endpoint_takes_the_control_planes_proxy_ca_bundle_and_client_certificate(
+    proxy: Proxy, pki: Pki, tmp_path: Path
+) -> None:
+    """Workload identity with no egress settings of its own: the token exchange goes through the
+    control plane's proxy (CONNECT), trusts its `ca_bundle` and presents its client certificate."""
+    issuer = SubjectIssuer()
+    subject = tmp_path / "subject-token"
+    subject.write_text(issuer.mint())
+    async with (
+        TokenEndpoint(issuer, ssl_context=pki.server_context(require_client_cert=True)) as endpoint,
+        ScriptedControlPlane(ssl_context=pki.server_context(), hold_s=0.3, authorize=endpoint.valid) as cp,
+    ):
+        identity = {
+            "token_url": endpoint.url,
+            "identity_provider_id": endpoint.identity_provider_id,
+            "service_account_id": endpoint.service_account_id,
+            "subject_token": f"file:{subject}",
+        }
+        settings = {
+            "proxy": proxy.url,
+            "ca_bundle": str(pki.ca_file),
+            "client_cert": str(pki.client_cert),
+            "client_key": str(pki.client_key),
+        }
+        control = {"url": cp.url, "tunnel_id": cp.tunnel_id, "workload_identity": identity, **settings}
+        document = routes({"main": stdio("raw_stdio.py")}, control_plane=control)
+        async with run_gateway(document, tmp_path, env=gateway_env()):
+            assert await echo(cp, "exchanged") == "exchanged"
+        assert f"conn CONNECT 127.0.0.1:{endpoint.port}" in proxy.lines(endpoint.port)
+        certificate = endpoint.peer_certs[0]
+        assert certificate is not None
+        assert ("DNS", CLIENT_IDENTITY) in certificate["subjectAltName"]
+        assert endpoint.violations == []
         assert cp.violations == []
