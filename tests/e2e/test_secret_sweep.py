@@ -29,7 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.support.harness import PYTHON, ROOT, http_server, legacy_initialize
-from tests.support.otlp_receiver import otlp_receiver
+from tests.support.otlp_receiver import FAST_EXPORT, otlp_receiver
 from tests.support.scripted_cp import GatewayProcess, ScriptedControlPlane, gateway_env, run_gateway, stdio
 
 SECRETS = {
@@ -47,7 +47,6 @@ SECRETS = {
 URL_PASSWORD = "swp-urlpass-Ee12fg34G"
 TOKEN_PRINT = "clients send: Authorization: Bearer "
 """The line the embedded relay printed with its client token before defect 9 was fixed."""
-FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "300"}
 
 
 @dataclass

@@ -1,22 +1,15 @@
-"""Telemetry end to end and in pieces: traces, metrics, propagation, redaction, the off switch.
+"""Telemetry end to end: one trace from client to server, metrics, redaction, the off switch.
 
-The end-to-end tests start a real OTLP/HTTP receiver on loopback (`tests/otlp_receiver.py`),
-run the gateway process (embedded relay, or a standalone `gateway relay` process) and
-official-SDK servers that export their own spans to the same receiver, and drive them with
-`mcp.Client` under a client-side trace context, so one trace must run
-client -> relay -> gateway -> upstream server.
-"""
+A real OTLP/HTTP receiver on loopback (`support/otlp_receiver.py`), the gateway process (embedded relay, or a
+standalone `gateway relay` process) and official-SDK servers that export their own spans to the same receiver,
+driven by `mcp.Client` under a client-side trace context: one trace must run client -> relay -> gateway ->
+upstream server."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import io
 import json
-import logging
-import re
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,51 +17,18 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
-from msgspec import UNSET, Raw
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from gateway.config import routing as routing_config
-from gateway.observe import logs
-from gateway.observe.ops import render_prometheus
 from gateway.observe.telemetry import (
     DURATION_BUCKETS,
-    NOOP,
     RELAY_SCOPE,
     SCOPE,
-    NoopTelemetry,
-    OtelTelemetry,
-    build,
-    current_trace_ids,
-    export_configured,
 )
-from gateway.protocol.errors import ConfigError
-from gateway.protocol.tracecontext import Payloads, request_id_text, with_trace_headers
-from gateway.protocol.wire import JsonRpcMessage, PolledCommand
-from tests.support.harness import PYTHON, SERVERS, Gateway, gateway, process
-from tests.support.otlp_receiver import Receiver, Span, otlp_receiver
-from tests.unit.observe.test_ops import RELAY_KEY, TUNNEL, free_port, get, ops_url, standalone_relay, until
+from tests.support.client_trace import CLIENT_SPAN, CLIENT_TRACE, client_trace
+from tests.support.harness import PYTHON, SERVERS, Gateway, free_port, gateway, process
+from tests.support.ops import RELAY_KEY, TUNNEL, get, ops_url, standalone_relay, until_status
+from tests.support.otlp_receiver import FAST_EXPORT, Receiver, Span, otlp_receiver
 
-CLIENT_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
-CLIENT_SPAN = 0x00F067AA0BA902B7
-FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "300"}
-
-
-@contextlib.contextmanager
-def client_trace() -> Iterator[None]:
-    """Make a known span current in this task: the MCP SDK client injects it into `params._meta`."""
-    parent = SpanContext(CLIENT_TRACE, CLIENT_SPAN, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+# --------------------------------------------------------------------------- one trace
 
 
 def _text(result: Any) -> str:
@@ -106,9 +66,6 @@ def _chain(receiver: Receiver, name: str) -> tuple[Span, Span, Span, Span]:
     )
     server = _one([s for s in receiver.spans if s.service == "sdk-server" and s.parent_id == client.span_id])
     return relay, command, client, server
-
-
-# --------------------------------------------------------------------------- end to end: one trace
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
@@ -246,7 +203,7 @@ async def test_one_trace_across_a_standalone_relay(tmp_path: Path) -> None:
             standalone_relay(tmp_path, port, env=env) as (relay_url, _),
             gateway(routes, tmp_path, env={**env, "RELAY_KEY": RELAY_KEY}) as gw,
         ):
-            await until(f"{ops_url(gw)}/readyz", 200)
+            await until_status(f"{ops_url(gw.process)}/readyz", 200)
             with client_trace():
                 async with Client(f"{relay_url}/v1/mcp/{TUNNEL}", mode="2026-07-28") as client:
                     assert _text(await client.call_tool("echo", {"text": "hi"})) == "hi"
@@ -299,8 +256,8 @@ async def test_secrets_reach_no_log_span_or_metric(tmp_path: Path) -> None:
             standalone_relay(tmp_path, port, env={"RELAY_KEY": api_key}) as (relay_url, _),
             _logged_gateway(routes, tmp_path, log_file, env) as gw,
         ):
-            ops = ops_url(gw)
-            await until(f"{ops}/readyz", 200)
+            ops = ops_url(gw.process)
+            await until_status(f"{ops}/readyz", 200)
             async with Client(f"{relay_url}/v1/mcp/{TUNNEL}/docs", mode="legacy") as client:
                 echoed = await client.call_tool("echo", {"text": f"my key is {api_key} and {docs_token}"})
                 assert api_key in _text(echoed)  # the client gets its data back untouched
@@ -366,234 +323,3 @@ async def test_disabled_telemetry_exports_nothing(tmp_path: Path) -> None:
         gateway_spans = [s for s in receiver.spans if s.service != "sdk-server"]
         assert gateway_spans == []
         assert receiver.points == []
-
-
-def test_telemetry_off_builds_nothing() -> None:
-    assert build(routing_config.TelemetrySpec(), environ={}) is NOOP
-    assert (
-        build(routing_config.TelemetrySpec(enabled=False), environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"}) is NOOP
-    )
-    assert isinstance(NOOP, NoopTelemetry)
-    assert not NOOP.enabled
-    assert NOOP.metrics_data() is None
-    assert export_configured(routing_config.TelemetrySpec(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"})
-    assert not export_configured(
-        routing_config.TelemetrySpec(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"}
-    )
-    with NOOP.command(None, 0.0), NOOP.post("jsonrpc_response", 200, None, None) as post:  # type: ignore[arg-type]
-        post.delivered(True)
-    # The SDK is not even imported by a gateway whose telemetry is off.
-    probe = (
-        "import sys; from gateway import cli; from gateway.config.routing import TelemetrySpec; "
-        "from gateway.observe.telemetry import build; build(TelemetrySpec(), environ={}); "
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
-    )
-    out = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "[]"
-
-
-def test_grpc_needs_its_exporter() -> None:
-    spec = routing_config.TelemetrySpec(enabled=True, protocol="grpc", endpoint="http://127.0.0.1:4317")
-    try:
-        import opentelemetry.exporter.otlp.proto.grpc  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match=r"telemetry\.protocol"):
-            build(spec, environ={})
-    else:  # pragma: no cover - only where the gRPC exporter is installed
-        build(spec, environ={}).shutdown()
-
-
-def test_telemetry_section_is_checked() -> None:
-    base = b"servers: {a: {stdio: {command: x}}}\nchannels: {main: [a]}\n"
-    with pytest.raises(ConfigError, match=r"telemetry\.sampling_ratio"):
-        routing_config.parse(b"telemetry: {sampling_ratio: 2}\n" + base, "r.yaml")
-    with pytest.raises(ConfigError, match=r"telemetry\.endpoint"):
-        routing_config.parse(b"telemetry: {endpoint: 'not a url'}\n" + base, "r.yaml")
-    with pytest.raises(ConfigError, match=r"telemetry\.protocol"):
-        routing_config.parse(b"telemetry: {protocol: carrier-pigeon}\n" + base, "r.yaml")
-    with pytest.raises(ConfigError, match=r"logging\.format"):
-        routing_config.parse(b"logging: {format: xml}\n" + base, "r.yaml")
-    parsed = routing_config.parse(
-        b"telemetry: {enabled: true, headers: {Authorization: 'env:OTLP_TOKEN'}, sampling_ratio: 0.25}\n"
-        b"logging: {format: json, level: DEBUG}\n" + base,
-        "r.yaml",
-    )
-    assert parsed.telemetry.sampling_ratio == 0.25
-    assert parsed.logging.format == "json"
-
-
-# --------------------------------------------------------------------------- propagation, sans-IO
-
-
-def test_trace_context_in_params_meta() -> None:
-    payloads = Payloads()
-    carrier = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
-    injected = payloads.inject_params(Raw(b'{"name":"t","_meta":{"traceparent":"old","progressToken":7}}'), carrier)
-    assert injected is not None
-    assert json.loads(bytes(injected)) == {"name": "t", "_meta": {"progressToken": 7, **carrier}}
-    fresh = payloads.inject_params(UNSET, carrier)
-    assert fresh is not None
-    assert json.loads(bytes(fresh)) == {"_meta": carrier}
-    assert payloads.inject_params(Raw(b"[1,2]"), carrier) is None, "positional params get no _meta"
-    body = b'{"jsonrpc":"2.0","id":"a-1","method":"tools/list"}'
-    assert json.loads(payloads.inject_message(body, carrier)) == {
-        "jsonrpc": "2.0",
-        "id": "a-1",
-        "method": "tools/list",
-        "params": {"_meta": carrier},
-    }
-    response = b'{"jsonrpc":"2.0","id":1,"result":{}}'
-    assert payloads.inject_message(response, carrier) is response
-    assert payloads.params(Raw(b'{"_meta":{"traceparent":"x"},"name":"n"}')).meta.traceparent == "x"  # type: ignore[union-attr]
-    assert payloads.params(Raw(b'{"_meta":5}')).name is None, "a bad _meta is ignored, not fatal"
-    headers = with_trace_headers({"TraceParent": ["old"], "X": ["y"]}, carrier)
-    assert headers == {"X": ["y"], "traceparent": [carrier["traceparent"]]}
-    assert request_id_text(Raw(b'"abc"')) == "abc"
-    assert request_id_text(Raw(b"42")) == "42"
-
-
-def test_outcome_detection() -> None:
-    payloads = Payloads()
-    error = payloads.outcome(b'{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad"}}', False)
-    assert error.error is not None
-    assert error.error.code == -32602
-    tool_error = b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError": true}}'
-    assert payloads.outcome(tool_error, True).tool_error
-    assert not payloads.outcome(tool_error, False).tool_error, "isError means something only on tools/call"
-    assert payloads.outcome(b'{"jsonrpc":"2.0","id":1,"result":{"text":"error"}}', True).error is None
-
-
-# --------------------------------------------------------------------------- logs
-
-
-def test_redactor_masks_secrets() -> None:
-    redactor = logs.Redactor()
-    redactor.add("sk-live-0123456789")
-    redactor.add("Bearer abcdefghijkl")
-    redactor.add("abc")  # too short to mask verbatim
-    cases = {
-        "key sk-live-0123456789 leaked": "key [REDACTED] leaked",
-        "token abcdefghijkl alone": "token [REDACTED] alone",
-        "Authorization: Bearer xyz.uvw-123": "Authorization: [REDACTED]",
-        "{'authorization': 'Basic dXNlcjpwYXNz', 'x': 1}": "{'authorization': '[REDACTED]', 'x': 1}",
-        "sent bearer eyJhbGciOi.x.y to it": "sent bearer [REDACTED] to it",
-        "proxy http://user:hunter2@proxy:3128 down": "proxy http://[REDACTED]@proxy:3128 down",
-        "GET /x?access_token=zzz&page=2": "GET /x?access_token=[REDACTED]&page=2",
-        "https://h/p?key=k1&api_key=k2#token=k3": "https://h/p?key=[REDACTED]&api_key=[REDACTED]#token=[REDACTED]",
-        "X-Api-Key: 12345abc": "X-Api-Key: [REDACTED]",
-        "abc is fine": "abc is fine",
-    }
-    for text, expected in cases.items():
-        assert redactor.redact(text) == expected
-
-
-def test_log_records_carry_ids_and_are_redacted() -> None:
-    redactor = logs.Redactor()
-    redactor.add("s3cret-value-42")
-    stream = io.StringIO()
-    logger = logging.getLogger("gateway.test_logs")
-    handler = logs.setup(redactor=redactor, fmt="json", level="INFO", trace_ids=current_trace_ids, stream=stream)
-    try:
-        token = logs.REQUEST_ID.set("req_123")
-        try:
-            with client_trace():
-                logger.info("value %s sent", "s3cret-value-42")
-        finally:
-            logs.REQUEST_ID.reset(token)
-        try:
-            raise ValueError("boom s3cret-value-42")
-        except ValueError:
-            logger.exception("failed with Authorization: Bearer abc.def")
-        logs.setup(redactor=redactor, fmt="text", level="INFO", stream=stream)
-        logger.info("plain s3cret-value-42")
-    finally:
-        logging.getLogger().removeHandler(logging.getLogger().handlers[-1])
-    assert handler not in logging.getLogger().handlers
-    first, second, third = stream.getvalue().splitlines()[:2] + stream.getvalue().splitlines()[-1:]
-    record = json.loads(first)
-    assert record["message"] == "value [REDACTED] sent"
-    assert record["request_id"] == "req_123"
-    assert record["trace_id"] == format(CLIENT_TRACE, "032x")
-    assert record["span_id"] == format(CLIENT_SPAN, "016x")
-    failure = json.loads(second)
-    assert failure["message"] == "failed with Authorization: [REDACTED]"
-    assert "boom [REDACTED]" in failure["exception"]
-    assert "trace_id" not in failure
-    assert re.search(r" INFO gateway\.test_logs: plain \[REDACTED\]$", third)
-
-
-def test_config_secrets_are_collected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MY_KEY", "key-from-env-1234")
-    (tmp_path / "token").write_text("token-from-file-5678\n")
-    config = routing_config.parse(
-        b"control_plane: {url: 'https://cp.example', tunnel_id: t, api_key: env:MY_KEY}\n"
-        b"servers:\n  a: {http: {url: 'http://h/mcp', headers: {X-Token: 'file:token', X-Env: prod}}}\n"
-        b"channels: {main: [a]}\n",
-        "r.yaml",
-    )
-    assert set(logs.config_secrets(config, tmp_path)) == {"key-from-env-1234", "token-from-file-5678"}
-
-
-# --------------------------------------------------------------------------- hooks, in process
-
-
-async def test_hooks_record_events_and_counters() -> None:
-    """Retry and rate-limit events land on the span current at the time; counters follow."""
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    telemetry = OtelTelemetry(
-        tracer_provider=tracer_provider,
-        meter=meter_provider.get_meter("test"),
-        scrape=reader,
-        capture_arguments=False,
-        redact=lambda text: text,
-        shutdowns=[tracer_provider.shutdown, meter_provider.shutdown],
-    )
-    telemetry.watch_limits(lambda: {("tenant", "admitted"): 5, ("tenant", "rejected"): 2})
-    command = PolledCommand(
-        request_id="req_1",
-        shard_token="s",
-        headers={"traceparent": [f"00-{CLIENT_TRACE:032x}-{CLIENT_SPAN:016x}-01"], "Mcp-Session-Id": ["sess"]},
-    )
-    message = JsonRpcMessage(jsonrpc="2.0", id=Raw(b"7"), method="tools/call", params=Raw(b'{"name":"slow"}'))
-    body = b'{"jsonrpc":"2.0","id":7,"error":{"code":-32029,"message":"rate limit exceeded"}}'
-    with telemetry.command(command, asyncio.get_running_loop().time()):
-        telemetry.describe(message)
-        assert current_trace_ids() is not None
-        telemetry.limit_waiting("tenant")
-        telemetry.rate_limit("tenant", "admitted", wait_s=0.25)
-        telemetry.rate_limit("tenant", "rejected")
-        with telemetry.post("jsonrpc_response", 429, body, {}) as post:
-            telemetry.post_retry(1, "503", 0.1)
-            post.delivered(False)
-    assert current_trace_ids() is None
-    text = render_prometheus(telemetry.metrics_data()).decode()
-    telemetry.shutdown()
-
-    finished = {span.name: span for span in spans.get_finished_spans()}
-    served = finished["tools/call slow"]
-    assert format(served.context.trace_id, "032x") == format(CLIENT_TRACE, "032x")
-    assert served.parent is not None
-    assert served.parent.span_id == CLIENT_SPAN
-    assert served.attributes is not None
-    assert served.attributes["jsonrpc.request.id"] == "7"
-    assert served.attributes["mcp.session.id"] == "sess"
-    assert served.attributes["rpc.response.status_code"] == "-32029"
-    assert served.attributes["error.type"] == "-32029"
-    assert [event.name for event in served.events] == ["rate_limit.wait", "rate_limit.reject"]
-    posted = finished["tunnel response"]
-    assert posted.parent is not None
-    assert posted.parent.span_id == served.context.span_id
-    assert [event.name for event in posted.events] == ["retry"]
-    assert posted.attributes is not None
-    assert posted.attributes["error.type"] == "not_delivered"
-    assert 'gateway_ratelimit_admitted_total{gateway_ratelimit_limit="tenant"} 5' in text
-    assert 'gateway_ratelimit_rejected_total{gateway_ratelimit_limit="tenant"} 2' in text
-    assert 'gateway_ratelimit_wait_seconds_count{gateway_ratelimit_limit="tenant"} 1' in text
-    assert 'gateway_response_retries_total{gateway_retry_reason="503"} 1' in text
-    assert 'gateway_response_failures_total{tunnel_resp_type="jsonrpc_response",error_type="not_delivered"} 1' in text
-    assert "gateway_commands_inflight 0" in text
-    assert "gateway_command_age_seconds_count 1" in text

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ROOT / "tests" / "support" / "servers"
 PYTHON = sys.executable
 READY_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago, for servers that cannot bind port 0 or must come back on the same
+    port; a caller retries when it got taken meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass

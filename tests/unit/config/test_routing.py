@@ -134,3 +134,39 @@ def test_channels_in_both_forms_load() -> None:
     with pytest.raises(ConfigError) as failure:
         config.parse(b"servers: {}\nchannels: {}\nchannel_specs: {}\n", "routing.yaml")
     assert failure.value.key == "channel_specs"
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def test_ops_section_is_checked() -> None:
+    with pytest.raises(config.ConfigError, match=r"ops\.listen"):
+        config.parse(b"ops: {listen: nowhere}\nservers: {a: {stdio: {command: x}}}\nchannels: {main: [a]}\n", "r.yaml")
+    with pytest.raises(config.ConfigError, match=r"ops\.ready_poll_age_s"):
+        config.parse(
+            b"ops: {listen: '127.0.0.1:1', ready_poll_age_s: 0}\nservers: {a: {stdio: {command: x}}}\n"
+            b"channels: {main: [a]}\n",
+            "r.yaml",
+        )
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+def test_telemetry_section_is_checked() -> None:
+    base = b"servers: {a: {stdio: {command: x}}}\nchannels: {main: [a]}\n"
+    with pytest.raises(ConfigError, match=r"telemetry\.sampling_ratio"):
+        config.parse(b"telemetry: {sampling_ratio: 2}\n" + base, "r.yaml")
+    with pytest.raises(ConfigError, match=r"telemetry\.endpoint"):
+        config.parse(b"telemetry: {endpoint: 'not a url'}\n" + base, "r.yaml")
+    with pytest.raises(ConfigError, match=r"telemetry\.protocol"):
+        config.parse(b"telemetry: {protocol: carrier-pigeon}\n" + base, "r.yaml")
+    with pytest.raises(ConfigError, match=r"logging\.format"):
+        config.parse(b"logging: {format: xml}\n" + base, "r.yaml")
+    parsed = config.parse(
+        b"telemetry: {enabled: true, headers: {Authorization: 'env:OTLP_TOKEN'}, sampling_ratio: 0.25}\n"
+        b"logging: {format: json, level: DEBUG}\n" + base,
+        "r.yaml",
+    )
+    assert parsed.telemetry.sampling_ratio == 0.25
+    assert parsed.logging.format == "json"
