@@ -1,44 +1,23 @@
-"""Regression tests for the input defects of issue 14, each reproduced the way the campaign found it.
+"""Regression tests for the input defects of issue 14 on the gateway side, each reproduced the way the campaign
+found it: the real gateway process polls `ScriptedControlPlane` (its `main` channel is the SDK test server over
+stdio, a 2026-07-28 server, so handshake-era requests are bridged).
 
-Gateway side: the real gateway process polls `tests.scripted_cp.ScriptedControlPlane` (its
-`main` channel is the SDK test server over stdio, a 2026-07-28 server, so handshake-era
-requests are bridged). Relay side: a real `Relay` on loopback, spoken to with raw HTTP/1.1.
-"""
+The same defects at their root, with plain calls: unit/dispatch/test_dispatcher.py, unit/tunnel/test_poller.py;
+on the relay side: unit/relay/test_input_defects.py."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from gateway.config import routing as routing_config
-from gateway.dispatch.dispatcher import Dispatcher
-from gateway.observe.ops import Readiness
-from gateway.protocol.errors import ConfigError
-from gateway.protocol.wire import Codec, PolledCommand, TunnelClientMetadata
-from gateway.relay import Relay
-from gateway.tunnel.client import Poller
-from tests.support.raw_http import Closed, connection, read_response, request
-from tests.support.scripted_cp import (
-    GatewayProcess,
-    ScriptedControlPlane,
-    cli_args,
-    gateway_env,
-    routes,
-    run_gateway,
-    stdio,
-)
-from tests.unit.relay.test_front_door import GATEWAY, KEY, TUNNEL, relay_config
+from tests.support.gateway_process import GatewayProcess, cli_args, routes, run_gateway, stdio
+from tests.support.scripted_cp import ScriptedControlPlane
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 DEEP = b"[" * 1000 + b"]" * 1000
 LEGACY = {"Mcp-Protocol-Version": ["2025-11-25"]}
 
@@ -74,9 +53,6 @@ def error_of(payload: dict[str, Any]) -> tuple[int, int, Any]:
     """(resp_code, JSON-RPC error code, id) of a terminal JSON-RPC error frame."""
     body = payload["resp_json"]
     return payload["resp_code"], body["error"]["code"], body["id"]
-
-
-# --------------------------------------------------------------------------- 1, 2: one bad command, one answer
 
 
 async def test_a_command_nested_1000_deep_is_answered_and_polling_goes_on(cp: ScriptedControlPlane) -> None:
@@ -132,9 +108,6 @@ async def test_a_lone_surrogate_spoils_only_its_own_command(cp: ScriptedControlP
     assert cp.attempts(unanswerable) == []
 
 
-# --------------------------------------------------------------------------- 3: era bridge
-
-
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
@@ -178,9 +151,6 @@ async def test_params_of_any_shape_reach_no_crash_on_the_way_to_a_server(cp: Scr
     assert error_of(refused) == (400, -32602, 6)
 
 
-# --------------------------------------------------------------------------- 4, 5: response_timeout
-
-
 @pytest.mark.parametrize("value", [5, 1.5, True, ["30s"], {"s": 1}])
 async def test_a_non_string_response_timeout_means_no_deadline(cp: ScriptedControlPlane, value: Any) -> None:
     """Defect 4: a number, boolean, list or object `response_timeout` dropped the command unanswered;
@@ -202,277 +172,3 @@ async def test_sub_millisecond_deadlines_have_passed_on_arrival(cp: ScriptedCont
     polls = len(cp.polls)
     await cp.polls_after(polls, 2)
     assert {r: cp.attempts(r) for r in expired} == {r: [] for r in expired}
-
-
-class FrozenClockLoop(asyncio.SelectorEventLoop):
-    """A loop whose clock stands still, like uvloop's millisecond clock within one tick."""
-
-    def time(self) -> float:
-        return 1000.0
-
-
-class RecordingResponder:
-    """Our `Responder`: records each frame as it is posted (a pooled connection writes at once)."""
-
-    def __init__(self) -> None:
-        self.posted: list[bytes] = []
-
-    async def post(self, body: bytes, shard_token: str, *, terminal: bool) -> bool:
-        self.posted.append(body)
-        return True
-
-
-async def test_a_deadline_inside_one_clock_tick_has_passed() -> None:
-    """Defect 5 at its cause: with a clock that counts milliseconds (uvloop's), a `1ns` deadline
-    received in the current tick compared as not passed, so the command ran and posted a frame."""
-
-    async def run() -> list[bytes]:
-        responder = RecordingResponder()
-        dispatcher = Dispatcher({}, responder, Codec(), 8)
-        received = asyncio.get_running_loop().time()
-        for n, value in enumerate(("1ns", "100ns", "1us", "999us", "1ms", "2ms")):
-            dispatcher.submit(PolledCommand(request_id=f"r{n}", shard_token="s", response_timeout=value), received)
-        await dispatcher.drain(5.0)
-        return responder.posted
-
-    def on_frozen_loop() -> list[bytes]:
-        loop = FrozenClockLoop()
-        try:
-            return loop.run_until_complete(run())
-        finally:
-            loop.close()
-
-    posted = await asyncio.to_thread(on_frozen_loop)  # its own loop, in a thread of its own
-    assert [json.loads(body)["request_id"] for body in posted] == ["r4", "r5"]
-
-
-# --------------------------------------------------------------------------- 1: the poll loop is supervised
-
-
-class FakeControlPlane:
-    """Our `ControlPlane` poll interface: one command per poll, then nothing for a moment."""
-
-    def __init__(self) -> None:
-        self.polls = 0
-        self.last_poll_ok: float | None = None
-        self.problem: str | None = None
-
-    async def metadata(self) -> TunnelClientMetadata:
-        return TunnelClientMetadata(id="t", name="fake", description="")
-
-    async def poll(self, limit: int, timeout_ms: int) -> tuple[float, list[Any]]:
-        self.polls += 1
-        await asyncio.sleep(0)
-        self.last_poll_ok = asyncio.get_running_loop().time()
-        raw = json.dumps({"request_id": f"r{self.polls}", "shard_token": "s"}).encode()
-        return self.last_poll_ok, [raw]
-
-    def credentials_rejected(self) -> None:
-        raise AssertionError("not expected")
-
-
-@dataclass
-class FailingSink:
-    """Our `CommandSink`: refuses its first `failures` commands with an unexpected error."""
-
-    failures: int
-    submitted: list[str] = field(default_factory=list)
-    free: int = 10
-
-    async def wait_capacity(self, reserved: int) -> None:
-        return None
-
-    def capacity_changed(self) -> None:
-        return None
-
-    def submit(self, command: PolledCommand, received_at: float) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise RuntimeError("a bug below the poll loop")
-        self.submitted.append(command.request_id)
-
-
-@dataclass
-class _Runtime:
-    control_plane: FakeControlPlane
-    poller: Poller
-    config: routing_config.RoutingConfig = field(
-        default_factory=lambda: routing_config.parse(b"servers: {a: {stdio: {command: x}}}\nchannels: {c: [a]}\n", "r")
-    )
-    upstreams: dict[str, Any] = field(default_factory=dict)
-
-
-async def test_no_exception_ends_the_poll_loop_and_readyz_shows_it(caplog: pytest.LogCaptureFixture) -> None:
-    """Defect 1 at its root: any exception below the poll loop ended it silently. Now the loop logs
-    once, reports the fault on `/readyz`, backs off and polls again; the fault clears after a clean poll."""
-    cp, sink = FakeControlPlane(), FailingSink(failures=3)
-    poller = Poller(cp, sink, Codec(), 1000)  # type: ignore[arg-type]
-    readiness = Readiness(max_poll_age_s=60)
-    readiness.runtime = _Runtime(cp, poller)  # type: ignore[assignment]
-    faults: list[str | None] = []
-    with caplog.at_level(logging.ERROR, logger="gateway.tunnel"):
-        task = asyncio.create_task(poller.run())
-        try:
-            while not sink.submitted:
-                await asyncio.sleep(0.01)
-                faults.append(readiness.report()[1]["checks"]["control_plane"] if poller.fault else None)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    assert cp.polls >= 4
-    assert sink.submitted[0] == "r4"  # the first three polls' commands met the bug
-    assert any(f and "poll loop failed (RuntimeError)" in f for f in faults)
-    assert poller.fault is None
-    assert len([r for r in caplog.records if "poll loop failed" in r.getMessage()]) == 1
-
-
-async def test_readiness_fails_while_the_poll_loop_backs_off() -> None:
-    cp = FakeControlPlane()
-    cp.last_poll_ok = 0.0
-    poller = Poller(cp, FailingSink(0), Codec(), 1000)  # type: ignore[arg-type]
-    readiness = Readiness(max_poll_age_s=60, clock=lambda: 1.0)
-    readiness.runtime = _Runtime(cp, poller)  # type: ignore[assignment]
-    assert readiness.report()[0]
-    poller.fault = "the poll loop failed (RecursionError); retrying"
-    ready, body = readiness.report()
-    assert not ready
-    assert body["not_ready"] == ["control_plane"]
-    assert body["checks"]["control_plane"] == poller.fault
-
-
-# --------------------------------------------------------------------------- 7, 10: the relay
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def relay() -> AsyncIterator[tuple[Relay, int]]:
-    async with Relay(relay_config(read_timeout_s=0.5)) as relay:
-        yield relay, int(relay.url.rsplit(":", 1)[1])
-
-
-async def exchange(port: int, data: bytes) -> int:
-    async with connection(port) as (reader, writer):
-        writer.write(data)
-        return (await read_response(reader)).status
-
-
-async def test_relay_answers_deep_json_400_without_a_traceback(
-    relay: tuple[Relay, int], caplog: pytest.LogCaptureFixture
-) -> None:
-    """Defect 7: a body nested 1,000 levels was a 500 with a logged traceback; it is a parse error.
-    JSON-RPC 2.0 §5.1: -32700 for a body that is not valid JSON."""
-    _, port = relay
-    deep = b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"x":%s}}' % DEEP
-    mcp = f"/v1/mcp/{TUNNEL}"
-    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-    with caplog.at_level(logging.DEBUG):
-        async with connection(port) as (reader, writer):
-            writer.write(request("POST", mcp, body=deep, headers=headers))
-            answer = await read_response(reader)
-            assert answer.status == 400
-            assert json.loads(answer.body)["error"]["code"] == -32700
-            writer.write(
-                request(
-                    "POST",
-                    f"/v1/tunnels/{TUNNEL}/response",
-                    body=deep,
-                    headers={**GATEWAY, "X-Tunnel-Shard-Token": "s"},
-                )
-            )
-            answer = await read_response(reader)
-            assert (answer.status, json.loads(answer.body)["error"]["code"]) == (400, "invalid_json_payload")
-            info = '{"version":1,"channels":' + "[" * 1500 + "]" * 1500 + "}"
-            writer.write(
-                request(
-                    "GET",
-                    f"/v1/tunnels/{TUNNEL}/poll?timeout_ms=1",
-                    headers={**GATEWAY, "X-Tunnel-MCP-Server-Info": info},
-                )
-            )
-            assert (await read_response(reader)).status == 204
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-        b"POST /v1/mcp/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-        b"GET / HTTP/9.9\r\n\r\n",
-    ],
-)
-async def test_malformed_http_is_400_and_logs_no_error(
-    relay: tuple[Relay, int], caplog: pytest.LogCaptureFixture, data: bytes
-) -> None:
-    """Defect 7: every malformed request logged an ERROR traceback (a log-flooding lever)."""
-    with caplog.at_level(logging.DEBUG):
-        assert await exchange(relay[1], data) == 400
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
-
-
-async def test_incomplete_requests_are_not_held(relay: tuple[Relay, int]) -> None:
-    """Defect 7: a request whose headers or body never finish was held with no read timeout.
-    The relay (read_timeout_s 0.5 here) closes a connection stuck in its headers and answers 408
-    to a body that stops short. (The 30 s bound only guards a regression: it is not a speed check.)"""
-    _, port = relay
-    async with asyncio.timeout(30), connection(port) as (reader, writer):
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        with pytest.raises(Closed):
-            await read_response(reader)
-    async with asyncio.timeout(30), connection(port) as (reader, writer):
-        shard = {**GATEWAY, "X-Tunnel-Shard-Token": "s"}
-        writer.write(request("POST", f"/v1/tunnels/{TUNNEL}/response", body=b"x" * 100, headers=shard)[:-90])
-        answer = await read_response(reader)
-    assert (answer.status, json.loads(answer.body)["error"]["code"]) == (408, "request_timeout")
-
-
-async def test_unknown_and_known_tunnels_look_alike_without_a_key(relay: tuple[Relay, int]) -> None:
-    """Defect 10: without a key an unknown tunnel answered 404 and a known one 401 (enumeration)."""
-    _, port = relay
-    answers = []
-    for tunnel in (TUNNEL, "tunnel_nope"):
-        for path in ("", "/poll", "/response"):
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {KEY}"}):
-                if tunnel == TUNNEL and headers.get("Authorization") == f"Bearer {KEY}":
-                    continue
-                method = "POST" if path == "/response" else "GET"
-                async with connection(port) as (reader, writer):
-                    writer.write(request(method, f"/v1/tunnels/{tunnel}{path}", headers=headers))
-                    answer = await read_response(reader)
-                answers.append((answer.status, answer.body))
-    assert {status for status, _ in answers} == {401}
-    assert len({body for _, body in answers}) == 1
-
-
-# --------------------------------------------------------------------------- 9: secrets in output
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["ftp://user:SECRET-pw-1@host/x", "http://user:SECRET-pw-1@[::1", "SECRET-pw-1@nothing", "http://:SECRET-pw-1@/"],
-)
-async def test_url_errors_do_not_echo_a_password(url: str) -> None:
-    """Defect 9: `expected an absolute http(s) URL (got 'ftp://user:SECRET@…')`."""
-    for document in (
-        {"servers": {"a": {"http": {"url": url}}}, "channels": {"c": ["a"]}},
-        {"servers": {"a": {"stdio": {"command": "x"}}}, "channels": {"c": ["a"]}, "telemetry": {"endpoint": url}},
-        {"servers": {"a": {"http": {"url": "http://h/", "proxy": url}}}, "channels": {"c": ["a"]}},
-    ):
-        with pytest.raises(ConfigError) as caught:
-            routing_config.parse(json.dumps(document).encode(), "routing.yaml")
-        assert "SECRET" not in str(caught.value)
-        assert "URL" in caught.value.expected
-
-
-async def test_the_embedded_relay_never_prints_a_configured_client_token(tmp_path: Path) -> None:
-    """Defect 9: the embedded relay printed its client token on stdout (journals keep it)."""
-    token = "SECRET-client-token-0042"
-    document = {
-        "servers": {"main": stdio()},
-        "channels": {"main": ["main"]},
-        "relay": {"listen": "127.0.0.1:0", "client_token": "env:MCP_CLIENT_TOKEN"},
-    }
-    async with run_gateway(json.dumps(document), tmp_path, env=gateway_env(MCP_CLIENT_TOKEN=token)) as gw:
-        await gw.wait_for(r"^clients send: Authorization: Bearer <")
-    assert not [line for line in gw.stdout + gw.stderr if token in line]

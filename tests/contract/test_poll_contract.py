@@ -24,21 +24,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.support.cp_records import PostRecord, Reply, http_date, now, payload_text, whoami
+from tests.support.gateway_process import GatewayProcess, cli_args, gateway_env, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, SERVERS, process
-from tests.support.scripted_cp import (
-    KEY,
-    GatewayProcess,
-    PostRecord,
-    Reply,
-    ScriptedControlPlane,
-    cli_args,
-    gateway_env,
-    http_date,
-    now,
-    routes,
-    run_gateway,
-    stdio,
-)
+from tests.support.scripted_cp import KEY, ScriptedControlPlane
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -85,17 +74,9 @@ def cp(rig: Rig) -> Iterator[ScriptedControlPlane]:
     assert sum(cp.duplicates().values()) == duplicates
 
 
-def tool_text(payload: dict[str, Any]) -> str:
-    return str(payload["resp_json"]["result"]["content"][0]["text"])
-
-
 async def counter(cp: ScriptedControlPlane) -> int:
     """Increment the stdio server's call counter (`main`) and return it."""
-    return int(tool_text(await cp.answer(cp.call("counter_incr"))))
-
-
-async def whoami(cp: ScriptedControlPlane) -> int:
-    return int(tool_text(await cp.answer(cp.call("whoami"))))
+    return int(payload_text(await cp.answer(cp.call("counter_incr"))))
 
 
 def gap_after(cp: ScriptedControlPlane, index: int) -> float:
@@ -150,7 +131,7 @@ async def test_deadline_passing_mid_call_posts_nothing_and_keeps_the_process(cp:
     # Started after the abandoned call on the same pipe and sleeping as long, so the server's late
     # reply to the abandoned call comes out of the pipe first and the gateway must discard it.
     follower = cp.call("sleep_ms", {"ms": 1500})
-    assert tool_text(await cp.answer(follower)) == "slept 1500 ms"
+    assert payload_text(await cp.answer(follower)) == "slept 1500 ms"
     assert await whoami(cp) == pid, "the stdio server was restarted for a timed-out call"
     assert await counter(cp) > 0
     assert cp.attempts(abandoned) == [], "a response was posted after the deadline"
@@ -160,7 +141,7 @@ async def test_deadline_passing_mid_call_cancels_the_http_request(cp: ScriptedCo
     blocked = cp.call("block", channel="web", response_timeout="700ms")
     # `wait_cancelled` answers only once the server saw the `block` call cancelled.
     seen = cp.call("wait_cancelled", {"at_least": 1}, channel="web", response_timeout="20s")
-    stats = json.loads(tool_text(await cp.answer(seen)))
+    stats = json.loads(payload_text(await cp.answer(seen)))
     assert stats["started"] >= 1
     assert stats["cancelled"] >= 1
     assert cp.attempts(blocked) == []
@@ -172,7 +153,7 @@ async def test_malformed_response_timeout_means_no_deadline(cp: ScriptedControlP
     ids.append(cp.call("sleep_ms", {"ms": 150}, extra={"response_timeout": None}))
     for payload in await cp.answers(ids):
         assert payload["resp_code"] == 200
-        assert tool_text(payload) == "slept 150 ms"
+        assert payload_text(payload) == "slept 150 ms"
     assert all(len(cp.terminals(r)) == 1 for r in ids)
 
 
@@ -185,7 +166,7 @@ async def test_poll_errors_are_retried(cp: ScriptedControlPlane) -> None:
     failed = await polls_failed(cp, since, 6)
     assert [cp.polls[i].status for i in failed] == [503, 429, 500, 502, 504, 0]
     rid = cp.call("echo", {"text": "after the storm"}, channel="raw")
-    assert tool_text(await cp.answer(rid)) == "after the storm"
+    assert payload_text(await cp.answer(rid)) == "after the storm"
 
 
 async def test_malformed_poll_bodies_are_survived(cp: ScriptedControlPlane) -> None:
@@ -193,7 +174,7 @@ async def test_malformed_poll_bodies_are_survived(cp: ScriptedControlPlane) -> N
     cp.fail_polls(Reply(200, body=b'{"commands": ['), Reply(200, body=b'{"commands": 3}'), Reply(200, body=b"[]"))
     await cp.until(lambda: len(cp.polls) >= since + 4, what="polls after the malformed bodies")
     rid = cp.call("echo", {"text": "recovered"}, channel="raw")
-    assert tool_text(await cp.answer(rid)) == "recovered"
+    assert payload_text(await cp.answer(rid)) == "recovered"
 
 
 async def test_a_malformed_command_does_not_sink_its_batch(cp: ScriptedControlPlane) -> None:
@@ -201,7 +182,7 @@ async def test_a_malformed_command_does_not_sink_its_batch(cp: ScriptedControlPl
     broken = cp.call("echo", {"text": "broken"}, channel="raw", contract=False, extra={"shard_token": 5})
     last = cp.call("echo", {"text": "last"}, channel="raw")
     cp.force_batch = 3
-    assert [tool_text(p) for p in await cp.answers([first, last])] == ["first", "last"]
+    assert [payload_text(p) for p in await cp.answers([first, last])] == ["first", "last"]
     assert next(p for p in cp.polls if first in p.handed).handed == [first, broken, last]
     await cp.quiet(0.3)
     assert cp.attempts(broken) == []
@@ -275,7 +256,7 @@ async def test_terminal_post_is_retried_identically_and_delivered_once(cp: Scrip
     rid = cp.call("echo", {"text": f"retry {status}"}, channel="raw")
     cp.fail_posts(status, status, request_id=rid)
     payload = await cp.answer(rid)
-    assert tool_text(payload) == f"retry {status}"
+    assert payload_text(payload) == f"retry {status}"
     attempts = cp.attempts(rid)
     assert [a.status for a in attempts] == [status, status, 200]
     _same_attempts(attempts)
@@ -345,7 +326,7 @@ async def test_failed_notify_skips_later_notifies_but_the_terminal_is_delivered(
     rid = cp.call("slow_progress", {"steps": 4, "delay_ms": 30}, progress="p-500")
     cp.fail_posts(500, request_id=rid, resp_type="jsonrpc_notify")
     payload = await cp.answer(rid)
-    assert tool_text(payload) == "done 4 steps"
+    assert payload_text(payload) == "done 4 steps"
     assert [a.status for a in cp.notifies(rid)] == [500], "a notify was retried, or later ones still sent"
     assert len(cp.terminals(rid)) == 1
 
@@ -370,7 +351,7 @@ async def test_batch_larger_than_limit_is_fully_processed(cp: ScriptedControlPla
     ids = [cp.call("echo", {"text": f"n{i}"}, channel="raw") for i in range(40)]
     cp.force_batch = 40
     payloads = await cp.answers(ids)
-    assert [tool_text(p) for p in payloads] == [f"n{i}" for i in range(40)]
+    assert [payload_text(p) for p in payloads] == [f"n{i}" for i in range(40)]
     batch = next(p for p in cp.polls if ids[0] in p.handed)
     assert len(batch.handed) == 40
     assert batch.limit is not None
@@ -399,7 +380,7 @@ async def test_unknown_command_type_is_skipped_and_polling_continues(cp: Scripte
         contract=False,
     )
     later = [cp.call("echo", {"text": f"still here {i}"}, channel="raw") for i in range(3)]
-    assert [tool_text(p) for p in await cp.answers(later)] == [f"still here {i}" for i in range(3)]
+    assert [payload_text(p) for p in await cp.answers(later)] == [f"still here {i}" for i in range(3)]
     await cp.quiet(0.3)
     assert cp.attempts(odd) == []
     assert odd in cp.handed()
@@ -417,7 +398,7 @@ async def test_unknown_fields_are_ignored_and_ids_are_opaque(cp: ScriptedControl
     payload = await cp.answer(rid)
     assert payload["request_id"] == rid
     assert payload["resp_json"]["id"] == 7
-    assert tool_text(payload) == "o"
+    assert payload_text(payload) == "o"
 
 
 async def test_notification_is_acknowledged_with_notify_ack(cp: ScriptedControlPlane) -> None:
@@ -530,7 +511,7 @@ async def test_401_on_a_response_post_rereads_the_rotated_key(tmp_path: Path) ->
             os.utime(key_file, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
             cp.keys["post"] = {new}
             rid = cp.call("echo", {"text": "new key"})
-            assert tool_text(await cp.answer(rid)) == "new key"
+            assert payload_text(await cp.answer(rid)) == "new key"
             attempts = cp.attempts(rid)
             assert [(a.status, a.key) for a in attempts] == [(401, old), (200, new)]
             assert attempts[0].body == attempts[1].body

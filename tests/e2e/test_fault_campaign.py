@@ -42,9 +42,10 @@ from mcp import Client
 from mcp_types import TextContent
 
 from tests.support.fault_proxy import FaultProxy
+from tests.support.gateway_process import GatewayProcess, gateway_env, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, Process, process, report
 from tests.support.openapi import validate_failure
-from tests.support.scripted_cp import KEY, GatewayProcess, ScriptedControlPlane, gateway_env, routes, run_gateway, stdio
+from tests.support.scripted_cp import KEY, ScriptedControlPlane
 
 CALLS = int(os.environ.get("FAULT_CALLS", "120"))
 WAVE = 12

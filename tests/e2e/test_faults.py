@@ -15,45 +15,11 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
+from tests.support.cp_records import exactly_once, payload_text, tunnel_failure
+from tests.support.gateway_process import cli_args, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, SERVERS, process
-from tests.support.openapi import validate_failure
-from tests.support.scripted_cp import ScriptedControlPlane, cli_args, routes, run_gateway, stdio
-
-DEADLINE_SLACK_S = 1.0
-"""Sanity allowance between a POST started before a deadline and its arrival."""
-
-
-def exactly_once(cp: ScriptedControlPlane, ids: list[str], deadlines: dict[str, float] | None = None) -> None:
-    """Each command taken was answered exactly once (a command with a deadline: at most once, in time)."""
-    deadlines = deadlines or {}
-    assert cp.violations == []
-    assert cp.duplicates() == {}, "a terminal frame was delivered twice"
-    for rid in ids:
-        terminals = cp.terminals(rid)
-        if rid in deadlines:
-            handed = cp.commands[rid].handed_at
-            assert handed is not None
-            assert len(terminals) <= 1
-            for frame in terminals:
-                assert frame.arrived <= handed + deadlines[rid] + DEADLINE_SLACK_S, "answered after its deadline"
-        else:
-            assert len(terminals) == 1, f"{rid}: {len(terminals)} terminal frames"
-
-
-def failure(payload: dict[str, Any]) -> dict[str, Any]:
-    """The synthesized error of a failed command, checked against the contract."""
-    assert payload["resp_type"] == "jsonrpc_response"
-    error = payload["resp_json"]["error"]
-    assert error["code"] == -32603
-    validate_failure(error["data"])
-    tunnel_failure: dict[str, Any] = error["data"]["tunnel_failure"]
-    return tunnel_failure
-
-
-def text(payload: dict[str, Any]) -> str:
-    return str(payload["resp_json"]["result"]["content"][0]["text"])
+from tests.support.scripted_cp import ScriptedControlPlane
 
 
 async def test_control_plane_down_mid_load_then_back(tmp_path: Path) -> None:
@@ -78,7 +44,7 @@ async def test_control_plane_down_mid_load_then_back(tmp_path: Path) -> None:
             await cp.answers(ids, within_s=60)
 
             exactly_once(cp, [*ids, *deadlines], deadlines)
-            assert sorted(text(cp.payload(r)) for r in ids if r.startswith("req_echo")) == sorted(
+            assert sorted(payload_text(cp.payload(r)) for r in ids if r.startswith("req_echo")) == sorted(
                 [f"e{i}" for i in range(30)] + [f"late{i}" for i in range(10)] + [f"after{i}" for i in range(10)]
             )
 
@@ -106,7 +72,7 @@ async def test_response_posts_failing_every_other_time(tmp_path: Path) -> None:
                 assert all(n == 1 for n in notifies.values()), "a notify was retried after a 503"
             assert failed_terminals >= 10, "the every-other-time failures did not hit terminal frames"
             for rid in ids[:30]:
-                assert text(cp.payload(rid)) == cp.commands[rid].body["jsonrpc"]["params"]["arguments"]["text"]
+                assert payload_text(cp.payload(rid)) == cp.commands[rid].body["jsonrpc"]["params"]["arguments"]["text"]
 
 
 async def test_stdio_server_killed_repeatedly_under_load(tmp_path: Path) -> None:
@@ -114,7 +80,7 @@ async def test_stdio_server_killed_repeatedly_under_load(tmp_path: Path) -> None
     async with ScriptedControlPlane(hold_s=0.3) as cp:
         document = routes({"main": stdio(restart_backoff_max_s=0.5)})
         async with run_gateway(document, tmp_path, *cli_args(cp)):
-            pids = [int(text(await cp.answer(cp.call("whoami"))))]
+            pids = [int(payload_text(await cp.answer(cp.call("whoami"))))]
             ids: list[str] = []
             crashes: list[str] = []
             answered = failed = 0
@@ -125,19 +91,19 @@ async def test_stdio_server_killed_repeatedly_under_load(tmp_path: Path) -> None
                 ids += batch
                 for rid, payload in zip(batch, await cp.answers(batch, within_s=60), strict=True):
                     if "error" in payload["resp_json"]:
-                        provenance = failure(payload)
+                        provenance = tunnel_failure(payload)
                         assert payload["resp_code"] == 502
                         assert provenance["source"] == "transport_closed", provenance
                         assert provenance["upstream_response_received"] is False
                         assert "upstream_status" not in provenance
                         failed += 1
                     else:
-                        assert text(payload) == cp.commands[rid].body["jsonrpc"]["params"]["arguments"]["text"]
+                        assert payload_text(payload) == cp.commands[rid].body["jsonrpc"]["params"]["arguments"]["text"]
                         answered += 1
-                pids.append(int(text(await cp.answer(cp.call("whoami")))))
+                pids.append(int(payload_text(await cp.answer(cp.call("whoami")))))
             for payload in await cp.answers(crashes):
                 assert payload["resp_code"] == 502
-                assert failure(payload)["source"] == "transport_closed"
+                assert tunnel_failure(payload)["source"] == "transport_closed"
             assert len(set(pids)) == 5, f"not one restart per crash: {pids}"
             exactly_once(cp, [*ids, *crashes])
             assert answered + failed == 48
@@ -152,7 +118,7 @@ async def test_http_upstream_refusing_connections(tmp_path: Path) -> None:
             document = routes({"web": {"http": {"url": url}, "startup_timeout_s": 5}})
             async with run_gateway(document, tmp_path, *cli_args(cp)):
                 before = [cp.call("echo", {"text": f"up{i}"}, channel="web") for i in range(10)]
-                assert [text(p) for p in await cp.answers(before)] == [f"up{i}" for i in range(10)]
+                assert [payload_text(p) for p in await cp.answers(before)] == [f"up{i}" for i in range(10)]
 
                 assert await proc.stop() is not None  # the server is gone; its port refuses connections
                 after = [cp.call("echo", {"text": f"down{i}"}, channel="web") for i in range(20)]
@@ -161,7 +127,7 @@ async def test_http_upstream_refusing_connections(tmp_path: Path) -> None:
                 for payload in payloads[:-1]:
                     assert payload["resp_code"] == 502
                     assert payload["resp_json"]["error"]["message"] == "Bad Gateway"
-                    assert failure(payload) == {
+                    assert tunnel_failure(payload) == {
                         "version": 1,
                         "source": "connect",
                         "transport_error_kind": "connection_refused",
@@ -193,11 +159,11 @@ async def test_death_in_the_restart_handshake_is_noticed_at_once(tmp_path: Path)
         ScriptedControlPlane(hold_s=0.3) as cp,
         run_gateway(routes({"raw": server}), tmp_path, *cli_args(cp)) as gw,
     ):
-        assert text(await cp.answer(cp.call("echo", {"text": "before"}, channel="raw"))) == "before"
+        assert payload_text(await cp.answer(cp.call("echo", {"text": "before"}, channel="raw"))) == "before"
         os.kill(int(spawns.read_text().split()[0]), signal.SIGKILL)
         await gw.wait_for(r"stdio server 'raw' exited with status -9", stream="stderr")
         after = cp.call("echo", {"text": "after"}, channel="raw")
-        assert text(await cp.answer(after, within_s=30)) == "after"
+        assert payload_text(await cp.answer(after, within_s=30)) == "after"
         await gw.wait_for(r"stdio server 'raw' exited during the MCP handshake", stream="stderr", within_s=1)
         assert len(spawns.read_text().split()) == 3, "not one restart after the handshake death"
         exactly_once(cp, [after])

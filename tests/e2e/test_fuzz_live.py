@@ -25,9 +25,10 @@ import pytest
 
 from tests.support.fuzz_budget import SEED, FuzzReport, budget, timeout_s
 from tests.support.fuzz_inputs import CommandFuzzer, FuzzCommand, FuzzRequest, RequestFuzzer, summary
+from tests.support.gateway_process import cli_args, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, process
 from tests.support.raw_http import Closed, connection, read_response
-from tests.support.scripted_cp import ScriptedControlPlane, cli_args, routes, run_gateway, stdio
+from tests.support.scripted_cp import ScriptedControlPlane
 
 pytestmark = pytest.mark.timeout(timeout_s(240))
 

@@ -12,18 +12,12 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Any
 
+from tests.support.cp_records import now, payload_text, whoami
+from tests.support.gateway_process import cli_args, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, SERVERS
-from tests.support.scripted_cp import (
-    ScriptedControlPlane,
-    cli_args,
-    now,
-    pid_alive,
-    routes,
-    run_gateway,
-    stdio,
-)
+from tests.support.procfs import pid_alive
+from tests.support.scripted_cp import ScriptedControlPlane
 
 STUBBORN = """
 import os, runpy, signal, sys, time
@@ -38,14 +32,6 @@ finally:
     while True:  # deaf to stdin EOF and SIGTERM: only SIGKILL ends it
         time.sleep(1)
 """
-
-
-def text(payload: dict[str, Any]) -> str:
-    return str(payload["resp_json"]["result"]["content"][0]["text"])
-
-
-async def whoami(cp: ScriptedControlPlane, channel: str = "main") -> int:
-    return int(text(await cp.answer(cp.call("whoami", channel=channel))))
 
 
 async def running(cp: ScriptedControlPlane, ids: list[str]) -> None:
@@ -71,7 +57,7 @@ async def test_sigterm_drains_in_flight_commands_then_stops_the_servers(tmp_path
 
             for rid in ids:
                 assert len(cp.terminals(rid)) == 1, f"{rid} was not delivered during the drain"
-                assert text(cp.payload(rid)) == "done 3 steps"
+                assert payload_text(cp.payload(rid)) == "done 3 steps"
             assert [p.index for p in cp.polls if p.arrived > signalled] == [], "polled after SIGTERM"
             assert len(cp.polls) == polls_before
             for pid in pids:
@@ -84,7 +70,7 @@ async def test_drain_timeout_cancels_what_is_still_running(tmp_path: Path) -> No
     async with ScriptedControlPlane(hold_s=60) as cp:
         document = routes({"main": stdio()}, drain_timeout_s=1)
         async with run_gateway(document, tmp_path, *cli_args(cp)) as gw:
-            pid = await whoami(cp)
+            pid = await whoami(cp, "main")
             endless = cp.call("slow_progress", {"steps": 300, "delay_ms": 100}, progress="forever")
             await running(cp, [endless])
             signalled = now()
@@ -104,7 +90,7 @@ async def test_a_server_deaf_to_eof_and_sigterm_is_killed_at_shutdown(tmp_path: 
         ScriptedControlPlane(hold_s=60) as cp,
         run_gateway(routes({"main": server}), tmp_path, *cli_args(cp)) as gw,
     ):
-        assert text(await cp.answer(cp.call("echo", {"text": "up"}))) == "up"
+        assert payload_text(await cp.answer(cp.call("echo", {"text": "up"}))) == "up"
         pid = int(pid_file.read_text())
         assert pid_alive(pid)
         gw.signal(signal.SIGTERM)
@@ -116,7 +102,7 @@ async def test_sighup_reload_replaces_a_server_and_adds_a_channel_without_droppi
     async with ScriptedControlPlane(hold_s=0.3) as cp:
         before = routes({"main": stdio()}, drain_timeout_s=15)
         async with run_gateway(before, tmp_path, *cli_args(cp)) as gw:
-            old_pid = await whoami(cp)
+            old_pid = await whoami(cp, "main")
             marker = cp.call("getenv", {"variable": "RELOAD_MARKER"})
             assert "v2" not in json.dumps(await cp.answer(marker))
             in_flight = [cp.call("slow_progress", {"steps": 4, "delay_ms": 400}, progress=f"h{i}") for i in range(3)]
@@ -130,14 +116,14 @@ async def test_sighup_reload_replaces_a_server_and_adds_a_channel_without_droppi
             await gw.wait_for(r"^gateway: reload", within_s=30)
             assert gw.proc.returncode is None, "SIGHUP ended the gateway"
 
-            assert text(await cp.answer(cp.call("getenv", {"variable": "RELOAD_MARKER"}))) == "v2"
-            assert await whoami(cp) != old_pid
+            assert payload_text(await cp.answer(cp.call("getenv", {"variable": "RELOAD_MARKER"}))) == "v2"
+            assert await whoami(cp, "main") != old_pid
             extra = cp.call("echo", {"text": "new channel"}, channel="extra")
-            assert text(await cp.answer(extra)) == "new channel"
+            assert payload_text(await cp.answer(extra)) == "new channel"
 
             for rid in in_flight:
                 payload = await cp.answer(rid)
-                assert text(payload) == "done 4 steps", "a call in flight across the reload was dropped"
+                assert payload_text(payload) == "done 4 steps", "a call in flight across the reload was dropped"
                 assert len(cp.terminals(rid)) == 1
             await cp.until(lambda: not pid_alive(old_pid), 30, "the replaced server to be stopped")
 
@@ -157,7 +143,7 @@ async def test_sighup_with_a_broken_file_keeps_the_running_configuration(tmp_pat
         ScriptedControlPlane(hold_s=0.3) as cp,
         run_gateway(routes({"main": stdio()}), tmp_path, *cli_args(cp)) as gw,
     ):
-        pid = await whoami(cp)
+        pid = await whoami(cp, "main")
         in_flight = cp.call("slow_progress", {"steps": 3, "delay_ms": 300}, progress="b")
         await running(cp, [in_flight])
         gw.routes_file.write_text("servers:\n  main: {stdio: {command: 5}}\nchannels: {main: [main]}\n")
@@ -166,7 +152,7 @@ async def test_sighup_with_a_broken_file_keeps_the_running_configuration(tmp_pat
         assert gw.proc.returncode is None, "SIGHUP ended the gateway"
         await gw.wait_for(rf" ERROR .*{gw.routes_file}.*servers\.main\.stdio\.command", stream="stderr")
 
-        assert text(await cp.answer(in_flight)) == "done 3 steps"
-        assert await whoami(cp) == pid, "the running server was replaced by a rejected reload"
-        assert text(await cp.answer(cp.call("echo", {"text": "still serving"}))) == "still serving"
+        assert payload_text(await cp.answer(in_flight)) == "done 3 steps"
+        assert await whoami(cp, "main") == pid, "the running server was replaced by a rejected reload"
+        assert payload_text(await cp.answer(cp.call("echo", {"text": "still serving"}))) == "still serving"
         assert cp.violations == []

@@ -24,16 +24,9 @@ import pytest
 import pytest_asyncio
 import trustme
 
+from tests.support.gateway_process import GatewayProcess, gateway_env, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, SERVERS, process
-from tests.support.scripted_cp import (
-    KEY,
-    GatewayProcess,
-    ScriptedControlPlane,
-    gateway_env,
-    routes,
-    run_gateway,
-    stdio,
-)
+from tests.support.scripted_cp import KEY, ScriptedControlPlane
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

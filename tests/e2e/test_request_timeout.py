@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.test_faults import exactly_once, failure, text
-from tests.support.scripted_cp import ScriptedControlPlane, cli_args, routes, run_gateway, stdio
+from tests.support.cp_records import exactly_once, payload_text, tunnel_failure
+from tests.support.gateway_process import cli_args, routes, run_gateway, stdio
+from tests.support.scripted_cp import ScriptedControlPlane
 
 TIMEOUT_FAILURE = {
     "version": 1,
@@ -32,7 +33,7 @@ async def test_a_stdio_call_past_request_timeout_is_answered_with_a_timeout_and_
         ScriptedControlPlane(hold_s=0.3) as cp,
         run_gateway(document, tmp_path, *cli_args(cp)) as gw,
     ):
-        pid = text(await cp.answer(cp.call("whoami")))
+        pid = payload_text(await cp.answer(cp.call("whoami")))
         slow = [cp.call("sleep_ms", {"ms": 30_000}) for _ in range(3)]
         later_deadline = cp.call("sleep_ms", {"ms": 30_000}, response_timeout="60s")
         own_deadline = cp.call("sleep_ms", {"ms": 30_000}, response_timeout="200ms")
@@ -41,9 +42,9 @@ async def test_a_stdio_call_past_request_timeout_is_answered_with_a_timeout_and_
         for payload in await cp.answers([*slow, later_deadline]):
             assert payload["resp_code"] == 502
             assert payload["resp_json"]["error"]["message"] == "Bad Gateway"
-            assert failure(payload) == TIMEOUT_FAILURE
-        assert [text(p) for p in await cp.answers(quick)] == [f"q{i}" for i in range(10)]
-        assert text(await cp.answer(cp.call("whoami"))) == pid, "the timeout restarted the process"
+            assert tunnel_failure(payload) == TIMEOUT_FAILURE
+        assert [payload_text(p) for p in await cp.answers(quick)] == [f"q{i}" for i in range(10)]
+        assert payload_text(await cp.answer(cp.call("whoami"))) == pid, "the timeout restarted the process"
         assert not cp.answered(own_deadline), "a command past its own deadline was answered"
         assert not [line for line in gw.stderr if "Traceback" in line]
         exactly_once(cp, [*slow, later_deadline, *quick])

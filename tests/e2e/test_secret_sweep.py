@@ -28,9 +28,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from tests.support.gateway_process import GatewayProcess, gateway_env, run_gateway, stdio
 from tests.support.harness import PYTHON, ROOT, http_server, legacy_initialize
 from tests.support.otlp_receiver import FAST_EXPORT, otlp_receiver
-from tests.support.scripted_cp import GatewayProcess, ScriptedControlPlane, gateway_env, run_gateway, stdio
+from tests.support.scripted_cp import ScriptedControlPlane
 
 SECRETS = {
     "api_key (file:)": "swp-cpfile-one-Q7xk29fjW",
@@ -333,3 +334,19 @@ async def test_configured_client_token_and_url_passwords_stay_out_of_output(tmp_
     bad.write_text(json.dumps({"servers": {"s": {"http": {"url": url}}}, "channels": {"main": ["s"]}}))
     await refused_at_start(sweep, "gateway on a bad URL", "--routes", str(bad))
     assert sweep.leaks({**SECRETS, "URL password": URL_PASSWORD}) == []
+
+
+# ---------------------------------------------------------- the embedded relay's client token (issue 14, defect 9)
+
+
+async def test_the_embedded_relay_never_prints_a_configured_client_token(tmp_path: Path) -> None:
+    """Defect 9: the embedded relay printed its client token on stdout (journals keep it)."""
+    token = "SECRET-client-token-0042"
+    document = {
+        "servers": {"main": stdio()},
+        "channels": {"main": ["main"]},
+        "relay": {"listen": "127.0.0.1:0", "client_token": "env:MCP_CLIENT_TOKEN"},
+    }
+    async with run_gateway(json.dumps(document), tmp_path, env=gateway_env(MCP_CLIENT_TOKEN=token)) as gw:
+        await gw.wait_for(r"^clients send: Authorization: Bearer <")
+    assert not [line for line in gw.stdout + gw.stderr if token in line]

@@ -1,4 +1,4 @@
-"""A scripted Secure MCP Tunnel v1 control plane, and a launcher for the real gateway process.
+"""A scripted Secure MCP Tunnel v1 control plane, on loopback, recording everything the gateway does.
 
 `ScriptedControlPlane` serves the v1 gateway API (`GET /v1/tunnels/{id}`, `GET …/poll`,
 `POST …/response`) on 127.0.0.1:0 with aiohttp. Tests script it: queue commands with any
@@ -13,36 +13,40 @@ returns is validated against `openapi.json` (commands deliberately off-contract 
 `contract=False`), and every body it receives is checked against the contract: anything
 wrong lands in `violations`, which tests assert empty.
 
-`run_gateway` starts `python -m gateway.cli` and collects its stdout and stderr lines.
-"""
+What it records and the replies it is scripted with are in `cp_records`; the gateway process it serves is
+started by `gateway_process.run_gateway`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import itertools
 import json
 import os
-import re
-import signal
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tests.support.harness import PYTHON, ROOT, SERVERS
+from tests.support.cp_records import (
+    ERROR_CODES,
+    Command,
+    PollRecord,
+    PostRecord,
+    PostRule,
+    Reply,
+    ReplySpec,
+    as_reply,
+    now,
+)
 from tests.support.openapi import validate, validate_failure
 
 TUNNEL: Final = "tunnel_scripted"
 KEY: Final = "scripted-gateway-key-0001"
-TERMINAL_TYPES: Final = frozenset({"jsonrpc_response", "notify_ack", "session_termination_response"})
 RESPONSE_HEADERS: Final = frozenset(
     {
         "content-type",
@@ -54,136 +58,10 @@ RESPONSE_HEADERS: Final = frozenset(
     }
 )
 """The response headers the contract lets through (`resp_headers`)."""
-PROXY_VARIABLES: Final = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-ERROR_CODES: Final = {
-    400: ("invalid_request_error", "invalid_request"),
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", "tunnel_use_forbidden"),
-    404: ("invalid_request_error", "pending_request_not_found"),
-    408: ("server_error", "request_timeout"),
-    409: ("invalid_request_error", "conflict"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-}
-
-
-def now() -> float:
-    """The control plane's clock (monotonic)."""
-    return time.monotonic()
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A scripted answer to one poll or response POST."""
-
-    status: int
-    retry_after: str | None = None
-    drop: bool = False
-    """Close the connection without answering (with status 200 on a POST: accept it first,
-    so the acknowledgement is what gets lost)."""
-    body: bytes | None = None
-    """A raw body to send instead of an `APIErrorResponse` (deliberately off-contract)."""
-
-    @classmethod
-    def dropped(cls) -> Reply:
-        return cls(0, drop=True)
-
-    @classmethod
-    def lost_ack(cls) -> Reply:
-        return cls(200, drop=True)
-
-
-ReplySpec = Reply | int
-
-
-def _reply(spec: ReplySpec) -> Reply:
-    return spec if isinstance(spec, Reply) else Reply(spec)
 
 
 class _Dropped(web.Response):
     """What a handler returns after closing its connection unanswered (recorded as status 0)."""
-
-
-@dataclass
-class Command:
-    request_id: str
-    shard_token: str
-    channel: str | None
-    body: dict[str, Any]
-    contract: bool
-    handed_at: float | None = None
-    raw: bytes | None = None
-    """The command's exact bytes in the poll body, when they are not `body` as JSON (malformed on purpose)."""
-
-
-@dataclass
-class PollRecord:
-    index: int
-    arrived: float
-    query: dict[str, list[str]]
-    headers: CIMultiDict[str]
-    outstanding: int
-    """Commands handed out and not yet answered with a terminal frame, when this poll arrived."""
-    replied: float | None = None
-    replied_wall: float | None = None
-    status: int | None = None
-    handed: list[str] = field(default_factory=list)
-    peer_cert: dict[str, Any] | None = None
-
-    @property
-    def limit(self) -> int | None:
-        values = self.query.get("limit", [])
-        return int(values[0]) if len(values) == 1 and values[0].isdigit() else None
-
-    @property
-    def key(self) -> str | None:
-        auth = self.headers.get("Authorization", "")
-        return auth[7:] if auth.startswith("Bearer ") else None
-
-
-@dataclass
-class PostRecord:
-    index: int
-    arrived: float
-    body: bytes
-    headers: CIMultiDict[str]
-    payload: dict[str, Any] | None
-    status: int | None = None
-    after_final: bool = False
-    lost_ack: bool = False
-    """Accepted, but the connection was closed before the acknowledgement (scripted)."""
-
-    @property
-    def request_id(self) -> str | None:
-        return self.payload.get("request_id") if self.payload else None
-
-    @property
-    def resp_type(self) -> str:
-        return str(self.payload.get("resp_type", "jsonrpc_response")) if self.payload else "?"
-
-    @property
-    def terminal(self) -> bool:
-        return self.resp_type in TERMINAL_TYPES
-
-    @property
-    def accepted(self) -> bool:
-        return self.status == 200 or self.lost_ack
-
-    @property
-    def key(self) -> str | None:
-        auth = self.headers.get("Authorization", "")
-        return auth[7:] if auth.startswith("Bearer ") else None
-
-
-@dataclass
-class _PostRule:
-    replies: deque[Reply]
-    request_id: str | None
-    resp_type: str | None
-
-    def matches(self, record: PostRecord) -> bool:
-        return (self.request_id is None or record.request_id == self.request_id) and (
-            self.resp_type is None or record.resp_type == self.resp_type
-        )
 
 
 class ScriptedControlPlane:
@@ -216,7 +94,7 @@ class ScriptedControlPlane:
         self._final: dict[str, PostRecord] = {}
         self._handed: set[str] = set()
         self._poll_script: deque[Reply] = deque()
-        self._post_rules: list[_PostRule] = []
+        self._post_rules: list[PostRule] = []
         self._alternate: tuple[int, bool, bool] | None = None  # (status, fail next, terminal only)
         self.force_batch: int | None = None
         """Hand out up to this many commands in the next batch, whatever `limit` says (then reset)."""
@@ -358,11 +236,11 @@ class ScriptedControlPlane:
 
     def fail_polls(self, *replies: ReplySpec) -> None:
         """Answer the next polls with these replies, in order."""
-        self._poll_script.extend(_reply(r) for r in replies)
+        self._poll_script.extend(as_reply(r) for r in replies)
 
     def fail_posts(self, *replies: ReplySpec, request_id: str | None = None, resp_type: str | None = None) -> None:
         """Answer the next response POSTs matching `request_id`/`resp_type` with these replies."""
-        self._post_rules.append(_PostRule(deque(_reply(r) for r in replies), request_id, resp_type))
+        self._post_rules.append(PostRule(deque(as_reply(r) for r in replies), request_id, resp_type))
 
     def fail_every_other_post(self, status: int = 503, *, terminal_only: bool = False) -> None:
         """Deterministically fail every other response POST (the first one fails)."""
@@ -706,157 +584,3 @@ class ScriptedControlPlane:
                 self.violations.append(f"{where}: invalid tunnel_failure: {exc}")
             if error.get("code") != -32603:
                 self.violations.append(f"{where}: tunnel_failure on an error that is not -32603")
-
-
-def http_date(unix_time: float) -> str:
-    return email.utils.formatdate(unix_time, usegmt=True)
-
-
-# --------------------------------------------------------------------------- routing.yaml
-
-
-def stdio(script: str = "sdk_server.py", *args: str, **server: Any) -> dict[str, Any]:
-    """A `servers.NAME` entry for one of the test servers over stdio."""
-    return {"stdio": {"command": PYTHON, "args": [str(SERVERS / script), *args]}, **server}
-
-
-def routes(
-    servers: dict[str, dict[str, Any]],
-    channels: dict[str, str] | None = None,
-    *,
-    control_plane: dict[str, Any] | None = None,
-    **gateway: Any,
-) -> str:
-    """A routing.yaml document (JSON is YAML): channels map to one server each (default: same names)."""
-    document: dict[str, Any] = {
-        "servers": servers,
-        "channels": {name: [server] for name, server in (channels or {s: s for s in servers}).items()},
-    }
-    if gateway:
-        document["gateway"] = gateway
-    if control_plane is not None:
-        document["control_plane"] = control_plane
-    return json.dumps(document, indent=1)
-
-
-# --------------------------------------------------------------------------- the gateway process
-
-
-@dataclass
-class GatewayProcess:
-    """The real gateway, its stdout and stderr lines collected as they arrive."""
-
-    proc: asyncio.subprocess.Process
-    routes_file: Path
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    _readers: list[asyncio.Task[None]] = field(default_factory=list)
-    _new_line: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def _read(self, stream: asyncio.StreamReader, lines: list[str]) -> None:
-        while line := await stream.readline():
-            lines.append(line.decode(errors="replace").rstrip("\n"))
-            self._new_line.set()
-        self._new_line.set()
-
-    async def wait_for(self, pattern: str, *, stream: str = "stdout", within_s: float = 60.0) -> re.Match[str]:
-        """The first line of `stream` matching `pattern` (seen already or still to come)."""
-        lines = self.stdout if stream == "stdout" else self.stderr
-        regex = re.compile(pattern)
-        async with asyncio.timeout(within_s):
-            while True:
-                for line in lines:
-                    if match := regex.search(line):
-                        return match
-                if all(reader.done() for reader in self._readers):
-                    raise AssertionError(f"gateway exited ({self.proc.returncode}) before printing {pattern!r}")
-                self._new_line.clear()
-                await self._new_line.wait()
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait(self, within_s: float = 30.0) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), within_s)
-        await asyncio.gather(*self._readers)
-        return code
-
-    async def stop(self, within_s: float = 20.0) -> int:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), within_s)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        await asyncio.gather(*self._readers)
-        return self.proc.returncode if self.proc.returncode is not None else -1
-
-
-def gateway_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without proxy settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k.upper() not in PROXY_VARIABLES}
-    env.update(extra)
-    return env
-
-
-@contextlib.asynccontextmanager
-async def run_gateway(
-    document: str,
-    tmp_path: Path,
-    *args: str,
-    env: dict[str, str] | None = None,
-    ready: bool | str = True,
-) -> AsyncIterator[GatewayProcess]:
-    """`gateway --routes` on a routing document; by default waits for `gateway: ready`, or for a
-    stdout line matching `ready` when it is a pattern (a `waiting: …` line when something is down on
-    purpose), or for nothing when False. `env` replaces the environment (default:
-    `gateway_env(TUNNEL_API_KEY=KEY)`)."""
-    file = tmp_path / "routing.yaml"
-    file.write_text(document)
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "gateway.cli",
-        "--routes",
-        str(file),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env if env is not None else gateway_env(TUNNEL_API_KEY=KEY),
-        cwd=ROOT,
-    )
-    gw = GatewayProcess(proc, file)
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    gw._readers = [
-        asyncio.create_task(gw._read(proc.stdout, gw.stdout)),
-        asyncio.create_task(gw._read(proc.stderr, gw.stderr)),
-    ]
-    try:
-        if ready:
-            await gw.wait_for(r"^gateway: ready$" if ready is True else ready)
-        yield gw
-    finally:
-        await gw.stop()
-        print("---- gateway stderr (last 60 lines) ----")
-        print("\n".join(gw.stderr[-60:]))
-
-
-def cli_args(cp: ScriptedControlPlane) -> tuple[str, ...]:
-    return ("--control-plane", cp.url, "--tunnel-id", cp.tunnel_id)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -3,6 +3,8 @@ expected."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gateway.config import routing as config
@@ -170,3 +172,23 @@ def test_telemetry_section_is_checked() -> None:
     )
     assert parsed.telemetry.sampling_ratio == 0.25
     assert parsed.logging.format == "json"
+
+
+# --------------------------------------------------------------------------- secrets in errors (issue 14, defect 9)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://user:SECRET-pw-1@host/x", "http://user:SECRET-pw-1@[::1", "SECRET-pw-1@nothing", "http://:SECRET-pw-1@/"],
+)
+async def test_url_errors_do_not_echo_a_password(url: str) -> None:
+    """Defect 9: `expected an absolute http(s) URL (got 'ftp://user:SECRET@…')`."""
+    for document in (
+        {"servers": {"a": {"http": {"url": url}}}, "channels": {"c": ["a"]}},
+        {"servers": {"a": {"stdio": {"command": "x"}}}, "channels": {"c": ["a"]}, "telemetry": {"endpoint": url}},
+        {"servers": {"a": {"http": {"url": "http://h/", "proxy": url}}}, "channels": {"c": ["a"]}},
+    ):
+        with pytest.raises(ConfigError) as caught:
+            config.parse(json.dumps(document).encode(), "routing.yaml")
+        assert "SECRET" not in str(caught.value)
+        assert "URL" in caught.value.expected

@@ -16,14 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.config import routing as routing_config
 from gateway.observe.ops import render_prometheus
-from gateway.observe.telemetry import (
-    NOOP,
-    NoopTelemetry,
-    OtelTelemetry,
-    build,
-    current_trace_ids,
-    export_configured,
-)
+from gateway.observe.telemetry import NOOP, NoopTelemetry, OtelTelemetry, build, current_trace_ids, export_configured
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import JsonRpcMessage, PolledCommand
 from tests.support.client_trace import CLIENT_SPAN, CLIENT_TRACE
