@@ -24,18 +24,13 @@ import pytest
 
 from gateway.relay import BACKEND, Relay
 from tests.support.harness import PYTHON, SERVERS, Gateway, gateway, process
-from tests.support.redis_server import RedisServer, redis_server
-from tests.unit.relay.test_redis_replicas import KEY, TUNNEL, WAIT, connector, relay_config, replicas, until
+from tests.support.redis_relay import KEY, TUNNEL, WAIT, connector, relay_config, replicas
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import until
 
 MUX = SERVERS / "mux_server.py"
 SECRET = "the replicas share this session key"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    async with redis_server(tmp_path) as server:
-        yield server
 
 
 def _stdio_routes() -> str:

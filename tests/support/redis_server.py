@@ -17,6 +17,8 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from tests.support.harness import Process, free_port
 
 READY = r"Ready to accept connections"
@@ -112,3 +114,10 @@ async def redis_server(workdir: Path, *, persist: bool = False) -> AsyncIterator
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server for this test (a plugin fixture: tests/conftest.py registers this module)."""
+    async with redis_server(tmp_path) as server:
+        yield server
