@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tarfile
@@ -23,7 +22,7 @@ import pytest
 from mcp import Client
 from mcp_types import TextContent
 
-from tests.support.harness import ROOT, process
+from tests.support.harness import ROOT, free_port, process
 
 UV = ROOT / ".tools" / "uv" / "bin" / "uv"
 TOOL_CALLS = {"main": ("now", {"timezone": "UTC"}), "notes": ("add_note", {"title": "t", "body": "b", "tags": []})}
@@ -36,12 +35,6 @@ def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> sub
     )
     assert result.returncode == 0, f"{args[:3]} failed:\n{result.stdout}\n{result.stderr}"
     return result
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +76,7 @@ def test_installed_package_comes_from_the_wheel(installed: Path, tmp_path: Path)
 
 async def test_shipped_routing_yaml_serves_both_eras_on_every_channel(installed: Path, tmp_path: Path) -> None:
     # The shipped file, with free ports instead of 8780/8781 so the test never collides with a running gateway.
-    relay_port, notes_port = _free_port(), _free_port()
+    relay_port, notes_port = free_port(), free_port()
     shipped = (ROOT / "routing.yaml").read_text()
     routes = shipped.replace("127.0.0.1:8780", f"127.0.0.1:{relay_port}").replace("8781", str(notes_port))
     assert routes.count(str(notes_port)) == 2, "the notes URL and the port its spawned server listens on"
