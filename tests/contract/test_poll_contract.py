@@ -1,6 +1,6 @@
 """The v1 poll-channel contract, rule by rule, counted at a scripted control plane.
 
-The real gateway process polls `tests.scripted_cp.ScriptedControlPlane` on loopback.
+The real gateway process polls `tests.support.scripted_cp.ScriptedControlPlane` on loopback.
 Deadlines (`0s`, expired, anchored at the poll's headers, passing mid-call, malformed),
 poll retries (backoff, `Retry-After` in both forms as a minimum on the control plane's
 clock, malformed values ignored, 401/403 without a tight loop), response POST retries

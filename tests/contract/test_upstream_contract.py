@@ -1,9 +1,9 @@
 """The Upstream contract suite: the same checks, through the public `Upstream` interface only, for every
 transport the gateway builds (`gateway.app._build_upstream`): one stdio process (2026-07-28 and
 handshake-era servers), a stdio pool of two processes, per-client processes, and Streamable HTTP
-(both eras), each against the official-SDK test server (tests/servers/sdk_server.py).
+(both eras), each against the official-SDK test server (tests/support/servers/sdk_server.py).
 
-Where transports legitimately differ the difference lives in tests/upstream_support.py, named: what a
+Where transports legitimately differ the difference lives in tests/support/upstream_support.py, named: what a
 "client" is (its own process behind `session: per-client`, its own `Mcp-Session-Id` on a handshake-era
 HTTP server) and how a dead server comes back (stdio restarts it; an HTTP server is someone else's).
 Each subject is started once per module; every check leaves it serving. Timeouts are hang guards only.

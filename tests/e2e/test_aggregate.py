@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,18 +21,13 @@ import pytest
 from mcp import Client
 from mcp.client.subscriptions import ResourceUpdated, ToolsListChanged
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from mcp_types import ElicitRequestParams, ElicitResult, TextContent
+from mcp_types import ElicitRequestParams, ElicitResult
 
-from tests.support.harness import PYTHON, SERVERS, Gateway, Process, gateway, process
+from tests.support.harness import MUX, PYTHON, Gateway, Process, gateway, mux_stdio, process, tool_text
+from tests.support.waiting import until
 
-MUX = SERVERS / "mux_server.py"
 CLIENT_MODES = ("legacy", "auto")
 BASE_TOOLS = {"echo", "add", "whoami", "about", "register_tool", "session_header", "crash", "greet"}
-
-
-def stdio(*args: str) -> str:
-    quoted = ", ".join(f'"{a}"' for a in (str(MUX), *args))
-    return f'{{stdio: {{command: "{PYTHON}", args: [{quoted}]}}}}'
 
 
 @dataclass
@@ -76,9 +71,9 @@ async def six(tmp_path: Path, channels: str, extra: str = "") -> AsyncIterator[t
         routes = (
             "relay: {listen: '127.0.0.1:0'}\n"
             "servers:\n"
-            f"  s1: {stdio('--name', 's1')}\n"
-            f"  s2: {stdio('--name', 's2', '--legacy', '--page-size', '4')}\n"
-            f"  s3: {stdio('--name', 's3', '--tools', '30')}\n"
+            f"  s1: {mux_stdio('--name', 's1')}\n"
+            f"  s2: {mux_stdio('--name', 's2', '--legacy', '--page-size', '4')}\n"
+            f"  s3: {mux_stdio('--name', 's3', '--tools', '30')}\n"
             + "".join(f"  {n}: {{http: {{url: '{s.url}'}}, startup_timeout_s: 5}}\n" for n, s in http.items())
             + f"channels:\n{channels}{extra}"
         )
@@ -88,12 +83,6 @@ async def six(tmp_path: Path, channels: str, extra: str = "") -> AsyncIterator[t
 
 SERVER_NAMES = ("s1", "s2", "s3", "h1", "h2", "h3")
 ALL = "  all: {servers: [s1, s2, s3, h1, h2, h3], page_size: 25, server_info: {name: acme-tools, version: '9.9'}}\n"
-
-
-def text(result: Any) -> str:
-    content = result.content
-    assert isinstance(content[0], TextContent), result
-    return content[0].text
 
 
 async def all_tools(client: Client) -> list[str]:
@@ -108,15 +97,6 @@ async def all_tools(client: Client) -> list[str]:
         if cursor is None:
             return names
         assert pages < 50
-
-
-async def until(check: Callable[[], Awaitable[bool]], within_s: float = 15.0) -> None:
-    """Poll an asynchronous condition (a change crossing several processes) until it holds."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("mode", CLIENT_MODES)
@@ -149,10 +129,10 @@ async def test_six_servers_one_channel(mode: str, tmp_path: Path) -> None:
 
         # Calls go to the owner, under the name the owner knows.
         for server in SERVER_NAMES:
-            assert text(await client.call_tool(f"{server}__about_{server}", {})) == server
-            assert text(await client.call_tool(f"{server}__echo", {"text": f"to {server}"})) == f"to {server}"
-        assert text(await client.call_tool("s3__t007", {})) == "7"
-        pids = {text(await client.call_tool(f"{s}__whoami", {})) for s in ("s1", "s2", "s3", "h1")}
+            assert tool_text(await client.call_tool(f"{server}__about_{server}", {})) == server
+            assert tool_text(await client.call_tool(f"{server}__echo", {"text": f"to {server}"})) == f"to {server}"
+        assert tool_text(await client.call_tool("s3__t007", {})) == "7"
+        pids = {tool_text(await client.call_tool(f"{s}__whoami", {})) for s in ("s1", "s2", "s3", "h1")}
         assert len(pids) == 4
         with pytest.raises(MCPError) as unknown:
             await client.call_tool("nobody__echo", {"text": "x"})
@@ -174,7 +154,7 @@ async def test_six_servers_one_channel(mode: str, tmp_path: Path) -> None:
             progress.append(value)
 
         done = await client.call_tool("h3__slow_progress", {"steps": 3, "delay_ms": 5}, progress_callback=on_progress)
-        assert text(done) == "done 3 steps"
+        assert tool_text(done) == "done 3 steps"
         assert progress == [1, 2, 3]
         if mode == "legacy":
             with warnings.catch_warnings():
@@ -195,11 +175,11 @@ async def test_conditional_prefix_separator_and_renames(tmp_path: Path) -> None:
         assert {"s2.echo", "s3.echo", "h1.echo", "h2.echo", "h3.echo"} <= names  # colliding: prefixed
         assert {"about_s1", "about_s3", "who_is_h2", "t000"} <= names  # unique: as the server names it
         assert "about_h2" not in names
-        assert text(await client.call_tool("shout", {"text": "loud"})) == "loud"
-        assert text(await client.call_tool("who_is_h2", {})) == "h2"
-        assert text(await client.call_tool("about_s3", {})) == "s3"
-        assert text(await client.call_tool("h1.echo", {"text": "dot"})) == "dot"
-        assert text(await client.call_tool("t029", {})) == "29"
+        assert tool_text(await client.call_tool("shout", {"text": "loud"})) == "loud"
+        assert tool_text(await client.call_tool("who_is_h2", {})) == "h2"
+        assert tool_text(await client.call_tool("about_s3", {})) == "s3"
+        assert tool_text(await client.call_tool("h1.echo", {"text": "dot"})) == "dot"
+        assert tool_text(await client.call_tool("t029", {})) == "29"
 
 
 async def test_list_changed_reaches_clients_and_refreshes_the_merged_list(tmp_path: Path) -> None:
@@ -217,10 +197,10 @@ async def test_list_changed_reaches_clients_and_refreshes_the_merged_list(tmp_pa
     ):
         assert "s2__fresh" not in await all_tools(legacy)
         # A handshake-era stdio server announces the change on its pipe.
-        assert text(await legacy.call_tool("s2__register_tool", {"tool": "fresh"})) == "registered fresh"
+        assert tool_text(await legacy.call_tool("s2__register_tool", {"tool": "fresh"})) == "registered fresh"
         assert "s2__fresh" in await all_tools(legacy)
         assert "notifications/tools/list_changed" in heard
-        assert text(await legacy.call_tool("s2__fresh", {})) == "fresh from s2"
+        assert tool_text(await legacy.call_tool("s2__fresh", {})) == "fresh from s2"
 
         # A handshake-era HTTP server announces it on the call's stream.
         heard.clear()
@@ -236,13 +216,13 @@ async def test_list_changed_reaches_clients_and_refreshes_the_merged_list(tmp_pa
             names = await all_tools(modern)
             return "h1__newest" in names and "s1__latest" in names
 
-        await until(both_listed)
-        assert text(await modern.call_tool("h1__newest", {})) == "newest from h1"
+        await until(both_listed, 15.0, every_s=0.1)
+        assert tool_text(await modern.call_tool("h1__newest", {})) == "newest from h1"
 
 
 async def test_crashing_server_does_not_disturb_the_others(tmp_path: Path) -> None:
     async with six(tmp_path, ALL) as (gw, _), Client(gw.urls["all"], mode="auto") as client:
-        before = text(await client.call_tool("s1__whoami", {}))
+        before = tool_text(await client.call_tool("s1__whoami", {}))
 
         async def crash() -> MCPError:
             with pytest.raises(MCPError) as failure:
@@ -250,13 +230,13 @@ async def test_crashing_server_does_not_disturb_the_others(tmp_path: Path) -> No
             return failure.value
 
         async def other(server: str) -> str:
-            return text(await client.call_tool(f"{server}__sleep_ms", {"ms": 300}))
+            return tool_text(await client.call_tool(f"{server}__sleep_ms", {"ms": 300}))
 
         failure, *others = await asyncio.gather(crash(), *(other(s) for s in ("s2", "s3", "h1", "h2", "h3")))
         assert failure.error.code == -32603
         assert failure.error.data["tunnel_failure"]["source"] == "transport_closed"
         assert others == ["slept 300 ms"] * 5
-        assert text(await client.call_tool("s1__whoami", {})) != before  # restarted, and back in service
+        assert tool_text(await client.call_tool("s1__whoami", {})) != before  # restarted, and back in service
         assert "s1__echo" in await all_tools(client)
 
 
@@ -272,15 +252,15 @@ async def test_server_down_leaves_the_lists_and_rejoins(mode: str, tmp_path: Pat
         names = await all_tools(client)
         assert "h2__echo" not in names
         assert "h1__echo" in names
-        assert text(await client.call_tool("h1__echo", {"text": "still here"})) == "still here"
+        assert tool_text(await client.call_tool("h1__echo", {"text": "still here"})) == "still here"
 
         await http["h2"].start()  # the same port, a new process (its sessions are gone)
 
         async def rejoined() -> bool:
             return "h2__echo" in await all_tools(client)
 
-        await until(rejoined)
-        assert text(await client.call_tool("h2__echo", {"text": "back"})) == "back"
+        await until(rejoined, 15.0, every_s=0.1)
+        assert tool_text(await client.call_tool("h2__echo", {"text": "back"})) == "back"
 
 
 @pytest.mark.parametrize("mode", CLIENT_MODES)
@@ -298,8 +278,8 @@ async def test_server_requests_cross_eras_as_input_required(mode: str, tmp_path:
         Client(gw.urls["all"], mode=mode, elicitation_callback=on_elicit) as client,
     ):
         for i, server in enumerate(SERVER_NAMES, start=1):
-            assert text(await client.call_tool(f"{server}__ask_name", {})) == f"hello Ada{i}"
-            assert text(await client.call_tool(f"{server}__echo", {"text": "after"})) == "after"
+            assert tool_text(await client.call_tool(f"{server}__ask_name", {})) == f"hello Ada{i}"
+            assert tool_text(await client.call_tool(f"{server}__echo", {"text": "after"})) == "after"
     assert asked == ["What is your name?"] * len(SERVER_NAMES)
 
 
@@ -344,7 +324,7 @@ async def test_listen_and_subscribe_span_the_channels_servers(tmp_path: Path) ->
                 await legacy.send_ping()
                 return ("notifications/resources/updated", "test://info") in [(m, str(u)) for m, u in heard]
 
-            await until(delivered)
+            await until(delivered, 15.0, every_s=0.1)
 
 
 @pytest.mark.parametrize("mode", CLIENT_MODES)
@@ -359,6 +339,6 @@ async def test_one_server_channels_bridge_server_requests_too(mode: str, tmp_pat
     async with six(tmp_path, channels) as (gw, _):
         for server in SERVER_NAMES:
             async with Client(gw.urls[server], mode=mode, elicitation_callback=on_elicit) as client:
-                assert text(await client.call_tool("ask_name", {})) == "hello Grace"
-                assert text(await client.call_tool("echo", {"text": "and on"})) == "and on"
+                assert tool_text(await client.call_tool("ask_name", {})) == "hello Grace"
+                assert tool_text(await client.call_tool("echo", {"text": "and on"})) == "and on"
     assert len(asked) == len(SERVER_NAMES)

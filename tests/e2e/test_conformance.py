@@ -20,17 +20,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.conformance_tools import (
+    BIN,
+    CONFORMANCE,
+    EVERYTHING,
+    LOOPBACK,
+    NODE,
+    everything_stdio_routes,
+    require_tools,
+)
 from tests.support.harness import ROOT, Process, gateway
 
 pytestmark = pytest.mark.conformance
-
-TOOLS = ROOT / ".tools" / "node_modules"
-BIN = TOOLS / ".bin"
-NODE = BIN / "node"
-CONFORMANCE = TOOLS / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
-EVERYTHING = TOOLS / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
-LOOPBACK = ROOT / "scripts" / "loopback-only.cjs"
-"""Node preload pinning every listen() to 127.0.0.1; prints `LISTENING http://127.0.0.1:PORT` on stderr."""
 
 SUITE_TIMEOUT_S = 45.0
 RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
@@ -53,17 +54,6 @@ class SuiteRun:
 
 def _failures(checks: list[dict[str, object]]) -> list[dict[str, object]]:
     return [check for check in checks if check.get("status") == "FAILURE"]
-
-
-def _require_tools() -> None:
-    missing = [path for path in (NODE, CONFORMANCE, EVERYTHING) if not path.exists()]
-    if missing:
-        pytest.fail(
-            "the MCP conformance toolchain is not installed (missing: "
-            + ", ".join(str(path.relative_to(ROOT)) for path in missing)
-            + "); run `bash scripts/conformance-tools.sh` (needs npm)",
-            pytrace=False,
-        )
 
 
 def _runner_env() -> dict[str, str]:
@@ -92,24 +82,6 @@ async def _everything_http() -> AsyncIterator[str]:
         yield f"{match[1]}/mcp"
     finally:
         await handle.stop()
-
-
-def everything_stdio() -> str:
-    """A routing.yaml `stdio:` block for server-everything (Node 22); fails the test when not installed."""
-    _require_tools()
-    args = ", ".join(json.dumps(str(arg)) for arg in ("--require", LOOPBACK, EVERYTHING, "stdio"))
-    return f"{{stdio: {{command: {json.dumps(str(NODE))}, args: [{args}], inherit_env: false}}}}"
-
-
-def _everything_stdio_routes() -> str:
-    """A routing document whose single channel `main` is server-everything over stdio (Node 22)."""
-    return (
-        "relay: {listen: '127.0.0.1:0'}\n"
-        "servers:\n"
-        f"  everything: {everything_stdio()}\n"
-        "channels:\n"
-        "  main: [everything]\n"
-    )
 
 
 async def _run_suite(url: str, out: Path) -> SuiteRun:
@@ -162,11 +134,11 @@ def _explain(scenarios: set[str], run: SuiteRun) -> str:
 
 
 async def test_tunnel_passes_every_scenario_the_server_passes_directly(tmp_path: Path) -> None:
-    _require_tools()
+    require_tools()
 
     async with _everything_http() as url:
         direct = await _run_suite(url, tmp_path / "direct")
-    async with gateway(_everything_stdio_routes(), tmp_path) as gw:
+    async with gateway(everything_stdio_routes(), tmp_path) as gw:
         tunnel = await _run_suite(gw.urls["main"], tmp_path / "tunnel")
 
     print(f"direct ({len(direct.passed)}/{len(direct.checks)}): {sorted(direct.passed)}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -24,17 +23,10 @@ from gateway.relay.config import MemoryBackend, RedisBackend
 from tests.support.harness import gateway, http_server, modern_call, stdio_server
 from tests.support.recording_relay import KEY, TUNNEL, RelayUnderTest
 from tests.support.redis_server import redis_server
+from tests.support.waiting import until
 
 WAIT = 60.0
 """Generous bound for what should happen promptly (never a timing assert)."""
-MODERN = "2026-07-28"
-async def until(condition: Callable[[], Awaitable[bool]]) -> None:
-    """Re-check `condition` until it holds (bounded): the state lives in another process."""
-    async with asyncio.timeout(WAIT):
-        while not await condition():  # noqa: ASYNC110 - no event to wait on across processes
-            await asyncio.sleep(0.02)
-
-
 async def step_count(http: httpx2.AsyncClient, url: str) -> dict[str, int]:
     body, headers = modern_call(900, "step_count", {})
     answer = await http.post(url, json=body, headers={**headers, "Accept": "application/json"})
@@ -85,7 +77,7 @@ async def test_closing_the_stream_cancels_the_upstream_call(relay: RelayUnderTes
             async def cancelled() -> bool:
                 return (await step_count(http, url))["cancelled"] >= 1
 
-            await until(cancelled)
+            await until(cancelled, WAIT)
             stopped = (await step_count(http, url))["steps"]
             for _ in range(3):  # more round trips through the same server: the count stays where it stopped
                 assert (await step_count(http, url))["steps"] == stopped
@@ -164,4 +156,4 @@ async def test_a_disconnected_caller_makes_the_next_frame_404(tmp_path: Path, ba
             async def gone() -> bool:
                 return await notify() == 404
 
-            await until(gone)
+            await until(gone, WAIT)

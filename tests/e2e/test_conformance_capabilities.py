@@ -4,7 +4,7 @@ The gateway initializes a handshake-era server itself (stdio, aggregated channel
 session) and declares the client capabilities it can carry to clients (elicitation, sampling,
 roots: gateway.channels.mrtr). Per request it checks what the calling client declared: a server request the
 client cannot answer is refused with -32021 instead of being passed on. Shown end to end with
-`@modelcontextprotocol/server-everything` (Node 22 in `.tools/`, as tests/test_conformance.py
+`@modelcontextprotocol/server-everything` (Node 22 in `.tools/`, as tests/e2e/test_conformance.py
 uses it) and the official SDK client.
 """
 
@@ -23,19 +23,18 @@ from msgspec import Raw
 
 from gateway.channels.mrtr import missing_capability
 from gateway.protocol.wire import JsonRpcMessage
-from tests.e2e.test_conformance import _everything_stdio_routes, _require_tools
-from tests.support.harness import gateway, legacy_initialize, modern_call, stdio_server
+from tests.support.conformance_tools import everything_stdio_routes, require_tools
+from tests.support.harness import MODERN, gateway, legacy_initialize, modern_call, stdio_server
 
 WAIT = 60.0
-MODERN = "2026-07-28"
 TOOL = "trigger-elicitation-request"
 
 
 @pytest.fixture
 async def url(tmp_path: Path) -> AsyncIterator[str]:
     """The relay's MCP URL of a channel serving server-everything over stdio."""
-    _require_tools()
-    async with gateway(_everything_stdio_routes(), tmp_path) as gw:
+    require_tools()
+    async with gateway(everything_stdio_routes(), tmp_path) as gw:
         yield gw.urls["main"]
 
 

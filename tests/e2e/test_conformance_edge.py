@@ -21,10 +21,9 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from tests.e2e.test_conformance import everything_stdio
-from tests.support.harness import PYTHON, READY_TIMEOUT_S, SERVERS, Gateway, gateway, http_server, stdio_server
+from tests.support.conformance_tools import everything_stdio
+from tests.support.harness import MODERN, PYTHON, READY_TIMEOUT_S, SERVERS, Gateway, gateway, http_server, stdio_server
 
-MODERN = "2026-07-28"
 LEGACY = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"
 VERSION_KEY = "io.modelcontextprotocol/protocolVersion"

@@ -1,7 +1,7 @@
 """Notifications reach only the request they belong to: two clients on one shared stdio process.
 
 A shared stdio pipe carries every client's calls interleaved; the scripted server
-(tests/servers/notify_stdio.py) sends progress for each request's own token, log messages about
+(tests/support/servers/notify_stdio.py) sends progress for each request's own token, log messages about
 each request and (handshake era) unsolicited ones. Over thousands of interleaved calls through the
 relay, no client ever sees another's notification, nor an unsolicited one, and a 2026-07-28 client
 sees log messages only for requests that asked for them.
@@ -19,24 +19,18 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.support.harness import PYTHON, SERVERS, gateway, http_server, legacy_initialize
+from tests.support.harness import MODERN, PYTHON, SERVERS, gateway, http_server, legacy_initialize, one_server_routes
 
 CALLS = 1000
 """Calls per client (each of `STEPS` steps, so several notifications each)."""
 STEPS = 3
 WAIT = 60.0
-MODERN = "2026-07-28"
 LEGACY = "2025-11-25"
-
-
-def _one_server(block: str) -> str:
-    """A routing document: the embedded relay, one channel `main` serving the server `block` describes."""
-    return f"relay: {{listen: '127.0.0.1:0'}}\nservers:\n  srv: {block}\nchannels:\n  main: [srv]\n"
 
 
 def _routes(*flags: str) -> str:
     args = ", ".join(json.dumps(str(arg)) for arg in (SERVERS / "notify_stdio.py", *flags))
-    return _one_server(f"{{stdio: {{command: {json.dumps(PYTHON)}, args: [{args}]}}}}")
+    return one_server_routes(f"{{stdio: {{command: {json.dumps(PYTHON)}, args: [{args}]}}}}")
 
 
 @dataclass
@@ -167,7 +161,7 @@ async def test_a_2026_client_gets_log_messages_only_at_the_level_it_asked(
     passes an info message to a 2026-07-28 client only when its request asked for info or below."""
     async with (
         http_server("--legacy") as url,
-        gateway(_one_server(f"{{http: {{url: '{url}'}}}}"), tmp_path) as gw,
+        gateway(one_server_routes(f"{{http: {{url: '{url}'}}}}"), tmp_path) as gw,
         httpx2.AsyncClient(timeout=WAIT) as http,
     ):
         meta: dict[str, Any] = {

@@ -16,39 +16,35 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp_types import ElicitRequestParams, ElicitResult, TextContent
+from mcp_types import ElicitRequestParams, ElicitResult
 
-from tests.support.harness import Gateway, gateway, http_server, legacy_initialize, stdio_server
+from tests.support.harness import (
+    Gateway,
+    gateway,
+    http_server,
+    legacy_initialize,
+    one_server_routes,
+    stdio_server,
+    tool_text,
+)
 
 CLIENT_MODES = {"legacy": "legacy", "modern": "auto"}
 """`auto` sends `server/discover` through the tunnel; the gateway answers it for every server."""
 SERVER_ERAS = {"legacy": ("--legacy",), "modern": ()}
 
 
-def _routes(server_block: str, **gateway_settings: object) -> str:
-    extra = "".join(f"  {k}: {v}\n" for k, v in gateway_settings.items())
-    return (
-        "relay: {listen: '127.0.0.1:0'}\n"
-        + (f"gateway:\n{extra}" if extra else "")
-        + f"servers:\n  srv: {server_block}\nchannels:\n  main: [srv]\n"
-    )
-
-
 @contextlib.asynccontextmanager
 async def _path(transport: str, server_era: str, tmp_path: Path) -> AsyncIterator[Gateway]:
     flags = SERVER_ERAS[server_era]
     if transport == "stdio":
-        async with gateway(_routes(stdio_server(*flags)), tmp_path) as gw:
+        async with gateway(one_server_routes(stdio_server(*flags)), tmp_path) as gw:
             yield gw
     else:
-        async with http_server(*flags) as url, gateway(_routes(f"{{http: {{url: '{url}'}}}}"), tmp_path) as gw:
+        async with (
+            http_server(*flags) as url,
+            gateway(one_server_routes(f"{{http: {{url: '{url}'}}}}"), tmp_path) as gw,
+        ):
             yield gw
-
-
-def _text(result: object) -> str:
-    content = result.content  # type: ignore[attr-defined]
-    assert isinstance(content[0], TextContent)
-    return content[0].text
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
@@ -69,8 +65,8 @@ async def test_every_era_pairing(transport: str, server_era: str, client_era: st
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert {"echo", "add", "slow_progress"} <= names
 
-        assert _text(await client.call_tool("echo", {"text": "över the tunnel"})) == "över the tunnel"
-        assert _text(await client.call_tool("add", {"a": 2, "b": 40})) == "42"
+        assert tool_text(await client.call_tool("echo", {"text": "över the tunnel"})) == "över the tunnel"
+        assert tool_text(await client.call_tool("add", {"a": 2, "b": 40})) == "42"
 
         progress: list[float] = []
 
@@ -78,13 +74,13 @@ async def test_every_era_pairing(transport: str, server_era: str, client_era: st
             progress.append(value)
 
         done = await client.call_tool("slow_progress", {"steps": 3, "delay_ms": 10}, progress_callback=on_progress)
-        assert _text(done) == "done 3 steps"
+        assert tool_text(done) == "done 3 steps"
         assert progress == [1, 2, 3]
 
 
 async def test_pinned_modern_client_needs_no_discover(tmp_path: Path) -> None:
     async with _path("stdio", "legacy", tmp_path) as gw, Client(gw.urls["main"], mode="2026-07-28") as client:
-        assert _text(await client.call_tool("echo", {"text": "pinned"})) == "pinned"
+        assert tool_text(await client.call_tool("echo", {"text": "pinned"})) == "pinned"
 
 
 async def test_two_clients_share_one_stdio_server_with_interleaved_calls(tmp_path: Path) -> None:
@@ -93,13 +89,13 @@ async def test_two_clients_share_one_stdio_server_with_interleaved_calls(tmp_pat
         Client(gw.urls["main"], mode="legacy") as first,
         Client(gw.urls["main"], mode="2026-07-28") as second,
     ):
-        pid_one = _text(await first.call_tool("whoami", {}))
-        pid_two = _text(await second.call_tool("whoami", {}))
+        pid_one = tool_text(await first.call_tool("whoami", {}))
+        pid_two = tool_text(await second.call_tool("whoami", {}))
         assert pid_one == pid_two  # one process serves both
 
         async def call(client: Client, who: str, i: int) -> None:
             text = f"{who}-{i}"
-            assert _text(await client.call_tool("echo", {"text": text})) == text
+            assert tool_text(await client.call_tool("echo", {"text": text})) == text
 
         await asyncio.gather(
             *(call(first, "a", i) for i in range(50)),
@@ -109,12 +105,12 @@ async def test_two_clients_share_one_stdio_server_with_interleaved_calls(tmp_pat
 
 async def test_stdio_server_killed_mid_call_then_restarted(tmp_path: Path) -> None:
     async with _path("stdio", "modern", tmp_path) as gw, Client(gw.urls["main"], mode="2026-07-28") as client:
-        before = _text(await client.call_tool("whoami", {}))
+        before = tool_text(await client.call_tool("whoami", {}))
         with pytest.raises(MCPError) as failure:
             await client.call_tool("crash", {})
         assert failure.value.error.code == -32603
         assert failure.value.error.data["tunnel_failure"]["source"] == "transport_closed"
-        after = _text(await client.call_tool("whoami", {}))  # waits for the restarted process
+        after = tool_text(await client.call_tool("whoami", {}))  # waits for the restarted process
         assert after != before
 
 
@@ -143,5 +139,5 @@ async def test_server_to_client_request_reaches_the_client_and_its_answer_the_se
         _path(transport, "legacy", tmp_path) as gw,
         Client(gw.urls["main"], mode="legacy", elicitation_callback=on_elicit) as client,
     ):
-        assert _text(await client.call_tool("ask_name", {})) == "hello Ada"
+        assert tool_text(await client.call_tool("ask_name", {})) == "hello Ada"
     assert asked == ["What is your name?"]

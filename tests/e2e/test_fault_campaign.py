@@ -1,8 +1,8 @@
 """The fault campaign: real calls under injected faults, counted lost, duplicated and wrong per fault.
 
-Each test runs the real gateway with a scripted stdio server (`tests/servers/raw_stdio.py`,
+Each test runs the real gateway with a scripted stdio server (`tests/support/servers/raw_stdio.py`,
 which logs every spawn and every executed `echo`) and breaks one thing again and again
-while waves of calls run: the link to the control plane (a `tests.fault_proxy.FaultProxy`
+while waves of calls run: the link to the control plane (a `tests.support.fault_proxy.FaultProxy`
 that resets, drops or stalls every connection), the server process (SIGKILL; SIGSTOP then
 SIGCONT; a restart that dies in its handshake), or the relay (restarted under an official
 MCP SDK client). Counted for each call, from what the control plane accepted and what the

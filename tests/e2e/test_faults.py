@@ -1,6 +1,6 @@
 """Faults survived with nothing lost or duplicated, counted at the control plane.
 
-Each test runs the real gateway against `tests.scripted_cp.ScriptedControlPlane` under
+Each test runs the real gateway against `tests.support.scripted_cp.ScriptedControlPlane` under
 load and breaks something: the control plane goes down and comes back, response POSTs
 fail every other time, the stdio server is killed again and again, the HTTP upstream
 refuses connections. Every command taken must get exactly one accepted terminal frame

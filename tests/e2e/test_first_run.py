@@ -18,6 +18,8 @@ import httpx2
 from mcp import Client
 
 from tests.support.harness import PYTHON, SERVERS, Process, process
+from tests.support.ops import ops_url
+from tests.support.procfs import children, pid_exists
 from tests.support.redis_server import RedisServer
 
 GATEWAY = (PYTHON, "-m", "gateway.cli")
@@ -37,26 +39,6 @@ def mcp_url(proc: Process, channel: str) -> str:
         if match:
             return match[1]
     raise AssertionError(f"the gateway did not print the URL of channel {channel}")
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of `pid`, from /proc."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
-def _exists(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
-
-
-def ops_url(proc: Process) -> str:
-    for line in proc.lines:
-        match = re.match(r"ops: listening on (\S+)", line)
-        if match:
-            return match[1]
-    raise AssertionError("the gateway did not print its ops URL")
 
 
 def _routes(servers: str, channels: str) -> str:
@@ -158,7 +140,7 @@ async def test_spawned_http_server_and_python_placeholder(tmp_path: Path) -> Non
         async with Client(mcp_url(gw, "main")) as client:
             result = await client.call_tool("echo", {"text": "again"})
             assert "again" in str(result.content)
-    assert not _exists(pid), "the gateway stopped (and reaped) the process it spawned"
+    assert not pid_exists(pid), "the gateway stopped (and reaped) the process it spawned"
 
 
 async def test_relay_says_ready_only_when_its_queue_backend_answers(tmp_path: Path) -> None:

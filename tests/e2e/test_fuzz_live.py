@@ -1,7 +1,7 @@
 """Live fuzzing: the real gateway under generated malformed commands, the real relay under generated
-malformed HTTP requests (generators and verdicts: tests/fuzz_inputs.py; budgets: tests/fuzz_budget.py).
+malformed HTTP requests (generators and verdicts: tests/support/fuzz_inputs.py; budgets: tests/support/fuzz_budget.py).
 
-Gateway: `tests.scripted_cp.ScriptedControlPlane` hands out batches of a few hundred commands per
+Gateway: `tests.support.scripted_cp.ScriptedControlPlane` hands out batches of a few hundred commands per
 poll (far past the `limit` hint, which the contract says to run whole). Every command the contract
 says must be answered gets exactly one terminal frame, none that must not be answered (expired,
 no usable envelope, unknown type) gets any, every frame is a valid `TunnelResponsePayload`, and at

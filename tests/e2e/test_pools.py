@@ -6,46 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx2
 from mcp import Client
-from mcp_types import TextContent
 
-from tests.support.harness import PYTHON, SERVERS, Gateway, gateway
-
-MUX = SERVERS / "mux_server.py"
-
-
-def _stdio(*args: str, extra: str = "") -> str:
-    quoted = ", ".join(f'"{a}"' for a in (str(MUX), *args))
-    return f'{{stdio: {{command: "{PYTHON}", args: [{quoted}]}}{extra}}}'
-
-
-def _text(result: Any) -> str:
-    assert isinstance(result.content[0], TextContent), result
-    return str(result.content[0].text)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.support.harness import Gateway, gateway, mux_stdio, tool_text
+from tests.support.ops import ops_url
+from tests.support.procfs import pid_exists
+from tests.support.waiting import until
 
 
 async def _gone(pid: int, within_s: float = 15.0) -> None:
     """Until the process has exited (reaped by the gateway)."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if not _alive(pid):
-                return
-            await asyncio.sleep(0.05)
+    await until(lambda: not pid_exists(pid), within_s, every_s=0.05)
 
 
 @contextlib.asynccontextmanager
@@ -58,41 +33,41 @@ async def _gateway(
 
 
 async def test_pool_spreads_calls_over_its_processes(tmp_path: Path) -> None:
-    servers = f"  pool: {_stdio('--name', 'pool', extra=', processes: 3')}\n"
+    servers = f"  pool: {mux_stdio('--name', 'pool', extra=', processes: 3')}\n"
     async with _gateway(servers, "  main: [pool]\n", tmp_path) as gw, Client(gw.urls["main"], mode="auto") as client:
         pids = await asyncio.gather(*(client.call_tool("pid_after", {"ms": 400}) for _ in range(6)))
         counts: dict[str, int] = {}
-        for pid in map(_text, pids):
+        for pid in map(tool_text, pids):
             counts[pid] = counts.get(pid, 0) + 1
         assert sorted(counts.values()) == [2, 2, 2]  # least loaded first: two calls on each process
 
 
 async def test_max_concurrency_bounds_calls_on_a_server(tmp_path: Path) -> None:
     servers = (
-        f"  one: {_stdio('--name', 'one', extra=', max_concurrency: 1')}\n"
-        f"  many: {_stdio('--name', 'many')}\n"
-        f"  limited: {_stdio('--name', 'limited', extra=', processes: 2, max_concurrency: 3')}\n"
+        f"  one: {mux_stdio('--name', 'one', extra=', max_concurrency: 1')}\n"
+        f"  many: {mux_stdio('--name', 'many')}\n"
+        f"  limited: {mux_stdio('--name', 'limited', extra=', processes: 2, max_concurrency: 3')}\n"
     )
     channels = "  one: [one]\n  many: [many]\n  pool: [limited]\n"
     async with _gateway(servers, channels, tmp_path) as gw:
         for channel, peak in (("one", 1), ("many", 5)):
             async with Client(gw.urls[channel], mode="auto") as client:
                 await asyncio.gather(*(client.call_tool("track", {"ms": 150}) for _ in range(5)))
-                assert _text(await client.call_tool("peak", {})) == str(peak)
+                assert tool_text(await client.call_tool("peak", {})) == str(peak)
         async with Client(gw.urls["pool"], mode="auto") as client:
             # 6 calls, at most 3 at once, spread over 2 processes: never more than 2 at once on either.
             pids = await asyncio.gather(*(client.call_tool("pid_after", {"ms": 200}) for _ in range(6)))
-            assert len({_text(p) for p in pids}) == 2
-            peaks = {_text(await client.call_tool("peak", {})) for _ in range(4)}
+            assert len({tool_text(p) for p in pids}) == 2
+            peaks = {tool_text(await client.call_tool("peak", {})) for _ in range(4)}
             assert peaks == {"0"}  # `track` never ran here: the peak is per process
             await asyncio.gather(*(client.call_tool("track", {"ms": 150}) for _ in range(6)))
-            peaks = {_text(await client.call_tool("peak", {})) for _ in range(6)}
+            peaks = {tool_text(await client.call_tool("peak", {})) for _ in range(6)}
             assert max(map(int, peaks)) <= 2
 
 
 PER_CLIENT = (
-    f"  stateful: {_stdio('--name', 'stateful', '--legacy', extra=', session: per-client, idle_timeout_s: 1.5')}\n"
-    f"  shared: {_stdio('--name', 'shared')}\n"
+    f"  stateful: {mux_stdio('--name', 'stateful', '--legacy', extra=', session: per-client, idle_timeout_s: 1.5')}\n"
+    f"  shared: {mux_stdio('--name', 'shared')}\n"
 )
 
 
@@ -103,55 +78,55 @@ async def test_per_client_processes_are_isolated_and_reaped_when_idle(tmp_path: 
         Client(gw.urls["main"], mode="legacy") as bob,
     ):
         # State set by one client is invisible to the other: each has its own process.
-        assert [_text(await alice.call_tool("stateful__counter_incr", {})) for _ in range(3)] == ["1", "2", "3"]
-        assert _text(await bob.call_tool("stateful__counter_incr", {})) == "1"
-        alice_pid = int(_text(await alice.call_tool("stateful__whoami", {})))
-        bob_pid = int(_text(await bob.call_tool("stateful__whoami", {})))
+        assert [tool_text(await alice.call_tool("stateful__counter_incr", {})) for _ in range(3)] == ["1", "2", "3"]
+        assert tool_text(await bob.call_tool("stateful__counter_incr", {})) == "1"
+        alice_pid = int(tool_text(await alice.call_tool("stateful__whoami", {})))
+        bob_pid = int(tool_text(await bob.call_tool("stateful__whoami", {})))
         assert alice_pid != bob_pid
         # The shared server is one process for everyone.
-        shared = {_text(await c.call_tool("shared__whoami", {})) for c in (alice, bob)}
+        shared = {tool_text(await c.call_tool("shared__whoami", {})) for c in (alice, bob)}
         assert len(shared) == 1
 
         # Idle past the timeout: the process is stopped; the session's next call starts a fresh one.
         await _gone(alice_pid)
         await _gone(bob_pid)
-        assert _text(await alice.call_tool("stateful__counter_incr", {})) == "1"
-        assert int(_text(await alice.call_tool("stateful__whoami", {}))) not in (alice_pid, bob_pid)
+        assert tool_text(await alice.call_tool("stateful__counter_incr", {})) == "1"
+        assert int(tool_text(await alice.call_tool("stateful__whoami", {}))) not in (alice_pid, bob_pid)
 
         # A 2026-07-28 client has no session: it gets the server's shared process.
         async with Client(gw.urls["main"], mode="auto") as modern:
-            first = _text(await modern.call_tool("stateful__whoami", {}))
-            assert _text(await modern.call_tool("stateful__whoami", {})) == first
+            first = tool_text(await modern.call_tool("stateful__whoami", {}))
+            assert tool_text(await modern.call_tool("stateful__whoami", {})) == first
 
 
 async def test_per_client_cap_evicts_the_session_idle_longest(tmp_path: Path) -> None:
-    servers = f"  stateful: {_stdio('--name', 'stateful', extra=', session: per-client, max_sessions: 2')}\n"
+    servers = f"  stateful: {mux_stdio('--name', 'stateful', extra=', session: per-client, max_sessions: 2')}\n"
     async with (
         _gateway(servers, "  main: [stateful]\n", tmp_path) as gw,
         Client(gw.urls["main"], mode="legacy") as first,
         Client(gw.urls["main"], mode="legacy") as second,
         Client(gw.urls["main"], mode="legacy") as third,
     ):
-        first_pid = int(_text(await first.call_tool("whoami", {})))
-        second_pid = int(_text(await second.call_tool("whoami", {})))
+        first_pid = int(tool_text(await first.call_tool("whoami", {})))
+        second_pid = int(tool_text(await second.call_tool("whoami", {})))
         await first.call_tool("counter_incr", {})  # first is now the most recently used
-        third_pid = int(_text(await third.call_tool("whoami", {})))
+        third_pid = int(tool_text(await third.call_tool("whoami", {})))
         await _gone(second_pid)  # the one idle longest made room
-        assert _alive(first_pid)
-        assert _alive(third_pid)
-        assert _text(await first.call_tool("counter_incr", {})) == "2"
+        assert pid_exists(first_pid)
+        assert pid_exists(third_pid)
+        assert tool_text(await first.call_tool("counter_incr", {})) == "2"
 
 
 async def test_start_waits_for_servers_and_readiness_names_the_down_ones(tmp_path: Path) -> None:
     servers = (
-        f"  pool: {_stdio('--name', 'pool', extra=', processes: 2')}\n"
+        f"  pool: {mux_stdio('--name', 'pool', extra=', processes: 2')}\n"
         "  broken: {stdio: {command: /nonexistent/mcp-server}, startup_timeout_s: 2}\n"
         "  optional: {stdio: {command: /nonexistent/other}, startup_timeout_s: 2, required: false}\n"
     )
     channels = "  main: [pool, broken]\n  side: [optional]\n"
     waiting = r"^waiting: servers\.broken \(could not be started \(No such file or directory\)\)$"
     async with _gateway(servers, channels, tmp_path, "ops: {listen: '127.0.0.1:0'}\n", ready=waiting) as gw:
-        url = next(m[1] for line in gw.process.lines if (m := re.match(r"ops: listening on (\S+)", line)))
+        url = ops_url(gw.process)
         async with httpx2.AsyncClient() as http:
             ready = await http.get(f"{url}/readyz")
         body = ready.json()
@@ -162,4 +137,4 @@ async def test_start_waits_for_servers_and_readiness_names_the_down_ones(tmp_pat
         assert "servers.optional" not in body["not_ready"]
         # The channel serves what is up.
         async with Client(gw.urls["main"], mode="auto") as client:
-            assert _text(await client.call_tool("pool__echo", {"text": "up"})) == "up"
+            assert tool_text(await client.call_tool("pool__echo", {"text": "up"})) == "up"

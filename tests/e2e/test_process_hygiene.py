@@ -25,6 +25,7 @@ import httpx2
 import pytest
 
 from tests.support.harness import PYTHON, SERVERS, gateway, report
+from tests.support.procfs import children
 
 SESSIONS = int(os.environ.get("HYGIENE_SESSIONS", "1000"))
 PARALLEL = 24
@@ -32,16 +33,6 @@ MAX_SESSIONS = 8
 IDLE_TIMEOUT_S = 1.0
 VERSION = "2025-11-25"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
-
-
-def children(pid: int) -> list[int]:
-    """Every child of `pid` (zombies too), read from /proc."""
-    found: list[int] = []
-    with contextlib.suppress(FileNotFoundError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(FileNotFoundError):
-                found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return found
 
 
 def state(pid: int) -> str:

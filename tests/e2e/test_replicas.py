@@ -1,6 +1,6 @@
 """Real `gateway` processes as replicas of one tunnel, behind relay replicas sharing a real Redis.
 
-The relay replicas are in-process `Relay` objects on one redis-server (tests/redis_server.py);
+The relay replicas are in-process `Relay` objects on one redis-server (tests/support/redis_server.py);
 the gateways are real `gateway` processes (`--control-plane URL --tunnel-id ID`, key from
 TUNNEL_API_KEY), each polling its own relay replica while callers talk to every replica.
 Nothing here asserts on timing: waits are for conditions, bounded by generous timeouts,
@@ -14,7 +14,6 @@ import contextlib
 import json
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,18 @@ import aiohttp
 import pytest
 
 from gateway.relay import BACKEND, Relay
-from tests.support.harness import PYTHON, SERVERS, Gateway, gateway, process
+from tests.support.harness import Gateway, gateway, mux_http, mux_stdio
 from tests.support.redis_relay import KEY, TUNNEL, WAIT, connector, relay_config, replicas
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import until
 
-MUX = SERVERS / "mux_server.py"
 SECRET = "the replicas share this session key"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
 def _stdio_routes() -> str:
     """One stdio server (a process per gateway): `pid_after` tells which gateway ran a call."""
-    stdio = f'{{stdio: {{command: "{PYTHON}", args: ["{MUX}", "--name", "srv"]}}}}'
-    return f"servers:\n  srv: {stdio}\nchannels:\n  main: [srv]\n"
+    return f"servers:\n  srv: {mux_stdio('--name', 'srv')}\nchannels:\n  main: [srv]\n"
 
 
 async def _start_gateway(
@@ -254,13 +251,6 @@ async def _stdio_child(gw: Gateway) -> int:
 # =========================================================================== 3. session resume
 
 
-@contextlib.asynccontextmanager
-async def _legacy_http(name: str) -> AsyncIterator[str]:
-    """A handshake-era SDK server over HTTP: stateful, it refuses requests without its session."""
-    async with process(PYTHON, MUX, "--http", "--port", "0", "--name", name, "--legacy") as proc:
-        yield (await proc.wait_for(r"READY (\S+)"))[1]
-
-
 async def _rpc(
     http: aiohttp.ClientSession, relay: Relay, rpc_id: int, method: str, params: dict[str, Any], session: str | None
 ) -> tuple[int, dict[str, str], Any]:
@@ -288,8 +278,8 @@ async def test_http_session_resumes_on_another_gateway_and_relay(redis: RedisSer
     no new initialize and the same upstream sessions. The client talks to a third replica throughout."""
     async with (
         replicas(relay_config(redis), 3) as relays,
-        _legacy_http("h") as h_url,
-        _legacy_http("k") as k_url,
+        mux_http("--legacy", name="h") as h_url,
+        mux_http("--legacy", name="k") as k_url,
         aiohttp.ClientSession(connector=connector()) as http,
     ):
         routes = (

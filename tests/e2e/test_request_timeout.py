@@ -4,7 +4,7 @@ A call that runs past it is answered with the tunnel contract's synthesized `-32
 `timeout` failure; the shared process keeps serving (its JSON-RPC id is retired, the server
 told `notifications/cancelled`, a late answer discarded). A command's own earlier deadline
 still wins: it is abandoned without an answer. (The HTTP transport's abort is checked in
-`tests/test_upstream_http.py`.)
+`tests/unit/upstream/test_http_sdk.py`.)
 """
 
 from __future__ import annotations

@@ -6,28 +6,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextContent
 
-from tests.support.harness import PYTHON, SERVERS, gateway, http_server
-
-MUX = SERVERS / "mux_server.py"
-
-
-def _stdio(*args: str) -> str:
-    quoted = ", ".join(f'"{a}"' for a in (str(MUX), *args))
-    return f'{{stdio: {{command: "{PYTHON}", args: [{quoted}]}}}}'
-
-
-def _text(result: Any) -> str:
-    assert isinstance(result.content[0], TextContent), result
-    return str(result.content[0].text)
+from tests.support.harness import gateway, http_server, mux_stdio, tool_text
 
 
 @contextlib.asynccontextmanager
@@ -59,7 +45,7 @@ async def test_route_rules_end_to_end(mode: str, tmp_path: Path) -> None:
     async with http_server(name="h1") as h1_url:
         routes = (
             "relay: {listen: '127.0.0.1:0'}\n"
-            f"servers:\n  s1: {_stdio('--name', 's1')}\n  s2: {_stdio('--name', 's2', '--legacy')}\n"
+            f"servers:\n  s1: {mux_stdio('--name', 's1')}\n  s2: {mux_stdio('--name', 's2', '--legacy')}\n"
             f"  h1: {{http: {{url: '{h1_url}'}}}}\n"
             "channels:\n  main: [s1, h1]\n  solo: [h1]\n" + ROUTES
         )
@@ -73,16 +59,16 @@ async def test_route_rules_end_to_end(mode: str, tmp_path: Path) -> None:
                     await client.call_tool("h1__crash", {})
                 assert denied.value.error.code == -32010
                 assert denied.value.error.message == "crashing is not allowed on main"
-                assert _text(await client.call_tool("s1__about_s1", {})) == "s1"
-                assert _text(await client.call_tool("s1__add", {"a": 1, "b": 2})) == "3"  # limit_key only
+                assert tool_text(await client.call_tool("s1__about_s1", {})) == "s1"
+                assert tool_text(await client.call_tool("s1__add", {"a": 1, "b": 2})) == "3"  # limit_key only
 
-                own_pid = _text(await client.call_tool("s1__whoami", {}))
+                own_pid = tool_text(await client.call_tool("s1__whoami", {}))
 
             async with _client(gw.urls["main"], mode, **{"X-Tenant": "beta-42"}) as beta:
                 # The header sends s1__whoami to s2, a server outside the channel; other calls stay on s1.
-                assert _text(await beta.call_tool("s1__whoami", {})) != own_pid
-                assert _text(await beta.call_tool("s1__echo", {"text": "hi"})) == "hi"
-                assert _text(await beta.call_tool("s1__about_s1", {})) == "s1"
+                assert tool_text(await beta.call_tool("s1__whoami", {})) != own_pid
+                assert tool_text(await beta.call_tool("s1__echo", {"text": "hi"})) == "hi"
+                assert tool_text(await beta.call_tool("s1__about_s1", {})) == "s1"
 
             async with _client(gw.urls["solo"], mode, **{"x-tenant": "blocked"}) as blocked:
                 with pytest.raises(MCPError) as refused:
@@ -105,14 +91,14 @@ async def test_to_rule_reaches_the_named_server(tmp_path: Path) -> None:
     """Proof that a `to:` rule picks the server: s2's `about_s2` answers through an s1 name."""
     routes = (
         "relay: {listen: '127.0.0.1:0'}\n"
-        f"servers:\n  s1: {_stdio('--name', 's1')}\n  s2: {_stdio('--name', 's2')}\n"
+        f"servers:\n  s1: {mux_stdio('--name', 's1')}\n  s2: {mux_stdio('--name', 's2')}\n"
         "channels:\n  main: [s1]\n"
         "routes:\n  - match: {method: tools/call, name: 'about_*', headers: {x-route: 's2'}}\n    to: s2\n"
     )
     async with gateway(routes, tmp_path) as gw:
         async with _client(gw.urls["main"], "auto") as plain:
-            assert _text(await plain.call_tool("about_s1", {})) == "s1"
+            assert tool_text(await plain.call_tool("about_s1", {})) == "s1"
         async with _client(gw.urls["main"], "auto", **{"x-route": "s2"}) as routed:
-            assert _text(await routed.call_tool("about_s2", {})) == "s2"
+            assert tool_text(await routed.call_tool("about_s2", {})) == "s2"
             missing = await routed.call_tool("about_s1", {})  # s2 has no such tool: its own tool error
             assert missing.is_error

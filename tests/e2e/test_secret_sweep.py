@@ -6,7 +6,7 @@ the embedded relay's `client_token`, and an `Authorization` header a client forw
 makes calls, fails calls (tool errors, unknown tools and channels, a dead process, a
 `request_timeout_s`, a refused key), reloads good and bad configurations and starts from a
 bad one. Searched: every stdout and stderr line, every OTLP export body (a real OTLP
-receiver, `tests/otlp_receiver.py`), every `/metrics` text and every answer. No configured
+receiver, `tests/support/otlp_receiver.py`), every `/metrics` text and every answer. No configured
 secret may appear anywhere (design.md, Non-negotiables: secrets never reach logs, spans,
 metrics or error messages).
 """

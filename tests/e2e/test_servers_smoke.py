@@ -16,14 +16,12 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult, TextContent
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from tests.support.harness import ROOT, SERVERS
+from tests.support.harness import MODERN, ROOT, SERVERS, tool_text
 
 SDK_SERVER = SERVERS / "sdk_server.py"
 RAW_STDIO = SERVERS / "raw_stdio.py"
-MODERN = "2026-07-28"
 READY_TIMEOUT = 30.0
 
 Target = StdioServerParameters | str
@@ -49,13 +47,6 @@ async def sdk_server(transport: str, *flags: str) -> AsyncIterator[Target]:
         await proc.wait()
 
 
-def text_of(result: CallToolResult) -> str:
-    assert result.content, result
-    first = result.content[0]
-    assert isinstance(first, TextContent), result
-    return first.text
-
-
 TRANSPORTS = ["stdio", "http"]
 
 
@@ -63,8 +54,8 @@ TRANSPORTS = ["stdio", "http"]
 async def test_auto_client_gets_modern_era_from_dual_era_server(transport: str) -> None:
     async with sdk_server(transport) as target, Client(target, mode="auto") as client:
         assert client.protocol_version == MODERN
-        assert text_of(await client.call_tool("add", {"a": 2, "b": 3})) == "5"
-        assert text_of(await client.call_tool("echo", {"text": "héllo"})) == "héllo"
+        assert tool_text(await client.call_tool("add", {"a": 2, "b": 3})) == "5"
+        assert tool_text(await client.call_tool("echo", {"text": "héllo"})) == "héllo"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -73,14 +64,14 @@ async def test_auto_client_falls_back_to_handshake_on_legacy_server(transport: s
         assert client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
         assert client.server_info is not None
         assert client.server_info.name == "old"
-        assert text_of(await client.call_tool("add", {"a": 40, "b": 2})) == "42"
+        assert tool_text(await client.call_tool("add", {"a": 40, "b": 2})) == "42"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_legacy_client_works_with_dual_era_server(transport: str) -> None:
     async with sdk_server(transport) as target, Client(target, mode="legacy") as client:
         assert client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
-        assert text_of(await client.call_tool("echo", {"text": "x"})) == "x"
+        assert tool_text(await client.call_tool("echo", {"text": "x"})) == "x"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -102,14 +93,14 @@ async def test_progress_state_and_sizes(transport: str, mode: str) -> None:
         result = await client.call_tool(
             "slow_progress", {"steps": 3, "delay_ms": 10}, progress_callback=on_progress
         )
-        assert text_of(result) == "done 3 steps"
+        assert tool_text(result) == "done 3 steps"
         assert seen == [(1, 3, "step 1/3"), (2, 3, "step 2/3"), (3, 3, "step 3/3")]
-        assert [text_of(await client.call_tool("counter_incr")) for _ in range(3)] == ["1", "2", "3"]
-        assert int(text_of(await client.call_tool("whoami"))) > 0
-        assert len(text_of(await client.call_tool("big", {"n": 300_000}))) == 300_000
+        assert [tool_text(await client.call_tool("counter_incr")) for _ in range(3)] == ["1", "2", "3"]
+        assert int(tool_text(await client.call_tool("whoami"))) > 0
+        assert len(tool_text(await client.call_tool("big", {"n": 300_000}))) == 300_000
         failed = await client.call_tool("fail", {"message": "nope"})
         assert failed.is_error
-        assert "nope" in text_of(failed)
+        assert "nope" in tool_text(failed)
         tools = {t.name for t in (await client.list_tools()).tools}
         assert {"echo", "add", "slow_progress", "sleep_ms", "counter_incr", "crash", "whoami", "big"} <= tools
         info = await client.read_resource("test://info")
@@ -127,7 +118,7 @@ async def test_raw_stdio_server_speaks_the_handshake_era() -> None:
     async with Client(params, mode="auto") as client:
         assert client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
         assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
-        assert text_of(await client.call_tool("echo", {"text": "plain"})) == "plain"
+        assert tool_text(await client.call_tool("echo", {"text": "plain"})) == "plain"
 
 
 def raw_exchange(flag: str, *requests: dict[str, object]) -> tuple[list[str], int | None]:

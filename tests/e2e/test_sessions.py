@@ -9,38 +9,28 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 from mcp import Client
-from mcp_types import TextContent
 
-from tests.support.harness import PYTHON, SERVERS, Gateway, gateway, legacy_initialize, process
+from tests.support.harness import (
+    Gateway,
+    gateway,
+    legacy_initialize,
+    mux_http,
+    mux_stdio,
+    tool_text,
+)
 from tests.support.recording_relay import KEY, TUNNEL, RelayUnderTest
 
 SECRET = "correct horse battery staple, rotated yearly"
-MUX = SERVERS / "mux_server.py"
-
-
-def _text(result: Any) -> str:
-    assert isinstance(result.content[0], TextContent), result
-    return str(result.content[0].text)
-
-
-@contextlib.asynccontextmanager
-async def _legacy_http(port: int = 0) -> AsyncIterator[tuple[str, int]]:
-    """A handshake-era SDK server over HTTP: stateful, it refuses requests without its session."""
-    argv = (PYTHON, MUX, "--http", "--port", str(port), "--name", "h", "--legacy")
-    async with process(*argv) as proc:
-        url = (await proc.wait_for(r"READY (\S+)"))[1]
-        yield url, int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 def _routes(relay: RelayUnderTest, url: str, extra: str = "") -> str:
-    stdio = f'{{stdio: {{command: "{PYTHON}", args: ["{MUX}", "--name", "s"]}}}}'
     return (
         f"control_plane: {{url: '{relay.url}', tunnel_id: {TUNNEL}, api_key: env:TUNNEL_KEY}}\n"
-        f"servers:\n  h: {{http: {{url: '{url}'}}}}\n  s: {stdio}\n"
+        f"servers:\n  h: {{http: {{url: '{url}'}}}}\n  s: {mux_stdio('--name', 's')}\n"
         "channels:\n  main: [h, s]\n"
         "sessions: {key: env:SESSION_KEY}\n" + extra
     )
@@ -56,24 +46,32 @@ async def _gateway(routes: str, tmp_path: Path) -> AsyncIterator[Gateway]:
 
 
 async def test_session_resumes_across_a_gateway_restart(relay: RelayUnderTest, tmp_path: Path) -> None:
-    async with _legacy_http() as (url, _), contextlib.AsyncExitStack() as second, contextlib.AsyncExitStack() as first:
+    async with (
+        mux_http("--legacy", name="h") as url,
+        contextlib.AsyncExitStack() as second,
+        contextlib.AsyncExitStack() as first,
+    ):
         routes = _routes(relay, url)
         await first.enter_async_context(_gateway(routes, tmp_path))
         async with Client(relay.mcp("main"), mode="legacy") as client:
-            held = _text(await client.call_tool("h__session_header", {}))
+            held = tool_text(await client.call_tool("h__session_header", {}))
             assert held
-            assert _text(await client.call_tool("h__echo", {"text": "before"})) == "before"
+            assert tool_text(await client.call_tool("h__echo", {"text": "before"})) == "before"
             await first.aclose()  # the gateway process stops; the relay and the client stay
             await second.enter_async_context(_gateway(routes, tmp_path))
             # A new gateway process: no initialize from the client, and the same upstream session.
-            assert _text(await client.call_tool("h__echo", {"text": "after"})) == "after"
-            assert _text(await client.call_tool("h__session_header", {})) == held
+            assert tool_text(await client.call_tool("h__echo", {"text": "after"})) == "after"
+            assert tool_text(await client.call_tool("h__session_header", {})) == held
         initializes = [body for _, body in relay.recorded.posts if b'"protocolVersion"' in body]
         assert len(initializes) == 1  # one answered initialize: the client's first
 
 
 async def test_unknown_ended_and_foreign_sessions_get_404(relay: RelayUnderTest, tmp_path: Path) -> None:
-    async with _legacy_http() as (url, _), _gateway(_routes(relay, url), tmp_path), httpx2.AsyncClient() as http:
+    async with (
+        mux_http("--legacy", name="h") as url,
+        _gateway(_routes(relay, url), tmp_path),
+        httpx2.AsyncClient() as http,
+    ):
         headers = {"Accept": "application/json, text/event-stream"}
         init = await legacy_initialize(http, relay.mcp("main"))
         assert init.status_code == 200
@@ -102,12 +100,13 @@ async def test_unknown_ended_and_foreign_sessions_get_404(relay: RelayUnderTest,
 
 async def test_expired_upstream_session_is_renewed_transparently(relay: RelayUnderTest, tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as upstream:
-        url, port = await upstream.enter_async_context(_legacy_http())
+        url = await upstream.enter_async_context(mux_http("--legacy", name="h"))
+        port = urlsplit(url).port
         async with _gateway(_routes(relay, url), tmp_path), Client(relay.mcp("main"), mode="legacy") as client:
-            first = _text(await client.call_tool("h__session_header", {}))
+            first = tool_text(await client.call_tool("h__session_header", {}))
             await upstream.aclose()  # the server restarts on the same port: it forgot every session
-            await upstream.enter_async_context(_legacy_http(port))
-            assert _text(await client.call_tool("h__echo", {"text": "still"})) == "still"
-            renewed = _text(await client.call_tool("h__session_header", {}))
+            await upstream.enter_async_context(mux_http("--legacy", name="h", port=port))
+            assert tool_text(await client.call_tool("h__echo", {"text": "still"})) == "still"
+            renewed = tool_text(await client.call_tool("h__session_header", {}))
             assert renewed
             assert renewed != first

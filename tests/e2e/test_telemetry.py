@@ -11,26 +11,18 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextContent
 
 from gateway.observe.telemetry import DURATION_BUCKETS, RELAY_SCOPE, SCOPE
 from tests.support.client_trace import CLIENT_SPAN, CLIENT_TRACE, client_trace
-from tests.support.harness import PYTHON, SERVERS, Gateway, free_port, gateway, process
+from tests.support.harness import PYTHON, SERVERS, Gateway, free_port, gateway, process, tool_text
 from tests.support.ops import RELAY_KEY, TUNNEL, get, ops_url, standalone_relay, until_status
 from tests.support.otlp_receiver import FAST_EXPORT, Receiver, Span, otlp_receiver
 
 # --------------------------------------------------------------------------- one trace
-
-
-def _text(result: Any) -> str:
-    content = result.content[0]
-    assert isinstance(content, TextContent)
-    return content.text
 
 
 def _stdio_block(receiver: Receiver, **extra: str) -> str:
@@ -81,7 +73,7 @@ async def test_one_trace_from_client_to_server(transport: str, tmp_path: Path) -
         gw = await stack.enter_async_context(gateway(routes, tmp_path, env=FAST_EXPORT))
         with client_trace():
             async with Client(gw.urls["main"], mode="legacy") as client:
-                seen = json.loads(_text(await client.call_tool("trace_context", {})))
+                seen = json.loads(tool_text(await client.call_tool("trace_context", {})))
                 failed = await client.call_tool("fail", {"message": "nope"})
                 assert failed.is_error
                 prompt = await client.get_prompt("greet", {"who": "otel"})
@@ -202,7 +194,7 @@ async def test_one_trace_across_a_standalone_relay(tmp_path: Path) -> None:
             await until_status(f"{ops_url(gw.process)}/readyz", 200)
             with client_trace():
                 async with Client(f"{relay_url}/v1/mcp/{TUNNEL}", mode="2026-07-28") as client:
-                    assert _text(await client.call_tool("echo", {"text": "hi"})) == "hi"
+                    assert tool_text(await client.call_tool("echo", {"text": "hi"})) == "hi"
             await receiver.wait_for(lambda r: any(s.service == "sdk-server" and "echo" in s.name for s in r.spans))
         await receiver.wait_for(lambda r: bool(r.named("tools/call echo", scope=RELAY_SCOPE)))
     relay, command, client_span, server = _chain(receiver, "tools/call echo")
@@ -256,7 +248,7 @@ async def test_secrets_reach_no_log_span_or_metric(tmp_path: Path) -> None:
             await until_status(f"{ops}/readyz", 200)
             async with Client(f"{relay_url}/v1/mcp/{TUNNEL}/docs", mode="legacy") as client:
                 echoed = await client.call_tool("echo", {"text": f"my key is {api_key} and {docs_token}"})
-                assert api_key in _text(echoed)  # the client gets its data back untouched
+                assert api_key in tool_text(echoed)  # the client gets its data back untouched
             async with Client(f"{relay_url}/v1/mcp/{TUNNEL}", mode="legacy") as client:
                 await client.call_tool("echo", {"text": f"Authorization: Bearer {docs_token}"})
             try:  # an unknown channel: the gateway logs the failure inside the command
@@ -314,7 +306,7 @@ async def test_disabled_telemetry_exports_nothing(tmp_path: Path) -> None:
         )
         env = {**FAST_EXPORT, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
         async with gateway(routes, tmp_path, env=env) as gw, Client(gw.urls["main"], mode="legacy") as client:
-            seen = json.loads(_text(await client.call_tool("trace_context", {})))
+            seen = json.loads(tool_text(await client.call_tool("trace_context", {})))
         assert seen["meta"]["traceparent"] is None, "nothing is injected when telemetry is off"
         gateway_spans = [s for s in receiver.spans if s.service != "sdk-server"]
         assert gateway_spans == []

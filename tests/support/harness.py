@@ -12,13 +12,15 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx2
 import pytest
+from mcp_types import TextContent
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ROOT / "tests" / "support" / "servers"
+MUX = SERVERS / "mux_server.py"
 PYTHON = sys.executable
 READY_TIMEOUT_S = 60.0
 
@@ -130,10 +132,47 @@ async def gateway(
         yield Gateway(proc, urls)
 
 
+def one_server_routes(block: str, **gateway_settings: object) -> str:
+    """A routing document: the embedded relay on 127.0.0.1:0 and one channel `main` serving the server `block`
+    describes (`gateway_settings` become the `gateway:` section)."""
+    extra = "".join(f"  {k}: {v}\n" for k, v in gateway_settings.items())
+    return (
+        "relay: {listen: '127.0.0.1:0'}\n"
+        + (f"gateway:\n{extra}" if extra else "")
+        + f"servers:\n  srv: {block}\nchannels:\n  main: [srv]\n"
+    )
+
+
 def stdio_server(*extra: str) -> str:
     """A routing.yaml `stdio:` block for the SDK test server."""
-    args = ", ".join(f'"{a}"' for a in (str(SERVERS / "sdk_server.py"), *extra))
-    return f'{{stdio: {{command: "{PYTHON}", args: [{args}]}}}}'
+    return _stdio_block(SERVERS / "sdk_server.py", extra)
+
+
+def mux_stdio(*args: str, extra: str = "") -> str:
+    """A routing.yaml server entry for the multiplexing test server over stdio (`--name`, `--legacy`, `--tools N`,
+    `--page-size N` …); `extra` adds settings after the block (`, processes: 3`)."""
+    return _stdio_block(MUX, args, extra)
+
+
+def _stdio_block(script: Path, args: tuple[str, ...], extra: str = "") -> str:
+    quoted = ", ".join(f'"{a}"' for a in (str(script), *args))
+    return f'{{stdio: {{command: "{PYTHON}", args: [{quoted}]}}{extra}}}'
+
+
+@contextlib.asynccontextmanager
+async def mux_http(*flags: str, name: str, port: int = 0) -> AsyncIterator[str]:
+    """The multiplexing test server over Streamable HTTP (`--legacy`: a handshake-era server, stateful, refusing
+    requests without its session); yields its MCP URL. `port` brings it back on the port it had."""
+    async with process(PYTHON, MUX, "--http", "--port", str(port), "--name", name, *flags) as proc:
+        yield (await proc.wait_for(r"READY (\S+)"))[1]
+
+
+def tool_text(result: Any) -> str:
+    """The text of a tool result's first content block (an `mcp` client's `CallToolResult`), asserted to be text."""
+    assert result.content, result
+    first = result.content[0]
+    assert isinstance(first, TextContent), result
+    return str(first.text)
 
 
 MODERN = "2026-07-28"

@@ -1,4 +1,4 @@
-"""Subjects of the Upstream contract suite (tests/test_upstream_contract.py): each transport built as
+"""Subjects of the Upstream contract suite (tests/contract/test_upstream_contract.py): each transport built as
 the gateway builds it, against the official-SDK test server, and driven as the channel layer drives it.
 
 Owns where the transports legitimately differ (who a "client" is, how a dead server comes back);

@@ -76,7 +76,7 @@ def violations(modules: dict[str, set[str]]) -> list[str]:
             continue
         layer = layer_of(module)
         if layer is None:
-            out.append(f"{module}: in no layer (add it to LAYERS in tests/test_layering.py)")
+            out.append(f"{module}: in no layer (add it to LAYERS in tests/unit/test_layering.py)")
             continue
         for name in sorted(imported):
             if layer == "protocol" and any(_within(name, lib) for lib in NO_IO):

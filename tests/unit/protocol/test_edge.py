@@ -1,7 +1,7 @@
 """gateway.protocol.edge with plain calls: the 2026-07-28 request ladder and the framing of a 2026-07-28
 client's answer.
 
-The end-to-end checks of the same rules, through the relay, are in tests/test_conformance_edge.py.
+The end-to-end checks of the same rules, through the relay, are in tests/e2e/test_conformance_edge.py.
 """
 
 from __future__ import annotations

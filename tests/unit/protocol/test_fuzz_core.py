@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the sans-IO core with hypothesis (settings and budgets: tests/fuzz_budget.py).
+"""Property-based fuzzing of the sans-IO core with hypothesis (settings and budgets: tests/support/fuzz_budget.py).
 
 Targets and the property each must keep, whatever the input:
 - wire: a poll body and each command decode or raise `msgspec.DecodeError`, nothing else; a

@@ -58,7 +58,7 @@ async def test_gateway_auth_failures(harness: Harness, authorization: str | None
 
 
 async def test_unknown_tunnel_is_404_to_callers(harness: Harness) -> None:
-    """(The tunnel API answers an unknown tunnel 401, like a wrong key: tests/test_input_defects.py.)"""
+    """(The tunnel API answers an unknown tunnel 401, like a wrong key: tests/unit/relay/test_input_defects.py.)"""
     reply = await harness.call(tunnel="tunnel_nope")
     api_error(reply, 404, None)
 

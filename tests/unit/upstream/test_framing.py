@@ -42,7 +42,8 @@ def test_oversized_line_is_skipped_and_reported_once() -> None:
     ],
 )
 def test_an_oversized_response_shows_the_id_it_answers(line: bytes, id: int | None, cut: int) -> None:
-    """A stdio server's answer too large to relay still fails the call it answers (tests/test_upstream_contract.py)."""
+    """A stdio server's answer too large to relay still fails the call it answers
+    (tests/contract/test_upstream_contract.py)."""
     data = line % (b"x" * 1000) + b"\n"
     decoder = LineDecoder(limit=100)
     out = list(decoder.feed(data[:cut])) + list(decoder.feed(data[cut:]))

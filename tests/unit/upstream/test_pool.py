@@ -4,7 +4,7 @@ back, `Bounded`, per-client processes evicted when idle and refused when all are
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from msgspec import UNSET, Raw
@@ -14,6 +14,7 @@ from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.wire import Codec, Headers, JsonRpcMessage
 from gateway.upstream.base import Upstream
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
+from tests.support.waiting import until
 
 CODEC = Codec()
 
@@ -62,21 +63,13 @@ async def _drain(frames: AsyncIterator[Frame]) -> list[Frame]:
     return [frame async for frame in frames]
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-
-
 async def test_pool_picks_the_least_loaded_process_and_routes_answers_back() -> None:
     processes = [FakeProcess() for _ in range(3)]
     pool = StdioPool("fake", list(processes), CODEC)
     await pool.start()
     assert pool.ready
     slow = [asyncio.create_task(_drain(pool.exchange(Call("slow", Raw(b"1"))))) for _ in range(2)]
-    await _until(lambda: pool.loads == [1, 1, 0])
+    await until(lambda: pool.loads == [1, 1, 0], 5, every_s=0.01)
     await _drain(pool.exchange(Call("quick", Raw(b"2"))))
     for process in processes:
         process.release.set()
@@ -86,7 +79,7 @@ async def test_pool_picks_the_least_loaded_process_and_routes_answers_back() -> 
     # A process's request to the client carries an id naming the process; the answer reaches it.
     processes[0].release.clear()
     busy = asyncio.create_task(_drain(pool.exchange(Call("slow", Raw(b"3")))))
-    await _until(lambda: pool.loads[0] == 1)
+    await until(lambda: pool.loads[0] == 1, 5, every_s=0.01)
     (asked, _) = await _drain(pool.exchange(Call("ask", Raw(b"4"))))
     assert isinstance(asked, Notify)
     request = CODEC.message(asked.message)
@@ -109,7 +102,7 @@ async def test_bounded_lets_limit_calls_run_at_once() -> None:
     await bounded.start()
     first = asyncio.create_task(_drain(bounded.exchange(Call("slow", Raw(b"1")))))
     second = asyncio.create_task(_drain(bounded.exchange(Call("slow", Raw(b"2")))))
-    await _until(lambda: inner.running == 1)
+    await until(lambda: inner.running == 1, 5, every_s=0.01)
     await asyncio.sleep(0.05)
     assert inner.running == 1  # the second waits its turn
     inner.release.set()
@@ -137,7 +130,7 @@ async def test_client_processes_evict_the_idle_longest_and_refuse_when_all_are_b
         asyncio.create_task(_drain((await sessions.for_session(s)).exchange(Call("slow", Raw(b"2")))))
         for s in ("a", "c")
     ]
-    await _until(lambda: made[1].running == 1 and made[3].running == 1)
+    await until(lambda: made[1].running == 1 and made[3].running == 1, 5, every_s=0.01)
     with pytest.raises(UpstreamUnavailable):
         await sessions.for_session("d")
     for process in made:
@@ -145,6 +138,6 @@ async def test_client_processes_evict_the_idle_longest_and_refuse_when_all_are_b
     await asyncio.gather(*busy)
     assert b is not None
     # Idle past the timeout: reaped.
-    await _until(lambda: sessions.sessions == 0)
+    await until(lambda: sessions.sessions == 0, 5, every_s=0.01)
     await sessions.close()
     assert made[0].closed  # the shared process
