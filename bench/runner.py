@@ -403,8 +403,15 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("access log (aiohttp web_log)", ("aiohttp/web_log",)),
     ("logging (stdlib logging + gateway/observe/logs.py)", ("logging/__init__", "gateway/observe/logs.py")),
     (
-        "telemetry, all (gateway/observe/telemetry.py, relay/tracing.py, the OpenTelemetry SDK)",
-        ("gateway/observe/telemetry.py", "opentelemetry/", "relay/tracing.py", "trace_encoder", "BatchProcessor"),
+        "telemetry, all (gateway/observe/hooks.py and otel*.py, relay/tracing.py, the OpenTelemetry SDK)",
+        (
+            "gateway/observe/hooks.py",
+            "gateway/observe/otel",
+            "opentelemetry/",
+            "relay/tracing.py",
+            "trace_encoder",
+            "BatchProcessor",
+        ),
     ),
     ("telemetry: OTLP export thread (BatchProcessor: encode + POST)", ("BatchProcessor",)),
     ("telemetry: span start/end (SDK trace)", ("trace/__init__.py",)),

@@ -19,16 +19,16 @@ from pathlib import Path
 import aiohttp
 
 from gateway.channels.aggregate import AggregateChannel
-from gateway.channels.channel import Channel
-from gateway.channels.router import Router
+from gateway.channels.channel import Channel, Plan, ServedChannel
+from gateway.channels.rules import Router
 from gateway.channels.sessions import SessionKeys, SessionStore
 from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs
 from gateway.config.routing import Egress, RoutingConfig, ServerSpec, channel_spec
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.ops import OpsServer, Readiness
-from gateway.observe.telemetry import NOOP, Telemetry
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, server_info_header
@@ -70,7 +70,7 @@ class Runtime:
     bridge: Bridge
     http: aiohttp.ClientSession
     upstreams: dict[str, Upstream]
-    channels: dict[str, AnyChannel]
+    channels: dict[str, ServedChannel]
     dispatcher: Dispatcher
     poller: Poller
     control_plane: ControlPlane
@@ -128,11 +128,11 @@ class Runtime:
         log.info("reloaded %s: %d servers, %d channels", self.routes_file, len(upstreams), len(channels))
         return True
 
-    async def _retire(self, channels: list[AnyChannel], upstreams: list[Upstream]) -> None:
+    async def _retire(self, channels: list[ServedChannel], upstreams: list[Upstream]) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.gateway.drain_timeout_s):
                 await asyncio.gather(*(channel.wait_idle() for channel in channels))
-        await asyncio.gather(*(c.close() for c in channels if isinstance(c, AggregateChannel)), return_exceptions=True)
+        await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
         await asyncio.gather(*(upstream.close() for upstream in upstreams), return_exceptions=True)
 
     async def close(self) -> None:
@@ -140,12 +140,8 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        aggregated = [c for c in self.channels.values() if isinstance(c, AggregateChannel)]
-        await asyncio.gather(*(channel.close() for channel in aggregated), return_exceptions=True)
+        await asyncio.gather(*(channel.close() for channel in self.channels.values()), return_exceptions=True)
         await asyncio.gather(*(upstream.close() for upstream in self.upstreams.values()), return_exceptions=True)
-
-
-AnyChannel = Channel | AggregateChannel
 
 
 def _used_servers(config: RoutingConfig) -> set[str]:
@@ -175,27 +171,23 @@ def _channels(
     upstreams: dict[str, Upstream],
     bridge: Bridge,
     keys: SessionKeys,
-    previous: dict[str, AnyChannel] | None = None,
+    previous: dict[str, ServedChannel] | None = None,
     *,
     telemetry: Telemetry = NOOP,
-) -> dict[str, AnyChannel]:
+) -> dict[str, ServedChannel]:
     """Channels over the upstreams; an unchanged channel keeps its object (and its sessions).
 
     A channel of one server is a passthrough `Channel`; several servers, channel
     options, `to`/`deny` routing rules or a `session: per-client` server make it
     an `AggregateChannel` (started here: it watches its servers for list changes)."""
     router = Router(config.routes)
-    channels: dict[str, AnyChannel] = {}
+    channels: dict[str, ServedChannel] = {}
     for name, members in config.channels.items():
         old = (previous or {}).get(name)
+        sessions = (keys, config.sessions.ttl_s)
         if not _aggregated(config, name, router):
             upstream = upstreams[members[0]]
-            keep = (
-                isinstance(old, Channel)
-                and old.upstream is upstream
-                and (old.sessions.keys, old.sessions.ttl_s) == (keys, config.sessions.ttl_s)
-            )
-            if keep and old is not None:
+            if old is not None and old.plan == Plan((upstream,), sessions):
                 channels[name] = old
                 continue
             own = SessionStore(keys, name, ttl_s=config.sessions.ttl_s)
@@ -204,15 +196,11 @@ def _channels(
         spec = channel_spec(config, name)
         targets = router.targets(name)
         used = {server: upstreams[server] for server in [*spec.servers, *targets]}
-        if (
-            isinstance(old, AggregateChannel)
-            and (old.spec, old.upstreams, old.router.specs) == (spec, list(used.values()), router.specs)
-            and (old.sessions.keys, old.sessions.ttl_s) == (keys, config.sessions.ttl_s)
-        ):
+        if old is not None and old.plan == Plan(tuple(used.values()), sessions, (spec, router.specs)):
             channels[name] = old
             continue
-        sessions = SessionStore(keys, name, ttl_s=config.sessions.ttl_s)
-        channel = AggregateChannel(name, spec, used, bridge, router, sessions, targets=targets, telemetry=telemetry)
+        store = SessionStore(keys, name, ttl_s=config.sessions.ttl_s)
+        channel = AggregateChannel(name, spec, used, bridge, router, store, targets=targets, telemetry=telemetry)
         channel.start()
         channels[name] = channel
     return channels
@@ -390,8 +378,7 @@ async def provision(
             with contextlib.suppress(asyncio.CancelledError):
                 await poll_task
             for channel in runtime.channels.values():
-                if isinstance(channel, AggregateChannel):
-                    channel.end_streams()  # open `subscriptions/listen` streams end now, gracefully
+                channel.end_streams()  # open `subscriptions/listen` streams end now, gracefully
             await dispatcher.drain(config.gateway.drain_timeout_s)
 
 

@@ -21,7 +21,8 @@ from gateway.app import Overrides, provision
 from gateway.config import routing as config
 from gateway.observe import logs
 from gateway.observe.announce import announce
-from gateway.observe.telemetry import RELAY_SERVICE, Telemetry, current_trace_ids
+from gateway.observe.hooks import Telemetry
+from gateway.observe.telemetry import RELAY_SERVICE
 from gateway.observe.telemetry import build as build_telemetry
 from gateway.protocol.errors import ConfigError
 from gateway.relay import Relay, RelayConfigError, load_relay_config, serve_relay
@@ -48,23 +49,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     redactor = logs.Redactor()  # every log line passes through it; secrets are registered as they are known
-    logs.setup(
-        redactor=redactor, fmt=args.log_format or "text", level=args.log_level or "INFO", trace_ids=current_trace_ids
-    )
+    logs.setup(redactor=redactor, fmt=args.log_format or "text", level=args.log_level or "INFO")
     try:
         if args.command == "check":
             routes = config.load(args.routes)
             print(f"{args.routes}: OK ({len(routes.servers)} servers, {len(routes.channels)} channels)")
             return 0
         if args.command == "relay":
-            return _relay_main(args.config, redactor)
+            return _relay_main(args, redactor)
         routes = config.load(args.routes)
-        logs.setup(
-            redactor=redactor,
-            fmt=args.log_format or routes.logging.format,
-            level=args.log_level or routes.logging.level,
-            trace_ids=current_trace_ids,
-        )
+        fmt, level = args.log_format or routes.logging.format, args.log_level or routes.logging.level
+        logs.setup(redactor=redactor, fmt=fmt, level=level)
         redactor.add_all(logs.config_secrets(routes, args.routes.parent))
         telemetry = build_telemetry(
             routes.telemetry,
@@ -73,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             base=args.routes.parent,
             file=str(args.routes),
         )
+        logs.setup(redactor=redactor, fmt=fmt, level=level, trace_ids=telemetry.trace_ids)  # ids of the current span
         overrides = Overrides(control_plane=args.control_plane, tunnel_id=args.tunnel_id)
         try:
             return _run(_gateway(routes, args.routes, overrides, telemetry, redactor.redact))
@@ -141,11 +137,13 @@ async def _announce_relay(relay: Relay) -> None:
     await announce("relay", relay.problems, _say, ready_detail=f" {relay.url}", interval_s=1.0)
 
 
-def _relay_main(path: Path, redactor: logs.Redactor) -> int:
+def _relay_main(args: argparse.Namespace, redactor: logs.Redactor) -> int:
     """The relay's telemetry comes from the OTEL_* variables alone (relay.yaml has no section for it)."""
     telemetry = build_telemetry(config.TelemetrySpec(), service_name=RELAY_SERVICE, redact=redactor.redact)
+    fmt, level = args.log_format or "text", args.log_level or "INFO"
+    logs.setup(redactor=redactor, fmt=fmt, level=level, trace_ids=telemetry.trace_ids)  # ids of the current span
     try:
-        return _run(_relay(path, redactor, telemetry))
+        return _run(_relay(args.config, redactor, telemetry))
     finally:
         telemetry.shutdown()
 

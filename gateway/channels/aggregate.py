@@ -6,8 +6,8 @@ answers (`initialize` with merged capabilities and the sessions it issues,
 (`gateway.channels.catalog`) paged with the gateway's own cursors, requests sent to the
 server that owns the name (or the one a `to:` rule names), `deny` rules, list
 changes passed on to clients, and requests servers send to clients during a
-call (their ids name the server, so the answer finds its way back). Era
-bridging per server is as in `gateway.channels.channel`.
+call (their ids name the server, so the answer finds its way back). Each
+forwarded request takes the one call path every channel uses (`gateway.channels.calls`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Final
@@ -23,24 +24,17 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway import __version__
+from gateway.channels.calls import JSON, Calls, Leg, forwarded_headers
 from gateway.channels.catalog import Catalog, Member, View, final
-from gateway.channels.channel import Activity, for_client
+from gateway.channels.channel import Activity, Plan, for_client
+from gateway.channels.cursors import InvalidCursor, digest, page
 from gateway.channels.events import ChannelEvents
-from gateway.channels.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
-from gateway.channels.router import (
-    CALL_OF_LIST,
-    LIST_KEYS,
-    NO_ROUTE,
-    InvalidCursor,
-    Route,
-    Router,
-    digest,
-    merge_capabilities,
-    page,
-    string_member,
-    with_member,
-)
+from gateway.channels.lists import CALL_OF_LIST, LIST_KEYS, merge_capabilities, string_member, with_member
+from gateway.channels.mrtr import Held
+from gateway.channels.rules import NO_ROUTE, Route, Router
 from gateway.channels.sessions import (
+    SESSION_HEADER,
+    VERSION_HEADER,
     ClientSession,
     SessionStore,
     UpstreamSession,
@@ -48,7 +42,7 @@ from gateway.channels.sessions import (
     session_headers,
 )
 from gateway.config.routing import ChannelSpec
-from gateway.observe.telemetry import NOOP, Telemetry
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
 from gateway.protocol.errors import (
     CommandError,
@@ -57,26 +51,16 @@ from gateway.protocol.errors import (
     SessionNotFound,
     UnknownTarget,
     UpstreamError,
-    UpstreamHttpError,
-    UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon, tag_id, untag_id
-from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
+from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, tag_id, untag_id
+from gateway.protocol.wire import Headers, JsonRpcMessage, header_value
 from gateway.upstream.base import Upstream
 from gateway.upstream.pool import ClientProcesses, untagged
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER: Final = "Mcp-Session-Id"
-VERSION_HEADER: Final = "MCP-Protocol-Version"
-JSON: Final[Headers] = {"Content-Type": ["application/json"]}
 INIT_ID: Final = Raw(b'"gw-client-init"')
-_DROPPED: Final = frozenset(
-    {"content-type", "accept", "content-length", "host"}
-    | {"mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name"}
-)
-"""Request headers never forwarded from an aggregated channel's client: the transport and the gateway set them."""
 NAMED_PARAM: Final = {
     "tools/call": "name",
     "prompts/get": "name",
@@ -121,7 +105,10 @@ class AggregateChannel:
         self._listed = [member for member in members if member.listed]
         self.events = ChannelEvents(self._codec, listen_timeout_s=spec.listen_timeout_s, watch=self._watch_resource)
         self.catalog = Catalog(name, members, spec, bridge, self.events.changed, self.events.updated)
-        self._rounds = Rounds(self._codec)
+        self._calls = Calls(bridge, telemetry=telemetry)
+        self.plan = Plan(
+            tuple(member.upstream for member in members), (sessions.keys, sessions.ttl_s), (spec, router.specs)
+        )
         self._activity = Activity()
 
     @property
@@ -135,7 +122,7 @@ class AggregateChannel:
 
     async def close(self) -> None:
         await self.catalog.close()
-        await self._rounds.close()
+        await self._calls.close()
 
     async def wait_idle(self) -> None:
         await self._activity.wait_idle()
@@ -213,8 +200,8 @@ class AggregateChannel:
             body, extra = local
             yield Reply(200, self._codec.result(message.id, body), {**JSON, **extra})
             return
-        if client is Era.MODERN and retry_of(params) is not None:
-            async for frame in self._resume(message.id, params, client):
+        if self._calls.is_retry(client, params):
+            async for frame in self._calls.resume(message.id, params, self._leg_of):
                 yield frame
             return
         if method == "subscriptions/listen" and client is Era.MODERN:
@@ -422,10 +409,7 @@ class AggregateChannel:
         client: Era,
         session: ClientSession | None,
     ) -> AsyncIterator[Frame]:
-        """Send a request to one server in its era, and its frames back in the client's.
-
-        A 2026-07-28 server's `input_required` result is turned into requests to a
-        handshake-era client, and the request retried with the answers (`gateway.channels.mrtr`)."""
+        """Send a request to one server through the forwarded-call path (`gateway.channels.calls`)."""
         try:
             upstream = await self._scoped(member, session)
             info = await upstream.wait_info()
@@ -433,106 +417,29 @@ class AggregateChannel:
             self.catalog.failed(member)
             raise
         if client is Era.MODERN:
-            declared = self._bridge.envelope_capabilities(params)
+            declared = self._calls.declared_by(params)
         else:
-            declared = session.capabilities if session is not None else EMPTY_OBJECT
-        if client is Era.LEGACY and info.era is Era.MODERN:
-            params = self._bridge.modern_params(params, declared, self._bridge.client_info)
-        elif client is Era.MODERN and info.era is Era.LEGACY:
-            params = self._bridge.legacy_params(params)
-        forwarded = {k: v for k, v in strip_hop_by_hop(headers).items() if k.lower() not in _DROPPED}
-        attempt, rounds = 1, 0
-        while True:
-            held = await self._held(member, upstream, session) if upstream.holds_sessions else None
-            call_headers = forwarded if held is None else {**forwarded, **session_headers(held)}
-            call = Call(method, id, params, call_headers, own_session=held is None)
-            ending: Frame | Ask | _Expired | None = None
-            try:
-                frames = self._telemetry.exchange(upstream, call, info)
-                relayed = self._relay(member, upstream, info, method, id, frames, client, session, held, declared)
-                async for frame in relayed:
-                    if isinstance(frame, Notify):
-                        yield frame
-                    else:
-                        ending = frame
-                        break
-            except UpstreamHttpError as exc:
-                if exc.failure.upstream_status != 404 or held is None or attempt != 1:
-                    raise
-                ending = _EXPIRED
-            except UpstreamUnavailable:
-                self.catalog.failed(member)
-                raise
-            if isinstance(ending, Reply):
-                yield ending
-                return
-            if ending is _EXPIRED and attempt == 1:
-                assert session is not None
-                log.info("channel %r: the session on %r expired; opening a new one", self.name, member.name)
-                self.sessions.renew(session, member.name, None)
-                attempt = 2
-                continue
-            if not isinstance(ending, Ask) or rounds >= MAX_ROUNDS:
-                raise UpstreamProtocolError(member.name, "invalid_protocol_response")
-            rounds += 1
-            answers: dict[str, Raw] = {}
-            async for frame in self._rounds.ask(ending, answers):
-                yield frame
-            if len(answers) != len(ending.requests):
-                yield Reply(200, self._codec.error_response(id, -32600, "the client declined the server's request"))
-                return
-            params = with_input_responses(self._codec, params, answers, ending.state)
-
-    async def _relay(
-        self,
-        member: Member,
-        upstream: Upstream,
-        info: UpstreamInfo,
-        method: str,
-        client_id: Raw,
-        frames: AsyncIterator[Frame],
-        client: Era,
-        session: ClientSession | None,
-        held: UpstreamSession | None,
-        declared: Raw,
-    ) -> AsyncIterator[Frame | Ask | _Expired]:
-        """One exchange's frames for the client: Notify*, then a Reply (under `client_id`), `_EXPIRED`
-        (the server forgot the client's session), or an `_Ask` (input a 2026-07-28 server needs).
-
-        A handshake-era server's request to a 2026-07-28 client ends the answer with an `input_required`
-        result instead; the exchange is then held, not closed, until the client's retry. On a session
-        the gateway holds, a server request needing a capability the client did not `declared` is
-        refused (-32021) and the exchange abandoned; on the client's own session the server knows."""
-        kept = False
+            capabilities = session.capabilities if session is not None else EMPTY_OBJECT
+            declared = lambda: capabilities  # noqa: E731
+        leg = Leg(
+            upstream=upstream,
+            info=info,
+            server=member.name,
+            headers=forwarded_headers(upstream, headers, False),
+            identity=self.server_info,
+            held=_ClientSessionOn(self, member, upstream, session) if session and upstream.holds_sessions else None,
+            from_server=functools.partial(self._from_server, member, session=session),
+        )
         try:
-            async for frame in frames:
-                if isinstance(frame, Notify):
-                    request = self._rounds.input_request(frame) if held is None or client is Era.MODERN else None
-                    if request is not None and held is None:
-                        await self._rounds.refuse_undeclared(request, declared, upstream, {}, True)
-                    if request is not None and client is Era.MODERN:
-                        respond_headers = session_headers(held) if held is not None else {}
-                        pending = Held(frames, upstream, info, method, {}, respond_headers, held is None, member.name)
-                        kept = True
-                        result = await self._rounds.hold(pending, request)
-                        yield Reply(200, self._codec.result(client_id, result), dict(JSON))
-                        return
-                    yield self._from_server(member, frame, session)
-                    continue
-                if frame.status == 404 and held is not None:
-                    yield _EXPIRED
-                    return
-                ask = self._rounds.asked_of(frame) if client is Era.LEGACY and info.era is Era.MODERN else None
-                if ask is not None:
-                    yield ask
-                    return
-                yield rekeyed(self._codec, self._translate(method, frame, client, info), client_id)
-                return
-        finally:
-            if not kept:
-                await abandon(frames)
+            async for frame in self._calls.forward(
+                leg, method, id, self._calls.params_for(client, info.era, params, declared()), client, declared
+            ):
+                yield frame
+        except UpstreamUnavailable:
+            self.catalog.failed(member)
+            raise
 
-    def _from_server(self, member: Member, frame: Notify, session: ClientSession | None) -> Notify:
+    def _from_server(self, member: Member, frame: Notify, *, session: ClientSession | None) -> Notify:
         """A server message during a call: requests to the client get an id naming the server;
         list changes update the merged view."""
         if b'"id"' in frame.message and b'"method"' in frame.message:
@@ -570,28 +477,23 @@ class AggregateChannel:
 
     # ------------------------------------------------------------------ multi round-trip requests
 
-    async def _resume(self, id: Raw, params: Raw | UnsetType, client: Era) -> AsyncIterator[Frame]:
-        """A 2026-07-28 client's retry: its answers go to the server whose call was held, and the call goes on."""
-        pending = await self._rounds.resume(params)
-        member = self.members[pending.member]
-        held = None
-        if not pending.own_session:
-            session_id = header_value(pending.respond_headers, SESSION_HEADER)
-            version = header_value(pending.respond_headers, VERSION_HEADER)
-            held = UpstreamSession(session_id or "", version or "")
-        declared = self._bridge.envelope_capabilities(params)
-        frames = self._relay(
-            member, pending.upstream, pending.info, pending.method, id, pending.frames, client, None, held, declared
+    def _leg_of(self, held: Held) -> Leg:
+        """Where a held call resumes: the server (and its process or session) that was asked."""
+        member = self.members[held.member]
+        return Leg(
+            upstream=held.upstream,
+            info=held.info,
+            server=member.name,
+            headers={},
+            identity=self.server_info,
+            own_session=held.own_session,
+            from_server=functools.partial(self._from_server, member, session=None),
         )
-        async for frame in frames:
-            if not isinstance(frame, (Notify, Reply)):
-                raise UpstreamProtocolError(member.name, "invalid_protocol_response")
-            yield frame
 
     async def _client_answer(self, message: JsonRpcMessage, headers: Headers) -> Reply:
         """A client's answer to a request a server sent it during a call: to that server, under its own id
         (or to the call waiting for it, when the gateway asked on a 2026-07-28 server's behalf)."""
-        answered = self._rounds.answered(message)
+        answered = self._calls.answered(message)
         if answered is not None:
             return Reply(202 if answered else 404)
         found = untag_id(message.id) if message.id is not UNSET else None
@@ -606,26 +508,10 @@ class AggregateChannel:
                 return Reply(404)
         upstream = await self._scoped(member, session)
         held = self.sessions.upstream(session, member.name) if session and upstream.holds_sessions else None
-        forwarded = {k: v for k, v in strip_hop_by_hop(headers).items() if k.lower() not in _DROPPED}
+        forwarded = forwarded_headers(upstream, headers, False)
         if held is not None:
             forwarded.update(session_headers(held))
         return await upstream.respond(untagged(message, found[1]), forwarded, held is None)
-
-    def _translate(self, method: str, reply: Reply, client: Era, info: UpstreamInfo) -> Reply:
-        """A server's answer made readable by a client of the other era."""
-        if not reply.body or client is info.era:
-            return reply
-        try:
-            answer = self._codec.message(reply.body)
-        except msgspec.MsgspecError:
-            return reply
-        if answer.result is UNSET or answer.id is UNSET:
-            return reply
-        if client is Era.MODERN:
-            result = self._bridge.modern_result(method, answer.result, self.server_info())
-        else:
-            result = self._bridge.legacy_result(answer.result)
-        return Reply(reply.status, self._codec.result(answer.id, result), reply.headers)
 
     async def _set_level(self, params: Raw | UnsetType) -> None:
         """`logging/setLevel` goes to every handshake-era server that logs (2026-07-28 ones have no such call)."""
@@ -656,10 +542,8 @@ class AggregateChannel:
             log.warning("channel %r: no session on %r for a new client (%s)", self.name, upstream.name, exc)
             return None
 
-    async def _held(self, member: Member, upstream: Upstream, session: ClientSession | None) -> UpstreamSession | None:
+    async def _held(self, member: Member, upstream: Upstream, session: ClientSession) -> UpstreamSession | None:
         """The session held on this server for the client; opened again when it expired."""
-        if session is None:
-            return None
         held = self.sessions.upstream(session, member.name)
         if held is None and member.name in session.upstream:
             held = await self._open_one(upstream, session.version, session.capabilities)
@@ -668,11 +552,22 @@ class AggregateChannel:
         return held
 
 
-class _Expired:
-    """The server forgot the session the gateway holds for the client (it is opened again)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ClientSessionOn:
+    """The session an aggregated channel holds on one handshake-era server for one client (a `HeldSession`)."""
 
+    channel: AggregateChannel
+    member: Member
+    upstream: Upstream
+    session: ClientSession
 
-_EXPIRED: Final = _Expired()
+    async def current(self) -> UpstreamSession | None:
+        return await self.channel._held(self.member, self.upstream, self.session)
+
+    def expired(self) -> None:
+        log.info("channel %r: the session on %r expired; opening a new one", self.channel.name, self.member.name)
+        self.channel.sessions.renew(self.session, self.member.name, None)
+
 
 LOCAL_METHODS: Final = frozenset({"initialize", "server/discover", "ping", "logging/setLevel", *LIST_KEYS})
 

@@ -21,23 +21,18 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw
 
-from gateway.channels.router import (
+from gateway.channels.cursors import digest
+from gateway.channels.lists import (
     LIST_CHANGED,
     LIST_KEYS,
     MAX_UPSTREAM_PAGES,
-    NameTable,
-    Owner,
-    PrefixMode,
-    ResourceTable,
-    digest,
     has_capability,
     item_name,
-    namespace,
-    resource_table,
     split_page,
     string_member,
     with_member,
 )
+from gateway.channels.names import NameTable, Owner, PrefixMode, ResourceTable, namespace, resource_table
 from gateway.config.routing import ChannelSpec
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamProtocolError

@@ -1,42 +1,29 @@
-"""A channel as its clients see it: one coherent MCP server of either era.
+"""A one-server channel, and what every channel shares: the channel interface, call tracking, log scoping.
 
-Owns what the gateway answers itself on a server's behalf (the legacy
-`initialize` handshake and its sealed session ids, 404 for an unknown or
-ended one, `server/discover` for a handshake-era server, `ping`), and the
-per-request bridging between the client's era and the server's. Everything
-else runs on the upstream.
+Owns what the gateway answers itself on one server's behalf (the handshake-era `initialize` and its
+sealed session ids, 404 for an unknown or ended one, `server/discover` for a handshake-era server,
+`ping`); every other message goes through `gateway.channels.calls`. It does not bridge eras itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Final, Protocol
+from typing import Protocol
 
-import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.channels.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
-from gateway.channels.router import NO_ROUTE, Route, Router
-from gateway.channels.sessions import ClientSession, SessionStore
-from gateway.observe.telemetry import NOOP, Telemetry
+from gateway.channels.calls import JSON, Calls, Leg, forwarded_headers
+from gateway.channels.mrtr import Held
+from gateway.channels.rules import NO_ROUTE, Route, Router
+from gateway.channels.sessions import SESSION_HEADER, ClientSession, SessionStore
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
-from gateway.protocol.errors import SessionNotFound, UpstreamProtocolError
-from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon
-from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, strip_hop_by_hop
+from gateway.protocol.errors import SessionNotFound
+from gateway.protocol.mcp import Era, Frame, Notify, Reply, UpstreamInfo
+from gateway.protocol.wire import Headers, JsonRpcMessage, header_value
 from gateway.upstream.base import Upstream
-
-log = logging.getLogger(__name__)
-
-SESSION_HEADER: Final = "Mcp-Session-Id"
-JSON: Final[Headers] = {"Content-Type": ["application/json"]}
-
-_TRANSPORT_OWNED: Final = frozenset({"content-type", "accept", "content-length", "host"})
-"""Request headers a transport always sets itself."""
-_ERA_HEADERS: Final = frozenset({"mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name"})
-"""Request headers that describe the client's era; dropped when the gateway bridges eras."""
 
 
 class Activity:
@@ -82,9 +69,11 @@ def for_client(
 
 
 class ServedChannel(Protocol):
-    """What the dispatcher needs of a channel: this one-server `Channel`, or an `AggregateChannel`."""
+    """What the dispatcher and the app need of a channel: a one-server `Channel` or an `AggregateChannel`."""
 
     name: str
+    plan: Plan
+    """What the channel was built from: a reload keeps a channel whose plan is unchanged."""
 
     def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]: ...
 
@@ -95,6 +84,25 @@ class ServedChannel(Protocol):
     def route(self, message: JsonRpcMessage, headers: Headers) -> Route:
         """The routing decision for a request (`limit_key`, and the server that will serve it when known)."""
         ...
+
+    def end_streams(self) -> None:
+        """End open `subscriptions/listen` streams gracefully (the gateway is stopping)."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the channel holds (watches, calls held for a retry); its upstreams stay."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """A channel's provision: equal plans build equal channels (upstreams compare by identity)."""
+
+    upstreams: tuple[Upstream, ...]
+    sessions: tuple[object, float]
+    """The session keys and lifetime its sealed session ids use."""
+    spec: object = None
+    """An aggregated channel's options and routing rules."""
 
 
 class Channel:
@@ -113,9 +121,9 @@ class Channel:
         self.name = name
         self.upstream = upstream
         self.sessions = sessions
+        self.plan = Plan((upstream,), (sessions.keys, sessions.ttl_s))
         self._router = router or Router()
-        self._rounds = Rounds(bridge.codec)
-        self._telemetry = telemetry
+        self._calls = Calls(bridge, telemetry=telemetry)
         self._bridge = bridge
         self._codec = bridge.codec
         self._activity = Activity()
@@ -132,6 +140,12 @@ class Channel:
         """Until no call is running on this channel (a reload retires it after that)."""
         await self._activity.wait_idle()
 
+    def end_streams(self) -> None:
+        """A one-server channel keeps no streams of its own (a server's pass through its calls)."""
+
+    async def close(self) -> None:
+        await self._calls.close()
+
     def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
         return self._activity.track(for_client(self._bridge, message, headers, self._run(message, headers)))
@@ -141,12 +155,13 @@ class Channel:
         if message.is_response:
             # A client's answer to a request the server sent it during a call (or the gateway, on a
             # 2026-07-28 server's behalf: gateway.channels.mrtr).
-            answered = self._rounds.answered(message)
+            answered = self._calls.answered(message)
             if answered is not None:
                 yield Reply(202 if answered else 404)
                 return
             passthrough = header_value(headers, SESSION_HEADER) is not None and self.upstream.holds_sessions
-            yield await self.upstream.respond(message, self._forwarded_headers(headers, True), not passthrough)
+            forwarded = forwarded_headers(self.upstream, headers, True)
+            yield await self.upstream.respond(message, forwarded, not passthrough)
             return
         assert message.method is not UNSET
         method, params = message.method, message.params
@@ -163,8 +178,8 @@ class Channel:
                 raise SessionNotFound()
         if message.is_request:
             assert message.id is not UNSET
-            if client is Era.MODERN and info.era is Era.LEGACY and retry_of(params) is not None:
-                async for frame in self._resume(message.id, params):
+            if self._calls.is_retry(client, params) and info.era is Era.LEGACY:
+                async for frame in self._calls.resume(message.id, params, self._leg_of):
                     yield frame
                 return
             local = self._local_answer(method, params, headers, client, info)
@@ -175,52 +190,42 @@ class Channel:
         elif method == "notifications/initialized" and not (passthrough and self.upstream.holds_sessions):
             yield Reply(202)  # the gateway answered this client's initialize itself
             return
-        if client is Era.LEGACY and info.era is Era.MODERN:
-            capabilities = session.capabilities if session is not None else EMPTY_OBJECT
-            params = self._bridge.modern_params(params, capabilities, self._bridge.client_info)
-        elif client is Era.MODERN and info.era is Era.LEGACY:
-            params = self._bridge.legacy_params(params)
-        call = Call(
-            method,
-            message.id if message.id is not UNSET else None,
-            params,
-            self._forwarded_headers(headers, passthrough),
+        capabilities = session.capabilities if session is not None else EMPTY_OBJECT
+        leg = Leg(
+            upstream=self.upstream,
+            info=info,
+            server=self.upstream.name,
+            headers=forwarded_headers(self.upstream, headers, passthrough),
+            identity=lambda: info.server_info,
             own_session=not (passthrough and self.upstream.holds_sessions),
         )
-        declared = self._declared(message.params, headers, client)
-        if passthrough:
-            frames = self._telemetry.exchange(self.upstream, call, info)  # the CLIENT span
-            if info.era is Era.LEGACY and call.own_session:
-                frames = self._declared_only(frames, call, declared)
-            async for frame in frames:
-                yield frame
-            return
-        for _ in range(MAX_ROUNDS):
-            ask: Ask | None = None
-            exchange = self._telemetry.exchange(self.upstream, call, info)
-            async for bridged in self._bridged(exchange, call, client, info, declared):
-                if isinstance(bridged, Ask):
-                    ask = bridged
-                    break
-                yield bridged
-            if ask is None:
-                return
-            answers: dict[str, Raw] = {}
-            async for notify in self._rounds.ask(ask, answers):  # a 2026-07-28 server's input, asked of the client
-                yield notify
-            if len(answers) != len(ask.requests):
-                assert call.id is not None
-                declined = self._codec.error_response(call.id, -32600, "the client declined the server's request")
-                yield Reply(200, declined)
-                return
-            call = dataclasses.replace(call, params=with_input_responses(self._codec, call.params, answers, ask.state))
-        raise UpstreamProtocolError(self.upstream.name, "invalid_protocol_response")
+        async for frame in self._calls.forward(
+            leg,
+            method,
+            message.id if message.id is not UNSET else None,
+            self._calls.params_for(client, info.era, params, capabilities),
+            client,
+            self._declared(message.params, headers, client),
+        ):
+            yield frame
+
+    def _leg_of(self, held: Held) -> Leg:
+        """Where a held call resumes: this channel's server, as it was when the call was held."""
+        info = held.info
+        return Leg(
+            upstream=held.upstream,
+            info=info,
+            server=self.upstream.name,
+            headers={},
+            identity=lambda: info.server_info,
+            own_session=held.own_session,
+        )
 
     def _declared(self, params: Raw | UnsetType, headers: Headers, client: Era) -> Callable[[], Raw]:
         """The calling client's capabilities, read when a server's request needs them: a 2026-07-28
         request's envelope, or what a handshake-era client declared in the `initialize` the gateway answered."""
         if client is Era.MODERN:
-            return lambda: self._bridge.envelope_capabilities(params)
+            return self._calls.declared_by(params)
         token = header_value(headers, SESSION_HEADER)
 
         def from_session() -> Raw:
@@ -228,64 +233,6 @@ class Channel:
             return session.capabilities if session is not None else EMPTY_OBJECT
 
         return from_session
-
-    async def _declared_only(
-        self, frames: AsyncIterator[Frame], call: Call, declared: Callable[[], Raw]
-    ) -> AsyncIterator[Frame]:
-        """A call on the gateway's own session with a handshake-era server, for a client of that era: a
-        server request the client did not declare the capability for is refused (-32021), the call abandoned."""
-        try:
-            async for frame in frames:
-                if isinstance(frame, Notify):
-                    request = self._rounds.input_request(frame)
-                    if request is not None:
-                        await self._rounds.refuse_undeclared(request, declared(), self.upstream, {}, call.own_session)
-                yield frame
-        finally:
-            await abandon(frames)
-
-    async def _bridged(
-        self, frames: AsyncIterator[Frame], call: Call, client: Era, info: UpstreamInfo, declared: Callable[[], Raw]
-    ) -> AsyncIterator[Frame | Ask]:
-        """A call's frames for a client of the other era: results translated; a handshake-era server's
-        request to a 2026-07-28 client becomes an `input_required` answer (the call is held for the
-        retry) unless the client did not declare the capability it needs (-32021); a 2026-07-28
-        server's `input_required` result becomes an `Ask` for a handshake-era one."""
-        kept = False
-        try:
-            async for frame in frames:
-                if isinstance(frame, Notify):
-                    request = self._rounds.input_request(frame) if client is Era.MODERN else None
-                    if request is not None and call.id is not None:
-                        await self._rounds.refuse_undeclared(request, declared(), self.upstream, {}, call.own_session)
-                        pending = Held(frames, self.upstream, info, call.method, {}, {}, call.own_session)
-                        kept = True
-                        result = await self._rounds.hold(pending, request)
-                        yield Reply(200, self._codec.result(call.id, result), dict(JSON))
-                        return
-                    yield frame
-                    continue
-                ask = self._rounds.asked_of(frame) if client is Era.LEGACY else None
-                if ask is not None:
-                    yield ask
-                    return
-                if frame.body:
-                    frame = self._translate(call.method, frame, client, info)
-                yield rekeyed(self._codec, frame, call.id) if call.id is not None else frame
-                return
-        finally:
-            if not kept:
-                await abandon(frames)
-
-    async def _resume(self, id: Raw, params: Raw | UnsetType) -> AsyncIterator[Frame]:
-        """A 2026-07-28 client's retry: its answers go to the server, whose held call goes on."""
-        pending = await self._rounds.resume(params)
-        call = Call(pending.method, id, UNSET, {}, pending.own_session)
-        declared = self._declared(params, {}, Era.MODERN)
-        async for frame in self._bridged(pending.frames, call, Era.MODERN, pending.info, declared):
-            if isinstance(frame, Ask):
-                raise UpstreamProtocolError(self.upstream.name, "invalid_protocol_response")
-            yield frame
 
     async def end_session(self, headers: Headers) -> Reply:
         """`session_termination`: close a session the server holds; end one the gateway issued
@@ -301,7 +248,7 @@ class Channel:
         return Reply(200)
 
     def _local_answer(
-        self, method: str, params: Raw | msgspec.UnsetType, headers: Headers, client: Era, info: UpstreamInfo
+        self, method: str, params: Raw | UnsetType, headers: Headers, client: Era, info: UpstreamInfo
     ) -> tuple[Raw, Headers] | None:
         """A result the gateway gives itself, with extra response headers; None to forward."""
         if client is Era.LEGACY:
@@ -314,23 +261,3 @@ class Channel:
         elif method == "server/discover" and info.era is Era.LEGACY:
             return self._bridge.discover_result(info), {}
         return None
-
-    def _forwarded_headers(self, headers: Headers, passthrough: bool) -> Headers:
-        if self.upstream.transport == "stdio":
-            return {}  # a pipe carries no headers
-        dropped = _TRANSPORT_OWNED if passthrough else _TRANSPORT_OWNED | _ERA_HEADERS
-        return {k: v for k, v in strip_hop_by_hop(headers).items() if k.lower() not in dropped}
-
-    def _translate(self, method: str, reply: Reply, client: Era, info: UpstreamInfo) -> Reply:
-        """Make a server's result readable by a client of the other era."""
-        try:
-            answer = self._codec.message(reply.body)
-        except msgspec.MsgspecError:
-            raise UpstreamProtocolError(self.upstream.name, "malformed_json") from None
-        if answer.result is UNSET or answer.id is UNSET:
-            return reply
-        if client is Era.MODERN:
-            result = self._bridge.modern_result(method, answer.result, info.server_info)
-        else:
-            result = self._bridge.legacy_result(answer.result)
-        return Reply(reply.status, self._codec.result(answer.id, result), reply.headers)

@@ -21,7 +21,7 @@ from typing import Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.channels.router import LIST_KEYS
+from gateway.channels.lists import LIST_KEYS
 from gateway.protocol.eras import META
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import Codec, Headers

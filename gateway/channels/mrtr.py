@@ -160,6 +160,19 @@ class Rounds:
         pending.rounds += 1
         return pending
 
+    async def rootless(self, request: JsonRpcMessage, declared: Raw, upstream: Upstream) -> bool:
+        """Answer a server's `roots/list` for a client that declared no roots with an empty list; True
+        when done so (the call goes on). The gateway's own session declares `roots`, so a server may ask
+        at any time (server-everything does, right after `initialized`), and a stdio call running then
+        receives the request although the client never caused it (MCP 2025-11-25 client/roots)."""
+        if request.method != "roots/list" or missing_capability(request, declared) is None:
+            return False
+        assert request.id is not UNSET
+        answer = JsonRpcMessage(jsonrpc="2.0", id=request.id, result=Raw(b'{"roots":[]}'))
+        with contextlib.suppress(UpstreamError):
+            await upstream.respond(answer, {}, True)
+        return True
+
     async def refuse_undeclared(
         self, request: JsonRpcMessage, declared: Raw, upstream: Upstream, headers: Headers, own_session: bool
     ) -> None:

@@ -22,8 +22,8 @@ from msgspec import UNSET, Raw
 
 from gateway.channels.channel import ServedChannel
 from gateway.dispatch.limits import Limits, Subject
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.logs import REQUEST_ID
-from gateway.observe.telemetry import NOOP, Telemetry
 from gateway.protocol.edge import Edge
 from gateway.protocol.errors import (
     CommandError,

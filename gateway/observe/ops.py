@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.config.routing import RoutingConfig, split_listen
-from gateway.observe.telemetry import Telemetry
+from gateway.observe.hooks import Telemetry
 
 PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
 

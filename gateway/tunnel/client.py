@@ -25,7 +25,7 @@ import msgspec
 from msgspec import Raw
 
 from gateway import __version__
-from gateway.observe.telemetry import NOOP, Telemetry
+from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.errors import CommandGone, ControlPlaneError
 from gateway.protocol.wire import MAX_POLL_LIMIT, Codec, JsonDecoder, PolledCommand, TunnelClientMetadata
 from gateway.tunnel.credentials import ApiKey

@@ -16,7 +16,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from gateway.observe.telemetry import DURATION_BUCKETS, RELAY_SCOPE, SCOPE
+from gateway.observe.otel import DURATION_BUCKETS, RELAY_SCOPE, SCOPE
 from tests.support.client_trace import CLIENT_SPAN, CLIENT_TRACE, client_trace
 from tests.support.harness import PYTHON, SERVERS, Gateway, free_port, gateway, process, tool_text
 from tests.support.ops import RELAY_KEY, TUNNEL, get, ops_url, standalone_relay, until_status

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.config import routing as routing_config
 from gateway.observe import logs
-from gateway.observe.telemetry import current_trace_ids
+from gateway.observe.otel import current_trace_ids
 from tests.support.client_trace import CLIENT_SPAN, CLIENT_TRACE, client_trace
 
 

@@ -15,8 +15,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.config import routing as routing_config
+from gateway.observe.hooks import NOOP, NoopTelemetry
 from gateway.observe.ops import render_prometheus
-from gateway.observe.telemetry import NOOP, NoopTelemetry, OtelTelemetry, build, current_trace_ids, export_configured
+from gateway.observe.otel import OtelTelemetry, current_trace_ids
+from gateway.observe.telemetry import build, export_configured
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import JsonRpcMessage, PolledCommand
 from tests.support.client_trace import CLIENT_SPAN, CLIENT_TRACE
@@ -35,13 +37,26 @@ def test_telemetry_off_builds_nothing() -> None:
     assert not export_configured(
         routing_config.TelemetrySpec(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"}
     )
+    assert NOOP.trace_ids() is None
     with NOOP.command(None, 0.0), NOOP.post("jsonrpc_response", 200, None, None) as post:  # type: ignore[arg-type]
         post.delivered(True)
-    # The SDK is not even imported by a gateway whose telemetry is off.
+
+
+def test_telemetry_off_imports_no_opentelemetry() -> None:
+    """Every module of the gateway but the OTel implementation loads, and telemetry is built off:
+    neither OpenTelemetry (API or SDK) nor the OTel implementation is imported. Left out, as the
+    gateway loads them only when asked: `gateway.demo` (servers of their own, on the MCP SDK) and
+    `relay.redis_queue` (the Redis client imports OpenTelemetry itself; loaded for `backend: redis`)."""
+    skip = ("gateway.observe.otel", "gateway.demo", "gateway.relay.redis_queue")
     probe = (
-        "import sys; from gateway import cli; from gateway.config.routing import TelemetrySpec; "
-        "from gateway.observe.telemetry import build; build(TelemetrySpec(), environ={}); "
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
+        "import importlib, pkgutil, sys, gateway\n"
+        "for info in pkgutil.walk_packages(gateway.__path__, 'gateway.'):\n"
+        f"    if not info.name.startswith({skip!r}):\n"
+        "        importlib.import_module(info.name)\n"
+        "from gateway.config.routing import TelemetrySpec\n"
+        "from gateway.observe.telemetry import build\n"
+        "assert not build(TelemetrySpec(), environ={}).enabled\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'gateway.observe.otel'))))\n"
     )
     out = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
@@ -84,6 +99,7 @@ async def test_hooks_record_events_and_counters() -> None:
     with telemetry.command(command, asyncio.get_running_loop().time()):
         telemetry.describe(message)
         assert current_trace_ids() is not None
+        assert telemetry.trace_ids() == current_trace_ids()
         telemetry.limit_waiting("tenant")
         telemetry.rate_limit("tenant", "admitted", wait_s=0.25)
         telemetry.rate_limit("tenant", "rejected")

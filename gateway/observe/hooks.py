@@ -1,0 +1,154 @@
+"""The telemetry seam: the hooks every layer calls (`Telemetry`) and `NOOP`, which does nothing.
+Owns the interface and the no-op only, so no layer needs OpenTelemetry (as httpcore's `_trace.py`);
+must not import opentelemetry, directly or through anything it imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import TracebackType
+from typing import Final, Literal, Protocol
+
+from gateway.config.routing import ServerSpec
+from gateway.protocol.mcp import Call, Frame, UpstreamInfo
+from gateway.protocol.wire import Headers, JsonRpcMessage, PolledCommand
+from gateway.relay.tracing import NO_TRACER, RelayTracer
+
+RateLimitOutcome = Literal["admitted", "waited", "rejected"]
+
+
+class Observed(Protocol):
+    """What telemetry needs of one server's transport (an `Upstream`): its name and kind, its calls,
+    and the `observer` hook it reports up/down/restart through."""
+
+    name: str
+    transport: str
+    observer: Callable[[str, str], None] | None
+
+    @property
+    def ready(self) -> bool: ...
+
+    def exchange(self, call: Call) -> AsyncIterator[Frame]: ...
+
+
+class CommandScope(Protocol):
+    def __enter__(self) -> CommandScope: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class PostScope(Protocol):
+    def __enter__(self) -> PostScope: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def delivered(self, ok: bool) -> None: ...
+
+
+class PollScope(Protocol):
+    def __enter__(self) -> PollScope: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def polled(self, count: int) -> None: ...
+
+
+class _NullScope:
+    """What every no-op hook returns: a context manager whose methods do nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _NullScope:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def polled(self, count: int) -> None:
+        pass
+
+    def delivered(self, ok: bool) -> None:
+        pass
+
+
+_NULL: Final = _NullScope()
+
+
+class Telemetry:
+    """The hooks the gateway calls; this base records nothing (it is what `NoopTelemetry` is).
+
+    Callers: the dispatcher (`command`, `describe`, `post`), the channel (`exchange`), the
+    poller and the responder (`poll`, `post_retry`), the limits (`rate_limit`), the app
+    (`watch`, `relay_tracer`), the ops listener (`metrics_data`), the log records (`trace_ids`)
+    and the CLI (`shutdown`).
+    """
+
+    enabled: bool = False
+
+    def command(self, command: PolledCommand, received_at: float) -> CommandScope:
+        """Around one command's whole life: the SERVER span (current inside), in-flight count, duration."""
+        return _NULL
+
+    def describe(self, message: JsonRpcMessage) -> None:
+        """The current command carries `message`: names its span and sets the MCP attributes."""
+
+    def post(self, resp_type: str, status: int, body: bytes | None, headers: Headers | None) -> PostScope:
+        """Around one response POST of the current command; a terminal frame settles the outcome."""
+        return _NULL
+
+    def exchange(self, upstream: Observed, call: Call, info: UpstreamInfo) -> AsyncIterator[Frame]:
+        """`upstream.exchange(call)` in a CLIENT span, with the trace context passed on to the server."""
+        return upstream.exchange(call)
+
+    def poll(self, limit: int) -> PollScope:
+        """Around one long poll; `.polled(n)` reports how many commands it brought."""
+        return _NULL
+
+    def post_retry(self, attempt: int, reason: str, delay_s: float) -> None:
+        """A response POST is retried after `delay_s`: an event on the POST span and a counter."""
+
+    def rate_limit(self, limit: str, outcome: RateLimitOutcome, wait_s: float = 0.0) -> None:
+        """One call met `limit`: an event on the current span when it waits or is rejected, the wait
+        time when it is admitted after waiting `wait_s`."""
+
+    def limit_waiting(self, limit: str) -> None:
+        """`Limits(on_wait=...)`: a call starts waiting for `limit`."""
+        self.rate_limit(limit, "waited")
+
+    def watch_limits(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        """Export the limits' own (limit label, admitted|waited|rejected) counts as counters."""
+
+    def watch(self, upstreams: Mapping[str, Observed], specs: Mapping[str, ServerSpec]) -> None:
+        """Observe these upstreams (all of them, replacing earlier ones): up/down gauge, restart counter
+        and events, through `Upstream.observer`."""
+
+    def relay_tracer(self) -> RelayTracer:
+        """The relay's seam: a span per MCP client request, its context put into the command."""
+        return NO_TRACER
+
+    def metrics_data(self) -> object | None:
+        """A collection of every instrument (the SDK's `MetricsData`, which `/metrics` reads by shape),
+        or None when metrics are not kept."""
+        return None
+
+    def trace_ids(self) -> tuple[str, str] | None:
+        """(trace id, span id) of the span current in this context, for log lines; None outside one."""
+        return None
+
+    def shutdown(self) -> None:
+        """Flush what is buffered and stop exporting (blocking; call at exit)."""
+
+
+class NoopTelemetry(Telemetry):
+    """Telemetry off: no SDK imported, no provider, no exporter; every hook returns at once."""
+
+
+NOOP: Final = NoopTelemetry()

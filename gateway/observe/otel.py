@@ -1,0 +1,386 @@
+"""`OtelTelemetry`: the hooks as spans and metrics following the MCP semantic conventions, and the trace
+context passed on (command headers, `params._meta`, upstream HTTP headers). OpenTelemetry API only,
+no global provider; records no header or secret, no tool arguments/results unless `capture_arguments` (redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from msgspec import UNSET, Raw, UnsetType
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway import __version__
+from gateway.config.routing import ServerSpec
+from gateway.observe.hooks import Observed, RateLimitOutcome, Telemetry
+from gateway.observe.otel_scopes import (
+    SESSION_HEADER,
+    Attributes,
+    ClientSpan,
+    CommandSpan,
+    Operation,
+    OtelRelayTracer,
+    PollSpan,
+    PostSpan,
+)
+from gateway.protocol.errors import UpstreamError
+from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo, abandon
+from gateway.protocol.tracecontext import TRACEPARENT, TRACESTATE, Params, Payloads, request_id_text
+from gateway.protocol.wire import RESP_NOTIFY, Headers, JsonRpcMessage, PolledCommand, header_value
+from gateway.relay.tracing import RelayTracer
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+
+SCOPE: Final = "mcp-tunnel-gateway"
+RELAY_SCOPE: Final = "mcp-tunnel-gateway.relay"
+
+DURATION_BUCKETS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+"""The MCP semantic conventions' bucket boundaries for operation and session durations (seconds)."""
+NOT_SERVER_ERRORS: Final = frozenset({-32700, -32600, -32601, -32602, -32002})
+"""JSON-RPC codes meaning the caller sent what the receiver could not serve: not errors on a SERVER span."""
+CAPTURE_LIMIT: Final = 4096
+LABEL_VALUES_LIMIT: Final = 200
+"""Distinct client-chosen values (tool and prompt names, versions) a metric label takes; then `_OTHER`."""
+SESSIONS_TRACKED: Final = 10_000
+VERSION_HEADER: Final = "MCP-Protocol-Version"
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """(trace id, span id) of the span current in this context, for log lines; None outside one."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
+
+class _Labels:
+    """Caps the distinct values a client-chosen label takes, and redacts each value once."""
+
+    def __init__(self, redact: Callable[[str], str], limit: int = LABEL_VALUES_LIMIT) -> None:
+        self._redact = redact
+        self._limit = limit
+        self._seen: dict[str, str] = {}
+
+    def __call__(self, value: str) -> str:
+        label = self._seen.get(value)
+        if label is None:
+            if len(self._seen) >= self._limit:
+                return "_OTHER"
+            label = self._seen[value] = self._redact(value)
+        return label
+
+
+def _error_type(exc: BaseException) -> str:
+    """A low-cardinality `error.type`: the tunnel_failure source of an upstream failure, else the class."""
+    if isinstance(exc, UpstreamError):
+        return exc.failure.source
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
+        return "cancelled"
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):  # ControlPlaneError: the HTTP status the control plane answered
+        return str(status)
+    cause = exc.__cause__
+    return type(cause).__name__ if cause is not None else type(exc).__qualname__
+
+
+def _histogram(meter: Meter, name: str, description: str) -> Histogram:
+    return meter.create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+    )
+
+
+class OtelTelemetry(Telemetry):
+    """Spans and metrics through the SDK providers this object was given (no global provider is set)."""
+
+    enabled = True
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None,
+        meter: Meter,
+        scrape: InMemoryMetricReader | None,
+        capture_arguments: bool,
+        redact: Callable[[str], str],
+        shutdowns: Sequence[Callable[[], object]],
+    ) -> None:
+        provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
+        self.tracer = provider.get_tracer(SCOPE, __version__)
+        self.relay_spans = provider.get_tracer(RELAY_SCOPE, __version__)
+        self.propagator = TraceContextTextMapPropagator()
+        self.payloads = Payloads()
+        self.capture = capture_arguments
+        self.redact = redact
+        self.labels = _Labels(redact)
+        self.current: contextvars.ContextVar[CommandSpan | None] = contextvars.ContextVar("command", default=None)
+        self._scrape = scrape
+        self._shutdowns = list(shutdowns)
+        self._sessions: OrderedDict[str, float] = OrderedDict()
+        self._upstreams: dict[str, Observed] = {}
+        self._servers: dict[str, Attributes] = {}
+
+        self.server_duration = _histogram(
+            meter,
+            "mcp.server.operation.duration",
+            "MCP request or notification duration as observed on the receiver from the time it was received "
+            "until the result or ack is sent.",
+        )
+        self.client_duration = _histogram(
+            meter,
+            "mcp.client.operation.duration",
+            "The duration of the MCP request or notification as observed on the sender from the time it was "
+            "sent until the response or ack is received.",
+        )
+        self.session_duration = _histogram(
+            meter, "mcp.server.session.duration", "The duration of the MCP session as observed on the MCP server."
+        )
+        self.command_age = _histogram(
+            meter, "gateway.command.age", "Time from poll receipt to the command's terminal response."
+        )
+        self.poll_duration = _histogram(meter, "gateway.poll.duration", "Duration of one long poll.")
+        self.ratelimit_wait = _histogram(meter, "gateway.ratelimit.wait", "Time calls waited for a limit.")
+        self.polled = meter.create_counter("gateway.commands.polled", "{command}", "Commands taken from polls.")
+        self.inflight = meter.create_up_down_counter("gateway.commands.inflight", "{command}", "Commands running.")
+        self.poll_errors = meter.create_counter("gateway.poll.errors", "{poll}", "Polls that failed or were refused.")
+        self.post_retries = meter.create_counter("gateway.response.retries", "{retry}", "Response POSTs retried.")
+        self.post_failures = meter.create_counter("gateway.response.failures", "{frame}", "Frames not delivered.")
+        self.restarts = meter.create_counter("gateway.upstream.restarts", "{restart}", "Upstream process restarts.")
+        meter.create_observable_gauge(
+            "gateway.upstream.up", [self._observe_upstreams], "1", "1 while an upstream server is up, else 0."
+        )
+        self._limit_counts: Callable[[], Mapping[tuple[str, str], int]] | None = None
+        for outcome in ("admitted", "waited", "rejected"):
+            meter.create_observable_counter(
+                f"gateway.ratelimit.{outcome}", [self._observe_limits(outcome)], "{call}", f"Calls a limit {outcome}."
+            )
+
+    # ------------------------------------------------------------------ propagation and attributes
+
+    def extract(self, headers: Headers, params: Params | None) -> otel_context.Context | None:
+        """The caller's context: `traceparent` in the headers first, then in `params._meta`."""
+        parent = header_value(headers, TRACEPARENT)
+        state = header_value(headers, TRACESTATE) if parent is not None else None
+        if parent is None and params is not None and params.meta is not None:
+            parent, state = params.meta.traceparent, params.meta.tracestate
+        if parent is None:
+            return None
+        carrier = {TRACEPARENT: parent, TRACESTATE: state} if state else {TRACEPARENT: parent}
+        found = self.propagator.extract(carrier)
+        return found if trace.get_current_span(found).get_span_context().is_valid else None
+
+    def carrier(self, span: trace.Span) -> dict[str, str]:
+        carrier: dict[str, str] = {}
+        self.propagator.inject(carrier, context=trace.set_span_in_context(span))
+        return carrier
+
+    def operation(
+        self, method: str, params: Params, request_id: Raw | UnsetType | None, headers: Headers, transport: str
+    ) -> Operation:
+        attributes: Attributes = {"mcp.method.name": method, "network.transport": transport}
+        metric: Attributes = {"mcp.method.name": method, "network.transport": transport}
+        target: str | None = None
+        tool_call = method == "tools/call"
+        if isinstance(params.name, str) and method in ("tools/call", "prompts/get"):
+            target = self.labels(params.name)
+            key = "gen_ai.tool.name" if tool_call else "gen_ai.prompt.name"
+            attributes[key] = metric[key] = target
+        if tool_call:
+            attributes["gen_ai.operation.name"] = metric["gen_ai.operation.name"] = "execute_tool"
+        if isinstance(params.uri, str) and method.startswith("resources/"):
+            attributes["mcp.resource.uri"] = self.redact(params.uri)
+        rid = request_id_text(request_id)
+        if rid is not None:
+            attributes["jsonrpc.request.id"] = rid
+        version = header_value(headers, VERSION_HEADER)
+        if version is None and params.meta is not None:
+            version = params.meta.protocol_version
+        if version is not None:
+            attributes["mcp.protocol.version"] = metric["mcp.protocol.version"] = self.labels(version)
+        session = header_value(headers, SESSION_HEADER)
+        if session is not None:
+            attributes["mcp.session.id"] = session
+        name = f"{method} {target}" if target is not None else method
+        return Operation(method, name, attributes, metric, tool_call, params.arguments)
+
+    def settle(self, span: trace.Span, op: Operation, body: bytes | None, metric: Attributes, *, server: bool) -> None:
+        """Record the JSON-RPC outcome of a response `body` on the span and the metric attributes."""
+        outcome = self.payloads.outcome(body, op.tool_call)
+        error = outcome.error
+        if error is not None:
+            code = str(error.code)
+            span.set_attribute("rpc.response.status_code", code)
+            metric["rpc.response.status_code"] = code
+            if not server or error.code not in NOT_SERVER_ERRORS:
+                span.set_attribute("error.type", code)
+                metric["error.type"] = code
+                span.set_status(Status(StatusCode.ERROR, self.redact(error.message)[:256]))
+        elif outcome.tool_error:
+            span.set_attribute("error.type", "tool_error")
+            metric["error.type"] = "tool_error"
+            span.set_status(Status(StatusCode.ERROR))
+        if server and self.capture and op.tool_call and body and error is None:
+            result = self.payloads.result(body)
+            if result is not UNSET:
+                span.set_attribute("gen_ai.tool.call.result", self.captured(result))
+
+    def captured(self, raw: Raw) -> str:
+        text = self.redact(bytes(raw).decode(errors="replace"))
+        return text if len(text) <= CAPTURE_LIMIT else text[:CAPTURE_LIMIT] + "…"
+
+    def failed(self, span: trace.Span, exc: BaseException, metric: Attributes | None) -> str:
+        kind = _error_type(exc)
+        span.set_attribute("error.type", kind)
+        if metric is not None:
+            metric["error.type"] = kind
+        span.set_status(Status(StatusCode.ERROR, self.redact(str(exc))[:256]))
+        return kind
+
+    def server_attributes(self, upstream: Observed) -> Attributes:
+        found = self._servers.get(upstream.name)
+        if found is None:
+            transport = "pipe" if upstream.transport == "stdio" else "tcp"
+            found = self._servers[upstream.name] = {"gateway.server": upstream.name, "network.transport": transport}
+        return found
+
+    # ------------------------------------------------------------------ hooks
+
+    def command(self, command: PolledCommand, received_at: float) -> CommandSpan:
+        return CommandSpan(self, command, received_at)
+
+    def describe(self, message: JsonRpcMessage) -> None:
+        scope = self.current.get()
+        if scope is not None:
+            scope.describe(message)
+
+    def post(self, resp_type: str, status: int, body: bytes | None, headers: Headers | None) -> PostSpan:
+        scope = self.current.get()
+        if scope is not None and resp_type != RESP_NOTIFY:
+            scope.settle(status, body, headers or {})
+        return PostSpan(self, resp_type, status)
+
+    async def exchange(self, upstream: Observed, call: Call, info: UpstreamInfo) -> AsyncIterator[Frame]:
+        # The CLIENT span is never made current: this generator may be finalized in another task.
+        client = ClientSpan(self, upstream, call, info)
+        frames = upstream.exchange(client.call)
+        try:
+            async for frame in frames:
+                if isinstance(frame, Reply):
+                    client.reply(frame)
+                yield frame
+        except BaseException as exc:
+            client.fail(exc)
+            raise
+        finally:
+            client.end()
+            await abandon(frames)  # closed early: the transport cancels the call now
+
+    def poll(self, limit: int) -> PollSpan:
+        return PollSpan(self, limit)
+
+    def post_retry(self, attempt: int, reason: str, delay_s: float) -> None:
+        self.post_retries.add(1, {"gateway.retry.reason": reason})
+        event: Attributes = {
+            "gateway.retry.attempt": attempt,
+            "gateway.retry.reason": reason,
+            "gateway.retry.delay_s": delay_s,
+        }
+        trace.get_current_span().add_event("retry", event)
+
+    def rate_limit(self, limit: str, outcome: RateLimitOutcome, wait_s: float = 0.0) -> None:
+        labels = {"gateway.ratelimit.limit": limit}
+        if outcome == "admitted":
+            if wait_s > 0:
+                self.ratelimit_wait.record(wait_s, labels)
+            return
+        event = "rate_limit.wait" if outcome == "waited" else "rate_limit.reject"
+        trace.get_current_span().add_event(event, {**labels, "gateway.ratelimit.wait_s": wait_s})
+
+    def watch_limits(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        self._limit_counts = counts
+
+    def _observe_limits(self, outcome: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            counts = self._limit_counts() if self._limit_counts is not None else {}
+            for (label, kind), count in list(counts.items()):
+                if kind == outcome:
+                    yield Observation(count, {"gateway.ratelimit.limit": label})
+
+        return observe
+
+    def watch(self, upstreams: Mapping[str, Observed], specs: Mapping[str, ServerSpec]) -> None:
+        self._upstreams = dict(upstreams)  # the whole current set (a reload passes the new one)
+        for name, upstream in upstreams.items():
+            upstream.observer = self._upstream_event
+            spec = specs.get(name)
+            attributes: Attributes = {"gateway.server": name, "network.transport": "pipe"}
+            if spec is not None and spec.http is not None:
+                attributes["network.transport"] = "tcp"
+                parts = _url_parts(spec.http.url)
+                if parts is not None:
+                    attributes["server.address"], attributes["server.port"] = parts
+            self._servers[name] = attributes
+
+    def _upstream_event(self, server: str, event: str) -> None:
+        """`Upstream.observer`: `up`, `down`, `restart` (a span with one event for the latter two)."""
+        if event == "restart":
+            self.restarts.add(1, {"gateway.server": server})
+        if event in ("restart", "down"):
+            attributes = self._servers.get(server, {"gateway.server": server})
+            span = self.tracer.start_span(
+                f"upstream {event}", kind=SpanKind.INTERNAL, attributes=attributes, context=otel_context.Context()
+            )
+            span.add_event(f"upstream.{event}", {"gateway.server": server})
+            span.end()
+
+    def _observe_upstreams(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name, upstream in list(self._upstreams.items()):
+            yield Observation(1 if upstream.ready else 0, {"gateway.server": name})
+
+    def session_opened(self, session_id: str) -> None:
+        self._sessions[session_id] = time.monotonic()
+        while len(self._sessions) > SESSIONS_TRACKED:
+            self._sessions.popitem(last=False)
+
+    def session_closed(self, session_id: str) -> None:
+        opened = self._sessions.pop(session_id, None)
+        if opened is not None:
+            self.session_duration.record(time.monotonic() - opened, {"network.transport": "tcp"})
+
+    def relay_tracer(self) -> RelayTracer:
+        return OtelRelayTracer(self)
+
+    def metrics_data(self) -> MetricsData | None:
+        return self._scrape.get_metrics_data() if self._scrape is not None else None
+
+    def trace_ids(self) -> tuple[str, str] | None:
+        return current_trace_ids()
+
+    def shutdown(self) -> None:
+        shutdowns, self._shutdowns = self._shutdowns, []
+        for stop in shutdowns:
+            stop()
+
+
+def _url_parts(url: str) -> tuple[str, int] | None:
+    """(host, port) of a URL; never its userinfo, path or query."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)

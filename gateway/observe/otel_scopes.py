@@ -1,0 +1,331 @@
+"""The spans with a lifetime: one command (SERVER), one response POST, one poll, one upstream call
+(CLIENT), one relay client request, each recording its metrics through its `OtelTelemetry`.
+Part of the OTel implementation (loaded only when telemetry is on); builds no provider, sets no global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+from msgspec import UNSET, Raw, UnsetType
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from gateway.protocol.mcp import Call, Reply, UpstreamInfo
+from gateway.protocol.tracecontext import TRACEPARENT, Params, with_trace_headers
+from gateway.protocol.wire import COMMAND_SESSION_END, Headers, JsonRpcMessage, PolledCommand, header_value
+
+if TYPE_CHECKING:
+    from gateway.observe.hooks import Observed
+    from gateway.observe.otel import OtelTelemetry
+
+SESSION_HEADER: Final = "Mcp-Session-Id"
+
+Attributes = dict[str, Any]
+
+
+@dataclasses.dataclass(slots=True)
+class Operation:
+    """One MCP message as telemetry sees it: span name, span attributes, metric attributes."""
+
+    method: str
+    name: str
+    attributes: Attributes
+    metric: Attributes
+    tool_call: bool
+    arguments: Raw | UnsetType = UNSET
+
+
+class CommandSpan:
+    """One command's SERVER span, current while the command runs, and its metrics."""
+
+    __slots__ = ("_answered", "_command", "_metric", "_op", "_received", "_span", "_started", "_t", "_tokens")
+
+    def __init__(self, t: OtelTelemetry, command: PolledCommand, received_at: float) -> None:
+        self._t = t
+        self._command = command
+        self._received = received_at
+        self._op: Operation | None = None
+        self._metric: Attributes = {}
+        self._answered = False
+
+    def __enter__(self) -> CommandSpan:
+        t, command = self._t, self._command
+        self._started = time.perf_counter()
+        params: Params | None = None
+        if command.jsonrpc is not UNSET and header_value(command.headers, TRACEPARENT) is None:
+            raw = bytes(command.jsonrpc)
+            if b"traceparent" in raw:  # only then is the message parsed here
+                message = t.payloads.message(raw)
+                params = t.payloads.params(message.params if message is not None else UNSET)
+        parent = t.extract(command.headers, params)
+        attributes: Attributes = {
+            "network.transport": "tcp",
+            "gateway.channel": t.labels(command.channel),
+            "gateway.request.id": command.request_id,
+        }
+        if command.command_type == COMMAND_SESSION_END:
+            session = header_value(command.headers, SESSION_HEADER)
+            if session is not None:
+                attributes["mcp.session.id"] = session
+                t.session_closed(session)
+        self._span = t.tracer.start_span(
+            command.command_type, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+        self._tokens = (
+            otel_context.attach(trace.set_span_in_context(self._span, parent)),
+            t.current.set(self),
+        )
+        t.inflight.add(1)
+        return self
+
+    def describe(self, message: JsonRpcMessage) -> None:
+        t = self._t
+        if message.method is UNSET:  # a client's answer to a server-initiated request
+            self._span.update_name("response")
+            return
+        params = t.payloads.params(message.params)
+        op = self._op = t.operation(message.method, params, message.id, self._command.headers, "tcp")
+        self._metric = op.metric
+        self._span.update_name(op.name)
+        self._span.set_attributes(op.attributes)
+        if t.capture and op.tool_call and op.arguments is not UNSET:
+            self._span.set_attribute("gen_ai.tool.call.arguments", t.captured(op.arguments))
+
+    def settle(self, status: int, body: bytes | None, headers: Headers) -> None:
+        """The terminal frame is about to be posted: record what it says."""
+        if self._answered:
+            return
+        self._answered = True
+        t = self._t
+        t.command_age.record(asyncio.get_running_loop().time() - self._received)
+        if status >= 500:
+            self._span.set_attribute("http.response.status_code", status)
+        if self._op is not None:
+            t.settle(self._span, self._op, body, self._metric, server=True)
+            if self._op.method == "initialize":
+                session = header_value(headers, SESSION_HEADER)
+                if session is not None:
+                    t.session_opened(session)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        t = self._t
+        try:
+            if exc is not None:
+                t.failed(self._span, exc, self._metric)
+            elif not self._answered:
+                self._span.set_attribute("error.type", "unanswered")
+                self._metric["error.type"] = "unanswered"
+            if self._op is not None:
+                t.server_duration.record(time.perf_counter() - self._started, self._metric)
+            t.inflight.add(-1)
+            self._span.end()
+        finally:
+            otel_token, var_token = self._tokens
+            t.current.reset(var_token)
+            otel_context.detach(otel_token)
+
+
+class PostSpan:
+    """One response POST's CLIENT span, current while it runs so retry events land on it."""
+
+    __slots__ = ("_ok", "_resp_type", "_span", "_status", "_t", "_token")
+
+    def __init__(self, t: OtelTelemetry, resp_type: str, status: int) -> None:
+        self._t = t
+        self._resp_type = resp_type
+        self._status = status
+        self._ok: bool | None = None
+
+    def __enter__(self) -> PostSpan:
+        attributes: Attributes = {"tunnel.resp_type": self._resp_type, "tunnel.resp_code": self._status}
+        self._span = self._t.tracer.start_span("tunnel response", kind=SpanKind.CLIENT, attributes=attributes)
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self
+
+    def delivered(self, ok: bool) -> None:
+        self._ok = ok
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        t = self._t
+        try:
+            kind: str | None = None
+            if exc is not None:
+                kind = t.failed(self._span, exc, None)
+            elif self._ok is False:
+                kind = "not_delivered"
+                self._span.set_attribute("error.type", kind)
+                self._span.set_status(Status(StatusCode.ERROR))
+            if kind is not None:
+                t.post_failures.add(1, {"tunnel.resp_type": self._resp_type, "error.type": kind})
+            self._span.end()
+        finally:
+            otel_context.detach(self._token)
+
+
+class PollSpan:
+    """One long poll's span (a root: each poll is a trace of its own) and its metrics."""
+
+    __slots__ = ("_count", "_limit", "_span", "_started", "_t")
+
+    def __init__(self, t: OtelTelemetry, limit: int) -> None:
+        self._t = t
+        self._limit = limit
+        self._count = 0
+
+    def __enter__(self) -> PollSpan:
+        self._started = time.perf_counter()
+        self._span = self._t.tracer.start_span(
+            "tunnel poll",
+            kind=SpanKind.CLIENT,
+            attributes={"tunnel.poll.limit": self._limit},
+            context=otel_context.Context(),
+        )
+        return self
+
+    def polled(self, count: int) -> None:
+        self._count = count
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        t = self._t
+        outcome: Attributes = {}
+        if isinstance(exc, asyncio.CancelledError):  # shutting down: not a failed poll
+            self._span.set_attribute("tunnel.poll.cancelled", True)
+            self._span.end()
+            return
+        if exc is not None:
+            kind = t.failed(self._span, exc, outcome)
+            t.poll_errors.add(1, {"error.type": kind})
+        else:
+            self._span.set_attribute("tunnel.poll.commands", self._count)
+            if self._count:
+                t.polled.add(self._count)
+        t.poll_duration.record(time.perf_counter() - self._started, outcome)
+        self._span.end()
+
+
+class ClientSpan:
+    """One upstream call's CLIENT span; `call` is the call carrying its trace context to the server."""
+
+    __slots__ = ("_done", "_metric", "_op", "_span", "_started", "_t", "call")
+
+    def __init__(self, t: OtelTelemetry, upstream: Observed, call: Call, info: UpstreamInfo) -> None:
+        self._t = t
+        self._done = False
+        server = t.server_attributes(upstream)
+        op = t.operation(
+            call.method, t.payloads.params(call.params), call.id, call.headers, server["network.transport"]
+        )
+        op.attributes.update(server)
+        op.attributes["mcp.protocol.version"] = info.protocol_version
+        op.metric.update(server)
+        op.metric["mcp.protocol.version"] = t.labels(info.protocol_version)
+        self._op, self._metric = op, op.metric
+        self._started = time.perf_counter()
+        self._span = t.tracer.start_span(op.name, kind=SpanKind.CLIENT, attributes=op.attributes)
+        carrier = t.carrier(self._span)
+        if carrier:
+            params = t.payloads.inject_params(call.params, carrier)
+            call = dataclasses.replace(
+                call,
+                params=call.params if params is None else params,
+                headers=with_trace_headers(call.headers, carrier),
+            )
+        self.call = call
+
+    def reply(self, reply: Reply) -> None:
+        if not self._done:
+            if reply.status >= 400:
+                self._span.set_attribute("http.response.status_code", reply.status)
+            self._t.settle(self._span, self._op, reply.body, self._metric, server=False)
+            self.end()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self._done:
+            self._t.failed(self._span, exc, self._metric)
+            self.end()
+
+    def end(self) -> None:
+        if not self._done:
+            self._done = True
+            self._t.client_duration.record(time.perf_counter() - self._started, self._metric)
+            self._span.end()
+
+
+# --------------------------------------------------------------------------- the relay's seam
+
+
+class OtelRelayTracer:
+    """The relay's `RelayTracer`: a SERVER span per MCP client request."""
+
+    def __init__(self, t: OtelTelemetry) -> None:
+        self._t = t
+
+    def request(self, channel: str, headers: Mapping[str, str], body: bytes | None) -> RelayRequestSpan:
+        return RelayRequestSpan(self._t, channel, headers, body)
+
+
+class RelayRequestSpan:
+    """One client request on the relay: continues the client's trace, passes its own on in the command."""
+
+    __slots__ = ("_body", "_channel", "_headers", "_op", "_span", "_t")
+
+    def __init__(self, t: OtelTelemetry, channel: str, headers: Mapping[str, str], body: bytes | None) -> None:
+        self._t = t
+        self._channel = channel
+        self._headers: Headers = {name: [value] for name, value in headers.items()}
+        self._body = body
+        self._op: Operation | None = None
+
+    def __enter__(self) -> RelayRequestSpan:
+        t = self._t
+        message = t.payloads.message(self._body)
+        params = t.payloads.params(message.params if message is not None else UNSET)
+        attributes: Attributes = {"network.transport": "tcp", "gateway.channel": t.labels(self._channel)}
+        if message is not None and message.method is not UNSET:
+            self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
+            attributes.update(self._op.attributes)
+            name = self._op.name
+        else:
+            name = "response" if message is not None else "session_termination"
+            session = header_value(self._headers, SESSION_HEADER)
+            if session is not None:
+                attributes["mcp.session.id"] = session
+        parent = t.extract(self._headers, params)
+        self._span = t.relay_spans.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        return self
+
+    def inject(self, headers: Headers, body: bytes | None) -> tuple[Headers, bytes | None]:
+        carrier = self._t.carrier(self._span)
+        if not carrier:
+            return headers, body
+        if body is not None:
+            body = self._t.payloads.inject_message(body, carrier)
+        return with_trace_headers(headers, carrier), body
+
+    def answered(self, status: int, body: bytes | None) -> None:
+        self._span.set_attribute("http.response.status_code", status)
+        if self._op is not None:
+            self._t.settle(self._span, self._op, body, {}, server=True)
+        if status >= 500:
+            self._span.set_attribute("error.type", str(status))
+            self._span.set_status(Status(StatusCode.ERROR))
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            self._t.failed(self._span, exc, None)
+        self._span.end()
