@@ -1,9 +1,9 @@
-"""One command's life: deadline, channel, upstream frames, response frames.
+"""One command's life: deadline, limits, channel, response frames, and the one place an error becomes
+a wire response. Parses no configuration; knows channels, not transports.
 
 Owns the bounded set of commands in flight (the capacity the poller asks
-for), what each command type becomes (a 2026-07-28 request is checked by
-`gateway.protocol.edge` first), and the one place where an error turns into a wire
-response. Parses no configuration; knows channels, not transports.
+for) and what each command type becomes (a 2026-07-28 request is checked by
+`gateway.protocol.edge` first).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from gateway.protocol.errors import (
     UnknownChannel,
     UpstreamError,
 )
+from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
@@ -278,7 +279,7 @@ class Dispatcher:
         tenant_header = limits.tenant_header
         tenant = header_value(command.headers, tenant_header) if tenant_header else None
         if tenant is None:
-            tenant = header_value(command.headers, "Mcp-Session-Id")
+            tenant = header_value(command.headers, SESSION_HEADER)
         route = channel.route(message, command.headers)
         subject = Subject(
             channel=command.channel,

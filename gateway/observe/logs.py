@@ -1,8 +1,8 @@
 """Structured logs: one JSON object or one text line per record on stderr, secrets redacted.
+No line leaves unredacted; imports no opentelemetry (trace ids come from a function it is handed).
 
 Owns the log formats, the `REQUEST_ID` context variable the dispatcher sets,
-the trace and span ids on each record (from a function it is handed: this
-module imports no opentelemetry), and the redaction every line goes through:
+the trace and span ids on each record, and the redaction every line goes through:
 known secret values registered at startup, `Authorization` values, bearer
 tokens, and credentials in URLs (userinfo, `token=`/`key=`-style parameters).
 """
@@ -110,9 +110,17 @@ def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
 
 
 def relay_secrets(config: RelayConfig, base: Path) -> Iterator[str]:
-    """Every secret value relay.yaml names: each tunnel's gateway key and client tokens."""
-    refs = [ref for spec in config.tunnels.values() for ref in (spec.gateway_key, *spec.client_tokens)]
+    """Every secret value relay.yaml names: each tunnel's gateway key and client tokens, the
+    identity's JWKS fetch credentials, and each signing key (its whole PEM text and every line
+    of it, so a fragment is masked too)."""
+    refs = [ref for spec in config.tunnels.values() for ref in (spec.gateway_key, *spec.client_tokens) if ref]
+    if config.identity is not None:
+        refs += [issuer.jwks_token for issuer in config.identity.issuers if issuer.jwks_token]
     yield from resolve_all(refs, base)
+    if config.identity is not None:
+        for pem in resolve_all(config.identity.signing_keys, base):
+            yield pem
+            yield from (line.strip() for line in pem.splitlines() if not line.startswith("-----"))
 
 
 def resolve_all(refs: Iterable[str], base: Path) -> Iterator[str]:

@@ -1,12 +1,14 @@
 """The relay: a self-hostable Secure MCP Tunnel v1 control plane and MCP front door.
+Imports nothing of the project beyond `gateway.protocol` and `gateway.config`; re-exports the public names.
 
-Re-exports the public names; each submodule owns one part (see its docstring).
-May import only `gateway.protocol.wire` and `gateway.config.secrets` from the project. The Redis
+Each submodule owns one part (see its docstring). The Redis
 backend (`gateway.relay.redis_queue.RedisQueue`) is imported only when configured.
 """
 
-from gateway.relay.app import BACKEND, CONFIG, METRICS, Relay, build_relay_app, make_backend, serve_relay
+from gateway.relay.app import BACKEND, CONFIG, IDENTITY, METRICS, Relay, build_relay_app, make_backend, serve_relay
 from gateway.relay.config import (
+    IdentitySpec,
+    IssuerSpec,
     MemoryBackend,
     RedisBackend,
     RelayConfig,
@@ -25,9 +27,12 @@ from gateway.relay.queue import Command, MemoryQueue, QueueBackend, TunnelStatus
 __all__ = [
     "BACKEND",
     "CONFIG",
+    "IDENTITY",
     "METRICS",
     "Command",
     "Credentials",
+    "IdentitySpec",
+    "IssuerSpec",
     "MemoryBackend",
     "MemoryQueue",
     "QueueBackend",

@@ -1,8 +1,8 @@
 """Assembling and running a relay: the aiohttp application, the embeddable `Relay`, `serve_relay`.
+Holds no request logic: that is `front`'s and `tunnel_api`'s.
 
 Owns the provision step (secrets resolved once, backend built from `backend:`,
 routes mounted), typed app state, resource lifetimes and the listening socket.
-Holds no request logic.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from gateway.relay.config import RedisBackend, RelayConfig, RelayConfigError, pa
 from gateway.relay.errors import ServerLog, error_middleware
 from gateway.relay.front import FrontDoor
 from gateway.relay.guard import READ_TIMEOUT, Credentials, check_channel, resolve_credentials
+from gateway.relay.identity import Identity
 from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
+from gateway.relay.token_endpoint import TokenEndpoint
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
 
@@ -32,6 +34,8 @@ log = logging.getLogger("gateway.relay")
 CONFIG: Final = web.AppKey("relay_config", RelayConfig)
 BACKEND: Final = web.AppKey("relay_backend", QueueBackend)
 METRICS: Final = web.AppKey("relay_metrics", RelayMetrics)
+IDENTITY: Final = web.AppKey("relay_identity", Identity)
+"""Present when `identity:` is configured."""
 
 SHUTDOWN_TIMEOUT_S: Final = 5.0
 """How long closing waits for handlers after waking every waiting poll and caller."""
@@ -50,6 +54,11 @@ async def _backend_lifetime(app: web.Application) -> AsyncIterator[None]:
     finally:
         await backend.close()
         await backend.dispose()
+
+
+async def _identity_lifetime(app: web.Application) -> AsyncIterator[None]:
+    async with app[IDENTITY].lifetime():
+        yield
 
 
 def make_backend(config: RelayConfig, *, source: str = "<relay config>") -> QueueBackend:
@@ -95,14 +104,17 @@ def build_relay_app(
 
     `credentials` defaults to resolving the config's secret references now (raising
     RelayConfigError on failure); `backend` defaults to the one `config.backend`
-    names. The app owns the backend: starts it on startup, closes it on shutdown.
-    Serve it with `handler_cancellation=True` (as `Relay` does) so a caller or
+    names. The app owns the backend: starts it on startup, closes it on shutdown. With
+    `identity:` it also serves `POST /oauth/token`, its tunnel API accepts the access tokens that
+    endpoint issues, and it refreshes the trusted issuers' keys while it runs. Serve it with
+    `handler_cancellation=True` (as `Relay` does) so a caller or
     poller that disconnects is noticed at once.
     """
     resolved = resolve_credentials(config) if credentials is None else credentials
     missing = sorted(set(config.tunnels) - set(resolved))
     if missing:
         raise ValueError(f"no credentials for tunnel {missing[0]!r}")
+    identity = Identity(config.identity) if config.identity is not None else None
     queue = backend or make_backend(config)
     codec = Codec()
     metrics = RelayMetrics(config.tunnels)
@@ -111,11 +123,15 @@ def build_relay_app(
     app[BACKEND] = queue
     app[METRICS] = metrics
     app[READ_TIMEOUT] = config.read_timeout_s
-    app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics).routes())
+    app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics, identity).routes())
     app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer).routes())
     app.router.add_routes(OpsEndpoints(queue, metrics).routes())
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_backend_lifetime)
+    if identity is not None:
+        app[IDENTITY] = identity
+        app.router.add_routes(TokenEndpoint(identity.exchange, metrics).routes())
+        app.cleanup_ctx.append(_identity_lifetime)
     return app
 
 

@@ -1,8 +1,9 @@
 """Relay errors, named by who caused them, and their one translation into HTTP responses.
+Raised anywhere in the relay; turned into a response nowhere but `error_middleware`.
 
 Every failure the relay reports is a `RelayError` subclass whose status, API error
-code and extra headers are class attributes; `error_middleware` is the only place
-one becomes a response. The tree::
+code and extra headers are class attributes. `RelayError` is a branch of the package's one tree
+(`gateway.protocol.errors.GatewayError`); this is that branch in full::
 
     RelayError (500, server_error)
     ├── CallerError                      the MCP client's request is at fault (4xx)
@@ -12,8 +13,9 @@ one becomes a response. The tree::
     │   ├── ClientUnauthorized (401 + WWW-Authenticate: Bearer)
     │   ├── InvalidJsonRpc (400, JSON-RPC error body)
     │   └── MethodNotAllowed (405 + Allow)
-    ├── GatewayError                     the tunnel client's request is at fault (4xx)
-    │   ├── GatewayUnauthorized (401 tunnel_use_forbidden)
+    ├── TunnelClientError                the tunnel client's (a gateway's) request is at fault (4xx)
+    │   ├── GatewayUnauthorized (401 tunnel_use_forbidden)  no valid key or access token for this tunnel
+    │   ├── GatewayForbidden (403 tunnel_use_forbidden)  metadata only: a valid access token for other tunnels
     │   ├── InvalidParameter (400)
     │   ├── InvalidPayload (400 invalid_json_payload)
     │   ├── PendingNotFound (404 pending_request_not_found)
@@ -25,29 +27,42 @@ one becomes a response. The tree::
     ├── BodyTooLarge (413 request_body_too_large)
     ├── BodyTimeout (408 request_timeout)  the body did not arrive within `read_timeout_s`
     ├── QueueFull (429 tunnel_queue_full + Retry-After)
+    ├── ClientRateExceeded (429 rate_limit_exceeded + Retry-After)  a client token's `client_rate` is spent
     ├── ClientNotSeen (503 tunnel_client_not_seen)
     ├── BackendUnavailable (503 tunnel_transport_unavailable + Retry-After)  the queue store is unreachable
     │   └── CommandLost (503)            the queue store no longer knows a waiting caller's command
     ├── RelayClosing (503)
-    └── CallerTimeout (504)
+    ├── CallerTimeout (504)
+    └── TokenError (400 invalid_request)  the token endpoint's caller; an RFC 6749 body, never cached
+        ├── InvalidGrant (400 invalid_grant)  the subject token failed verification
+        ├── UnauthorizedClient (400 unauthorized_client)  a valid subject token whose subject may not
+        │                                     use the tunnels asked for (or any)
+        ├── UnsupportedGrantType (400 unsupported_grant_type)
+        ├── TokenBodyTooLarge (413 invalid_request)
+        ├── TokenMethodNotAllowed (405 invalid_request + Allow: POST)
+        └── IssuerUnavailable (503 temporarily_unavailable + Retry-After)  the issuer's keys could not
+                                          be fetched, so the token can be neither accepted nor refused
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.headers import JSON, RETRY_AFTER, WWW_AUTHENTICATE
 from gateway.protocol.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
 
 log = logging.getLogger("gateway.relay")
 
 
-class RelayError(Exception):
+class RelayError(GatewayError):
     """Base of every error the relay answers with; maps to an APIErrorResponse."""
 
     status: ClassVar[int] = 500
@@ -66,7 +81,7 @@ class RelayError(Exception):
 
     def to_response(self, codec: Codec) -> web.Response:
         body = codec.api_error(self.message, self.error_type, self.code, self.param)
-        return web.Response(status=self.status, body=body, content_type="application/json", headers=self.extra_headers)
+        return web.Response(status=self.status, body=body, content_type=JSON, headers=self.extra_headers)
 
 
 class CallerError(RelayError):
@@ -93,7 +108,7 @@ class ClientUnauthorized(CallerError):
     status = 401
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer token for this tunnel is required"
-    extra_headers = {"WWW-Authenticate": "Bearer"}
+    extra_headers = {WWW_AUTHENTICATE: "Bearer"}
 
 
 class InvalidJsonRpc(CallerError):
@@ -105,7 +120,7 @@ class InvalidJsonRpc(CallerError):
 
     def to_response(self, codec: Codec) -> web.Response:
         body = codec.error_response(NULL_ID, self.rpc_code, self.message)
-        return web.Response(status=self.status, body=body, content_type="application/json")
+        return web.Response(status=self.status, body=body, content_type=JSON)
 
     @classmethod
     def parse_error(cls, message: str) -> InvalidJsonRpc:
@@ -122,43 +137,51 @@ class MethodNotAllowed(CallerError):
     extra_headers = {"Allow": "POST, DELETE"}
 
 
-class GatewayError(RelayError):
+class TunnelClientError(RelayError):
+    """A request to the tunnel API (from a gateway polling or posting frames) is at fault."""
+
     status = 400
     default_message = "bad request"
 
 
-class GatewayUnauthorized(GatewayError):
+class GatewayUnauthorized(TunnelClientError):
     status = 401
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer key for this tunnel is required"
 
 
-class InvalidParameter(GatewayError):
+class GatewayForbidden(TunnelClientError):
+    status = 403
+    code = "tunnel_use_forbidden"
+    default_message = "this access token does not grant use of this tunnel"
+
+
+class InvalidParameter(TunnelClientError):
     default_message = "invalid parameter"
 
 
-class InvalidPayload(GatewayError):
+class InvalidPayload(TunnelClientError):
     code = "invalid_json_payload"
     default_message = "the body is not a valid TunnelResponsePayload JSON object"
 
 
-class PendingNotFound(GatewayError):
+class PendingNotFound(TunnelClientError):
     status = 404
     code = "pending_request_not_found"
     default_message = "the pending request was already processed, expired, or never existed"
 
 
-class ShardMismatch(GatewayError):
+class ShardMismatch(TunnelClientError):
     status = 401
     code = "tunnel_request_mismatch"
     default_message = "the shard token does not belong to this request"
 
 
-class FrameBacklog(GatewayError):
+class FrameBacklog(TunnelClientError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "the MCP caller has not consumed earlier frames yet; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class TunnelNotFound(RelayError):
@@ -189,7 +212,7 @@ class QueueFull(RelayError):
     status = 429
     code = "tunnel_queue_full"
     default_message = "the tunnel's queue is full; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientRateExceeded(RelayError):
@@ -198,7 +221,7 @@ class ClientRateExceeded(RelayError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "too many requests for this client token; retry after the Retry-After delay"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientNotSeen(RelayError):
@@ -211,7 +234,7 @@ class BackendUnavailable(RelayError):
     status = 503
     code = "tunnel_transport_unavailable"
     default_message = "the relay's queue store is unreachable; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class CommandLost(BackendUnavailable):
@@ -228,6 +251,64 @@ class CallerTimeout(RelayError):
     default_message = "the tunnel client did not answer in time"
 
 
+class OAuthErrorBody(msgspec.Struct, frozen=True):
+    """RFC 6749 section 5.2: the token endpoint's error answer."""
+
+    error: str
+    error_description: str
+
+
+NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+"""RFC 6749 section 5.1: token endpoint answers, tokens or errors, are never cached."""
+
+
+class TokenError(RelayError):
+    """The token endpoint refuses a request; `oauth_error` is the RFC 6749/8693 `error` code and
+    the message its `error_description` (written by the relay: never a token or a key)."""
+
+    status = 400
+    oauth_error: ClassVar[str] = "invalid_request"
+    default_message = "the token request is malformed"
+
+    def to_response(self, codec: Codec) -> web.Response:
+        body = msgspec.json.encode(OAuthErrorBody(self.oauth_error, self.message))
+        headers = {**NO_STORE, **self.extra_headers}
+        return web.Response(status=self.status, body=body, content_type="application/json", headers=headers)
+
+
+class InvalidGrant(TokenError):
+    oauth_error = "invalid_grant"
+    default_message = "the subject token is invalid"
+
+
+class UnauthorizedClient(TokenError):
+    oauth_error = "unauthorized_client"
+    default_message = "the subject may not use this relay's tunnels"
+
+
+class UnsupportedGrantType(TokenError):
+    oauth_error = "unsupported_grant_type"
+    default_message = "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange"
+
+
+class TokenBodyTooLarge(TokenError):
+    status = 413
+    default_message = "the token request body is too large"
+
+
+class TokenMethodNotAllowed(TokenError):
+    status = 405
+    default_message = "the token endpoint accepts POST only"
+    extra_headers = {"Allow": "POST"}
+
+
+class IssuerUnavailable(TokenError):
+    status = 503
+    oauth_error = "temporarily_unavailable"
+    default_message = "the issuer's signing keys cannot be fetched right now; retry later"
+    extra_headers = {"Retry-After": "5"}
+
+
 def error_middleware(codec: Codec) -> Middleware:
     """The one translation of errors into responses: RelayError and aiohttp's own 4xx/5xx
     become APIErrorResponse bodies; anything unexpected is logged and becomes a bare 500."""
@@ -242,9 +323,9 @@ def error_middleware(codec: Codec) -> Middleware:
             if exc.status < 400:
                 raise
             kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", RETRY_AFTER.lower()}}
             body = codec.api_error(exc.reason, kind, None)
-            return web.Response(status=exc.status, body=body, content_type="application/json", headers=headers)
+            return web.Response(status=exc.status, body=body, content_type=JSON, headers=headers)
         except ConnectionResetError:
             raise  # the peer left; there is nobody to answer
         except Exception:

@@ -1,8 +1,9 @@
 """The relay's operations endpoints: `/healthz`, `/readyz`, `/metrics` (Prometheus text format).
+Knows nothing of Redis itself: queue depth and pending requests come from the backend.
 
 Owns the relay's own counters (poll waits, waiting callers) and their small
-hand-written exposition; queue depth and pending requests come from the backend
-(shared by every replica when it is Redis). Knows nothing of Redis itself.
+hand-written exposition; the backend's figures are shared by every replica when
+it is Redis.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Final
 
 from aiohttp import web
 
+from gateway.protocol.headers import CONTENT_TYPE, PROMETHEUS_TEXT
 from gateway.relay.errors import BackendUnavailable
 from gateway.relay.queue import QueueBackend, TunnelStatus
 
 POLL_WAIT_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0)
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Histogram:
@@ -62,6 +63,11 @@ class RelayMetrics:
 
     def __init__(self, tunnel_ids: Iterable[str]) -> None:
         self._tunnels = {tunnel_id: _TunnelMetrics() for tunnel_id in tunnel_ids}
+        self._exchanges: dict[str, int] = {}
+
+    def observe_exchange(self, outcome: str) -> None:
+        """One answer of the token endpoint: `issued` or the RFC 6749 error code."""
+        self._exchanges[outcome] = self._exchanges.get(outcome, 0) + 1
 
     def observe_poll(self, tunnel_id: str, waited_s: float, commands: int) -> None:
         tunnel = self._tunnels.get(tunnel_id)
@@ -126,6 +132,10 @@ class RelayMetrics:
         family("relay_poll_wait_seconds", "histogram", "How long polls waited before their answer.")
         for tunnel_id, tunnel in self._tunnels.items():
             out.extend(tunnel.poll_wait.lines("relay_poll_wait_seconds", f'tunnel="{_label(tunnel_id)}"'))
+        if self._exchanges:
+            family("relay_token_exchanges_total", "counter", "Token endpoint answers: issued, or the error code.")
+            for outcome, count in sorted(self._exchanges.items()):
+                out.append(f'relay_token_exchanges_total{{outcome="{_label(outcome)}"}} {count}')
         return "\n".join(out) + "\n"
 
 
@@ -153,4 +163,4 @@ class OpsEndpoints:
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = await self._metrics.render(self._backend)
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=text.encode(), headers={CONTENT_TYPE: PROMETHEUS_TEXT})

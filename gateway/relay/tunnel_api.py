@@ -1,8 +1,8 @@
 """The Secure MCP Tunnel v1 API the relay serves to gateways: metadata, poll, response.
+Validates and encodes; queueing is the backend's, and errors become responses only in the error middleware.
 
 Owns parameter and payload validation for `/v1/tunnels/{tunnel_id}[/poll|/response]`
-and the wire encoding of what it returns; queueing is the backend's, errors
-become responses in the error middleware.
+and the wire encoding of what it returns.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET
 
+from gateway.protocol.headers import INSTANCE_HEADER, JSON, SERVER_INFO_HEADER, SHARD_HEADER
 from gateway.protocol.wire import (
     MAX_POLL_LIMIT,
     RESP_JSONRPC,
@@ -27,15 +28,19 @@ from gateway.protocol.wire import (
     TunnelResponseAck,
     TunnelResponsePayload,
 )
-from gateway.relay.affinity import SERVER_INFO_HEADER, affine_channels
+from gateway.relay.affinity import affine_channels
 from gateway.relay.config import RelayConfig
 from gateway.relay.errors import InvalidParameter, InvalidPayload
-from gateway.relay.guard import Credentials, TunnelCredentials, check_channel, check_gateway, read_body
+from gateway.relay.guard import (
+    AccessTokenCheck,
+    Credentials,
+    TunnelCredentials,
+    check_channel,
+    check_gateway,
+    read_body,
+)
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
-
-SHARD_HEADER: Final = "X-Tunnel-Shard-Token"
-INSTANCE_HEADER: Final = "X-Tunnel-Client-Instance-Id"
 
 _RESPONSE_TYPES: Final = frozenset({RESP_JSONRPC, RESP_NOTIFY, RESP_NOTIFY_ACK, RESP_SESSION_END})
 _PAYLOAD_FIELDS: Final = frozenset(TunnelResponsePayload.__struct_fields__)
@@ -75,9 +80,11 @@ class TunnelAPI:
         backend: QueueBackend,
         codec: Codec,
         metrics: RelayMetrics | None = None,
+        tokens: AccessTokenCheck | None = None,
     ) -> None:
         self._config = config
         self._credentials = credentials
+        self._tokens = tokens
         self._backend = backend
         self._codec = codec
         self._metrics = metrics or RelayMetrics(config.tunnels)
@@ -90,20 +97,21 @@ class TunnelAPI:
             web.post("/v1/tunnels/{tunnel_id}/response", self.response),
         ]
 
-    def _authorize(self, request: web.Request) -> tuple[str, TunnelCredentials]:
+    def _authorize(self, request: web.Request, *, metadata: bool = False) -> tuple[str, TunnelCredentials]:
         tunnel_id = request.match_info["tunnel_id"]
         credentials = self._credentials.get(tunnel_id)
-        check_gateway(request, credentials)  # an unknown tunnel is refused like a wrong key
+        # an unknown tunnel is refused like a wrong key (or, to a valid access token, like another's tunnel)
+        check_gateway(request, tunnel_id, credentials, self._tokens, metadata=metadata)
         assert credentials is not None
         return tunnel_id, credentials
 
     def _json(self, obj: object) -> web.Response:
-        return web.Response(body=self._codec.encode(obj), content_type="application/json")
+        return web.Response(body=self._codec.encode(obj), content_type=JSON)
 
     # ----------------------------------------------------------------------- handlers
 
     async def metadata(self, request: web.Request) -> web.Response:
-        tunnel_id, _ = self._authorize(request)
+        tunnel_id, _ = self._authorize(request, metadata=True)
         spec = self._config.tunnels[tunnel_id]
         return self._json(TunnelClientMetadata(id=tunnel_id, name=spec.name, description=spec.description))
 
@@ -138,7 +146,7 @@ class TunnelAPI:
         body = await read_body(request, self._config.max_body_bytes)
         frame = self._decode_frame(body)
         await self._backend.deliver(tunnel_id, shard_token, frame)
-        return web.Response(body=self._ack, content_type="application/json")
+        return web.Response(body=self._ack, content_type=JSON)
 
     # ----------------------------------------------------------------------- payloads
 

@@ -1,11 +1,11 @@
 """The Streamable HTTP transport: one MCP server reached over HTTP(S).
+Uses a shared aiohttp session it does not own; knows nothing of the tunnel.
 
 Owns the HTTP side of MCP for one server: the era probe (`server/discover`,
 falling back to `initialize`), the gateway's own legacy session, request
 headers, JSON and SSE answers turned into `Notify`/`Reply` frames, and the
 translation of aiohttp failures into `UpstreamError`s (in `map_aiohttp_errors`,
-nowhere else). Uses a shared aiohttp session it does not own; knows nothing of
-the tunnel.
+nowhere else).
 """
 
 from __future__ import annotations
@@ -28,6 +28,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.config.routing import HttpSpec
 from gateway.protocol.eras import MODERN_VERSION, Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
+from gateway.protocol.headers import (
+    ACCEPT,
+    CONTENT_TYPE,
+    EVENT_STREAM,
+    JSON,
+    METHOD_HEADER,
+    NAME_HEADER,
+    SESSION_HEADER,
+    VERSION_HEADER,
+)
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.sse import SseEventTooLarge, SseParser
 from gateway.protocol.wire import (
@@ -43,13 +53,7 @@ from gateway.upstream.base import Upstream, within
 from gateway.upstream.egress import Egress
 from gateway.upstream.process import SupervisedProcess, end_task
 
-JSON: Final = "application/json"
-EVENT_STREAM: Final = "text/event-stream"
-ACCEPT: Final = f"{JSON}, {EVENT_STREAM}"
-SESSION_HEADER: Final = "Mcp-Session-Id"
-VERSION_HEADER: Final = "MCP-Protocol-Version"
-METHOD_HEADER: Final = "Mcp-Method"
-NAME_HEADER: Final = "Mcp-Name"
+ACCEPT_BOTH: Final = f"{JSON}, {EVENT_STREAM}"
 
 PROBE_ID: Final = Raw(b'"gw-probe"')
 INIT_ID: Final = Raw(b'"gw-init"')
@@ -63,7 +67,7 @@ CLOSE_TIMEOUT_S: Final = 2.0
 """Budget for the best-effort DELETE of the gateway's own session at close."""
 _READ_CHUNK: Final = 64 * 1024
 
-_PROTECTED: Final = HOP_BY_HOP | {"content-type", "accept"}
+_PROTECTED: Final = HOP_BY_HOP | {CONTENT_TYPE.lower(), ACCEPT.lower()}
 """Request headers only the transport sets; a call's headers never override them."""
 _OWN_SESSION_HEADERS: Final = frozenset({SESSION_HEADER.lower(), VERSION_HEADER.lower()})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -504,14 +508,14 @@ class HttpUpstream(Upstream):
     def _base_headers(self, *, json_body: bool = True) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
         if json_body:
-            headers["Content-Type"] = JSON
-            headers["Accept"] = ACCEPT
+            headers[CONTENT_TYPE] = JSON
+            headers[ACCEPT] = ACCEPT_BOTH
         headers.update(self._extra)
         return headers
 
     def _call_headers(self, call: Call, info: UpstreamInfo, session_id: str | None) -> CIMultiDict[str]:
         """Transport headers, then the call's (never overriding those or the spec's), then era headers."""
-        headers: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON, "Accept": ACCEPT})
+        headers: CIMultiDict[str] = CIMultiDict({CONTENT_TYPE: JSON, ACCEPT: ACCEPT_BOTH})
         own = info.era is Era.LEGACY and call.own_session
         blocked = _PROTECTED | self._extra_names | (_OWN_SESSION_HEADERS if own else frozenset())
         for name, values in strip_hop_by_hop(call.headers).items():
@@ -540,7 +544,7 @@ class HttpUpstream(Upstream):
         """The frames of one HTTP answer: Notify* then one Reply, or an UpstreamError."""
         status = resp.status
         headers = _multi(resp.headers)
-        mime = (resp.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+        mime = (resp.headers.get(CONTENT_TYPE) or "").partition(";")[0].strip().lower()
         if status >= 400:
             body = await self._read_body(resp)
             if mime == JSON and self._is_response(body):
