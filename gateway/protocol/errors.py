@@ -2,7 +2,7 @@
 Defines the classes every layer raises; turns none of them into a response (see below for where).
 
 Every exception class defined under `gateway/` descends from `GatewayError`
-(tests/test_error_tree.py checks it, and that this tree names each one);
+(tests/unit/test_error_tree.py checks it, and that this tree names each one);
 classes raised by one module only live in that module (its path is given).
 
     GatewayError

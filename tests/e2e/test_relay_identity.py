@@ -22,9 +22,7 @@ import jwt
 import pytest
 import trustme
 
-from tests.harness import PYTHON, process
-from tests.openapi import validate
-from tests.redis_server import RedisServer, redis_server
+from tests.support.harness import PYTHON, process
 from tests.support.identity import (
     ACCESS_TYPE,
     GRANT,
@@ -49,6 +47,8 @@ from tests.support.identity import (
     unsigned,
     write_signing_key,
 )
+from tests.support.openapi import validate
+from tests.support.redis_server import RedisServer, redis_server
 
 TUNNEL_A = "tunnel_a"
 TUNNEL_B = "tunnel_b"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.otlp_receiver import otlp_receiver
 from tests.support.identity import (
     SUBJECT,
     IssuerKey,
@@ -32,11 +31,11 @@ from tests.support.identity import (
     tampered,
     write_signing_key,
 )
+from tests.support.otlp_receiver import FAST_EXPORT, otlp_receiver
 
 TUNNEL_A, TUNNEL_B = "tunnel_a", "tunnel_b"
 GATEWAY_KEY = "swp-relay-gwkey-Nd83kq1Z"
 JWKS_BEARER = "swp-relay-jwks-bearer-Ls02mc7Q"
-FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "300"}
 
 
 async def test_no_token_or_key_reaches_the_relays_output(tmp_path: Path) -> None:

@@ -25,12 +25,13 @@ import httpx2
 import jwt
 import pytest
 
-from tests.harness import PYTHON, ROOT
-from tests.otlp_receiver import otlp_receiver
-from tests.scripted_cp import GatewayProcess, ScriptedControlPlane, gateway_env, run_gateway, stdio
+from tests.support.gateway_process import GatewayProcess, gateway_env, run_gateway, stdio
+from tests.support.harness import PYTHON, ROOT
 from tests.support.metadata_servers import AZURE_ISSUER, GOOGLE_ISSUER, AzureIdentityServer, GcpMetadataServer
+from tests.support.otlp_receiver import FAST_EXPORT, otlp_receiver
+from tests.support.scripted_cp import ScriptedControlPlane
+from tests.support.sweep import Sweep
 from tests.support.token_endpoint import SubjectIssuer, TokenEndpoint
-from tests.test_secret_sweep import FAST_EXPORT, Sweep
 
 IDP = "idp_test_0001"
 REFUSED = rf"token exchange refused: invalid_grant \(identity provider {IDP}\)"
