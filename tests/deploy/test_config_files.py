@@ -22,12 +22,16 @@ ROUTING_FILES = [
     DEPLOY / "systemd" / "routing.example.yaml",
 ]
 RELAY_FILES = [DEPLOY / "compose" / "relay.yaml", K8S / "relay" / "relay.yaml"]
+WORKLOAD_IDENTITY_RELAY_FILES = {K8S / "relay" / "relay.yaml"}
+"""Relays whose gateways have no key: every tunnel is polled with workload identity."""
 WORKLOAD_IDENTITY_FILES = {
     K8S / "base" / "routing.yaml",
     K8S / "sidecar" / "routing.yaml",
     K8S / "overlays" / "segment-example" / "routing.yaml",
+    K8S / "overlays" / "self-hosted" / "routing.yaml",
 }
-"""Gateways polling OpenAI's service from Kubernetes: no API key, a projected service-account token."""
+"""Gateways in Kubernetes (polling OpenAI's service or the self-hosted relay): no API key, a projected
+service-account token."""
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=rel)
@@ -63,9 +67,21 @@ def test_routing_file_is_valid(path: Path) -> None:
 def test_relay_file_is_valid(path: Path) -> None:
     relay = load_relay_config(path)
     assert relay.listen == "0.0.0.0:8780"
-    for tunnel in relay.tunnels.values():
-        assert tunnel.gateway_key.startswith("file:/")
+    if path in WORKLOAD_IDENTITY_RELAY_FILES:
+        assert relay.identity is not None
+        assert all(tunnel.gateway_key is None for tunnel in relay.tunnels.values()), "no static gateway key"
+    issuers = relay.identity.issuers if relay.identity is not None else []
+    mapped = {tunnel_id for issuer in issuers for tunnels in issuer.subjects.values() for tunnel_id in tunnels}
+    for tunnel_id, tunnel in relay.tunnels.items():
+        if tunnel.gateway_key is None:
+            assert tunnel_id in mapped, "a tunnel without a gateway key is polled with workload identity"
+        else:
+            assert tunnel.gateway_key.startswith("file:/")
         assert all(token.startswith("file:/") for token in tunnel.client_tokens)
+    if relay.identity is not None:
+        assert all(key.startswith("file:/") for key in relay.identity.signing_keys), "signing keys come from files"
+        for issuer in relay.identity.issuers:
+            assert issuer.jwks_token is None or issuer.jwks_token.startswith("file:/"), "a rotated token file"
 
 
 def test_every_routing_and_relay_file_is_checked() -> None:

@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.relay.config import decode_relay_config
 from tests.support.deploy_files import K8S, OPS_PORT, load_yaml, rel, run_command
 
 K8S_VERSION = "1.30.0"
@@ -436,17 +437,96 @@ def test_k8s_self_hosted_gateway_polls_the_relay_service() -> None:
     relay_yaml = yaml.safe_load(_routing_from_config_map(rendered, relay_pod, "/etc/gateway")["relay.yaml"])
     assert routing["control_plane"]["tunnel_id"] in relay_yaml["tunnels"]
     assert f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc" in relay_yaml["allowed_hosts"]
-    # Every secret file the relay reads is a key of its Secret.
+    # Every secret file the relay reads is a key of its Secret (the relay's own keys: gateways have none).
     keys_volume = next(v for v in relay_pod["volumes"] if "secret" in v)
     mount = next(m for m in relay_pod["containers"][0]["volumeMounts"] if m["name"] == keys_volume["name"])
     example = _secret_example(keys_volume["secret"]["secretName"])
+    refs = list(relay_yaml.get("identity", {}).get("signing_keys", []))
     for tunnel in relay_yaml["tunnels"].values():
-        for ref in [tunnel["gateway_key"], *tunnel.get("client_tokens", [])]:
-            file = Path(ref.removeprefix("file:"))
-            assert str(file.parent) == mount["mountPath"]
-            assert file.name in example["stringData"]
+        refs += [*([tunnel["gateway_key"]] if "gateway_key" in tunnel else []), *tunnel.get("client_tokens", [])]
+    assert refs
+    for ref in refs:
+        file = Path(ref.removeprefix("file:"))
+        assert str(file.parent) == mount["mountPath"]
+        assert file.name in example["stringData"]
     assert relay["spec"]["replicas"] == 1
     assert relay["spec"]["strategy"]["type"] == "Recreate"
+
+
+def _mounted_volume(pod: dict[str, Any], file: Path) -> dict[str, Any]:
+    """The volume of the pod's main container that holds `file` (mounted at its folder)."""
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == str(file.parent))
+    assert mount["readOnly"] is True
+    return next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+def test_k8s_self_hosted_gateway_uses_workload_identity_with_the_relay() -> None:
+    """No static gateway key in the self-hosted tunnel: the gateway's projected token, for the audience
+    the relay's issuer expects, is exchanged at the relay's token endpoint for its one tunnel; the relay
+    trusts exactly the gateway's ServiceAccount in its namespace and reads the issuer's JWKS with a
+    projected token of its own."""
+    rendered = _kustomize(K8S / "overlays" / "self-hosted")
+    service = next(r for r in rendered if r["kind"] == "Service")
+    relay = next(d for d in _deployments(rendered) if d["metadata"]["name"] == "mcp-relay")
+    gateway = next(d for d in _deployments(rendered) if d["metadata"]["name"] == "mcp-gateway")
+    relay_pod, gateway_pod = relay["spec"]["template"]["spec"], gateway["spec"]["template"]["spec"]
+    routing = yaml.safe_load(_routing_from_config_map(rendered, gateway_pod, "/etc/gateway")["routing.yaml"])
+    relay_text = _routing_from_config_map(rendered, relay_pod, "/etc/gateway")["relay.yaml"]
+    relay_config = decode_relay_config(relay_text, source="rendered relay.yaml")
+    control_plane = routing["control_plane"]
+    identity = control_plane["workload_identity"]
+
+    # The gateway: no key, no Secret, a projected token (audience checked against the relay below).
+    assert "api_key" not in control_plane
+    assert not [v for v in gateway_pod["volumes"] if "secret" in v]
+    _check_projected_token(rendered, gateway_pod, control_plane)
+    for path in K8S.rglob("*.yaml"):
+        assert "mcp-gateway-tunnel-key" not in path.read_text(), f"{rel(path)} still names the gateway key Secret"
+
+    # ... exchanged at the relay Service's token endpoint.
+    token_url = urlsplit(identity["token_url"])
+    assert (token_url.scheme, token_url.hostname, token_url.port, token_url.path) == (
+        "http",
+        service["metadata"]["name"],
+        service["spec"]["ports"][0]["port"],
+        "/oauth/token",
+    )
+
+    # The relay: the tunnel has no gateway key; one issuer trusts the gateway's subject for it.
+    tunnel_id = control_plane["tunnel_id"]
+    assert relay_config.tunnels[tunnel_id].gateway_key is None
+    assert relay_config.identity is not None
+    issuers = [i for i in relay_config.identity.issuers if (i.id or i.issuer) == identity["identity_provider_id"]]
+    assert len(issuers) == 1, "identity_provider_id names one of the relay's issuers"
+    issuer = issuers[0]
+    subject = f"system:serviceaccount:{gateway['metadata']['namespace']}:{gateway_pod['serviceAccountName']}"
+    assert tunnel_id in issuer.subjects.get(subject, []), f"{subject} may use {tunnel_id}"
+    assert identity["service_account_id"] == tunnel_id
+    token_path = Path(identity["subject_token"].removeprefix("file:"))
+    projected = _mounted_volume(gateway_pod, token_path)["projected"]["sources"][0]["serviceAccountToken"]
+    assert projected["audience"] == issuer.audience
+    assert issuer.issuer == "https://kubernetes.default.svc.cluster.local"
+    assert issuer.jwks_url == "https://kubernetes.default.svc/openid/v1/jwks"
+
+    # The relay reads the JWKS with its own projected API token and the cluster CA: no automounted token.
+    assert issuer.jwks_token is not None
+    assert issuer.jwks_ca_file is not None
+    token_file, ca_file = Path(issuer.jwks_token.removeprefix("file:")), Path(issuer.jwks_ca_file)
+    volume = _mounted_volume(relay_pod, token_file)
+    assert volume is _mounted_volume(relay_pod, ca_file)
+    assert volume["projected"]["defaultMode"] == 0o440
+    sources = volume["projected"]["sources"]
+    api_token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+    assert api_token["path"] == token_file.name
+    assert "audience" not in api_token, "the API server's own audience"
+    assert api_token["expirationSeconds"] >= MIN_PROJECTED_TOKEN_S
+    ca = next(s["configMap"] for s in sources if "configMap" in s)
+    assert ca["name"] == "kube-root-ca.crt"
+    assert ca["items"] == [{"key": "ca.crt", "path": ca_file.name}]
+    assert relay_pod["automountServiceAccountToken"] is False
+    assert relay_pod["serviceAccountName"] != gateway_pod["serviceAccountName"]
+    relay_subject = f"system:serviceaccount:{relay['metadata']['namespace']}:{relay_pod['serviceAccountName']}"
+    assert relay_subject not in issuer.subjects, "the relay's API token polls no tunnel"
 
 
 def test_k8s_renderer_hash_matches_kustomize_for_a_known_input() -> None:
