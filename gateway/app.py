@@ -234,6 +234,8 @@ async def _start_upstreams(
     await asyncio.gather(*(upstream.start() for upstream in upstreams.values()), return_exceptions=True)
     for name, upstream in upstreams.items():
         state = f"up ({upstream.info.era.value} era)" if upstream.info else "NOT ready"
+        if upstream.ready and upstream.needs_authorization:
+            state = "up, requires authorization (its era is learned from the first authorized call)"
         log.info("server %r: %s", name, state)
     return upstreams
 
