@@ -396,6 +396,7 @@ async def _embedded_relay(
         raise ConfigError(str(routes_file), "relay.client_token", f"a resolvable secret ({exc})") from None
     relay_config = RelayConfig(
         listen=spec.listen,
+        public_url=spec.public_url,
         tunnels={
             spec.tunnel_id: TunnelSpec(
                 gateway_key=key.source, name="embedded", description="relay embedded in the gateway process"

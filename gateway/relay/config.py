@@ -10,6 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Final
+from urllib.parse import urlsplit
 
 import msgspec
 import msgspec.yaml
@@ -25,6 +26,8 @@ TUNNEL_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 """Tunnel ids are opaque, but they sit in URL paths, so the relay only accepts path-safe ones."""
 
 TunnelId = Annotated[str, Meta(pattern=TUNNEL_ID_PATTERN)]
+HEADER_NAME_PATTERN: Final = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
+"""An HTTP field name (RFC 9110 §5.1: a token)."""
 SecretRef = Annotated[str, Meta(min_length=1)]
 """`env:VAR`, `file:/path` (relative paths are taken from the config file's folder) or a literal."""
 
@@ -50,6 +53,11 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Requests each client token may make (`N/s`, `N/m`, `N/h`); all tokenless callers share one budget."""
     client_burst: int | None = None
     """Requests allowed at once before `client_rate` applies (default: one second's worth, at least 2)."""
+    client_token_header: Annotated[str, Meta(pattern=HEADER_NAME_PATTERN)] = "Authorization"
+    """Where clients present a `client_tokens` token. `Authorization` (`Bearer <token>`, the default):
+    the relay's token takes the header, which is then not forwarded. Any other header (the token as
+    its whole value): `Authorization` stays free for the user's own OAuth token, which passes through
+    untouched, so a channel can require the relay's token, the user's, both or neither."""
     name: str = ""
     description: str = ""
 
@@ -87,6 +95,19 @@ class RedisBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 BackendSpec = MemoryBackend | RedisBackend
 
 
+class OAuthDiscoverySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`oauth_discovery:` how the relay serves its channels' OAuth protected resource metadata
+    (RFC 9728) at `/.well-known/oauth-protected-resource/v1/mcp/{tunnel}[/{channel}]`."""
+
+    cache_ttl_s: Annotated[float, Meta(ge=0)] = 300.0
+    """How long a channel's metadata is served from memory before the gateway is asked again (0: never
+    cached). A channel without metadata (404) is remembered for at most 10 s; failures are not."""
+    cache_max_entries: Annotated[int, Meta(ge=1, le=100_000)] = 1024
+    """Channels remembered at once; the one used longest ago goes first."""
+    timeout_s: Annotated[float, Meta(gt=0)] = 15.0
+    """How long a metadata request waits for the gateway's answer (then 504)."""
+
+
 class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole `relay.yaml`."""
 
@@ -117,6 +138,12 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     after its last command."""
     backend: BackendSpec = msgspec.field(default_factory=MemoryBackend)
     """Where queues live: `{kind: memory}` (default) or `{kind: redis, url: ..., key_prefix: ...}`."""
+    public_url: str | None = None
+    """The relay's address as MCP clients reach it (`https://mcp.example.com`: scheme and host, no
+    path), for OAuth discovery: the `resource` of served metadata and the `resource_metadata` of
+    forwarded challenges. Absent: the request's `Host` while `allowed_hosts` checks it (not `*`),
+    over http; with `allowed_hosts: ['*']` discovery needs it."""
+    oauth_discovery: OAuthDiscoverySpec = msgspec.field(default_factory=OAuthDiscoverySpec)
 
     def __post_init__(self) -> None:
         try:
@@ -124,6 +151,27 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
         except ValueError as exc:
             # msgspec turns this into a ValidationError; the suffix gives it a key path.
             raise ValueError(f"{exc} - at `$.listen`") from None
+        if self.public_url is not None and not _origin_url(self.public_url):
+            raise ValueError(  # the value is not echoed: a URL can carry a password
+                "Expected an http(s) URL of a host only (no path, query, fragment or userinfo) - at `$.public_url`"
+            )
+
+
+def _origin_url(value: str) -> bool:
+    """`scheme://host[:port]` (a trailing `/` allowed): what `public_url` must be."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+    )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -10,6 +10,7 @@ one becomes a response. The tree::
     │   ├── OriginNotAllowed (403)
     │   ├── MissingSessionId (400 missing_mcp_session_id)
     │   ├── ClientUnauthorized (401 + WWW-Authenticate: Bearer)
+    │   ├── ClientTokenRequired (403 tunnel_use_forbidden)  the client token travels in its own header
     │   ├── InvalidJsonRpc (400, JSON-RPC error body)
     │   └── MethodNotAllowed (405 + Allow)
     ├── GatewayError                     the tunnel client's request is at fault (4xx)
@@ -29,7 +30,10 @@ one becomes a response. The tree::
     ├── BackendUnavailable (503 tunnel_transport_unavailable + Retry-After)  the queue store is unreachable
     │   └── CommandLost (503)            the queue store no longer knows a waiting caller's command
     ├── RelayClosing (503)
-    └── CallerTimeout (504)
+    ├── CallerTimeout (504)
+    ├── MetadataNotFound (404 oauth_metadata_not_found)   the channel's server publishes no OAuth metadata
+    ├── DiscoveryFailed (502 oauth_discovery_failed)      the gateway could not fetch it
+    └── PublicUrlRequired (500 public_url_required)       discovery with `allowed_hosts: ['*']` and no `public_url`
 """
 
 from __future__ import annotations
@@ -94,6 +98,15 @@ class ClientUnauthorized(CallerError):
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer token for this tunnel is required"
     extra_headers = {"WWW-Authenticate": "Bearer"}
+
+
+class ClientTokenRequired(CallerError):
+    """No valid client token in the tunnel's `client_token_header` (not `Authorization`, which carries
+    the user's own token there): 403, so the challenge of the user's OAuth is not confused with it."""
+
+    status = 403
+    code = "tunnel_use_forbidden"
+    default_message = "a valid client token for this tunnel is required in its client token header"
 
 
 class InvalidJsonRpc(CallerError):
@@ -226,6 +239,23 @@ class RelayClosing(RelayError):
 class CallerTimeout(RelayError):
     status = 504
     default_message = "the tunnel client did not answer in time"
+
+
+class MetadataNotFound(RelayError):
+    status = 404
+    code = "oauth_metadata_not_found"
+    default_message = "this channel's server publishes no OAuth protected resource metadata"
+
+
+class DiscoveryFailed(RelayError):
+    status = 502
+    code = "oauth_discovery_failed"
+    default_message = "the tunnel client could not fetch this channel's OAuth metadata"
+
+
+class PublicUrlRequired(RelayError):
+    code = "public_url_required"
+    default_message = "OAuth discovery needs the relay's `public_url` when `allowed_hosts` allows any host"
 
 
 def error_middleware(codec: Codec) -> Middleware:

@@ -1,8 +1,10 @@
 """The relay's front door: the Streamable HTTP MCP endpoint MCP clients call.
 
-Owns `/v1/mcp/{tunnel_id}[/{channel}]`: admission, turning a POST or DELETE into a
-queued command, and turning that command's frames into a JSON, SSE or empty
-answer with the contract's status mapping. Queueing is the backend's.
+Owns `/v1/mcp/{tunnel_id}[/{channel}]`: admission (the tunnel's client token in
+`Authorization` or in its own header), turning a POST or DELETE into a queued
+command, and turning that command's frames into a JSON, SSE or empty answer
+with the contract's status mapping (a server's challenge pointed at the relay's
+metadata URL by `gateway.relay.discovery`). Queueing is the backend's.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gateway.protocol.wire import (
     strip_hop_by_hop,
 )
 from gateway.relay.config import RelayConfig
+from gateway.relay.discovery import Discovery
 from gateway.relay.errors import (
     CallerTimeout,
     ClientNotSeen,
@@ -41,7 +44,15 @@ from gateway.relay.errors import (
     RelayError,
     TunnelNotFound,
 )
-from gateway.relay.guard import Credentials, HostGuard, bearer_token, check_channel, check_client, read_body
+from gateway.relay.guard import (
+    Credentials,
+    HostGuard,
+    bearer_token,
+    check_channel,
+    check_client,
+    check_client_header,
+    read_body,
+)
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import Command, QueueBackend, new_command
 from gateway.relay.tracing import NO_TRACER, RelayTracer
@@ -65,10 +76,10 @@ def map_status(resp_code: int) -> int:
     return 502
 
 
-def forwarded_headers(request: web.Request, *, drop_authorization: bool) -> Headers:
+def forwarded_headers(request: web.Request, *, drop_authorization: bool, drop: str | None = None) -> Headers:
     """The caller's headers as the command carries them: multi-valued, original spelling,
-    minus hop-by-hop headers, Host and Content-Length, and minus `Authorization` when
-    it held the relay's own credential."""
+    minus hop-by-hop headers, Host and Content-Length, minus `Authorization` when
+    it held the relay's own credential, and minus `drop` (the header that did)."""
     headers: Headers = {}
     spelling: dict[str, str] = {}
     for name, value in request.headers.items():
@@ -77,6 +88,8 @@ def forwarded_headers(request: web.Request, *, drop_authorization: bool) -> Head
     headers = strip_hop_by_hop(headers)
     if drop_authorization:
         headers = {name: values for name, values in headers.items() if name.lower() != "authorization"}
+    if drop is not None:
+        headers = {name: values for name, values in headers.items() if name.lower() != drop.lower()}
     return headers
 
 
@@ -133,6 +146,7 @@ class FrontDoor:
         codec: Codec,
         metrics: RelayMetrics | None = None,
         tracer: RelayTracer = NO_TRACER,
+        discovery: Discovery | None = None,
     ) -> None:
         self._config = config
         self._credentials = credentials
@@ -141,6 +155,7 @@ class FrontDoor:
         self._tracer = tracer
         self._metrics = metrics or RelayMetrics(config.tunnels)
         self._hosts = HostGuard(config.allowed_hosts, config.allowed_origins)
+        self._discovery = discovery or Discovery(config, credentials, backend, codec, self._metrics, self._hosts)
         self._client_rates: dict[tuple[str, str], AsyncLimiter] = {}
 
     def routes(self) -> list[web.RouteDef]:
@@ -161,8 +176,16 @@ class FrontDoor:
         if credentials is None:
             raise TunnelNotFound()
         channel = check_channel(request.match_info.get("channel", DEFAULT_CHANNEL))
-        relay_credential = check_client(request, credentials)
-        return tunnel_id, channel, forwarded_headers(request, drop_authorization=relay_credential)
+        header = self._config.tunnels[tunnel_id].client_token_header
+        if header.lower() == "authorization":
+            relay_credential = check_client(request, credentials)
+            return tunnel_id, channel, forwarded_headers(request, drop_authorization=relay_credential)
+        check_client_header(request, credentials, header)  # `Authorization` is the user's: it passes through
+        return tunnel_id, channel, forwarded_headers(request, drop_authorization=False, drop=header)
+
+    def _answer(self, request: web.Request, tunnel_id: str, frame: TunnelResponsePayload) -> TunnelResponsePayload:
+        """A frame as this caller may see it: a server's challenge names the relay's metadata URL."""
+        return self._discovery.challenge(request, tunnel_id, request.match_info.get("channel"), frame)
 
     async def _check_client_rate(self, tunnel_id: str, request: web.Request) -> None:
         """`client_rate`: each client token (or all tokenless callers together) has its own budget."""
@@ -251,7 +274,7 @@ class FrontDoor:
         try:
             with self._metrics.caller_waiting(tunnel_id):
                 if rpc_id is None:
-                    frame = await self._terminal(tunnel_id, command)
+                    frame = self._answer(request, tunnel_id, await self._terminal(tunnel_id, command))
                     if frame.resp_code >= 400:
                         return json_answer(frame)
                     return json_answer(msgspec.structs.replace(frame, resp_json=UNSET), status=202)
@@ -294,7 +317,7 @@ class FrontDoor:
                     frame = await self._backend.next_frame(tunnel_id, command.request_id)
                     if stream is None:
                         if frame.is_terminal:
-                            return json_answer(frame)
+                            return json_answer(self._answer(request, tunnel_id, frame))
                         if not sse_ok or frame.resp_json is UNSET:
                             continue  # a notification the caller cannot receive
                         stream = await self._open_stream(request, frame)
