@@ -189,6 +189,7 @@ class Channel:
                 return
             local = self._local_answer(method, params, headers, client, info)
             if local is not None:
+                await self.upstream.verify_credentials(headers)  # a protected server's, not the gateway's, say
                 body, extra = local
                 yield Reply(200, self._codec.result(message.id, body), {**JSON, **extra})
                 return

@@ -149,6 +149,13 @@ class Upstream(abc.ABC):
         assert self._info is not None
         return self._info
 
+    async def verify_credentials(self, credentials: Headers) -> None:
+        """Before the gateway answers a call on the server's behalf (`ping`, `initialize`, bridged
+        `server/discover`): a server that `needs_authorization` is asked whether it accepts the
+        caller's credentials (UpstreamHttpError when not), so nothing it said to an authorized
+        client is told to one it would refuse. Nothing to do elsewhere."""
+        return
+
     @property
     def holds_sessions(self) -> bool:
         """True when the server keeps per-client sessions the client must address (HTTP, legacy)."""

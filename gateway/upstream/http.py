@@ -216,7 +216,8 @@ class HttpUpstream(Upstream):
         if authorization is not None:
             await self._end_session_of(session_id, info, authorization)
             session_id = None
-            log.info("server %r: %s era, learned from the first authorized call", self.name, info.era.value)
+            if self._info is None:
+                log.info("server %r: %s era, learned from the first authorized call", self.name, info.era.value)
         self._session_id = session_id
         self._up(info)
 
@@ -261,6 +262,17 @@ class HttpUpstream(Upstream):
         if self._info is None:  # the probe found the server wants authorization
             raise UpstreamHttpError(self.name, 401, self._challenge)
         return self._info
+
+    async def verify_credentials(self, credentials: Headers) -> None:
+        """A server that `needs_authorization` probed again with the caller's `Authorization` (its
+        refusal raised as UpstreamHttpError, its answer refreshing the era)."""
+        if not self.needs_authorization:
+            return
+        authorization = header_value(credentials, AUTHORIZATION)
+        if authorization is None:
+            raise UpstreamHttpError(self.name, 401, self._challenge)
+        async with asyncio.timeout(self._ready_timeout_s):
+            await self.probe(authorization)
 
     async def oauth_metadata(self, deadline: float | None = None) -> bytes:
         return await self._metadata.discover(deadline)

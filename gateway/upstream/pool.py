@@ -64,6 +64,9 @@ class Delegate(Upstream):
     async def oauth_metadata(self, deadline: float | None = None) -> bytes:
         return await self.inner.oauth_metadata(deadline)
 
+    async def verify_credentials(self, credentials: Headers) -> None:
+        await self.inner.verify_credentials(credentials)
+
     @property
     def holds_sessions(self) -> bool:
         return self.inner.holds_sessions

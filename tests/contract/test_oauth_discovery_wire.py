@@ -173,3 +173,34 @@ async def test_a_server_that_wants_authorization_is_up_in_readyz_and_the_status_
     body = readyz.json()
     assert body["checks"]["servers.notes"] == "up, requires authorization"
     assert "servers.notes" not in body["not_ready"]
+
+
+async def test_the_gateway_answers_for_a_protected_server_only_whom_the_server_accepts(setup: Setup) -> None:
+    """MCP authorization, "Token Handling": a protected server would refuse a request with a wrong
+    token, so the gateway's own answers on its behalf (a handshake-era `initialize` or `ping` to a
+    2026-07-28 server) are given only after the server accepted the caller's token: nothing learned
+    from an authorized caller reaches anyone else."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": "i-1",
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    authorized = modern_headers(Authorization=[f"Bearer {TOKEN}"])
+    learn = setup.cp.enqueue(whoami("w-0"), channel="notes", headers=authorized, response_timeout="20s")
+    assert (await setup.cp.answer(learn))["resp_code"] == 200
+    ping = {"jsonrpc": "2.0", "id": "p-1", "method": "ping"}
+    outcomes = {}
+    for name, headers in (("none", {}), ("wrong", {"Authorization": ["Bearer wrong"]})):
+        for method, message in (("initialize", initialize), ("ping", ping)):
+            request_id = setup.cp.enqueue(message, channel="notes", headers=headers, response_timeout="20s")
+            payload = await setup.cp.answer(request_id)
+            outcomes[name, method] = payload["resp_code"]
+            assert "serverInfo" not in json.dumps(payload)
+    assert set(outcomes.values()) == {401}
+    accepted = setup.cp.enqueue(
+        initialize, channel="notes", headers={"Authorization": [f"Bearer {TOKEN}"]}, response_timeout="20s"
+    )
+    payload = await setup.cp.answer(accepted)
+    assert payload["resp_code"] == 200
+    assert payload["resp_json"]["result"]["serverInfo"]["name"] == "oauth-protected-server"
