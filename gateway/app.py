@@ -1,8 +1,9 @@
 """The gateway runtime: built from a `RoutingConfig` in one provision step, run, drained, closed.
+Owns lifetimes and their start/stop order; holds no protocol logic and reads no argv (that is `cli`).
 
-Owns the lifetimes of everything the gateway holds (the HTTP connection pool,
-upstreams, channels, the dispatcher, the poll loop, the embedded relay) and
-their start and stop order. Cleanup copes with a half-finished provision.
+Everything the gateway holds lives here: the HTTP connection pool, upstreams,
+channels, the dispatcher, the poll loop, the embedded relay. Cleanup copes with
+a half-finished provision.
 """
 
 from __future__ import annotations

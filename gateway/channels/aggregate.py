@@ -1,13 +1,12 @@
 """An aggregated channel: several servers behind one channel, seen by clients as one MCP server.
+It owns no transport and no era bridging: each forwarded request takes `gateway.channels.calls`.
 
-Owns what a client of either era asks of such a channel: the gateway's own
-answers (`initialize` with merged capabilities and the sessions it issues,
-`server/discover`, `ping`, `logging/setLevel` to every server), merged lists
-(`gateway.channels.catalog`) paged with the gateway's own cursors, requests sent to the
-server that owns the name (or the one a `to:` rule names), `deny` rules, list
-changes passed on to clients, and requests servers send to clients during a
-call (their ids name the server, so the answer finds its way back). Each
-forwarded request takes the one call path every channel uses (`gateway.channels.calls`).
+Owns what a client of either era asks of such a channel: the gateway's own answers (`initialize`
+with merged capabilities and the sessions it issues, `server/discover`, `ping`, `logging/setLevel`
+to every server), merged lists (`gateway.channels.catalog`) paged with the gateway's own cursors,
+requests sent to the server that owns the name (or the one a `to:` rule names), `deny` rules, list
+changes passed on to clients, and requests servers send to clients during a call (their ids name
+the server, so the answer finds its way back).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway import __version__
-from gateway.channels.calls import JSON, Calls, Leg, forwarded_headers
+from gateway.channels.calls import Calls, Leg, forwarded_headers
 from gateway.channels.catalog import Catalog, Member, View, final
 from gateway.channels.channel import Activity, Plan, for_client
 from gateway.channels.cursors import InvalidCursor, digest, page
@@ -33,8 +32,6 @@ from gateway.channels.lists import CALL_OF_LIST, LIST_KEYS, merge_capabilities, 
 from gateway.channels.mrtr import Held
 from gateway.channels.rules import NO_ROUTE, Route, Router
 from gateway.channels.sessions import (
-    SESSION_HEADER,
-    VERSION_HEADER,
     ClientSession,
     SessionStore,
     UpstreamSession,
@@ -54,8 +51,9 @@ from gateway.protocol.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, tag_id, untag_id
-from gateway.protocol.wire import Headers, JsonRpcMessage, header_value
+from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, json_headers
 from gateway.upstream.base import Upstream
 from gateway.upstream.pool import ClientProcesses, untagged
 
@@ -204,7 +202,7 @@ class AggregateChannel:
         local = await self._local(method, params, headers, client)
         if local is not None:
             body, extra = local
-            yield Reply(200, self._codec.result(message.id, body), {**JSON, **extra})
+            yield Reply(200, self._codec.result(message.id, body), json_headers() | extra)
             return
         if self._calls.is_retry(client, params):
             async for frame in self._calls.resume(message.id, params, self._leg_of):
@@ -216,7 +214,7 @@ class AggregateChannel:
             return
         if method in ("resources/subscribe", "resources/unsubscribe") and client is Era.LEGACY:
             await self._subscribe(method, params, session)
-            yield Reply(200, self._codec.result(message.id, EMPTY_OBJECT), dict(JSON))
+            yield Reply(200, self._codec.result(message.id, EMPTY_OBJECT), json_headers())
             return
         name = self._target(method, params)
         decision = self.router.decide(self.name, method, name, headers)
@@ -224,7 +222,7 @@ class AggregateChannel:
             raise RouteDenied(decision.deny)
         if method in LIST_KEYS:
             result = await self._list(method, params, headers, client, decision)
-            yield Reply(200, self._codec.result(message.id, result), dict(JSON))
+            yield Reply(200, self._codec.result(message.id, result), json_headers())
             return
         member, params = await self._owner(method, params, name, decision)
         async for frame in self._forward(member, method, message.id, params, headers, client, session):

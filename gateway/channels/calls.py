@@ -1,9 +1,9 @@
 """The forwarded-call path every channel uses: one request to one server, and its frames back.
+It does not choose the server, answer locally, or know sessions beyond the `HeldSession` it is handed.
 
 Owns era bridging of params and results, the multi round-trip relay in both directions (with the
 held calls it keeps between a client's retries), re-keying answers, the headers a call carries, and
-error translation (an answer that is not JSON-RPC fails as `malformed_json`). It does not choose the
-server, answer locally, or know about sessions beyond the `HeldSession` a channel hands it.
+error translation (an answer that is not JSON-RPC fails as `malformed_json`).
 """
 
 from __future__ import annotations
@@ -16,20 +16,27 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway.channels.mrtr import MAX_ROUNDS, Ask, Held, Rounds, rekeyed, retry_of, with_input_responses
-from gateway.channels.sessions import SESSION_HEADER, VERSION_HEADER, UpstreamSession, session_headers
+from gateway.channels.sessions import UpstreamSession, session_headers
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import UpstreamHttpError, UpstreamProtocolError
+from gateway.protocol.headers import (
+    ACCEPT,
+    CONTENT_TYPE,
+    METHOD_HEADER,
+    NAME_HEADER,
+    SESSION_HEADER,
+    VERSION_HEADER,
+)
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo, abandon
-from gateway.protocol.wire import Headers, JsonRpcMessage, strip_hop_by_hop
+from gateway.protocol.wire import Headers, JsonRpcMessage, json_headers, strip_hop_by_hop
 from gateway.upstream.base import Upstream
 
-JSON: Final[Headers] = {"Content-Type": ["application/json"]}
 DECLINED: Final = "the client declined the server's request"
 
-_TRANSPORT_OWNED: Final = frozenset({"content-type", "accept", "content-length", "host"})
+_TRANSPORT_OWNED: Final = frozenset({CONTENT_TYPE.lower(), ACCEPT.lower(), "content-length", "host"})
 """Request headers a transport always sets itself."""
-_ERA_HEADERS: Final = frozenset({"mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name"})
+_ERA_HEADERS: Final = frozenset(name.lower() for name in (SESSION_HEADER, VERSION_HEADER, METHOD_HEADER, NAME_HEADER))
 """Request headers that describe the client's era or session; dropped unless the call passes through as is."""
 
 
@@ -219,7 +226,7 @@ class Calls:
                             pending.member = leg.server
                             kept = True
                             result = await self._rounds.hold(pending, request)
-                            yield Reply(200, self._codec.result(call.id, result), dict(JSON))
+                            yield Reply(200, self._codec.result(call.id, result), json_headers())
                             return
                     yield leg.from_server(frame)
                     continue

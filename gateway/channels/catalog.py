@@ -1,12 +1,13 @@
-"""The merged view of an aggregated channel's lists: tools, prompts, resources, templates.
+"""The merged view of an aggregated channel's lists (tools, prompts, resources, templates): fetched,
+cached, merged, watched. Knows nothing of clients, sessions or the tunnel; the pure merging is in `lists`.
 
 Owns fetching each server's lists (every page, as the gateway itself),
 caching them until they go stale (a `list_changed`, a restart, the cache TTL,
-a failed call), merging them with namespaced names (`gateway.channels.router` does the
-pure part), and watching servers for list changes outside calls
+a failed call), merging them with namespaced names (`gateway.channels.lists` and `names` do
+the pure part), and watching servers for list changes outside calls
 (`subscriptions/listen` on 2026-07-28 servers, unsolicited notifications on
 stdio). A server that is down is left out of the view and rejoins once it
-answers again. Knows nothing of clients, sessions or the tunnel.
+answers again.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from gateway.channels.lists import (
 from gateway.channels.names import NameTable, Owner, PrefixMode, ResourceTable, namespace, resource_table
 from gateway.config.routing import ChannelSpec
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
-from gateway.protocol.errors import UpstreamError, UpstreamProtocolError
+from gateway.protocol.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from gateway.protocol.mcp import Call, Era, Frame, Reply, UpstreamInfo
 from gateway.protocol.wire import METHOD_NOT_FOUND
 from gateway.upstream.base import Upstream
@@ -57,7 +58,7 @@ ACKNOWLEDGED: Final = "notifications/subscriptions/acknowledged"
 WATCH_BACKOFF_MAX_S: Final = 30.0
 
 
-class ListUnavailable(Exception):
+class ListUnavailable(GatewayError):
     """A server's list could not be fetched (it is left out of the view)."""
 
 

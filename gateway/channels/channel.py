@@ -1,8 +1,8 @@
 """A one-server channel, and what every channel shares: the channel interface, call tracking, log scoping.
+It never bridges eras or relays server requests itself: forwarded messages take `gateway.channels.calls`.
 
-Owns what the gateway answers itself on one server's behalf (the handshake-era `initialize` and its
-sealed session ids, 404 for an unknown or ended one, `server/discover` for a handshake-era server,
-`ping`); every other message goes through `gateway.channels.calls`. It does not bridge eras itself.
+Owns what the gateway answers on one server's behalf: the handshake-era `initialize` and its sealed
+session ids (404 for an unknown or ended one), `server/discover` for a handshake-era server, `ping`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from typing import Protocol
 
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.channels.calls import JSON, Calls, Leg, forwarded_headers
+from gateway.channels.calls import Calls, Leg, forwarded_headers
 from gateway.channels.mrtr import Held
 from gateway.channels.rules import NO_ROUTE, Route, Router
-from gateway.channels.sessions import SESSION_HEADER, ClientSession, SessionStore
+from gateway.channels.sessions import ClientSession, SessionStore
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
 from gateway.protocol.errors import DiscoveryUnsupported, SessionNotFound
+from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.mcp import Era, Frame, Notify, Reply, UpstreamInfo
-from gateway.protocol.wire import Headers, JsonRpcMessage, header_value
+from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, json_headers
 from gateway.upstream.base import Upstream
 
 
@@ -191,7 +192,7 @@ class Channel:
             if local is not None:
                 await self.upstream.verify_credentials(headers)  # a protected server's, not the gateway's, say
                 body, extra = local
-                yield Reply(200, self._codec.result(message.id, body), {**JSON, **extra})
+                yield Reply(200, self._codec.result(message.id, body), json_headers() | extra)
                 return
         elif method == "notifications/initialized" and not (passthrough and self.upstream.holds_sessions):
             yield Reply(202)  # the gateway answered this client's initialize itself

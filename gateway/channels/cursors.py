@@ -1,7 +1,8 @@
 """The gateway's own opaque pagination cursors over a merged list, bound to the list they page.
+Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
 
 Owns cursor encoding (a fingerprint of the list plus an offset) and paging; a cursor from another
-list, or a forged one, is refused. Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
+list, or a forged one, is refused.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
+from gateway.protocol.errors import GatewayError
+
 T = TypeVar("T")
 
 
-class InvalidCursor(ValueError):
+class InvalidCursor(GatewayError, ValueError):
     """A cursor the gateway did not issue, or one for a list that has changed since."""
 
 

@@ -1,4 +1,5 @@
-"""What an aggregated channel tells its clients about changes on its servers.
+"""What an aggregated channel tells its clients about changes on its servers, in either MCP era.
+In-process and bounded; knows nothing of servers beyond the `watch` callback it is given.
 
 Owns the channel's change events (a server's list changed, or it left or
 rejoined the merged view; a resource was updated) and their delivery to both
@@ -6,8 +7,7 @@ eras: `subscriptions/listen` streams of 2026-07-28 clients (acknowledged, each
 notification tagged with the subscription id, ended gracefully after
 `listen_timeout_s` or when the gateway stops), and notifications sent to
 handshake-era sessions ahead of their next answer (list changes they have not
-seen, updates of resources they subscribed to). In-process and bounded; knows
-nothing of servers beyond the `watch` callback it is given.
+seen, updates of resources they subscribed to).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from msgspec import UNSET, Raw, UnsetType
 from gateway.channels.lists import LIST_KEYS
 from gateway.protocol.eras import META
 from gateway.protocol.mcp import Frame, Notify, Reply
-from gateway.protocol.wire import Codec, Headers
+from gateway.protocol.wire import Codec, json_headers
 
 SUBSCRIPTION_ID_KEY: Final = "io.modelcontextprotocol/subscriptionId"
 UPDATED: Final = "notifications/resources/updated"
@@ -42,7 +42,6 @@ LIST_FLAGS: Final = {
     "resources/templates/list": "resourcesListChanged",
 }
 """The `subscriptions/listen` filter flag each list's changes need."""
-JSON: Final[Headers] = {"Content-Type": ["application/json"]}
 SESSIONS_KEPT: Final = 10_000
 QUEUE_SIZE: Final = 256
 
@@ -164,7 +163,7 @@ class ChannelEvents:
         finally:
             self._listens.discard(queue)
         result = Raw(self._codec.encode({"resultType": "complete", META: meta}))
-        yield Reply(200, self._codec.result(id, result), dict(JSON))
+        yield Reply(200, self._codec.result(id, result), json_headers())
 
 
 def _listen_filter(codec: Codec, params: Raw | UnsetType) -> dict[str, object]:

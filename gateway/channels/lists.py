@@ -1,7 +1,8 @@
 """Merged lists on an aggregated channel: list results taken apart and put together, capabilities merged.
+Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
 
 Owns the list methods and their item members, the JSON members the channel reads or rewrites, and the
-union of several servers' capabilities. Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
+union of several servers' capabilities.
 """
 
 from __future__ import annotations

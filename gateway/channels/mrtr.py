@@ -1,4 +1,6 @@
-"""Multi round-trip requests (MRTR) between the MCP eras: the pure parts and the calls held between rounds.
+"""MRTR = multi round-trip requests: a server asking its client for input in the middle of a call
+(elicitation, sampling, roots), bridged between the MCP eras. The pure parts and the calls held between
+rounds; does no transport I/O itself (it calls through an `Upstream`).
 
 Owns both directions of the bridge:
 - a handshake-era server's request to the client during a call (`elicitation/create`,

@@ -1,7 +1,8 @@
 """Names on an aggregated channel: tool and prompt names namespaced per server, resource URI owners.
+Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
 
 Owns `server__name` prefixing (`always`, `conditional`, renames) and its reverse mapping, and which
-server owns a resource URI or template. Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
+server owns a resource URI or template.
 """
 
 from __future__ import annotations

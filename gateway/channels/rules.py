@@ -1,7 +1,8 @@
 """Routing rules (`routes:` in routing.yaml): which rule a request matches, and what it decides.
+Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
 
 Owns glob matching on method, name and header values (first match wins) and the decision a rule
-gives (`to`, `deny`, `limit_key`). Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
+gives (`to`, `deny`, `limit_key`).
 """
 
 from __future__ import annotations

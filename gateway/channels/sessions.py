@@ -1,4 +1,5 @@
 """Client sessions the gateway issues: sealed `Mcp-Session-Id` tokens and what they carry.
+Keeps in process only what a token cannot carry; does no transport I/O itself (it calls through an `Upstream`).
 
 Owns the session a handshake-era client holds with a channel whose
 `initialize` the gateway answers (aggregated, or in front of a stdio or
@@ -6,8 +7,8 @@ Owns the session a handshake-era client holds with a channel whose
 the gateway opened for it on handshake-era HTTP servers. All of it travels inside the client's
 `Mcp-Session-Id`, encrypted and authenticated with AES-GCM under a key from
 routing.yaml, so a restarted gateway or another replica polling the same
-tunnel can resume the session. In-process state is only what a token cannot
-carry: ended sessions, and upstream sessions renewed after the token was issued.
+tunnel can resume the session. Kept in process: ended sessions, and upstream
+sessions renewed after the token was issued.
 `open_upstream_session` runs the handshake that opens one such upstream session.
 """
 
@@ -34,12 +35,14 @@ from gateway.config import secrets as secret_refs
 from gateway.config.routing import SessionsSpec
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError, UpstreamProtocolError
+
+# Re-exported (`X as X`) for channel.py and aggregate.py, which import them from here until they import
+# gateway.protocol.headers themselves.
+from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Reply
 from gateway.protocol.wire import Headers, JsonDecoder, header_value
 from gateway.upstream.base import Upstream
 
-SESSION_HEADER: Final = "Mcp-Session-Id"
-VERSION_HEADER: Final = "MCP-Protocol-Version"
 INIT_ID: Final = Raw(b'"gw-client-init"')
 TOKEN_PREFIX: Final = "g1."
 MIN_SECRET_CHARS: Final = 16

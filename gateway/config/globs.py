@@ -1,14 +1,15 @@
 """Glob patterns of routing rules (`routes[].match`): compiled to regexes, and why a pattern is bad.
-
-Sans-IO, pure; imports nothing of ours, so the config checks and the router share it.
+Sans-IO and pure; imports only the error tree, so the config checks and the router share it.
 """
 
 from __future__ import annotations
 
 import re
 
+from gateway.protocol.errors import GatewayError
 
-class GlobError(ValueError):
+
+class GlobError(GatewayError, ValueError):
     """A pattern that is not a valid glob."""
 
 

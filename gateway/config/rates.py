@@ -1,5 +1,4 @@
 """Rate strings (`20/s`, `100/m`, `1000/h`): parsing, shared by routing.yaml limits and the relay.
-
 A leaf module (no gateway imports) so the relay may use it too.
 """
 

@@ -1,9 +1,9 @@
-"""routing.yaml: frozen msgspec Structs, `load()`, and the cross-reference checks.
+"""routing.yaml: frozen msgspec Structs (range checks as `Meta` constraints), `load()`, cross-reference checks.
+Builds no runtime objects and resolves no secrets; sans-IO apart from reading the one file it is given.
 
 Owns the shape of the gateway's configuration and every load-time error
-(naming the file, the key and what was expected). Builds no runtime objects;
-secrets stay references (`env:VAR`, `file:/path`) until provisioning.
-Sans-IO apart from reading the one file it is given.
+(naming the file, the key and what was expected). Secrets stay references
+(`env:VAR`, `file:/path`) until provisioning.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from gateway.config import rates
 from gateway.config.globs import glob_error
@@ -27,6 +27,15 @@ CHANNEL_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 T = TypeVar("T")
 
 SERVER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+# Range checks msgspec applies while converting (a failure names the key; `_in_words` says it in words).
+Seconds = Annotated[float, Meta(gt=0)]
+"""A positive number of seconds."""
+SecondsOrZero = Annotated[float, Meta(ge=0)]
+AtLeastOne = Annotated[int, Meta(ge=1)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+SEPARATOR: Final = r"\A\S+\Z"
+r"""A namespacing separator: non-empty, no whitespace (`\Z`, unlike `$`, refuses a final newline)."""
 
 
 class _Frozen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -41,7 +50,7 @@ so servers shipped as Python modules start with the packages the gateway was ins
 class ProgramSpec(_Frozen, frozen=True, kw_only=True):
     """A local program the gateway spawns (without a shell) and supervises."""
 
-    command: str
+    command: NonEmpty
     """A program name looked up on PATH, a path, or `{python}` (the gateway's own interpreter)."""
     args: list[str] = []
     env: dict[str, str] = {}
@@ -84,23 +93,23 @@ class ServerSpec(_Frozen, frozen=True, kw_only=True):
 
     stdio: StdioSpec | None = None
     http: HttpSpec | None = None
-    startup_timeout_s: float = 30.0
-    request_timeout_s: float | None = None
+    startup_timeout_s: Seconds = 30.0
+    request_timeout_s: Seconds | None = None
     """Upper bound for one call to this server (waiting for a restart included): past it the call
     is cancelled and answered with the contract's `timeout` failure. A command's own earlier
     deadline still wins (it is abandoned without an answer). None: unbounded."""
     restart_backoff_max_s: float = 30.0
     required: bool = True
     """`/readyz` reports not ready while this server is down."""
-    processes: int = 1
+    processes: AtLeastOne = 1
     """stdio: a pool of this many processes; each call goes to the least loaded one."""
     session: Literal["shared", "per-client"] = "shared"
     """stdio: `per-client` runs one process per client session (isolation for stateful servers)."""
-    max_sessions: int = 32
+    max_sessions: AtLeastOne = 32
     """`session: per-client`: most processes at once; the one idle longest is stopped to make room."""
-    idle_timeout_s: float = 300.0
+    idle_timeout_s: Seconds = 300.0
     """`session: per-client`: a client's process is stopped after this long without a call."""
-    max_concurrency: int | None = None
+    max_concurrency: AtLeastOne | None = None
     """Calls running on this server at once (per process pool or HTTP endpoint); more wait their turn."""
 
     @property
@@ -112,7 +121,7 @@ class ControlPlaneSpec(Egress, frozen=True, kw_only=True):
     """The tunnel control plane to poll (OpenAI's service or a `gateway relay`)."""
 
     url: str
-    tunnel_id: str
+    tunnel_id: NonEmpty
     api_key: str | None = None
     """`env:VAR`, `file:/path` (re-read when it changes), `exec:COMMAND` (a short-lived token
     it prints, cached until it expires) or a literal; `env:TUNNEL_API_KEY` when absent."""
@@ -133,13 +142,13 @@ class EmbeddedRelaySpec(_Frozen, frozen=True, kw_only=True):
 class GatewaySpec(_Frozen, frozen=True, kw_only=True):
     """The poll channel and the dispatcher."""
 
-    max_inflight: int = 64
-    poll_timeout_ms: int = 25_000
-    polls_in_flight: int = 1
+    max_inflight: AtLeastOne = 64
+    poll_timeout_ms: AtLeastOne = 25_000
+    polls_in_flight: Annotated[int, Meta(ge=1, le=16)] = 1
     """Polls outstanding at once. One carries at most 25 commands per round trip: over a slow
     link raise it (and `max_inflight`) so the round trip does not cap throughput."""
     drain_timeout_s: float = 20.0
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
     """Largest upstream message accepted (a stdio line, an HTTP body)."""
 
 
@@ -156,7 +165,7 @@ class TelemetrySpec(_Frozen, frozen=True, kw_only=True):
     """Sent with every export; values may be `env:VAR` or `file:/path` references."""
     service_name: str | None = None
     resource_attributes: dict[str, str] = {}
-    sampling_ratio: float | None = None
+    sampling_ratio: Annotated[float, Meta(ge=0, le=1)] | None = None
     """Parent-based trace-id ratio sampling; OTEL_TRACES_SAMPLER when absent."""
     capture_arguments: bool = False
     """Record tool arguments and results on spans (redacted, truncated)."""
@@ -166,7 +175,7 @@ class OpsSpec(_Frozen, frozen=True, kw_only=True):
     """The local ops listener: `/healthz`, `/readyz`, `/metrics`."""
 
     listen: str
-    ready_poll_age_s: float | None = None
+    ready_poll_age_s: Seconds | None = None
     """`/readyz` needs a successful poll this recent; default: the poll timeout plus 15 s."""
 
 
@@ -187,10 +196,10 @@ class LimitSpec(_Frozen, frozen=True, kw_only=True):
     """Only this channel/server/tool/route key; absent: every value gets its own budget."""
     rate: str | None = None
     """`N/s`, `N/m` or `N/h`."""
-    burst: int | None = None
+    burst: AtLeastOne | None = None
     """Calls allowed at once before the rate applies (default: one second's worth, at least 1).
     A burst of 1 admits a little under the rate when requests arrive in bursts: use 2 or more."""
-    concurrency: int | None = None
+    concurrency: AtLeastOne | None = None
     policy: str | None = None
     """`wait` or `reject`; default from `limits.policy`."""
     name: str | None = None
@@ -209,8 +218,8 @@ class LimitsSpec(_Frozen, frozen=True, kw_only=True):
 
     policy: str = "reject"
     """`reject` (429 at once) or `wait` (queue up to `max_wait_s`, never past the command's deadline)."""
-    max_wait_s: float = 10.0
-    max_waiting: int = 16
+    max_wait_s: Seconds = 10.0
+    max_waiting: Annotated[int, Meta(ge=0)] = 16
     """Requests that may wait on one budget at once; more are rejected (no unbounded queues)."""
     tenant_header: str | None = None
     """Request header naming the tenant; absent or missing: the client's Mcp-Session-Id."""
@@ -237,16 +246,16 @@ class ChannelSpec(_Frozen, frozen=True, kw_only=True):
     prefix: Literal["always", "conditional"] | None = None
     """Namespacing of tool and prompt names: `always` (the default with several servers) or
     `conditional` (only names that collide); a one-server channel is never prefixed unless set."""
-    separator: str = "__"
+    separator: Annotated[str, Meta(pattern=SEPARATOR)] = "__"
     rename: dict[str, dict[str, str]] = {}
     """Per server: original tool/prompt name -> the exact name clients see (never prefixed)."""
-    page_size: int | None = None
+    page_size: AtLeastOne | None = None
     """Items per page of a merged list (None: the whole list in one page)."""
-    cache_ttl_s: float = 60.0
+    cache_ttl_s: SecondsOrZero = 60.0
     """How long a server's list is reused before it is fetched again (list_changed clears it sooner)."""
-    list_timeout_s: float = 10.0
+    list_timeout_s: Seconds = 10.0
     """How long a merged list waits for one server before leaving it out."""
-    listen_timeout_s: float = 50.0
+    listen_timeout_s: Seconds = 50.0
     """A client's `subscriptions/listen` stream ends (gracefully) after this long; the client listens
     again. Keep it under the control plane's response timeout."""
 
@@ -271,7 +280,7 @@ class RouteSpec(_Frozen, frozen=True, kw_only=True):
     """Send the request to this server."""
     deny: str | None = None
     """Refuse with this message (denied tools, prompts and resources are hidden from lists too)."""
-    limit_key: str | None = None
+    limit_key: NonEmpty | None = None
     """Tag the request for `limits` rules of scope `route`."""
 
 
@@ -283,7 +292,7 @@ class SessionsSpec(_Frozen, frozen=True, kw_only=True):
     so sessions do not survive a restart or reach another replica."""
     previous_keys: list[str] = []
     """Still accepted for opening sessions (key rotation)."""
-    ttl_s: float = 86400.0
+    ttl_s: Seconds = 86400.0
     """A session older than this is expired (the client gets 404 and initializes again)."""
 
 
@@ -293,7 +302,7 @@ class RoutingConfig(_Frozen, frozen=True, kw_only=True):
     gateway: GatewaySpec = GatewaySpec()
     limits: LimitsSpec = LimitsSpec()
     servers: dict[str, ServerSpec]
-    channels: dict[str, list[str]]
+    channels: Annotated[dict[str, list[str]], Meta(min_length=1)]
     channel_specs: dict[str, ChannelSpec] = {}
     """Derived from `channels` at load: every channel in its long form."""
     routes: list[RouteSpec] = []
@@ -350,9 +359,37 @@ def _convert(value: object, kind: type[T], file: str, prefix: str) -> T:
         assert match is not None
         path = (match["path"] or "").lstrip(".")
         key = ".".join(part for part in (prefix, path) if part) or "(top level)"
-        message = match["msg"]
+        message = _in_words(match["msg"], key)
         expected = message[:1].lower() + message[1:] if message.startswith("Expected") else message
         raise ConfigError(file, key, expected.removeprefix("expected ")) from None
+
+
+_BOUND: Final = re.compile(r"Expected `(?P<kind>int|float)` (?P<op>>=|>|<=|<) (?P<bound>-?[0-9]+(?:\.[0-9]+)?)")
+_OP_WORDS: Final = {">=": "of at least", ">": "greater than", "<=": "of at most", "<": "less than"}
+_NON_EMPTY: Final = re.compile(r"Expected `(?P<kind>str|array|object)` of length >= 1")
+_NON_EMPTY_WORDS: Final = {"str": "a non-empty string", "array": "at least one item", "object": "at least one entry"}
+_PATTERN_WORDS: Final = {f"Expected `str` matching regex {SEPARATOR!r}": "a non-empty separator without spaces"}
+
+
+def _in_words(message: str, key: str) -> str:
+    """msgspec's sentence for a broken `Meta` constraint in the words of the other checks:
+    "Expected `int` >= 1" -> "an integer of at least 1", "Expected `float` > 0.0" on a key
+    ending in `_s` -> "a positive number of seconds". Any other sentence comes back unchanged."""
+    if (words := _PATTERN_WORDS.get(message)) is not None:
+        return words
+    if (empty := _NON_EMPTY.fullmatch(message)) is not None:
+        return _NON_EMPTY_WORDS[empty["kind"]]
+    found = _BOUND.fullmatch(message)
+    if found is None:
+        return message
+    noun = "integer" if found["kind"] == "int" else "number"
+    bound = float(found["bound"])
+    if bound == 0 and found["op"] in (">", ">="):
+        phrase = f"a {'positive' if found['op'] == '>' else 'non-negative'} {noun}"
+    else:
+        shown = int(bound) if bound.is_integer() else bound
+        phrase = f"{'an' if noun == 'integer' else 'a'} {noun} {_OP_WORDS[found['op']]} {shown}"
+    return f"{phrase} of seconds" if noun == "number" and key.endswith("_s") else phrase
 
 
 def load(path: str | Path) -> RoutingConfig:
@@ -366,28 +403,18 @@ def load(path: str | Path) -> RoutingConfig:
 
 
 def check(config: RoutingConfig, file: str) -> None:
-    """Cross-reference and value checks msgspec's types cannot express."""
+    """Cross-reference and value checks msgspec's types and `Meta` constraints cannot express."""
     for name, server in config.servers.items():
         key = f"servers.{name}"
         if not SERVER_NAME.fullmatch(name):
             raise ConfigError(file, key, "a server name of letters, digits, '.', '-' or '_'")
         if (server.stdio is None) == (server.http is None):
             raise ConfigError(file, key, "exactly one of `stdio` or `http`")
-        if server.stdio is not None and not server.stdio.command:
-            raise ConfigError(file, f"{key}.stdio.command", "a non-empty program name")
         if server.http is not None:
             _check_url(server.http.url, file, f"{key}.http.url")
             _check_egress(server.http, file, f"{key}.http")
-            if server.http.spawn is not None and not server.http.spawn.command:
-                raise ConfigError(file, f"{key}.http.spawn.command", "a non-empty program name")
             if server.http.spawn is not None and not _on_loopback(server.http.url):
                 raise ConfigError(file, f"{key}.http.url", "a loopback URL (127.0.0.1, [::1], localhost) with `spawn`")
-        if server.startup_timeout_s <= 0:
-            raise ConfigError(file, f"{key}.startup_timeout_s", "a positive number of seconds")
-        if server.request_timeout_s is not None and not server.request_timeout_s > 0:
-            raise ConfigError(file, f"{key}.request_timeout_s", "a positive number of seconds")
-    if not config.channels:
-        raise ConfigError(file, "channels", "at least one channel")
     for channel, members in config.channels.items():
         key = f"channels.{channel}"
         if not CHANNEL_NAME.fullmatch(channel):
@@ -404,21 +431,10 @@ def check(config: RoutingConfig, file: str) -> None:
     if config.control_plane is not None:
         _check_url(config.control_plane.url, file, "control_plane.url")
         _check_egress(config.control_plane, file, "control_plane")
-        if not config.control_plane.tunnel_id:
-            raise ConfigError(file, "control_plane.tunnel_id", "a non-empty tunnel id")
     _check_listen(config.relay.listen, file, "relay.listen")
     if config.relay.public_url is not None:
         _check_origin_url(config.relay.public_url, file, "relay.public_url")
     _check_limits(config.limits, file)
-    gw = config.gateway
-    if gw.max_inflight < 1:
-        raise ConfigError(file, "gateway.max_inflight", "an integer of at least 1")
-    if not 1 <= gw.polls_in_flight <= 16:
-        raise ConfigError(file, "gateway.polls_in_flight", "an integer from 1 to 16")
-    if gw.poll_timeout_ms < 1:
-        raise ConfigError(file, "gateway.poll_timeout_ms", "an integer of at least 1")
-    if gw.max_message_bytes < 1024:
-        raise ConfigError(file, "gateway.max_message_bytes", "at least 1024 bytes")
     _check_observability(config, file)
 
 
@@ -426,12 +442,8 @@ def _check_observability(config: RoutingConfig, file: str) -> None:
     telemetry = config.telemetry
     if telemetry.endpoint is not None:
         _check_url(telemetry.endpoint, file, "telemetry.endpoint")
-    if telemetry.sampling_ratio is not None and not 0.0 <= telemetry.sampling_ratio <= 1.0:
-        raise ConfigError(file, "telemetry.sampling_ratio", "a number from 0 to 1")
     if config.ops is not None:
         _check_listen(config.ops.listen, file, "ops.listen")
-        if config.ops.ready_poll_age_s is not None and config.ops.ready_poll_age_s <= 0:
-            raise ConfigError(file, "ops.ready_poll_age_s", "a positive number of seconds")
 
 
 _USERINFO: Final = re.compile(r"^((?:[^/?#]*?//)?)[^/?#]*@")
@@ -475,10 +487,6 @@ def _check_limits(limits: LimitsSpec, file: str) -> None:
     policies = ("wait", "reject")
     if limits.policy not in policies:
         raise ConfigError(file, "limits.policy", f"`wait` or `reject` (got {limits.policy!r})")
-    if limits.max_wait_s <= 0:
-        raise ConfigError(file, "limits.max_wait_s", "a positive number of seconds")
-    if limits.max_waiting < 0:
-        raise ConfigError(file, "limits.max_waiting", "a non-negative integer")
     for i, rule in enumerate(limits.rules):
         key = f"limits.rules[{i}]"
         if rule.scope not in LIMIT_SCOPES:
@@ -489,10 +497,8 @@ def _check_limits(limits: LimitsSpec, file: str) -> None:
             raise ConfigError(file, key, "a `rate`, a `concurrency`, or both")
         if rule.rate is not None and rates.per_second(rule.rate) is None:
             raise ConfigError(file, f"{key}.rate", f"{rates.EXPECTED} (got {rule.rate!r})")
-        if rule.burst is not None and (rule.burst < 1 or rule.rate is None):
+        if rule.burst is not None and rule.rate is None:
             raise ConfigError(file, f"{key}.burst", "a positive integer, with a `rate`")
-        if rule.concurrency is not None and rule.concurrency < 1:
-            raise ConfigError(file, f"{key}.concurrency", "a positive integer")
         if rule.policy is not None and rule.policy not in policies:
             raise ConfigError(file, f"{key}.policy", f"`wait` or `reject` (got {rule.policy!r})")
 
@@ -519,30 +525,12 @@ def check_multiplexing(config: RoutingConfig, file: str) -> None:
     """Channel options, routing rules, process management and sessions."""
     for name, server in config.servers.items():
         key = f"servers.{name}"
-        if server.processes < 1:
-            raise ConfigError(file, f"{key}.processes", "an integer of at least 1")
         if server.stdio is None and (server.processes != 1 or server.session != "shared"):
             raise ConfigError(file, key, "`processes` and `session` only on a stdio server")
         if server.session == "per-client" and server.processes != 1:
             raise ConfigError(file, f"{key}.processes", "1 with `session: per-client` (one process per session)")
-        if server.max_sessions < 1:
-            raise ConfigError(file, f"{key}.max_sessions", "an integer of at least 1")
-        if server.idle_timeout_s <= 0:
-            raise ConfigError(file, f"{key}.idle_timeout_s", "a positive number of seconds")
-        if server.max_concurrency is not None and server.max_concurrency < 1:
-            raise ConfigError(file, f"{key}.max_concurrency", "an integer of at least 1")
     for name, spec in config.channel_specs.items():
         key = f"channels.{name}"
-        if not spec.separator or any(c.isspace() for c in spec.separator):
-            raise ConfigError(file, f"{key}.separator", "a non-empty separator without spaces")
-        if spec.page_size is not None and spec.page_size < 1:
-            raise ConfigError(file, f"{key}.page_size", "an integer of at least 1")
-        if spec.cache_ttl_s < 0:
-            raise ConfigError(file, f"{key}.cache_ttl_s", "a non-negative number of seconds")
-        if spec.list_timeout_s <= 0:
-            raise ConfigError(file, f"{key}.list_timeout_s", "a positive number of seconds")
-        if spec.listen_timeout_s <= 0:
-            raise ConfigError(file, f"{key}.listen_timeout_s", "a positive number of seconds")
         for renamed, names in spec.rename.items():
             if renamed not in spec.servers:
                 members = ", ".join(spec.servers)
@@ -574,10 +562,6 @@ def check_multiplexing(config: RoutingConfig, file: str) -> None:
         if route.to is not None and route.to not in config.servers:
             known = ", ".join(sorted(config.servers))
             raise ConfigError(file, f"{key}.to", f"a server defined under `servers` (got {route.to!r}; known: {known})")
-        if route.limit_key is not None and not route.limit_key:
-            raise ConfigError(file, f"{key}.limit_key", "a non-empty key")
-    if config.sessions.ttl_s <= 0:
-        raise ConfigError(file, "sessions.ttl_s", "a positive number of seconds")
 
 
 def channel_spec(config: RoutingConfig, name: str) -> ChannelSpec:

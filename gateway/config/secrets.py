@@ -1,7 +1,5 @@
 """Secret references: `env:VAR`, `file:/path`, or a literal, resolved on demand.
-
-Owns reading secrets and keeping them out of reprs and error text; a leaf
-module (no gateway imports) so both the gateway and the relay may use it.
+Keeps the value out of reprs and error text; imports only the error tree, so gateway and relay share it.
 """
 
 from __future__ import annotations
@@ -9,8 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gateway.protocol.errors import GatewayError
 
-class SecretError(Exception):
+
+class SecretError(GatewayError):
     """A secret reference could not be resolved; the message never holds the secret."""
 
 

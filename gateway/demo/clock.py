@@ -1,7 +1,8 @@
 """Demo stdio MCP server: the time in any IANA zone, conversions between zones, a countdown with progress.
+Keeps no state between calls and touches nothing but the clock and the system zone database.
 
-Owns its tools and the zone list resource; keeps no state between calls and touches nothing but the
-clock and the system zone database. Run: ``python -m gateway.demo.clock`` (speaks MCP on stdin/stdout).
+Owns its tools and the zone list resource. Run: ``python -m gateway.demo.clock`` (speaks MCP on
+stdin/stdout).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Demo Streamable HTTP MCP server: an in-memory notes store with tools, a prompt and resources.
+The store is process-local (lost on exit); it binds only the host it is given.
 
-Owns the store (process-local, lost on exit) and its HTTP listener; binds only the host it is given.
-Run: ``python -m gateway.demo.notes --host 127.0.0.1 --port 0``; once it accepts connections it
-prints ``notes: listening on http://HOST:PORT/mcp`` on stdout (``--port 0`` picks a free port).
+Owns the store and its HTTP listener. Run: ``python -m gateway.demo.notes --host 127.0.0.1 --port 0``;
+once it accepts connections it prints ``notes: listening on http://HOST:PORT/mcp`` on stdout
+(``--port 0`` picks a free port).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""One command's life: deadline, channel, upstream frames, response frames.
+"""One command's life: deadline, limits, channel, response frames, and the one place an error becomes
+a wire response. Parses no configuration; knows channels, not transports.
 
 Owns the bounded set of commands in flight (the capacity the poller asks
-for), what each command type becomes (a 2026-07-28 request is checked by
+for) and what each command type becomes (a 2026-07-28 request is checked by
 `gateway.protocol.edge` first; `oauth_discovery` asks the channel for its
-server's OAuth metadata), and the one place where an error turns into a wire
-response. Parses no configuration; knows channels, not transports.
+server's OAuth metadata).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from gateway.protocol.errors import (
     UpstreamError,
     UpstreamHttpError,
 )
+from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
@@ -56,13 +57,13 @@ from gateway.protocol.wire import (
     allowed_response_headers,
     expired,
     header_value,
+    json_headers,
     parse_response_timeout,
 )
 
 log = logging.getLogger(__name__)
 
 CLIENT_INTERNAL: Final = TunnelFailure(source="client_internal", upstream_response_received=False)
-JSON_BODY: Final[Headers] = {"Content-Type": ["application/json"]}
 MAX_PENDING_NOTIFY: Final = 256
 """Notifications of one call waiting for their POST; more are dropped (the relay's backlog is as deep)."""
 
@@ -244,7 +245,7 @@ class Dispatcher:
             log.exception("command %s failed inside the gateway", command.request_id)
             await self._fail(command, None, exc)
             return
-        await self._post(command, RESP_OAUTH_DISCOVERY, 200, body, JSON_BODY)
+        await self._post(command, RESP_OAUTH_DISCOVERY, 200, body, json_headers())
 
     async def _jsonrpc(self, command: PolledCommand) -> None:
         message = self._decode(command)
@@ -304,7 +305,7 @@ class Dispatcher:
         tenant_header = limits.tenant_header
         tenant = header_value(command.headers, tenant_header) if tenant_header else None
         if tenant is None:
-            tenant = header_value(command.headers, "Mcp-Session-Id")
+            tenant = header_value(command.headers, SESSION_HEADER)
         route = channel.route(message, command.headers)
         subject = Subject(
             channel=command.channel,
@@ -363,7 +364,7 @@ class Dispatcher:
             status, code, message = 500, "internal_error", "the gateway failed to answer the discovery"
         kind = "server_error" if status >= 500 else "invalid_request_error"
         body = self._codec.api_error(message, kind, code)
-        await self._post(command, RESP_OAUTH_DISCOVERY, status, body, JSON_BODY)
+        await self._post(command, RESP_OAUTH_DISCOVERY, status, body, json_headers())
 
     def _decode(self, command: PolledCommand) -> JsonRpcMessage | None:
         if command.jsonrpc is UNSET:

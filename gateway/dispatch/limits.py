@@ -1,9 +1,10 @@
-"""Rate limits and concurrency caps from routing.yaml, and what happens when one is hit.
+"""Rate limits and concurrency caps from routing.yaml, and what happens when one is hit (wait or reject).
+Waiting is bounded (no unbounded queues) and budgets are per key: one tenant at its limit never delays another.
 
 Owns the budgets (an aiolimiter leaky bucket and/or a concurrency gate per
 scope value: global, channel, server, tool, routing-rule key, tenant), the
 `wait`/`reject` policies with bounded waiting, and the admitted/waited/rejected
-counts. Budgets are per key, so one tenant at its limit never delays another.
+counts.
 """
 
 from __future__ import annotations

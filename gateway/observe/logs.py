@@ -1,8 +1,8 @@
 """Structured logs: one JSON object or one text line per record on stderr, secrets redacted.
+No line leaves unredacted; imports no opentelemetry (trace ids come from a function it is handed).
 
 Owns the log formats, the `REQUEST_ID` context variable the dispatcher sets,
-the trace and span ids on each record (from a function it is handed: this
-module imports no opentelemetry), and the redaction every line goes through:
+the trace and span ids on each record, and the redaction every line goes through:
 known secret values registered at startup, `Authorization` values, bearer
 tokens, and credentials in URLs (userinfo, `token=`/`key=`-style parameters).
 """

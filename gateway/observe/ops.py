@@ -1,10 +1,10 @@
 """The ops listener: `/healthz`, `/readyz` and `/metrics` on a local address (`ops.listen`).
+Reads the runtime and changes nothing; imports no opentelemetry (metric data is read by shape).
 
 Owns readiness (ready only when the control plane answered a poll recently and
 every required server is up, a server that wants each client's authorization
-counting as up; the body names what is not) and the Prometheus
-text exposition of the telemetry's metrics. Reads the runtime, changes nothing;
-imports no opentelemetry (metric data is read by shape).
+counting as up; the body names what is not) and the Prometheus text exposition
+of the telemetry's metrics.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from aiohttp import web
 
 from gateway.config.routing import RoutingConfig, split_listen
 from gateway.observe.hooks import Telemetry
-
-PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
+from gateway.protocol.headers import CONTENT_TYPE, JSON, PROMETHEUS_TEXT
 
 
 class PollClock(Protocol):
@@ -180,15 +179,13 @@ class OpsServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready, body = self.readiness.report()
-        return web.Response(
-            status=200 if ready else 503, body=self._encoder.encode(body), content_type="application/json"
-        )
+        return web.Response(status=200 if ready else 503, body=self._encoder.encode(body), content_type=JSON)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         data = self._telemetry.metrics_data()
         if data is None:
             return web.Response(status=404, text="metrics are off\n")
-        return web.Response(body=render_prometheus(data), headers={"Content-Type": PROMETHEUS_TEXT})
+        return web.Response(body=render_prometheus(data), headers={CONTENT_TYPE: PROMETHEUS_TEXT})
 
 
 # --------------------------------------------------------------------------- Prometheus text

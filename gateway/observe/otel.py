@@ -24,7 +24,6 @@ from gateway import __version__
 from gateway.config.routing import ServerSpec
 from gateway.observe.hooks import Observed, RateLimitOutcome, Telemetry
 from gateway.observe.otel_scopes import (
-    SESSION_HEADER,
     Attributes,
     ClientSpan,
     CommandSpan,
@@ -34,6 +33,7 @@ from gateway.observe.otel_scopes import (
     PostSpan,
 )
 from gateway.protocol.errors import UpstreamError
+from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo, abandon
 from gateway.protocol.tracecontext import TRACEPARENT, TRACESTATE, Params, Payloads, request_id_text
 from gateway.protocol.wire import RESP_NOTIFY, Headers, JsonRpcMessage, PolledCommand, header_value
@@ -53,7 +53,6 @@ CAPTURE_LIMIT: Final = 4096
 LABEL_VALUES_LIMIT: Final = 200
 """Distinct client-chosen values (tool and prompt names, versions) a metric label takes; then `_OTHER`."""
 SESSIONS_TRACKED: Final = 10_000
-VERSION_HEADER: Final = "MCP-Protocol-Version"
 
 
 def current_trace_ids() -> tuple[str, str] | None:

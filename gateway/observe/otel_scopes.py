@@ -10,13 +10,14 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, Raw, UnsetType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.mcp import Call, Reply, UpstreamInfo
 from gateway.protocol.tracecontext import TRACEPARENT, Params, with_trace_headers
 from gateway.protocol.wire import COMMAND_SESSION_END, Headers, JsonRpcMessage, PolledCommand, header_value
@@ -24,8 +25,6 @@ from gateway.protocol.wire import COMMAND_SESSION_END, Headers, JsonRpcMessage, 
 if TYPE_CHECKING:
     from gateway.observe.hooks import Observed
     from gateway.observe.otel import OtelTelemetry
-
-SESSION_HEADER: Final = "Mcp-Session-Id"
 
 Attributes = dict[str, Any]
 

@@ -1,10 +1,10 @@
 """What a 2026-07-28 request must agree with before the gateway serves it, and how its answer is framed.
+Sans-IO: raises `CommandError`s and imports no I/O library; handshake-era requests pass untouched.
 
 Owns the MCP 2026-07-28 request checks every front door relies on (the relay's
 and the hosted service's, whose commands both carry the client's headers): the
 `_meta` envelope, the standard headers against the body, the protocol version;
-and the answer's HTTP status and error codes for such a client. Handshake-era
-requests pass untouched. Sans-IO: raises `CommandError`s, imports no I/O library.
+and the answer's HTTP status and error codes for such a client.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from gateway.protocol.eras import (
     PROTOCOL_VERSION_KEY,
 )
 from gateway.protocol.errors import HeaderMismatch, InvalidRequestParams, UnsupportedProtocolVersion
+from gateway.protocol.headers import METHOD_HEADER, NAME_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Reply
 from gateway.protocol.wire import (
     INVALID_PARAMS,
@@ -37,9 +38,6 @@ from gateway.protocol.wire import (
     header_value,
 )
 
-VERSION_HEADER: Final = "MCP-Protocol-Version"
-METHOD_HEADER: Final = "Mcp-Method"
-NAME_HEADER: Final = "Mcp-Name"
 SUPPORTED_VERSIONS: Final = (*MODERN_VERSIONS, *reversed(HANDSHAKE_VERSIONS))
 """Every version the gateway serves (it bridges both eras on every channel), newest first."""
 

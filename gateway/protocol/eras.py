@@ -1,11 +1,12 @@
-"""Bridging the two MCP generations: era detection, envelopes, local answers.
+"""Era bridging: the two MCP generations are the handshake era (2024-11-05 … 2025-11-25: `initialize`,
+sessions) and the stateless 2026-07-28 era (a `_meta` envelope on every request). Era detection,
+envelopes, local answers; sans-IO: bytes in, bytes out, no asyncio or aiohttp.
 
-Owns what differs between handshake-era MCP (2024-11-05 … 2025-11-25:
-`initialize`, sessions) and stateless 2026-07-28 MCP (per-request `_meta`
-envelope, `server/discover`, `resultType`): the probe messages the gateway
-sends to servers, the `_meta` surgery that lets a client of one era talk to a
-server of the other, and the answers the gateway gives locally on a server's
-behalf. Sans-IO: bytes in, bytes out.
+Owns what differs between the eras (`initialize` and sessions against the
+per-request `_meta` envelope, `server/discover`, `resultType`): the probe
+messages the gateway sends to servers, the `_meta` surgery that lets a client of
+one era talk to a server of the other, and the answers the gateway gives
+locally on a server's behalf.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 
 from gateway import __version__
 from gateway.protocol.errors import InvalidRequestParams
+from gateway.protocol.headers import VERSION_HEADER
 from gateway.protocol.mcp import Era, UpstreamInfo
 from gateway.protocol.wire import Codec, Headers, JsonDecoder, header_value
 
@@ -147,7 +149,7 @@ class Bridge:
 
     def client_era(self, params: Raw | UnsetType, headers: Headers) -> Era:
         """The era a client request speaks: the header says so, or the `_meta` envelope does."""
-        version = header_value(headers, "Mcp-Protocol-Version")
+        version = header_value(headers, VERSION_HEADER)
         if version in MODERN_VERSIONS:
             return Era.MODERN
         if version in HANDSHAKE_VERSIONS:

@@ -1,7 +1,19 @@
-"""The gateway's error hierarchy, named by who caused each error.
+"""The one error tree of the package (gateway and relay), each error named by who caused it.
+Defines the classes every layer raises; turns none of them into a response (see below for where).
+
+Every exception class defined under `gateway/` descends from `GatewayError`
+(tests/test_error_tree.py checks it, and that this tree names each one);
+classes raised by one module only live in that module (its path is given).
 
     GatewayError
-    ├── ConfigError              routing.yaml is wrong (exit status 2)
+    ├── ConfigError              a configuration file is wrong: file, key, expected (exit status 2)
+    │   └── RelayConfigError     relay.yaml is wrong                      (relay/config.py)
+    ├── SecretError              a secret reference cannot be resolved    (config/secrets.py)
+    ├── GlobError, ValueError    a routing rule's glob pattern is malformed (config/globs.py)
+    ├── SseError, ValueError     an SSE stream cannot be parsed in bounds (protocol/sse.py)
+    │   └── SseEventTooLarge     one event grew past `max_event_bytes`
+    ├── InvalidCursor, ValueError  a cursor the gateway did not issue, or for a list that changed
+    │                            since (channels/cursors.py; a channel answers InvalidRequestParams)
     ├── CommandError             the MCP client / command is wrong        -> JSON-RPC error
     │   ├── UnknownChannel       no such channel on this gateway          (400, -32603)
     │   ├── RateLimited          a rate limit or concurrency cap said no  (429, -32029, data.retry_after_ms)
@@ -10,6 +22,7 @@
     │   ├── SessionNotFound      unknown, expired or ended Mcp-Session-Id (404, -32600)
     │   ├── InvalidRequestParams malformed params or cursor, a 2026-07-28 `_meta` key missing (400, -32602)
     │   ├── HeaderMismatch       2026-07-28 standard headers missing or not the body's  (400, -32020)
+    │   ├── MethodNotFound       an aggregated channel serves no such method (404, -32601; channels/aggregate.py)
     │   ├── MissingClientCapability  a server asked what the client did not declare (400, -32021)
     │   ├── UnsupportedProtocolVersion  a version the gateway does not serve  (400, -32022, data.supported)
     │   └── DiscoveryUnsupported  `oauth_discovery` on a channel without one HTTP server (400)
@@ -19,13 +32,23 @@
     │   ├── UpstreamHttpError    answered an HTTP error without a JSON-RPC body (its challenge,
     │   │                        `WWW-Authenticate`, travels with it)
     │   └── DiscoveryFailed      its OAuth metadata is missing, invalid, redirected or too large
-    └── ControlPlaneError        the control plane refused or failed
-        └── CommandGone          404 on a response POST: the caller left (cancellation)
+    ├── ListUnavailable          a server's list could not be fetched: it is left out of the merged
+    │                            view                                     (channels/catalog.py)
+    ├── InvalidMetadata          an OAuth metadata document is not what its RFC requires (protocol/oauth.py)
+    ├── ControlPlaneError        the control plane refused or failed
+    │   └── CommandGone          404 on a response POST: the caller left (cancellation)
+    ├── H1Error                  an HTTP/1.1 exchange with the control plane failed; `sent` says
+    │                            whether the request left                 (tunnel/http1.py)
+    └── RelayError               what the relay answers its callers with: HTTP status and API error
+        │                        code (relay/errors.py draws this subtree in full)
+        ├── CallerError          the MCP client's request is at fault (4xx)
+        ├── TunnelClientError    the tunnel client's (a gateway's) request is at fault (4xx)
+        └── …                    the relay's own state: unknown tunnel, full queue, timeouts, 503s
 
 The JSON-RPC code, HTTP status and provenance are class attributes or fields;
-`gateway.dispatch` turns an error into a wire response, in that one place (for an
-`oauth_discovery` command: an API error object, `{"error": {"message", "type", "code"}}`,
-with `api_code`).
+`gateway.dispatch` turns a gateway error into a wire response, in that one place (for an
+`oauth_discovery` command: an API error object, `{"error": {"message", "type", "code"}}`, with
+`api_code`), and the relay's `error_middleware` does the same for a `RelayError`.
 Messages never carry secrets, URLs, raw bodies or exception text from peers.
 """
 
@@ -41,7 +64,7 @@ from gateway.protocol.wire import INTERNAL_ERROR, Headers, TunnelFailure
 
 
 class GatewayError(Exception):
-    """Base of every error the gateway raises on purpose."""
+    """Base of every error the package (gateway and relay) raises on purpose."""
 
 
 _PROBLEM_WORDS: Final = {

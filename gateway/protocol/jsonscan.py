@@ -1,10 +1,10 @@
 """Tolerant, non-recursive scans of JSON text: top-level members for salvage, nesting depth.
+Never decodes a value and never recurses; sans-IO (callers decode strictly themselves).
 
 Owns splitting a JSON object or array into its members' raw bytes without
 validating them, so that one member a strict decoder refuses (nested too deep,
 a lone surrogate escape, a wrong type) cannot hide its neighbours, and measuring
-whether a document nests deeper than a bound. Never decodes a value and never
-recurses. Sans-IO; callers decode strictly themselves.
+whether a document nests deeper than a bound.
 """
 
 from __future__ import annotations

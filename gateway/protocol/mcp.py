@@ -1,8 +1,6 @@
-"""The MCP facts every layer shares: which era a peer speaks, what a server said about itself, and one
-call's message and frames as they pass between the channel layer and a transport, and request ids
-tagged with the server they came from.
-
-Plain data, no behaviour; imports nothing of ours but the wire types (sans-IO).
+"""The MCP facts every layer shares: a peer's era, what a server said about itself, one call's message
+and frames between channel and transport, server-tagged request ids. Plain data with no behaviour;
+sans-IO, importing nothing of ours but the wire types.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""OAuth discovery as the tunnel carries it: well-known URLs, metadata shapes, `WWW-Authenticate`.
+"""OAuth discovery as the tunnel carries it: well-known URLs, metadata documents, `WWW-Authenticate`.
+Sans-IO: strings and bytes in and out; it never fetches anything.
 
 Owns the rules both ends share: where a protected resource's metadata lives (RFC 9728 §3.1) and an
 authorization server's (RFC 8414 §3.1 and OpenID Connect Discovery, in the order the MCP
 authorization spec gives), what an `oauth_discovery_response` holds, how the relay serves it, and
 `resource_metadata` in a Bearer challenge (RFC 9728 §5.1) found and replaced without disturbing the
-rest. Sans-IO: strings and bytes in and out; it never fetches anything.
+rest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 from msgspec import Raw, Struct
 
+from gateway.protocol.errors import GatewayError
 from gateway.protocol.wire import Codec, JsonDecoder
 
 PRM_WELL_KNOWN: Final = "/.well-known/oauth-protected-resource"
@@ -46,7 +48,7 @@ class AuthorizationServerMetadata(Struct):
     issuer: str
 
 
-class InvalidMetadata(ValueError):
+class InvalidMetadata(GatewayError, ValueError):
     """A metadata document that is not what its RFC requires (the reason says what, never the body)."""
 
 

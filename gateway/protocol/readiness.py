@@ -1,8 +1,8 @@
 """The readiness lines a gateway or relay prints for people and supervisors: `PROG: ready`,
-`waiting: PART (why), …`, `PROG: NOT ready: …`, each said once per change.
+`waiting: PART (why), …`, `PROG: NOT ready: …`, each said once per change. Sans-IO: decides when a
+line is due; the caller runs its own check and prints.
 
-Owns when a line is due, given the failing parts and the time; sans-IO (the caller polls its own
-check and prints). Knows nothing of what the parts are.
+Owns when a line is due, given the failing parts and the time; knows nothing of what the parts are.
 """
 
 from __future__ import annotations

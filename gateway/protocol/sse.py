@@ -1,8 +1,8 @@
 """Server-Sent Events framing, sans-IO: bytes in, events out (and events to bytes).
+Imports neither asyncio nor aiohttp; the caller feeds whatever chunks the network delivers.
 
 Owns the `text/event-stream` line grammar of the WHATWG HTML standard
-(§9.2.6 "Interpreting an event stream") for both directions. Imports neither
-asyncio nor aiohttp; the caller feeds whatever chunks the network delivers.
+(§9.2.6 "Interpreting an event stream") for both directions.
 
 Rules this module keeps:
 - lines end in CRLF, LF or CR, and a CRLF may be split across two chunks;
@@ -21,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.protocol.errors import GatewayError
+
 _BOM: Final = b"\xef\xbb\xbf"
 _CR: Final = 0x0D
 _LF: Final = 0x0A
 
 
-class SseError(ValueError):
+class SseError(GatewayError, ValueError):
     """The stream cannot be parsed within the configured bounds."""
 
 

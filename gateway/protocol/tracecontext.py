@@ -1,10 +1,10 @@
 """W3C trace context and the MCP facts telemetry reads, in and out of JSON-RPC bytes.
+Sans-IO and free of any tracing SDK; every reader fails soft, so telemetry never breaks a command.
 
 Owns reading and writing `traceparent`/`tracestate` in headers and in
 `params._meta` (SEP-414: unprefixed keys), and the cheap looks at a message
 telemetry needs (target name, resource URI, arguments, JSON-RPC error code,
-`isError`). Sans-IO and tracing-SDK-free; every reader fails soft, so
-telemetry never breaks a command.
+`isError`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Secure MCP Tunnel v1 and JSON-RPC on the wire: typed Structs, codecs, deadlines, failures.
+Sans-IO: imports neither asyncio nor aiohttp, and never touches a socket.
 
 Owns every byte shape that crosses the control-plane boundary (poll batches,
 response payloads, acks, API errors, the server-info header) and the JSON-RPC
 envelopes relayed through it, with `params`/`result`/`error` kept as raw bytes.
-Sans-IO: imports neither asyncio nor aiohttp, and never touches a socket.
 """
 
 from __future__ import annotations
@@ -15,11 +15,18 @@ import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 
 from gateway.protocol import jsonscan
+from gateway.protocol.headers import CONTENT_TYPE, JSON, LAST_EVENT_ID, SESSION_HEADER, WWW_AUTHENTICATE
 
 T = TypeVar("T")
 
 Headers = dict[str, list[str]]
 """Multi-valued HTTP headers as the tunnel carries them: name -> values."""
+
+
+def json_headers() -> Headers:
+    """The headers of a JSON answer (a new dict: callers may add to it)."""
+    return {CONTENT_TYPE: [JSON]}
+
 
 JSONRPC_VERSION: Final = "2.0"
 
@@ -470,12 +477,12 @@ HOP_BY_HOP: Final = frozenset(
 RESPONSE_HEADER_ALLOWLIST: Final = {
     name.lower(): name
     for name in (
-        "Content-Type",
-        "Mcp-Session-Id",
-        "Mcp-Protocol-Version",
-        "Last-Event-ID",
+        CONTENT_TYPE,
+        SESSION_HEADER,
+        "Mcp-Protocol-Version",  # the v1 contract's spelling of VERSION_HEADER
+        LAST_EVENT_ID,
         "Access-Control-Expose-Headers",
-        "WWW-Authenticate",
+        WWW_AUTHENTICATE,
     )
 }
 

@@ -1,7 +1,7 @@
 """The relay: a self-hostable Secure MCP Tunnel v1 control plane and MCP front door.
+Imports nothing of the project beyond `gateway.protocol` and `gateway.config`; re-exports the public names.
 
-Re-exports the public names; each submodule owns one part (see its docstring).
-May import only `gateway.protocol.wire` and `gateway.config.secrets` from the project. The Redis
+Each submodule owns one part (see its docstring). The Redis
 backend (`gateway.relay.redis_queue.RedisQueue`) is imported only when configured.
 """
 

@@ -1,10 +1,10 @@
 """proc_affinity routing rules shared by every queue backend: which gateway instance may take a command.
+Sans-IO: clocks come in as arguments; no asyncio, no aiohttp.
 
 Owns reading `X-Tunnel-MCP-Server-Info` (the channels an instance declares with
 `proc_affinity`), the session id a command or frame carries, and the in-process
 session -> owner table the memory backend uses. The Redis backend applies the
-same rules inside its Lua scripts (`redis_scripts.py`). Sans-IO: clocks come in
-as arguments; no asyncio, no aiohttp.
+same rules inside its Lua scripts (`redis_scripts.py`).
 
 The rules, for a queued command on channel C carrying `Mcp-Session-Id: S`:
 - no owner recorded for (C, S): any instance may take it;
@@ -27,6 +27,7 @@ from typing import Final
 
 import msgspec
 
+from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.wire import (
     RESP_SESSION_END,
     SERVER_INFO_MAX_BYTES,
@@ -38,8 +39,6 @@ from gateway.protocol.wire import (
     header_value,
 )
 
-SERVER_INFO_HEADER: Final = "X-Tunnel-MCP-Server-Info"
-SESSION_HEADER: Final = "Mcp-Session-Id"
 ANONYMOUS: Final = "-"
 """The instance id of polls that send no `X-Tunnel-Client-Instance-Id`."""
 

@@ -1,8 +1,8 @@
 """Assembling and running a relay: the aiohttp application, the embeddable `Relay`, `serve_relay`.
+Holds no request logic: that is `front`'s and `tunnel_api`'s.
 
 Owns the provision step (secrets resolved once, backend built from `backend:`,
 routes mounted), typed app state, resource lifetimes and the listening socket.
-Holds no request logic.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The relay's configuration: frozen msgspec Structs for `relay.yaml` and `load_relay_config()`.
+Builds no runtime objects and resolves no secrets.
 
 Owns the file's shape, its defaults and its error messages (file, key path, what
-was expected). Builds no runtime objects and resolves no secrets.
+was expected).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import msgspec.yaml
 from msgspec import Meta, Struct
 
 from gateway.config import rates
+from gateway.protocol.errors import ConfigError, GatewayError
+from gateway.protocol.headers import AUTHORIZATION
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8780"
 DEFAULT_ALLOWED_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
@@ -32,13 +35,16 @@ SecretRef = Annotated[str, Meta(min_length=1)]
 """`env:VAR`, `file:/path` (relative paths are taken from the config file's folder) or a literal."""
 
 
-class RelayConfigError(Exception):
-    """`relay.yaml` is unreadable or invalid; the message names the file, the key and what was expected."""
+class RelayConfigError(ConfigError):
+    """`relay.yaml` is unreadable or invalid; the message names the file, the key and what was expected.
+
+    `problem` is msgspec's own sentence ("Expected `int` >= 1") or one in the same style, so the
+    message is `source: key: problem`, not ConfigError's `file: key: expected …`."""
 
     def __init__(self, source: str, key: str, problem: str) -> None:
-        super().__init__(f"{source}: {key}: {problem}")
+        GatewayError.__init__(self, f"{source}: {key}: {problem}")
+        self.file, self.key, self.expected = source, key, problem
         self.source = source
-        self.key = key
         self.problem = problem
 
 
@@ -51,9 +57,9 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Bearer tokens MCP clients must present; empty = the MCP endpoint is open."""
     client_rate: str | None = None
     """Requests each client token may make (`N/s`, `N/m`, `N/h`); all tokenless callers share one budget."""
-    client_burst: int | None = None
+    client_burst: Annotated[int, Meta(ge=1)] | None = None
     """Requests allowed at once before `client_rate` applies (default: one second's worth, at least 2)."""
-    client_token_header: Annotated[str, Meta(pattern=HEADER_NAME_PATTERN)] = "Authorization"
+    client_token_header: Annotated[str, Meta(pattern=HEADER_NAME_PATTERN)] = AUTHORIZATION
     """Where clients present a `client_tokens` token. `Authorization` (`Bearer <token>`, the default):
     the relay's token takes the header, which is then not forwarded. Any other header (the token as
     its whole value): `Authorization` stays free for the user's own OAuth token, which passes through
@@ -64,8 +70,8 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.client_rate is not None and rates.per_second(self.client_rate) is None:
             raise ValueError(f"Expected {rates.EXPECTED}, got {self.client_rate!r}")
-        if self.client_burst is not None and (self.client_burst < 1 or self.client_rate is None):
-            raise ValueError("Expected `client_burst` to be a positive integer, with a `client_rate`")
+        if self.client_burst is not None and self.client_rate is None:
+            raise ValueError("Expected `client_burst` to come with a `client_rate`")
 
 
 class MemoryBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="memory"):

@@ -1,11 +1,11 @@
 """The relay's OAuth discovery: each channel's protected resource metadata, and challenges that point at it.
+Takes public URLs only from `public_url` or a checked `Host`; queues nothing itself (the backend does).
 
 Owns `/.well-known/oauth-protected-resource/v1/mcp/{tunnel}[/{channel}]` (RFC 9728 §3.1 applied to
 the MCP URL `/v1/mcp/{tunnel}[/{channel}]`): an `oauth_discovery` command queued to the tunnel's
 gateway, its answer served with `resource` set to the channel's public URL, cached briefly (bounded,
 per channel, one command in flight per channel); and `resource_metadata` in a server's
-`WWW-Authenticate` pointed at that URL. Public URLs come from `public_url`, or from a `Host` header
-the host allowlist checked, never from an unchecked one. Queueing is the backend's.
+`WWW-Authenticate` pointed at that URL.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET
 
+from gateway.protocol.headers import AUTHORIZATION, JSON, VERSION_HEADER, WWW_AUTHENTICATE
 from gateway.protocol.oauth import PRM_WELL_KNOWN, InvalidMetadata, MetadataCodec, quoted, with_resource_metadata
 from gateway.protocol.wire import (
     COMMAND_OAUTH_DISCOVERY,
@@ -33,9 +34,9 @@ from gateway.relay.config import RelayConfig
 from gateway.relay.errors import (
     CallerTimeout,
     ClientNotSeen,
-    DiscoveryFailed,
     HostNotAllowed,
     MetadataNotFound,
+    MetadataUnavailable,
     PublicUrlRequired,
     RelayError,
     TunnelNotFound,
@@ -47,7 +48,7 @@ from gateway.relay.queue import QueueBackend, new_command
 DEFAULT_CHANNEL: Final = "main"
 NOT_FOUND_TTL_S: Final = 10.0
 """How long a channel without metadata is remembered at most (it may get some soon)."""
-CHALLENGE: Final = "www-authenticate"
+CHALLENGE: Final = WWW_AUTHENTICATE.lower()
 _HOST: Final = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 CORS: Final = {"Access-Control-Allow-Origin": "*"}
 """Metadata is public (RFC 9728 §3): browser-based clients may read it from any origin."""
@@ -154,7 +155,7 @@ class Discovery:
             headers={
                 **CORS,
                 "Access-Control-Allow-Methods": "GET, OPTIONS",
-                "Access-Control-Allow-Headers": "MCP-Protocol-Version",
+                "Access-Control-Allow-Headers": VERSION_HEADER,
                 "Access-Control-Max-Age": "600",
             },
         )
@@ -170,7 +171,7 @@ class Discovery:
         segment = request.match_info.get("channel")
         channel = check_channel(segment or DEFAULT_CHANNEL)
         header = self._config.tunnels[tunnel_id].client_token_header
-        if header.lower() == "authorization":
+        if header.lower() == AUTHORIZATION.lower():
             check_client(request, credentials)
         else:
             check_client_header(request, credentials, header)
@@ -181,10 +182,10 @@ class Discovery:
         try:
             body = self._metadata.served(known.body, resource)
         except InvalidMetadata:
-            raise DiscoveryFailed() from None
+            raise MetadataUnavailable() from None
         max_age = int(max(0.0, known.until - asyncio.get_running_loop().time()))
         headers = {**CORS, "Cache-Control": f"max-age={max_age}"}
-        return web.Response(body=body, content_type="application/json", headers=headers)
+        return web.Response(body=body, content_type=JSON, headers=headers)
 
     # ----------------------------------------------------------------------- asking the gateway
 
@@ -239,16 +240,16 @@ class Discovery:
         """What a gateway's answer means for clients: metadata (cached `cache_ttl_s`), none (cached
         briefly), or a failure (raised, not cached)."""
         if frame.resp_type != RESP_OAUTH_DISCOVERY:
-            raise DiscoveryFailed()
+            raise MetadataUnavailable()
         if frame.resp_code in (400, 404):  # a channel without an HTTP server, or a server without metadata
             return _Known(now + min(self._spec.cache_ttl_s, NOT_FOUND_TTL_S), None)
         if frame.resp_code != 200 or frame.resp_json is UNSET:
-            raise DiscoveryFailed()
+            raise MetadataUnavailable()
         body = bytes(frame.resp_json)  # a copy: the frame's buffer is not ours to keep
         try:
             self._metadata.served(body, "https://check.invalid")
         except InvalidMetadata:
-            raise DiscoveryFailed() from None
+            raise MetadataUnavailable() from None
         return _Known(now + self._spec.cache_ttl_s, body)
 
     # ----------------------------------------------------------------------- challenges

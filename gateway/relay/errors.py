@@ -1,8 +1,9 @@
 """Relay errors, named by who caused them, and their one translation into HTTP responses.
+Raised anywhere in the relay; turned into a response nowhere but `error_middleware`.
 
 Every failure the relay reports is a `RelayError` subclass whose status, API error
-code and extra headers are class attributes; `error_middleware` is the only place
-one becomes a response. The tree::
+code and extra headers are class attributes. `RelayError` is a branch of the package's one tree
+(`gateway.protocol.errors.GatewayError`); this is that branch in full::
 
     RelayError (500, server_error)
     ├── CallerError                      the MCP client's request is at fault (4xx)
@@ -13,7 +14,7 @@ one becomes a response. The tree::
     │   ├── ClientTokenRequired (403 tunnel_use_forbidden)  the client token travels in its own header
     │   ├── InvalidJsonRpc (400, JSON-RPC error body)
     │   └── MethodNotAllowed (405 + Allow)
-    ├── GatewayError                     the tunnel client's request is at fault (4xx)
+    ├── TunnelClientError                the tunnel client's (a gateway's) request is at fault (4xx)
     │   ├── GatewayUnauthorized (401 tunnel_use_forbidden)
     │   ├── InvalidParameter (400)
     │   ├── InvalidPayload (400 invalid_json_payload)
@@ -26,13 +27,14 @@ one becomes a response. The tree::
     ├── BodyTooLarge (413 request_body_too_large)
     ├── BodyTimeout (408 request_timeout)  the body did not arrive within `read_timeout_s`
     ├── QueueFull (429 tunnel_queue_full + Retry-After)
+    ├── ClientRateExceeded (429 rate_limit_exceeded + Retry-After)  a client token's `client_rate` is spent
     ├── ClientNotSeen (503 tunnel_client_not_seen)
     ├── BackendUnavailable (503 tunnel_transport_unavailable + Retry-After)  the queue store is unreachable
     │   └── CommandLost (503)            the queue store no longer knows a waiting caller's command
     ├── RelayClosing (503)
     ├── CallerTimeout (504)
     ├── MetadataNotFound (404 oauth_metadata_not_found)   the channel's server publishes no OAuth metadata
-    ├── DiscoveryFailed (502 oauth_discovery_failed)      the gateway could not fetch it
+    ├── MetadataUnavailable (502 oauth_discovery_failed)  the gateway could not fetch it
     └── PublicUrlRequired (500 public_url_required)       discovery with `allowed_hosts: ['*']` and no `public_url`
 """
 
@@ -46,12 +48,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.headers import JSON, RETRY_AFTER, WWW_AUTHENTICATE
 from gateway.protocol.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
 
 log = logging.getLogger("gateway.relay")
 
 
-class RelayError(Exception):
+class RelayError(GatewayError):
     """Base of every error the relay answers with; maps to an APIErrorResponse."""
 
     status: ClassVar[int] = 500
@@ -70,7 +74,7 @@ class RelayError(Exception):
 
     def to_response(self, codec: Codec) -> web.Response:
         body = codec.api_error(self.message, self.error_type, self.code, self.param)
-        return web.Response(status=self.status, body=body, content_type="application/json", headers=self.extra_headers)
+        return web.Response(status=self.status, body=body, content_type=JSON, headers=self.extra_headers)
 
 
 class CallerError(RelayError):
@@ -97,7 +101,7 @@ class ClientUnauthorized(CallerError):
     status = 401
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer token for this tunnel is required"
-    extra_headers = {"WWW-Authenticate": "Bearer"}
+    extra_headers = {WWW_AUTHENTICATE: "Bearer"}
 
 
 class ClientTokenRequired(CallerError):
@@ -118,7 +122,7 @@ class InvalidJsonRpc(CallerError):
 
     def to_response(self, codec: Codec) -> web.Response:
         body = codec.error_response(NULL_ID, self.rpc_code, self.message)
-        return web.Response(status=self.status, body=body, content_type="application/json")
+        return web.Response(status=self.status, body=body, content_type=JSON)
 
     @classmethod
     def parse_error(cls, message: str) -> InvalidJsonRpc:
@@ -135,43 +139,45 @@ class MethodNotAllowed(CallerError):
     extra_headers = {"Allow": "POST, DELETE"}
 
 
-class GatewayError(RelayError):
+class TunnelClientError(RelayError):
+    """A request to the tunnel API (from a gateway polling or posting frames) is at fault."""
+
     status = 400
     default_message = "bad request"
 
 
-class GatewayUnauthorized(GatewayError):
+class GatewayUnauthorized(TunnelClientError):
     status = 401
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer key for this tunnel is required"
 
 
-class InvalidParameter(GatewayError):
+class InvalidParameter(TunnelClientError):
     default_message = "invalid parameter"
 
 
-class InvalidPayload(GatewayError):
+class InvalidPayload(TunnelClientError):
     code = "invalid_json_payload"
     default_message = "the body is not a valid TunnelResponsePayload JSON object"
 
 
-class PendingNotFound(GatewayError):
+class PendingNotFound(TunnelClientError):
     status = 404
     code = "pending_request_not_found"
     default_message = "the pending request was already processed, expired, or never existed"
 
 
-class ShardMismatch(GatewayError):
+class ShardMismatch(TunnelClientError):
     status = 401
     code = "tunnel_request_mismatch"
     default_message = "the shard token does not belong to this request"
 
 
-class FrameBacklog(GatewayError):
+class FrameBacklog(TunnelClientError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "the MCP caller has not consumed earlier frames yet; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class TunnelNotFound(RelayError):
@@ -202,7 +208,7 @@ class QueueFull(RelayError):
     status = 429
     code = "tunnel_queue_full"
     default_message = "the tunnel's queue is full; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientRateExceeded(RelayError):
@@ -211,7 +217,7 @@ class ClientRateExceeded(RelayError):
     status = 429
     code = "rate_limit_exceeded"
     default_message = "too many requests for this client token; retry after the Retry-After delay"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientNotSeen(RelayError):
@@ -224,7 +230,7 @@ class BackendUnavailable(RelayError):
     status = 503
     code = "tunnel_transport_unavailable"
     default_message = "the relay's queue store is unreachable; retry shortly"
-    extra_headers = {"Retry-After": "1"}
+    extra_headers = {RETRY_AFTER: "1"}
 
 
 class CommandLost(BackendUnavailable):
@@ -247,7 +253,7 @@ class MetadataNotFound(RelayError):
     default_message = "this channel's server publishes no OAuth protected resource metadata"
 
 
-class DiscoveryFailed(RelayError):
+class MetadataUnavailable(RelayError):
     status = 502
     code = "oauth_discovery_failed"
     default_message = "the tunnel client could not fetch this channel's OAuth metadata"
@@ -272,9 +278,9 @@ def error_middleware(codec: Codec) -> Middleware:
             if exc.status < 400:
                 raise
             kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", RETRY_AFTER.lower()}}
             body = codec.api_error(exc.reason, kind, None)
-            return web.Response(status=exc.status, body=body, content_type="application/json", headers=headers)
+            return web.Response(status=exc.status, body=body, content_type=JSON, headers=headers)
         except ConnectionResetError:
             raise  # the peer left; there is nobody to answer
         except Exception:

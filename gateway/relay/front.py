@@ -1,10 +1,11 @@
 """The relay's front door: the Streamable HTTP MCP endpoint MCP clients call.
+Turns requests into queued commands and frames into answers; queues nothing itself (that is the backend).
 
 Owns `/v1/mcp/{tunnel_id}[/{channel}]`: admission (the tunnel's client token in
 `Authorization` or in its own header), turning a POST or DELETE into a queued
 command, and turning that command's frames into a JSON, SSE or empty answer
 with the contract's status mapping (a server's challenge pointed at the relay's
-metadata URL by `gateway.relay.discovery`). Queueing is the backend's.
+metadata URL by `gateway.relay.discovery`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiolimiter import AsyncLimiter
 from msgspec import UNSET, Raw
 
 from gateway.config import rates
+from gateway.protocol.headers import ACCEPT, AUTHORIZATION, CONTENT_TYPE, EVENT_STREAM, JSON, SESSION_HEADER
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
     COMMAND_SESSION_END,
@@ -58,7 +60,6 @@ from gateway.relay.queue import Command, QueueBackend, new_command
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 
 DEFAULT_CHANNEL: Final = "main"
-SESSION_HEADER: Final = "Mcp-Session-Id"
 _KEPT_2XX: Final = frozenset({200, 201, 202, 204})
 _STANDARD_STATUSES: Final = frozenset(status.value for status in HTTPStatus)
 _NO_BODY: Final = frozenset({204, 304})
@@ -87,7 +88,7 @@ def forwarded_headers(request: web.Request, *, drop_authorization: bool, drop: s
         headers.setdefault(key, []).append(value)
     headers = strip_hop_by_hop(headers)
     if drop_authorization:
-        headers = {name: values for name, values in headers.items() if name.lower() != "authorization"}
+        headers = {name: values for name, values in headers.items() if name.lower() != AUTHORIZATION.lower()}
     if drop is not None:
         headers = {name: values for name, values in headers.items() if name.lower() != drop.lower()}
     return headers
@@ -101,15 +102,15 @@ def response_headers(frame: TunnelResponsePayload) -> ResponseHeaders:
     return [
         (name, value)
         for name, values in allowed_response_headers(frame.resp_headers).items()
-        if name.lower() != "content-type"
+        if name.lower() != CONTENT_TYPE.lower()
         for value in values
     ]
 
 
 def accepts_sse(request: web.Request) -> bool:
-    for value in request.headers.getall("Accept", []):
+    for value in request.headers.getall(ACCEPT, []):
         for media_range in value.split(","):
-            if media_range.split(";", 1)[0].strip().lower() == "text/event-stream":
+            if media_range.split(";", 1)[0].strip().lower() == EVENT_STREAM:
                 return True
     return False
 
@@ -127,7 +128,7 @@ def json_answer(frame: TunnelResponsePayload, status: int | None = None) -> web.
     body = b""
     if frame.resp_json is not UNSET and code not in _NO_BODY:
         body = bytes(frame.resp_json)
-        headers.append(("Content-Type", "application/json"))
+        headers.append((CONTENT_TYPE, JSON))
     return web.Response(status=code, body=body, headers=headers)
 
 
@@ -177,7 +178,7 @@ class FrontDoor:
             raise TunnelNotFound()
         channel = check_channel(request.match_info.get("channel", DEFAULT_CHANNEL))
         header = self._config.tunnels[tunnel_id].client_token_header
-        if header.lower() == "authorization":
+        if header.lower() == AUTHORIZATION.lower():
             relay_credential = check_client(request, credentials)
             return tunnel_id, channel, forwarded_headers(request, drop_authorization=relay_credential)
         check_client_header(request, credentials, header)  # `Authorization` is the user's: it passes through
@@ -341,7 +342,7 @@ class FrontDoor:
 
     async def _open_stream(self, request: web.Request, first: TunnelResponsePayload) -> web.StreamResponse:
         stream = web.StreamResponse(status=200, headers=response_headers(first))
-        stream.headers["Content-Type"] = "text/event-stream"
+        stream.headers[CONTENT_TYPE] = EVENT_STREAM
         stream.headers["Cache-Control"] = "no-cache"
         stream.headers["X-Accel-Buffering"] = "no"  # reverse proxies pass events on at once (streamable-http)
         await stream.prepare(request)

@@ -1,7 +1,7 @@
 """Admission to the relay: resolved credentials, Bearer checks, Host/Origin checks, body limits.
+Knows nothing of queues or frames; secrets never appear in its errors or logs.
 
-Owns who may call which endpoint and how much they may send. Knows nothing of
-queues or frames; secrets never appear in its errors or logs.
+Owns who may call which endpoint and how much they may send.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Final
 from aiohttp import web
 
 from gateway.config.secrets import Secret, SecretError, resolve
+from gateway.protocol.headers import AUTHORIZATION
 from gateway.relay.config import RelayConfig, RelayConfigError
 from gateway.relay.errors import (
     BodyTimeout,
@@ -71,7 +72,7 @@ def resolve_credentials(config: RelayConfig, *, source: str = "<relay config>") 
 
 def bearer_token(request: web.Request) -> str | None:
     """The token of the request's one `Authorization: Bearer <token>` header, or None."""
-    values = request.headers.getall("Authorization", [])
+    values = request.headers.getall(AUTHORIZATION, [])
     if len(values) != 1:
         return None
     scheme, _, token = values[0].strip().partition(" ")

@@ -1,8 +1,9 @@
 """The relay's operations endpoints: `/healthz`, `/readyz`, `/metrics` (Prometheus text format).
+Knows nothing of Redis itself: queue depth and pending requests come from the backend.
 
 Owns the relay's own counters (poll waits, waiting callers) and their small
-hand-written exposition; queue depth and pending requests come from the backend
-(shared by every replica when it is Redis). Knows nothing of Redis itself.
+hand-written exposition; the backend's figures are shared by every replica when
+it is Redis.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Final
 
 from aiohttp import web
 
+from gateway.protocol.headers import CONTENT_TYPE, PROMETHEUS_TEXT
 from gateway.relay.errors import BackendUnavailable
 from gateway.relay.queue import QueueBackend, TunnelStatus
 
 POLL_WAIT_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0)
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Histogram:
@@ -153,4 +154,4 @@ class OpsEndpoints:
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = await self._metrics.render(self._backend)
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=text.encode(), headers={CONTENT_TYPE: PROMETHEUS_TEXT})

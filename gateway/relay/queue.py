@@ -1,9 +1,10 @@
 """Queue backends: where commands wait for a poll and frames wait for their MCP caller.
+The `QueueBackend` interface and the in-memory backend; no HTTP here.
 
 Owns the `QueueBackend` interface (`MemoryQueue` here, `RedisQueue` in
 redis_queue.py), the queued `Command` record and the in-memory backend: one
 bounded FIFO per tunnel, waiting polls, the in-flight table keyed by request_id
-and proc_affinity session routing (rules in affinity.py). No HTTP here.
+and proc_affinity session routing (rules in affinity.py).
 """
 
 from __future__ import annotations

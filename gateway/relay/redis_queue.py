@@ -1,10 +1,10 @@
 """The Redis queue backend: relay replicas sharing tunnels through one Redis (`backend: {kind: redis}`).
+Changes state only through the Lua scripts of `redis_scripts.py`, one per change; no HTTP here.
 
 Owns the connection pool, the pub/sub listener that wakes local polls and
 callers, the heartbeat/janitor loop, retries with clear 503s when Redis is
 unreachable, and the translation of script replies into Commands, frames and
-RelayErrors. Every state change runs as one Lua script (redis_scripts.py, which
-also documents the key layout); no HTTP here.
+RelayErrors (redis_scripts.py documents the key layout).
 
 Why a sorted-set FIFO with Lua scripts, not Streams with consumer groups nor
 BLMOVE lists (docs/relay-on-redis.md has the long form):

@@ -1,10 +1,11 @@
 """The Lua scripts of the Redis queue backend: every state change of a command, each one atomic.
+Holds text only (`redis_queue.py` runs it); reads no clock but Redis's own.
 
 Owns the Redis data layout (below) and the rules applied inside Redis: FIFO
 order, the queue cap, exactly-once hand-out, expiry and orphan purges, shard
 token checks, frame backlog, proc_affinity routing (the rules of affinity.py)
-and replica liveness. All clocks are Redis's own (`TIME`), so replicas with
-skewed clocks still agree. Holds text only; `redis_queue.py` runs it.
+and replica liveness. Clocks are Redis's (`TIME`), so replicas with skewed
+clocks still agree.
 
 Layout, with B = `{prefix}:t:{tunnel_id}`:
 

@@ -1,9 +1,9 @@
 """The relay's telemetry seam: what the front door calls around each MCP client request.
+Only the interface and a do-nothing default: imports no tracing SDK and no gateway internals.
 
-Owns only the interface (`RelayTracer`, `RequestTrace`) and the do-nothing
-default, so the relay imports no tracing SDK and no gateway internals: whoever
-builds the relay (the gateway's app, the `gateway relay` CLI) hands in an
-implementation, as httpcore's transports receive a `trace` callback.
+Whoever builds the relay (the gateway's app, the `gateway relay` CLI) hands in
+an implementation of `RelayTracer`, as httpcore's transports receive a `trace`
+callback.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The Secure MCP Tunnel v1 API the relay serves to gateways: metadata, poll, response.
+Validates and encodes; queueing is the backend's, and errors become responses only in the error middleware.
 
 Owns parameter and payload validation for `/v1/tunnels/{tunnel_id}[/poll|/response]`
-and the wire encoding of what it returns; queueing is the backend's, errors
-become responses in the error middleware.
+and the wire encoding of what it returns.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET
 
+from gateway.protocol.headers import INSTANCE_HEADER, JSON, SERVER_INFO_HEADER, SHARD_HEADER
 from gateway.protocol.wire import (
     MAX_POLL_LIMIT,
     RESPONSE_TYPES,
@@ -24,15 +25,12 @@ from gateway.protocol.wire import (
     TunnelResponseAck,
     TunnelResponsePayload,
 )
-from gateway.relay.affinity import SERVER_INFO_HEADER, affine_channels
+from gateway.relay.affinity import affine_channels
 from gateway.relay.config import RelayConfig
 from gateway.relay.errors import InvalidParameter, InvalidPayload
 from gateway.relay.guard import Credentials, TunnelCredentials, check_channel, check_gateway, read_body
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
-
-SHARD_HEADER: Final = "X-Tunnel-Shard-Token"
-INSTANCE_HEADER: Final = "X-Tunnel-Client-Instance-Id"
 
 _RESPONSE_TYPES: Final = RESPONSE_TYPES
 """The contract's four and the official client's `oauth_discovery_response` (gateway.relay.discovery)."""
@@ -96,7 +94,7 @@ class TunnelAPI:
         return tunnel_id, credentials
 
     def _json(self, obj: object) -> web.Response:
-        return web.Response(body=self._codec.encode(obj), content_type="application/json")
+        return web.Response(body=self._codec.encode(obj), content_type=JSON)
 
     # ----------------------------------------------------------------------- handlers
 
@@ -136,7 +134,7 @@ class TunnelAPI:
         body = await read_body(request, self._config.max_body_bytes)
         frame = self._decode_frame(body)
         await self._backend.deliver(tunnel_id, shard_token, frame)
-        return web.Response(body=self._ack, content_type="application/json")
+        return web.Response(body=self._ack, content_type=JSON)
 
     # ----------------------------------------------------------------------- payloads
 

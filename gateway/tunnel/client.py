@@ -1,9 +1,8 @@
 """The outbound channel to the control plane: poll loop, response POSTs, retry policy.
+Knows nothing about upstreams: commands go to a `CommandSink`, frames come in as encoded payloads.
 
 Owns the v1 client side of the wire (identity headers, auth, `GET /poll` with
 backpressure, `POST /response` with the shard-token header) and when to retry.
-Knows nothing about upstreams: commands go to a `CommandSink`, frames come in
-as encoded payloads.
 """
 
 from __future__ import annotations
@@ -27,6 +26,18 @@ from msgspec import Raw
 from gateway import __version__
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.errors import CommandGone, ControlPlaneError
+from gateway.protocol.headers import (
+    ACCEPT,
+    AUTHORIZATION,
+    CLIENT_NAME_HEADER,
+    CLIENT_VERSION_HEADER,
+    CONTENT_TYPE,
+    INSTANCE_HEADER,
+    JSON,
+    RETRY_AFTER,
+    SERVER_INFO_HEADER,
+    SHARD_HEADER,
+)
 from gateway.protocol.wire import MAX_POLL_LIMIT, Codec, JsonDecoder, PolledCommand, TunnelClientMetadata
 from gateway.tunnel.credentials import ApiKey
 from gateway.tunnel.http1 import H1Client, H1Error, valid_field_value
@@ -35,7 +46,6 @@ from gateway.upstream.egress import Egress
 log = logging.getLogger(__name__)
 
 CLIENT_NAME: Final = "mcp-tunnel-gateway"
-SERVER_INFO_HEADER: Final = "X-Tunnel-MCP-Server-Info"
 RETRY_POST_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
 RETRY_AFTER_CAP_S: Final = 300.0
 AUTH_BACKOFF_S: Final = 30.0
@@ -47,7 +57,7 @@ FIRST_POLL_TIMEOUT_MS: Final = 1
 """How long past its `timeout_ms` a poll may take before the connection is given up."""
 MAX_POLL_BYTES: Final = 256 * 1024 * 1024
 """A poll body larger than this is refused instead of exhausting memory."""
-JSON_CONTENT: Final = b"Content-Type: application/json\r\n"
+JSON_CONTENT: Final = f"{CONTENT_TYPE}: {JSON}\r\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +151,10 @@ class ControlPlane:
         self._codec = codec
         self._metadata = JsonDecoder(TunnelClientMetadata)
         headers = {
-            "Accept": "application/json",
-            "X-Tunnel-Client-Name": identity.name,
-            "X-Tunnel-Client-Version": identity.version,
-            "X-Tunnel-Client-Instance-Id": identity.instance_id,
+            ACCEPT: JSON,
+            CLIENT_NAME_HEADER: identity.name,
+            CLIENT_VERSION_HEADER: identity.version,
+            INSTANCE_HEADER: identity.instance_id,
         }
         if identity.server_info is not None:
             headers[SERVER_INFO_HEADER] = identity.server_info
@@ -156,7 +166,7 @@ class ControlPlane:
 
     async def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """Identity headers plus the current key (read again after rotation or a 401)."""
-        return {**self._identity_headers, **(extra or {}), "Authorization": f"Bearer {await self._key.get()}"}
+        return {**self._identity_headers, **(extra or {}), AUTHORIZATION: f"Bearer {await self._key.get()}"}
 
     async def _lines(self) -> bytes:
         """Identity and `Authorization` as header lines, built again only when the key changes."""
@@ -164,7 +174,7 @@ class ControlPlane:
         if self._header_lines is None or self._header_lines[0] != key:
             if not valid_field_value(key):
                 raise ControlPlaneError("the API key has characters a header cannot carry")
-            lines = {**self._identity_headers, "Authorization": f"Bearer {key}"}
+            lines = {**self._identity_headers, AUTHORIZATION: f"Bearer {key}"}
             self._header_lines = key, "".join(f"{k}: {v}\r\n" for k, v in lines.items()).encode("latin-1")
         return self._header_lines[1]
 
@@ -193,7 +203,7 @@ class ControlPlane:
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:
-                    raise _refused("metadata", resp.status, resp.headers.get("Retry-After"))
+                    raise _refused("metadata", resp.status, resp.headers.get(RETRY_AFTER))
         except aiohttp.ClientError as exc:
             raise ControlPlaneError(f"metadata request failed: {type(exc).__name__}") from None
         try:
@@ -240,7 +250,7 @@ class ControlPlane:
         if not valid_field_value(shard_token):
             log.warning("the control plane sent a shard token a header cannot carry; response not delivered")
             return False
-        shard = f"X-Tunnel-Shard-Token: {shard_token}\r\n".encode()
+        shard = f"{SHARD_HEADER}: {shard_token}\r\n".encode()
         backoff = Backoff(base=0.1, cap=5.0)
         attempts = 0
         reauthenticated = False

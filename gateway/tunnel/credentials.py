@@ -1,9 +1,10 @@
-"""The control-plane API key: where it comes from, and when to read it again.
+"""The control-plane API key: where it comes from, and when to read it again (rotation without restart).
+The key itself never reaches a log or an error message.
 
 Owns rotation without restart: `file:` keys are re-read when the file changes,
 any key is re-read after the control plane answers 401, and `exec:` keys run a
 command whose short-lived output is cached until it expires (workload-identity
-style). The key itself never reaches a log or an error message.
+style).
 """
 
 from __future__ import annotations

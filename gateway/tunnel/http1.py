@@ -1,4 +1,6 @@
-"""A keep-alive HTTP/1.1 client for the poll channel's hot endpoints: `GET /poll`, `POST /response`.
+"""A minimal keep-alive HTTP/1.1 client ("h1", on httptools) for the poll channel's two hot endpoints,
+`GET /poll` and `POST /response`. Not a general client: no redirects, compression or cookies, and one
+request at a time per connection.
 
 Owns connections to one origin (directly, or through an HTTP proxy: absolute-form
 requests for `http://`, a `CONNECT` tunnel for `https://`), TLS with the
@@ -9,9 +11,8 @@ several times the CPU of the request itself on them, so the header lines are
 prebuilt by the caller and only the query, length and body change per request.
 The rare metadata request stays on aiohttp.
 
-Not a general client: no redirects, no compression, no cookies, one request at
-a time per connection (a small pool of them), and a connection that is
-interrupted mid-request is dropped, never reused.
+Connections come from a small pool; one interrupted mid-request is dropped,
+never reused.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.headers import RETRY_AFTER
+
 STATUS_BODY: Final = 64 * 1024  # default body kept per response, for callers that only need the status
 IDLE_S: Final = 4.0  # shorter than common keep-alive timeouts, so a pooled connection is rarely stale
 CONNECT_TIMEOUT_S: Final = 10.0
+_RETRY_AFTER: Final = RETRY_AFTER.lower().encode()
 
 
-class H1Error(Exception):
+class H1Error(GatewayError):
     """The exchange failed. `sent` is False when the request never left (no connection)."""
 
     def __init__(self, message: str, *, sent: bool) -> None:
@@ -158,7 +163,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"retry-after":
+        if name == _RETRY_AFTER:
             self._retry_after = value.decode("latin-1")
         elif name in (b"content-length", b"transfer-encoding"):
             self._framed = True  # the body's end is known: a close before it is an error

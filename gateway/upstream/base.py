@@ -1,9 +1,9 @@
-"""The Upstream contract: what every transport to an MCP server provides.
+"""The Upstream contract: what every transport to an MCP server provides, and `within`, the per-call bound.
+Holds no transport itself, and knows nothing of the tunnel or the channels above.
 
-Owns the abstract `Upstream` and `within`, the per-server bound on one call that transports apply
-(the types an upstream exchanges with the channel layer, `Call`, `Notify`, `Reply`, `UpstreamInfo`,
-live in `gateway.protocol.mcp`). Knows nothing of the tunnel; every transport passes the same
-contract suite, tests/test_upstream_contract.py.
+The types an upstream exchanges with the channel layer (`Call`, `Notify`, `Reply`, `UpstreamInfo`)
+live in `gateway.protocol.mcp`. Every transport passes the same contract suite,
+tests/test_upstream_contract.py.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """How the gateway reaches out: TLS trust and client certificates, and which proxy to use.
+Built once per destination at provision time; nothing here runs per request.
 
 Owns turning a destination's settings (`proxy`, `ca_bundle`, `client_cert`,
 `client_key` in routing.yaml, or the standard `HTTPS_PROXY`/`HTTP_PROXY`/
-`NO_PROXY` variables) into what an HTTP request needs. Built once per
-destination at provision time; nothing here runs per request.
+`NO_PROXY` variables) into what an HTTP request needs.
 """
 
 from __future__ import annotations

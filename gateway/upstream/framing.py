@@ -1,8 +1,9 @@
 """Newline-delimited JSON-RPC framing for stdio servers, and the id/token remapping table.
+Sans-IO: no asyncio; bytes in, bounded lines out.
 
 Owns turning a byte stream into whole lines (bounded in size) and the
 bookkeeping that lets many concurrent requests share one pipe: gateway-issued
-ids and progress tokens mapped to the calls that own them. Sans-IO: no asyncio.
+ids and progress tokens mapped to the calls that own them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 """The Streamable HTTP transport: one MCP server reached over HTTP(S).
+Uses a shared aiohttp session it does not own; knows nothing of the tunnel.
 
 Owns the HTTP side of MCP for one server: the era probe (`server/discover`,
 falling back to `initialize`; a 401 means the server is up and wants the
@@ -6,8 +7,7 @@ user's token, its era learned from the first authorized call), the gateway's
 own legacy session, request headers, JSON and SSE answers turned into
 `Notify`/`Reply` frames (a 401's `WWW-Authenticate` kept), and its OAuth
 metadata (`gateway.upstream.oauth_discovery`). aiohttp failures become
-`UpstreamError`s in `gateway.upstream.http_errors`. Uses a shared aiohttp
-session it does not own; knows nothing of the tunnel.
+`UpstreamError`s in `gateway.upstream.http_errors`, nowhere else.
 """
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.config.routing import HttpSpec
 from gateway.protocol.eras import MODERN_VERSION, Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
+from gateway.protocol.headers import (
+    ACCEPT,
+    AUTHORIZATION,
+    CONTENT_TYPE,
+    EVENT_STREAM,
+    JSON,
+    METHOD_HEADER,
+    NAME_HEADER,
+    SESSION_HEADER,
+    VERSION_HEADER,
+    WWW_AUTHENTICATE,
+)
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.oauth import MetadataCodec
 from gateway.protocol.sse import SseEventTooLarge, SseParser
@@ -51,15 +63,7 @@ __all__ = ["HttpUpstream", "encode_header_value", "map_aiohttp_errors", "sendabl
 
 log = logging.getLogger(__name__)
 
-JSON: Final = "application/json"
-EVENT_STREAM: Final = "text/event-stream"
-ACCEPT: Final = f"{JSON}, {EVENT_STREAM}"
-SESSION_HEADER: Final = "Mcp-Session-Id"
-AUTHORIZATION: Final = "Authorization"
-CHALLENGE: Final = "WWW-Authenticate"
-VERSION_HEADER: Final = "MCP-Protocol-Version"
-METHOD_HEADER: Final = "Mcp-Method"
-NAME_HEADER: Final = "Mcp-Name"
+ACCEPT_BOTH: Final = f"{JSON}, {EVENT_STREAM}"
 
 PROBE_ID: Final = Raw(b'"gw-probe"')
 INIT_ID: Final = Raw(b'"gw-init"')
@@ -73,7 +77,7 @@ CLOSE_TIMEOUT_S: Final = 2.0
 """Budget for the best-effort DELETE of the gateway's own session at close."""
 _READ_CHUNK: Final = 64 * 1024
 
-_PROTECTED: Final = HOP_BY_HOP | {"content-type", "accept"}
+_PROTECTED: Final = HOP_BY_HOP | {CONTENT_TYPE.lower(), ACCEPT.lower()}
 """Request headers only the transport sets; a call's headers never override them."""
 _OWN_SESSION_HEADERS: Final = frozenset({SESSION_HEADER.lower(), VERSION_HEADER.lower()})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -529,8 +533,8 @@ class HttpUpstream(Upstream):
     def _base_headers(self, *, json_body: bool = True, authorization: str | None = None) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
         if json_body:
-            headers["Content-Type"] = JSON
-            headers["Accept"] = ACCEPT
+            headers[CONTENT_TYPE] = JSON
+            headers[ACCEPT] = ACCEPT_BOTH
         if authorization is not None and _valid_value(authorization):
             headers[AUTHORIZATION] = authorization
         headers.update(self._extra)
@@ -538,7 +542,7 @@ class HttpUpstream(Upstream):
 
     def _call_headers(self, call: Call, info: UpstreamInfo, session_id: str | None) -> CIMultiDict[str]:
         """Transport headers, then the call's (never overriding those or the spec's), then era headers."""
-        headers: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON, "Accept": ACCEPT})
+        headers: CIMultiDict[str] = CIMultiDict({CONTENT_TYPE: JSON, ACCEPT: ACCEPT_BOTH})
         own = info.era is Era.LEGACY and call.own_session
         blocked = _PROTECTED | self._extra_names | (_OWN_SESSION_HEADERS if own else frozenset())
         for name, values in strip_hop_by_hop(call.headers).items():
@@ -567,7 +571,7 @@ class HttpUpstream(Upstream):
         """The frames of one HTTP answer: Notify* then one Reply, or an UpstreamError."""
         status = resp.status
         headers = _multi(resp.headers)
-        mime = (resp.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+        mime = (resp.headers.get(CONTENT_TYPE) or "").partition(";")[0].strip().lower()
         if status >= 400:
             body = await self._read_body(resp)
             if mime == JSON and self._is_response(body):
@@ -690,8 +694,8 @@ def _id_of(raw: Raw) -> object:
 
 def _challenge(headers: Headers) -> Headers:
     """The `WWW-Authenticate` values of an answer (RFC 9110 §11.6.1), as the client must see them."""
-    values = [value for name, found in headers.items() if name.lower() == "www-authenticate" for value in found]
-    return {CHALLENGE: values} if values else {}
+    values = [value for name, found in headers.items() if name.lower() == WWW_AUTHENTICATE.lower() for value in found]
+    return {WWW_AUTHENTICATE: values} if values else {}
 
 
 def _multi(headers: CIMultiDictProxy[str]) -> Headers:

@@ -1,8 +1,8 @@
 """aiohttp failures in the contract's words: the one place they become `UpstreamError`s.
+Messages name the server, never the URL, the body or the peer's exception text.
 
 Owns `map_aiohttp_errors` (the translation every HTTP request to an MCP server or its metadata goes
-through) and the failure of a request the gateway could not even address. Messages name the server,
-never the URL, the body or the peer's exception text.
+through) and the failure of a request the gateway could not even address.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """OAuth discovery for one HTTP server: its protected resource metadata, and its authorization server's.
+Follows no redirect, reads no body past its bound, knows nothing of the tunnel (the caller bounds the time).
 
 Owns the fetches behind an `oauth_discovery` command: the server URL's RFC 9728 well-known URLs in
 order, then the RFC 8414 / OpenID Connect documents of `authorization_servers[0]`, with the server's
-egress settings, no redirect followed and every body bounded. Knows nothing of the tunnel; the
-caller bounds it in time (the command's deadline).
+egress settings (its configured headers to its own origin only).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Final
 import aiohttp
 
 from gateway.protocol.errors import DiscoveryFailed, UpstreamError
+from gateway.protocol.headers import ACCEPT, JSON
 from gateway.protocol.oauth import (
     MAX_METADATA_BYTES,
     InvalidMetadata,
@@ -30,7 +31,6 @@ from gateway.upstream.http_errors import map_aiohttp_errors
 
 log = logging.getLogger(__name__)
 
-ACCEPT: Final = "application/json"
 SERVER_METADATA_SHARE: Final = 0.5
 """The part of the time left that the authorization server's metadata may take: past it the answer
 goes out with the protected resource metadata alone, before the command's deadline."""
@@ -39,15 +39,12 @@ _READ_CHUNK: Final = 16 * 1024
 
 @dataclass(frozen=True, slots=True)
 class _Fetched:
+    """One well-known URL's answer: a document (`status` 200), or nothing usable and why (`problem`;
+    None for a plain 'not here')."""
+
     status: int
-    body: bytes
-
-
-class _Skip(Exception):
-    """One candidate URL gave nothing usable; `problem` says why (404s are only 'not here')."""
-
-    def __init__(self, problem: DiscoveryFailed | None) -> None:
-        self.problem = problem
+    body: bytes = b""
+    problem: DiscoveryFailed | None = None
 
 
 class MetadataFetcher:
@@ -93,18 +90,18 @@ class MetadataFetcher:
     # ------------------------------------------------------------------ RFC 9728
 
     async def _resource_metadata(self) -> tuple[bytes, list[str]]:
-        problem: DiscoveryFailed | None = None
+        problem: DiscoveryFailed | None = None  # the first one; 404s only say "not here"
         for url in protected_resource_metadata_urls(self._url):
+            fetched = await self._get(url, self._headers)
+            if fetched.status != 200:
+                problem = problem or fetched.problem
+                if fetched.problem is None and fetched.status != 404:
+                    problem = problem or self._failed(f"HTTP {fetched.status}")
+                continue
             try:
-                fetched = await self._get(url, self._headers)
-                if fetched.status != 200:
-                    raise _Skip(None if fetched.status == 404 else self._failed(f"HTTP {fetched.status}"))
-                try:
-                    metadata = self._codec.protected_resource(fetched.body)
-                except InvalidMetadata as exc:
-                    raise _Skip(self._failed(f"invalid protected resource metadata ({exc})")) from None
-            except _Skip as skip:
-                problem = problem or skip.problem
+                metadata = self._codec.protected_resource(fetched.body)
+            except InvalidMetadata as exc:
+                problem = problem or self._failed(f"invalid protected resource metadata ({exc})")
                 continue
             return fetched.body, metadata.authorization_servers
         if problem is None:
@@ -141,10 +138,7 @@ class MetadataFetcher:
 
     async def _server_metadata(self, issuer: str) -> bytes | None:
         for url in authorization_server_metadata_urls(issuer):
-            try:
-                fetched = await self._get(url, {})
-            except _Skip:
-                continue
+            fetched = await self._get(url, {})
             if fetched.status != 200:
                 continue
             try:
@@ -171,17 +165,17 @@ class MetadataFetcher:
         body read up to the bound (past it: refused)."""
         async with self._response(url, headers) as resp:
             if 300 <= resp.status < 400:
-                raise _Skip(self._failed("a redirect, which discovery does not follow"))
+                return _Fetched(resp.status, problem=self._failed("a redirect, which discovery does not follow"))
             if resp.status != 200:
-                return _Fetched(resp.status, b"")
+                return _Fetched(resp.status)
             if resp.content_length is not None and resp.content_length > self._max:
-                raise _Skip(self._too_large())
+                return _Fetched(0, problem=self._too_large())
             body = bytearray()
             with map_aiohttp_errors(self._server):
                 async for chunk in resp.content.iter_chunked(_READ_CHUNK):
                     body += chunk
                     if len(body) > self._max:
-                        raise _Skip(self._too_large())
+                        return _Fetched(0, problem=self._too_large())
             return _Fetched(resp.status, bytes(body))
 
     @contextlib.asynccontextmanager
@@ -191,7 +185,7 @@ class MetadataFetcher:
         with map_aiohttp_errors(self._server):
             resp = await self._http.get(
                 url,
-                headers={**headers, "Accept": ACCEPT},
+                headers={**headers, ACCEPT: JSON},
                 allow_redirects=False,
                 ssl=self._ssl,
                 proxy=self._proxy_for(url),

@@ -1,9 +1,9 @@
 """Writing newline-delimited messages to a server's stdin, gathered per event-loop tick.
+Owns only when bytes reach the pipe, not what they say.
 
-Owns when bytes reach the pipe: every line written during one loop tick goes out
-in one `writelines` at the end of it, so a batch of polled commands costs one
-system call and one wake-up of the server instead of one each. Callers wait only
-when the pipe is backed up.
+Every line written during one loop tick goes out in one `writelines` at the end
+of it, so a batch of polled commands costs one system call and one wake-up of the
+server instead of one each. Callers wait only when the pipe is backed up.
 """
 
 from __future__ import annotations

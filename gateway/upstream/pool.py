@@ -1,11 +1,11 @@
 """Process management for stdio servers: pools, per-client processes, concurrency bounds.
+Each is an `Upstream` built from other `Upstream`s; knows nothing of the tunnel.
 
 Owns `processes: N` (a pool of supervised processes, each call to the least
 loaded one), `session: per-client` (one process per client session, started
 on first use, stopped after an idle timeout, the one idle longest stopped when
 the cap is reached) and `max_concurrency` (calls beyond it wait their turn).
-Each is an `Upstream` built from other `Upstream`s, so channels use them like
-any transport. Knows nothing of the tunnel.
+Channels use them like any transport.
 """
 
 from __future__ import annotations

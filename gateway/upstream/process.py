@@ -1,10 +1,9 @@
-"""Local server processes the gateway starts and keeps running: `SupervisedProcess` for `http.spawn`
-in routing.yaml, and the pieces the stdio transport's supervisor shares with it (restart pacing,
-stopping a process, ending an owned task).
+"""Local server processes the gateway starts and keeps running (`http.spawn`), and the supervision
+pieces the stdio transport shares. Spawns without a shell; speaks no MCP.
 
 Owns a process's life: spawn without a shell, its output into the gateway's log, restart with
-capped backoff when it exits, and stdin-EOF, TERM, then KILL when the gateway stops. Speaks no MCP:
-the HTTP transport reaches the process at its URL like any other server.
+capped backoff when it exits, and stdin-EOF, TERM, then KILL when the gateway stops. The HTTP
+transport reaches the process at its URL like any other server.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The stdio transport: one supervised server process shared by many concurrent calls.
+Knows nothing of the tunnel; a server's notifications reach only the call they belong to.
 
 Owns the process (spawned without a shell, stderr logged, restarted with capped
 backoff when it dies), the era handshake on each start, and the multiplexing of
 concurrent requests over one pipe by remapping JSON-RPC ids and progress
-tokens. A server's notifications reach only the call they belong to (by progress
-token; log messages as `_log_owner` says); the rest go to the gateway's log.
+tokens. Notifications go to their call by progress token (log messages as
+`_log_owner` says); the rest go to the gateway's log.
 Calls in flight when the process dies fail with `transport_closed`.
 """
 
@@ -26,7 +27,7 @@ from gateway.config.routing import ServerSpec, StdioSpec
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
-from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage
+from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage, json_headers
 from gateway.upstream.base import Upstream, within
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
@@ -40,7 +41,6 @@ BACKOFF_START_S: Final = 0.1
 STDERR_IN_PROBLEM: Final = 200
 """Characters of the process's last stderr line kept for `problem` (what an operator sees)."""
 """A process that lived this long resets the restart backoff."""
-JSON_HEADERS: Final[Headers] = {"Content-Type": ["application/json"]}
 PROGRESS: Final = "notifications/progress"
 LOG_MESSAGE: Final = "notifications/message"
 LOG_LEVEL_KEY: Final = b"io.modelcontextprotocol/logLevel"
@@ -424,7 +424,7 @@ class StdioUpstream(Upstream):
         if call is None:
             log.debug("stdio server %r answered retired or unknown id", self.name)
             return
-        call.frames.put_nowait(Reply(200, self._codec.response(call.client_id, message), JSON_HEADERS))
+        call.frames.put_nowait(Reply(200, self._codec.response(call.client_id, message), json_headers()))
 
     def _deliver_notification(self, message: JsonRpcMessage, line: bytes) -> None:
         """Each notification to the call it belongs to, never to whichever call happens to be running:
