@@ -27,6 +27,7 @@ from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
+from gateway.relay.user_auth import UserAuth
 
 log = logging.getLogger("gateway.relay")
 
@@ -119,8 +120,10 @@ def build_relay_app(
         config, resolved, queue, codec, metrics, HostGuard(config.allowed_hosts, config.allowed_origins)
     )
     app[DISCOVERY] = discovery
+    users = UserAuth(config, codec)
+    app.cleanup_ctx.append(users.lifetime)
     app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics).routes())
-    app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer, discovery).routes())
+    app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer, discovery, users).routes())
     app.router.add_routes(discovery.routes())
     app.router.add_routes(OpsEndpoints(queue, metrics).routes())
     app.on_shutdown.append(_wake_waiters)

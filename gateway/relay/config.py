@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -29,6 +29,7 @@ TUNNEL_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 """Tunnel ids are opaque, but they sit in URL paths, so the relay only accepts path-safe ones."""
 
 TunnelId = Annotated[str, Meta(pattern=TUNNEL_ID_PATTERN)]
+CHANNEL_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 HEADER_NAME_PATTERN: Final = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
 """An HTTP field name (RFC 9110 §5.1: a token)."""
 SecretRef = Annotated[str, Meta(min_length=1)]
@@ -48,6 +49,38 @@ class RelayConfigError(ConfigError):
         self.problem = problem
 
 
+Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+"""Asymmetric JWS algorithms a user's token may be signed with (never `none` nor a shared secret)."""
+
+
+class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`user_auth:` users' OAuth tokens checked at the relay, before a request crosses the tunnel.
+
+    A request to a covered channel needs `Authorization: Bearer <JWT>` signed by one of the issuer's
+    keys, from `issuer`, for the channel (its `aud` one of `audience`), unexpired, with every
+    `required_scopes` scope; otherwise 401 (403 for missing scopes) with a `WWW-Authenticate` that
+    points at the channel's metadata. The token still reaches the server, which decides as before."""
+
+    issuer: Annotated[str, Meta(pattern=r"^https?://")]
+    """The `iss` tokens must carry (the authorization server's issuer identifier)."""
+    jwks_uri: Annotated[str, Meta(pattern=r"^https?://")]
+    """The issuer's key set (RFC 7517), fetched when first needed, again after `jwks_cache_s` or for
+    a `kid` it does not hold (at most every 30 s)."""
+    audience: list[str] = []
+    """Accepted `aud` values; empty: the channel's public MCP URL (the RFC 8707 resource clients are
+    told in its metadata), in the form the request used."""
+    required_scopes: list[str] = []
+    algorithms: list[Algorithm] = msgspec.field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
+    leeway_s: Annotated[float, Meta(ge=0, le=300)] = 30.0
+    """Clock difference tolerated on `exp`, `nbf` and `iat`."""
+    channels: list[Annotated[str, Meta(pattern=CHANNEL_PATTERN)]] = []
+    """The channels it covers; empty: every channel of the tunnel."""
+    jwks_cache_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+
+    def covers(self, channel: str) -> bool:
+        return not self.channels or channel in self.channels
+
+
 class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One tunnel the relay serves: who may poll it and who may call it."""
 
@@ -64,6 +97,8 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     the relay's token takes the header, which is then not forwarded. Any other header (the token as
     its whole value): `Authorization` stays free for the user's own OAuth token, which passes through
     untouched, so a channel can require the relay's token, the user's, both or neither."""
+    user_auth: UserAuthSpec | None = None
+    """Check users' bearer JWTs at the relay (`gateway.relay.user_auth`); absent: the servers alone do."""
     name: str = ""
     description: str = ""
 
@@ -72,6 +107,11 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"Expected {rates.EXPECTED}, got {self.client_rate!r}")
         if self.client_burst is not None and self.client_rate is None:
             raise ValueError("Expected `client_burst` to come with a `client_rate`")
+        if self.user_auth is not None and self.client_tokens and self.client_token_header.lower() == "authorization":
+            raise ValueError(
+                "Expected `client_token_header` other than Authorization with `user_auth` (the user's token"
+                " takes Authorization) - at `$.client_token_header`"
+            )
 
 
 class MemoryBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="memory"):

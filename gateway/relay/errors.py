@@ -12,6 +12,9 @@ code and extra headers are class attributes. `RelayError` is a branch of the pac
     │   ├── MissingSessionId (400 missing_mcp_session_id)
     │   ├── ClientUnauthorized (401 + WWW-Authenticate: Bearer)
     │   ├── ClientTokenRequired (403 tunnel_use_forbidden)  the client token travels in its own header
+    │   ├── UserTokenRefused             a user's token failed `user_auth`, with a challenge (RFC 6750 §3)
+    │   │   ├── UserUnauthorized (401 invalid_token)   missing, expired, foreign, forged
+    │   │   └── InsufficientScope (403 insufficient_scope)
     │   ├── InvalidJsonRpc (400, JSON-RPC error body)
     │   └── MethodNotAllowed (405 + Allow)
     ├── TunnelClientError                the tunnel client's (a gateway's) request is at fault (4xx)
@@ -111,6 +114,34 @@ class ClientTokenRequired(CallerError):
     status = 403
     code = "tunnel_use_forbidden"
     default_message = "a valid client token for this tunnel is required in its client token header"
+
+
+class UserTokenRefused(CallerError):
+    """A request to a channel under `user_auth` whose user token does not pass; the answer carries
+    `WWW-Authenticate: Bearer …` naming the channel's metadata, so a client can (re)authorize."""
+
+    def __init__(self, message: str | None = None, *, challenge: str, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+        self.subject = subject
+        """The token's `sub` when the token itself was valid (too little scope), for the audit line."""
+
+    def to_response(self, codec: Codec) -> web.Response:
+        response = super().to_response(codec)
+        response.headers[WWW_AUTHENTICATE] = self.challenge
+        return response
+
+
+class UserUnauthorized(UserTokenRefused):
+    status = 401
+    code = "invalid_token"
+    default_message = "a valid bearer token for this channel is required"
+
+
+class InsufficientScope(UserTokenRefused):
+    status = 403
+    code = "insufficient_scope"
+    default_message = "the bearer token lacks a scope this channel requires"
 
 
 class InvalidJsonRpc(CallerError):

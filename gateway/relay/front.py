@@ -11,8 +11,11 @@ metadata URL by `gateway.relay.discovery`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
@@ -35,7 +38,7 @@ from gateway.protocol.wire import (
     strip_hop_by_hop,
 )
 from gateway.relay.config import RelayConfig
-from gateway.relay.discovery import Discovery
+from gateway.relay.discovery import Discovery, mcp_path
 from gateway.relay.errors import (
     CallerTimeout,
     ClientNotSeen,
@@ -45,6 +48,7 @@ from gateway.relay.errors import (
     MissingSessionId,
     RelayError,
     TunnelNotFound,
+    UserTokenRefused,
 )
 from gateway.relay.guard import (
     Credentials,
@@ -58,6 +62,7 @@ from gateway.relay.guard import (
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import Command, QueueBackend, new_command
 from gateway.relay.tracing import NO_TRACER, RelayTracer
+from gateway.relay.user_auth import UserAuth, audit
 
 DEFAULT_CHANNEL: Final = "main"
 _KEPT_2XX: Final = frozenset({200, 201, 202, 204})
@@ -132,6 +137,14 @@ def json_answer(frame: TunnelResponsePayload, status: int | None = None) -> web.
     return web.Response(status=code, body=body, headers=headers)
 
 
+@dataclass(slots=True)
+class Subject:
+    """Who a request under `user_auth` came from, and how it ended (for its audit line)."""
+
+    name: str | None = None
+    outcome: int = 500
+
+
 MAX_CLIENT_BUDGETS: Final = 10_000
 """Client-token rate budgets kept at once; the oldest goes first."""
 
@@ -148,6 +161,7 @@ class FrontDoor:
         metrics: RelayMetrics | None = None,
         tracer: RelayTracer = NO_TRACER,
         discovery: Discovery | None = None,
+        users: UserAuth | None = None,
     ) -> None:
         self._config = config
         self._credentials = credentials
@@ -157,6 +171,7 @@ class FrontDoor:
         self._metrics = metrics or RelayMetrics(config.tunnels)
         self._hosts = HostGuard(config.allowed_hosts, config.allowed_origins)
         self._discovery = discovery or Discovery(config, credentials, backend, codec, self._metrics, self._hosts)
+        self._users = users or UserAuth(config, codec)
         self._client_rates: dict[tuple[str, str], AsyncLimiter] = {}
 
     def routes(self) -> list[web.RouteDef]:
@@ -261,12 +276,16 @@ class FrontDoor:
         await self._check_client_rate(tunnel_id, request)
         body = await read_body(request, self._config.max_body_bytes)
         rpc_id = self._parse(body)
-        with self._tracer.request(channel, request.headers, body) as trace:
-            headers, traced = trace.inject(headers, body)  # the command carries this request's span
-            answer = await self._post(request, tunnel_id, channel, headers, traced or body, rpc_id)
-            answered = answer.body if isinstance(answer, web.Response) else None
-            trace.answered(answer.status, bytes(answered) if isinstance(answered, (bytes, bytearray)) else None)
-            return answer
+        async with self._user(request, tunnel_id, channel, body) as subject:
+            with self._tracer.request(channel, request.headers, body) as trace:
+                if subject.name is not None:
+                    trace.subject(subject.name)
+                headers, traced = trace.inject(headers, body)  # the command carries this request's span
+                answer = await self._post(request, tunnel_id, channel, headers, traced or body, rpc_id)
+                answered = answer.body if isinstance(answer, web.Response) else None
+                trace.answered(answer.status, bytes(answered) if isinstance(answered, (bytes, bytearray)) else None)
+                subject.outcome = answer.status
+                return answer
 
     async def _post(
         self, request: web.Request, tunnel_id: str, channel: str, headers: Headers, body: bytes, rpc_id: Raw | None
@@ -288,11 +307,42 @@ class FrontDoor:
         await self._check_client_rate(tunnel_id, request)
         if not request.headers.get(SESSION_HEADER):
             raise MissingSessionId(param=SESSION_HEADER)
-        with self._tracer.request(channel, request.headers, None) as trace:
-            headers, _ = trace.inject(headers, None)
-            answer = await self._delete(tunnel_id, channel, headers)
-            trace.answered(answer.status, None)
-            return answer
+        async with self._user(request, tunnel_id, channel, None) as subject:
+            with self._tracer.request(channel, request.headers, None) as trace:
+                if subject.name is not None:
+                    trace.subject(subject.name)
+                headers, _ = trace.inject(headers, None)
+                answer = await self._delete(tunnel_id, channel, headers)
+                trace.answered(answer.status, None)
+                subject.outcome = answer.status
+                return answer
+
+    @contextlib.asynccontextmanager
+    async def _user(
+        self, request: web.Request, tunnel_id: str, channel: str, body: bytes | None
+    ) -> AsyncIterator[Subject]:
+        """`user_auth` for a covered channel: the user's token checked before anything is queued (a
+        refusal raised), and one audit line when the request ends, however it ends."""
+        subject = Subject()
+        if not self._users.covers(tunnel_id, channel):
+            yield subject
+            return
+        started = asyncio.get_running_loop().time()
+        method, tool = self._users.describe(body)
+        segment = request.match_info.get("channel")
+        try:
+            resource = self._discovery.public_base(request) + mcp_path(tunnel_id, segment)
+            metadata = self._discovery.metadata_url(request, tunnel_id, segment)
+            subject.name = await self._users.check(request, tunnel_id, channel, resource, metadata)
+            yield subject
+        except RelayError as exc:
+            subject.outcome = exc.status
+            if isinstance(exc, UserTokenRefused) and exc.subject is not None:
+                subject.name = exc.subject
+            raise
+        finally:
+            duration = asyncio.get_running_loop().time() - started
+            audit(subject.name, tunnel_id, channel, method, tool, subject.outcome, duration)
 
     async def _delete(self, tunnel_id: str, channel: str, headers: Headers) -> web.Response:
         command = await self._enqueue(tunnel_id, channel, headers, COMMAND_SESSION_END, None)

@@ -58,27 +58,28 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def oauth_stack(tmp_path: Path, *, receiver: str | None = None) -> AsyncIterator[Stack]:
+async def oauth_stack(
+    tmp_path: Path, *, receiver: str | None = None, user_auth: bool = False
+) -> AsyncIterator[Stack]:
     """The authorization server, the relay, the protected server and the gateway, started in that
-    order (each needs the one before's address). With `receiver` (an OTLP URL) the gateway and the
-    relay log at DEBUG (the relay's access log too) into `gateway.err` and `relay.err` in
-    `tmp_path`, export telemetry there, and the gateway serves `/metrics`: a run to sweep."""
+    order (each needs the one before's address); their logs go to `gateway.err` and `relay.err` in
+    `tmp_path`. With `receiver` (an OTLP URL) the gateway and the relay log at DEBUG (the relay's
+    access log too), export telemetry there, and the gateway serves `/metrics`: a run to sweep. With
+    `user_auth` the relay checks users' tokens at the edge (scope `notes` required)."""
     env = {"E2E_GATEWAY_KEY": GATEWAY_KEY}
     sweep = receiver is not None
     if sweep:
         env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": str(receiver), **FAST_EXPORT}
     verbose = ["--log-level", "DEBUG"] if sweep else []
     async with contextlib.AsyncExitStack() as stack:
-        errors = {
-            name: stack.enter_context((tmp_path / f"{name}.err").open("wb")) if sweep else None
-            for name in ("gateway", "relay")
-        }
+        errors = {name: stack.enter_context((tmp_path / f"{name}.err").open("wb")) for name in ("gateway", "relay")}
         auth = await stack.enter_async_context(process(PYTHON, SERVERS / "oauth_authorization_server.py"))
         issuer = f"http://127.0.0.1:{(await auth.wait_for(PORT))[1]}"
         relay_file = tmp_path / "relay.yaml"
+        edge = f", user_auth: {{issuer: '{issuer}', jwks_uri: '{issuer}/jwks', required_scopes: [notes]}}"
         relay_file.write_text(
             f"listen: 127.0.0.1:0\naccess_log: {str(sweep).lower()}\n"
-            f"tunnels:\n  {TUNNEL}: {{gateway_key: 'env:E2E_GATEWAY_KEY'}}\n"
+            f"tunnels:\n  {TUNNEL}: {{gateway_key: 'env:E2E_GATEWAY_KEY'{edge if user_auth else ''}}}\n"
         )
         relay_proc = await stack.enter_async_context(
             process(

@@ -11,7 +11,9 @@ without a page: `/authorize` approves at once and redirects with the code. Acces
     --scope SCOPE      a scope clients may ask for (repeatable; default: notes)
     --lifetime-s N     access token lifetime (default: 3600)
 
-Test-only route: `GET /test/issued` -> how many access tokens were issued (JSON).
+Test-only routes: `GET /test/issued` -> how many access tokens were issued (JSON); `POST /test/mint`
+with JSON claims (and optional `"foreign": true`: signed with a key the JWKS does not hold) -> a token
+as JSON `{"token": …}`, so a test can present expired, foreign or misdirected tokens.
 """
 
 from __future__ import annotations
@@ -185,6 +187,14 @@ def main() -> None:
     async def issued(request: Request) -> JSONResponse:
         return JSONResponse({"issued": provider.issued})
 
+    foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    async def mint(request: Request) -> JSONResponse:
+        claims = await request.json()
+        key = foreign if claims.pop("foreign", False) else provider.key
+        claims.setdefault("iss", issuer)
+        return JSONResponse({"token": jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})})
+
     routes = create_auth_routes(
         provider,
         AnyHttpUrl(issuer),
@@ -193,7 +203,8 @@ def main() -> None:
         ),
         revocation_options=RevocationOptions(enabled=True),
     )
-    app = Starlette(routes=[*routes, Route("/jwks", jwks), Route("/test/issued", issued)])
+    extra = [Route("/jwks", jwks), Route("/test/issued", issued), Route("/test/mint", mint, methods=["POST"])]
+    app = Starlette(routes=[*routes, *extra])
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     print(f"PORT {port}", flush=True)
     asyncio.run(server.serve(sockets=[sock]))
