@@ -76,6 +76,9 @@ class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     channels: list[Annotated[str, Meta(pattern=CHANNEL_PATTERN)]] = []
     """The channels it covers; empty: every channel of the tunnel."""
     jwks_cache_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+    jwks_refresh_min_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
+    """The key set is fetched at most this often, for an unknown `kid` or once stale: a stream of
+    forged `kid`s or an unreachable issuer cannot make the relay spin (the keys it has stay in use)."""
 
     def covers(self, channel: str) -> bool:
         return not self.channels or channel in self.channels

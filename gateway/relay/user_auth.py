@@ -3,7 +3,8 @@ Never logs or echoes a token; never queues a refused request; keeps public keys 
 
 Owns the check of a covered channel's `Authorization: Bearer <JWT>` (RFC 6750 §2.1; RFC 9068
 style claims): the signature by one of the issuer's keys (its JWKS, RFC 7517, fetched bounded and
-without redirects, refreshed on a schedule and for an unknown `kid`), `iss`, `aud` (the channel's
+without redirects, refreshed on a schedule and for an unknown `kid`, never more often than
+`jwks_refresh_min_s`), `iss`, `aud` (the channel's
 public MCP URL unless configured), `exp`/`nbf` with leeway, the required scopes; the refusal's
 `WWW-Authenticate` challenge (RFC 6750 §3, `resource_metadata` of RFC 9728 §5.1); and the audit
 line (who, channel, method, tool, outcome, duration; no payload).
@@ -36,9 +37,6 @@ audit_log = logging.getLogger("gateway.relay.audit")
 
 MAX_JWKS_BYTES: Final = 256 * 1024
 FETCH_TIMEOUT_S: Final = 10.0
-MIN_REFRESH_S: Final = 30.0
-"""The key set is fetched at most this often, for an unknown `kid` or once stale (a forged `kid` or an
-unreachable issuer cannot make the relay spin); the keys it has stay in use meanwhile."""
 _PRINTABLE: Final = re.compile(r"[^\x21-\x7e]")
 
 
@@ -57,10 +55,13 @@ class _Document(msgspec.Struct):
 class IssuerKeys:
     """One issuer's public signing keys, from its JWKS URL."""
 
-    def __init__(self, uri: str, session: Callable[[], aiohttp.ClientSession], cache_s: float) -> None:
+    def __init__(
+        self, uri: str, session: Callable[[], aiohttp.ClientSession], cache_s: float, min_refresh_s: float
+    ) -> None:
         self._uri = uri
         self._session = session
         self._cache_s = cache_s
+        self._min_refresh_s = min_refresh_s
         self._keys: tuple[_Key, ...] = ()
         self._fetched_at = -math.inf
         self._tried_at = -math.inf
@@ -72,7 +73,7 @@ class IssuerKeys:
         now = asyncio.get_running_loop().time()
         found = self._match(kid, algorithm)
         stale = now - self._fetched_at > self._cache_s
-        if (found is None or stale) and now - self._tried_at >= MIN_REFRESH_S:
+        if (found is None or stale) and now - self._tried_at >= self._min_refresh_s:
             async with self._lock:
                 if self._tried_at < now:  # nobody refreshed while this caller waited
                     await self._refresh()
@@ -134,7 +135,9 @@ class UserAuth:
         self._keys: dict[str, IssuerKeys] = {}
         for spec in (tunnel.user_auth for tunnel in config.tunnels.values()):
             if spec is not None and spec.jwks_uri not in self._keys:
-                self._keys[spec.jwks_uri] = IssuerKeys(spec.jwks_uri, self._session, spec.jwks_cache_s)
+                self._keys[spec.jwks_uri] = IssuerKeys(
+                    spec.jwks_uri, self._session, spec.jwks_cache_s, spec.jwks_refresh_min_s
+                )
 
     @property
     def enabled(self) -> bool:
