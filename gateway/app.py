@@ -25,7 +25,15 @@ from gateway.channels.rules import Router
 from gateway.channels.sessions import SessionKeys, SessionStore
 from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs
-from gateway.config.routing import Egress, RoutingConfig, ServerSpec, channel_spec
+from gateway.config.routing import (
+    Egress,
+    RoutingConfig,
+    ServerSpec,
+    WorkloadIdentitySpec,
+    channel_spec,
+    token_endpoint_egress,
+    workload_identity_from_env,
+)
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
 from gateway.observe.hooks import NOOP, Telemetry
@@ -35,7 +43,9 @@ from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, server_info_header
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
 from gateway.tunnel.client import ControlPlane, Identity, Poller
-from gateway.tunnel.credentials import ApiKey
+from gateway.tunnel.credentials import ApiKey, Credential
+from gateway.tunnel.subject_tokens import subject_source
+from gateway.tunnel.workload_identity import ExchangeSettings, WorkloadIdentity
 from gateway.upstream.base import Upstream
 from gateway.upstream.egress import egress
 from gateway.upstream.http import HttpUpstream, sendable_header
@@ -51,6 +61,20 @@ class Overrides:
 
     control_plane: str | None = None
     tunnel_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteControlPlane:
+    """Where to poll and with what: an API key, or workload identity (ids resolved already)."""
+
+    url: str
+    tunnel_id: str
+    api_key: ApiKey | None = None
+    identity: WorkloadIdentitySpec | None = None
+    exchange: ExchangeSettings | None = None
+
+
+IDENTITY_KEY = "control_plane.workload_identity"
 
 
 @dataclass(slots=True)
@@ -328,6 +352,14 @@ async def provision(
             stack.push_async_callback(ops.close)
         upstreams: dict[str, Upstream] = {}
         runtime_ref: list[Runtime] = []
+        credential: Credential | None = None
+        if remote is not None and remote.identity is not None:
+            # The first exchange runs while the servers start.
+            credential = _workload_identity(remote, config, http, file=file, base=base)
+            stack.push_async_callback(credential.close)
+            credential.start()
+        elif remote is not None:
+            credential = remote.api_key
 
         async def close_upstreams() -> None:  # whatever is current at exit, after any reloads
             if runtime_ref:
@@ -346,12 +378,16 @@ async def provision(
         if remote is None:
             relay, key, endpoint = await _embedded_relay(config, routes_file, telemetry)
             stack.push_async_callback(relay.close)
-            cp_url, tunnel_id, api_key, cp_egress = relay.url, config.relay.tunnel_id, ApiKey(key.reveal()), None
+            cp_url, tunnel_id, credential, cp_egress = relay.url, config.relay.tunnel_id, ApiKey(key.reveal()), None
         else:
-            cp_url, tunnel_id, api_key = remote
+            cp_url, tunnel_id = remote.url, remote.tunnel_id
             cp_spec = config.control_plane or Egress()
             cp_egress = egress(cp_url, cp_spec, file=file, key="control_plane", base=base)
-        control_plane = ControlPlane(http, cp_url, tunnel_id, api_key, identity, codec, cp_egress, telemetry=telemetry)
+        assert credential is not None
+        readiness.credentials = credential
+        control_plane = ControlPlane(
+            http, cp_url, tunnel_id, credential, identity, codec, cp_egress, telemetry=telemetry
+        )
         stack.callback(control_plane.close)
 
         limits = Limits(config.limits, on_wait=telemetry.limit_waiting)
@@ -411,13 +447,41 @@ async def _embedded_relay(
     return relay, key, Endpoint(urls, token_required=token is not None)
 
 
-def _remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> tuple[str, str, ApiKey]:
-    spec, file = config.control_plane, str(routes_file)
+def _remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> RemoteControlPlane:
+    """The control plane and its credential: `api_key`, `workload_identity`, else the environment
+    (the OPENAI_IDENTITY_* variables turn workload identity on; TUNNEL_API_KEY is the key)."""
+    spec, file, base = config.control_plane, str(routes_file), routes_file.parent
     url = overrides.control_plane or (spec.url if spec else None)
     tunnel_id = overrides.tunnel_id or (spec.tunnel_id if spec else None)
     if not url or not tunnel_id:
         raise ConfigError(file, "control_plane", "both `url` and `tunnel_id` (or --control-plane and --tunnel-id)")
+    identity = spec.workload_identity if spec else None
+    if identity is None and not (spec and spec.api_key):
+        identity = workload_identity_from_env(os.environ, file)
+        if identity is not None and os.environ.get("TUNNEL_API_KEY"):
+            expected = "TUNNEL_API_KEY or the OPENAI_IDENTITY_* variables (workload identity), not both"
+            raise ConfigError(file, "control_plane (environment)", expected)
+    if identity is not None:
+        exchange = ExchangeSettings.resolve(identity, file=file, base=base, key=IDENTITY_KEY)
+        return RemoteControlPlane(url, tunnel_id, identity=identity, exchange=exchange)
     ref = spec.api_key if spec and spec.api_key else "env:TUNNEL_API_KEY"
     if ref == "env:TUNNEL_API_KEY" and not os.environ.get("TUNNEL_API_KEY"):
-        raise ConfigError(file, "control_plane.api_key", "an API key (or the TUNNEL_API_KEY variable)")
-    return url, tunnel_id, ApiKey(ref, base=routes_file.parent)
+        expected = (
+            "an API key (or the TUNNEL_API_KEY variable), or workload_identity (or the OPENAI_IDENTITY_* variables)"
+        )
+        raise ConfigError(file, "control_plane.api_key", expected)
+    return RemoteControlPlane(url, tunnel_id, api_key=ApiKey(ref, base=base))
+
+
+def _workload_identity(
+    remote: RemoteControlPlane, config: RoutingConfig, http: aiohttp.ClientSession, *, file: str, base: Path
+) -> WorkloadIdentity:
+    """The workload-identity credential: its subject token source, and the token endpoint reached
+    with the control plane's egress settings unless `workload_identity` has its own."""
+    spec, settings = remote.identity, remote.exchange
+    assert spec is not None
+    assert settings is not None
+    subject = subject_source(spec.subject_token, spec.provider, session=http, base=base, file=file, key=IDENTITY_KEY)
+    spec_egress = token_endpoint_egress(config.control_plane, spec)
+    token_egress = egress(settings.token_url, spec_egress, file=file, key=IDENTITY_KEY, base=base)
+    return WorkloadIdentity(settings, subject, http, token_egress)

@@ -6,7 +6,7 @@
     .venv/bin/python scripts/fuzz_atheris.py wire -max_total_time=600 -print_final_stats=1
 
 TARGET is one of: wire, timeout, eras, routing, sse, framing. Each keeps the property the
-hypothesis suite (tests/test_fuzz_core.py) checks, on inputs libFuzzer evolves for coverage:
+hypothesis suite (tests/unit/protocol/test_fuzz_core.py) checks, on inputs libFuzzer evolves for coverage:
 - wire: a poll body, each command and a client message decode or raise `msgspec.DecodeError`,
   never anything else (no RecursionError, whatever the depth);
 - timeout: `parse_response_timeout` follows the v1 grammar and returns None for anything else;

@@ -27,7 +27,7 @@ UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never \
 echo "soak: GATEWAY_FUZZ_SCALE=$scale GATEWAY_FUZZ_SEED=$seed ATHERIS_SECONDS=$seconds FUZZ_DIR=$dir"
 failed=()
 GATEWAY_FUZZ_SCALE="$scale" GATEWAY_FUZZ_SEED="$seed" \
-    .venv/bin/pytest -q -p no:cacheprovider tests/test_fuzz_core.py tests/test_fuzz_live.py \
+    .venv/bin/pytest -q -p no:cacheprovider tests/unit/protocol/test_fuzz_core.py tests/e2e/test_fuzz_live.py \
     || failed+=("pytest")
 
 if .venv/bin/python -c "import atheris" 2>/dev/null; then

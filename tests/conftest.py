@@ -1,10 +1,11 @@
-"""Shared fixtures: the recording relay (tests/recording_relay.py), the fuzz report (tests/fuzz_budget.py)."""
+"""Shared fixtures and hooks: the recording relay (support/recording_relay.py), a redis-server per test
+(support/redis_server.py), the fuzz report and its xdist hand-over (support/fuzz_budget.py)."""
 
 import pytest
 
-from tests.fuzz_budget import fuzz_report, session_finish, terminal_summary, worker_done
+from tests.support.fuzz_budget import fuzz_report, session_finish, terminal_summary, worker_done
 
-pytest_plugins = ["tests.recording_relay"]
+pytest_plugins = ["tests.support.recording_relay", "tests.support.redis_server"]
 
 __all__ = ["fuzz_report"]
 

@@ -4,7 +4,7 @@ No line leaves unredacted; imports no opentelemetry (trace ids come from a funct
 Owns the log formats, the `REQUEST_ID` context variable the dispatcher sets,
 the trace and span ids on each record, and the redaction every line goes through:
 known secret values registered at startup, `Authorization` values, bearer
-tokens, and credentials in URLs (userinfo, `token=`/`key=`-style parameters).
+tokens, JWTs, and credentials in URLs (userinfo, `token=`/`key=`-style parameters).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ _PATTERNS: Final = (
     ),
     # An API key header or field.
     (re.compile(r"(?i)((?:x-)?api[-_]?key[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\"'\s,;}&#]+"), r"\1" + MASK),
+    # A JWT anywhere (a subject token: a Kubernetes, Google or Azure token; a JWT-SVID).
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"), MASK),
     # A bearer or basic credential anywhere.
     (re.compile(r"(?i)\b(bearer|basic)\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
     # userinfo in a URL: scheme://user:password@host
@@ -91,13 +93,17 @@ class Redactor:
 
 def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
     """Every secret value routing.yaml names (references resolved now; unresolvable ones skipped,
-    provisioning reports them): the control-plane key, secret header values, the relay's client
-    token, the telemetry exporter's headers."""
+    provisioning reports them): the control-plane key (or App Service's identity header), secret
+    header values, the relay's client token, the telemetry exporter's headers."""
     refs: list[str] = []
     if config.control_plane is not None and config.control_plane.api_key:
         refs.append(config.control_plane.api_key)
-    else:
+    elif config.control_plane is None or config.control_plane.workload_identity is None:
         refs.append("env:TUNNEL_API_KEY")
+    else:
+        provider = config.control_plane.workload_identity.provider
+        if provider is not None and provider.azure_managed_identity is not None:
+            refs.append("env:IDENTITY_HEADER")  # App Service's managed-identity secret, when set
     if config.relay.client_token:
         refs.append(config.relay.client_token)
     headers = [server.http.headers for server in config.servers.values() if server.http is not None]
@@ -110,9 +116,17 @@ def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
 
 
 def relay_secrets(config: RelayConfig, base: Path) -> Iterator[str]:
-    """Every secret value relay.yaml names: each tunnel's gateway key and client tokens."""
-    refs = [ref for spec in config.tunnels.values() for ref in (spec.gateway_key, *spec.client_tokens)]
+    """Every secret value relay.yaml names: each tunnel's gateway key and client tokens, the
+    identity's JWKS fetch credentials, and each signing key (its whole PEM text and every line
+    of it, so a fragment is masked too)."""
+    refs = [ref for spec in config.tunnels.values() for ref in (spec.gateway_key, *spec.client_tokens) if ref]
+    if config.identity is not None:
+        refs += [issuer.jwks_token for issuer in config.identity.issuers if issuer.jwks_token]
     yield from resolve_all(refs, base)
+    if config.identity is not None:
+        for pem in resolve_all(config.identity.signing_keys, base):
+            yield pem
+            yield from (line.strip() for line in pem.splitlines() if not line.startswith("-----"))
 
 
 def resolve_all(refs: Iterable[str], base: Path) -> Iterator[str]:

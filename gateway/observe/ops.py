@@ -48,6 +48,16 @@ class ServerState(Protocol):
         ...
 
 
+class CredentialState(Protocol):
+    """What readiness reads from the control-plane credential (an API key, workload identity)."""
+
+    def status(self) -> str | None:
+        """The credential's state; None when there is nothing to show (a static key)."""
+
+    def problem(self) -> str | None:
+        """Why there is no credential to send; None while there is one."""
+
+
 class PollLoop(Protocol):
     """What readiness reads from the poll loop (`Poller`)."""
 
@@ -72,14 +82,17 @@ class RuntimeView(Protocol):
 
 
 class Readiness:
-    """Whether the gateway can serve: a recent successful poll, a poll loop not backing off from an
-    unexpected error, and every required server up."""
+    """Whether the gateway can serve: a credential to send (when it can fail: workload identity),
+    a recent successful poll, a poll loop not backing off from an unexpected error, and every
+    required server up."""
 
     def __init__(self, *, max_poll_age_s: float, clock: Callable[[], float] | None = None) -> None:
         self._max_age = max_poll_age_s
         self._clock = clock
         self.runtime: RuntimeView | None = None
         """Set once provisioning has built the runtime; until then the gateway is starting."""
+        self.credentials: CredentialState | None = None
+        """The control-plane credential, shown as the `credentials` part when it has a status."""
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -115,6 +128,9 @@ class Readiness:
         fault = runtime.poller.fault
         if fault is not None:  # the poll loop itself failed and backs off: that is the news
             parts[-1] = _Part("control_plane", fault, fault)
+        status = self.credentials.status() if self.credentials is not None else None
+        if self.credentials is not None and status is not None:  # first: when it fails, it is the cause
+            parts.insert(0, _Part("credentials", status, self.credentials.problem()))
         servers = runtime.config.servers
         for name, upstream in sorted(runtime.upstreams.items()):
             spec = servers.get(name)

@@ -2,7 +2,7 @@
 Defines the classes every layer raises; turns none of them into a response (see below for where).
 
 Every exception class defined under `gateway/` descends from `GatewayError`
-(tests/test_error_tree.py checks it, and that this tree names each one);
+(tests/unit/test_error_tree.py checks it, and that this tree names each one);
 classes raised by one module only live in that module (its path is given).
 
     GatewayError
@@ -36,7 +36,11 @@ classes raised by one module only live in that module (its path is given).
     │                            view                                     (channels/catalog.py)
     ├── InvalidMetadata          an OAuth metadata document is not what its RFC requires (protocol/oauth.py)
     ├── ControlPlaneError        the control plane refused or failed
-    │   └── CommandGone          404 on a response POST: the caller left (cancellation)
+    │   ├── CommandGone          404 on a response POST: the caller left (cancellation)
+    │   ├── CredentialsUnavailable  no access token to send: the token exchange failed
+    │   └── SubjectTokenError    the platform token to exchange cannot be read (tunnel/subject_tokens.py)
+    ├── JwksUnavailable          an issuer's key set could not be had (relay/jwks.py)
+    ├── SigningKeyError, ValueError  a relay signing key is unusable; says why, never the key (relay/tokens.py)
     ├── H1Error                  an HTTP/1.1 exchange with the control plane failed; `sent` says
     │                            whether the request left                 (tunnel/http1.py)
     └── RelayError               what the relay answers its callers with: HTTP status and API error
@@ -323,12 +327,16 @@ class DiscoveryFailed(UpstreamError):
 
 
 class ControlPlaneError(GatewayError):
-    """The control plane refused a request or could not be reached."""
+    """The control plane refused a request or could not be reached. `renewed`: it refused the
+    credential (401/403) and a new one is on its way (workload identity exchanges again once)."""
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None, *, renewed: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.renewed = renewed
 
 
 class CommandGone(ControlPlaneError):
@@ -338,3 +346,13 @@ class CommandGone(ControlPlaneError):
 
     def __init__(self) -> None:
         super().__init__("control plane no longer waits for this command (404)", 404)
+
+
+class CredentialsUnavailable(ControlPlaneError):
+    """There is no credential to send: the workload identity's token exchange failed (or has not
+    finished) and the last access token has expired. Nothing was sent to the control plane;
+    `retry_after` says when the next exchange may start."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"credentials: {reason}", None, retry_after)
+        self.reason = reason

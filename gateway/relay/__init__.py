@@ -5,8 +5,10 @@ Each submodule owns one part (see its docstring). The Redis
 backend (`gateway.relay.redis_queue.RedisQueue`) is imported only when configured.
 """
 
-from gateway.relay.app import BACKEND, CONFIG, METRICS, Relay, build_relay_app, make_backend, serve_relay
+from gateway.relay.app import BACKEND, CONFIG, IDENTITY, METRICS, Relay, build_relay_app, make_backend, serve_relay
 from gateway.relay.config import (
+    IdentitySpec,
+    IssuerSpec,
     MemoryBackend,
     RedisBackend,
     RelayConfig,
@@ -25,9 +27,12 @@ from gateway.relay.queue import Command, MemoryQueue, QueueBackend, TunnelStatus
 __all__ = [
     "BACKEND",
     "CONFIG",
+    "IDENTITY",
     "METRICS",
     "Command",
     "Credentials",
+    "IdentitySpec",
+    "IssuerSpec",
     "MemoryBackend",
     "MemoryQueue",
     "QueueBackend",

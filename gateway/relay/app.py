@@ -23,8 +23,10 @@ from gateway.relay.discovery import Discovery
 from gateway.relay.errors import ServerLog, error_middleware
 from gateway.relay.front import FrontDoor
 from gateway.relay.guard import READ_TIMEOUT, Credentials, HostGuard, check_channel, resolve_credentials
+from gateway.relay.identity import Identity
 from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
+from gateway.relay.token_endpoint import TokenEndpoint
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
 from gateway.relay.user_auth import UserAuth
@@ -35,6 +37,8 @@ CONFIG: Final = web.AppKey("relay_config", RelayConfig)
 BACKEND: Final = web.AppKey("relay_backend", QueueBackend)
 METRICS: Final = web.AppKey("relay_metrics", RelayMetrics)
 DISCOVERY: Final = web.AppKey("relay_discovery", Discovery)
+IDENTITY: Final = web.AppKey("relay_identity", Identity)
+"""Present when `identity:` is configured."""
 
 SHUTDOWN_TIMEOUT_S: Final = 5.0
 """How long closing waits for handlers after waking every waiting poll and caller."""
@@ -54,6 +58,11 @@ async def _backend_lifetime(app: web.Application) -> AsyncIterator[None]:
     finally:
         await backend.close()
         await backend.dispose()
+
+
+async def _identity_lifetime(app: web.Application) -> AsyncIterator[None]:
+    async with app[IDENTITY].lifetime():
+        yield
 
 
 def make_backend(config: RelayConfig, *, source: str = "<relay config>") -> QueueBackend:
@@ -100,14 +109,17 @@ def build_relay_app(
 
     `credentials` defaults to resolving the config's secret references now (raising
     RelayConfigError on failure); `backend` defaults to the one `config.backend`
-    names. The app owns the backend: starts it on startup, closes it on shutdown.
-    Serve it with `handler_cancellation=True` (as `Relay` does) so a caller or
+    names. The app owns the backend: starts it on startup, closes it on shutdown. With
+    `identity:` it also serves `POST /oauth/token`, its tunnel API accepts the access tokens that
+    endpoint issues, and it refreshes the trusted issuers' keys while it runs. Serve it with
+    `handler_cancellation=True` (as `Relay` does) so a caller or
     poller that disconnects is noticed at once.
     """
     resolved = resolve_credentials(config) if credentials is None else credentials
     missing = sorted(set(config.tunnels) - set(resolved))
     if missing:
         raise ValueError(f"no credentials for tunnel {missing[0]!r}")
+    identity = Identity(config.identity) if config.identity is not None else None
     queue = backend or make_backend(config)
     codec = Codec()
     metrics = RelayMetrics(config.tunnels)
@@ -122,12 +134,16 @@ def build_relay_app(
     app[DISCOVERY] = discovery
     users = UserAuth(config, codec)
     app.cleanup_ctx.append(users.lifetime)
-    app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics).routes())
+    app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics, identity).routes())
     app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer, discovery, users).routes())
     app.router.add_routes(discovery.routes())
     app.router.add_routes(OpsEndpoints(queue, metrics).routes())
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_backend_lifetime)
+    if identity is not None:
+        app[IDENTITY] = identity
+        app.router.add_routes(TokenEndpoint(identity.exchange, metrics).routes())
+        app.cleanup_ctx.append(_identity_lifetime)
     return app
 
 

@@ -49,8 +49,6 @@ class RelayConfigError(ConfigError):
         self.problem = problem
 
 
-Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
-"""Asymmetric JWS algorithms a user's token may be signed with (never `none` nor a shared secret)."""
 
 
 class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -87,8 +85,10 @@ class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One tunnel the relay serves: who may poll it and who may call it."""
 
-    gateway_key: SecretRef
-    """The gateway's Bearer key for the tunnel API (a secret reference)."""
+    gateway_key: SecretRef | None = None
+    """The gateway's Bearer key for the tunnel API (a secret reference). Optional when an
+    `identity.issuers[].subjects` entry names the tunnel: its gateways then present access
+    tokens from `POST /oauth/token` instead (or as well)."""
     client_tokens: list[SecretRef] = []
     """Bearer tokens MCP clients must present; empty = the MCP endpoint is open."""
     client_rate: str | None = None
@@ -143,6 +143,80 @@ class RedisBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 BackendSpec = MemoryBackend | RedisBackend
 
+Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+"""Signature algorithms a subject token (`identity`) or a user's token (`user_auth`) may use: asymmetric
+only (never `none`, never HS*)."""
+ALL_ALGORITHMS: Final[tuple[Algorithm, ...]] = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class IssuerSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One identity provider whose JWTs `POST /oauth/token` accepts as subject tokens."""
+
+    issuer: Annotated[str, Meta(min_length=1)]
+    """The `iss` claim its tokens carry, exactly."""
+    audience: Annotated[str, Meta(min_length=1)]
+    """What the token's `aud` must contain (e.g. the projected token's `audience`)."""
+    subjects: dict[Annotated[str, Meta(min_length=1)], Annotated[list[TunnelId], Meta(min_length=1)]]
+    """Subject (`sub`) -> the tunnels its tokens may poll and answer; any other subject is refused."""
+    jwks_url: str | None = None
+    """Where the issuer publishes its signing keys (https://, or http:// on loopback only)."""
+    jwks_file: str | None = None
+    """A JWKS document on disk instead (relative paths are taken from the config file's folder)."""
+    jwks_ca_file: str | None = None
+    """CA bundle for `jwks_url` (e.g. the cluster CA); the system's roots otherwise."""
+    jwks_token: SecretRef | None = None
+    """A Bearer credential for fetching `jwks_url` (a secret reference, read again on every fetch:
+    e.g. the relay's own service-account token, which Kubernetes rotates)."""
+    id: str | None = None
+    """What a request's `identity_provider_id` must equal when it sends one (default: `issuer`)."""
+    algorithms: Annotated[list[Algorithm], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: list(ALL_ALGORITHMS)
+    )
+    """The `alg` values accepted from this issuer."""
+    jwks_refresh_s: Annotated[float, Meta(ge=1)] = 300.0
+    """How often the JWKS is fetched again on a schedule (keys the issuer rotated in are picked up)."""
+    jwks_cooldown_s: Annotated[float, Meta(ge=0)] = 30.0
+    """A token with an unknown `kid` fetches the JWKS again at most this often."""
+    jwks_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 10.0
+    """Bound on one JWKS fetch (connect to last byte)."""
+
+    def __post_init__(self) -> None:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("Expected exactly one of `jwks_url` and `jwks_file`")
+        if self.jwks_url is not None:
+            parts = urlsplit(self.jwks_url)
+            loopback = (parts.hostname or "") in _LOOPBACK_HOSTS
+            if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+                raise ValueError(
+                    f"Expected `jwks_url` to be an https:// URL (http:// on loopback only), got {self.jwks_url!r}"
+                )
+        elif self.jwks_ca_file is not None or self.jwks_token is not None:
+            raise ValueError("Expected `jwks_ca_file` and `jwks_token` only with `jwks_url`")
+
+
+class IdentitySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`identity:`: RFC 8693 token exchange at `POST /oauth/token` for workload identities."""
+
+    issuers: Annotated[list[IssuerSpec], Meta(min_length=1)]
+    signing_keys: Annotated[list[SecretRef], Meta(min_length=1)]
+    """PEM private keys (secret references); the first signs access tokens, every one verifies
+    them (rotation: put the new key first and keep the old one until its tokens expired).
+    Replicas sharing a backend must list the same keys."""
+    token_ttl_s: Annotated[int, Meta(ge=1, le=86400)] = 900
+    """Lifetime of an issued access token."""
+    clock_skew_s: Annotated[float, Meta(ge=0, le=300)] = 60.0
+    """Tolerance on `exp`, `nbf` and `iat` of subject tokens and access tokens."""
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for index, spec in enumerate(self.issuers):
+            if spec.issuer in seen:
+                raise ValueError(f"Expected each issuer once, got {spec.issuer!r} again at issuers[{index}]")
+            seen.add(spec.issuer)
+
 
 class OAuthDiscoverySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`oauth_discovery:` how the relay serves its channels' OAuth protected resource metadata
@@ -193,6 +267,8 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     forwarded challenges. Absent: the request's `Host` while `allowed_hosts` checks it (not `*`),
     over http; with `allowed_hosts: ['*']` discovery needs it."""
     oauth_discovery: OAuthDiscoverySpec = msgspec.field(default_factory=OAuthDiscoverySpec)
+    identity: IdentitySpec | None = None
+    """Workload identity: the token endpoint and the access tokens the tunnel API accepts."""
 
     def __post_init__(self) -> None:
         try:
@@ -200,6 +276,23 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
         except ValueError as exc:
             # msgspec turns this into a ValidationError; the suffix gives it a key path.
             raise ValueError(f"{exc} - at `$.listen`") from None
+        mapped: set[str] = set()
+        if self.identity is not None:
+            for index, issuer in enumerate(self.identity.issuers):
+                for subject, tunnels in issuer.subjects.items():
+                    for tunnel_id in tunnels:
+                        if tunnel_id not in self.tunnels:
+                            raise ValueError(
+                                f"Expected a tunnel this relay serves, got {tunnel_id!r}"
+                                f" - at `$.identity.issuers[{index}].subjects.{subject}`"
+                            )
+                        mapped.add(tunnel_id)
+        for tunnel_id, spec in self.tunnels.items():
+            if spec.gateway_key is None and tunnel_id not in mapped:
+                raise ValueError(
+                    "Expected a `gateway_key`, or an `identity` subject that may use the tunnel"
+                    f" - at `$.tunnels.{tunnel_id}.gateway_key`"
+                )
         if self.public_url is not None and not _origin_url(self.public_url):
             raise ValueError(  # the value is not echoed: a URL can carry a password
                 "Expected an http(s) URL of a host only (no path, query, fragment or userinfo) - at `$.public_url`"
@@ -291,16 +384,35 @@ def _absolute_file_refs(config: RelayConfig, base: Path) -> RelayConfig:
             return f"file:{base / ref[5:]}"
         return ref
 
+    def path(value: str | None) -> str | None:
+        return None if value is None or Path(value).is_absolute() else str(base / value)
+
     tunnels = {
         tunnel_id: msgspec.structs.replace(
-            spec, gateway_key=fix(spec.gateway_key), client_tokens=[fix(t) for t in spec.client_tokens]
+            spec,
+            gateway_key=None if spec.gateway_key is None else fix(spec.gateway_key),
+            client_tokens=[fix(t) for t in spec.client_tokens],
         )
         for tunnel_id, spec in config.tunnels.items()
     }
     backend = config.backend
     if isinstance(backend, RedisBackend):
         backend = msgspec.structs.replace(backend, url=fix(backend.url))
-    return msgspec.structs.replace(config, tunnels=tunnels, backend=backend)
+    identity = config.identity
+    if identity is not None:
+        issuers = [
+            msgspec.structs.replace(
+                issuer,
+                jwks_file=path(issuer.jwks_file) or issuer.jwks_file,
+                jwks_ca_file=path(issuer.jwks_ca_file) or issuer.jwks_ca_file,
+                jwks_token=None if issuer.jwks_token is None else fix(issuer.jwks_token),
+            )
+            for issuer in identity.issuers
+        ]
+        identity = msgspec.structs.replace(
+            identity, issuers=issuers, signing_keys=[fix(k) for k in identity.signing_keys]
+        )
+    return msgspec.structs.replace(config, tunnels=tunnels, backend=backend, identity=identity)
 
 
 def decode_relay_config(data: bytes | str, *, source: str = "<relay config>") -> RelayConfig:

@@ -18,7 +18,8 @@ code and extra headers are class attributes. `RelayError` is a branch of the pac
     │   ├── InvalidJsonRpc (400, JSON-RPC error body)
     │   └── MethodNotAllowed (405 + Allow)
     ├── TunnelClientError                the tunnel client's (a gateway's) request is at fault (4xx)
-    │   ├── GatewayUnauthorized (401 tunnel_use_forbidden)
+    │   ├── GatewayUnauthorized (401 tunnel_use_forbidden)  no valid key or access token for this tunnel
+    │   ├── GatewayForbidden (403 tunnel_use_forbidden)  metadata only: a valid access token for other tunnels
     │   ├── InvalidParameter (400)
     │   ├── InvalidPayload (400 invalid_json_payload)
     │   ├── PendingNotFound (404 pending_request_not_found)
@@ -38,15 +39,27 @@ code and extra headers are class attributes. `RelayError` is a branch of the pac
     ├── CallerTimeout (504)
     ├── MetadataNotFound (404 oauth_metadata_not_found)   the channel's server publishes no OAuth metadata
     ├── MetadataUnavailable (502 oauth_discovery_failed)  the gateway could not fetch it
-    └── PublicUrlRequired (500 public_url_required)       discovery with `allowed_hosts: ['*']` and no `public_url`
+    ├── PublicUrlRequired (500 public_url_required)       discovery with `allowed_hosts: ['*']` and no `public_url`
+    ├── IssuerKeysUnavailable (503 issuer_unavailable + Retry-After)  `user_auth` cannot fetch the issuer's
+    │                                    keys, so a user's token can be neither accepted nor refused
+    └── TokenError (400 invalid_request)  the token endpoint's caller; an RFC 6749 body, never cached
+        ├── InvalidGrant (400 invalid_grant)  the subject token failed verification
+        ├── UnauthorizedClient (400 unauthorized_client)  a valid subject token whose subject may not
+        │                                     use the tunnels asked for (or any)
+        ├── UnsupportedGrantType (400 unsupported_grant_type)
+        ├── TokenBodyTooLarge (413 invalid_request)
+        ├── TokenMethodNotAllowed (405 invalid_request + Allow: POST)
+        └── IssuerUnavailable (503 temporarily_unavailable + Retry-After)  the issuer's keys could not
+                                          be fetched, so the token can be neither accepted nor refused
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
@@ -183,6 +196,12 @@ class GatewayUnauthorized(TunnelClientError):
     default_message = "a valid Bearer key for this tunnel is required"
 
 
+class GatewayForbidden(TunnelClientError):
+    status = 403
+    code = "tunnel_use_forbidden"
+    default_message = "this access token does not grant use of this tunnel"
+
+
 class InvalidParameter(TunnelClientError):
     default_message = "invalid parameter"
 
@@ -290,9 +309,74 @@ class MetadataUnavailable(RelayError):
     default_message = "the tunnel client could not fetch this channel's OAuth metadata"
 
 
+class IssuerKeysUnavailable(RelayError):
+    status = 503
+    code = "issuer_unavailable"
+    default_message = "the issuer's signing keys cannot be fetched right now; retry later"
+    extra_headers = {RETRY_AFTER: "5"}
+
+
 class PublicUrlRequired(RelayError):
     code = "public_url_required"
     default_message = "OAuth discovery needs the relay's `public_url` when `allowed_hosts` allows any host"
+
+
+class OAuthErrorBody(msgspec.Struct, frozen=True):
+    """RFC 6749 section 5.2: the token endpoint's error answer."""
+
+    error: str
+    error_description: str
+
+
+NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+"""RFC 6749 section 5.1: token endpoint answers, tokens or errors, are never cached."""
+
+
+class TokenError(RelayError):
+    """The token endpoint refuses a request; `oauth_error` is the RFC 6749/8693 `error` code and
+    the message its `error_description` (written by the relay: never a token or a key)."""
+
+    status = 400
+    oauth_error: ClassVar[str] = "invalid_request"
+    default_message = "the token request is malformed"
+
+    def to_response(self, codec: Codec) -> web.Response:
+        body = msgspec.json.encode(OAuthErrorBody(self.oauth_error, self.message))
+        headers = {**NO_STORE, **self.extra_headers}
+        return web.Response(status=self.status, body=body, content_type="application/json", headers=headers)
+
+
+class InvalidGrant(TokenError):
+    oauth_error = "invalid_grant"
+    default_message = "the subject token is invalid"
+
+
+class UnauthorizedClient(TokenError):
+    oauth_error = "unauthorized_client"
+    default_message = "the subject may not use this relay's tunnels"
+
+
+class UnsupportedGrantType(TokenError):
+    oauth_error = "unsupported_grant_type"
+    default_message = "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange"
+
+
+class TokenBodyTooLarge(TokenError):
+    status = 413
+    default_message = "the token request body is too large"
+
+
+class TokenMethodNotAllowed(TokenError):
+    status = 405
+    default_message = "the token endpoint accepts POST only"
+    extra_headers = {"Allow": "POST"}
+
+
+class IssuerUnavailable(TokenError):
+    status = 503
+    oauth_error = "temporarily_unavailable"
+    default_message = "the issuer's signing keys cannot be fetched right now; retry later"
+    extra_headers = {"Retry-After": "5"}
 
 
 def error_middleware(codec: Codec) -> Middleware:

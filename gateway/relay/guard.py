@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from aiohttp import web
 
@@ -24,6 +24,7 @@ from gateway.relay.errors import (
     BodyTooLarge,
     ClientTokenRequired,
     ClientUnauthorized,
+    GatewayForbidden,
     GatewayUnauthorized,
     HostNotAllowed,
     InvalidChannel,
@@ -42,7 +43,8 @@ DEFAULT_READ_TIMEOUT_S: Final = 30.0
 class TunnelCredentials:
     """The resolved secrets of one tunnel."""
 
-    gateway_key: Secret
+    gateway_key: Secret | None
+    """None: the tunnel's gateways present access tokens only."""
     client_tokens: tuple[Secret, ...] = ()
 
 
@@ -56,7 +58,7 @@ def resolve_credentials(config: RelayConfig, *, source: str = "<relay config>") 
     for tunnel_id, spec in config.tunnels.items():
         key_path = f"$.tunnels.{tunnel_id}.gateway_key"
         try:
-            gateway_key = resolve(spec.gateway_key)
+            gateway_key = None if spec.gateway_key is None else resolve(spec.gateway_key)
             tokens: list[Secret] = []
             for index, ref in enumerate(spec.client_tokens):
                 key_path = f"$.tunnels.{tunnel_id}.client_tokens[{index}]"
@@ -91,16 +93,46 @@ def _matches_any(presented: str | None, secrets: Iterable[Secret]) -> bool:
     return found and presented is not None
 
 
-_NO_TUNNEL: Final = TunnelCredentials(Secret(secrets.token_urlsafe(32), "no such tunnel"))
-"""Compared against when a request names an unknown tunnel, so that it costs what a known one does."""
+_NO_KEY: Final = Secret(secrets.token_urlsafe(32), "no such tunnel")
+"""Compared against when a request names an unknown tunnel (or one without a gateway key), so that
+it costs what a known one does."""
 
 
-def check_gateway(request: web.Request, credentials: TunnelCredentials | None) -> None:
-    """The tunnel API's Bearer gateway key; raises GatewayUnauthorized. An unknown tunnel
-    (`credentials` None) is refused the same way, so tunnel ids cannot be enumerated."""
+class AccessTokenCheck(Protocol):
+    """What the tunnel API asks of the relay's identity (gateway/relay/identity.py)."""
+
+    def tunnels_for(self, token: str) -> frozenset[str] | None:
+        """The tunnels a presented access token may use now; None when it is not a valid one."""
+        ...
+
+
+def check_gateway(
+    request: web.Request,
+    tunnel_id: str,
+    credentials: TunnelCredentials | None,
+    tokens: AccessTokenCheck | None = None,
+    *,
+    metadata: bool = False,
+) -> None:
+    """The tunnel API's Bearer credential: the tunnel's gateway key, or (with `identity:`) an access
+    token bound to the tunnel. Raises GatewayUnauthorized; an unknown tunnel (`credentials` None) is
+    refused the same way, so tunnel ids cannot be enumerated. A valid access token for other tunnels
+    gets GatewayForbidden (403) from the metadata endpoint, which the contract gives 403 for this,
+    and GatewayUnauthorized (401) from poll and response, which it gives 401."""
     presented = bearer_token(request)
-    if not _matches_any(presented, ((credentials or _NO_TUNNEL).gateway_key,)) or credentials is None:
+    key = credentials.gateway_key if credentials is not None else None
+    if _matches_any(presented, (key or _NO_KEY,)) and key is not None:
+        return
+    if tokens is None or presented is None:
         raise GatewayUnauthorized()
+    allowed = tokens.tunnels_for(presented)
+    if allowed is None:
+        raise GatewayUnauthorized()
+    if credentials is not None and tunnel_id in allowed:
+        return
+    if metadata:
+        raise GatewayForbidden()
+    raise GatewayUnauthorized("this access token does not grant use of this tunnel")
 
 
 def check_client(request: web.Request, credentials: TunnelCredentials) -> bool:
@@ -186,15 +218,23 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole request body, or BodyTooLarge as soon as it is known to exceed `limit`, or
     BodyTimeout when it takes longer than the app's `read_timeout_s` to arrive.
 
-    The app's `client_max_size` is the same limit, so aiohttp stops reading a
-    body without a Content-Length as soon as it grows past it.
+    A body without a Content-Length is read in pieces and refused as soon as it grows past
+    `limit` (which may be below the app's `client_max_size`, as the token endpoint's is).
     """
+    too_large = f"the request body exceeds the relay's limit of {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes")
+        raise BodyTooLarge(too_large)
     try:
         async with asyncio.timeout(request.app.get(READ_TIMEOUT, DEFAULT_READ_TIMEOUT_S)):
-            return await request.read()
+            if request.content_length is not None:
+                return await request.read()
+            body = bytearray()
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    raise BodyTooLarge(too_large)
+            return bytes(body)
     except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes") from None
+        raise BodyTooLarge(too_large) from None
     except TimeoutError:
         raise BodyTimeout() from None

@@ -63,6 +63,11 @@ class RelayMetrics:
 
     def __init__(self, tunnel_ids: Iterable[str]) -> None:
         self._tunnels = {tunnel_id: _TunnelMetrics() for tunnel_id in tunnel_ids}
+        self._exchanges: dict[str, int] = {}
+
+    def observe_exchange(self, outcome: str) -> None:
+        """One answer of the token endpoint: `issued` or the RFC 6749 error code."""
+        self._exchanges[outcome] = self._exchanges.get(outcome, 0) + 1
 
     def observe_poll(self, tunnel_id: str, waited_s: float, commands: int) -> None:
         tunnel = self._tunnels.get(tunnel_id)
@@ -127,6 +132,10 @@ class RelayMetrics:
         family("relay_poll_wait_seconds", "histogram", "How long polls waited before their answer.")
         for tunnel_id, tunnel in self._tunnels.items():
             out.extend(tunnel.poll_wait.lines("relay_poll_wait_seconds", f'tunnel="{_label(tunnel_id)}"'))
+        if self._exchanges:
+            family("relay_token_exchanges_total", "counter", "Token endpoint answers: issued, or the error code.")
+            for outcome, count in sorted(self._exchanges.items()):
+                out.append(f'relay_token_exchanges_total{{outcome="{_label(outcome)}"}} {count}')
         return "\n".join(out) + "\n"
 
 

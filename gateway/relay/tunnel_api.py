@@ -28,7 +28,14 @@ from gateway.protocol.wire import (
 from gateway.relay.affinity import affine_channels
 from gateway.relay.config import RelayConfig
 from gateway.relay.errors import InvalidParameter, InvalidPayload
-from gateway.relay.guard import Credentials, TunnelCredentials, check_channel, check_gateway, read_body
+from gateway.relay.guard import (
+    AccessTokenCheck,
+    Credentials,
+    TunnelCredentials,
+    check_channel,
+    check_gateway,
+    read_body,
+)
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
 
@@ -71,9 +78,11 @@ class TunnelAPI:
         backend: QueueBackend,
         codec: Codec,
         metrics: RelayMetrics | None = None,
+        tokens: AccessTokenCheck | None = None,
     ) -> None:
         self._config = config
         self._credentials = credentials
+        self._tokens = tokens
         self._backend = backend
         self._codec = codec
         self._metrics = metrics or RelayMetrics(config.tunnels)
@@ -86,10 +95,11 @@ class TunnelAPI:
             web.post("/v1/tunnels/{tunnel_id}/response", self.response),
         ]
 
-    def _authorize(self, request: web.Request) -> tuple[str, TunnelCredentials]:
+    def _authorize(self, request: web.Request, *, metadata: bool = False) -> tuple[str, TunnelCredentials]:
         tunnel_id = request.match_info["tunnel_id"]
         credentials = self._credentials.get(tunnel_id)
-        check_gateway(request, credentials)  # an unknown tunnel is refused like a wrong key
+        # an unknown tunnel is refused like a wrong key (or, to a valid access token, like another's tunnel)
+        check_gateway(request, tunnel_id, credentials, self._tokens, metadata=metadata)
         assert credentials is not None
         return tunnel_id, credentials
 
@@ -99,7 +109,7 @@ class TunnelAPI:
     # ----------------------------------------------------------------------- handlers
 
     async def metadata(self, request: web.Request) -> web.Response:
-        tunnel_id, _ = self._authorize(request)
+        tunnel_id, _ = self._authorize(request, metadata=True)
         spec = self._config.tunnels[tunnel_id]
         return self._json(TunnelClientMetadata(id=tunnel_id, name=spec.name, description=spec.description))
 

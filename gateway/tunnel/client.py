@@ -25,7 +25,7 @@ from msgspec import Raw
 
 from gateway import __version__
 from gateway.observe.hooks import NOOP, Telemetry
-from gateway.protocol.errors import CommandGone, ControlPlaneError
+from gateway.protocol.errors import CommandGone, ControlPlaneError, CredentialsUnavailable
 from gateway.protocol.headers import (
     ACCEPT,
     AUTHORIZATION,
@@ -39,7 +39,7 @@ from gateway.protocol.headers import (
     SHARD_HEADER,
 )
 from gateway.protocol.wire import MAX_POLL_LIMIT, Codec, JsonDecoder, PolledCommand, TunnelClientMetadata
-from gateway.tunnel.credentials import ApiKey
+from gateway.tunnel.credentials import Credential
 from gateway.tunnel.http1 import H1Client, H1Error, valid_field_value
 from gateway.upstream.egress import Egress
 
@@ -58,6 +58,9 @@ FIRST_POLL_TIMEOUT_MS: Final = 1
 MAX_POLL_BYTES: Final = 256 * 1024 * 1024
 """A poll body larger than this is refused instead of exhausting memory."""
 JSON_CONTENT: Final = f"{CONTENT_TYPE}: {JSON}\r\n".encode()
+CREDENTIALS_RETRY_MIN_S: Final = 0.05
+NO_CREDENTIALS: Final = "waiting for an access token (see credentials)"
+"""The control plane's problem while there is no credential to send it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,7 @@ class ControlPlane:
         session: aiohttp.ClientSession,
         base_url: str,
         tunnel_id: str,
-        api_key: ApiKey,
+        credential: Credential,
         identity: Identity,
         codec: Codec,
         egress: Egress | None = None,
@@ -139,7 +142,7 @@ class ControlPlane:
         telemetry: Telemetry = NOOP,
     ) -> None:
         self._session = session
-        self._key = api_key
+        self._key = credential
         self._telemetry = telemetry
         self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
         self._proxy = egress.proxy if egress else None
@@ -164,19 +167,29 @@ class ControlPlane:
         self.problem: str | None = None
         """Why the last request to the control plane failed, for operators (None after a success)."""
 
-    async def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """Identity headers plus the current key (read again after rotation or a 401)."""
-        return {**self._identity_headers, **(extra or {}), AUTHORIZATION: f"Bearer {await self._key.get()}"}
+    @property
+    def credential(self) -> Credential:
+        return self._key
 
-    async def _lines(self) -> bytes:
-        """Identity and `Authorization` as header lines, built again only when the key changes."""
+    async def _headers(self) -> tuple[str, dict[str, str]]:
+        """(the key, identity headers plus `Authorization` with it); the key is read again after
+        rotation or a 401, and comes from a token exchange under workload identity."""
+        key = await self._key.get()
+        return key, {**self._identity_headers, AUTHORIZATION: f"Bearer {key}"}
+
+    async def _lines(self) -> tuple[str, bytes]:
+        """(the key, identity and `Authorization` as header lines), built again only when the key changes."""
         key = await self._key.get()
         if self._header_lines is None or self._header_lines[0] != key:
             if not valid_field_value(key):
                 raise ControlPlaneError("the API key has characters a header cannot carry")
             lines = {**self._identity_headers, AUTHORIZATION: f"Bearer {key}"}
             self._header_lines = key, "".join(f"{k}: {v}\r\n" for k, v in lines.items()).encode("latin-1")
-        return self._header_lines[1]
+        return self._header_lines
+
+    def _refused(self, what: str, status: int, retry_after: str | None, key: str) -> ControlPlaneError:
+        renewed = self.credentials_rejected(key) if status in (401, 403) else False
+        return _refused(what, status, retry_after, renewed=renewed)
 
     def declare(self, server_info: str | None) -> None:
         """Change the `X-Tunnel-MCP-Server-Info` declaration (channels changed on reload)."""
@@ -191,19 +204,19 @@ class ControlPlane:
         self._polls.close()
         self._responses.close()
 
-    def credentials_rejected(self) -> None:
-        """The control plane said 401: read the key again before the next request."""
-        self._key.invalidate()
+    def credentials_rejected(self, key: str | None = None) -> bool:
+        """The control plane said 401/403 to `key`: read the key again (or exchange for a new
+        token, once) before the next request; True when a new credential is on its way."""
+        return self._key.invalidate(key)
 
     async def metadata(self) -> TunnelClientMetadata:
         """The tunnel's metadata (startup diagnostics: the key and tunnel id are checked at once)."""
+        key, headers = await self._headers()
         try:
-            async with self._session.get(
-                self._metadata_url, headers=await self._headers(), ssl=self._ssl, proxy=self._proxy
-            ) as resp:
+            async with self._session.get(self._metadata_url, headers=headers, ssl=self._ssl, proxy=self._proxy) as resp:
                 body = await resp.read()
                 if resp.status != 200:
-                    raise _refused("metadata", resp.status, resp.headers.get(RETRY_AFTER))
+                    raise self._refused("metadata", resp.status, resp.headers.get(RETRY_AFTER), key)
         except aiohttp.ClientError as exc:
             raise ControlPlaneError(f"metadata request failed: {type(exc).__name__}") from None
         try:
@@ -221,14 +234,15 @@ class ControlPlane:
         query = f"?limit={limit}&timeout_ms={timeout_ms}"
         try:
             async with asyncio.timeout(timeout_ms / 1000 + POLL_GRACE_S):
-                resp = await self._polls.get(await self._lines(), query=query, max_body=MAX_POLL_BYTES)
+                key, lines = await self._lines()
+                resp = await self._polls.get(lines, query=query, max_body=MAX_POLL_BYTES)
         except H1Error as exc:
             raise ControlPlaneError(f"poll failed: {exc}") from None
         except TimeoutError:
             raise ControlPlaneError(f"poll got no answer within {timeout_ms / 1000 + POLL_GRACE_S:.0f}s") from None
         received = resp.headers_at  # deadlines count from here, as the contract says
         if resp.status not in (200, 204):
-            raise _refused("poll", resp.status, resp.retry_after)
+            raise self._refused("poll", resp.status, resp.retry_after, key)
         self.last_poll_ok, self.problem = received, None
         if resp.status == 204:
             return received, []
@@ -258,21 +272,31 @@ class ControlPlane:
             attempts += 1
             retry_after: float | None = None
             try:
-                resp = await self._responses.post(await self._lines() + JSON_CONTENT + shard, body)
-            except H1Error as exc:
-                # A notify is retried only when it never left (no connection was made).
-                if not terminal and exc.sent:
-                    log.warning("notify frame not delivered: %s", exc)
+                key, lines = await self._lines()
+            except CredentialsUnavailable as exc:
+                # Nothing to send it with (the token exchange is failing): a terminal frame waits
+                # for the next exchange within its deadline, a notification is dropped.
+                if not terminal:
                     return False
-                reason = "disconnected" if exc.sent else "connect"
+                reason, retry_after = "credentials", exc.retry_after
+                resp = None
             else:
+                try:
+                    resp = await self._responses.post(lines + JSON_CONTENT + shard, body)
+                except H1Error as exc:
+                    # A notify is retried only when it never left (no connection was made).
+                    if not terminal and exc.sent:
+                        log.warning("notify frame not delivered: %s", exc)
+                        return False
+                    reason, resp = "disconnected" if exc.sent else "connect", None
+            if resp is not None:
                 if resp.status == 200:
                     return True
                 if resp.status == 404:
                     raise CommandGone()
                 if resp.status == 401 and not reauthenticated:
                     # The key may have rotated: read it again and send the same frame once more.
-                    self.credentials_rejected()
+                    self.credentials_rejected(key)
                     reauthenticated = True
                     continue
                 retryable = resp.status in RETRY_POST_STATUSES if terminal else resp.status == 429
@@ -289,8 +313,9 @@ class ControlPlane:
             await asyncio.sleep(delay)
 
 
-def _refused(what: str, status: int, retry_after: str | None) -> ControlPlaneError:
-    return ControlPlaneError(f"control plane refused {what}: HTTP {status}", status, parse_retry_after(retry_after))
+def _refused(what: str, status: int, retry_after: str | None, *, renewed: bool = False) -> ControlPlaneError:
+    message = f"control plane refused {what}: HTTP {status}"
+    return ControlPlaneError(message, status, parse_retry_after(retry_after), renewed=renewed)
 
 
 class Poller:
@@ -387,6 +412,8 @@ class Poller:
         try:
             async with asyncio.timeout(METADATA_TIMEOUT_S):
                 metadata = await self._cp.metadata()
+        except CredentialsUnavailable:
+            self._cp.problem = NO_CREDENTIALS  # the credential logs its own failure
         except ControlPlaneError as exc:
             self._cp.problem = str(exc)
             log.warning("%s; polling all the same", exc)
@@ -400,14 +427,25 @@ class Poller:
 
     def _delay_after(self, exc: ControlPlaneError) -> float:
         self._cp.problem = str(exc)
-        delay = self._backoff.next()
         retry_after = exc.retry_after
-        if exc.status in (401, 403):
-            self._cp.credentials_rejected()
+        if isinstance(exc, CredentialsUnavailable):
+            # Nothing was sent: the credential (the token exchange) logs and reports its own failure,
+            # and says when it exchanges next; the poll goes then, so it recovers with the credential.
+            self._cp.problem = NO_CREDENTIALS
+            log.debug("%s; polling again in %.1fs", exc, retry_after or 0.0)
+            return max(retry_after or 0.0, CREDENTIALS_RETRY_MIN_S)
+        delay = self._backoff.next()
+        if exc.status in (401, 403) and exc.renewed:
+            # The credential exchanged the refused token for a new one: try that at once (once;
+            # were it refused too, the credential would not renew it again so soon).
+            log.warning("%s; polling again with a new access token", exc)
+        elif exc.status in (401, 403):
+            # The client has already told the credential (it reads the key again, or exchanges once).
             if not self._auth_reported:
                 log.error(
-                    "control plane rejected the tunnel credentials (HTTP %d): check tunnel_id and api_key",
+                    "control plane rejected the tunnel credentials (HTTP %d): check tunnel_id and %s",
                     exc.status,
+                    self._cp.credential.label,
                 )
                 self._auth_reported = True
             delay = max(delay, AUTH_BACKOFF_S)

@@ -3,7 +3,7 @@ Holds no transport itself, and knows nothing of the tunnel or the channels above
 
 The types an upstream exchanges with the channel layer (`Call`, `Notify`, `Reply`, `UpstreamInfo`)
 live in `gateway.protocol.mcp`. Every transport passes the same contract suite,
-tests/test_upstream_contract.py.
+tests/contract/test_upstream_contract.py.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The `oauth_discovery` wire exchange and the 401 passthrough, as the control plane sees them.
 
-The real gateway process polls the scripted control plane (tests/scripted_cp.py), which validates
+The real gateway process polls the scripted control plane (tests/support/scripted_cp.py), which validates
 every body the gateway posts against `openapi.json` plus the official client's extension (the
 `ResponsePayloadType` enum plus `oauth_discovery_response`, a polled `oauth_discovery` command:
-tests/openapi.py `validate_extended`; README, "Outside openapi.json"). The servers behind it are
-the official MCP SDK's resource-server auth (tests/servers/oauth_resource_server.py) and its
-authorization routes (tests/servers/oauth_authorization_server.py), each in its own process.
+tests/support/openapi.py `validate_extended`; README, "Outside openapi.json"). The servers behind it are
+the official MCP SDK's resource-server auth (tests/support/servers/oauth_resource_server.py) and its
+authorization routes (tests/support/servers/oauth_authorization_server.py), each in its own process.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.harness import PYTHON, SERVERS, process
-from tests.scripted_cp import GatewayProcess, ScriptedControlPlane, cli_args, run_gateway, stdio
+from tests.support.gateway_process import GatewayProcess, cli_args, run_gateway, stdio
+from tests.support.harness import PYTHON, SERVERS, process
+from tests.support.scripted_cp import ScriptedControlPlane
 
 PORT = r"PORT (\d+)"
 TOKEN = "tok-wire-alice-Q93kd"

@@ -3,9 +3,9 @@
 Real parts, each its own process on 127.0.0.1 (ready when it prints a line, never a sleep):
 - an authorization server built on the official MCP SDK's authorization routes, authorization code
   with PKCE and dynamic client registration, whose test user is approved at once
-  (tests/servers/oauth_authorization_server.py; JWT access tokens, JWKS);
+  (tests/support/servers/oauth_authorization_server.py; JWT access tokens, JWKS);
 - an MCP server built on the SDK's resource-server auth that verifies those tokens
-  (tests/servers/oauth_resource_server.py; its own metadata names its private URL);
+  (tests/support/servers/oauth_resource_server.py; its own metadata names its private URL);
 - `gateway relay` and the gateway, polling it.
 The client is the SDK's `OAuthClientProvider` on its `streamable_http_client`: it gets the 401, finds
 the relay's metadata (RFC 9728; the discovery runs through the tunnel as an `oauth_discovery`
@@ -33,8 +33,8 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull,
 from pydantic import AnyUrl
 
 from gateway.observe.telemetry import RELAY_SERVICE
-from tests.harness import PYTHON, SERVERS, Process, process
-from tests.otlp_receiver import otlp_receiver
+from tests.support.harness import PYTHON, SERVERS, Process, process
+from tests.support.otlp_receiver import otlp_receiver
 
 TUNNEL = "tunnel_oauth_e2e"
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "300"}
@@ -252,7 +252,7 @@ ACCEPT = {"Accept": "application/json, text/event-stream"}
 async def test_user_tokens_and_challenges_stay_out_of_logs_spans_and_metrics(tmp_path: Path) -> None:
     """design.md, Non-negotiables, and issue 18 scope 1: the user's `Authorization` and the server's
     `WWW-Authenticate` never reach logs, spans, metrics or error text (the secret sweep of
-    tests/test_secret_sweep.py, for OAuth): both eras authorize and call, a missing and a wrong
+    tests/e2e/test_secret_sweep.py, for OAuth): both eras authorize and call, a missing and a wrong
     token are refused; the gateway and the relay log at DEBUG (the relay's access log too) and
     export traces and metrics to a real OTLP receiver; every line, export and `/metrics` is searched."""
     async with otlp_receiver() as receiver:

@@ -23,7 +23,7 @@ import pytest
 
 from gateway.protocol.oauth import resource_metadata
 from tests.e2e.test_oauth_e2e import TUNNEL, Stack, authorized_session, oauth_stack
-from tests.otlp_receiver import otlp_receiver
+from tests.support.otlp_receiver import otlp_receiver
 
 LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 ACCEPT = {"Accept": "application/json, text/event-stream"}

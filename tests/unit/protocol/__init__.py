@@ -1,0 +1,1 @@
+"""gateway/protocol/: the wire, era bridging, edge checks, SSE, trace context, with plain calls and fuzzing."""

@@ -1,0 +1,1 @@
+"""gateway/relay/: the tunnel API, the MCP front door, queue backends, relay config."""

@@ -1,9 +1,9 @@
 """The relay's OAuth discovery (gateway/relay/discovery.py) and the token layers of its front door.
 
 Both sides of one relay app through real loopback sockets (aiohttp's test server): an MCP client
-fetching metadata or calling, and a gateway polling and answering, as tests/test_relay.py drives
+fetching metadata or calling, and a gateway polling and answering, as tests/unit/relay/test_front_door.py drives
 them. Every command the relay hands out and every frame posted validates against `openapi.json`
-plus the official client's `oauth_discovery` extension (tests/openapi.py `validate_extended`).
+plus the official client's `oauth_discovery` extension (tests/support/openapi.py `validate_extended`).
 Each test names the RFC 9728 section or MCP authorization section (2025-11-25; 2026-07-28 keeps it).
 """
 
@@ -17,24 +17,19 @@ import pytest
 
 from gateway.relay import RelayConfig, TunnelSpec
 from gateway.relay.config import OAuthDiscoverySpec
-from tests import test_relay
-from tests.openapi import validate_extended
-from tests.test_relay import (
+from tests.support.openapi import validate_extended
+from tests.support.relay_harness import (
     KEY,
     TUNNEL,
     WAIT,
     Harness,
     HarnessFactory,
     Reply,
-    _reply,
     api_error,
+    read_reply,
     relay_config,
     result,
 )
-
-harness = test_relay.harness
-make_harness = test_relay.make_harness
-"""The relay test fixtures (tests/test_relay.py), shared."""
 
 PRM = "/.well-known/oauth-protected-resource"
 PUBLIC = "https://mcp.example.com"
@@ -50,7 +45,7 @@ ANSWER = {**SERVER_METADATA, "tunnel_authorization_server_metadata": {"issuer": 
 
 async def fetch(h: Harness, path: str, headers: dict[str, str] | None = None) -> Reply:
     async with h.client.get(path, headers=headers or {}) as resp:
-        return await _reply(resp)
+        return await read_reply(resp)
 
 
 async def discovery_commands(h: Harness) -> list[dict[str, Any]]:

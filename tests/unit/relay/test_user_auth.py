@@ -1,6 +1,6 @@
 """The relay's `user_auth` token checks (gateway/relay/user_auth.py) against hostile tokens and key sets.
 
-Driven through the relay app over loopback sockets, as tests/test_relay.py drives it; the issuer's
+Driven through the relay app over loopback sockets, as tests/unit/relay/test_front_door.py drives it; the issuer's
 key set is served by an aiohttp site on 127.0.0.1:0 in the test's loop that counts its fetches.
 Tokens are signed in the test with PyJWT and keys made by `cryptography`. Each test names the
 RFC 8725 (JWT best current practice) / RFC 7517 / RFC 6750 section it checks.
@@ -26,11 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.relay import RelayConfig, TunnelSpec
 from gateway.relay.config import UserAuthSpec
-from tests import test_relay
-from tests.test_relay import KEY, TUNNEL, WAIT, Harness, HarnessFactory, relay_config, result
-
-make_harness = test_relay.make_harness
-"""The relay test fixture (tests/test_relay.py), shared."""
+from tests.support.relay_harness import KEY, TUNNEL, WAIT, Harness, HarnessFactory, relay_config, result
 
 PUBLIC = "https://mcp.example.com"
 ISSUER = "https://login.example.com"

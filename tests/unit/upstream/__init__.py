@@ -1,0 +1,1 @@
+"""gateway/upstream/: stdio framing, process pools, the Streamable HTTP transport."""

@@ -1,6 +1,6 @@
 """`HttpUpstream` in front of an OAuth-protected server: the 401 probe, the challenge, the client's token.
 
-The server is the official MCP SDK's resource-server auth (tests/servers/oauth_resource_server.py,
+The server is the official MCP SDK's resource-server auth (tests/support/servers/oauth_resource_server.py,
 fixed tokens) in its own process on 127.0.0.1, ready when it prints its port. Each test names the
 MCP authorization section (2025-11-25; 2026-07-28 keeps it) or RFC it checks.
 """
@@ -25,7 +25,7 @@ from gateway.protocol.mcp import Call, Era, Reply
 from gateway.protocol.oauth import resource_metadata
 from gateway.protocol.wire import Codec, Headers
 from gateway.upstream.http import HttpUpstream
-from tests.harness import PYTHON, SERVERS, process
+from tests.support.harness import PYTHON, SERVERS, process
 
 TOKEN = "tok-alice-7f3a"
 SERVER = SERVERS / "oauth_resource_server.py"

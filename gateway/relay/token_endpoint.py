@@ -1,0 +1,133 @@
+"""`POST /oauth/token`: the relay's RFC 8693 token exchange endpoint, as HTTP.
+It decides no exchange itself (identity.py does) and never echoes a token in an answer.
+
+Owns the request's edge (method, content type, a small bounded body, JSON or form parameters into
+a TokenRequest) and the answer's shape (RFC 6749 section 5.1, never cached); the exchange itself
+is identity.py's, and refusals become RFC 6749 bodies in `TokenError.to_response`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+from urllib.parse import parse_qsl
+
+import msgspec
+from aiohttp import web
+
+from gateway.protocol.wire import JsonDecoder
+from gateway.relay.errors import (
+    NO_STORE,
+    BodyTimeout,
+    BodyTooLarge,
+    TokenBodyTooLarge,
+    TokenError,
+    TokenMethodNotAllowed,
+)
+from gateway.relay.guard import read_body
+from gateway.relay.identity import TOKEN_TYPE_ACCESS, TokenExchange, TokenRequest, describe
+from gateway.relay.ops import RelayMetrics
+
+log = logging.getLogger("gateway.relay")
+
+PATH: Final = "/oauth/token"
+MAX_BODY_BYTES: Final = 64 * 1024
+"""A token request is a few parameters and one JWT (a Kubernetes token is about 1 KiB)."""
+MAX_FORM_FIELDS: Final = 32
+JSON: Final = "application/json"
+FORM: Final = "application/x-www-form-urlencoded"
+
+
+class TokenResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """RFC 8693 section 2.2.1."""
+
+    access_token: str
+    issued_token_type: str
+    token_type: str
+    expires_in: int
+
+
+_REQUEST: Final = JsonDecoder(TokenRequest)
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def parse_request(content_type: str, body: bytes) -> TokenRequest:
+    """The token request's parameters from a JSON object or a form; TokenError (invalid_request)
+    for anything else, naming what is wrong and never quoting the body."""
+    if content_type == JSON:
+        try:
+            return _REQUEST.decode(body)
+        except msgspec.ValidationError as exc:
+            raise TokenError(f"the JSON body does not fit a token request ({_where(exc)})") from None
+        except msgspec.DecodeError:
+            raise TokenError("the body is not a JSON object") from None
+    if content_type == FORM:
+        try:
+            pairs = parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        except (UnicodeDecodeError, ValueError):
+            raise TokenError("the body is not a UTF-8 form with at most 32 fields") from None
+        fields: dict[str, str] = {}
+        for name, value in pairs:
+            if name in fields:
+                raise TokenError(f"the parameter {_name(name)} is sent more than once")  # RFC 6749 section 3.2
+            fields[name] = value
+        return msgspec.convert(fields, TokenRequest)  # every field is a string: nothing to refuse
+    raise TokenError(f"the Content-Type must be {JSON} or {FORM}")
+
+
+def _where(exc: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `str | null`, got `int` - at `$.subject_token`" without any value."""
+    text = str(exc)
+    at = text.rfind("`$.")
+    return f"{text[at + 3 : -1]} must be a string" if at != -1 and text.endswith("`") else "expected an object"
+
+
+def _name(name: str) -> str:
+    return name if name.isidentifier() and len(name) <= 40 else "(a parameter)"
+
+
+class TokenEndpoint:
+    """The handler of `POST /oauth/token`."""
+
+    def __init__(self, exchange: TokenExchange, metrics: RelayMetrics) -> None:
+        self._exchange = exchange
+        self._metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.route("*", PATH, self.token)]
+
+    async def token(self, request: web.Request) -> web.Response:
+        try:
+            response = await self._token(request)
+        except TokenError as exc:
+            self._metrics.observe_exchange(exc.oauth_error)
+            log.info("identity: token exchange refused: %s (%s)", exc.oauth_error, exc.message)
+            raise
+        self._metrics.observe_exchange("issued")
+        return response
+
+    async def _token(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            raise TokenMethodNotAllowed()
+        try:
+            body = await read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge:
+            raise TokenBodyTooLarge(f"the token request body exceeds {MAX_BODY_BYTES} bytes") from None
+        except BodyTimeout:
+            raise TokenError("the token request body did not arrive in time") from None
+        exchanged = await self._exchange.exchange(parse_request(request.content_type, body))
+        log.info(
+            "identity: issued an access token to subject %s of issuer %s for tunnels %s (key %s, %ds)",
+            describe(exchanged.subject),
+            describe(exchanged.issuer),
+            ", ".join(exchanged.tunnels),
+            exchanged.issued.kid,
+            exchanged.issued.expires_in,
+        )
+        answer = TokenResponse(
+            access_token=exchanged.issued.token,
+            issued_token_type=TOKEN_TYPE_ACCESS,
+            token_type="Bearer",
+            expires_in=exchanged.issued.expires_in,
+        )
+        return web.Response(body=_ENCODER.encode(answer), content_type=JSON, headers=NO_STORE)

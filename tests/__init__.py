@@ -1,0 +1,1 @@
+"""The test suite: unit/ mirrors gateway/, then contract/, e2e/, deploy/; helpers live in support/."""

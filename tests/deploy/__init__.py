@@ -1,0 +1,1 @@
+"""Installation and deployment: the lock, the built distribution, deploy/ artifacts."""

@@ -1,0 +1,1 @@
+"""gateway/channels/: routing rules, names, merged lists, sealed sessions."""

@@ -1,0 +1,1 @@
+"""gateway/config/: routing.yaml loading and its checks, glob patterns."""

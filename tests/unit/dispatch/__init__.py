@@ -1,0 +1,1 @@
+"""gateway/dispatch/: deadlines, rate limits and concurrency caps."""

@@ -1,0 +1,1 @@
+"""gateway/observe/: readiness, Prometheus text, OpenTelemetry hooks, redacted logs."""
