@@ -259,6 +259,8 @@ async def _start_upstreams(
     await asyncio.gather(*(upstream.start() for upstream in upstreams.values()), return_exceptions=True)
     for name, upstream in upstreams.items():
         state = f"up ({upstream.info.era.value} era)" if upstream.info else "NOT ready"
+        if upstream.ready and upstream.needs_authorization:
+            state = "up, requires authorization (its era is learned from the first authorized call)"
         log.info("server %r: %s", name, state)
     return upstreams
 
@@ -431,6 +433,7 @@ async def _embedded_relay(
         raise ConfigError(str(routes_file), "relay.client_token", f"a resolvable secret ({exc})") from None
     relay_config = RelayConfig(
         listen=spec.listen,
+        public_url=spec.public_url,
         tunnels={
             spec.tunnel_id: TunnelSpec(
                 gateway_key=key.source, name="embedded", description="relay embedded in the gateway process"

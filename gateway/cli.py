@@ -104,6 +104,9 @@ async def _gateway(
                 print(f"MCP endpoint (channel {channel}): {url}")
             if runtime.endpoint.token_required:
                 print("clients send: Authorization: Bearer <the token relay.client_token names>")
+        for name, upstream in sorted(runtime.upstreams.items()):
+            if upstream.needs_authorization:
+                print(f"server {name}: up, requires authorization (clients bring their own token)", flush=True)
         readiness = runtime.readiness
         assert readiness is not None
 

@@ -43,6 +43,7 @@ from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, META, MODERN_VERSIONS, SERVER_INFO_KEY, Bridge
 from gateway.protocol.errors import (
     CommandError,
+    DiscoveryUnsupported,
     InvalidRequestParams,
     RouteDenied,
     SessionNotFound,
@@ -147,6 +148,11 @@ class AggregateChannel:
     def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
         """Serve one client message: yields Notify frames, then one Reply."""
         return self._activity.track(for_client(self._bridge, message, headers, self._run(message, headers)))
+
+    async def oauth_discovery(self, deadline: float | None) -> bytes:
+        """None: an aggregated channel is no single protected resource (RFC 9728 §1: one metadata
+        document per resource), whatever its servers are."""
+        raise DiscoveryUnsupported(f"channel {self.name!r}", "it aggregates servers; OAuth needs a one-server channel")
 
     async def end_session(self, headers: Headers) -> Reply:
         """`session_termination`: forget the session, end the upstream sessions and processes held for it."""
@@ -410,7 +416,7 @@ class AggregateChannel:
         """Send a request to one server through the forwarded-call path (`gateway.channels.calls`)."""
         try:
             upstream = await self._scoped(member, session)
-            info = await upstream.wait_info()
+            info = await upstream.wait_info(headers)
         except UpstreamUnavailable:
             self.catalog.failed(member)
             raise

@@ -20,7 +20,7 @@ from gateway.channels.rules import NO_ROUTE, Route, Router
 from gateway.channels.sessions import ClientSession, SessionStore
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
-from gateway.protocol.errors import SessionNotFound
+from gateway.protocol.errors import DiscoveryUnsupported, SessionNotFound
 from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.mcp import Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.wire import Headers, JsonRpcMessage, header_value, json_headers
@@ -79,6 +79,11 @@ class ServedChannel(Protocol):
     def run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]: ...
 
     async def end_session(self, headers: Headers) -> Reply: ...
+
+    async def oauth_discovery(self, deadline: float | None) -> bytes:
+        """The `oauth_discovery_response` body for this channel's server (DiscoveryUnsupported where
+        there is no one HTTP server), fetched before `deadline` (loop time)."""
+        ...
 
     async def wait_idle(self) -> None: ...
 
@@ -152,7 +157,7 @@ class Channel:
         return self._activity.track(for_client(self._bridge, message, headers, self._run(message, headers)))
 
     async def _run(self, message: JsonRpcMessage, headers: Headers) -> AsyncIterator[Frame]:
-        info = await self.upstream.wait_info()
+        info = await self.upstream.wait_info(headers)
         if message.is_response:
             # A client's answer to a request the server sent it during a call (or the gateway, on a
             # 2026-07-28 server's behalf: gateway.channels.mrtr).
@@ -185,6 +190,7 @@ class Channel:
                 return
             local = self._local_answer(method, params, headers, client, info)
             if local is not None:
+                await self.upstream.verify_credentials(headers)  # a protected server's, not the gateway's, say
                 body, extra = local
                 yield Reply(200, self._codec.result(message.id, body), json_headers() | extra)
                 return
@@ -238,7 +244,7 @@ class Channel:
     async def end_session(self, headers: Headers) -> Reply:
         """`session_termination`: close a session the server holds; end one the gateway issued
         (404 when it is unknown or ended already, as on aggregated channels)."""
-        await self.upstream.wait_info()
+        await self.upstream.wait_info(headers)
         if self.upstream.holds_sessions:
             return await self.upstream.end_session(headers)
         token = header_value(headers, SESSION_HEADER)
@@ -247,6 +253,13 @@ class Channel:
             return Reply(404)
         self.sessions.end(session)
         return Reply(200)
+
+    async def oauth_discovery(self, deadline: float | None) -> bytes:
+        """The server's OAuth metadata (an HTTP server's; a stdio server has none)."""
+        if self.upstream.transport != "http":
+            why = "its server is spoken to over stdio, which has no OAuth"
+            raise DiscoveryUnsupported(f"channel {self.name!r}", why)
+        return await self.upstream.oauth_metadata(deadline)
 
     def _local_answer(
         self, method: str, params: Raw | UnsetType, headers: Headers, client: Era, info: UpstreamInfo

@@ -202,6 +202,9 @@ class EmbeddedRelaySpec(_Frozen, frozen=True, kw_only=True):
     tunnel_id: str = "tunnel_local"
     client_token: str | None = None
     """Bearer token MCP clients must present; None leaves the loopback endpoint open."""
+    public_url: str | None = None
+    """The relay's address as clients reach it when something public forwards to it (scheme and
+    host): OAuth discovery names it; absent, the loopback address the client called."""
 
 
 class GatewaySpec(_Frozen, frozen=True, kw_only=True):
@@ -501,6 +504,8 @@ def check(config: RoutingConfig, file: str) -> None:
                 raise ConfigError(file, "control_plane", "`api_key` or `workload_identity`, not both")
             check_workload_identity(config.control_plane.workload_identity, file)
     _check_listen(config.relay.listen, file, "relay.listen")
+    if config.relay.public_url is not None:
+        _check_origin_url(config.relay.public_url, file, "relay.public_url")
     _check_limits(config.limits, file)
     _check_observability(config, file)
 
@@ -598,6 +603,14 @@ def _check_url(url: str, file: str, key: str) -> None:
         valid = False
     if not valid:
         raise ConfigError(file, key, f"an absolute http(s) URL (got {redact_url(url)!r})")
+
+
+def _check_origin_url(url: str, file: str, key: str) -> None:
+    """`scheme://host[:port]`: an http(s) URL without path, query, fragment or userinfo."""
+    _check_url(url, file, key)
+    parts = urlsplit(url)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigError(file, key, "an http(s) URL of a host only (no path, query, fragment or userinfo)")
 
 
 def _on_loopback(url: str) -> bool:

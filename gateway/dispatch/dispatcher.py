@@ -3,7 +3,8 @@ a wire response. Parses no configuration; knows channels, not transports.
 
 Owns the bounded set of commands in flight (the capacity the poller asks
 for) and what each command type becomes (a 2026-07-28 request is checked by
-`gateway.protocol.edge` first).
+`gateway.protocol.edge` first; `oauth_discovery` asks the channel for its
+server's OAuth metadata).
 """
 
 from __future__ import annotations
@@ -32,17 +33,20 @@ from gateway.protocol.errors import (
     RateLimited,
     UnknownChannel,
     UpstreamError,
+    UpstreamHttpError,
 )
 from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
+    COMMAND_OAUTH_DISCOVERY,
     COMMAND_SESSION_END,
     INVALID_REQUEST,
     NULL_ID,
     RESP_JSONRPC,
     RESP_NOTIFY,
     RESP_NOTIFY_ACK,
+    RESP_OAUTH_DISCOVERY,
     RESP_SESSION_END,
     Codec,
     Headers,
@@ -53,6 +57,7 @@ from gateway.protocol.wire import (
     allowed_response_headers,
     expired,
     header_value,
+    json_headers,
     parse_response_timeout,
 )
 
@@ -192,7 +197,7 @@ class Dispatcher:
         try:
             with self._telemetry.command(command, received_at):
                 async with asyncio.timeout_at(deadline):
-                    await self._serve(command)
+                    await self._serve(command, deadline)
         except TimeoutError:
             log.info("command %s reached its deadline; abandoned without a response", command.request_id)
         except CommandGone:
@@ -200,11 +205,13 @@ class Dispatcher:
         except Exception:
             log.exception("command %s failed inside the gateway", command.request_id)
 
-    async def _serve(self, command: PolledCommand) -> None:
+    async def _serve(self, command: PolledCommand, deadline: float | None) -> None:
         if command.command_type == COMMAND_SESSION_END:
             await self._end_session(command)
         elif command.command_type == COMMAND_JSONRPC:
             await self._jsonrpc(command)
+        elif command.command_type == COMMAND_OAUTH_DISCOVERY:
+            await self._oauth_discovery(command, deadline)
         else:
             log.warning(
                 "command %s has unknown command_type %r; not answered", command.request_id, command.command_type
@@ -220,6 +227,25 @@ class Dispatcher:
             except UpstreamError as exc:
                 reply = Reply(exc.resp_code)
         await self._post(command, RESP_SESSION_END, reply.status, headers=reply.headers)
+
+    async def _oauth_discovery(self, command: PolledCommand, deadline: float | None) -> None:
+        """The channel's server's OAuth metadata (RFC 9728, RFC 8414) as one `oauth_discovery_response`
+        (the official client's extension of the contract); a failure is an API error object."""
+        try:
+            channel = self._channels.get(command.channel)
+            if channel is None:
+                raise UnknownChannel(command.channel)
+            body = await channel.oauth_discovery(deadline)
+        except CommandGone:
+            raise
+        except (CommandError, UpstreamError) as exc:
+            await self._fail(command, None, exc)
+            return
+        except Exception as exc:  # a gateway bug: the command still gets its one answer
+            log.exception("command %s failed inside the gateway", command.request_id)
+            await self._fail(command, None, exc)
+            return
+        await self._post(command, RESP_OAUTH_DISCOVERY, 200, body, json_headers())
 
     async def _jsonrpc(self, command: PolledCommand) -> None:
         message = self._decode(command)
@@ -303,13 +329,18 @@ class Dispatcher:
             await self._post(command, RESP_JSONRPC, reply.status, reply.body, headers)
 
     async def _fail(self, command: PolledCommand, message: JsonRpcMessage | None, exc: Exception) -> None:
-        """The one place an error becomes a wire response."""
+        """The one place an error becomes a wire response (a 401's or 403's `WWW-Authenticate` goes with
+        it, unlogged: the client needs it to authorize)."""
         log.info("command %s failed: %s", command.request_id, exc)
         if isinstance(exc, RateLimited):
             self._telemetry.rate_limit(exc.limit, "rejected")
+        if command.command_type == COMMAND_OAUTH_DISCOVERY:
+            await self._discovery_failed(command, exc)
+            return
+        challenge = exc.headers if isinstance(exc, UpstreamHttpError) else None
         if message is not None and not message.is_request:
             status = exc.resp_code if isinstance(exc, UpstreamError) else 400
-            await self._post(command, RESP_NOTIFY_ACK, status)
+            await self._post(command, RESP_NOTIFY_ACK, status, headers=challenge)
             return
         id = message.id if message is not None and message.id is not UNSET else NULL_ID
         if isinstance(exc, UpstreamError):
@@ -321,7 +352,19 @@ class Dispatcher:
         else:
             status = 500
             body = self._codec.failure_response(id, _reason(status), CLIENT_INTERNAL)
-        await self._post(command, RESP_JSONRPC, status, body)
+        await self._post(command, RESP_JSONRPC, status, body, challenge)
+
+    async def _discovery_failed(self, command: PolledCommand, exc: Exception) -> None:
+        """An `oauth_discovery` failure as the official client answers one: an API error object."""
+        if isinstance(exc, UpstreamError):
+            status, code, message = exc.resp_code, exc.api_code, str(exc)
+        elif isinstance(exc, CommandError):
+            status, code, message = exc.status, exc.api_code, str(exc)
+        else:
+            status, code, message = 500, "internal_error", "the gateway failed to answer the discovery"
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = self._codec.api_error(message, kind, code)
+        await self._post(command, RESP_OAUTH_DISCOVERY, status, body, json_headers())
 
     def _decode(self, command: PolledCommand) -> JsonRpcMessage | None:
         if command.jsonrpc is UNSET:

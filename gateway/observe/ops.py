@@ -2,8 +2,9 @@
 Reads the runtime and changes nothing; imports no opentelemetry (metric data is read by shape).
 
 Owns readiness (ready only when the control plane answered a poll recently and
-every required server is up; the body names what is not) and the Prometheus
-text exposition of the telemetry's metrics.
+every required server is up, a server that wants each client's authorization
+counting as up; the body names what is not) and the Prometheus text exposition
+of the telemetry's metrics.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class ServerState(Protocol):
 
     @property
     def problem(self) -> str | None: ...
+
+    @property
+    def needs_authorization(self) -> bool:
+        """Up, and wanting each client's own credentials (it answered the probe with 401)."""
+        ...
 
 
 class CredentialState(Protocol):
@@ -130,6 +136,8 @@ class Readiness:
             spec = servers.get(name)
             required = spec.required if spec is not None else True
             state = "up" if upstream.ready else "down"
+            if upstream.ready and upstream.needs_authorization:
+                state = "up, requires authorization"
             problem = None if upstream.ready or not required else upstream.problem or "down"
             parts.append(_Part(f"servers.{name}", state if required else f"{state} (not required)", problem))
         return parts

@@ -314,6 +314,9 @@ class RelayRequestSpan:
             body = self._t.payloads.inject_message(body, carrier)
         return with_trace_headers(headers, carrier), body
 
+    def subject(self, subject: str) -> None:
+        self._span.set_attribute("user.id", subject)
+
     def answered(self, status: int, body: bytes | None) -> None:
         self._span.set_attribute("http.response.status_code", status)
         if self._op is not None:

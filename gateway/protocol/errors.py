@@ -24,13 +24,17 @@ classes raised by one module only live in that module (its path is given).
     │   ├── HeaderMismatch       2026-07-28 standard headers missing or not the body's  (400, -32020)
     │   ├── MethodNotFound       an aggregated channel serves no such method (404, -32601; channels/aggregate.py)
     │   ├── MissingClientCapability  a server asked what the client did not declare (400, -32021)
-    │   └── UnsupportedProtocolVersion  a version the gateway does not serve  (400, -32022, data.supported)
+    │   ├── UnsupportedProtocolVersion  a version the gateway does not serve  (400, -32022, data.supported)
+    │   └── DiscoveryUnsupported  `oauth_discovery` on a channel without one HTTP server (400)
     ├── UpstreamError            the MCP server failed                    -> -32603 + tunnel_failure
     │   ├── UpstreamUnavailable  not running / connection failed / died
     │   ├── UpstreamProtocolError  answered something that is not MCP
-    │   └── UpstreamHttpError    answered an HTTP error without a JSON-RPC body
+    │   ├── UpstreamHttpError    answered an HTTP error without a JSON-RPC body (its challenge,
+    │   │                        `WWW-Authenticate`, travels with it)
+    │   └── DiscoveryFailed      its OAuth metadata is missing, invalid, redirected or too large
     ├── ListUnavailable          a server's list could not be fetched: it is left out of the merged
     │                            view                                     (channels/catalog.py)
+    ├── InvalidMetadata          an OAuth metadata document is not what its RFC requires (protocol/oauth.py)
     ├── ControlPlaneError        the control plane refused or failed
     │   ├── CommandGone          404 on a response POST: the caller left (cancellation)
     │   ├── CredentialsUnavailable  no access token to send: the token exchange failed
@@ -46,8 +50,9 @@ classes raised by one module only live in that module (its path is given).
         └── …                    the relay's own state: unknown tunnel, full queue, timeouts, 503s
 
 The JSON-RPC code, HTTP status and provenance are class attributes or fields;
-`gateway.dispatch` turns a gateway error into a wire response, in that one place,
-and the relay's `error_middleware` does the same for a `RelayError`.
+`gateway.dispatch` turns a gateway error into a wire response, in that one place (for an
+`oauth_discovery` command: an API error object, `{"error": {"message", "type", "code"}}`, with
+`api_code`), and the relay's `error_middleware` does the same for a `RelayError`.
 Messages never carry secrets, URLs, raw bodies or exception text from peers.
 """
 
@@ -59,7 +64,7 @@ from typing import ClassVar, Final
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from gateway.protocol.wire import INTERNAL_ERROR, TunnelFailure
+from gateway.protocol.wire import INTERNAL_ERROR, Headers, TunnelFailure
 
 
 class GatewayError(Exception):
@@ -96,10 +101,14 @@ class CommandError(GatewayError):
 
     code: ClassVar[int] = INTERNAL_ERROR
     status: ClassVar[int] = 400
+    api_code: ClassVar[str] = "invalid_request"
+    """The API error code when this error ends an `oauth_discovery` command."""
     data: Raw | UnsetType = UNSET
 
 
 class UnknownChannel(CommandError):
+    api_code = "unsupported_channel"
+
     def __init__(self, channel: str) -> None:
         super().__init__(f"unknown channel {channel!r}: this gateway serves no such channel")
 
@@ -191,11 +200,24 @@ class UnsupportedProtocolVersion(CommandError):
         self.data = Raw(msgspec.json.encode({"supported": list(supported), "requested": requested}))
 
 
+class DiscoveryUnsupported(CommandError):
+    """An `oauth_discovery` command for a channel whose server is not one HTTP server (stdio servers
+    have no OAuth metadata; an aggregated channel has no single protected resource)."""
+
+    status = 400
+    api_code = "oauth_discovery_unsupported"
+
+    def __init__(self, subject: str, why: str) -> None:
+        super().__init__(f"no OAuth discovery for {subject}: {why}")
+
+
 class UpstreamError(GatewayError):
     """The upstream MCP server could not give a valid JSON-RPC answer."""
 
     status: ClassVar[int] = 502
     reason: ClassVar[str] = "Bad Gateway"
+    api_code: str = "oauth_discovery_failed"
+    """The API error code when this failure ends an `oauth_discovery` command."""
 
     def __init__(self, message: str, failure: TunnelFailure) -> None:
         super().__init__(message)
@@ -268,9 +290,14 @@ class UpstreamProtocolError(UpstreamError):
 
 
 class UpstreamHttpError(UpstreamError):
-    """The server answered an HTTP error status with no JSON-RPC body."""
+    """The server answered an HTTP error status with no JSON-RPC body.
 
-    def __init__(self, server: str, status: int) -> None:
+    `headers` keeps what the client must see of such an answer: its `WWW-Authenticate` challenge
+    (a 401 or 403 from a server that wants the user's token, MCP authorization, "Authorization
+    Flow Steps"), passed on unchanged and never logged or traced."""
+
+    def __init__(self, server: str, status: int, headers: Headers | None = None) -> None:
+        self.headers: Headers = headers or {}
         super().__init__(
             f"upstream {server!r} answered HTTP {status}",
             TunnelFailure(
@@ -280,6 +307,23 @@ class UpstreamHttpError(UpstreamError):
                 upstream_status=status,
             ),
         )
+
+
+class DiscoveryFailed(UpstreamError):
+    """The server's OAuth metadata could not be had: not found at any well-known URL (404), or
+    redirected, too large, not a metadata document (502). Names the server, never a URL or body."""
+
+    def __init__(self, server: str, why: str, *, status: int = 502, kind: str = "invalid_protocol_response") -> None:
+        super().__init__(
+            f"OAuth discovery for upstream {server!r}: {why}",
+            TunnelFailure(source="protocol", transport_error_kind=kind, upstream_response_received=True),
+        )
+        self._status = status
+        self.api_code = "oauth_metadata_not_found" if status == 404 else "oauth_discovery_failed"
+
+    @property
+    def resp_code(self) -> int:
+        return self._status
 
 
 class ControlPlaneError(GatewayError):

@@ -35,11 +35,20 @@ RESP_JSONRPC: Final = "jsonrpc_response"
 RESP_NOTIFY: Final = "jsonrpc_notify"
 RESP_NOTIFY_ACK: Final = "notify_ack"
 RESP_SESSION_END: Final = "session_termination_response"
-ResponseType = Literal["jsonrpc_response", "jsonrpc_notify", "notify_ack", "session_termination_response"]
-TERMINAL_TYPES: Final = frozenset({RESP_JSONRPC, RESP_NOTIFY_ACK, RESP_SESSION_END})
+RESP_OAUTH_DISCOVERY: Final = "oauth_discovery_response"
+"""Outside `openapi.json`'s enum: the official client's answer to `oauth_discovery` (its wire types
+name it; see the tunnel-protocol notes), terminal, with the metadata in `resp_json`."""
+ResponseType = Literal[
+    "jsonrpc_response", "jsonrpc_notify", "notify_ack", "session_termination_response", "oauth_discovery_response"
+]
+TERMINAL_TYPES: Final = frozenset({RESP_JSONRPC, RESP_NOTIFY_ACK, RESP_SESSION_END, RESP_OAUTH_DISCOVERY})
+RESPONSE_TYPES: Final = TERMINAL_TYPES | {RESP_NOTIFY}
+"""Every `resp_type` a control plane accepts: the contract's four and `oauth_discovery_response`."""
 
 COMMAND_JSONRPC: Final = "jsonrpc"
 COMMAND_SESSION_END: Final = "session_termination"
+COMMAND_OAUTH_DISCOVERY: Final = "oauth_discovery"
+"""Outside `openapi.json`: fetch the channel's server's OAuth metadata (RFC 9728, RFC 8414)."""
 
 MAX_POLL_LIMIT: Final = 25
 """The contract's upper bound for the poll `limit` hint."""

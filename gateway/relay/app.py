@@ -19,21 +19,24 @@ from aiohttp import web
 from gateway.config.secrets import SecretError, resolve
 from gateway.protocol.wire import Codec
 from gateway.relay.config import RedisBackend, RelayConfig, RelayConfigError, parse_listen
+from gateway.relay.discovery import Discovery
 from gateway.relay.errors import ServerLog, error_middleware
 from gateway.relay.front import FrontDoor
-from gateway.relay.guard import READ_TIMEOUT, Credentials, check_channel, resolve_credentials
+from gateway.relay.guard import READ_TIMEOUT, Credentials, HostGuard, check_channel, resolve_credentials
 from gateway.relay.identity import Identity
 from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
 from gateway.relay.token_endpoint import TokenEndpoint
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
+from gateway.relay.user_auth import UserAuth
 
 log = logging.getLogger("gateway.relay")
 
 CONFIG: Final = web.AppKey("relay_config", RelayConfig)
 BACKEND: Final = web.AppKey("relay_backend", QueueBackend)
 METRICS: Final = web.AppKey("relay_metrics", RelayMetrics)
+DISCOVERY: Final = web.AppKey("relay_discovery", Discovery)
 IDENTITY: Final = web.AppKey("relay_identity", Identity)
 """Present when `identity:` is configured."""
 
@@ -43,6 +46,7 @@ SHUTDOWN_TIMEOUT_S: Final = 5.0
 
 async def _wake_waiters(app: web.Application) -> None:
     """on_shutdown: long polls answer 204 and callers 503 now, not at their timeouts."""
+    await app[DISCOVERY].close()
     await app[BACKEND].close()
 
 
@@ -100,7 +104,8 @@ def build_relay_app(
     backend: QueueBackend | None = None,
     tracer: RelayTracer = NO_TRACER,
 ) -> web.Application:
-    """The relay as an aiohttp application: tunnel API, MCP endpoint, `/healthz`, `/readyz`, `/metrics`.
+    """The relay as an aiohttp application: tunnel API, MCP endpoint, OAuth discovery, `/healthz`,
+    `/readyz`, `/metrics`.
 
     `credentials` defaults to resolving the config's secret references now (raising
     RelayConfigError on failure); `backend` defaults to the one `config.backend`
@@ -123,8 +128,15 @@ def build_relay_app(
     app[BACKEND] = queue
     app[METRICS] = metrics
     app[READ_TIMEOUT] = config.read_timeout_s
+    discovery = Discovery(
+        config, resolved, queue, codec, metrics, HostGuard(config.allowed_hosts, config.allowed_origins)
+    )
+    app[DISCOVERY] = discovery
+    users = UserAuth(config, codec)
+    app.cleanup_ctx.append(users.lifetime)
     app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics, identity).routes())
-    app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer).routes())
+    app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer, discovery, users).routes())
+    app.router.add_routes(discovery.routes())
     app.router.add_routes(OpsEndpoints(queue, metrics).routes())
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_backend_lifetime)

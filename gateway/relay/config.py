@@ -19,6 +19,7 @@ from msgspec import Meta, Struct
 
 from gateway.config import rates
 from gateway.protocol.errors import ConfigError, GatewayError
+from gateway.protocol.headers import AUTHORIZATION
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8780"
 DEFAULT_ALLOWED_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
@@ -28,6 +29,9 @@ TUNNEL_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 """Tunnel ids are opaque, but they sit in URL paths, so the relay only accepts path-safe ones."""
 
 TunnelId = Annotated[str, Meta(pattern=TUNNEL_ID_PATTERN)]
+CHANNEL_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+HEADER_NAME_PATTERN: Final = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
+"""An HTTP field name (RFC 9110 §5.1: a token)."""
 SecretRef = Annotated[str, Meta(min_length=1)]
 """`env:VAR`, `file:/path` (relative paths are taken from the config file's folder) or a literal."""
 
@@ -45,6 +49,39 @@ class RelayConfigError(ConfigError):
         self.problem = problem
 
 
+
+
+class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`user_auth:` users' OAuth tokens checked at the relay, before a request crosses the tunnel.
+
+    A request to a covered channel needs `Authorization: Bearer <JWT>` signed by one of the issuer's
+    keys, from `issuer`, for the channel (its `aud` one of `audience`), unexpired, with every
+    `required_scopes` scope; otherwise 401 (403 for missing scopes) with a `WWW-Authenticate` that
+    points at the channel's metadata. The token still reaches the server, which decides as before."""
+
+    issuer: Annotated[str, Meta(pattern=r"^https?://")]
+    """The `iss` tokens must carry (the authorization server's issuer identifier)."""
+    jwks_uri: Annotated[str, Meta(pattern=r"^https?://")]
+    """The issuer's key set (RFC 7517), fetched when first needed, again after `jwks_cache_s` or for
+    a `kid` it does not hold (at most every 30 s)."""
+    audience: list[str] = []
+    """Accepted `aud` values; empty: the channel's public MCP URL (the RFC 8707 resource clients are
+    told in its metadata), in the form the request used."""
+    required_scopes: list[str] = []
+    algorithms: list[Algorithm] = msgspec.field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
+    leeway_s: Annotated[float, Meta(ge=0, le=300)] = 30.0
+    """Clock difference tolerated on `exp`, `nbf` and `iat`."""
+    channels: list[Annotated[str, Meta(pattern=CHANNEL_PATTERN)]] = []
+    """The channels it covers; empty: every channel of the tunnel."""
+    jwks_cache_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+    jwks_refresh_min_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
+    """The key set is fetched at most this often, for an unknown `kid` or once stale: a stream of
+    forged `kid`s or an unreachable issuer cannot make the relay spin (the keys it has stay in use)."""
+
+    def covers(self, channel: str) -> bool:
+        return not self.channels or channel in self.channels
+
+
 class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One tunnel the relay serves: who may poll it and who may call it."""
 
@@ -58,6 +95,13 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Requests each client token may make (`N/s`, `N/m`, `N/h`); all tokenless callers share one budget."""
     client_burst: Annotated[int, Meta(ge=1)] | None = None
     """Requests allowed at once before `client_rate` applies (default: one second's worth, at least 2)."""
+    client_token_header: Annotated[str, Meta(pattern=HEADER_NAME_PATTERN)] = AUTHORIZATION
+    """Where clients present a `client_tokens` token. `Authorization` (`Bearer <token>`, the default):
+    the relay's token takes the header, which is then not forwarded. Any other header (the token as
+    its whole value): `Authorization` stays free for the user's own OAuth token, which passes through
+    untouched, so a channel can require the relay's token, the user's, both or neither."""
+    user_auth: UserAuthSpec | None = None
+    """Check users' bearer JWTs at the relay (`gateway.relay.user_auth`); absent: the servers alone do."""
     name: str = ""
     description: str = ""
 
@@ -66,6 +110,11 @@ class TunnelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"Expected {rates.EXPECTED}, got {self.client_rate!r}")
         if self.client_burst is not None and self.client_rate is None:
             raise ValueError("Expected `client_burst` to come with a `client_rate`")
+        if self.user_auth is not None and self.client_tokens and self.client_token_header.lower() == "authorization":
+            raise ValueError(
+                "Expected `client_token_header` other than Authorization with `user_auth` (the user's token"
+                " takes Authorization) - at `$.client_token_header`"
+            )
 
 
 class MemoryBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind", tag="memory"):
@@ -95,7 +144,8 @@ class RedisBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 BackendSpec = MemoryBackend | RedisBackend
 
 Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
-"""Signature algorithms a subject token may use: asymmetric only (never `none`, never HS*)."""
+"""Signature algorithms a subject token (`identity`) or a user's token (`user_auth`) may use: asymmetric
+only (never `none`, never HS*)."""
 ALL_ALGORITHMS: Final[tuple[Algorithm, ...]] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )  # fmt: skip
@@ -168,6 +218,19 @@ class IdentitySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
             seen.add(spec.issuer)
 
 
+class OAuthDiscoverySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`oauth_discovery:` how the relay serves its channels' OAuth protected resource metadata
+    (RFC 9728) at `/.well-known/oauth-protected-resource/v1/mcp/{tunnel}[/{channel}]`."""
+
+    cache_ttl_s: Annotated[float, Meta(ge=0)] = 300.0
+    """How long a channel's metadata is served from memory before the gateway is asked again (0: never
+    cached). A channel without metadata (404) is remembered for at most 10 s; failures are not."""
+    cache_max_entries: Annotated[int, Meta(ge=1, le=100_000)] = 1024
+    """Channels remembered at once; the one used longest ago goes first."""
+    timeout_s: Annotated[float, Meta(gt=0)] = 15.0
+    """How long a metadata request waits for the gateway's answer (then 504)."""
+
+
 class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole `relay.yaml`."""
 
@@ -198,6 +261,12 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     after its last command."""
     backend: BackendSpec = msgspec.field(default_factory=MemoryBackend)
     """Where queues live: `{kind: memory}` (default) or `{kind: redis, url: ..., key_prefix: ...}`."""
+    public_url: str | None = None
+    """The relay's address as MCP clients reach it (`https://mcp.example.com`: scheme and host, no
+    path), for OAuth discovery: the `resource` of served metadata and the `resource_metadata` of
+    forwarded challenges. Absent: the request's `Host` while `allowed_hosts` checks it (not `*`),
+    over http; with `allowed_hosts: ['*']` discovery needs it."""
+    oauth_discovery: OAuthDiscoverySpec = msgspec.field(default_factory=OAuthDiscoverySpec)
     identity: IdentitySpec | None = None
     """Workload identity: the token endpoint and the access tokens the tunnel API accepts."""
 
@@ -224,6 +293,27 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
                     "Expected a `gateway_key`, or an `identity` subject that may use the tunnel"
                     f" - at `$.tunnels.{tunnel_id}.gateway_key`"
                 )
+        if self.public_url is not None and not _origin_url(self.public_url):
+            raise ValueError(  # the value is not echoed: a URL can carry a password
+                "Expected an http(s) URL of a host only (no path, query, fragment or userinfo) - at `$.public_url`"
+            )
+
+
+def _origin_url(value: str) -> bool:
+    """`scheme://host[:port]` (a trailing `/` allowed): what `public_url` must be."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+    )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -11,6 +11,10 @@ code and extra headers are class attributes. `RelayError` is a branch of the pac
     │   ├── OriginNotAllowed (403)
     │   ├── MissingSessionId (400 missing_mcp_session_id)
     │   ├── ClientUnauthorized (401 + WWW-Authenticate: Bearer)
+    │   ├── ClientTokenRequired (403 tunnel_use_forbidden)  the client token travels in its own header
+    │   ├── UserTokenRefused             a user's token failed `user_auth`, with a challenge (RFC 6750 §3)
+    │   │   ├── UserUnauthorized (401 invalid_token)   missing, expired, foreign, forged
+    │   │   └── InsufficientScope (403 insufficient_scope)
     │   ├── InvalidJsonRpc (400, JSON-RPC error body)
     │   └── MethodNotAllowed (405 + Allow)
     ├── TunnelClientError                the tunnel client's (a gateway's) request is at fault (4xx)
@@ -33,6 +37,11 @@ code and extra headers are class attributes. `RelayError` is a branch of the pac
     │   └── CommandLost (503)            the queue store no longer knows a waiting caller's command
     ├── RelayClosing (503)
     ├── CallerTimeout (504)
+    ├── MetadataNotFound (404 oauth_metadata_not_found)   the channel's server publishes no OAuth metadata
+    ├── MetadataUnavailable (502 oauth_discovery_failed)  the gateway could not fetch it
+    ├── PublicUrlRequired (500 public_url_required)       discovery with `allowed_hosts: ['*']` and no `public_url`
+    ├── IssuerKeysUnavailable (503 issuer_unavailable + Retry-After)  `user_auth` cannot fetch the issuer's
+    │                                    keys, so a user's token can be neither accepted nor refused
     └── TokenError (400 invalid_request)  the token endpoint's caller; an RFC 6749 body, never cached
         ├── InvalidGrant (400 invalid_grant)  the subject token failed verification
         ├── UnauthorizedClient (400 unauthorized_client)  a valid subject token whose subject may not
@@ -109,6 +118,43 @@ class ClientUnauthorized(CallerError):
     code = "tunnel_use_forbidden"
     default_message = "a valid Bearer token for this tunnel is required"
     extra_headers = {WWW_AUTHENTICATE: "Bearer"}
+
+
+class ClientTokenRequired(CallerError):
+    """No valid client token in the tunnel's `client_token_header` (not `Authorization`, which carries
+    the user's own token there): 403, so the challenge of the user's OAuth is not confused with it."""
+
+    status = 403
+    code = "tunnel_use_forbidden"
+    default_message = "a valid client token for this tunnel is required in its client token header"
+
+
+class UserTokenRefused(CallerError):
+    """A request to a channel under `user_auth` whose user token does not pass; the answer carries
+    `WWW-Authenticate: Bearer …` naming the channel's metadata, so a client can (re)authorize."""
+
+    def __init__(self, message: str | None = None, *, challenge: str, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+        self.subject = subject
+        """The token's `sub` when the token itself was valid (too little scope), for the audit line."""
+
+    def to_response(self, codec: Codec) -> web.Response:
+        response = super().to_response(codec)
+        response.headers[WWW_AUTHENTICATE] = self.challenge
+        return response
+
+
+class UserUnauthorized(UserTokenRefused):
+    status = 401
+    code = "invalid_token"
+    default_message = "a valid bearer token for this channel is required"
+
+
+class InsufficientScope(UserTokenRefused):
+    status = 403
+    code = "insufficient_scope"
+    default_message = "the bearer token lacks a scope this channel requires"
 
 
 class InvalidJsonRpc(CallerError):
@@ -249,6 +295,30 @@ class RelayClosing(RelayError):
 class CallerTimeout(RelayError):
     status = 504
     default_message = "the tunnel client did not answer in time"
+
+
+class MetadataNotFound(RelayError):
+    status = 404
+    code = "oauth_metadata_not_found"
+    default_message = "this channel's server publishes no OAuth protected resource metadata"
+
+
+class MetadataUnavailable(RelayError):
+    status = 502
+    code = "oauth_discovery_failed"
+    default_message = "the tunnel client could not fetch this channel's OAuth metadata"
+
+
+class IssuerKeysUnavailable(RelayError):
+    status = 503
+    code = "issuer_unavailable"
+    default_message = "the issuer's signing keys cannot be fetched right now; retry later"
+    extra_headers = {RETRY_AFTER: "5"}
+
+
+class PublicUrlRequired(RelayError):
+    code = "public_url_required"
+    default_message = "OAuth discovery needs the relay's `public_url` when `allowed_hosts` allows any host"
 
 
 class OAuthErrorBody(msgspec.Struct, frozen=True):

@@ -1,16 +1,21 @@
 """The relay's front door: the Streamable HTTP MCP endpoint MCP clients call.
 Turns requests into queued commands and frames into answers; queues nothing itself (that is the backend).
 
-Owns `/v1/mcp/{tunnel_id}[/{channel}]`: admission, turning a POST or DELETE into a
-queued command, and turning that command's frames into a JSON, SSE or empty
-answer with the contract's status mapping.
+Owns `/v1/mcp/{tunnel_id}[/{channel}]`: admission (the tunnel's client token in
+`Authorization` or in its own header), turning a POST or DELETE into a queued
+command, and turning that command's frames into a JSON, SSE or empty answer
+with the contract's status mapping (a server's challenge pointed at the relay's
+metadata URL by `gateway.relay.discovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
@@ -33,6 +38,7 @@ from gateway.protocol.wire import (
     strip_hop_by_hop,
 )
 from gateway.relay.config import RelayConfig
+from gateway.relay.discovery import Discovery, mcp_path
 from gateway.relay.errors import (
     CallerTimeout,
     ClientNotSeen,
@@ -42,11 +48,21 @@ from gateway.relay.errors import (
     MissingSessionId,
     RelayError,
     TunnelNotFound,
+    UserTokenRefused,
 )
-from gateway.relay.guard import Credentials, HostGuard, bearer_token, check_channel, check_client, read_body
+from gateway.relay.guard import (
+    Credentials,
+    HostGuard,
+    bearer_token,
+    check_channel,
+    check_client,
+    check_client_header,
+    read_body,
+)
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import Command, QueueBackend, new_command
 from gateway.relay.tracing import NO_TRACER, RelayTracer
+from gateway.relay.user_auth import UserAuth, audit
 
 DEFAULT_CHANNEL: Final = "main"
 _KEPT_2XX: Final = frozenset({200, 201, 202, 204})
@@ -66,10 +82,10 @@ def map_status(resp_code: int) -> int:
     return 502
 
 
-def forwarded_headers(request: web.Request, *, drop_authorization: bool) -> Headers:
+def forwarded_headers(request: web.Request, *, drop_authorization: bool, drop: str | None = None) -> Headers:
     """The caller's headers as the command carries them: multi-valued, original spelling,
-    minus hop-by-hop headers, Host and Content-Length, and minus `Authorization` when
-    it held the relay's own credential."""
+    minus hop-by-hop headers, Host and Content-Length, minus `Authorization` when
+    it held the relay's own credential, and minus `drop` (the header that did)."""
     headers: Headers = {}
     spelling: dict[str, str] = {}
     for name, value in request.headers.items():
@@ -78,6 +94,8 @@ def forwarded_headers(request: web.Request, *, drop_authorization: bool) -> Head
     headers = strip_hop_by_hop(headers)
     if drop_authorization:
         headers = {name: values for name, values in headers.items() if name.lower() != AUTHORIZATION.lower()}
+    if drop is not None:
+        headers = {name: values for name, values in headers.items() if name.lower() != drop.lower()}
     return headers
 
 
@@ -119,6 +137,14 @@ def json_answer(frame: TunnelResponsePayload, status: int | None = None) -> web.
     return web.Response(status=code, body=body, headers=headers)
 
 
+@dataclass(slots=True)
+class Subject:
+    """Who a request under `user_auth` came from, and how it ended (for its audit line)."""
+
+    name: str | None = None
+    outcome: int = 500
+
+
 MAX_CLIENT_BUDGETS: Final = 10_000
 """Client-token rate budgets kept at once; the oldest goes first."""
 
@@ -134,6 +160,8 @@ class FrontDoor:
         codec: Codec,
         metrics: RelayMetrics | None = None,
         tracer: RelayTracer = NO_TRACER,
+        discovery: Discovery | None = None,
+        users: UserAuth | None = None,
     ) -> None:
         self._config = config
         self._credentials = credentials
@@ -142,6 +170,8 @@ class FrontDoor:
         self._tracer = tracer
         self._metrics = metrics or RelayMetrics(config.tunnels)
         self._hosts = HostGuard(config.allowed_hosts, config.allowed_origins)
+        self._discovery = discovery or Discovery(config, credentials, backend, codec, self._metrics, self._hosts)
+        self._users = users or UserAuth(config, codec)
         self._client_rates: dict[tuple[str, str], AsyncLimiter] = {}
 
     def routes(self) -> list[web.RouteDef]:
@@ -162,8 +192,16 @@ class FrontDoor:
         if credentials is None:
             raise TunnelNotFound()
         channel = check_channel(request.match_info.get("channel", DEFAULT_CHANNEL))
-        relay_credential = check_client(request, credentials)
-        return tunnel_id, channel, forwarded_headers(request, drop_authorization=relay_credential)
+        header = self._config.tunnels[tunnel_id].client_token_header
+        if header.lower() == AUTHORIZATION.lower():
+            relay_credential = check_client(request, credentials)
+            return tunnel_id, channel, forwarded_headers(request, drop_authorization=relay_credential)
+        check_client_header(request, credentials, header)  # `Authorization` is the user's: it passes through
+        return tunnel_id, channel, forwarded_headers(request, drop_authorization=False, drop=header)
+
+    def _answer(self, request: web.Request, tunnel_id: str, frame: TunnelResponsePayload) -> TunnelResponsePayload:
+        """A frame as this caller may see it: a server's challenge names the relay's metadata URL."""
+        return self._discovery.challenge(request, tunnel_id, request.match_info.get("channel"), frame)
 
     async def _check_client_rate(self, tunnel_id: str, request: web.Request) -> None:
         """`client_rate`: each client token (or all tokenless callers together) has its own budget."""
@@ -238,12 +276,16 @@ class FrontDoor:
         await self._check_client_rate(tunnel_id, request)
         body = await read_body(request, self._config.max_body_bytes)
         rpc_id = self._parse(body)
-        with self._tracer.request(channel, request.headers, body) as trace:
-            headers, traced = trace.inject(headers, body)  # the command carries this request's span
-            answer = await self._post(request, tunnel_id, channel, headers, traced or body, rpc_id)
-            answered = answer.body if isinstance(answer, web.Response) else None
-            trace.answered(answer.status, bytes(answered) if isinstance(answered, (bytes, bytearray)) else None)
-            return answer
+        async with self._user(request, tunnel_id, channel, body) as subject:
+            with self._tracer.request(channel, request.headers, body) as trace:
+                if subject.name is not None:
+                    trace.subject(subject.name)
+                headers, traced = trace.inject(headers, body)  # the command carries this request's span
+                answer = await self._post(request, tunnel_id, channel, headers, traced or body, rpc_id)
+                answered = answer.body if isinstance(answer, web.Response) else None
+                trace.answered(answer.status, bytes(answered) if isinstance(answered, (bytes, bytearray)) else None)
+                subject.outcome = answer.status
+                return answer
 
     async def _post(
         self, request: web.Request, tunnel_id: str, channel: str, headers: Headers, body: bytes, rpc_id: Raw | None
@@ -252,7 +294,7 @@ class FrontDoor:
         try:
             with self._metrics.caller_waiting(tunnel_id):
                 if rpc_id is None:
-                    frame = await self._terminal(tunnel_id, command)
+                    frame = self._answer(request, tunnel_id, await self._terminal(tunnel_id, command))
                     if frame.resp_code >= 400:
                         return json_answer(frame)
                     return json_answer(msgspec.structs.replace(frame, resp_json=UNSET), status=202)
@@ -265,11 +307,42 @@ class FrontDoor:
         await self._check_client_rate(tunnel_id, request)
         if not request.headers.get(SESSION_HEADER):
             raise MissingSessionId(param=SESSION_HEADER)
-        with self._tracer.request(channel, request.headers, None) as trace:
-            headers, _ = trace.inject(headers, None)
-            answer = await self._delete(tunnel_id, channel, headers)
-            trace.answered(answer.status, None)
-            return answer
+        async with self._user(request, tunnel_id, channel, None) as subject:
+            with self._tracer.request(channel, request.headers, None) as trace:
+                if subject.name is not None:
+                    trace.subject(subject.name)
+                headers, _ = trace.inject(headers, None)
+                answer = await self._delete(tunnel_id, channel, headers)
+                trace.answered(answer.status, None)
+                subject.outcome = answer.status
+                return answer
+
+    @contextlib.asynccontextmanager
+    async def _user(
+        self, request: web.Request, tunnel_id: str, channel: str, body: bytes | None
+    ) -> AsyncIterator[Subject]:
+        """`user_auth` for a covered channel: the user's token checked before anything is queued (a
+        refusal raised), and one audit line when the request ends, however it ends."""
+        subject = Subject()
+        if not self._users.covers(tunnel_id, channel):
+            yield subject
+            return
+        started = asyncio.get_running_loop().time()
+        method, tool = self._users.describe(body)
+        segment = request.match_info.get("channel")
+        try:
+            resource = self._discovery.public_base(request) + mcp_path(tunnel_id, segment)
+            metadata = self._discovery.metadata_url(request, tunnel_id, segment)
+            subject.name = await self._users.check(request, tunnel_id, channel, resource, metadata)
+            yield subject
+        except RelayError as exc:
+            subject.outcome = exc.status
+            if isinstance(exc, UserTokenRefused) and exc.subject is not None:
+                subject.name = exc.subject
+            raise
+        finally:
+            duration = asyncio.get_running_loop().time() - started
+            audit(subject.name, tunnel_id, channel, method, tool, subject.outcome, duration)
 
     async def _delete(self, tunnel_id: str, channel: str, headers: Headers) -> web.Response:
         command = await self._enqueue(tunnel_id, channel, headers, COMMAND_SESSION_END, None)
@@ -295,7 +368,7 @@ class FrontDoor:
                     frame = await self._backend.next_frame(tunnel_id, command.request_id)
                     if stream is None:
                         if frame.is_terminal:
-                            return json_answer(frame)
+                            return json_answer(self._answer(request, tunnel_id, frame))
                         if not sse_ok or frame.resp_json is UNSET:
                             continue  # a notification the caller cannot receive
                         stream = await self._open_stream(request, frame)

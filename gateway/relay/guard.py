@@ -22,6 +22,7 @@ from gateway.relay.config import RelayConfig, RelayConfigError
 from gateway.relay.errors import (
     BodyTimeout,
     BodyTooLarge,
+    ClientTokenRequired,
     ClientUnauthorized,
     GatewayForbidden,
     GatewayUnauthorized,
@@ -147,6 +148,17 @@ def check_client(request: web.Request, credentials: TunnelCredentials) -> bool:
     return True
 
 
+def check_client_header(request: web.Request, credentials: TunnelCredentials, header: str) -> None:
+    """The MCP endpoint's client token in a header of its own (`client_token_header`), the token as
+    the header's one value; raises ClientTokenRequired. `Authorization` is left to the user."""
+    if not credentials.client_tokens:
+        return
+    values = request.headers.getall(header, [])
+    presented = values[0].strip() if len(values) == 1 and values[0].strip() else None
+    if not _matches_any(presented, credentials.client_tokens):
+        raise ClientTokenRequired()
+
+
 # --------------------------------------------------------------------------- Host / Origin
 
 
@@ -168,6 +180,11 @@ class HostGuard:
         self._any_host = "*" in hosts
         self._hosts = frozenset(hosts)
         self._origins = frozenset(o.strip() for o in allowed_origins)
+
+    @property
+    def any_host(self) -> bool:
+        """`allowed_hosts: ['*']`: the `Host` header is not checked (so it says nothing trustworthy)."""
+        return self._any_host
 
     def host_allowed(self, host_header: str | None) -> bool:
         if self._any_host:

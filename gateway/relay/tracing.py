@@ -32,6 +32,10 @@ class RequestTrace(Protocol):
         """The HTTP status (and, for a JSON answer, the body) the client gets."""
         ...
 
+    def subject(self, subject: str) -> None:
+        """Who made the request: the `sub` of the user's token the relay checked (`user_auth`)."""
+        ...
+
 
 class RelayTracer(Protocol):
     def request(self, channel: str, headers: Mapping[str, str], body: bytes | None) -> RequestTrace:
@@ -54,6 +58,9 @@ class _NoTrace:
         return headers, body
 
     def answered(self, status: int, body: bytes | None) -> None:
+        pass
+
+    def subject(self, subject: str) -> None:
         pass
 
 

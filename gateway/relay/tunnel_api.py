@@ -18,10 +18,7 @@ from msgspec import UNSET
 from gateway.protocol.headers import INSTANCE_HEADER, JSON, SERVER_INFO_HEADER, SHARD_HEADER
 from gateway.protocol.wire import (
     MAX_POLL_LIMIT,
-    RESP_JSONRPC,
-    RESP_NOTIFY,
-    RESP_NOTIFY_ACK,
-    RESP_SESSION_END,
+    RESPONSE_TYPES,
     Codec,
     PolledCommandList,
     TunnelClientMetadata,
@@ -42,7 +39,8 @@ from gateway.relay.guard import (
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
 
-_RESPONSE_TYPES: Final = frozenset({RESP_JSONRPC, RESP_NOTIFY, RESP_NOTIFY_ACK, RESP_SESSION_END})
+_RESPONSE_TYPES: Final = RESPONSE_TYPES
+"""The contract's four and the official client's `oauth_discovery_response` (gateway.relay.discovery)."""
 _PAYLOAD_FIELDS: Final = frozenset(TunnelResponsePayload.__struct_fields__)
 _DIGITS: Final = re.compile(r"[0-9]+")
 _HUGE: Final = 10**18

@@ -12,7 +12,7 @@ import abc
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from gateway.protocol.errors import UpstreamUnavailable
+from gateway.protocol.errors import DiscoveryUnsupported, UpstreamUnavailable
 from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo
 from gateway.protocol.wire import Headers, JsonRpcMessage
 
@@ -71,6 +71,9 @@ class Upstream(abc.ABC):
         self._down_event.set()
         self._ready_timeout_s = ready_timeout_s
         self._problem: str | None = None
+        self._needs_authorization = False
+        """The server answered the gateway's own (credential-less) probe with 401: it is up and wants
+        each client's token; its era may still be unknown (learned from the first authorized call)."""
         self.observer: UpstreamObserver | None = None
         """Told `(name, "up" | "down" | "restart")` as they happen (the app's telemetry seam:
         transports never import telemetry)."""
@@ -85,13 +88,19 @@ class Upstream(abc.ABC):
 
     @property
     def ready(self) -> bool:
-        return self._info is not None
+        """Up: its era is known, or it answered that it wants the client's authorization."""
+        return self._info is not None or self._needs_authorization
+
+    @property
+    def needs_authorization(self) -> bool:
+        """The server requires each client's own credentials (it answered the probe with 401)."""
+        return self._needs_authorization
 
     @property
     def problem(self) -> str | None:
         """Why the server is not up, in words for an operator (`connect refused 127.0.0.1:8781`):
         no secrets, no payloads. None while it is up, or before anything went wrong."""
-        return None if self._info is not None else self._problem
+        return None if self.ready else self._problem
 
     def _up(self, info: UpstreamInfo) -> None:
         was_down = self._info is None
@@ -102,12 +111,24 @@ class Upstream(abc.ABC):
         if was_down:
             self._notify("up")
 
+    def _requires_authorization(self) -> None:
+        """Mark the server up and wanting each client's credentials, its era not known yet."""
+        was_down = not self.ready
+        self._info = None
+        self._needs_authorization = True
+        self._problem = None
+        self._down_event.clear()
+        self._ready.set()
+        if was_down:
+            self._notify("up")
+
     def _down(self, problem: str | None = None) -> None:
         """Mark the server down; `problem` (when known) says why, until it is up again."""
         if problem is not None:
             self._problem = problem
-        was_up = self._info is not None
+        was_up = self.ready
         self._info = None
+        self._needs_authorization = False
         self._ready.clear()
         self._down_event.set()
         if was_up:
@@ -117,8 +138,9 @@ class Upstream(abc.ABC):
         if self.observer is not None:
             self.observer(self.name, event)
 
-    async def wait_info(self) -> UpstreamInfo:
-        """The server's info, waiting (bounded) while it starts or restarts."""
+    async def wait_info(self, credentials: Headers | None = None) -> UpstreamInfo:
+        """The server's info, waiting (bounded) while it starts or restarts. `credentials` are the
+        calling client's headers: a server that needs authorization learns its era with them."""
         if self._info is None:
             try:
                 await asyncio.wait_for(self._ready.wait(), self._ready_timeout_s)
@@ -126,6 +148,13 @@ class Upstream(abc.ABC):
                 raise UpstreamUnavailable.connect(self.name, "dial") from None
         assert self._info is not None
         return self._info
+
+    async def verify_credentials(self, credentials: Headers) -> None:
+        """Before the gateway answers a call on the server's behalf (`ping`, `initialize`, bridged
+        `server/discover`): a server that `needs_authorization` is asked whether it accepts the
+        caller's credentials (UpstreamHttpError when not), so nothing it said to an authorized
+        client is told to one it would refuse. Nothing to do elsewhere."""
+        return
 
     @property
     def holds_sessions(self) -> bool:
@@ -151,3 +180,9 @@ class Upstream(abc.ABC):
     @abc.abstractmethod
     async def end_session(self, headers: Headers) -> Reply:
         """Close the client session named in `headers` (`session_termination`)."""
+
+    async def oauth_metadata(self, deadline: float | None = None) -> bytes:
+        """The server's OAuth metadata for an `oauth_discovery_response` (`gateway.upstream.oauth_discovery`),
+        fetched before `deadline` (loop time); DiscoveryUnsupported where the transport has none."""
+        why = f"it is spoken to over {self.transport}, which has no OAuth"
+        raise DiscoveryUnsupported(f"server {self.name!r}", why)

@@ -2,10 +2,12 @@
 Uses a shared aiohttp session it does not own; knows nothing of the tunnel.
 
 Owns the HTTP side of MCP for one server: the era probe (`server/discover`,
-falling back to `initialize`), the gateway's own legacy session, request
-headers, JSON and SSE answers turned into `Notify`/`Reply` frames, and the
-translation of aiohttp failures into `UpstreamError`s (in `map_aiohttp_errors`,
-nowhere else).
+falling back to `initialize`; a 401 means the server is up and wants the
+user's token, its era learned from the first authorized call), the gateway's
+own legacy session, request headers, JSON and SSE answers turned into
+`Notify`/`Reply` frames (a 401's `WWW-Authenticate` kept), and its OAuth
+metadata (`gateway.upstream.oauth_discovery`). aiohttp failures become
+`UpstreamError`s in `gateway.upstream.http_errors`, nowhere else.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import errno
+import logging
 import re
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -30,6 +32,7 @@ from gateway.protocol.eras import MODERN_VERSION, Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.protocol.headers import (
     ACCEPT,
+    AUTHORIZATION,
     CONTENT_TYPE,
     EVENT_STREAM,
     JSON,
@@ -37,21 +40,28 @@ from gateway.protocol.headers import (
     NAME_HEADER,
     SESSION_HEADER,
     VERSION_HEADER,
+    WWW_AUTHENTICATE,
 )
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
+from gateway.protocol.oauth import MetadataCodec
 from gateway.protocol.sse import SseEventTooLarge, SseParser
 from gateway.protocol.wire import (
     HOP_BY_HOP,
     Headers,
     JsonRpcMessage,
-    TunnelFailure,
     allowed_response_headers,
     header_value,
     strip_hop_by_hop,
 )
 from gateway.upstream.base import Upstream, within
-from gateway.upstream.egress import Egress
+from gateway.upstream.egress import Egress, proxy_for
+from gateway.upstream.http_errors import map_aiohttp_errors, unaddressable
+from gateway.upstream.oauth_discovery import MetadataFetcher
 from gateway.upstream.process import SupervisedProcess, end_task
+
+__all__ = ["HttpUpstream", "encode_header_value", "map_aiohttp_errors", "sendable_header"]
+
+log = logging.getLogger(__name__)
 
 ACCEPT_BOTH: Final = f"{JSON}, {EVENT_STREAM}"
 
@@ -74,68 +84,6 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _HEADER_SAFE: Final = re.compile(r"[\x20-\x7e]*")
 _B64_SENTINEL: Final = re.compile(r"=\?base64\?.*\?=")
-
-
-# --------------------------------------------------------------------------- failure translation
-
-
-@contextlib.contextmanager
-def map_aiohttp_errors(server: str) -> Iterator[None]:
-    """Translate aiohttp/socket failures into UpstreamErrors (the one place that does).
-
-    Messages name the server only: never the URL, the body or the peer's exception text.
-    """
-    try:
-        yield
-    except aiohttp.ClientConnectorDNSError as exc:
-        raise UpstreamUnavailable.dns(server) from exc
-    except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch, ssl.SSLError) as exc:
-        raise UpstreamUnavailable.tls(server) from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise UpstreamUnavailable.timeout(server) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise _connect_failure(server, exc.os_error.errno) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise UpstreamUnavailable.closed(server, "connection_closed") from exc
-    except (aiohttp.ClientConnectionResetError, ConnectionResetError) as exc:
-        raise UpstreamUnavailable.closed(server, "connection_reset") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamUnavailable.closed(server, "unexpected_eof") from exc
-    except aiohttp.ClientResponseError as exc:  # unparseable status line or headers
-        raise UpstreamProtocolError(server, "non_protocol_response") from exc
-    except (aiohttp.ClientOSError, ConnectionError) as exc:
-        raise UpstreamUnavailable.closed(server, _closed_kind(exc.errno)) from exc
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-        raise _internal(server) from exc
-    except aiohttp.ClientConnectionError as exc:
-        raise UpstreamUnavailable.closed(server, "unknown") from exc
-    except aiohttp.ClientError as exc:
-        raise _internal(server) from exc
-
-
-def _connect_failure(server: str, code: int | None) -> UpstreamUnavailable:
-    if code == errno.ETIMEDOUT:
-        return UpstreamUnavailable.timeout(server)
-    if code in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
-        return UpstreamUnavailable.closed(server, _closed_kind(code))
-    kinds = {
-        errno.ECONNREFUSED: "connection_refused",
-        errno.EHOSTUNREACH: "host_unreachable",
-        errno.ENETUNREACH: "network_unreachable",
-    }
-    return UpstreamUnavailable.connect(server, kinds.get(code or 0, "dial"))
-
-
-def _closed_kind(code: int | None) -> str:
-    kinds = {errno.ECONNRESET: "connection_reset", errno.EPIPE: "closed_pipe", errno.ECONNABORTED: "connection_aborted"}
-    return kinds.get(code or 0, "connection_closed")
-
-
-def _internal(server: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(
-        f"upstream {server!r} could not be addressed",
-        TunnelFailure(source="client_internal", transport_error_kind="unknown", upstream_response_received=False),
-    )
 
 
 # --------------------------------------------------------------------------- the transport
@@ -175,6 +123,19 @@ class HttpUpstream(Upstream):
         self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
         self._proxy = egress.proxy if egress else None
         self._url = spec.url
+        self._challenge: Headers = {}
+        """The `WWW-Authenticate` of the 401 the gateway's own probe got: what a caller without
+        credentials is answered while the server `needs_authorization`."""
+        self._metadata = MetadataFetcher(
+            name,
+            spec.url,
+            session,
+            MetadataCodec(bridge.codec),
+            ssl=self._ssl,
+            proxy_for=(lambda url: proxy_for(url, spec)) if egress is not None else (lambda url: None),
+            headers=extra_headers,
+            request_timeout_s=request_timeout_s,
+        )
         self._http = session
         self._bridge = bridge
         self._codec = bridge.codec
@@ -216,18 +177,38 @@ class HttpUpstream(Upstream):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), self._ready_timeout_s)
 
-    async def probe(self) -> None:
+    async def probe(self, authorization: str | None = None) -> None:
         """Probe the era: `server/discover` first, `initialize` when the server does not speak 2026-07-28.
 
         Connection failures raise UpstreamUnavailable (the server's era is not
         decided by a network error) and leave the upstream down with the reason
-        in `problem`; calling it again retries.
+        in `problem`; calling it again retries. A 401 leaves it up and wanting
+        each client's credentials (`needs_authorization`): then a probe with a
+        client's `authorization` learns the era, keeps no session opened with
+        that client's token, and lets its refusal (401, 403) reach that client
+        without changing the server's state.
         """
         try:
-            info = await self._discover()
+            info = await self._discover(authorization)
             session_id = None
             if info is None:
-                info, session_id = await self._initialize()
+                info, session_id = await self._initialize(authorization)
+        except UpstreamHttpError as exc:
+            self._session_id = None
+            if authorization is not None:
+                raise  # this client's credentials were refused; the server is as it was
+            if exc.resp_code != 401:
+                self._down(exc.problem(self._where))
+                raise
+            self._challenge = exc.headers
+            if not self.needs_authorization:
+                log.warning(
+                    "server %r requires authorization (HTTP 401 to the gateway's probe): up; its era is learned "
+                    "from the first call that carries a client's credentials",
+                    self.name,
+                )
+            self._requires_authorization()
+            return
         except UpstreamError as exc:
             self._session_id = None
             self._down(exc.problem(self._where))
@@ -236,6 +217,11 @@ class HttpUpstream(Upstream):
             self._session_id = None
             self._down()
             raise
+        if authorization is not None:
+            await self._end_session_of(session_id, info, authorization)
+            session_id = None
+            if self._info is None:
+                log.info("server %r: %s era, learned from the first authorized call", self.name, info.era.value)
         self._session_id = session_id
         self._up(info)
 
@@ -243,15 +229,15 @@ class HttpUpstream(Upstream):
         """While the server is down, probe it again with capped backoff, so readiness follows it."""
         delay = PROBE_BACKOFF_START_S
         while True:
-            if self._info is not None:
+            if self.ready:
                 delay = PROBE_BACKOFF_START_S
                 await self._down_event.wait()
                 continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._reprobe_max_s)
-            if self._info is None:
+            if not self.ready:
                 async with self._probing:
-                    if self._info is None:
+                    if not self.ready:
                         with contextlib.suppress(UpstreamError, TimeoutError):
                             async with asyncio.timeout(self._ready_timeout_s):
                                 await self.probe()
@@ -260,18 +246,40 @@ class HttpUpstream(Upstream):
         self._session_id = None
         self._down(f"its process {reason}")
 
-    async def wait_info(self) -> UpstreamInfo:
-        """The server's info; a server that was down is probed again, one probe at a time."""
+    async def wait_info(self, credentials: Headers | None = None) -> UpstreamInfo:
+        """The server's info; a server that was down is probed again, one probe at a time.
+
+        A server that `needs_authorization` answers a caller without an `Authorization` header
+        with its 401 challenge (UpstreamHttpError: nothing it said to an authorized client is
+        told to an anonymous one), and learns its era from the first caller with one."""
+        authorization = header_value(credentials or {}, AUTHORIZATION)
+        if self.needs_authorization and authorization is None:
+            raise UpstreamHttpError(self.name, 401, self._challenge)
         if self._info is None:
             async with self._probing:
                 if self._info is None:
                     try:
                         async with asyncio.timeout(self._ready_timeout_s):
-                            await self.probe()
+                            await self.probe(authorization if self.needs_authorization else None)
                     except TimeoutError:
                         raise UpstreamUnavailable.timeout(self.name) from None
-        assert self._info is not None
+        if self._info is None:  # the probe found the server wants authorization
+            raise UpstreamHttpError(self.name, 401, self._challenge)
         return self._info
+
+    async def verify_credentials(self, credentials: Headers) -> None:
+        """A server that `needs_authorization` probed again with the caller's `Authorization` (its
+        refusal raised as UpstreamHttpError, its answer refreshing the era)."""
+        if not self.needs_authorization:
+            return
+        authorization = header_value(credentials, AUTHORIZATION)
+        if authorization is None:
+            raise UpstreamHttpError(self.name, 401, self._challenge)
+        async with asyncio.timeout(self._ready_timeout_s):
+            await self.probe(authorization)
+
+    async def oauth_metadata(self, deadline: float | None = None) -> bytes:
+        return await self._metadata.discover(deadline)
 
     async def close(self) -> None:
         """End the gateway's own legacy session (best effort), stop probing and the spawned process;
@@ -283,6 +291,19 @@ class HttpUpstream(Upstream):
         finally:
             if self._process is not None:
                 await self._process.close()
+
+    async def _end_session_of(self, session_id: str | None, info: UpstreamInfo, authorization: str) -> None:
+        """End a session the probe opened with a client's token (best effort): the gateway holds no
+        session in a client's name."""
+        if session_id is None:
+            return
+        headers = self._base_headers(json_body=False)
+        headers[SESSION_HEADER] = session_id
+        headers[VERSION_HEADER] = info.protocol_version
+        headers[AUTHORIZATION] = authorization
+        with contextlib.suppress(UpstreamError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S), self._request("DELETE", None, headers):
+                pass
 
     async def _end_own_session(self) -> None:
         session_id, self._session_id = self._session_id, None
@@ -299,7 +320,7 @@ class HttpUpstream(Upstream):
 
     async def end_session(self, headers: Headers) -> Reply:
         """DELETE the client's session on a handshake-era server; 405 where there are no sessions."""
-        info = await self.wait_info()
+        info = await self.wait_info(headers)
         if info.era is Era.MODERN:
             return Reply(405)
         session_id = header_value(headers, SESSION_HEADER)
@@ -328,7 +349,7 @@ class HttpUpstream(Upstream):
         ones (and mapped back on the answer) to keep them, and any
         `notifications/cancelled`, from colliding.
         """
-        info = await self.wait_info()
+        info = await self.wait_info(call.headers)
         own = info.era is Era.LEGACY and call.own_session
         wire_id = call.id
         if own and call.id is not None:
@@ -369,7 +390,7 @@ class HttpUpstream(Upstream):
 
     async def respond(self, message: JsonRpcMessage, headers: Headers, own_session: bool) -> Reply:
         """A client's answer to a request the server sent on an SSE stream: POSTed back in the same session."""
-        info = await self.wait_info()
+        info = await self.wait_info(headers)
         if info.era is Era.MODERN or message.id is UNSET:
             return Reply(404)  # a 2026-07-28 server sends no requests to clients over HTTP
         own = own_session
@@ -393,15 +414,19 @@ class HttpUpstream(Upstream):
 
     # ------------------------------------------------------------------ probing
 
-    async def _discover(self) -> UpstreamInfo | None:
-        headers = self._base_headers()
+    async def _discover(self, authorization: str | None = None) -> UpstreamInfo | None:
+        headers = self._base_headers(authorization=authorization)
         headers[VERSION_HEADER] = MODERN_VERSION
         headers[METHOD_HEADER] = "server/discover"
         body = self._codec.request(PROBE_ID, "server/discover", self._bridge.discover_params())
         try:
             reply = await self._roundtrip(body, headers, PROBE_ID)
-        except (UpstreamHttpError, UpstreamProtocolError):
+        except UpstreamHttpError as exc:
+            if exc.resp_code in (401, 403) and authorization is not None:
+                raise  # the client's credentials were refused: no handshake will fare better
             return None  # not a 2026-07-28 answer: try the handshake
+        except UpstreamProtocolError:
+            return None
         if not 200 <= reply.status < 300:
             return None
         message = self._codec.message(reply.body)
@@ -409,12 +434,12 @@ class HttpUpstream(Upstream):
             return None
         return self._bridge.info_from_discover(message.result)
 
-    async def _initialize(self) -> tuple[UpstreamInfo, str | None]:
+    async def _initialize(self, authorization: str | None = None) -> tuple[UpstreamInfo, str | None]:
         """The handshake: `initialize`, then `notifications/initialized` in the new session."""
         body = self._codec.request(INIT_ID, "initialize", self._bridge.initialize_params())
-        reply = await self._roundtrip(body, self._base_headers(), INIT_ID)
+        reply = await self._roundtrip(body, self._base_headers(authorization=authorization), INIT_ID)
         if reply.status >= 400:
-            raise UpstreamHttpError(self.name, reply.status)
+            raise UpstreamHttpError(self.name, reply.status, _challenge(reply.headers))
         message = self._codec.message(reply.body)
         if message.result is UNSET:
             raise UpstreamProtocolError(self.name, "invalid_protocol_response")
@@ -425,13 +450,13 @@ class HttpUpstream(Upstream):
         session_id = header_value(reply.headers, SESSION_HEADER)
         if session_id is not None and not _valid_value(session_id):
             raise UpstreamProtocolError(self.name, "invalid_protocol_response")
-        headers = self._base_headers()
+        headers = self._base_headers(authorization=authorization)
         headers[VERSION_HEADER] = info.protocol_version
         if session_id is not None:
             headers[SESSION_HEADER] = session_id
         done = await self._roundtrip(self._codec.notification("notifications/initialized", UNSET), headers, None)
         if done.status >= 300:
-            raise UpstreamHttpError(self.name, done.status)
+            raise UpstreamHttpError(self.name, done.status, _challenge(done.headers))
         return info, session_id
 
     async def _renew_session(self, stale: str) -> None:
@@ -477,7 +502,7 @@ class HttpUpstream(Upstream):
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One HTTP request; the response is released when read to the end, closed (aborted) otherwise."""
         if self._http.closed:  # the gateway is shutting down: its own state, not the server's fault
-            raise _internal(self.name)
+            raise unaddressable(self.name)
         try:
             with map_aiohttp_errors(self.name):
                 resp = await self._http.request(
@@ -505,11 +530,13 @@ class HttpUpstream(Upstream):
                 else:
                     resp.close()
 
-    def _base_headers(self, *, json_body: bool = True) -> CIMultiDict[str]:
+    def _base_headers(self, *, json_body: bool = True, authorization: str | None = None) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
         if json_body:
             headers[CONTENT_TYPE] = JSON
             headers[ACCEPT] = ACCEPT_BOTH
+        if authorization is not None and _valid_value(authorization):
+            headers[AUTHORIZATION] = authorization
         headers.update(self._extra)
         return headers
 
@@ -550,7 +577,7 @@ class HttpUpstream(Upstream):
             if mime == JSON and self._is_response(body):
                 yield Reply(status, body, headers)
                 return
-            raise UpstreamHttpError(self.name, status)
+            raise UpstreamHttpError(self.name, status, _challenge(headers))
         if not 200 <= status < 300:
             raise UpstreamProtocolError(self.name, "non_protocol_response")
         if id is None:  # a notification: the server's acceptance is the whole answer
@@ -663,6 +690,12 @@ def _id_of(raw: Raw) -> object:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError:
         return ...  # never equal to a decoded id
+
+
+def _challenge(headers: Headers) -> Headers:
+    """The `WWW-Authenticate` values of an answer (RFC 9110 §11.6.1), as the client must see them."""
+    values = [value for name, found in headers.items() if name.lower() == WWW_AUTHENTICATE.lower() for value in found]
+    return {WWW_AUTHENTICATE: values} if values else {}
 
 
 def _multi(headers: CIMultiDictProxy[str]) -> Headers:

@@ -54,8 +54,18 @@ class Delegate(Upstream):
     def problem(self) -> str | None:
         return self.inner.problem
 
-    async def wait_info(self) -> UpstreamInfo:
-        return await self.inner.wait_info()
+    @property
+    def needs_authorization(self) -> bool:
+        return self.inner.needs_authorization
+
+    async def wait_info(self, credentials: Headers | None = None) -> UpstreamInfo:
+        return await self.inner.wait_info(credentials)
+
+    async def oauth_metadata(self, deadline: float | None = None) -> bytes:
+        return await self.inner.oauth_metadata(deadline)
+
+    async def verify_credentials(self, credentials: Headers) -> None:
+        await self.inner.verify_credentials(credentials)
 
     @property
     def holds_sessions(self) -> bool:
@@ -135,7 +145,7 @@ class StdioPool(Upstream):
             return None
         return next((p.problem for p in self.processes if p.problem is not None), None)
 
-    async def wait_info(self) -> UpstreamInfo:
+    async def wait_info(self, credentials: Headers | None = None) -> UpstreamInfo:
         info = self.info
         if info is not None:
             return info

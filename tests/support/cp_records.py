@@ -17,7 +17,9 @@ from tests.support.openapi import validate_failure
 if TYPE_CHECKING:
     from tests.support.scripted_cp import ScriptedControlPlane
 
-TERMINAL_TYPES: Final = frozenset({"jsonrpc_response", "notify_ack", "session_termination_response"})
+TERMINAL_TYPES: Final = frozenset(
+    {"jsonrpc_response", "notify_ack", "session_termination_response", "oauth_discovery_response"}
+)
 ERROR_CODES: Final = {
     400: ("invalid_request_error", "invalid_request"),
     401: ("authentication_error", "invalid_api_key"),

@@ -1,14 +1,18 @@
 """Validation against the Secure MCP Tunnel v1 contract (`openapi.json`), for tests.
 
 `validate(name, instance)` checks a body against `#/components/schemas/<name>`;
-`validate_failure(data)` checks `error.data.tunnel_failure` against the nested
-`x-tunnel-failure-schema`. Both raise jsonschema.ValidationError on failure.
+`validate_extended(name, instance)` does the same against the contract plus the official client's
+`oauth_discovery` extension (README, "Outside openapi.json"): the `ResponsePayloadType` enum plus
+`oauth_discovery_response`, and a polled `oauth_discovery` command shaped like the other non-JSON-RPC
+command; `validate_failure(data)` checks `error.data.tunnel_failure` against the nested
+`x-tunnel-failure-schema`. All raise jsonschema.ValidationError on failure.
 The contract is read from `../shared/tunnel-protocol/openapi.json` (next to the
 project root) unless the TUNNEL_OPENAPI environment variable names another file.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from functools import cache
@@ -20,6 +24,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 _BASE_URI = "urn:tunnel-protocol:openapi"
+_EXTENDED_URI = "urn:tunnel-protocol:openapi+oauth-discovery"
+OAUTH_DISCOVERY_COMMAND = "oauth_discovery"
+OAUTH_DISCOVERY_RESPONSE = "oauth_discovery_response"
 
 
 def contract_path() -> Path:
@@ -36,17 +43,39 @@ def _document() -> dict[str, Any]:
 
 
 @cache
+def _extended_document() -> dict[str, Any]:
+    """The contract plus the `oauth_discovery` extension the official client's wire types name
+    (pkg/controlplane/wiretypes/wire.go in openai/tunnel-client) and the published schema lacks."""
+    document = copy.deepcopy(_document())
+    schemas = document["components"]["schemas"]
+    schemas["ResponsePayloadType"]["enum"].append(OAUTH_DISCOVERY_RESPONSE)
+    command = copy.deepcopy(schemas["SessionTerminationPolledCommand"])
+    command["title"] = "OAuthDiscoveryPolledCommand"
+    command["properties"]["command_type"] = {
+        "type": "string",
+        "const": OAUTH_DISCOVERY_COMMAND,
+        "default": OAUTH_DISCOVERY_COMMAND,
+    }
+    schemas["OAuthDiscoveryPolledCommand"] = command
+    items = schemas["PolledCommandList"]["properties"]["commands"]["items"]
+    items["oneOf"].append({"$ref": "#/components/schemas/OAuthDiscoveryPolledCommand"})
+    items["discriminator"]["mapping"][OAUTH_DISCOVERY_COMMAND] = "#/components/schemas/OAuthDiscoveryPolledCommand"
+    return document
+
+
+@cache
 def _registry() -> Registry[Any]:
     resource: Resource[Any] = Resource.from_contents(_document(), default_specification=DRAFT202012)
-    registry: Registry[Any] = Registry().with_resource(_BASE_URI, resource)
+    extended: Resource[Any] = Resource.from_contents(_extended_document(), default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource(_BASE_URI, resource).with_resource(_EXTENDED_URI, extended)
     return registry
 
 
 @cache
-def _validator(schema_name: str) -> Draft202012Validator:
+def _validator(schema_name: str, base: str = _BASE_URI) -> Draft202012Validator:
     if schema_name not in _document()["components"]["schemas"]:
         raise KeyError(f"openapi.json has no schema {schema_name!r}")
-    schema = {"$ref": f"{_BASE_URI}#/components/schemas/{schema_name}"}
+    schema = {"$ref": f"{base}#/components/schemas/{schema_name}"}
     return Draft202012Validator(schema, registry=_registry())
 
 
@@ -61,6 +90,11 @@ def _failure_validator() -> Draft202012Validator:
 def validate(schema_name: str, instance: object) -> None:
     """Raise jsonschema.ValidationError unless `instance` matches the named component schema."""
     _validator(schema_name).validate(instance)
+
+
+def validate_extended(schema_name: str, instance: object) -> None:
+    """Like `validate`, against the contract plus the `oauth_discovery` extension (see the module)."""
+    _validator(schema_name, _EXTENDED_URI).validate(instance)
 
 
 def validate_failure(error_data: object) -> None:

@@ -43,7 +43,7 @@ from tests.support.cp_records import (
     as_reply,
     now,
 )
-from tests.support.openapi import validate, validate_failure
+from tests.support.openapi import validate, validate_extended, validate_failure
 
 TUNNEL: Final = "tunnel_scripted"
 KEY: Final = "scripted-gateway-key-0001"
@@ -184,8 +184,8 @@ class ScriptedControlPlane:
             body["jsonrpc"] = jsonrpc
         body.update(extra or {})
         command = Command(request_id, shard_token, channel, body, contract)
-        if contract:
-            validate("PolledCommandList", {"commands": [body]})
+        if contract:  # the contract, plus the official client's `oauth_discovery` (tests/openapi.py)
+            validate_extended("PolledCommandList", {"commands": [body]})
         self.commands[request_id] = command
         self._queue.append(command)
         self._enqueued.set()
@@ -473,7 +473,7 @@ class ScriptedControlPlane:
             command.handed_at = now()
             self._handed.add(command.request_id)
             record.handed.append(command.request_id)
-        validate("PolledCommandList", {"commands": [c.body for c in batch if c.contract]})
+        validate_extended("PolledCommandList", {"commands": [c.body for c in batch if c.contract]})
         listed = b",".join(c.raw if c.raw is not None else json.dumps(c.body).encode() for c in batch)
         body = b'{"commands":[%s]}' % listed
         delay, self.body_delay_s = self.body_delay_s, 0.0
@@ -569,8 +569,8 @@ class ScriptedControlPlane:
         if payload is None:
             self.violations.append(f"{where}: body is not a JSON object")
             return
-        try:
-            validate("TunnelResponsePayload", payload)
+        try:  # the contract, plus the official client's `oauth_discovery_response` (tests/openapi.py)
+            validate_extended("TunnelResponsePayload", payload)
         except Exception as exc:  # jsonschema.ValidationError
             self.violations.append(f"{where}: not a TunnelResponsePayload: {exc}")
         if "shard_token" in payload:

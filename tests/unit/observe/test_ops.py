@@ -17,6 +17,7 @@ class FakeUpstream:
     name: str
     ready: bool
     problem: str | None = None
+    needs_authorization: bool = False
 
 
 @dataclass
@@ -86,6 +87,11 @@ def test_readiness_reports_each_part() -> None:
     ready, body = readiness.report()
     assert ready
     assert body["checks"]["servers.b"] == "down (not required)"
+
+    upstreams["a"].needs_authorization = True  # it answered the probe 401: up (issue 18)
+    ready, body = readiness.report()
+    assert ready
+    assert body["checks"]["servers.a"] == "up, requires authorization"
 
 
 def test_prometheus_text_from_sdk_metrics() -> None:
