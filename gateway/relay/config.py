@@ -49,8 +49,6 @@ class RelayConfigError(ConfigError):
         self.problem = problem
 
 
-
-
 class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`user_auth:` users' OAuth tokens checked at the relay, before a request crosses the tunnel.
 

@@ -9,7 +9,6 @@ Knows nothing of HTTP bodies; every refusal is a TokenError whose text holds no 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -30,7 +29,7 @@ from gateway.relay.errors import (
     UnauthorizedClient,
     UnsupportedGrantType,
 )
-from gateway.relay.jwks import FileSource, HttpClient, IssuerKeys, JwksSource, JwksUnavailable, UrlSource
+from gateway.relay.jwks import FileSource, HttpClient, IssuerKeys, JwksSource, JwksUnavailable, UrlSource, refreshed
 from gateway.relay.tokens import AccessTokens, IssuedToken, SigningKeyError, load_signing_key, looks_like_jwt
 
 log = logging.getLogger("gateway.relay")
@@ -267,14 +266,6 @@ class Identity:
 
     @contextlib.asynccontextmanager
     async def lifetime(self) -> AsyncIterator[None]:
-        """Refresh the issuers' keys while the relay serves. The tasks are owned here, not in a
-        TaskGroup: aiohttp may run a cleanup context's two halves in different tasks."""
-        await self._client.start()
-        refreshers = [asyncio.create_task(issuer.keys.run()) for issuer in self.issuers]
-        try:
+        """Refresh the issuers' keys while the relay serves."""
+        async with refreshed(self._client, [issuer.keys for issuer in self.issuers]):
             yield
-        finally:
-            for task in refreshers:
-                task.cancel()
-            await asyncio.gather(*refreshers, return_exceptions=True)
-            await self._client.close()

@@ -8,10 +8,11 @@ keys only: a private member in a JWK is dropped and symmetric (`oct`) keys are i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -318,3 +319,19 @@ class IssuerKeys:
                 "identity: issuer %s has %d signing keys (kids %s)", self.issuer, len(keys), sorted(map(str, after))
             )
         self._keys, self._error = keys, None
+
+
+@contextlib.asynccontextmanager
+async def refreshed(client: HttpClient, caches: Iterable[IssuerKeys]) -> AsyncIterator[None]:
+    """The key caches refreshed on their schedules while the block runs, and `client` open for them.
+    The tasks are owned here, not in a TaskGroup: aiohttp may run a cleanup context's two halves in
+    different tasks."""
+    await client.start()
+    refreshers = [asyncio.create_task(keys.run(), name="jwks-refresh") for keys in caches]
+    try:
+        yield
+    finally:
+        for task in refreshers:
+            task.cancel()
+        await asyncio.gather(*refreshers, return_exceptions=True)
+        await client.close()

@@ -12,7 +12,6 @@ line (who, channel, method, tool, outcome, duration; no payload).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -27,7 +26,7 @@ from gateway.protocol.wire import Codec
 from gateway.relay.config import RelayConfig, UserAuthSpec
 from gateway.relay.errors import InsufficientScope, IssuerKeysUnavailable, UserUnauthorized
 from gateway.relay.guard import bearer_token
-from gateway.relay.jwks import HttpClient, IssuerKeys, JwksUnavailable, UrlSource
+from gateway.relay.jwks import HttpClient, IssuerKeys, JwksUnavailable, UrlSource, refreshed
 
 audit_log = logging.getLogger("gateway.relay.audit")
 
@@ -57,15 +56,8 @@ class UserAuth:
         if not self._keys:
             yield
             return
-        await self._client.start()
-        refreshers = [asyncio.create_task(keys.run(), name="user-auth-jwks") for keys in self._keys.values()]
-        try:
+        async with refreshed(self._client, self._keys.values()):
             yield
-        finally:
-            for task in refreshers:
-                task.cancel()
-            await asyncio.gather(*refreshers, return_exceptions=True)
-            await self._client.close()
 
     def covers(self, tunnel_id: str, channel: str) -> bool:
         spec = self._config.tunnels[tunnel_id].user_auth
