@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Final
 
 from gateway.config.routing import ProgramSpec
+from gateway.upstream.environment import child_environment
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class SupervisedProcess:
     async def _run_once(self) -> str:
         """Run the program until it exits; the reason, in words, for the log and readiness."""
         spec = self._spec
-        env = dict(os.environ) if spec.inherit_env else {}
-        env.update(spec.env)
+        env = child_environment(spec.inherit_env, spec.env)
         try:
             proc = await asyncio.create_subprocess_exec(
                 spec.executable(sys.executable),

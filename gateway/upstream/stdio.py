@@ -15,7 +15,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Final
@@ -29,6 +28,7 @@ from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, Upstre
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage, json_headers
 from gateway.upstream.base import Upstream, within
+from gateway.upstream.environment import child_environment
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
 from gateway.upstream.process import RestartPacing, end_task, stop_process
@@ -177,8 +177,7 @@ class StdioUpstream(Upstream):
             self._notify("restart")
 
     async def _run_once(self) -> None:
-        env = dict(os.environ) if self._stdio.inherit_env else {}
-        env.update(self._stdio.env)
+        env = child_environment(self._stdio.inherit_env, self._stdio.env)
         proc = await asyncio.create_subprocess_exec(
             self._stdio.executable(sys.executable),
             *self._stdio.args,

@@ -175,7 +175,9 @@ async def test_a_reason_quoting_the_server_never_shows_a_secret(tmp_path: Path) 
     secret = "first-run-secret-Qx81mz"
     leaks = tmp_path / "leaks.py"
     leaks.write_text("import os, sys\nsys.exit('cannot start with key ' + os.environ['TUNNEL_API_KEY'])\n")
-    routes = _routes(f"  leaky: {{stdio: {{command: '{{python}}', args: ['{leaks}']}}}}\n", "  main: [leaky]\n")
+    # The gateway withholds its key from the servers it starts; this one is handed it on purpose.
+    server = f"  leaky: {{stdio: {{command: '{{python}}', args: ['{leaks}'], env: {{TUNNEL_API_KEY: {secret}}}}}}}\n"
+    routes = _routes(server, "  main: [leaky]\n")
     (tmp_path / "routing.yaml").write_text(routes)
     async with process(*GATEWAY, "--routes", tmp_path / "routing.yaml", env={"TUNNEL_API_KEY": secret}) as gw:
         waiting = await gw.wait_for(r"^waiting: servers\.leaky \(exited with status 1: cannot start with key (.*)\)$")

@@ -156,3 +156,12 @@ async def test_sighup_with_a_broken_file_keeps_the_running_configuration(tmp_pat
         assert await whoami(cp, "main") == pid, "the running server was replaced by a rejected reload"
         assert payload_text(await cp.answer(cp.call("echo", {"text": "still serving"}))) == "still serving"
         assert cp.violations == []
+
+
+async def test_a_stdio_server_never_inherits_the_gateways_control_plane_key(tmp_path: Path) -> None:
+    """The gateway's environment holds its API key (TUNNEL_API_KEY); the stdio server it starts, with
+    `inherit_env` on, gets the rest of that environment but not the key."""
+    async with ScriptedControlPlane() as cp, run_gateway(routes({"main": stdio()}), tmp_path, *cli_args(cp)):
+        key = await cp.answer(cp.call("getenv", {"variable": "TUNNEL_API_KEY"}))
+        assert key["resp_json"]["result"]["structuredContent"] == {"result": None}, key
+        assert payload_text(await cp.answer(cp.call("getenv", {"variable": "PATH"})))
