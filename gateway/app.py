@@ -391,7 +391,9 @@ async def provision(
         stack.callback(control_plane.close)
 
         limits = Limits(config.limits, on_wait=telemetry.limit_waiting)
-        dispatcher = Dispatcher(channels, control_plane, codec, config.gateway.max_inflight, limits, telemetry)
+        dispatcher = Dispatcher(
+            channels, control_plane, codec, config.gateway.max_inflight, limits, telemetry, tunnel=tunnel_id
+        )
         stack.push_async_callback(dispatcher.close)
         telemetry.watch_limits(dispatcher.limit_counts)
         poller = Poller(

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import http
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
@@ -25,7 +26,9 @@ from gateway.channels.channel import ServedChannel
 from gateway.dispatch.limits import Limits, Subject
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.logs import REQUEST_ID
+from gateway.observe.records import CallRecord, CallSinks, Outcome
 from gateway.protocol.edge import Edge
+from gateway.protocol.eras import NAMED_METHODS
 from gateway.protocol.errors import (
     CommandError,
     CommandGone,
@@ -85,8 +88,15 @@ class Dispatcher:
         max_inflight: int,
         limits: Limits | None = None,
         telemetry: Telemetry = NOOP,
+        *,
+        tunnel: str = "",
+        records: CallSinks | None = None,
     ) -> None:
         self._channels = channels
+        self._tunnel = tunnel
+        self.records = records if records is not None else CallSinks()
+        """Where each finished JSON-RPC command's `CallRecord` goes (the audit log, the status page)."""
+        self._notes: dict[str, _Note] = {}
         self._limits = limits
         self._telemetry = telemetry
         self._responder = responder
@@ -194,16 +204,29 @@ class Dispatcher:
         if expired(deadline, asyncio.get_running_loop().time()):
             log.info("command %s expired before it ran; dropped", command.request_id)
             return
+        note = None
+        if self.records and command.command_type == COMMAND_JSONRPC:
+            note = self._notes[command.request_id] = _Note(time.time(), len(command.jsonrpc) if command.jsonrpc else 0)
         try:
             with self._telemetry.command(command, received_at):
                 async with asyncio.timeout_at(deadline):
                     await self._serve(command, deadline)
         except TimeoutError:
             log.info("command %s reached its deadline; abandoned without a response", command.request_id)
+            if note is not None:
+                note.outcome = "timeout"
         except CommandGone:
             log.info("command %s: its caller left (404 from the control plane); call cancelled", command.request_id)
+            if note is not None:
+                note.outcome = "cancelled"
         except Exception:
             log.exception("command %s failed inside the gateway", command.request_id)
+            if note is not None:
+                note.outcome, note.error = "error", CLIENT_INTERNAL.source
+        finally:
+            if note is not None:
+                del self._notes[command.request_id]
+                self.records.record(note.record(self._tunnel, command, received_at))
 
     async def _serve(self, command: PolledCommand, deadline: float | None) -> None:
         if command.command_type == COMMAND_SESSION_END:
@@ -250,11 +273,17 @@ class Dispatcher:
     async def _jsonrpc(self, command: PolledCommand) -> None:
         message = self._decode(command)
         if message is None:
+            note = self._notes.get(command.request_id)
+            if note is not None:
+                note.outcome, note.error = "rejected", str(INVALID_REQUEST)
             body = self._codec.error_response(NULL_ID, INVALID_REQUEST, "the command carries no valid JSON-RPC message")
             await self._post(command, RESP_JSONRPC, 400, body)
             return
         self._telemetry.describe(message)
         expects_answer = message.is_request
+        note = self._notes.get(command.request_id)
+        if note is not None:
+            self._describe(note, command, message)
         try:
             if message.method is not UNSET and message.params is not UNSET and not _object_or_null(message.params):
                 # MCP 2025-11-25 / 2026-07-28 schema: `params` is an object. Servers drop other shapes
@@ -291,6 +320,21 @@ class Dispatcher:
                 post = functools.partial(self._post, command, RESP_NOTIFY, 200)
                 return await _Notifications(post, command.request_id, pulled, frame).run()
         raise _unanswered()
+
+    def _describe(self, note: _Note, command: PolledCommand, message: JsonRpcMessage) -> None:
+        """What a call record says of the request: method, target name, server, session, tenant."""
+        method = message.method if message.method is not UNSET else "response"
+        note.method = method
+        key = NAMED_METHODS.get(method)
+        if key is not None and message.params is not UNSET:
+            note.name = self._codec.string_member(message.params, key)
+        channel = self._channels.get(command.channel)
+        if channel is not None and message.method is not UNSET:
+            note.server = channel.route(message, command.headers).server
+        note.session = header_value(command.headers, SESSION_HEADER)
+        limits = self._limits
+        if limits is not None and limits.tenant_header:
+            note.tenant = header_value(command.headers, limits.tenant_header)
 
     def _admit(
         self, command: PolledCommand, message: JsonRpcMessage, channel: ServedChannel
@@ -334,6 +378,9 @@ class Dispatcher:
         log.info("command %s failed: %s", command.request_id, exc)
         if isinstance(exc, RateLimited):
             self._telemetry.rate_limit(exc.limit, "rejected")
+        note = self._notes.get(command.request_id)
+        if note is not None:
+            note.failed(exc)
         if command.command_type == COMMAND_OAUTH_DISCOVERY:
             await self._discovery_failed(command, exc)
             return
@@ -393,6 +440,10 @@ class Dispatcher:
             resp_json=Raw(body) if body else UNSET,
             resp_headers=headers if headers else UNSET,
         )
+        if resp_type != RESP_NOTIFY:
+            note = self._notes.get(command.request_id)
+            if note is not None:
+                note.status, note.bytes_out = status, len(body) if body else 0
         with self._telemetry.post(resp_type, status, body, headers) as trace:
             try:
                 delivered = await self._responder.post(
@@ -407,6 +458,64 @@ class Dispatcher:
         if gone:
             raise CommandGone()
         return delivered
+
+
+class _Note:
+    """A JSON-RPC command's call record while it runs (filled in as the dispatcher learns more)."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "error",
+        "method",
+        "name",
+        "outcome",
+        "server",
+        "session",
+        "started",
+        "status",
+        "tenant",
+    )
+
+    def __init__(self, started: float, bytes_in: int) -> None:
+        self.started, self.bytes_in = started, bytes_in
+        self.method = "invalid"
+        self.outcome: Outcome = "ok"
+        self.status = self.bytes_out = 0
+        self.name: str | None = None
+        self.server: str | None = None
+        self.session: str | None = None
+        self.tenant: str | None = None
+        self.error: str | None = None
+
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, UpstreamError):
+            self.outcome, self.error = "error", exc.failure.source
+        elif isinstance(exc, RateLimited):
+            self.outcome, self.error = "rejected", exc.limit
+        elif isinstance(exc, CommandError):
+            self.outcome, self.error = "rejected", str(exc.code)
+        else:
+            self.outcome, self.error = "error", CLIENT_INTERNAL.source
+
+    def record(self, tunnel: str, command: PolledCommand, received_at: float) -> CallRecord:
+        duration = max(0.0, asyncio.get_running_loop().time() - received_at)
+        return CallRecord(
+            time=self.started,
+            tunnel=tunnel,
+            channel=command.channel,
+            method=self.method,
+            outcome=self.outcome,
+            status=self.status,
+            duration_s=duration,
+            server=self.server,
+            name=self.name,
+            session=self.session,
+            tenant=self.tenant,
+            error=self.error,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+        )
 
 
 def _object_or_null(raw: Raw) -> bool:
