@@ -124,11 +124,11 @@ class Runtime:
         kept = {
             name: upstream
             for name, upstream in self.upstreams.items()
-            if name in _used_servers(new) and new.servers[name] == old.servers.get(name)
+            if name in used_servers(new) and new.servers[name] == old.servers.get(name)
         }
         try:
             started = await _start_upstreams(
-                new, sorted(_used_servers(new) - kept.keys()), self.bridge, self.http, self.routes_file
+                new, sorted(used_servers(new) - kept.keys()), self.bridge, self.http, self.routes_file
             )
         except ConfigError as exc:
             log.error("reload rejected, the running configuration keeps serving: %s", exc)
@@ -169,7 +169,7 @@ class Runtime:
         await asyncio.gather(*(upstream.close() for upstream in self.upstreams.values()), return_exceptions=True)
 
 
-def _used_servers(config: RoutingConfig) -> set[str]:
+def used_servers(config: RoutingConfig) -> set[str]:
     used = {member for members in config.channels.values() for member in members}
     return used | {route.to for route in config.routes if route.to is not None}
 
@@ -245,7 +245,7 @@ async def _start_upstreams(
     config: RoutingConfig, names: list[str], bridge: Bridge, http: aiohttp.ClientSession, routes_file: Path
 ) -> dict[str, Upstream]:
     upstreams = {
-        name: _build_upstream(
+        name: build_upstream(
             name,
             config.servers[name],
             bridge=bridge,
@@ -265,7 +265,7 @@ async def _start_upstreams(
     return upstreams
 
 
-def _build_upstream(
+def build_upstream(
     name: str,
     spec: ServerSpec,
     *,
@@ -335,7 +335,7 @@ async def provision(
     base = routes_file.parent
     file = str(routes_file)
     embedded = config.control_plane is None and overrides.control_plane is None
-    remote = None if embedded else _remote_control_plane(config, overrides, routes_file)  # fail before spawning
+    remote = None if embedded else remote_control_plane(config, overrides, routes_file)  # fail before spawning
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
@@ -355,7 +355,7 @@ async def provision(
         credential: Credential | None = None
         if remote is not None and remote.identity is not None:
             # The first exchange runs while the servers start.
-            credential = _workload_identity(remote, config, http, file=file, base=base)
+            credential = workload_identity_credential(remote, config, http, file=file, base=base)
             stack.push_async_callback(credential.close)
             credential.start()
         elif remote is not None:
@@ -368,7 +368,7 @@ async def provision(
                 await asyncio.gather(*(u.close() for u in upstreams.values()), return_exceptions=True)
 
         stack.push_async_callback(close_upstreams)
-        upstreams.update(await _start_upstreams(config, sorted(_used_servers(config)), bridge, http, routes_file))
+        upstreams.update(await _start_upstreams(config, sorted(used_servers(config)), bridge, http, routes_file))
         telemetry.watch(upstreams, config.servers)
         session_keys = _session_keys(config, routes_file)
         channels = _channels(config, upstreams, bridge, session_keys, telemetry=telemetry)
@@ -449,7 +449,7 @@ async def _embedded_relay(
     return relay, key, Endpoint(urls, token_required=token is not None)
 
 
-def _remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> RemoteControlPlane:
+def remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> RemoteControlPlane:
     """The control plane and its credential: `api_key`, `workload_identity`, else the environment
     (the OPENAI_IDENTITY_* variables turn workload identity on; TUNNEL_API_KEY is the key)."""
     spec, file, base = config.control_plane, str(routes_file), routes_file.parent
@@ -475,7 +475,7 @@ def _remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_fi
     return RemoteControlPlane(url, tunnel_id, api_key=ApiKey(ref, base=base))
 
 
-def _workload_identity(
+def workload_identity_credential(
     remote: RemoteControlPlane, config: RoutingConfig, http: aiohttp.ClientSession, *, file: str, base: Path
 ) -> WorkloadIdentity:
     """The workload-identity credential: its subject token source, and the token endpoint reached
