@@ -115,7 +115,7 @@ _SHOWN: Final = {"ok": "ok", "fail": "FAIL", "skip": "skip"}
 
 def render_text(report: Report) -> str:
     """One line per check; a failing one adds its cause and its mitigation, one line each."""
-    width = max((len(r.target) for r in report.checks), default=0)
+    width = max((len(r.target) for r in report.checks if r.name != "config"), default=0)
     lines: list[str] = []
     for result in report.checks:
         took = f"  ({result.duration_ms:.0f} ms)" if result.duration_ms >= 1 else ""
@@ -130,15 +130,18 @@ def render_text(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def redacted(report: Report, redact: Callable[[str], str]) -> Report:
-    """The report with every text passed through the log redactor (no secret reaches stdout)."""
+def redacted(report: Report, redact: Callable[[str], str], known: Callable[[str], str]) -> Report:
+    """The report with every text passed through the log redactor (no secret reaches stdout); the
+    causes of `config` and `secret` checks, which the gateway writes from key paths and never from a
+    value, through `known` (registered values only), so `…api_key: expected …` stays readable."""
 
     def clean(result: CheckResult) -> CheckResult:
+        own = known if result.name in ("config", "secret") else redact
         return msgspec.structs.replace(
             result,
             target=redact(result.target),
             detail=redact(result.detail),
-            cause=None if result.cause is None else redact(result.cause),
+            cause=None if result.cause is None else own(result.cause),
             mitigation=None if result.mitigation is None else redact(result.mitigation),
         )
 

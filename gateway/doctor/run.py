@@ -37,7 +37,7 @@ async def diagnose(
     redactor = redactor or logs.Redactor()
     config, parsed = check_config(routes_file)
     if config is None:
-        return build(str(routes_file), [parsed], bad_file=True)
+        return redacted(build(str(routes_file), [parsed], bad_file=True), redactor.redact, redactor.known)
     redactor.add_all(logs.config_secrets(config, routes_file.parent))
     plan = make_plan(config, routes_file)
     results: list[CheckResult] = [parsed, *check_secrets(plan)]
@@ -50,7 +50,7 @@ async def diagnose(
     async with aiohttp.ClientSession(timeout=timeout) as session:
         results += await check_control_plane(plan, session, blocked, failed_secrets)
         results += await check_servers(plan, session, Bridge(Codec()), blocked, failed_secrets)
-    return redacted(build(str(routes_file), results), redactor.redact)
+    return redacted(build(str(routes_file), results), redactor.redact, redactor.known)
 
 
 async def doctor(routes_file: Path, *, as_json: bool, redactor: logs.Redactor, out: TextIO = sys.stdout) -> int:

@@ -83,9 +83,13 @@ class Redactor:
         for value in values:
             self.add(value)
 
+    def known(self, text: str) -> str:
+        """Only the registered values masked: for text the gateway wrote itself from a key path and
+        what it expected (`control_plane.api_key: expected …`), which the patterns would garble."""
+        return self._known_re.sub(MASK, text) if self._known_re is not None else text
+
     def redact(self, text: str) -> str:
-        if self._known_re is not None:
-            text = self._known_re.sub(MASK, text)
+        text = self.known(text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text
