@@ -80,9 +80,9 @@ async def _credential(
         async with asyncio.timeout(EXCHANGE_TIMEOUT_S + 5):
             await identity.get()
     except CredentialsUnavailable as exc:
-        return identity, fail("credentials", CONTROL_PLANE, f"token exchange: {exc.reason}", IDENTITY_FIX)
+        return identity, fail("credentials", CONTROL_PLANE, exc.reason, IDENTITY_FIX)
     except TimeoutError:
-        cause = f"token exchange: no access token within {EXCHANGE_TIMEOUT_S + 5:g}s"
+        cause = f"token exchange: no access token within {EXCHANGE_TIMEOUT_S + 5:g}s ({identity.label})"
         return identity, fail("credentials", CONTROL_PLANE, cause, IDENTITY_FIX)
     return identity, None
 

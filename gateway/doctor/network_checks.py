@@ -173,7 +173,7 @@ def _proxy_advice(dest: Destination, proxy: str, problem: Problem) -> tuple[str,
             cause = f"the proxy refused the credentials in {setting} ({problem.cause})"
         else:
             cause = f"the proxy requires credentials and {setting} has none ({problem.cause})"
-        fix = f"put the proxy's user and password in {setting} as http://user:password@host:port (percent-encoded)"
+        fix = f"put the proxy's user and password in {setting}'s URL, as `user:password@` before its host"
         return cause, fix
     if status in ("502", "503", "504"):
         cause = f"the proxy could not reach {dest.authority} ({problem.cause})"

@@ -60,7 +60,7 @@ async def _handshake(name: str, spec: ServerSpec, upstream: Upstream, bridge: Br
     info = upstream.info
     if info is None:
         problem = upstream.problem or "did not come up"
-        return fail("server", target, f"{target} {problem}", _advice(name, spec, problem))
+        return fail("server", target, f"{target}: {problem}", _advice(name, spec, problem))
     tools = await _tool_count(name, upstream, bridge)
     era = f"{info.era.value} era ({info.protocol_version})"
     if tools is None:

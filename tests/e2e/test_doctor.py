@@ -29,6 +29,7 @@ from tests.support.forward_proxy import NO_CONNECT, forward_proxy
 from tests.support.gateway_process import gateway_env, routes, stdio
 from tests.support.harness import PYTHON, ROOT, free_port
 from tests.support.scripted_cp import KEY, ScriptedControlPlane
+from tests.support.token_endpoint import SubjectIssuer, TokenEndpoint
 
 GATEWAY = Path(PYTHON).parent / "gateway"
 """The installed console script, as an operator runs it."""
@@ -227,7 +228,7 @@ async def test_proxy_with_basic_auth(password: str, ca: tuple[trustme.CA, Path],
         result = failing(report, "proxy", "control_plane")
         assert "refused the credentials" in result.cause
         assert "HTTP 407" in result.cause
-        assert "`control_plane.proxy`" in result.mitigation
+        assert result.mitigation.startswith("put the proxy's user and password in `control_plane.proxy`'s URL")
         assert "wrong" not in run.stdout
         assert [one(report, kind, "control_plane").status for kind in ("tls", "credentials", "tunnel")] == ["skip"] * 3
 
@@ -362,11 +363,47 @@ async def test_broken_servers_are_named_with_their_mitigation(answers_500: str, 
     run, report = await report_of(routes(servers), tmp_path, gateway_env(**{marker: "1"}))
     assert run.code == 1
     result = failing(report, "server", "servers.dies")
-    assert result.cause == "servers.dies exited with status 1: cannot load"
+    assert result.cause == "servers.dies: exited with status 1: cannot load"
     assert result.mitigation.startswith("run `servers.dies.stdio.command` with its args by hand")
     port = answers_500.split(":")[2].split("/")[0]
     result = failing(report, "server", "servers.broken")
-    assert result.cause == f"servers.broken HTTP 500 from 127.0.0.1:{port}"
+    assert result.cause == f"servers.broken: HTTP 500 from 127.0.0.1:{port}"
     assert "read its logs" in result.mitigation
     assert one(report, "server", "servers.fine").detail == "legacy era (2025-11-25), 1 tools"
     assert marked_processes(marker) == []
+
+
+# --------------------------------------------------------------------------- workload identity
+
+
+@pytest.mark.parametrize("endpoint_says", ["grant", "refuse"])
+async def test_workload_identity_exchange(endpoint_says: str, tmp_path: Path) -> None:
+    """The exchange the gateway would run (the same credential object): a granted token is accepted
+    by the control plane; a refused exchange is named with the token endpoint's words and what to check."""
+    issuer = SubjectIssuer()
+    subject = tmp_path / "subject-token"
+    subject.write_text(issuer.mint())
+    async with TokenEndpoint(issuer) as endpoint, ScriptedControlPlane(authorize=endpoint.valid) as cp:
+        if endpoint_says == "refuse":
+            endpoint.refuse()
+        identity = {
+            "token_url": endpoint.url,
+            "identity_provider_id": endpoint.identity_provider_id,
+            "service_account_id": endpoint.service_account_id,
+            "subject_token": f"file:{subject}",
+        }
+        control = {"url": cp.url, "tunnel_id": cp.tunnel_id, "workload_identity": identity}
+        run, report = await report_of(routes({"main": stdio("raw_stdio.py")}, control_plane=control), tmp_path)
+        assert cp.polls == []
+    assert one(report, "secret", "control_plane.workload_identity.subject_token").status == "ok"
+    assert one(report, "connect", "token_endpoint").status == "ok"
+    assert issuer.minted[0] not in run.stdout
+    if endpoint_says == "grant":
+        assert run.code == 0
+        assert one(report, "credentials", "control_plane").detail.startswith("workload_identity (identity provider")
+        assert one(report, "tunnel", "control_plane").status == "ok"
+        return
+    assert run.code == 1
+    result = failing(report, "credentials", "control_plane")
+    assert result.cause.startswith("token exchange refused: invalid_grant")
+    assert result.mitigation.startswith("check `control_plane.workload_identity`")
