@@ -73,7 +73,7 @@ async def _resolve(
 ) -> CheckResult:
     direct, via = users.get(host, []), proxies.get(host, [])
     names = [d.target for d in direct] + [f"proxy of {d.target}" for d in via]
-    port = direct[0].port if direct else 443
+    port = direct[0].port if direct else int(_proxy_address(via[0].proxy or "").rsplit(":", 1)[1])
     with timed() as clock:
         try:
             async with asyncio.timeout(timeout_s):
