@@ -96,23 +96,31 @@ async def open_link(host: str, port: int, timeout_s: float) -> Link | Problem:
     return Link(reader, writer)
 
 
-async def through_proxy(proxy: str, authority: str, timeout_s: float) -> Link | Problem:
-    """A `CONNECT` tunnel to `authority` through `proxy` (its userinfo sent as Basic credentials)."""
-    origin = Origin.parse(f"https://{authority}/", proxy)
+async def _ask_proxy(origin: Origin, request: bytes, what: str, timeout_s: float) -> tuple[Link, bytes] | Problem:
+    """Send `request` to the proxy `origin` names; the open link and the head of its answer."""
     assert origin.proxy_host is not None
     link = await open_link(origin.proxy_host, origin.proxy_port, timeout_s)
     if isinstance(link, Problem):
         return link
     try:
         async with asyncio.timeout(timeout_s):
-            link.writer.write(connect_head(authority, origin.proxy_auth))
-            head = await link.reader.readuntil(b"\r\n\r\n")
+            link.writer.write(request)
+            return link, await link.reader.readuntil(b"\r\n\r\n")
     except TimeoutError:
         await link.close()
-        return Problem("timeout", f"the proxy did not answer CONNECT within {timeout_s:g}s")
+        return Problem("timeout", f"the proxy did not answer {what} within {timeout_s:g}s")
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
         await link.close()
-        return Problem("closed", "the proxy closed the connection instead of answering CONNECT")
+        return Problem("closed", f"the proxy closed the connection instead of answering {what}")
+
+
+async def through_proxy(proxy: str, authority: str, timeout_s: float) -> Link | Problem:
+    """A `CONNECT` tunnel to `authority` through `proxy` (its userinfo sent as Basic credentials)."""
+    origin = Origin.parse(f"https://{authority}/", proxy)
+    answer = await _ask_proxy(origin, connect_head(authority, origin.proxy_auth), "CONNECT", timeout_s)
+    if isinstance(answer, Problem):
+        return answer
+    link, head = answer
     code = status_code(head)
     if code != "200":
         await link.close()
@@ -125,20 +133,12 @@ async def through_proxy(proxy: str, authority: str, timeout_s: float) -> Link | 
 async def forward_head(proxy: str, url: str, timeout_s: float) -> str | Problem:
     """A plain-HTTP `HEAD` in absolute form through `proxy`: the status it answers."""
     origin = Origin.parse(url, proxy)
-    assert origin.proxy_host is not None
-    link = await open_link(origin.proxy_host, origin.proxy_port, timeout_s)
-    if isinstance(link, Problem):
-        return link
-    try:
-        async with asyncio.timeout(timeout_s):
-            link.writer.write(origin.request_head("HEAD") + b"Connection: close\r\n\r\n")
-            head = await link.reader.readuntil(b"\r\n\r\n")
-    except TimeoutError:
-        return Problem("timeout", f"the proxy did not answer within {timeout_s:g}s")
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-        return Problem("closed", "the proxy closed the connection without answering")
-    finally:
-        await link.close()
+    request = origin.request_head("HEAD") + b"Connection: close\r\n\r\n"
+    answer = await _ask_proxy(origin, request, "a forwarded request", timeout_s)
+    if isinstance(answer, Problem):
+        return answer
+    link, head = answer
+    await link.close()
     return status_code(head)
 
 

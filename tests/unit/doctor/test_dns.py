@@ -32,17 +32,22 @@ class Unresolvable:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
 
+async def diagnosed(tmp_path: Path, **control: str) -> tuple[Report, Unresolvable]:
+    """The doctor's report on a file with one stdio server and this control plane, names unresolvable."""
+    settings = {"url": "https://cp.doctor.invalid", "tunnel_id": "t1", "api_key": "inline-key-0001", **control}
+    file = tmp_path / "routing.yaml"
+    file.write_text(routes({"main": stdio("raw_stdio.py")}, control_plane=settings))
+    resolver = Unresolvable()
+    return await diagnose(file, resolver=resolver), resolver
+
+
 def one(report: Report, name: str, target: str) -> CheckResult:
     (found,) = [c for c in report.checks if c.name == name and c.target == target]
     return found
 
 
 async def test_an_unresolvable_control_plane_is_named_and_nothing_reaches_it(tmp_path: Path) -> None:
-    control = {"url": "https://cp.doctor.invalid", "tunnel_id": "t1", "api_key": "inline-key-0001"}
-    file = tmp_path / "routing.yaml"
-    file.write_text(routes({"main": stdio("raw_stdio.py")}, control_plane=control))
-    resolver = Unresolvable()
-    report = await diagnose(file, resolver=resolver)
+    report, resolver = await diagnosed(tmp_path)
     assert resolver.asked == [("cp.doctor.invalid", 443)]
     dns = one(report, "dns", "cp.doctor.invalid")
     assert dns.status == "fail"
@@ -59,16 +64,7 @@ async def test_an_unresolvable_control_plane_is_named_and_nothing_reaches_it(tmp
 
 async def test_an_unresolvable_proxy_names_the_proxy_setting(tmp_path: Path) -> None:
     """Behind a proxy the control plane's own name is the proxy's to resolve: only the proxy's is looked up."""
-    control = {
-        "url": "https://cp.doctor.invalid",
-        "tunnel_id": "t1",
-        "api_key": "inline-key-0001",
-        "proxy": "http://proxy.doctor.invalid:3128",
-    }
-    file = tmp_path / "routing.yaml"
-    file.write_text(routes({"main": stdio("raw_stdio.py")}, control_plane=control))
-    resolver = Unresolvable()
-    report = await diagnose(file, resolver=resolver)
+    report, resolver = await diagnosed(tmp_path, proxy="http://proxy.doctor.invalid:3128")
     assert resolver.asked == [("proxy.doctor.invalid", 3128)]
     dns = one(report, "dns", "proxy.doctor.invalid")
     assert dns.status == "fail"
