@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check", help="validate a routing file and exit")
     check.add_argument("--routes", type=Path, default=Path("routing.yaml"))
-    doctor = sub.add_parser("doctor", help="check what the routing file needs, explain each failure, exit")
-    doctor.add_argument("--routes", type=Path, default=Path("routing.yaml"))
-    doctor.add_argument("--json", action="store_true", help="print the report as JSON (see the README)")
+    preflight = sub.add_parser("doctor", help="check what the routing file needs, explain each failure, exit")
+    preflight.add_argument("--routes", type=Path, default=Path("routing.yaml"))
+    preflight.add_argument("--json", action="store_true", help="print the report as JSON (see the README)")
     relay = sub.add_parser("relay", help="run the self-hosted control plane (relay)")
     relay.add_argument("--config", type=Path, required=True, help="relay configuration file")
     return parser
