@@ -25,6 +25,8 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.loopback_app import LoopbackApp
+
 CLIENT_CREDENTIALS: Final = "client_credentials"
 TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"
@@ -45,10 +47,11 @@ class TokenRequest:
     issued: str | None = field(default=None, repr=False)
 
 
-class TokenService:
+class TokenService(LoopbackApp):
     """The token endpoint and its key. `user_token(sub)` mints what a signed-in user would bring."""
 
     def __init__(self, *, client_id: str, client_secret: str, lifetime_s: float = 3600) -> None:
+        super().__init__()
         self.client_id = client_id
         self.client_secret = client_secret
         self.lifetime_s = lifetime_s
@@ -61,30 +64,18 @@ class TokenService:
         self.issued: list[str] = []
         """Every token minted (users' and issued ones), for the secret sweep."""
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
     @property
     def token_url(self) -> str:
         return f"{self.issuer}/token"
 
-    async def __aenter__(self) -> TokenService:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/token", self._token)
         app.router.add_get("/jwks", self._jwks)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # ------------------------------------------------------------------ for tests
 
