@@ -6,7 +6,8 @@ falling back to `initialize`; a 401 means the server is up and wants the
 user's token, its era learned from the first authorized call), the gateway's
 own legacy session, request headers, JSON and SSE answers turned into
 `Notify`/`Reply` frames (a 401's `WWW-Authenticate` kept), and its OAuth
-metadata (`gateway.upstream.oauth_discovery`). aiohttp failures become
+metadata (`gateway.upstream.oauth_discovery`); a `service_credential` swaps the
+user's token for the gateway's (`gateway.upstream.service_credentials`). aiohttp failures become
 `UpstreamError`s in `gateway.upstream.http_errors`, nowhere else.
 """
 

@@ -4,10 +4,12 @@ and a broken entry named by file, key and what was expected."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from gateway.config import routing, service_auth
+from gateway.observe import logs
 from gateway.protocol.errors import ConfigError
 
 HEAD = """
@@ -119,3 +121,16 @@ channels:
         routing.parse(document, "routing.yaml")
     assert caught.value.key == "servers.tool.stdio"
     assert "unknown field `service_credential`" in caught.value.expected
+
+
+def test_the_client_secret_is_registered_with_the_log_redactor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NOTES_CLIENT_SECRET", "notes-secret-value-77")
+    (tmp_path / "exchange-secret").write_text("exchange-secret-value-88\n")
+    config = parse("""
+  client_credentials: {token_url: 'https://i/t', client_id: c, client_secret: 'env:NOTES_CLIENT_SECRET'}
+""")
+    assert "notes-secret-value-77" in set(logs.config_secrets(config, tmp_path))
+    config = parse("""
+  token_exchange: {token_url: 'https://i/t', client_id: c, client_secret: 'file:exchange-secret'}
+""")
+    assert "exchange-secret-value-88" in set(logs.config_secrets(config, tmp_path))
