@@ -5,7 +5,8 @@ Owns the RFC 6749 §4.4 client-credentials and RFC 8693 §2.1 token-exchange ("o
 bodies, client authentication by HTTP Basic (RFC 6749 §2.3.1), the user's bearer token read from a
 request's headers and the `Authorization` header replaced, and `TokenCache`: leases per key (one
 for client credentials, one per user for an exchange), bounded, dropped at expiry, refreshed
-`refresh_before_s` ahead of it (the schedule is gateway.protocol.workload_identity's `lease`).
+`refresh_before_s` ahead of it (the schedule is gateway.protocol.workload_identity's `lease`),
+and `Pauses`, the failures a key's callers hear for a moment instead of a new request.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import OrderedDict
-from typing import Final
+from typing import Final, Generic, TypeVar
 from urllib.parse import quote_plus, urlencode
 
 from gateway.protocol.headers import AUTHORIZATION
@@ -28,6 +29,11 @@ FORM: Final = "application/x-www-form-urlencoded"
 SHARED: Final = ""
 """The cache key of a client-credentials token: one token for every caller."""
 MAX_CACHED_USERS: Final = 4096
+FAILURE_PAUSE_S: Final = 2.0
+"""After a request for a key failed, callers with that key hear the same failure this long
+(a flood of calls with a refused token, or at an endpoint that is down, is not a flood of requests)."""
+
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- requests
@@ -158,3 +164,32 @@ class TokenCache:
     def _sweep(self, now: float) -> None:
         for key in [key for key, found in self._leases.items() if now >= found.usable_until]:
             del self._leases[key]
+
+
+class Pauses(Generic[T]):
+    """The last failure per key, kept `pause_s` after it happened, at most `max_entries` keys."""
+
+    def __init__(self, *, pause_s: float = FAILURE_PAUSE_S, max_entries: int = MAX_CACHED_USERS) -> None:
+        self.pause_s = pause_s
+        self.max_entries = max(1, max_entries)
+        self._failures: OrderedDict[str, tuple[float, T]] = OrderedDict()
+
+    def note(self, key: str, failure: T, now: float) -> None:
+        self._failures[key] = (now + self.pause_s, failure)
+        self._failures.move_to_end(key)
+        while len(self._failures) > self.max_entries:
+            self._failures.popitem(last=False)
+
+    def get(self, key: str, now: float) -> T | None:
+        """The key's failure while its pause lasts (an ended one is dropped)."""
+        found = self._failures.get(key)
+        if found is None:
+            return None
+        until, failure = found
+        if now >= until:
+            del self._failures[key]
+            return None
+        return failure
+
+    def clear(self, key: str) -> None:
+        self._failures.pop(key, None)

@@ -4,9 +4,10 @@ The I/O only (token endpoint POSTs, one in flight per key, their tasks); no toke
 Owns, for one HTTP server with `service_credential` (gateway.config.service_auth): the requests to
 its token endpoint with the server's egress settings (client credentials, or the user's token
 exchanged "on behalf of" them, RFC 8693), one request in flight per key (the shared token, or each
-user's), refreshed in the background `refresh_before_s` ahead of expiry, a cache entry dropped when
-the server refuses its token (and the request tried once more), and what a caller is answered when
-there is no token: 401 without a user token, ServiceCredentialRefused, or a 502-style failure.
+user's; after a failure, none for a moment), refreshed in the background `refresh_before_s` ahead
+of expiry, a cache entry dropped when the server refuses its token (and the request tried once
+more), and what a caller is answered when there is no token: 401 without a user token,
+ServiceCredentialRefused, or a 502-style failure.
 Request bodies and the cache are gateway.protocol.service_tokens'; answers gateway.protocol.oauth_tokens'.
 """
 
@@ -37,8 +38,10 @@ from gateway.protocol.headers import WWW_AUTHENTICATE
 from gateway.protocol.mcp import Call, Frame, Reply
 from gateway.protocol.oauth_tokens import MAX_ANSWER_BYTES, Failed, Granted, read_answer
 from gateway.protocol.service_tokens import (
+    FAILURE_PAUSE_S,
     FORM,
     SHARED,
+    Pauses,
     TokenCache,
     basic_authorization,
     bearer_token,
@@ -138,6 +141,8 @@ class ServiceCredentials:
         settings: ServiceCredentialSettings,
         session: aiohttp.ClientSession,
         egress: Egress | None = None,
+        *,
+        failure_pause_s: float = FAILURE_PAUSE_S,
     ) -> None:
         self._server = server
         self.settings = settings
@@ -145,6 +150,7 @@ class ServiceCredentials:
         self._egress = egress
         cap = settings.max_cached_users if settings.on_behalf_of else 1
         self._cache = TokenCache(refresh_before_s=settings.refresh_before_s, max_entries=cap)
+        self._pauses: Pauses[_NoToken] = Pauses(pause_s=failure_pause_s, max_entries=cap)
         self._flights: dict[str, asyncio.Task[Lease | _NoToken]] = {}
         self._grant = "token exchange" if settings.on_behalf_of else "client credentials request"
         self._context = f"server {server!r}, token endpoint {urlsplit(settings.token_url).hostname or '?'}"
@@ -229,10 +235,13 @@ class ServiceCredentials:
     async def _token(self, key: str, user: str | None) -> Lease:
         now = self._now()
         found = self._cache.get(key, now)
+        paused = self._pauses.get(key, now)
         if found is not None:
-            if self._cache.due(found, now):
+            if self._cache.due(found, now) and paused is None:
                 self._launch(key, user)  # refreshed in the background; this one is still good
             return found
+        if paused is not None:
+            raise self._error(paused)  # failed moments ago: the same answer, no new request
         # The shield keeps a caller that gives up (a cancelled call) from cancelling it for all.
         outcome = await asyncio.shield(self._launch(key, user))
         if isinstance(outcome, Lease):
@@ -277,9 +286,11 @@ class ServiceCredentials:
         if isinstance(outcome, Granted):
             found = self._cache.put(key, outcome, sent_at=sent_at, now=self._now())
             if found is not None:
+                self._pauses.clear(key)
                 self._report(None, outcome.lifetime_s)
                 return found
             outcome = _NoToken(Failed(f"the token endpoint issued a token that expired on arrival ({self._context})"))
+        self._pauses.note(key, outcome, self._now())
         self._report(outcome.failed.reason, 0.0)
         return outcome
 

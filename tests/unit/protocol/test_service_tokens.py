@@ -14,6 +14,7 @@ import pytest
 from gateway.protocol.oauth_tokens import MASK, Failed, Granted, read_answer
 from gateway.protocol.service_tokens import (
     ACCESS_TOKEN_TYPE,
+    Pauses,
     TokenCache,
     basic_authorization,
     bearer_token,
@@ -200,3 +201,17 @@ def test_reprs_hide_tokens() -> None:
     cache = TokenCache(refresh_before_s=0)
     found = cache.put("k", Granted("svc-secret-token", 100), sent_at=0, now=0)
     assert "svc-secret-token" not in repr(found) + repr(Granted("svc-secret-token", 1))
+
+
+def test_a_failure_is_heard_for_the_pause_then_forgotten() -> None:
+    pauses: Pauses[str] = Pauses(pause_s=2, max_entries=2)
+    pauses.note("alice", "refused", now=10)
+    assert pauses.get("alice", 11.9) == "refused"
+    assert pauses.get("bob", 11) is None
+    assert pauses.get("alice", 12) is None
+    pauses.note("a", "x", now=0)
+    pauses.note("b", "y", now=0)
+    pauses.note("c", "z", now=0)  # bounded: the oldest goes
+    assert (pauses.get("a", 1), pauses.get("c", 1)) == (None, "z")
+    pauses.clear("c")
+    assert pauses.get("c", 1) is None

@@ -52,7 +52,7 @@ def credentials(
         audience="api://notes",
         **extra,  # type: ignore[arg-type]
     )
-    return ServiceCredentials("notes", settings, session)
+    return ServiceCredentials("notes", settings, session, failure_pause_s=600)
 
 
 def user(token: str) -> dict[str, list[str]]:
@@ -167,6 +167,12 @@ async def test_a_refusal_names_the_oauth_error_and_never_the_token(
     assert "invalid_grant" in str(caught.value)
     assert mallory not in str(caught.value)
     assert SECRET not in str(caught.value)
+    with pytest.raises(ServiceCredentialRefused):  # at once again: the same answer, no second request
+        await service.authorize(user(mallory), CHALLENGE)
+    assert idp.counted(TOKEN_EXCHANGE) == 1
+    alice = idp.user_token("alice")
+    await service.authorize(user(alice), CHALLENGE)  # another user is not held back
+    assert idp.counted(TOKEN_EXCHANGE) == 2
 
 
 async def test_a_wrong_client_secret_is_refused_as_invalid_client(
