@@ -50,6 +50,7 @@ from gateway.upstream.base import Upstream
 from gateway.upstream.egress import egress
 from gateway.upstream.http import HttpUpstream, sendable_header
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
+from gateway.upstream.service_credentials import service_credentials
 from gateway.upstream.stdio import StdioUpstream
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,7 @@ def build_upstream(
         request_timeout_s=spec.request_timeout_s,
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
         reprobe_max_s=spec.restart_backoff_max_s,
+        service_credentials=service_credentials(name, spec.http, session=http, file=file, base=base),
     )
     return Bounded(http_upstream, spec.max_concurrency) if spec.max_concurrency else http_upstream
 

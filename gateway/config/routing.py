@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
-from gateway.config import rates
+from gateway.config import rates, service_auth
 from gateway.config.globs import glob_error
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.workload_identity import DEFAULT_TOKEN_URL
@@ -89,6 +89,8 @@ class HttpSpec(Egress, frozen=True, kw_only=True):
     spawn: ProgramSpec | None = None
     """A local process that serves `url` (on loopback): started with the gateway, restarted with
     backoff when it exits, stopped when the gateway stops or the server leaves routing.yaml."""
+    service_credential: service_auth.ServiceCredentialSpec | None = None
+    """A token the gateway obtains replaces the user's `Authorization` (gateway.config.service_auth)."""
 
 
 class ServerSpec(_Frozen, frozen=True, kw_only=True):
@@ -483,6 +485,10 @@ def check(config: RoutingConfig, file: str) -> None:
             _check_egress(server.http, file, f"{key}.http")
             if server.http.spawn is not None and not _on_loopback(server.http.url):
                 raise ConfigError(file, f"{key}.http.url", "a loopback URL (127.0.0.1, [::1], localhost) with `spawn`")
+            credential = server.http.service_credential
+            if credential is not None:
+                grant_key = service_auth.check(credential, file, f"{key}.http.service_credential")
+                _check_url(credential.grant.token_url, file, f"{grant_key}.token_url")
     for channel, members in config.channels.items():
         key = f"channels.{channel}"
         if not CHANNEL_NAME.fullmatch(channel):

@@ -22,6 +22,7 @@ from typing import IO, Final
 import msgspec
 
 from gateway.config import secrets as secret_refs
+from gateway.config import service_auth
 from gateway.config.routing import RoutingConfig
 from gateway.relay.config import RelayConfig
 
@@ -98,7 +99,8 @@ class Redactor:
 def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
     """Every secret value routing.yaml names (references resolved now; unresolvable ones skipped,
     provisioning reports them): the control-plane key (or App Service's identity header), secret
-    header values, the relay's client token, the telemetry exporter's headers."""
+    header values, servers' service-credential client secrets, the relay's client token, the
+    telemetry exporter's headers."""
     refs: list[str] = []
     if config.control_plane is not None and config.control_plane.api_key:
         refs.append(config.control_plane.api_key)
@@ -111,6 +113,8 @@ def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
     if config.relay.client_token:
         refs.append(config.relay.client_token)
     headers = [server.http.headers for server in config.servers.values() if server.http is not None]
+    for server in config.servers.values():
+        refs += service_auth.secret_refs(server.http.service_credential if server.http is not None else None)
     headers.append(config.telemetry.headers)
     for group in headers:
         for name, value in group.items():
