@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.config import rates
+from gateway.config.admin import AuditSpec, BudgetSpec, TenantSpec, check_admin
 from gateway.config.globs import glob_error
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.workload_identity import DEFAULT_TOKEN_URL
@@ -326,6 +327,8 @@ class ChannelSpec(_Frozen, frozen=True, kw_only=True):
     listen_timeout_s: Seconds = 50.0
     """A client's `subscriptions/listen` stream ends (gracefully) after this long; the client listens
     again. Keep it under the control plane's response timeout."""
+    allow_tools: list[str] | None = None
+    """Globs on tool names as clients see them: other tools are hidden and refused like a `deny` route."""
 
 
 class RouteMatch(_Frozen, frozen=True, kw_only=True):
@@ -378,6 +381,10 @@ class RoutingConfig(_Frozen, frozen=True, kw_only=True):
     telemetry: TelemetrySpec = TelemetrySpec()
     ops: OpsSpec | None = None
     logging: LoggingSpec = LoggingSpec()
+    audit: AuditSpec | None = None
+    budgets: list[BudgetSpec] = []
+    tenants: dict[str, TenantSpec] = {}
+    """Per tenant (a `limits.tenant_header` value; `*`: any other): tools it may use."""
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -508,6 +515,20 @@ def check(config: RoutingConfig, file: str) -> None:
         _check_origin_url(config.relay.public_url, file, "relay.public_url")
     _check_limits(config.limits, file)
     _check_observability(config, file)
+    allow = {name: spec.allow_tools for name, spec in config.channel_specs.items()}
+    channels = list(config.channels)
+    check_admin(
+        config.audit,
+        config.budgets,
+        config.tenants,
+        allow,
+        tenant_header=config.limits.tenant_header,
+        channels=channels,
+        file=file,
+    )
+    for i, budget in enumerate(config.budgets):
+        if budget.webhook is not None:
+            _check_url(budget.webhook.url, file, f"budgets[{i}].webhook.url")
 
 
 def check_workload_identity(
