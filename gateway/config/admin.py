@@ -6,7 +6,7 @@ Builds no runtime objects and resolves no secrets (webhook header values stay re
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final
 
 from msgspec import Meta, Struct, field
 
@@ -16,6 +16,8 @@ from gateway.protocol.errors import ConfigError
 AtLeastOne = Annotated[int, Meta(ge=1)]
 Percent = Annotated[int, Meta(ge=1, le=100)]
 BUDGET_SCOPES: Final = ("tenant", "client_token", "channel")
+BUDGET_PERIODS: Final = ("hour", "day")
+AUDIT_FORMATS: Final = ("json", "text")
 
 
 class _Frozen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -33,7 +35,7 @@ class AuditSpec(_Frozen, frozen=True, kw_only=True):
     """Rotated files kept (`file.1` newest); 0 truncates instead."""
     retention_days: Annotated[float, Meta(gt=0)] | None = None
     """Rotated files last written longer ago than this are deleted (at start and at each rotation)."""
-    format: Literal["json", "text"] = "json"
+    format: str = "json"
     """`json`: one JSON object a line; `text`: `key=value` pairs a line."""
     queue: AtLeastOne = 10_000
     """Records waiting for the writer; past this they are dropped and counted, never blocking a call."""
@@ -54,14 +56,15 @@ class BudgetSpec(_Frozen, frozen=True, kw_only=True):
     """Calls allowed per key in each fixed UTC hour or day, with alerts at thresholds and an optional refusal."""
 
     name: Annotated[str, Meta(min_length=1)]
-    scope: Literal["tenant", "client_token", "channel"]
+    scope: str
     """`tenant` (the `limits.tenant_header` value), `client_token` (a SHA-256 of the caller's
     Authorization header; the token itself is never kept) or `channel`."""
     match: str | None = None
     """Only this tenant or channel (absent: every key has its own budget). Not for `client_token`."""
     calls: AtLeastOne
     """`tools/call`, `prompts/get` and `resources/read` requests allowed per window."""
-    per: Literal["hour", "day"]
+    per: str
+    """`hour` or `day` (fixed UTC windows: 14:00 to 15:00, midnight to midnight)."""
     alerts: list[Percent] = field(default_factory=lambda: [80, 100])
     """Percentages of `calls`: crossing one (once per window and key) logs, counts, and calls the webhook."""
     refuse: bool = False
@@ -87,6 +90,8 @@ def check_admin(
     file: str,
 ) -> None:
     """Value checks the Structs cannot express: unique names, globs, matches, the tenant header."""
+    if audit is not None and audit.format not in AUDIT_FORMATS:
+        raise ConfigError(file, "audit.format", f"`json` or `text` (got {audit.format!r})")
     if audit is not None and audit.backups == 0 and audit.retention_days is not None:
         raise ConfigError(file, "audit.retention_days", "nothing (there are no rotated files with `backups: 0`)")
     seen: set[str] = set()
@@ -95,6 +100,10 @@ def check_admin(
         if budget.name in seen:
             raise ConfigError(file, f"{key}.name", f"a name no other budget has (got {budget.name!r} twice)")
         seen.add(budget.name)
+        if budget.scope not in BUDGET_SCOPES:
+            raise ConfigError(file, f"{key}.scope", f"one of {', '.join(BUDGET_SCOPES)} (got {budget.scope!r})")
+        if budget.per not in BUDGET_PERIODS:
+            raise ConfigError(file, f"{key}.per", f"`hour` or `day` (got {budget.per!r})")
         if budget.scope == "tenant" and tenant_header is None:
             raise ConfigError(file, f"{key}.scope", "`limits.tenant_header` set, for a tenant budget")
         if budget.scope == "client_token" and budget.match is not None:

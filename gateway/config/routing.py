@@ -398,10 +398,11 @@ def parse(data: bytes, file: str) -> RoutingConfig:
         raise ConfigError(file, "(document)", f"valid YAML ({exc})") from None
     if isinstance(document, dict):
         # Convert named entries one by one so an error names the entry, not `[...]`.
-        entries = document.get("servers")
-        if isinstance(entries, dict):
-            for name, entry in entries.items():
-                _convert(entry, ServerSpec, file, f"servers.{name}")
+        for section, kind in (("servers", ServerSpec), ("tenants", TenantSpec)):
+            entries = document.get(section)
+            if isinstance(entries, dict):
+                for name, entry in entries.items():
+                    _convert(entry, kind, file, f"{section}.{name}")
         document = _channel_specs(document, file)
     config = _convert(document, RoutingConfig, file, "")
     check(config, file)
