@@ -8,6 +8,7 @@ import pytest
 from gateway.config import routing as config
 from gateway.protocol.errors import ConfigError
 
+TWICE = "{name: b, scope: channel, calls: 1, per: hour}"
 BASE = "servers: {a: {stdio: {command: x}}}\nchannels: {main: [a]}\n"
 
 
