@@ -18,6 +18,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.dispatch.budgets import token_key
 from tests.support.harness import gateway, header_client, stdio_server, tool_text
+from tests.support.loopback_app import serve_app
 from tests.support.waiting import until
 
 
@@ -41,15 +42,9 @@ async def webhook_receiver() -> AsyncIterator[Hooks]:
     hooks = Hooks()
     app = web.Application()
     app.router.add_post("/hook", hooks.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    hooks.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
+    async with serve_app(app) as url:
+        hooks.url = f"{url}/hook"
         yield hooks
-    finally:
-        await runner.cleanup()
 
 
 def _lines(path: Path) -> list[dict[str, object]]:

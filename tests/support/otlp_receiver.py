@@ -30,6 +30,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from tests.support.loopback_app import serve_app
+
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "300"}
 """Environment for a process whose exports should reach the receiver within a fraction of a second."""
 SPAN_KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
@@ -196,12 +198,6 @@ async def otlp_receiver() -> AsyncIterator[Receiver]:
     app.router.add_post("/v1/traces", receiver._handle)
     app.router.add_post("/v1/metrics", receiver._handle)
     app.router.add_post("/v1/logs", receiver._handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve_app(app) as url:
+        receiver.url = url
         yield receiver
-    finally:
-        await runner.cleanup()
