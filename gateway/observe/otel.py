@@ -410,7 +410,7 @@ class CallLogs:
             if value is not None and name not in ("time", "session"):
                 attributes[f"gateway.call.{name}"] = value
         self._logger.emit(
-            timestamp=int(call.time * 1e9),
+            timestamp=round(call.time * 1e6) * 1000,  # microseconds: what a float of epoch seconds holds
             severity_number=SeverityNumber.INFO if call.outcome == "ok" else SeverityNumber.WARN,
             severity_text="INFO" if call.outcome == "ok" else "WARN",
             body=f"{call.method} {call.outcome}",
