@@ -64,7 +64,9 @@ class AlertBody(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @dataclass(frozen=True, slots=True)
-class _Hook:
+class Webhook:
+    """Where one budget's alerts go: the URL and header values resolved (secrets: never logged)."""
+
     url: str
     headers: dict[str, str]
     timeout_s: float
@@ -96,7 +98,7 @@ class BudgetAlerts:
 
     def __init__(
         self,
-        hooks: Mapping[str, _Hook],
+        hooks: Mapping[str, Webhook],
         http: aiohttp.ClientSession | None,
         *,
         telemetry: Telemetry = NOOP,
@@ -107,7 +109,7 @@ class BudgetAlerts:
         self._http = http
         self._telemetry = telemetry
         self._first_backoff_s = first_backoff_s
-        self._queue: asyncio.Queue[tuple[_Hook, Alert]] = asyncio.Queue(max_pending)
+        self._queue: asyncio.Queue[tuple[Webhook, Alert]] = asyncio.Queue(max_pending)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         """Webhook deliveries dropped: the queue was full."""
@@ -126,7 +128,7 @@ class BudgetAlerts:
         base: Path,
     ) -> BudgetAlerts:
         """The webhooks of these budgets, header references resolved (ConfigError when one does not)."""
-        hooks: dict[str, _Hook] = {}
+        hooks: dict[str, Webhook] = {}
         for i, budget in enumerate(budgets):
             spec = budget.webhook
             if spec is None:
@@ -138,7 +140,7 @@ class BudgetAlerts:
                 except secret_refs.SecretError as exc:
                     key = f"budgets[{i}].webhook.headers.{name}"
                     raise ConfigError(file, key, f"a resolvable secret ({exc})") from None
-            hooks[budget.name] = _Hook(spec.url, headers, spec.timeout_s, spec.retries)
+            hooks[budget.name] = Webhook(spec.url, headers, spec.timeout_s, spec.retries)
         return cls(hooks, http, telemetry=telemetry)
 
     def start(self) -> None:
@@ -185,7 +187,7 @@ class BudgetAlerts:
                 self.failed += 1
                 log.warning("budget %r: webhook not delivered after %d attempts", alert.budget, hook.retries + 1)
 
-    async def _post(self, hook: _Hook, alert: Alert) -> bool:
+    async def _post(self, hook: Webhook, alert: Alert) -> bool:
         """POST with retries: a connection error, a timeout, 429 or 5xx is retried with doubling backoff."""
         assert self._http is not None
         body = alert_body(alert)
