@@ -101,6 +101,7 @@ async def test_budget_alerts_reach_the_webhook_and_the_budget_refuses_at_100_per
     async with webhook_receiver() as hooks:
         routes = (
             "relay: {listen: '127.0.0.1:0'}\n"
+            "audit: {file: audit.jsonl}\n"
             f"servers:\n  a: {stdio_server()}\nchannels:\n  main: [a]\n  other: [a]\n"
             "budgets:\n"
             "  - name: main-daily\n    scope: channel\n    match: main\n    calls: 4\n    per: day\n"
@@ -127,6 +128,10 @@ async def test_budget_alerts_reach_the_webhook_and_the_budget_refuses_at_100_per
     key = token_key(token)
     assert key is not None
     assert f"budget 'per-token': client_token {key} reached 100%" in log_text
+    refused = [r for r in _lines(tmp_path / "audit.jsonl") if r["outcome"] == "rejected"]
+    assert [(r["channel"], r["name"], r["status"], r["error"]) for r in refused] == [
+        ("main", "add", 429, "budget:main-daily")
+    ]
     assert "budget-test-token" not in log_text
     assert "hook-secret-value" not in log_text
     assert hooks.url not in log_text

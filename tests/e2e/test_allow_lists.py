@@ -5,6 +5,7 @@ A tool outside a list is hidden from `tools/list` (MCP 2025-11-25 server/tools, 
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,29 @@ async def test_allow_lists_on_both_kinds_of_channel(mode: str, tmp_path: Path) -
             async with header_client(gw.urls["open"], mode, **{"X-Tenant": "beta"}) as beta:
                 assert {"echo", "add", "whoami", "getenv"} <= await _names(beta)  # no entry, no `*`: unrestricted
                 assert tool_text(await beta.call_tool("echo", {"text": "ok"})) == "ok"
+
+
+async def test_a_reload_applies_changed_lists(tmp_path: Path) -> None:
+    """SIGHUP with a wider channel list and a new tenant entry: the running gateway serves the new lists."""
+    before = (
+        "relay: {listen: '127.0.0.1:0'}\n"
+        "limits: {tenant_header: X-Tenant}\n"
+        f"servers:\n  s1: {mux_stdio('--name', 's1')}\n"
+        "channels:\n  solo: {servers: [s1], allow_tools: [echo]}\n"
+    )
+    after = (
+        before.replace("allow_tools: [echo]", "allow_tools: [echo, add]") + "tenants: {beta: {allow_tools: [add]}}\n"
+    )
+    async with gateway(before, tmp_path) as gw:
+        async with header_client(gw.urls["solo"], "legacy") as client:
+            assert await _names(client) == {"echo"}
+            await _refused(client, "add", {"a": 1, "b": 2})
+        (tmp_path / "routing.yaml").write_text(after)
+        gw.process.proc.send_signal(signal.SIGHUP)
+        await gw.process.wait_for(r"^gateway: reloaded$", within_s=60)
+        async with header_client(gw.urls["solo"], "legacy") as client:
+            assert await _names(client) == {"echo", "add"}
+            assert tool_text(await client.call_tool("add", {"a": 1, "b": 2})) == "3"
+        async with header_client(gw.urls["solo"], "legacy", **{"X-Tenant": "beta"}) as beta:
+            assert await _names(beta) == {"add"}
+            await _refused(beta, "echo", {"text": "no"})
