@@ -57,7 +57,9 @@ class JwtVerifier:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self.keys[kid]
-            claims = jwt.decode(token, key, algorithms=["RS256"], issuer=self.issuer, audience=self.audiences, leeway=5)
+            claims = jwt.decode(
+                token, key, algorithms=["RS256"], issuer=self.issuer, audience=self.audiences, leeway=5
+            )
         except (jwt.PyJWTError, KeyError):
             return None
         return AccessToken(
