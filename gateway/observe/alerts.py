@@ -136,7 +136,7 @@ class BudgetAlerts:
             headers: dict[str, str] = {}
             for name, value in spec.headers.items():
                 try:
-                    headers[name] = secret_refs.resolve(value, base=base).reveal() if _is_ref(value) else value
+                    headers[name] = secret_refs.resolve(value, base=base).reveal()  # a literal stays itself
                 except secret_refs.SecretError as exc:
                     key = f"budgets[{i}].webhook.headers.{name}"
                     raise ConfigError(file, key, f"a resolvable secret ({exc})") from None
@@ -211,7 +211,3 @@ class BudgetAlerts:
             if status != 429 and status < 500:
                 return False
         return False
-
-
-def _is_ref(value: str) -> bool:
-    return value.startswith(("env:", "file:"))
