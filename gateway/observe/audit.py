@@ -144,7 +144,8 @@ class AuditLog:
             retention_days=self._spec.retention_days,
             clock=self._clock,
         )
-        self._thread = threading.Thread(target=self._drain, args=(target,), name="audit-writer")
+        # A daemon: a gateway that dies without its cleanup must not hang on it (close() joins it).
+        self._thread = threading.Thread(target=self._drain, args=(target,), name="audit-writer", daemon=True)
         self._thread.start()
 
     def record(self, call: CallRecord) -> None:
