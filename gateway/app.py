@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,11 @@ from gateway.config.routing import (
     token_endpoint_egress,
     workload_identity_from_env,
 )
+from gateway.dispatch.budgets import Budgets
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
+from gateway.observe.alerts import BudgetAlerts
+from gateway.observe.audit import AuditLog
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.ops import OpsServer, Readiness
 from gateway.protocol.eras import Bridge
@@ -122,6 +126,8 @@ class Runtime:
         old = self.config
         if (new.control_plane, new.relay, new.gateway) != (old.control_plane, old.relay, old.gateway):
             log.warning("reload: control_plane, relay and gateway settings take effect on restart only")
+        if (new.audit, new.budgets) != (old.audit, old.budgets):
+            log.warning("reload: audit and budgets settings take effect on restart only")
         kept = {
             name: upstream
             for name, upstream in self.upstreams.items()
@@ -179,7 +185,7 @@ def _affinity(config: RoutingConfig) -> dict[str, bool]:
     """Channels whose session state lives in this process: a one-server stdio channel (its sessions are
     in memory), an aggregated channel with a `session: per-client` server (the client's process).
     Other aggregated channels carry their sessions in the session id: any replica can serve them."""
-    router = Router(config.routes)
+    router = Router.for_config(config)
     return {
         name: any(config.servers[member].session == "per-client" for member in members)
         if _aggregated(config, name, router)
@@ -206,7 +212,7 @@ def _channels(
     A channel of one server is a passthrough `Channel`; several servers, channel
     options, `to`/`deny` routing rules or a `session: per-client` server make it
     an `AggregateChannel` (started here: it watches its servers for list changes)."""
-    router = Router(config.routes)
+    router = Router.for_config(config)
     channels: dict[str, ServedChannel] = {}
     for name, members in config.channels.items():
         old = (previous or {}).get(name)
@@ -393,10 +399,28 @@ async def provision(
         stack.callback(control_plane.close)
 
         limits = Limits(config.limits, on_wait=telemetry.limit_waiting)
+        alerts = BudgetAlerts.for_budgets(config.budgets, http, telemetry=telemetry, file=file, base=base)
+        alerts.start()
+        stack.push_async_callback(alerts.close)
+        audit = _audit_log(config, routes_file)
+        if audit is not None:
+            stack.push_async_callback(audit.close)  # after the dispatcher's: the last records are written
         dispatcher = Dispatcher(
-            channels, control_plane, codec, config.gateway.max_inflight, limits, telemetry, tunnel=tunnel_id
+            channels,
+            control_plane,
+            codec,
+            config.gateway.max_inflight,
+            limits,
+            telemetry,
+            tunnel=tunnel_id,
+            budgets=Budgets(config.budgets, clock=time.time, on_alert=alerts.alert),
         )
         stack.push_async_callback(dispatcher.close)
+        if audit is not None:
+            dispatcher.records.add(audit)
+            exported = telemetry.call_log()
+            if exported is not None:
+                dispatcher.records.add(exported)
         telemetry.watch_limits(dispatcher.limit_counts)
         poller = Poller(
             control_plane,
@@ -423,6 +447,18 @@ async def provision(
             for channel in runtime.channels.values():
                 channel.end_streams()  # open `subscriptions/listen` streams end now, gracefully
             await dispatcher.drain(config.gateway.drain_timeout_s)
+
+
+def _audit_log(config: RoutingConfig, routes_file: Path) -> AuditLog | None:
+    """The audit log's writer, started (its file opened), or None when `audit:` is absent."""
+    if config.audit is None:
+        return None
+    audit = AuditLog(config.audit, routes_file.parent)
+    try:
+        audit.start()
+    except OSError as exc:
+        raise ConfigError(str(routes_file), "audit.file", f"a writable file ({exc.strerror})") from None
+    return audit
 
 
 async def _embedded_relay(

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.config import rates, service_auth
+from gateway.config.admin import AuditSpec, BudgetSpec, TenantSpec, check_admin
 from gateway.config.globs import glob_error
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.workload_identity import DEFAULT_TOKEN_URL
@@ -328,6 +329,8 @@ class ChannelSpec(_Frozen, frozen=True, kw_only=True):
     listen_timeout_s: Seconds = 50.0
     """A client's `subscriptions/listen` stream ends (gracefully) after this long; the client listens
     again. Keep it under the control plane's response timeout."""
+    allow_tools: list[str] | None = None
+    """Globs on tool names as clients see them: other tools are hidden and refused like a `deny` route."""
 
 
 class RouteMatch(_Frozen, frozen=True, kw_only=True):
@@ -380,6 +383,10 @@ class RoutingConfig(_Frozen, frozen=True, kw_only=True):
     telemetry: TelemetrySpec = TelemetrySpec()
     ops: OpsSpec | None = None
     logging: LoggingSpec = LoggingSpec()
+    audit: AuditSpec | None = None
+    budgets: list[BudgetSpec] = []
+    tenants: dict[str, TenantSpec] = {}
+    """Per tenant (a `limits.tenant_header` value; `*`: any other): tools it may use."""
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -393,10 +400,11 @@ def parse(data: bytes, file: str) -> RoutingConfig:
         raise ConfigError(file, "(document)", f"valid YAML ({exc})") from None
     if isinstance(document, dict):
         # Convert named entries one by one so an error names the entry, not `[...]`.
-        entries = document.get("servers")
-        if isinstance(entries, dict):
-            for name, entry in entries.items():
-                _convert(entry, ServerSpec, file, f"servers.{name}")
+        for section, kind in (("servers", ServerSpec), ("tenants", TenantSpec)):
+            entries = document.get(section)
+            if isinstance(entries, dict):
+                for name, entry in entries.items():
+                    _convert(entry, kind, file, f"{section}.{name}")
         document = _channel_specs(document, file)
     config = _convert(document, RoutingConfig, file, "")
     check(config, file)
@@ -514,6 +522,20 @@ def check(config: RoutingConfig, file: str) -> None:
         _check_origin_url(config.relay.public_url, file, "relay.public_url")
     _check_limits(config.limits, file)
     _check_observability(config, file)
+    allow = {name: spec.allow_tools for name, spec in config.channel_specs.items()}
+    channels = list(config.channels)
+    check_admin(
+        config.audit,
+        config.budgets,
+        config.tenants,
+        allow,
+        tenant_header=config.limits.tenant_header,
+        channels=channels,
+        file=file,
+    )
+    for i, budget in enumerate(config.budgets):
+        if budget.webhook is not None:
+            _check_url(budget.webhook.url, file, f"budgets[{i}].webhook.url")
 
 
 def check_workload_identity(
