@@ -20,6 +20,7 @@ import uvloop
 from gateway import __version__
 from gateway.app import Overrides, provision
 from gateway.config import routing as config
+from gateway.config.service_auth import who_authorizes
 from gateway.doctor.run import doctor
 from gateway.observe import logs
 from gateway.observe.announce import announce
@@ -114,7 +115,9 @@ async def _gateway(
                 print("clients send: Authorization: Bearer <the token relay.client_token names>")
         for name, upstream in sorted(runtime.upstreams.items()):
             if upstream.needs_authorization:
-                print(f"server {name}: up, requires authorization (clients bring their own token)", flush=True)
+                http = routes.servers[name].http
+                who = who_authorizes(http.service_credential if http is not None else None)
+                print(f"server {name}: up, requires authorization ({who})", flush=True)
         readiness = runtime.readiness
         assert readiness is not None
 

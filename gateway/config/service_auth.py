@@ -90,3 +90,12 @@ def secret_refs(spec: ServiceCredentialSpec | None) -> list[str]:
         return []
     grant = spec.client_credentials or spec.token_exchange
     return [grant.client_secret] if grant is not None and grant.client_secret else []
+
+
+def who_authorizes(spec: ServiceCredentialSpec | None) -> str:
+    """Where the token of a server that wants authorization comes from, in the start-up line's words."""
+    if spec is None:
+        return "clients bring their own token"
+    if spec.client_credentials is not None:
+        return "the gateway sends its client-credentials token"
+    return "the gateway exchanges each user's token for one with the server's audience"

@@ -160,7 +160,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 async def test_client_credentials_one_service_token_for_every_caller_fetched_once(stack: Stack) -> None:
     """RFC 6749 §4.4 (client credentials, the client authenticated by HTTP Basic, §2.3.1): the server
     sees the gateway's service token, whoever calls; the user's token never reaches it; the token
-    endpoint is asked once however many calls, concurrent ones included."""
+    endpoint is asked once however many calls, concurrent ones included. The start-up lines say where
+    each protected server's token comes from."""
+    said = "\n".join(stack.gateway.lines)
+    assert "server cc: up, requires authorization (the gateway sends its client-credentials token)" in said
+    assert "server obo: up, requires authorization (the gateway exchanges each user's token" in said
     user = stack.idp.user_token("alice")
     first = await asyncio.gather(*(stack.whoami("cc", user if i % 2 else None) for i in range(8)))
     async with Client(stack.urls["cc"]) as client:  # the official SDK client, bringing no token at all
