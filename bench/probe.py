@@ -55,6 +55,10 @@ class Probe:
             )
             current, _peak = tracemalloc.get_traced_memory()
             report["traced_kib"] = round(current / 1024)
+            report["largest"] = [
+                {"kib": round(stat.size / 1024, 1), "blocks": stat.count, "where": str(stat.traceback[0])}
+                for stat in snapshot.statistics("lineno")[:40]
+            ]
             if self.first is None:
                 self.first = snapshot
             else:

@@ -107,6 +107,7 @@ async def reading(gateway: Proc, probe_file: Path) -> dict[str, Any]:
         "children": len(kids),
         "children_rss_kib": sum(procstat.status_kib(k, "VmRSS") or 0 for k in kids),
         "children_pss_kib": sum(pss_kib(k) for k in kids),
+        **({"largest": inside["largest"]} if "largest" in inside else {}),  # BENCH_TRACEMALLOC=FRAMES set
     }
 
 

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import datetime
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ import aiohttp
 
 from bench import procstat
 from bench.load import CallFailed, HttpSession
+from bench.scale import probe
 from bench.stacks import OUT, TunnelOptions, fast_stdio, tunnel_stack
 
 FLAT_PCT_PER_MIN = 0.1
@@ -154,7 +156,14 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     csv_path = Path(args.csv) if args.csv else OUT / "soak-latest.csv"
     rows: list[dict[str, float]] = []
     tally = Tally()
-    async with tunnel_stack(fast_stdio("legacy"), TunnelOptions(), "soak") as stack:
+    options = TunnelOptions()
+    probe_file = OUT / "soak-probe.json"
+    if args.tracemalloc:
+        # The gateway runs under bench.probe: a snapshot at the end of the warm-up, a diff against it at the end.
+        os.environ.update(BENCH_TRACEMALLOC=str(args.tracemalloc), BENCH_PROBE_OUT=str(probe_file))
+        options = TunnelOptions(gateway_module="bench.probe")
+    probes: list[dict[str, Any]] = []
+    async with tunnel_stack(fast_stdio("legacy"), options, "soak") as stack:
         url = stack.target["url"]
         gateway = stack.roles["gateway"]
         relay = stack.roles["relay"]
@@ -172,6 +181,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
                 next_report = 0.0
+                probe_at = [warmup_s, duration_s - 2 * args.interval] if args.tracemalloc else []
                 while (elapsed := time.monotonic() - started) < duration_s and not driver.done():
                     upstream = procstat.children(gateway[0])
                     row = {
@@ -186,6 +196,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append(row)
                     writer.writerow(row)
                     fh.flush()
+                    if probe_at and elapsed >= probe_at[0]:
+                        probe_at.pop(0)
+                        probes.append(await probe(gateway[0], probe_file))
                     if elapsed >= next_report:
                         print(
                             f"soak t={elapsed:5.0f}s calls={tally.calls} sessions={tally.opened} "
@@ -219,6 +232,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "flat_threshold_pct_per_min": FLAT_PCT_PER_MIN,
         "roles": verdicts(rows, warmup_s),
         "csv": str(csv_path),
+        **({"tracemalloc": probes[-1]} if probes else {}),
     }
 
 
@@ -226,20 +240,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--short", action="store_true", help="smoke run: 0.75 min, 15 s warm-up, 1 s samples")
     parser.add_argument("--minutes", type=float, default=10.0, help="total length including warm-up (default 10)")
-    parser.add_argument("--warmup-minutes", type=float, help="samples before this are not in the slope (default 2)")
+    parser.add_argument("--warmup-minutes", type=float, help="samples before this are not in the slope (default 4, or 40 %% of a shorter run)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sessions", type=int, default=1000, help="distinct client sessions in the pool")
     parser.add_argument("--calls-per-session", type=int, default=20, help="calls before a session is replaced")
     parser.add_argument("--interval", type=float, help="seconds between RSS samples (default 5, short 1)")
     parser.add_argument("--report-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--csv", help="where to write the samples (default bench/out/soak-latest.csv)")
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="run the gateway under bench.probe with tracemalloc; print what grew after the warm-up",
+    )
     parser.add_argument("--json", help="also write the summary here (default bench/out/soak-latest.json)")
     args = parser.parse_args(argv)
     if args.short:
         args.minutes = 0.75
         args.report_every = 10.0
     if args.warmup_minutes is None:
-        args.warmup_minutes = 0.25 if args.short else min(2.0, args.minutes / 5)
+        args.warmup_minutes = 0.25 if args.short else min(4.0, args.minutes * 0.4)
     if args.interval is None:
         args.interval = 1.0 if args.short else 5.0
     return args
@@ -261,6 +282,13 @@ def render(summary: dict[str, Any]) -> str:
             f"  {role:9} {v['slope_kib_per_min']:+9.1f} KiB/min  ({v['slope_pct_per_min']:+.4f} %/min of "
             f"{v['mean_kib'] / 1024:.1f} MiB; {v['first_kib'] / 1024:.1f} -> {v['last_kib'] / 1024:.1f} MiB)  "
             f"{v['verdict']}"
+        )
+    for growth in summary.get("tracemalloc", {}).get("growth_since_first", [])[:12]:
+        lines.append(
+            f"  grew {growth['kib']:+8.1f} KiB {growth['blocks']:+6d} blocks  "
+            + " <- ".join(
+                w.strip() for w in reversed(growth["where"]) if w.strip() and not w.strip().startswith(("File", "^"))
+            )[:300]
         )
     lines.append(f"samples: {summary['csv']}")
     return "\n".join(lines)

@@ -332,6 +332,8 @@ class TunnelOptions:
     channel: str = "main"
     log_level: str = "WARNING"
     """`--log-level` of the relay and the gateway; the peers run at their quietest too (see README)."""
+    gateway_module: str = "gateway.cli"
+    """What runs the gateway: `bench.probe` wraps gateway.cli to count tasks and diff tracemalloc snapshots."""
     redis_replicas: int = 0
     """0: one relay on the in-memory backend (default). N >= 1: a redis-server and N relay replicas on the
     Redis backend sharing it; the gateway polls replica 1, the load client spreads its sessions over all."""
@@ -418,7 +420,7 @@ async def tunnel_stack(upstream: Upstream, options: TunnelOptions, tag: str) -> 
                 f"{tag}-gateway",
                 PYTHON,
                 "-m",
-                "gateway.cli",
+                options.gateway_module,
                 "--log-level",
                 options.log_level,
                 "--routes",

@@ -50,6 +50,7 @@ from gateway.tunnel.client import ControlPlane, Identity, Poller
 from gateway.tunnel.credentials import ApiKey, Credential
 from gateway.tunnel.subject_tokens import subject_source
 from gateway.tunnel.workload_identity import ExchangeSettings, WorkloadIdentity
+from gateway.upstream import open_files
 from gateway.upstream.base import Upstream
 from gateway.upstream.egress import egress
 from gateway.upstream.http import HttpUpstream, sendable_header
@@ -251,6 +252,8 @@ def _aggregated(config: RoutingConfig, name: str, router: Router) -> bool:
 async def _start_upstreams(
     config: RoutingConfig, names: list[str], bridge: Bridge, http: aiohttp.ClientSession, routes_file: Path
 ) -> dict[str, Upstream]:
+    # Every server the configuration uses (kept ones too) holds descriptors: fit them before spawning any.
+    open_files.ensure((config.servers[name] for name in used_servers(config)), str(routes_file))
     upstreams = {
         name: build_upstream(
             name,

@@ -26,3 +26,13 @@ def child_environment(
     env = {k: v for k, v in parent.items() if k not in GATEWAY_CREDENTIAL_VARIABLES} if inherit else {}
     env.update(configured)
     return env
+
+
+def spawn_environment(
+    inherit: bool, configured: Mapping[str, str], parent: Mapping[str, str] = os.environ
+) -> dict[str, str] | None:
+    """`child_environment`, or None when that is exactly `parent` (the child then inherits the gateway's
+    environment as it is: no copy kept for the life of each process)."""
+    if inherit and not configured and GATEWAY_CREDENTIAL_VARIABLES.isdisjoint(parent):
+        return None
+    return child_environment(inherit, configured, parent)

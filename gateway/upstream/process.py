@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.config.routing import ProgramSpec
-from gateway.upstream.environment import child_environment
+from gateway.upstream.environment import spawn_environment
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class SupervisedProcess:
     async def _run_once(self) -> str:
         """Run the program until it exits; the reason, in words, for the log and readiness."""
         spec = self._spec
-        env = child_environment(spec.inherit_env, spec.env)
+        env = spawn_environment(spec.inherit_env, spec.env)
         try:
             proc = await asyncio.create_subprocess_exec(
                 spec.executable(sys.executable),

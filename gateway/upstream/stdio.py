@@ -28,10 +28,11 @@ from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, Upstre
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage, json_headers
 from gateway.upstream.base import Upstream, within
-from gateway.upstream.environment import child_environment
+from gateway.upstream.environment import spawn_environment
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
 from gateway.upstream.process import RestartPacing, end_task, stop_process
+from gateway.upstream.spawn import spawn_stdio
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +178,12 @@ class StdioUpstream(Upstream):
             self._notify("restart")
 
     async def _run_once(self) -> None:
-        env = child_environment(self._stdio.inherit_env, self._stdio.env)
-        proc = await asyncio.create_subprocess_exec(
+        proc, stderr_done = await spawn_stdio(
             self._stdio.executable(sys.executable),
-            *self._stdio.args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
+            self._stdio.args,
+            on_stderr_line=self._log_stderr,
+            env=spawn_environment(self._stdio.inherit_env, self._stdio.env),
             cwd=self._stdio.cwd,
-            start_new_session=True,
         )
         assert proc.stdin is not None
         self._proc, self.pid, self._stdin = proc, proc.pid, LineWriter(proc.stdin)
@@ -195,9 +192,7 @@ class StdioUpstream(Upstream):
         try:
             async with asyncio.TaskGroup() as tasks:
                 assert proc.stdout is not None
-                assert proc.stderr is not None
                 tasks.create_task(self._read(proc.stdout))
-                tasks.create_task(self._log_stderr(proc.stderr))
                 info = await self._handshake_or_exit(proc)
                 if info is None:
                     if proc.returncode is None:  # alive but mute; an exit says more by its status
@@ -209,6 +204,7 @@ class StdioUpstream(Upstream):
                 code = await proc.wait()
                 self._down()  # at once: a call from now on waits for the restart instead of a dead pipe
                 log.warning("stdio server %r exited with status %s", self.name, code)
+                await stderr_done.wait()
             # After the readers reached EOF: the last stderr line is often why it died.
             self._problem = self._with_stderr(problem or f"exited with status {code}")
         finally:
@@ -511,12 +507,11 @@ class StdioUpstream(Upstream):
         for call in self._ids.clear():
             call.frames.put_nowait(error)
 
-    async def _log_stderr(self, stderr: asyncio.StreamReader) -> None:
-        while line := await stderr.readline():
-            text = line.decode(errors="replace").rstrip()
-            log.info("[%s] %s", self.name, text)
-            if text:
-                self._last_stderr = text[:STDERR_IN_PROBLEM]
+    def _log_stderr(self, line: bytes) -> None:
+        text = line.decode(errors="replace").rstrip()
+        log.info("[%s] %s", self.name, text)
+        if text:
+            self._last_stderr = text[:STDERR_IN_PROBLEM]
 
     def _with_stderr(self, problem: str) -> str:
         """`problem`, and the last line the process wrote to stderr (often the reason it died)."""
