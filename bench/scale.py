@@ -83,10 +83,10 @@ def _newer(out: Path, before: int) -> dict[str, Any] | None:
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
-async def probe(gateway: Proc, out: Path, within_s: float = 30.0) -> dict[str, Any]:
-    """Ask bench.probe inside the gateway for its task, thread and fd counts (SIGUSR2, then its JSON file)."""
+async def probe(pid: int, out: Path, within_s: float = 30.0) -> dict[str, Any]:
+    """Ask bench.probe inside process `pid` for its task, thread and fd counts (SIGUSR2, then its JSON file)."""
     before = _written(out)
-    os.kill(gateway.pid, signal.SIGUSR2)
+    os.kill(pid, signal.SIGUSR2)
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if (found := _newer(out, before)) is not None:
@@ -97,7 +97,7 @@ async def probe(gateway: Proc, out: Path, within_s: float = 30.0) -> dict[str, A
 
 async def reading(gateway: Proc, probe_file: Path) -> dict[str, Any]:
     kids = procstat.children(gateway.pid)
-    inside = await probe(gateway, probe_file)
+    inside = await probe(gateway.pid, probe_file)
     return {
         "gateway_rss_kib": procstat.status_kib(gateway.pid, "VmRSS") or 0,
         "gateway_fds": fd_count(gateway.pid),

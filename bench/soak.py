@@ -239,7 +239,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--short", action="store_true", help="smoke run: 0.75 min, 15 s warm-up, 1 s samples")
-    parser.add_argument("--minutes", type=float, default=10.0, help="total length including warm-up (default 10)")
+    parser.add_argument("--minutes", type=float, help="total length including warm-up (default 10, short 0.75)")
     parser.add_argument("--warmup-minutes", type=float, help="samples before this are not in the slope (default 4, or 40 %% of a shorter run)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sessions", type=int, default=1000, help="distinct client sessions in the pool")
@@ -256,8 +256,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", help="also write the summary here (default bench/out/soak-latest.json)")
     args = parser.parse_args(argv)
+    if args.minutes is None:
+        args.minutes = 0.75 if args.short else 10.0
     if args.short:
-        args.minutes = 0.75
         args.report_every = 10.0
     if args.warmup_minutes is None:
         args.warmup_minutes = 0.25 if args.short else min(4.0, args.minutes * 0.4)
