@@ -240,7 +240,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--short", action="store_true", help="smoke run: 0.75 min, 15 s warm-up, 1 s samples")
     parser.add_argument("--minutes", type=float, help="total length including warm-up (default 10, short 0.75)")
-    parser.add_argument("--warmup-minutes", type=float, help="samples before this are not in the slope (default 4, or 40 %% of a shorter run)")
+    parser.add_argument(
+        "--warmup-minutes",
+        type=float,
+        help="samples before this are not in the slope (default 4, or 40 %% of a shorter run)",
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sessions", type=int, default=1000, help="distinct client sessions in the pool")
     parser.add_argument("--calls-per-session", type=int, default=20, help="calls before a session is replaced")
