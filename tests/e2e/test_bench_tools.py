@@ -50,7 +50,9 @@ def test_the_soak_short_mode_cycles_real_sessions_and_prints_a_slope(tmp_path: P
 
 def test_the_scale_tool_starts_20_idle_servers_and_reports_the_per_server_cost(tmp_path: Path) -> None:
     result_file = tmp_path / "scale.json"
-    done = run("bench.scale", "--servers", "20", "--settle", "1", "--idle", "1", "--json", str(result_file), timeout=600)
+    done = run(
+        "bench.scale", "--servers", "20", "--settle", "1", "--idle", "1", "--json", str(result_file), timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(result_file.read_text())
     small, big = result["runs"]
