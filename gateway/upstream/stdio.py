@@ -188,19 +188,14 @@ class StdioUpstream(Upstream):
         assert proc.stdin is not None
         self._proc, self.pid, self._stdin = proc, proc.pid, LineWriter(proc.stdin)
         log.info("stdio server %r started (pid %d)", self.name, proc.pid)
-        problem: str | None = None
         try:
             async with asyncio.TaskGroup() as tasks:
                 assert proc.stdout is not None
-                tasks.create_task(self._read(proc.stdout))
-                info = await self._handshake_or_exit(proc)
-                if info is None:
-                    if proc.returncode is None:  # alive but mute; an exit says more by its status
-                        problem = "did not complete the MCP handshake"
-                    await self._stop(proc)
-                else:
-                    self._up(info)
-                    self._attempted.set()
+                # The handshake runs beside the reading, which this task does itself (one task per idle
+                # server) until stdout closes: the process exited, or was stopped after a failed handshake.
+                starting = tasks.create_task(self._start_session(proc))
+                await self._read(proc.stdout)
+                problem = await starting
                 code = await proc.wait()
                 self._down()  # at once: a call from now on waits for the restart instead of a dead pipe
                 log.warning("stdio server %r exited with status %s", self.name, code)
@@ -210,6 +205,18 @@ class StdioUpstream(Upstream):
         finally:
             self._proc = self._stdin = None
             await self._stop(proc)
+
+    async def _start_session(self, proc: asyncio.subprocess.Process) -> str | None:
+        """The handshake: the server is up when it succeeds; otherwise its process is stopped and the
+        problem returned (None when the exit status will say more)."""
+        info = await self._handshake_or_exit(proc)
+        if info is None:
+            problem = "did not complete the MCP handshake" if proc.returncode is None else None
+            await self._stop(proc)  # alive but mute, or gone: either way stdout closes and reading ends
+            return problem
+        self._up(info)
+        self._attempted.set()
+        return None
 
     async def _handshake_or_exit(self, proc: asyncio.subprocess.Process) -> UpstreamInfo | None:
         """The handshake, bounded by `startup_timeout_s` and raced against the process's exit:
