@@ -228,6 +228,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "sessions_closed": tally.closed,
         "errors": sum(tally.errors.values()),
         "error_kinds": dict(tally.errors.most_common(5)),
+        "sessions_opened_at_warmup": int(after[0]["sessions_opened"]) if after else None,
         "throughput_after_warmup": round(calls_after / measured_s, 1) if measured_s else None,
         "flat_threshold_pct_per_min": FLAT_PCT_PER_MIN,
         "roles": verdicts(rows, warmup_s),
@@ -276,8 +277,8 @@ def render(summary: dict[str, Any]) -> str:
         f"soak: {summary['minutes']} min at c={summary['concurrency']}, pool of {summary['sessions']} sessions "
         f"({summary['calls_per_session']} calls each): {summary['calls']} calls, {summary['sessions_opened']} "
         f"sessions opened, {summary['errors']} errors, {summary['throughput_after_warmup']} calls/s",
-        f"slope after {summary['warmup_minutes']} min warm-up (flat: < {summary['flat_threshold_pct_per_min']} % "
-        "of mean RSS per minute):",
+        f"slope after {summary['warmup_minutes']} min warm-up ({summary['sessions_opened_at_warmup']} sessions opened "
+        f"by then; flat: < {summary['flat_threshold_pct_per_min']} % of mean RSS per minute):",
     ]
     for role, v in summary["roles"].items():
         if "slope_kib_per_min" not in v:
