@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from bench import procstat
 from bench.load import CallFailed, HttpSession
@@ -302,13 +303,7 @@ def render(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover
-        runner = asyncio.Runner()
-    with runner:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # the gateway's own dependency
         summary = runner.run(soak(args))
     Path(args.json or OUT / "soak-latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(render(summary), flush=True)
