@@ -52,6 +52,7 @@ from gateway.tunnel.subject_tokens import subject_source
 from gateway.tunnel.workload_identity import ExchangeSettings, WorkloadIdentity
 from gateway.upstream.base import Upstream
 from gateway.upstream.egress import egress
+from gateway.upstream.environment import ChildEnvironment
 from gateway.upstream.http import HttpUpstream, sendable_header
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
 from gateway.upstream.service_credentials import service_credentials
@@ -284,9 +285,15 @@ def build_upstream(
 ) -> Upstream:
     limit = config.gateway.max_message_bytes
     if spec.stdio is not None:
-        upstream = _stdio_upstream(name, spec, bridge, limit)
+        key = f"servers.{name}.stdio"
+        environment = ChildEnvironment.for_program(spec.stdio, config, file=file, key=key, base=base)
+        upstream = _stdio_upstream(name, spec, bridge, limit, environment)
         return Bounded(upstream, spec.max_concurrency) if spec.max_concurrency else upstream
     assert spec.http is not None
+    spawned = None
+    if spec.http.spawn is not None:
+        key = f"servers.{name}.http.spawn"
+        spawned = ChildEnvironment.for_program(spec.http.spawn, config, file=file, key=key, base=base)
     try:
         headers = {
             k: secret_refs.resolve(v, base=base).reveal() if _is_ref(v) else v for k, v in spec.http.headers.items()
@@ -309,15 +316,16 @@ def build_upstream(
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
         reprobe_max_s=spec.restart_backoff_max_s,
         service_credentials=service_credentials(name, spec.http, session=http, file=file, base=base),
+        environment=spawned,
     )
     return Bounded(http_upstream, spec.max_concurrency) if spec.max_concurrency else http_upstream
 
 
-def _stdio_upstream(name: str, spec: ServerSpec, bridge: Bridge, limit: int) -> Upstream:
+def _stdio_upstream(name: str, spec: ServerSpec, bridge: Bridge, limit: int, environment: ChildEnvironment) -> Upstream:
     """One process, a pool of them (`processes`), or one per client session (`session: per-client`)."""
 
     def process() -> StdioUpstream:
-        return StdioUpstream(name, spec, bridge=bridge, max_message_bytes=limit)
+        return StdioUpstream(name, spec, bridge=bridge, max_message_bytes=limit, environment=environment)
 
     if spec.session == "per-client":
         return ClientProcesses(process(), process, max_sessions=spec.max_sessions, idle_timeout_s=spec.idle_timeout_s)

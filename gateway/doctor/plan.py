@@ -14,6 +14,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from gateway.app import Overrides, RemoteControlPlane, remote_control_plane, used_servers
+from gateway.config.references import SecretRef, secret_references
 from gateway.config.routing import Egress, RoutingConfig, token_endpoint_egress
 from gateway.protocol.errors import ConfigError
 from gateway.upstream.egress import proxy_for
@@ -63,13 +64,6 @@ class Destination:
         if self.spec.proxy is not None:
             return f"`{self.key}.proxy`"
         return "HTTPS_PROXY" if self.tls else "HTTP_PROXY"
-
-
-@dataclass(frozen=True, slots=True)
-class SecretRef:
-    key: str
-    """The routing.yaml key that holds the reference."""
-    ref: str
 
 
 @dataclass(slots=True)
@@ -138,37 +132,15 @@ def _destinations(plan: Plan) -> list[Destination]:
     return found
 
 
-def _is_ref(value: str) -> bool:
-    return value.startswith(("env:", "file:"))
-
-
 def _secrets(config: RoutingConfig, remote: RemoteControlPlane | None) -> list[SecretRef]:
-    """Every `env:`/`file:` reference, and the control-plane key (`env:TUNNEL_API_KEY` when none is
-    named and workload identity is off); `exec:` ones run at use and are checked by `credentials`."""
-    refs: list[SecretRef] = []
-    cp = config.control_plane
-    if cp is not None and cp.api_key is not None:
-        refs.append(SecretRef(f"{CONTROL_PLANE}.api_key", cp.api_key))
-    elif remote is not None and remote.api_key is not None:
-        refs.append(SecretRef(f"{CONTROL_PLANE}.api_key", "env:TUNNEL_API_KEY"))
-    if cp is not None and cp.workload_identity is not None:
-        identity = cp.workload_identity
-        for name in ("identity_provider_id", "service_account_id", "subject_token"):
-            value = getattr(identity, name)
-            if isinstance(value, str) and _is_ref(value):
-                refs.append(SecretRef(f"{CONTROL_PLANE}.workload_identity.{name}", value))
-    if cp is None and config.relay.client_token is not None:
-        refs.append(SecretRef("relay.client_token", config.relay.client_token))
-    for name, server in config.servers.items():
-        if server.http is not None:
-            for header, value in server.http.headers.items():
-                if _is_ref(value):
-                    refs.append(SecretRef(f"servers.{name}.http.headers.{header}", value))
-    for header, value in config.telemetry.headers.items():
-        if _is_ref(value):
-            refs.append(SecretRef(f"telemetry.headers.{header}", value))
-    if config.sessions.key is not None:
-        refs.append(SecretRef("sessions.key", config.sessions.key))
-    for i, key in enumerate(config.sessions.previous_keys):
-        refs.append(SecretRef(f"sessions.previous_keys[{i}]", key))
-    return refs
+    """Every `env:`/`file:` reference (`gateway.config.references`), and the control-plane key
+    (`env:TUNNEL_API_KEY` when none is named and workload identity is off); `exec:` ones run at use
+    and are checked by `credentials`."""
+    refs = [found for found in secret_references(config) if found.is_reference]
+    if (config.control_plane is None or config.control_plane.api_key is None) and (
+        remote is not None and remote.api_key is not None
+    ):
+        refs.insert(0, SecretRef(f"{CONTROL_PLANE}.api_key", "env:TUNNEL_API_KEY"))
+    if config.control_plane is None:  # the embedded relay's client token is the only one that matters
+        return refs
+    return [found for found in refs if found.key != "relay.client_token"]

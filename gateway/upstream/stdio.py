@@ -28,7 +28,7 @@ from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, Upstre
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage, json_headers
 from gateway.upstream.base import Upstream, within
-from gateway.upstream.environment import child_environment
+from gateway.upstream.environment import ChildEnvironment
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
 from gateway.upstream.process import RestartPacing, end_task, stop_process
@@ -118,11 +118,20 @@ class _LogMessage(msgspec.Struct):
 class StdioUpstream(Upstream):
     transport = "stdio"
 
-    def __init__(self, name: str, spec: ServerSpec, *, bridge: Bridge, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: ServerSpec,
+        *,
+        bridge: Bridge,
+        max_message_bytes: int,
+        environment: ChildEnvironment | None = None,
+    ) -> None:
         super().__init__(name, spec.startup_timeout_s)
         assert spec.stdio is not None
         self._spec = spec
         self._stdio: StdioSpec = spec.stdio
+        self._environment = environment or ChildEnvironment.of(spec.stdio)
         self._bridge = bridge
         self._codec: Codec = bridge.codec
         self._limit = max_message_bytes
@@ -177,7 +186,7 @@ class StdioUpstream(Upstream):
             self._notify("restart")
 
     async def _run_once(self) -> None:
-        env = child_environment(self._stdio.inherit_env, self._stdio.env)
+        env = self._environment.build()
         proc = await asyncio.create_subprocess_exec(
             self._stdio.executable(sys.executable),
             *self._stdio.args,
