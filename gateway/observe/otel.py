@@ -211,8 +211,14 @@ class OtelTelemetry(Telemetry):
         return found if trace.get_current_span(found).get_span_context().is_valid else None
 
     def carrier(self, span: trace.Span) -> dict[str, str]:
-        carrier: dict[str, str] = {}
-        self.propagator.inject(carrier, context=trace.set_span_in_context(span))
+        """`traceparent` (and `tracestate`) for `span`, as the W3C propagator writes them, without
+        building a Context for it."""
+        context = span.get_span_context()
+        if not context.is_valid:
+            return {}
+        carrier = {TRACEPARENT: f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"}
+        if context.trace_state:
+            carrier[TRACESTATE] = context.trace_state.to_header()
         return carrier
 
     def operation(

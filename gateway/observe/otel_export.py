@@ -163,7 +163,11 @@ class SpanEncoder:
         """Repeated KeyValue under `tag`; each pair's encoding is remembered."""
         pairs = self._pairs
         out = []
-        for key, value in attributes.items():
+        # The SDK's BoundedAttributes is a MutableMapping whose items() goes through the ABC's
+        # __iter__/__getitem__; its plain dict (when there is one) gives the same pairs faster.
+        plain = getattr(attributes, "_dict", None)
+        items = plain.items() if isinstance(plain, dict) else attributes.items()
+        for key, value in items:
             memo = (key, type(value), value) if isinstance(value, (str, int, float)) else None
             encoded = pairs.get(memo) if memo is not None else None
             if encoded is None:
