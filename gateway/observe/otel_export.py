@@ -1,6 +1,6 @@
-"""The OTLP/HTTP span exporter: the SDK's own exporter with a cheaper encoding of each batch.
-Writes the protobuf wire format directly (same bytes a reader decodes as the SDK's request) and keeps
-the encodings of repeated parts (resource, scope, common attributes); sends through the SDK's client.
+"""The OTLP/HTTP span exporter: the SDK's own exporter with a cheaper encoding of each batch (the same
+request a reader decodes from the SDK's encoder), repeated parts encoded once. Sends only through the
+SDK's client; builds no provider and changes no span.
 
 The SDK's encoder builds one protobuf object per span, attribute and value on the
 BatchSpanProcessor's thread, which holds the GIL the event loop needs (about 33 µs
