@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import targets as issue_targets
 from bench.scenarios import PATH_LABELS
 from bench.stacks import BENCH, NODE, ROOT
 
@@ -383,6 +384,10 @@ def render(run: dict[str, Any]) -> str:
         "CPU µs/call is each process's CPU time (utime+stime) in the measured windows divided by completed calls "
         "(= CPU ms per 1,000 calls). 'other' in the log lines is CPU used by processes outside the benchmark "
         "(other users of the machine): the noise indicator.",
+        "",
+        "### Targets (issue 20)",
+        "",
+        *issue_targets.table(records),
         "",
         "### Targets (issue 7)",
         "",
