@@ -29,11 +29,17 @@ class Destination:
     """One place the gateway connects to, and the routing.yaml key of the settings that say how."""
 
     target: str
-    """`control_plane`, `token_endpoint` or `servers.NAME`."""
+    """`control_plane`, `token_endpoint`, `servers.NAME` or `servers.NAME.token_endpoint`."""
     key: str
     """Where its egress settings (`proxy`, `ca_bundle`, `url`) live in routing.yaml."""
     url: str
     spec: Egress
+    url_key: str | None = None
+    """Where its URL is set, when not at `key.url` (a server's token endpoint)."""
+
+    @property
+    def url_setting(self) -> str:
+        return self.url_key or f"{self.key}.url"
 
     @property
     def host(self) -> str:
@@ -129,6 +135,14 @@ def _destinations(plan: Plan) -> list[Destination]:
         http = config.servers[name].http
         if http is not None and http.spawn is None:
             found.append(Destination(f"servers.{name}", f"servers.{name}.http", http.url, http))
+        credential = http.service_credential if http is not None else None
+        if http is not None and credential is not None:
+            kind = "client_credentials" if credential.client_credentials is not None else "token_exchange"
+            url_key = f"servers.{name}.http.service_credential.{kind}.token_url"
+            token_url = credential.grant.token_url
+            found.append(
+                Destination(f"servers.{name}.token_endpoint", f"servers.{name}.http", token_url, http, url_key)
+            )
     return found
 
 
