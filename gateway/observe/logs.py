@@ -94,7 +94,7 @@ class Redactor:
 def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
     """Every secret value routing.yaml names (references resolved now; unresolvable ones skipped,
     provisioning reports them): the control-plane key (or App Service's identity header), secret
-    header values, the relay's client token, the telemetry exporter's headers."""
+    header values, the relay's client token, the ops console token, the telemetry exporter's headers."""
     refs: list[str] = []
     if config.control_plane is not None and config.control_plane.api_key:
         refs.append(config.control_plane.api_key)
@@ -106,6 +106,8 @@ def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
             refs.append("env:IDENTITY_HEADER")  # App Service's managed-identity secret, when set
     if config.relay.client_token:
         refs.append(config.relay.client_token)
+    if config.ops is not None and config.ops.token:
+        refs.append(config.ops.token)
     headers = [server.http.headers for server in config.servers.values() if server.http is not None]
     headers.append(config.telemetry.headers)
     for group in headers:
