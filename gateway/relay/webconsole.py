@@ -68,16 +68,14 @@ class TokenGate:
                 headers={"WWW-Authenticate": 'Bearer realm="console"', **_NO_STORE},
             )
 
-    def page_login(self, request: web.Request) -> web.Response | None:
+    def page_login(self, request: web.Request) -> None:
         """`/ui?token=…`: a correct token is kept in a cookie and the address is cleaned of it (303)."""
         given = request.query.get("token")
-        if self._token is None or given is None:
-            return None
-        if not self._matches(given):
-            return None
-        response = web.HTTPSeeOther(location=request.path, headers=_NO_STORE)
-        response.set_cookie(COOKIE, given, httponly=True, samesite="Strict", path="/")
-        return response
+        if self._token is None or given is None or not self._matches(given):
+            return
+        redirect = web.HTTPSeeOther(location=request.path, headers=_NO_STORE)
+        redirect.set_cookie(COOKIE, given, httponly=True, samesite="Strict", path="/")
+        raise redirect
 
 
 class ConsoleShell:
@@ -99,9 +97,7 @@ class ConsoleShell:
         ]
 
     async def page(self, request: web.Request) -> web.StreamResponse:
-        login = self.gate.page_login(request)
-        if login is not None:
-            return login
+        self.gate.page_login(request)
         self.gate.check(request)
         return web.Response(
             body=(ASSETS / "index.html").read_bytes(), content_type="text/html", charset="utf-8", headers=_NO_STORE
