@@ -37,7 +37,7 @@ def status_command(routes: Path, ops: str | None, *, as_json: bool, out: TextIO 
         print(f"gateway status: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if url is None:
-        print(f"gateway status: {routes} has no ops.listen: pass --ops URL", file=sys.stderr)
+        print(f"gateway status: {routes} names no fixed ops.listen port: pass --ops URL", file=sys.stderr)
         return EXIT_UNREACHABLE
     body, why = fetch(url, token)
     if body is None:
@@ -72,6 +72,8 @@ def _target(routes: Path, ops: str | None) -> tuple[str | None, str | None]:
         if config is None or config.ops is None:
             return None, token
         host, port = routing.split_listen(config.ops.listen)
+        if port == 0:  # a port picked at start: the gateway printed it (`ops: listening on URL`)
+            return None, token
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         ops = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     return ops.rstrip("/") + "/api/status", token
