@@ -79,7 +79,7 @@ function renderGateway(status) {
       ["control plane", link.url + " (" + link.tunnel_id + ")"],
       ["connected", link.connected ? "yes" : "no", { "data-connected": link.connected ? "yes" : "no" }],
       ["last poll", link.last_poll_age_s === null ? "never" : secs(link.last_poll_age_s) + " ago"],
-      ["poll round trip", secs(link.poll_round_trip_s)],
+      ["poll round trip", link.poll_round_trip_s === null ? "–" : ms(link.poll_round_trip_s * 1000)],
       ["response latency", link.post_latency_s === null ? "–" : ms(link.post_latency_s * 1000)],
       ["errors", counts(link.errors)],
       ["problem", link.problem || "none"],
