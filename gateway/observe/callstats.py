@@ -146,19 +146,8 @@ class CallStats:
                     continue
                 window = self._windows[key] = CallWindow()
             window.add(now, call.duration_s, error, rejected)
-        if failed:
-            self.failures.append(
-                Failure(
-                    time=call.time,
-                    channel=call.channel,
-                    method=call.method,
-                    outcome=call.outcome,
-                    status=call.status,
-                    server=call.server,
-                    name=call.name,
-                    error=call.error,
-                )
-            )
+        if failed:  # the fields `Failure` names; session, tenant, subject and sizes stay behind
+            self.failures.append(msgspec.convert(call, Failure, from_attributes=True))
 
     def figures(self, channel: str, server: str = CHANNEL) -> WindowFigures:
         """The figures of a channel (`server` omitted) or of one server within it."""

@@ -18,7 +18,7 @@ import msgspec
 from gateway import __version__
 from gateway.config import secrets as secret_refs
 from gateway.config.routing import RoutingConfig, ServerSpec, redact_url
-from gateway.observe.callstats import CallStats, Failure, WindowFigures
+from gateway.observe.callstats import WINDOW_S, CallStats, Failure, WindowFigures
 from gateway.observe.hooks import Observed, Telemetry
 from gateway.observe.ops import Readiness
 from gateway.protocol.mcp import Call, Frame, UpstreamInfo
@@ -228,46 +228,32 @@ class StatusCollector:
     # ------------------------------------------------------------------ the snapshot
 
     def snapshot(self) -> GatewayStatus:
-        now = self._clock()
         ready, report = self.readiness.report()
-        runtime = self.runtime
-        if runtime is None:
-            return GatewayStatus(
-                version=__version__,
-                time=now,
-                started=self._started,
-                ready=False,
-                not_ready=list(report["not_ready"]),
-                inflight=0,
-                max_inflight=0,
-                control_plane=None,
-                channels=[],
-                recent_failures=self.stats.recent_failures(),
-                config={},
-                window_s=60,
-            )
-        config = runtime.config
+        runtime = self.runtime  # None while the gateway starts: only readiness to tell
         return GatewayStatus(
             version=__version__,
-            time=now,
+            time=self._clock(),
             started=self._started,
-            ready=ready,
+            ready=ready and runtime is not None,
             not_ready=list(report["not_ready"]),
-            inflight=runtime.dispatcher.inflight,
-            max_inflight=config.gateway.max_inflight,
-            control_plane=self._link(runtime),
-            channels=[
-                ChannelStatus(
-                    name=name,
-                    servers=[self._server(runtime, name, member) for member in members],
-                    stats=self.stats.figures(name),
-                )
-                for name, members in config.channels.items()
-            ],
+            inflight=runtime.dispatcher.inflight if runtime else 0,
+            max_inflight=runtime.config.gateway.max_inflight if runtime else 0,
+            control_plane=self._link(runtime) if runtime else None,
+            channels=self._channels(runtime) if runtime else [],
             recent_failures=self.stats.recent_failures(),
-            config=masked_config(config, self._redact),
-            window_s=60,
+            config=masked_config(runtime.config, self._redact) if runtime else {},
+            window_s=WINDOW_S,
         )
+
+    def _channels(self, runtime: StatusRuntime) -> list[ChannelStatus]:
+        return [
+            ChannelStatus(
+                name=name,
+                servers=[self._server(runtime, name, member) for member in members],
+                stats=self.stats.figures(name),
+            )
+            for name, members in runtime.config.channels.items()
+        ]
 
     def _link(self, runtime: StatusRuntime) -> LinkStatus:
         link = runtime.control_plane
