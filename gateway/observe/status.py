@@ -315,6 +315,23 @@ class _Chained:
         self.owner.upstream_event(server, event)
 
 
+_PASSED_ON: Final = (
+    "command",
+    "describe",
+    "post",
+    "poll",
+    "post_retry",
+    "rate_limit",
+    "limit_waiting",
+    "watch_limits",
+    "relay_tracer",
+    "metrics_data",
+    "trace_ids",
+    "shutdown",
+)
+"""The `Telemetry` hooks `_Watching` hands to the telemetry it wraps unchanged."""
+
+
 class _Watching(Telemetry):
     """Telemetry as given, plus the collector: `watch` chains its observers after telemetry's own,
     `exchange` counts the calls in flight per server. Every other hook is passed on unchanged."""
@@ -323,19 +340,8 @@ class _Watching(Telemetry):
         self._inner = inner
         self._collector = collector
         self.enabled = inner.enabled
-        # The hooks called per command go straight to the inner telemetry: no extra frame on them.
-        self.command = inner.command  # type: ignore[method-assign]
-        self.describe = inner.describe  # type: ignore[method-assign]
-        self.post = inner.post  # type: ignore[method-assign]
-        self.poll = inner.poll  # type: ignore[method-assign]
-        self.post_retry = inner.post_retry  # type: ignore[method-assign]
-        self.rate_limit = inner.rate_limit  # type: ignore[method-assign]
-        self.limit_waiting = inner.limit_waiting  # type: ignore[method-assign]
-        self.watch_limits = inner.watch_limits  # type: ignore[method-assign]
-        self.relay_tracer = inner.relay_tracer  # type: ignore[method-assign]
-        self.metrics_data = inner.metrics_data  # type: ignore[method-assign]
-        self.trace_ids = inner.trace_ids  # type: ignore[method-assign]
-        self.shutdown = inner.shutdown  # type: ignore[method-assign]
+        for hook in _PASSED_ON:  # straight to the inner telemetry: no extra frame on the per-command hooks
+            setattr(self, hook, getattr(inner, hook))
 
     def __getattr__(self, name: str) -> Any:  # anything an implementation adds (session hooks)
         return getattr(self._inner, name)

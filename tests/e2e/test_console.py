@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway import __version__
 from gateway.protocol.sse import SseParser
 from tests.support.console import (
     ARGUMENT_MARKER,
@@ -25,7 +26,7 @@ from tests.support.console import (
     until_status,
 )
 from tests.support.harness import PYTHON, ROOT, free_port, gateway
-from tests.support.ops import ops_url
+from tests.support.ops import RELAY_KEY, TUNNEL, ops_url, standalone_relay
 
 LITERAL_SECRET = "literal-header-secret-0c9e1d"
 URL_PASSWORD = "url-password-55aa17"
@@ -218,3 +219,35 @@ async def test_the_ops_token_guards_every_console_request(tmp_path: Path) -> Non
         code, text = await status_cli("--ops", ops, "--json", GATEWAY_OPS_TOKEN=token)
         assert code == 0, text
         assert json.loads(text)["kind"] == "gateway"
+
+
+async def test_a_standalone_relay_lists_the_gateway_that_polls_it(tmp_path: Path) -> None:
+    """`gateway relay` on loopback serves its console: the tunnel, and the gateway as its v1 identity
+    headers name it; a refused poll is counted by its code."""
+    port = free_port()
+    routes = (
+        f"control_plane: {{url: 'http://127.0.0.1:{port}', tunnel_id: {TUNNEL}, api_key: env:RELAY_KEY}}\n"
+        "servers:\n  clock: {stdio: {command: '{python}', args: [-m, gateway.demo.clock]}}\n"
+        "channels:\n  main: [clock]\n"
+    )
+    async with (
+        standalone_relay(tmp_path, port) as (relay_url, _),
+        gateway(routes, tmp_path, env={"RELAY_KEY": RELAY_KEY}),
+    ):
+        status = await until_status(relay_url, lambda s: bool(s["gateways"]))
+        assert status["kind"] == "relay"
+        (tunnel,) = status["tunnels"]
+        assert (tunnel["id"], tunnel["gateway_seen"]) == (TUNNEL, True)
+        (seen,) = status["gateways"]
+        assert (seen["tunnel"], seen["name"], seen["version"]) == (TUNNEL, "mcp-tunnel-gateway", __version__)
+        assert len(seen["instance_id"]) >= 16
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                f"{relay_url}/v1/tunnels/{TUNNEL}/poll", headers={"Authorization": "Bearer no"}
+            ) as resp:
+                assert resp.status == 401
+            async with http.get(f"{relay_url}/ui") as resp:
+                assert resp.status == 200
+                assert "Operator console" in await resp.text()
+        status = await until_status(relay_url, lambda s: bool(s["rejections"]))
+        assert status["rejections"] == {"tunnel_use_forbidden": 1}

@@ -18,7 +18,7 @@ from gateway.observe.hooks import Observed, Telemetry
 from gateway.observe.logs import Redactor
 from gateway.observe.logtail import LogRing
 from gateway.observe.ops import Readiness
-from gateway.observe.status import StatusCollector, masked_config
+from gateway.observe.status import _PASSED_ON, StatusCollector, masked_config
 from gateway.relay.webconsole import COOKIE, TokenGate
 
 ROUTES = b"""
@@ -134,12 +134,15 @@ def test_the_collector_chains_after_telemetry_and_survives_rewatching() -> None:
     assert state.last_exit == "exited with status 1: boom"
 
 
-def test_the_collector_passes_other_hooks_through() -> None:
+def test_the_collector_passes_every_other_hook_through() -> None:
+    """A hook added to `Telemetry` later must be listed, or the wrapper would answer it with the no-op."""
+    hooks = {name for name, value in vars(Telemetry).items() if callable(value) and not name.startswith("_")}
+    assert hooks - {"exchange", "watch"} == set(_PASSED_ON)
     inner = RecordingTelemetry()
     telemetry = StatusCollector(Readiness(max_poll_age_s=10, clock=lambda: 0.0)).telemetry(inner)
     assert telemetry.enabled is inner.enabled
-    assert telemetry.metrics_data() is None
-    assert telemetry.trace_ids() is None
+    for hook in _PASSED_ON:
+        assert getattr(telemetry, hook) == getattr(inner, hook)
 
 
 # --------------------------------------------------------------------------- the log ring
