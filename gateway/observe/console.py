@@ -36,6 +36,10 @@ class GatewayConsole:
     async def _status(self) -> bytes:
         return self._encoder.encode(self.collector.snapshot())
 
+    async def close(self) -> None:
+        """End open streams: the listener is shutting down."""
+        await self.shell.close()
+
     def routes(self) -> list[web.RouteDef]:
         return [
             *self.shell.routes(),
@@ -77,7 +81,7 @@ class GatewayConsole:
                 cursor[0] = lines[-1].seq
             return [encode_event(self._encoder.encode(line), "log") for line in lines]
 
-        return await sse_loop(request, LOG_INTERVAL_S, events)
+        return await sse_loop(request, LOG_INTERVAL_S, events, self.shell.closing)
 
 
 def _log_query(request: web.Request) -> tuple[str, int]:

@@ -87,6 +87,9 @@ class ConsoleRoutes(Protocol):
 
     def routes(self) -> list[web.RouteDef]: ...
 
+    async def close(self) -> None:
+        """End open streams before the listener stops."""
+
 
 class Readiness:
     """Whether the gateway can serve: a credential to send (when it can fail: workload identity),
@@ -209,6 +212,8 @@ class OpsServer:
 
     async def close(self) -> None:
         runner, self._runner = self._runner, None
+        if self._console is not None:
+            await self._console.close()
         if runner is not None:
             await runner.cleanup()
 

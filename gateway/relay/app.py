@@ -146,6 +146,7 @@ def build_relay_app(
     console = _console(config, queue, metrics)
     if console is not None:
         app.router.add_routes(console.routes())
+        app.on_shutdown.append(console.close)
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_backend_lifetime)
     if identity is not None:

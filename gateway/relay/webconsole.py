@@ -9,6 +9,7 @@ renders whichever kind of snapshot `/api/status` returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -86,6 +87,12 @@ class ConsoleShell:
         self.gate = gate
         self._snapshot = snapshot
         self._interval = interval_s
+        self.closing = asyncio.Event()
+        """Set when the listener shuts down: open streams end at once instead of holding it up."""
+
+    async def close(self, app: web.Application | None = None) -> None:
+        """End every open stream (an `on_shutdown` callback, or called before the runner's cleanup)."""
+        self.closing.set()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -116,26 +123,30 @@ class ConsoleShell:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self.gate.check(request)
-        return await sse_loop(request, self._interval, self._status_events)
+        return await sse_loop(request, self._interval, self._status_events, self.closing)
 
     async def _status_events(self) -> list[bytes]:
         return [encode_event(await self._snapshot(), "status")]
 
 
 async def sse_loop(
-    request: web.Request, interval_s: float, events: Callable[[], Awaitable[list[bytes]]]
+    request: web.Request,
+    interval_s: float,
+    events: Callable[[], Awaitable[list[bytes]]],
+    closing: asyncio.Event,
 ) -> web.StreamResponse:
     """An SSE response that sends what `events()` gives every `interval_s` (a comment when it gives
-    nothing, so a dead connection is noticed) until the client leaves."""
+    nothing, so a dead connection is noticed) until the client leaves or `closing` is set."""
     response = web.StreamResponse(
         headers={"Content-Type": EVENT_STREAM, "X-Accel-Buffering": "no", **_NO_STORE},
     )
     await response.prepare(request)
     try:
-        while True:
+        while not closing.is_set():
             chunk = b"".join(await events()) or b": idle\n\n"
             await response.write(chunk)
-            await asyncio.sleep(interval_s)
-    except (ConnectionResetError, ConnectionError):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), interval_s)
+    except ConnectionError:
         pass  # the client left
     return response
