@@ -240,10 +240,16 @@ class StatusCollector:
             max_inflight=runtime.config.gateway.max_inflight if runtime else 0,
             control_plane=self._link(runtime) if runtime else None,
             channels=self._channels(runtime) if runtime else [],
-            recent_failures=self.stats.recent_failures(),
+            recent_failures=[self._redacted(failure) for failure in self.stats.recent_failures()],
             config=masked_config(runtime.config, self._redact) if runtime else {},
             window_s=WINDOW_S,
         )
+
+    def _redacted(self, failure: Failure) -> Failure:
+        """A resource URI can carry a credential (`?token=`): names pass the log redactor."""
+        if failure.name is None:
+            return failure
+        return msgspec.structs.replace(failure, name=self._redact(failure.name))
 
     def _channels(self, runtime: StatusRuntime) -> list[ChannelStatus]:
         return [
