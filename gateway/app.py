@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,11 @@ from gateway.config.routing import (
     token_endpoint_egress,
     workload_identity_from_env,
 )
+from gateway.dispatch.budgets import Budgets
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
+from gateway.observe.alerts import BudgetAlerts
+from gateway.observe.audit import AuditLog
 from gateway.observe.console import GatewayConsole
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.logtail import LogRing
@@ -54,6 +58,7 @@ from gateway.upstream.base import Upstream
 from gateway.upstream.egress import egress
 from gateway.upstream.http import HttpUpstream, sendable_header
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
+from gateway.upstream.service_credentials import service_credentials
 from gateway.upstream.stdio import StdioUpstream
 
 log = logging.getLogger(__name__)
@@ -125,14 +130,16 @@ class Runtime:
         old = self.config
         if (new.control_plane, new.relay, new.gateway) != (old.control_plane, old.relay, old.gateway):
             log.warning("reload: control_plane, relay and gateway settings take effect on restart only")
+        if (new.audit, new.budgets) != (old.audit, old.budgets):
+            log.warning("reload: audit and budgets settings take effect on restart only")
         kept = {
             name: upstream
             for name, upstream in self.upstreams.items()
-            if name in _used_servers(new) and new.servers[name] == old.servers.get(name)
+            if name in used_servers(new) and new.servers[name] == old.servers.get(name)
         }
         try:
             started = await _start_upstreams(
-                new, sorted(_used_servers(new) - kept.keys()), self.bridge, self.http, self.routes_file
+                new, sorted(used_servers(new) - kept.keys()), self.bridge, self.http, self.routes_file
             )
         except ConfigError as exc:
             log.error("reload rejected, the running configuration keeps serving: %s", exc)
@@ -173,7 +180,7 @@ class Runtime:
         await asyncio.gather(*(upstream.close() for upstream in self.upstreams.values()), return_exceptions=True)
 
 
-def _used_servers(config: RoutingConfig) -> set[str]:
+def used_servers(config: RoutingConfig) -> set[str]:
     used = {member for members in config.channels.values() for member in members}
     return used | {route.to for route in config.routes if route.to is not None}
 
@@ -182,7 +189,7 @@ def _affinity(config: RoutingConfig) -> dict[str, bool]:
     """Channels whose session state lives in this process: a one-server stdio channel (its sessions are
     in memory), an aggregated channel with a `session: per-client` server (the client's process).
     Other aggregated channels carry their sessions in the session id: any replica can serve them."""
-    router = Router(config.routes)
+    router = Router.for_config(config)
     return {
         name: any(config.servers[member].session == "per-client" for member in members)
         if _aggregated(config, name, router)
@@ -209,7 +216,7 @@ def _channels(
     A channel of one server is a passthrough `Channel`; several servers, channel
     options, `to`/`deny` routing rules or a `session: per-client` server make it
     an `AggregateChannel` (started here: it watches its servers for list changes)."""
-    router = Router(config.routes)
+    router = Router.for_config(config)
     channels: dict[str, ServedChannel] = {}
     for name, members in config.channels.items():
         old = (previous or {}).get(name)
@@ -249,7 +256,7 @@ async def _start_upstreams(
     config: RoutingConfig, names: list[str], bridge: Bridge, http: aiohttp.ClientSession, routes_file: Path
 ) -> dict[str, Upstream]:
     upstreams = {
-        name: _build_upstream(
+        name: build_upstream(
             name,
             config.servers[name],
             bridge=bridge,
@@ -269,7 +276,7 @@ async def _start_upstreams(
     return upstreams
 
 
-def _build_upstream(
+def build_upstream(
     name: str,
     spec: ServerSpec,
     *,
@@ -305,6 +312,7 @@ def _build_upstream(
         request_timeout_s=spec.request_timeout_s,
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
         reprobe_max_s=spec.restart_backoff_max_s,
+        service_credentials=service_credentials(name, spec.http, session=http, file=file, base=base),
     )
     return Bounded(http_upstream, spec.max_concurrency) if spec.max_concurrency else http_upstream
 
@@ -346,7 +354,7 @@ async def provision(
     base = routes_file.parent
     file = str(routes_file)
     embedded = config.control_plane is None and overrides.control_plane is None
-    remote = None if embedded else _remote_control_plane(config, overrides, routes_file)  # fail before spawning
+    remote = None if embedded else remote_control_plane(config, overrides, routes_file)  # fail before spawning
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
@@ -370,7 +378,7 @@ async def provision(
         credential: Credential | None = None
         if remote is not None and remote.identity is not None:
             # The first exchange runs while the servers start.
-            credential = _workload_identity(remote, config, http, file=file, base=base)
+            credential = workload_identity_credential(remote, config, http, file=file, base=base)
             stack.push_async_callback(credential.close)
             credential.start()
         elif remote is not None:
@@ -383,7 +391,7 @@ async def provision(
                 await asyncio.gather(*(u.close() for u in upstreams.values()), return_exceptions=True)
 
         stack.push_async_callback(close_upstreams)
-        upstreams.update(await _start_upstreams(config, sorted(_used_servers(config)), bridge, http, routes_file))
+        upstreams.update(await _start_upstreams(config, sorted(used_servers(config)), bridge, http, routes_file))
         telemetry.watch(upstreams, config.servers)
         session_keys = _session_keys(config, routes_file)
         channels = _channels(config, upstreams, bridge, session_keys, telemetry=telemetry)
@@ -406,10 +414,28 @@ async def provision(
         stack.callback(control_plane.close)
 
         limits = Limits(config.limits, on_wait=telemetry.limit_waiting)
+        alerts = BudgetAlerts.for_budgets(config.budgets, http, telemetry=telemetry, file=file, base=base)
+        alerts.start()
+        stack.push_async_callback(alerts.close)
+        audit = _audit_log(config, routes_file)
+        if audit is not None:
+            stack.push_async_callback(audit.close)  # after the dispatcher's: the last records are written
         dispatcher = Dispatcher(
-            channels, control_plane, codec, config.gateway.max_inflight, limits, telemetry, tunnel=tunnel_id
+            channels,
+            control_plane,
+            codec,
+            config.gateway.max_inflight,
+            limits,
+            telemetry,
+            tunnel=tunnel_id,
+            budgets=Budgets(config.budgets, clock=time.time, on_alert=alerts.alert),
         )
         stack.push_async_callback(dispatcher.close)
+        if audit is not None:
+            dispatcher.records.add(audit)
+            exported = telemetry.call_log()
+            if exported is not None:
+                dispatcher.records.add(exported)
         if status is not None:
             dispatcher.records.add(status.stats)
             status.control_plane_url, status.tunnel_id, status.credential = cp_url, tunnel_id, credential
@@ -452,6 +478,18 @@ def _ops_token(spec: OpsSpec, routes_file: Path) -> str | None:
         raise ConfigError(str(routes_file), "ops.token", f"a resolvable secret ({exc})") from None
 
 
+def _audit_log(config: RoutingConfig, routes_file: Path) -> AuditLog | None:
+    """The audit log's writer, started (its file opened), or None when `audit:` is absent."""
+    if config.audit is None:
+        return None
+    audit = AuditLog(config.audit, routes_file.parent)
+    try:
+        audit.start()
+    except OSError as exc:
+        raise ConfigError(str(routes_file), "audit.file", f"a writable file ({exc.strerror})") from None
+    return audit
+
+
 async def _embedded_relay(
     config: RoutingConfig, routes_file: Path, telemetry: Telemetry
 ) -> tuple[Relay, secret_refs.Secret, Endpoint]:
@@ -478,7 +516,7 @@ async def _embedded_relay(
     return relay, key, Endpoint(urls, token_required=token is not None)
 
 
-def _remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> RemoteControlPlane:
+def remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> RemoteControlPlane:
     """The control plane and its credential: `api_key`, `workload_identity`, else the environment
     (the OPENAI_IDENTITY_* variables turn workload identity on; TUNNEL_API_KEY is the key)."""
     spec, file, base = config.control_plane, str(routes_file), routes_file.parent
@@ -504,7 +542,7 @@ def _remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_fi
     return RemoteControlPlane(url, tunnel_id, api_key=ApiKey(ref, base=base))
 
 
-def _workload_identity(
+def workload_identity_credential(
     remote: RemoteControlPlane, config: RoutingConfig, http: aiohttp.ClientSession, *, file: str, base: Path
 ) -> WorkloadIdentity:
     """The workload-identity credential: its subject token source, and the token endpoint reached

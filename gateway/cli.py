@@ -2,6 +2,7 @@
 
 gateway --routes routing.yaml [--control-plane URL] [--tunnel-id ID]
 gateway check --routes routing.yaml
+gateway doctor [--routes routing.yaml] [--json]
 gateway relay --config relay.yaml
 gateway status [--ops URL] [--json] [--routes routing.yaml]
 """
@@ -20,6 +21,7 @@ import uvloop
 from gateway import __version__
 from gateway.app import Overrides, provision
 from gateway.config import routing as config
+from gateway.doctor.run import doctor
 from gateway.observe import logs
 from gateway.observe.announce import announce
 from gateway.observe.hooks import Telemetry
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check", help="validate a routing file and exit")
     check.add_argument("--routes", type=Path, default=Path("routing.yaml"))
+    preflight = sub.add_parser("doctor", help="check what the routing file needs, explain each failure, exit")
+    preflight.add_argument("--routes", type=Path, default=Path("routing.yaml"))
+    preflight.add_argument("--json", action="store_true", help="print the report as JSON (see the README)")
     relay = sub.add_parser("relay", help="run the self-hosted control plane (relay)")
     relay.add_argument("--config", type=Path, required=True, help="relay configuration file")
     status = sub.add_parser("status", help="show a running gateway's status (its ops listener's /api/status)")
@@ -62,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             routes = config.load(args.routes)
             print(f"{args.routes}: OK ({len(routes.servers)} servers, {len(routes.channels)} channels)")
             return 0
+        if args.command == "doctor":
+            logs.setup(redactor=redactor, fmt=args.log_format or "text", level=args.log_level or "ERROR")
+            return _run(doctor(args.routes, as_json=args.json, redactor=redactor))
         if args.command == "relay":
             return _relay_main(args, redactor)
         if args.command == "status":

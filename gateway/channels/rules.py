@@ -1,20 +1,21 @@
 """Routing rules (`routes:` in routing.yaml): which rule a request matches, and what it decides.
 Sans-IO: it never awaits, and imports neither asyncio nor aiohttp.
 
-Owns glob matching on method, name and header values (first match wins) and the decision a rule
-gives (`to`, `deny`, `limit_key`).
+Owns glob matching on method, name and header values (first match wins), the decision a rule
+gives (`to`, `deny`, `limit_key`), and the tool allow-lists (`channels.NAME.allow_tools`,
+`tenants:`), which refuse a tool outside them as a `deny` rule would, before any rule is read.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from gateway.config.globs import compile_glob
-from gateway.config.routing import RouteSpec
-from gateway.protocol.wire import Headers
+from gateway.config.routing import RouteSpec, RoutingConfig
+from gateway.protocol.wire import Headers, header_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,52 @@ class Route:
 
 
 NO_ROUTE: Final = Route()
+NOT_ALLOWED: Final = Route(deny="this tool is not on the allow-list")
+"""The decision for a `tools/call` outside an allow-list (and for such a tool in `tools/list`)."""
+ANY_TENANT: Final = "*"
+"""The `tenants:` entry for a tenant not named (and for a request without the tenant header)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """Tool allow-lists: per channel, and per tenant (named by the `tenant_header` request header)."""
+
+    channels: Mapping[str, tuple[re.Pattern[str], ...]]
+    tenants: Mapping[str, tuple[re.Pattern[str], ...]]
+    tenant_header: str | None = None
+
+    @classmethod
+    def compile(
+        cls,
+        channels: Mapping[str, Sequence[str] | None],
+        tenants: Mapping[str, Sequence[str] | None],
+        tenant_header: str | None,
+    ) -> Allowed:
+        def globs(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
+            return tuple(compile_glob(p) for p in patterns)
+
+        return cls(
+            {name: globs(p) for name, p in channels.items() if p is not None},
+            {name: globs(p) for name, p in tenants.items() if p is not None},
+            tenant_header,
+        )
+
+    def applies(self, channel: str) -> bool:
+        return channel in self.channels or bool(self.tenants)
+
+    def allows(self, channel: str, tool: str | None, headers: Headers) -> bool:
+        """Whether a tool (by the name clients see) passes the channel's and the caller's tenant's lists."""
+        lists = [self.channels.get(channel)]
+        if self.tenants:
+            tenant = header_value(headers, self.tenant_header) if self.tenant_header else None
+            lists.append(self.tenants.get(tenant or ANY_TENANT, self.tenants.get(ANY_TENANT)))
+        for patterns in lists:
+            if patterns is not None and (tool is None or not any(p.fullmatch(tool) for p in patterns)):
+                return False
+        return True
+
+
+NOTHING_LISTED: Final = Allowed({}, {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +111,8 @@ class _Rule:
 class Router:
     """The ordered `routes:` rules of one configuration, compiled once."""
 
-    def __init__(self, routes: Sequence[RouteSpec] = ()) -> None:
+    def __init__(self, routes: Sequence[RouteSpec] = (), allowed: Allowed = NOTHING_LISTED) -> None:
+        self.allowed = allowed
         rules = []
         for index, spec in enumerate(routes):
             match = spec.match
@@ -81,18 +129,29 @@ class Router:
                 )
             )
         self._rules: tuple[_Rule, ...] = tuple(rules)
-        self.specs = tuple(routes)
+        self.specs = (tuple(routes), allowed)
+        """What the router was built from: equal specs decide alike (a reload keeps channels that agree)."""
+
+    @classmethod
+    def for_config(cls, config: RoutingConfig) -> Router:
+        """The routes and allow-lists of a configuration."""
+        channels = {name: spec.allow_tools for name, spec in config.channel_specs.items()}
+        tenants = {name: spec.allow_tools for name, spec in config.tenants.items()}
+        return cls(config.routes, Allowed.compile(channels, tenants, config.limits.tenant_header))
 
     def decide(self, channel: str, method: str, name: str | None, headers: Headers) -> Route:
-        """The first rule matching the request, or NO_ROUTE."""
+        """NOT_ALLOWED for a tool outside an allow-list, else the first rule matching the request, or NO_ROUTE."""
+        if method == "tools/call" and self.allowed.applies(channel) and not self.allowed.allows(channel, name, headers):
+            return NOT_ALLOWED
         for rule in self._rules:
             if rule.matches(channel, method, name, headers):
                 return rule.route
         return NO_ROUTE
 
     def reshapes(self, channel: str) -> bool:
-        """Whether some `to` or `deny` rule can apply to this channel (it then needs the routing channel)."""
-        return any(
+        """Whether some `to` or `deny` rule or an allow-list can apply to this channel (it then needs the
+        routing channel)."""
+        return self.allowed.applies(channel) or any(
             (rule.route.to is not None or rule.route.deny is not None)
             and (rule.channels is None or channel in rule.channels)
             for rule in self._rules
@@ -108,7 +167,7 @@ class Router:
         return found
 
     def filters(self, channel: str) -> bool:
-        """Whether list results on this channel must be checked against deny rules."""
-        return any(
+        """Whether list results on this channel must be checked against deny rules and allow-lists."""
+        return self.allowed.applies(channel) or any(
             rule.route.deny is not None and (rule.channels is None or channel in rule.channels) for rule in self._rules
         )

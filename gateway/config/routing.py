@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
-from gateway.config import rates
+from gateway.config import rates, service_auth
+from gateway.config.admin import AuditSpec, BudgetSpec, TenantSpec, check_admin
 from gateway.config.globs import glob_error
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.workload_identity import DEFAULT_TOKEN_URL
@@ -89,6 +90,8 @@ class HttpSpec(Egress, frozen=True, kw_only=True):
     spawn: ProgramSpec | None = None
     """A local process that serves `url` (on loopback): started with the gateway, restarted with
     backoff when it exits, stopped when the gateway stops or the server leaves routing.yaml."""
+    service_credential: service_auth.ServiceCredentialSpec | None = None
+    """A token the gateway obtains replaces the user's `Authorization` (gateway.config.service_auth)."""
 
 
 class ServerSpec(_Frozen, frozen=True, kw_only=True):
@@ -329,6 +332,8 @@ class ChannelSpec(_Frozen, frozen=True, kw_only=True):
     listen_timeout_s: Seconds = 50.0
     """A client's `subscriptions/listen` stream ends (gracefully) after this long; the client listens
     again. Keep it under the control plane's response timeout."""
+    allow_tools: list[str] | None = None
+    """Globs on tool names as clients see them: other tools are hidden and refused like a `deny` route."""
 
 
 class RouteMatch(_Frozen, frozen=True, kw_only=True):
@@ -381,6 +386,10 @@ class RoutingConfig(_Frozen, frozen=True, kw_only=True):
     telemetry: TelemetrySpec = TelemetrySpec()
     ops: OpsSpec | None = None
     logging: LoggingSpec = LoggingSpec()
+    audit: AuditSpec | None = None
+    budgets: list[BudgetSpec] = []
+    tenants: dict[str, TenantSpec] = {}
+    """Per tenant (a `limits.tenant_header` value; `*`: any other): tools it may use."""
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -394,10 +403,11 @@ def parse(data: bytes, file: str) -> RoutingConfig:
         raise ConfigError(file, "(document)", f"valid YAML ({exc})") from None
     if isinstance(document, dict):
         # Convert named entries one by one so an error names the entry, not `[...]`.
-        entries = document.get("servers")
-        if isinstance(entries, dict):
-            for name, entry in entries.items():
-                _convert(entry, ServerSpec, file, f"servers.{name}")
+        for section, kind in (("servers", ServerSpec), ("tenants", TenantSpec)):
+            entries = document.get(section)
+            if isinstance(entries, dict):
+                for name, entry in entries.items():
+                    _convert(entry, kind, file, f"{section}.{name}")
         document = _channel_specs(document, file)
     config = _convert(document, RoutingConfig, file, "")
     check(config, file)
@@ -486,6 +496,10 @@ def check(config: RoutingConfig, file: str) -> None:
             _check_egress(server.http, file, f"{key}.http")
             if server.http.spawn is not None and not _on_loopback(server.http.url):
                 raise ConfigError(file, f"{key}.http.url", "a loopback URL (127.0.0.1, [::1], localhost) with `spawn`")
+            credential = server.http.service_credential
+            if credential is not None:
+                grant_key = service_auth.check(credential, file, f"{key}.http.service_credential")
+                _check_url(credential.grant.token_url, file, f"{grant_key}.token_url")
     for channel, members in config.channels.items():
         key = f"channels.{channel}"
         if not CHANNEL_NAME.fullmatch(channel):
@@ -511,6 +525,20 @@ def check(config: RoutingConfig, file: str) -> None:
         _check_origin_url(config.relay.public_url, file, "relay.public_url")
     _check_limits(config.limits, file)
     _check_observability(config, file)
+    allow = {name: spec.allow_tools for name, spec in config.channel_specs.items()}
+    channels = list(config.channels)
+    check_admin(
+        config.audit,
+        config.budgets,
+        config.tenants,
+        allow,
+        tenant_header=config.limits.tenant_header,
+        channels=channels,
+        file=file,
+    )
+    for i, budget in enumerate(config.budgets):
+        if budget.webhook is not None:
+            _check_url(budget.webhook.url, file, f"budgets[{i}].webhook.url")
 
 
 def check_workload_identity(

@@ -23,6 +23,7 @@ import msgspec
 from msgspec import UNSET, Raw
 
 from gateway.channels.channel import ServedChannel
+from gateway.dispatch.budgets import Budgets, Caller, token_key
 from gateway.dispatch.limits import Limits, Subject
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.logs import REQUEST_ID
@@ -38,7 +39,7 @@ from gateway.protocol.errors import (
     UpstreamError,
     UpstreamHttpError,
 )
-from gateway.protocol.headers import SESSION_HEADER
+from gateway.protocol.headers import AUTHORIZATION, SESSION_HEADER
 from gateway.protocol.mcp import Frame, Notify, Reply
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
@@ -91,8 +92,10 @@ class Dispatcher:
         *,
         tunnel: str = "",
         records: CallSinks | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self._channels = channels
+        self._budgets = budgets
         self._tunnel = tunnel
         self.records = records if records is not None else CallSinks()
         """Where each finished JSON-RPC command's `CallRecord` goes (the audit log, the status page)."""
@@ -112,11 +115,15 @@ class Dispatcher:
         self._idle.set()
         self.completed = 0
 
-    def replace_channels(self, channels: Mapping[str, ServedChannel], limits: Limits | None = None) -> None:
-        """Serve new commands from these channels and limits (a reload); running ones keep theirs."""
+    def replace_channels(
+        self, channels: Mapping[str, ServedChannel], limits: Limits | None = None, budgets: Budgets | None = None
+    ) -> None:
+        """Serve new commands from these channels, limits and budgets (a reload); running ones keep theirs."""
         self._channels = channels
         if limits is not None:
             self._limits = limits
+        if budgets is not None:
+            self._budgets = budgets
 
     def limit_counts(self) -> Mapping[tuple[str, str], int]:
         """The current limits' (label, admitted|waited|rejected) counts (telemetry reads them)."""
@@ -339,8 +346,16 @@ class Dispatcher:
     def _admit(
         self, command: PolledCommand, message: JsonRpcMessage, channel: ServedChannel
     ) -> contextlib.AbstractAsyncContextManager[None]:
-        """The limits a request must pass (none for notifications and answers)."""
+        """The budgets and limits a request must pass (none for notifications and answers)."""
         limits = self._limits
+        if self._budgets and message.is_request and message.method is not UNSET:
+            tenant_header = limits.tenant_header if limits is not None else None
+            caller = Caller(
+                channel=command.channel,
+                tenant=header_value(command.headers, tenant_header) if tenant_header else None,
+                client_token=token_key(header_value(command.headers, AUTHORIZATION)),
+            )
+            self._budgets.spend(message.method, caller)
         if limits is None or not limits.enabled or not message.is_request:
             return contextlib.nullcontext()
         tool = None

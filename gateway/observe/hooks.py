@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Final, Literal, Protocol
 
 from gateway.config.routing import ServerSpec
+from gateway.observe.records import CallSink
 from gateway.protocol.mcp import Call, Frame, UpstreamInfo
 from gateway.protocol.wire import Headers, JsonRpcMessage, PolledCommand
 from gateway.relay.tracing import NO_TRACER, RelayTracer
@@ -86,9 +87,9 @@ class Telemetry:
     """The hooks the gateway calls; this base records nothing (it is what `NoopTelemetry` is).
 
     Callers: the dispatcher (`command`, `describe`, `post`), the channel (`exchange`), the
-    poller and the responder (`poll`, `post_retry`), the limits (`rate_limit`), the app
-    (`watch`, `relay_tracer`), the ops listener (`metrics_data`), the log records (`trace_ids`)
-    and the CLI (`shutdown`).
+    poller and the responder (`poll`, `post_retry`), the limits (`rate_limit`), the budget alerts
+    (`budget_alert`), the app (`watch`, `relay_tracer`, `call_log`), the ops listener (`metrics_data`),
+    the log records (`trace_ids`) and the CLI (`shutdown`).
     """
 
     enabled: bool = False
@@ -122,6 +123,14 @@ class Telemetry:
     def limit_waiting(self, limit: str) -> None:
         """`Limits(on_wait=...)`: a call starts waiting for `limit`."""
         self.rate_limit(limit, "waited")
+
+    def budget_alert(self, budget: str, scope: str, threshold: int) -> None:
+        """A usage budget crossed `threshold` percent for one key (counted; the key is no label: unbounded)."""
+
+    def call_log(self) -> CallSink | None:
+        """A sink exporting each call's record as an OTLP log record (the audit log when telemetry is on),
+        or None when logs are not exported."""
+        return None
 
     def watch_limits(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         """Export the limits' own (limit label, admitted|waited|rejected) counts as counters."""

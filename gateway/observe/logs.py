@@ -22,6 +22,7 @@ from typing import IO, Final
 import msgspec
 
 from gateway.config import secrets as secret_refs
+from gateway.config import service_auth
 from gateway.config.routing import RoutingConfig
 from gateway.relay.config import RelayConfig
 
@@ -83,9 +84,13 @@ class Redactor:
         for value in values:
             self.add(value)
 
+    def known(self, text: str) -> str:
+        """Only the registered values masked: for text the gateway wrote itself from a key path and
+        what it expected (`control_plane.api_key: expected …`), which the patterns would garble."""
+        return self._known_re.sub(MASK, text) if self._known_re is not None else text
+
     def redact(self, text: str) -> str:
-        if self._known_re is not None:
-            text = self._known_re.sub(MASK, text)
+        text = self.known(text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text
@@ -94,7 +99,8 @@ class Redactor:
 def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
     """Every secret value routing.yaml names (references resolved now; unresolvable ones skipped,
     provisioning reports them): the control-plane key (or App Service's identity header), secret
-    header values, the relay's client token, the ops console token, the telemetry exporter's headers."""
+    header values, servers' service-credential client secrets, the relay's client token, the ops
+    console token, the telemetry exporter's headers."""
     refs: list[str] = []
     if config.control_plane is not None and config.control_plane.api_key:
         refs.append(config.control_plane.api_key)
@@ -109,6 +115,8 @@ def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
     if config.ops is not None and config.ops.token:
         refs.append(config.ops.token)
     headers = [server.http.headers for server in config.servers.values() if server.http is not None]
+    for server in config.servers.values():
+        refs += service_auth.secret_refs(server.http.service_credential if server.http is not None else None)
     headers.append(config.telemetry.headers)
     for group in headers:
         for name, value in group.items():

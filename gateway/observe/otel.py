@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from msgspec import UNSET, Raw, UnsetType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry._logs import Logger, SeverityNumber
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -32,6 +33,7 @@ from gateway.observe.otel_scopes import (
     PollSpan,
     PostSpan,
 )
+from gateway.observe.records import CallRecord, CallSink
 from gateway.protocol.errors import UpstreamError
 from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo, abandon
@@ -115,6 +117,7 @@ class OtelTelemetry(Telemetry):
         capture_arguments: bool,
         redact: Callable[[str], str],
         shutdowns: Sequence[Callable[[], object]],
+        logs: Callable[[], tuple[Logger, Callable[[], object]]] | None = None,
     ) -> None:
         provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
         self.tracer = provider.get_tracer(SCOPE, __version__)
@@ -130,6 +133,8 @@ class OtelTelemetry(Telemetry):
         self._sessions: OrderedDict[str, float] = OrderedDict()
         self._upstreams: dict[str, Observed] = {}
         self._servers: dict[str, Attributes] = {}
+        self._logs = logs
+        self._call_logs: CallLogs | None = None
 
         self.server_duration = _histogram(
             meter,
@@ -159,6 +164,9 @@ class OtelTelemetry(Telemetry):
         self.restarts = meter.create_counter("gateway.upstream.restarts", "{restart}", "Upstream process restarts.")
         meter.create_observable_gauge(
             "gateway.upstream.up", [self._observe_upstreams], "1", "1 while an upstream server is up, else 0."
+        )
+        self.budget_alerts = meter.create_counter(
+            "gateway.budget.alerts", "{alert}", "Usage budget thresholds crossed (once per window and key)."
         )
         self._limit_counts: Callable[[], Mapping[tuple[str, str], int]] | None = None
         for outcome in ("admitted", "waited", "rejected"):
@@ -310,6 +318,21 @@ class OtelTelemetry(Telemetry):
     def watch_limits(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         self._limit_counts = counts
 
+    def budget_alert(self, budget: str, scope: str, threshold: int) -> None:
+        labels: dict[str, str | int] = {
+            "gateway.budget": budget,
+            "gateway.budget.scope": scope,
+            "gateway.budget.threshold": threshold,
+        }
+        self.budget_alerts.add(1, labels)
+
+    def call_log(self) -> CallSink | None:
+        if self._call_logs is None and self._logs is not None:
+            logger, stop = self._logs()
+            self._shutdowns.insert(0, stop)
+            self._call_logs = CallLogs(logger)
+        return self._call_logs
+
     def _observe_limits(self, outcome: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             counts = self._limit_counts() if self._limit_counts is not None else {}
@@ -371,6 +394,29 @@ class OtelTelemetry(Telemetry):
         shutdowns, self._shutdowns = self._shutdowns, []
         for stop in shutdowns:
             stop()
+
+
+class CallLogs:
+    """Call records as OTLP log records (event `gateway.call`): the record's fields as attributes, so names,
+    outcome, sizes and times only; the session id is not exported."""
+
+    def __init__(self, logger: Logger) -> None:
+        self._logger = logger
+
+    def record(self, call: CallRecord) -> None:
+        attributes: dict[str, str | int | float] = {}
+        for name in call.__struct_fields__:
+            value = getattr(call, name)
+            if value is not None and name not in ("time", "session"):
+                attributes[f"gateway.call.{name}"] = value
+        self._logger.emit(
+            timestamp=round(call.time * 1e6) * 1000,  # microseconds: what a float of epoch seconds holds
+            severity_number=SeverityNumber.INFO if call.outcome == "ok" else SeverityNumber.WARN,
+            severity_text="INFO" if call.outcome == "ok" else "WARN",
+            body=f"{call.method} {call.outcome}",
+            attributes=attributes,
+            event_name="gateway.call",
+        )
 
 
 def _url_parts(url: str) -> tuple[str, int] | None:

@@ -9,6 +9,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from opentelemetry._logs import Logger
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -71,6 +74,17 @@ def build_sdk(
         readers.append(scrape)
     meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
     shutdowns.append(meter_provider.shutdown)
+
+    logs = None
+    if export and env.get("OTEL_LOGS_EXPORTER", "otlp").strip().lower() != "none":
+
+        def logs() -> tuple[Logger, Callable[[], object]]:
+            """Built on first use (the audit log asks for it); the second item shuts it down."""
+            provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+            exporter = _exporter("log", protocol, spec.endpoint, headers, file)
+            provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+            return provider.get_logger(SCOPE, __version__), provider.shutdown
+
     return OtelTelemetry(
         tracer_provider=tracer_provider,
         meter=meter_provider.get_meter(SCOPE, __version__),
@@ -78,15 +92,26 @@ def build_sdk(
         capture_arguments=spec.capture_arguments,
         redact=redact,
         shutdowns=shutdowns,
+        logs=logs,
     )
 
 
 def _exporter(
-    signal: Literal["trace", "metric"], protocol: str, endpoint: str | None, headers: dict[str, str] | None, file: str
+    signal: Literal["trace", "metric", "log"],
+    protocol: str,
+    endpoint: str | None,
+    headers: dict[str, str] | None,
+    file: str,
 ) -> Any:
     """An OTLP exporter; with no `endpoint` it reads OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT itself."""
     if protocol == "grpc":
         try:
+            if signal == "log":
+                from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[import-not-found]
+                    OTLPLogExporter as GrpcLogs,
+                )
+
+                return GrpcLogs(endpoint=endpoint, headers=headers)
             if signal == "trace":
                 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
                     OTLPSpanExporter as GrpcSpans,
@@ -102,6 +127,10 @@ def _exporter(
             missing = "http/protobuf (opentelemetry-exporter-otlp-proto-grpc is not installed)"
             raise ConfigError(file, "telemetry.protocol", missing) from None
     url = f"{endpoint.rstrip('/')}/v1/{signal}s" if endpoint else None
+    if signal == "log":
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+        return OTLPLogExporter(endpoint=url, headers=headers)
     if signal == "trace":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

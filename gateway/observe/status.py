@@ -329,6 +329,8 @@ _PASSED_ON: Final = (
     "post_retry",
     "rate_limit",
     "limit_waiting",
+    "budget_alert",
+    "call_log",
     "watch_limits",
     "relay_tracer",
     "metrics_data",

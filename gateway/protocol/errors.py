@@ -25,7 +25,9 @@ classes raised by one module only live in that module (its path is given).
     │   ├── MethodNotFound       an aggregated channel serves no such method (404, -32601; channels/aggregate.py)
     │   ├── MissingClientCapability  a server asked what the client did not declare (400, -32021)
     │   ├── UnsupportedProtocolVersion  a version the gateway does not serve  (400, -32022, data.supported)
-    │   └── DiscoveryUnsupported  `oauth_discovery` on a channel without one HTTP server (400)
+    │   ├── DiscoveryUnsupported  `oauth_discovery` on a channel without one HTTP server (400)
+    │   └── ServiceCredentialRefused  the token endpoint refused a server's service credential (RFC 6749
+    │                            §5.2): the user's token could not be exchanged (403, -32011, data.error)
     ├── UpstreamError            the MCP server failed                    -> -32603 + tunnel_failure
     │   ├── UpstreamUnavailable  not running / connection failed / died
     │   ├── UpstreamProtocolError  answered something that is not MCP
@@ -209,6 +211,25 @@ class DiscoveryUnsupported(CommandError):
 
     def __init__(self, subject: str, why: str) -> None:
         super().__init__(f"no OAuth discovery for {subject}: {why}")
+
+
+SERVICE_CREDENTIAL_REFUSED = -32011
+"""JSON-RPC code of a call whose server's service credential was refused (implementation-defined range)."""
+
+
+class ServiceCredentialRefused(CommandError):
+    """The token endpoint said no (an RFC 6749 §5.2 error) when the gateway asked for the token a
+    server takes instead of the user's: client credentials, or the user's token exchanged (RFC 8693).
+    Names the server and the OAuth error code (also in `data.error`), never a token or a secret."""
+
+    code = SERVICE_CREDENTIAL_REFUSED
+    status = 403
+
+    def __init__(self, server: str, grant: str, error: str | None) -> None:
+        said = error if error is not None else "no OAuth error code"
+        super().__init__(f"server {server!r}: the token endpoint refused the {grant} ({said})")
+        self.error = error
+        self.data = Raw(msgspec.json.encode({"error": error}))
 
 
 class UpstreamError(GatewayError):

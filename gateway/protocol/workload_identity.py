@@ -1,8 +1,8 @@
 """Workload identity without I/O: the RFC 8693 token exchange on the wire, and when to exchange.
 Sans-IO: no asyncio, no aiohttp; no token (subject or access) is ever part of a message or reason.
 
-Owns the request body OpenAI's token endpoint (and the relay's) takes, the answer and the RFC 6749
-error body as Structs, the words an operator reads when an exchange fails, the refresh schedule
+Owns the request body OpenAI's token endpoint (and the relay's) takes (the answer and its RFC 6749
+error body are gateway.protocol.oauth_tokens', re-exported here), the refresh schedule
 (`refresh_before_s` ahead of expiry, at most half a short lifetime) and the pacing rules: one
 exchange at a time, a backoff after a failure, and after a 401 from the control plane one more
 exchange, then a pause. Sans-IO: the caller passes clock readings and bytes; no asyncio, no aiohttp.
@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import enum
 import random
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import Struct
 
-from gateway.protocol.wire import JsonDecoder
+from gateway.protocol.oauth_tokens import MASK as MASK
+from gateway.protocol.oauth_tokens import MAX_ANSWER_BYTES as MAX_ANSWER_BYTES
+from gateway.protocol.oauth_tokens import Failed as Failed
+from gateway.protocol.oauth_tokens import Granted as Granted
+from gateway.protocol.oauth_tokens import describe as describe
+from gateway.protocol.oauth_tokens import read_answer as read_answer
 
 GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 SUBJECT_TOKEN_TYPES: Final = {
@@ -30,19 +34,12 @@ SUBJECT_TOKEN_TYPES: Final = {
 }
 SubjectTokenType = Literal["jwt", "id_token"]
 DEFAULT_TOKEN_URL: Final = "https://auth.openai.com/oauth/token"
-MAX_ANSWER_BYTES: Final = 64 * 1024
-"""A token endpoint's answer longer than this is not read further (it is not a token answer)."""
 EXPIRY_MARGIN_S: Final = 30.0
 """A token is not sent in the last 30 s of its life (or the last tenth of a shorter one)."""
 RETRY_BASE_S: Final = 0.5
 RETRY_CAP_S: Final = 30.0
 REJECTION_PAUSE_S: Final = 30.0
 """After a 401 was answered with a fresh exchange, further 401s cause no exchange for this long."""
-MAX_REASON_CHARS: Final = 200
-MASK: Final = "[REDACTED]"
-
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-_ERROR_CODE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 # --------------------------------------------------------------------------- the wire
@@ -61,28 +58,7 @@ class ExchangeRequest(Struct, frozen=True, kw_only=True):
         return f"ExchangeRequest(identity_provider_id={self.identity_provider_id!r}, subject_token=<hidden>)"
 
 
-class TokenAnswer(Struct, frozen=True, kw_only=True):
-    """A successful answer (RFC 8693 section 2.2.1); members we do not use are ignored."""
-
-    access_token: str
-    expires_in: float
-    token_type: str
-    issued_token_type: str | UnsetType = UNSET
-
-    def __repr__(self) -> str:
-        return f"TokenAnswer(expires_in={self.expires_in!r}, token_type={self.token_type!r}, access_token=<hidden>)"
-
-
-class OAuthError(Struct, frozen=True, kw_only=True):
-    """An RFC 6749 section 5.2 error body, as RFC 8693 section 2.2.2 uses it."""
-
-    error: str
-    error_description: str | UnsetType = UNSET
-
-
 _ENCODER: Final = msgspec.json.Encoder()
-_ANSWER: Final = JsonDecoder(TokenAnswer)
-_ERROR: Final = JsonDecoder(OAuthError)
 
 
 def encode_request(
@@ -100,83 +76,6 @@ def encode_request(
         service_account_id=service_account_id,
     )
     return _ENCODER.encode(request)
-
-
-@dataclass(frozen=True, slots=True)
-class Granted:
-    """An access token and how long the endpoint said it lives."""
-
-    token: str = field(repr=False)
-    lifetime_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """An exchange that produced no token: `reason` is for operators (no token in it); `refused`
-    is True when the endpoint said no (a 4xx or an OAuth error), False for a failure on the way."""
-
-    reason: str
-    refused: bool = False
-
-
-def read_answer(status: int, body: bytes, *, context: str, hide: Iterable[str] = ()) -> Granted | Failed:
-    """The token endpoint's answer, as a token or a failure in words.
-
-    `context` names the identity in failures (`identity provider idp_…`); every string in `hide`
-    (the subject token) is masked wherever the endpoint echoes it, as is anything shaped like a JWT."""
-    if status == 200:
-        try:
-            answer = _ANSWER.decode(body)
-        except msgspec.MsgspecError as exc:
-            return Failed(f"the token endpoint's answer is not a token answer ({_shape_error(exc)}; {context})")
-        problem = _unusable(answer)
-        if problem is not None:
-            return Failed(f"the token endpoint's answer is unusable: {problem} ({context})")
-        return Granted(answer.access_token, float(answer.expires_in))
-    error: OAuthError | None
-    try:
-        error = _ERROR.decode(body)
-    except msgspec.MsgspecError:
-        error = None
-    client_side = 400 <= status < 500 and status not in (408, 429)
-    if error is None:
-        verb = "refused" if client_side else "failed"
-        return Failed(f"token exchange {verb}: HTTP {status} ({context})", refused=client_side)
-    code = error.error if _ERROR_CODE.fullmatch(error.error) else "an unreadable error code"
-    detail = "" if isinstance(error.error_description, UnsetType) else describe(error.error_description, hide)
-    if client_side:
-        reason = f"token exchange refused: {code} ({context})"
-    else:
-        reason = f"token exchange failed: {code} (HTTP {status}, {context})"
-    return Failed(f"{reason}: {detail}" if detail else reason, refused=client_side)
-
-
-def _unusable(answer: TokenAnswer) -> str | None:
-    if not answer.access_token:
-        return "an empty access_token"
-    if not (answer.access_token.isascii() and answer.access_token.isprintable()) or " " in answer.access_token:
-        return "an access_token no header can carry"
-    if not answer.expires_in > 0:
-        return "expires_in is not a positive number of seconds"
-    if answer.token_type.lower() != "bearer":
-        return f"token_type {describe(answer.token_type)!r} is not Bearer"
-    return None
-
-
-def _shape_error(exc: msgspec.MsgspecError) -> str:
-    """msgspec's words for a shape mismatch (they name fields and types, never values), or `not JSON`."""
-    return str(exc) if isinstance(exc, msgspec.ValidationError) else "not JSON"
-
-
-def describe(text: str, hide: Iterable[str] = ()) -> str:
-    """Peer-supplied text made fit for a log line: known secrets and JWT-shaped strings masked,
-    control characters and runs of space folded, at most MAX_REASON_CHARS characters."""
-    for secret in hide:
-        if len(secret) >= 6:
-            text = text.replace(secret, MASK)
-    text = _JWT.sub(MASK, text)
-    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
 # --------------------------------------------------------------------------- the schedule

@@ -105,6 +105,20 @@ class Origin:
         return head.encode("latin-1")
 
 
+def connect_head(authority: str, auth: str | None) -> bytes:
+    """A `CONNECT` request for a tunnel to `authority` (host:port), with `Proxy-Authorization` when given."""
+    head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+    if auth:
+        head += f"Proxy-Authorization: {auth}\r\n"
+    return f"{head}\r\n".encode("latin-1")
+
+
+def status_code(answer: bytes) -> str:
+    """The three-digit status of a response head (`no status` when there is none)."""
+    status = answer.split(b"\r\n", 1)[0].split(b" ", 2)
+    return status[1].decode("latin-1", "replace")[:3] if len(status) > 1 else "no status"
+
+
 def valid_field_value(value: str) -> bool:
     """Safe to write into a header line: visible ASCII and spaces only (no CR, LF or NUL)."""
     return value.isascii() and value.isprintable()
@@ -208,14 +222,10 @@ class _Connection(asyncio.Protocol):
         """Ask the proxy for a `CONNECT` tunnel to `authority`."""
         assert self.transport is not None
         self._tunnel = asyncio.get_running_loop().create_future()
-        head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
-        if auth:
-            head += f"Proxy-Authorization: {auth}\r\n"
-        self.transport.write(f"{head}\r\n".encode("latin-1"))
+        self.transport.write(connect_head(authority, auth))
         answer = await self._tunnel
         self._tunnel = None
-        status = answer.split(b"\r\n", 1)[0].split(b" ", 2)
-        code = status[1].decode("latin-1", "replace")[:3] if len(status) > 1 else "no status"
+        code = status_code(answer)
         if code != "200":
             raise H1Error(f"the proxy refused the tunnel ({code})", sent=False)
 

@@ -27,6 +27,7 @@ from gateway.protocol.errors import ConfigError, ControlPlaneError
 from gateway.protocol.wire import JsonDecoder
 from gateway.protocol.workload_identity import describe
 from gateway.tunnel.credentials import run_token_command
+from gateway.upstream.token_post import read_capped
 
 GCP_METADATA: Final = "http://metadata.google.internal"
 GCP_IDENTITY_PATH: Final = "/computeMetadata/v1/instance/service-accounts/default/identity"
@@ -109,17 +110,6 @@ async def _metadata_get(
             return resp.status, await read_capped(resp.content, MAX_METADATA_BYTES)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise SubjectTokenError(f"{what} unreachable ({type(exc).__name__}, {_origin(url)})") from None
-
-
-async def read_capped(content: aiohttp.StreamReader, cap: int) -> bytes:
-    """A body up to `cap` bytes, and one byte more when it is longer (the caller refuses it)."""
-    body = bytearray()
-    while len(body) <= cap:
-        chunk = await content.read(cap + 1 - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return bytes(body)
 
 
 def _origin(url: str) -> str:

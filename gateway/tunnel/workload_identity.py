@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -24,7 +23,7 @@ import aiohttp
 from gateway.config import secrets
 from gateway.config.routing import WorkloadIdentitySpec
 from gateway.protocol.errors import ConfigError, CredentialsUnavailable
-from gateway.protocol.headers import ACCEPT, CONTENT_TYPE, JSON
+from gateway.protocol.headers import JSON
 from gateway.protocol.workload_identity import (
     MAX_ANSWER_BYTES,
     Decision,
@@ -36,8 +35,9 @@ from gateway.protocol.workload_identity import (
     encode_request,
     read_answer,
 )
-from gateway.tunnel.subject_tokens import SubjectSource, SubjectTokenError, read_capped
+from gateway.tunnel.subject_tokens import SubjectSource, SubjectTokenError
 from gateway.upstream.egress import Egress
+from gateway.upstream.token_post import post_token_request
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ class WorkloadIdentity:
         self.settings = settings
         self._subject = subject
         self._session = session
-        self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True
-        self._proxy = egress.proxy if egress else None
+        self._egress = egress
         self._life = lifecycle or TokenLifecycle(refresh_before_s=settings.refresh_before_s)
         self._flight: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -208,15 +207,14 @@ class WorkloadIdentity:
             service_account_id=self.settings.service_account_id,
         )
         try:
-            async with self._session.post(
+            status, answer = await post_token_request(
+                self._session,
                 self.settings.token_url,
-                data=body,
-                headers={CONTENT_TYPE: JSON, ACCEPT: JSON},
-                ssl=self._ssl,
-                proxy=self._proxy,
-                allow_redirects=False,
-            ) as resp:
-                status, answer = resp.status, await read_capped(resp.content, MAX_ANSWER_BYTES)
+                body,
+                content_type=JSON,
+                egress=self._egress,
+                max_bytes=MAX_ANSWER_BYTES,
+            )
         except aiohttp.ClientError as exc:
             kind = type(exc).__name__
             return Failed(f"token endpoint {self._endpoint} unreachable ({kind}; {self._context})")

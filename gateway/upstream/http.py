@@ -6,7 +6,8 @@ falling back to `initialize`; a 401 means the server is up and wants the
 user's token, its era learned from the first authorized call), the gateway's
 own legacy session, request headers, JSON and SSE answers turned into
 `Notify`/`Reply` frames (a 401's `WWW-Authenticate` kept), and its OAuth
-metadata (`gateway.upstream.oauth_discovery`). aiohttp failures become
+metadata (`gateway.upstream.oauth_discovery`); a `service_credential` swaps the
+user's token for the gateway's (`gateway.upstream.service_credentials`). aiohttp failures become
 `UpstreamError`s in `gateway.upstream.http_errors`, nowhere else.
 """
 
@@ -58,6 +59,7 @@ from gateway.upstream.egress import Egress, proxy_for
 from gateway.upstream.http_errors import map_aiohttp_errors, unaddressable
 from gateway.upstream.oauth_discovery import MetadataFetcher
 from gateway.upstream.process import SupervisedProcess, end_task
+from gateway.upstream.service_credentials import ServiceCredentials
 
 __all__ = ["HttpUpstream", "encode_header_value", "map_aiohttp_errors", "sendable_header"]
 
@@ -107,6 +109,7 @@ class HttpUpstream(Upstream):
         request_timeout_s: float | None = None,
         egress: Egress | None = None,
         reprobe_max_s: float = 30.0,
+        service_credentials: ServiceCredentials | None = None,
     ) -> None:
         super().__init__(name, ready_timeout_s)
         parts = urlsplit(spec.url)
@@ -137,6 +140,8 @@ class HttpUpstream(Upstream):
             request_timeout_s=request_timeout_s,
         )
         self._http = session
+        self._service = service_credentials
+        """Where the server takes a token the gateway obtains instead of the user's (`service_credential`)."""
         self._bridge = bridge
         self._codec = bridge.codec
         self._max = max_message_bytes
@@ -247,6 +252,11 @@ class HttpUpstream(Upstream):
         self._down(f"its process {reason}")
 
     async def wait_info(self, credentials: Headers | None = None) -> UpstreamInfo:
+        if self._service is None:
+            return await self._wait_info(credentials)
+        return await self._service.retrying(credentials or {}, self._challenge, self._wait_info)
+
+    async def _wait_info(self, credentials: Headers | None = None) -> UpstreamInfo:
         """The server's info; a server that was down is probed again, one probe at a time.
 
         A server that `needs_authorization` answers a caller without an `Authorization` header
@@ -272,6 +282,12 @@ class HttpUpstream(Upstream):
         refusal raised as UpstreamHttpError, its answer refreshing the era)."""
         if not self.needs_authorization:
             return
+        if self._service is not None:
+            await self._service.retrying(credentials, self._challenge, self._verify)
+            return
+        await self._verify(credentials)
+
+    async def _verify(self, credentials: Headers) -> None:
         authorization = header_value(credentials, AUTHORIZATION)
         if authorization is None:
             raise UpstreamHttpError(self.name, 401, self._challenge)
@@ -287,6 +303,8 @@ class HttpUpstream(Upstream):
         watch, self._watch = self._watch, None
         await end_task(watch)
         try:
+            if self._service is not None:
+                await self._service.close()
             await self._end_own_session()
         finally:
             if self._process is not None:
@@ -339,7 +357,12 @@ class HttpUpstream(Upstream):
     # ------------------------------------------------------------------ calls
 
     def exchange(self, call: Call) -> AsyncIterator[Frame]:
-        return within(self._exchange(call), self._request_timeout_s, self.name)
+        frames = (
+            self._exchange(call)
+            if self._service is None
+            else self._service.calls(call, self._exchange, self._challenge)
+        )
+        return within(frames, self._request_timeout_s, self.name)
 
     async def _exchange(self, call: Call) -> AsyncIterator[Frame]:
         """POST one message; yield the server's notifications, then its answer as the Reply.
@@ -349,7 +372,7 @@ class HttpUpstream(Upstream):
         ones (and mapped back on the answer) to keep them, and any
         `notifications/cancelled`, from colliding.
         """
-        info = await self.wait_info(call.headers)
+        info = await self._wait_info(call.headers)
         own = info.era is Era.LEGACY and call.own_session
         wire_id = call.id
         if own and call.id is not None:
@@ -390,7 +413,9 @@ class HttpUpstream(Upstream):
 
     async def respond(self, message: JsonRpcMessage, headers: Headers, own_session: bool) -> Reply:
         """A client's answer to a request the server sent on an SSE stream: POSTed back in the same session."""
-        info = await self.wait_info(headers)
+        if self._service is not None:
+            headers = (await self._service.authorize(headers, self._challenge)).headers
+        info = await self._wait_info(headers)
         if info.era is Era.MODERN or message.id is UNSET:
             return Reply(404)  # a 2026-07-28 server sends no requests to clients over HTTP
         own = own_session

@@ -1,5 +1,5 @@
 """The Upstream contract suite: the same checks, through the public `Upstream` interface only, for every
-transport the gateway builds (`gateway.app._build_upstream`): one stdio process (2026-07-28 and
+transport the gateway builds (`gateway.app.build_upstream`): one stdio process (2026-07-28 and
 handshake-era servers), a stdio pool of two processes, per-client processes, and Streamable HTTP
 (both eras), each against the official-SDK test server (tests/support/servers/sdk_server.py).
 

@@ -12,7 +12,6 @@ endpoint is reached with the control plane's settings.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import sys
 import textwrap
@@ -25,6 +24,7 @@ import pytest
 import pytest_asyncio
 import trustme
 
+from tests.support.forward_proxy import forward_proxy
 from tests.support.gateway_process import GatewayProcess, gateway_env, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, SERVERS, process
 from tests.support.scripted_cp import KEY, ScriptedControlPlane
@@ -99,27 +99,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Proxy]:
-    """proxy.py on 127.0.0.1, ready once its port file (written after it listens) exists."""
+    """proxy.py on 127.0.0.1 with the witness plugin."""
     base = tmp_path_factory.mktemp("proxy")
-    (base / "proxy_witness.py").write_text(WITNESS)
-    port_file, witness = base / "port", base / "witness.log"
-    env = gateway_env(PYTHONPATH=str(base), PROXY_WITNESS=str(witness))
-    args = ["--hostname", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--num-workers", "1"]
-    args += ["--num-acceptors", "1", "--plugins", "proxy_witness.Witness", "--log-level", "WARNING"]
-    proc = await asyncio.create_subprocess_exec(PYTHON, "-m", "proxy", *args, env=env, cwd=base)
-    try:
-        async with asyncio.timeout(30):
-            while not port_file.exists() or not port_file.read_text().strip():
-                assert proc.returncode is None, "proxy.py exited"
-                await asyncio.sleep(0.05)
-        yield Proxy(f"http://127.0.0.1:{int(port_file.read_text().split()[0])}", witness)
-    finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+    witness = base / "witness.log"
+    plugins = {"proxy_witness.Witness": WITNESS}
+    async with forward_proxy(base, plugins=plugins, env={"PROXY_WITNESS": str(witness)}) as port:
+        yield Proxy(f"http://127.0.0.1:{port}", witness)
 
 
 def control_plane(cp: ScriptedControlPlane, **settings: Any) -> dict[str, Any]:

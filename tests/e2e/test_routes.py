@@ -3,27 +3,12 @@ header and by glob, and `limit_key` tagging."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.support.harness import gateway, http_server, mux_stdio, tool_text
-
-
-@contextlib.asynccontextmanager
-async def _client(url: str, mode: str, **headers: str) -> AsyncIterator[Client]:
-    async with (
-        httpx2.AsyncClient(headers=headers) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,  # type: ignore[arg-type]
-    ):
-        yield client
-
+from tests.support.harness import gateway, header_client, http_server, mux_stdio, tool_text
 
 ROUTES = """
 routes:
@@ -50,7 +35,7 @@ async def test_route_rules_end_to_end(mode: str, tmp_path: Path) -> None:
             "channels:\n  main: [s1, h1]\n  solo: [h1]\n" + ROUTES
         )
         async with gateway(routes, tmp_path) as gw:
-            async with _client(gw.urls["main"], mode) as client:
+            async with header_client(gw.urls["main"], mode) as client:
                 names = {tool.name for tool in (await client.list_tools()).tools}
                 assert "s1__echo" in names
                 assert "h1__echo" in names
@@ -64,18 +49,18 @@ async def test_route_rules_end_to_end(mode: str, tmp_path: Path) -> None:
 
                 own_pid = tool_text(await client.call_tool("s1__whoami", {}))
 
-            async with _client(gw.urls["main"], mode, **{"X-Tenant": "beta-42"}) as beta:
+            async with header_client(gw.urls["main"], mode, **{"X-Tenant": "beta-42"}) as beta:
                 # The header sends s1__whoami to s2, a server outside the channel; other calls stay on s1.
                 assert tool_text(await beta.call_tool("s1__whoami", {})) != own_pid
                 assert tool_text(await beta.call_tool("s1__echo", {"text": "hi"})) == "hi"
                 assert tool_text(await beta.call_tool("s1__about_s1", {})) == "s1"
 
-            async with _client(gw.urls["solo"], mode, **{"x-tenant": "blocked"}) as blocked:
+            async with header_client(gw.urls["solo"], mode, **{"x-tenant": "blocked"}) as blocked:
                 with pytest.raises(MCPError) as refused:
                     await blocked.list_tools()
                 assert refused.value.error.message == "this tenant is blocked"
 
-            async with _client(gw.urls["solo"], mode) as solo:
+            async with header_client(gw.urls["solo"], mode) as solo:
                 # A deny rule makes a one-server channel a routed one: names stay unprefixed.
                 tools = {tool.name for tool in (await solo.list_tools()).tools}
                 assert "echo" in tools
@@ -96,9 +81,9 @@ async def test_to_rule_reaches_the_named_server(tmp_path: Path) -> None:
         "routes:\n  - match: {method: tools/call, name: 'about_*', headers: {x-route: 's2'}}\n    to: s2\n"
     )
     async with gateway(routes, tmp_path) as gw:
-        async with _client(gw.urls["main"], "auto") as plain:
+        async with header_client(gw.urls["main"], "auto") as plain:
             assert tool_text(await plain.call_tool("about_s1", {})) == "s1"
-        async with _client(gw.urls["main"], "auto", **{"x-route": "s2"}) as routed:
+        async with header_client(gw.urls["main"], "auto", **{"x-route": "s2"}) as routed:
             assert tool_text(await routed.call_tool("about_s2", {})) == "s2"
             missing = await routed.call_tool("about_s1", {})  # s2 has no such tool: its own tool error
             assert missing.is_error

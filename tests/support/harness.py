@@ -116,13 +116,19 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    routes: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None, ready: str = r"^gateway: ready$"
+    routes: str,
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready: str = r"^gateway: ready$",
+    stderr: IO[bytes] | None = None,
 ) -> AsyncIterator[Gateway]:
     """Run `gateway --routes` on a routing document; started when it prints a line matching `ready`
-    (`gateway: ready`; a test whose servers are down on purpose waits for its `waiting: …` line)."""
+    (`gateway: ready`; a test whose servers are down on purpose waits for its `waiting: …` line).
+    Its log (stderr) goes to ours, or to the file `stderr`."""
     file = tmp_path / "routing.yaml"
     file.write_text(routes)
-    async with process(PYTHON, "-m", "gateway.cli", "--routes", file, *args, env=env) as proc:
+    async with process(PYTHON, "-m", "gateway.cli", "--routes", file, *args, env=env, stderr=stderr) as proc:
         await proc.wait_for(ready)
         urls = {}
         for line in proc.lines:
@@ -165,6 +171,19 @@ async def mux_http(*flags: str, name: str, port: int = 0) -> AsyncIterator[str]:
     requests without its session); yields its MCP URL. `port` brings it back on the port it had."""
     async with process(PYTHON, MUX, "--http", "--port", str(port), "--name", name, *flags) as proc:
         yield (await proc.wait_for(r"READY (\S+)"))[1]
+
+
+@contextlib.asynccontextmanager
+async def header_client(url: str, mode: str, **headers: str) -> AsyncIterator[Any]:
+    """An official-SDK `mcp.Client` sending `headers` with every request (an X-Tenant, an Authorization)."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with (
+        httpx2.AsyncClient(headers=headers) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,  # type: ignore[arg-type]
+    ):
+        yield client
 
 
 def tool_text(result: Any) -> str:

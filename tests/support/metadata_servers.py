@@ -18,6 +18,7 @@ from typing import Final
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.support.loopback_app import LoopbackApp
 from tests.support.token_endpoint import SubjectIssuer
 
 GOOGLE_ISSUER: Final = "https://accounts.google.com"
@@ -33,36 +34,15 @@ class MetadataRequest:
     status: int = 0
 
 
-class _Server:
+class _Server(LoopbackApp):
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[MetadataRequest] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    def routes(self, app: web.Application) -> None:
-        raise NotImplementedError
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
         """host:port, as GCE_METADATA_HOST holds it."""
         return f"127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> _Server:
-        app = web.Application()
-        self.routes(app)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def _record(self, request: web.Request) -> MetadataRequest:
         record = MetadataRequest(request.path, dict(request.query), CIMultiDict(request.headers))

@@ -1,8 +1,9 @@
 """A real OTLP/HTTP receiver on 127.0.0.1 for tests: decodes the protobuf exports and keeps them.
 
 `POST /v1/traces` takes an `ExportTraceServiceRequest`, `POST /v1/metrics` an
-`ExportMetricsServiceRequest` (gzip or plain), exactly as a collector would;
-spans and metric points are flattened into small records the tests query.
+`ExportMetricsServiceRequest`, `POST /v1/logs` an `ExportLogsServiceRequest` (gzip or plain),
+exactly as a collector would; spans, metric points and log records are flattened into small
+records the tests query.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -24,6 +29,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from tests.support.loopback_app import serve_app
 
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "300"}
 """Environment for a process whose exports should reach the receiver within a fraction of a second."""
@@ -70,10 +77,21 @@ class Point:
 
 
 @dataclass
+class LogRecord:
+    service: str
+    scope: str
+    event_name: str
+    severity: str
+    body: Any
+    attributes: dict[str, Any]
+
+
+@dataclass
 class Receiver:
     url: str = ""
     spans: list[Span] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)
+    logs: list[LogRecord] = field(default_factory=list)
     requests: int = 0
     raw: list[bytes] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -135,6 +153,24 @@ class Receiver:
                             Point(service, metric.name, kind, metric.unit, _attributes(point.attributes), value, bounds)
                         )
 
+    def _logs(self, body: bytes) -> None:
+        request = ExportLogsServiceRequest()
+        request.ParseFromString(body)
+        for resource_logs in request.resource_logs:
+            service = str(_attributes(resource_logs.resource.attributes).get("service.name", ""))
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    self.logs.append(
+                        LogRecord(
+                            service=service,
+                            scope=scope_logs.scope.name,
+                            event_name=record.event_name,
+                            severity=record.severity_text,
+                            body=_value(record.body),
+                            attributes=_attributes(record.attributes),
+                        )
+                    )
+
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         if request.headers.get("Content-Encoding") == "gzip":
@@ -144,6 +180,9 @@ class Receiver:
         if request.path == "/v1/traces":
             self._traces(body)
             answer = ExportTraceServiceResponse().SerializeToString()
+        elif request.path == "/v1/logs":
+            self._logs(body)
+            answer = ExportLogsServiceResponse().SerializeToString()
         else:
             self._metrics(body)
             answer = ExportMetricsServiceResponse().SerializeToString()
@@ -158,12 +197,7 @@ async def otlp_receiver() -> AsyncIterator[Receiver]:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/traces", receiver._handle)
     app.router.add_post("/v1/metrics", receiver._handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    app.router.add_post("/v1/logs", receiver._handle)
+    async with serve_app(app) as url:
+        receiver.url = url
         yield receiver
-    finally:
-        await runner.cleanup()

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from msgspec import UNSET, Raw
 
-from gateway.app import _build_upstream
+from gateway.app import build_upstream
 from gateway.config import routing as config_module
 from gateway.protocol.eras import EMPTY_OBJECT, LATEST_HANDSHAKE, Bridge
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply
@@ -209,7 +209,7 @@ SUBJECTS = {
     "http": ("{http: {url: '%s'}}", ()),
     "http-legacy": ("{http: {url: '%s'}}", ("--legacy",)),
 }
-"""Each transport of `gateway.app._build_upstream`; per-client runs a handshake-era (stateful) server,
+"""Each transport of `gateway.app.build_upstream`; per-client runs a handshake-era (stateful) server,
 the kind it exists for. HTTP subjects' servers are external processes (`HttpServer`)."""
 
 
@@ -238,7 +238,7 @@ async def subject(kind: str) -> AsyncIterator[Subject]:
             f"gateway: {{max_message_bytes: {MAX_MESSAGE_BYTES}}}\nservers:\n  s: {target}\nchannels:\n  c: [s]\n"
         )
         config = config_module.parse(document.encode(), "contract.yaml")
-        upstream = _build_upstream(
+        upstream = build_upstream(
             "s", config.servers["s"], bridge=bridge, http=http, config=config, file="contract.yaml", base=Path(".")
         )
         stack.push_async_callback(upstream.close)

@@ -25,7 +25,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("channels", ("gateway.channels",)),
     ("dispatch", ("gateway.dispatch",)),
     ("tunnel", ("gateway.tunnel",)),
-    ("app", ("gateway.app", "gateway.cli")),
+    ("app", ("gateway.app",)),
+    ("doctor", ("gateway.doctor",)),
+    ("cli", ("gateway.cli",)),
 )
 STANDALONE = ("gateway.demo",)
 """Programs shipped in the package that import nothing of the gateway's."""

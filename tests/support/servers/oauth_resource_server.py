@@ -13,9 +13,10 @@ a tunnel knows no better). Tokens are verified one of two ways:
     --scope SCOPE                            a required scope (repeatable)
     --legacy-only                            refuse 2026-07-28 requests (400), as a handshake-era server
 
-Tools: `whoami` (the caller's subject, client and a SHA-256 of the token the server saw), `echo`.
-Test-only route: `GET /test/requests` -> `{"total": n, "authorized": m}`, the POSTs to /mcp seen and
-how many carried an `Authorization` header (so a test can prove a request never reached the server).
+Tools: `whoami` (the caller's subject, client, audience and a SHA-256 of the token the server saw), `echo`.
+Test-only route: `GET /test/requests` -> `{"total": n, "authorized": m, "tokens": [sha256, …]}`, the
+POSTs to /mcp seen, how many carried an `Authorization` header, and the SHA-256 of each distinct bearer
+token they carried (so a test can prove a request, or a token, never reached the server).
 """
 
 from __future__ import annotations
@@ -57,9 +58,7 @@ class JwtVerifier:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self.keys[kid]
-            claims = jwt.decode(
-                token, key, algorithms=["RS256"], issuer=self.issuer, audience=self.audiences, leeway=5
-            )
+            claims = jwt.decode(token, key, algorithms=["RS256"], issuer=self.issuer, audience=self.audiences, leeway=5)
         except (jwt.PyJWTError, KeyError):
             return None
         return AccessToken(
@@ -92,18 +91,23 @@ class TestRoutes:
         self.legacy_only = legacy_only
         self.total = 0
         self.authorized = 0
+        self.tokens: dict[str, None] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if scope["path"] == "/test/requests":
-            await _json(send, 200, json.dumps({"total": self.total, "authorized": self.authorized}).encode())
+            counts = {"total": self.total, "authorized": self.authorized, "tokens": list(self.tokens)}
+            await _json(send, 200, json.dumps(counts).encode())
             return
         headers = dict(scope["headers"])
         if scope["path"] == "/mcp" and scope["method"] == "POST":
             self.total += 1
             self.authorized += b"authorization" in headers
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() == b"bearer":
+                self.tokens[hashlib.sha256(token.strip()).hexdigest()] = None
         if self.legacy_only and headers.get(b"mcp-protocol-version") == MODERN:
             body = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Unsupported protocol version"}}'
             await _json(send, 400, body)
@@ -164,7 +168,13 @@ def main() -> None:
             return json.dumps(None)
         digest = hashlib.sha256(token.token.encode()).hexdigest()
         return json.dumps(
-            {"subject": token.subject, "client_id": token.client_id, "scopes": token.scopes, "token_sha256": digest}
+            {
+                "subject": token.subject,
+                "client_id": token.client_id,
+                "scopes": token.scopes,
+                "audience": token.resource,
+                "token_sha256": digest,
+            }
         )
 
     @mcp.tool()
