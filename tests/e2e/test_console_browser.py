@@ -65,7 +65,8 @@ async def new_page(browser: Browser, errors: list[str], **options: Any) -> Page:
 
 async def test_the_page_follows_a_killed_server_and_a_failed_call(tmp_path: Path) -> None:
     errors: list[str] = []
-    async with gateway(default_routes(), tmp_path) as gw, chromium() as browser:
+    hold_down = tmp_path / "clock-held-down"
+    async with gateway(default_routes(hold_down=hold_down), tmp_path) as gw, chromium() as browser:
         ops = ops_url(gw.process)
         await until_status(ops, lambda s: s["ready"])
         page = await new_page(browser, errors, viewport={"width": 1280, "height": 900})
@@ -76,11 +77,11 @@ async def test_the_page_follows_a_killed_server_and_a_failed_call(tmp_path: Path
         await page.wait_for_selector(_state("notes", "up"), timeout=LONG_MS)
         assert await page.text_content("#ready") == "ready"
 
-        async with killed_mid_call(gw.urls["main"], ops) as call:
+        async with killed_mid_call(gw.urls["main"], ops, hold_down) as call:
             await until_status(ops, lambda s: not server(s, "clock")["up"])
             await page.wait_for_selector(_state("clock", "down"), timeout=SHOWN_WITHIN_MS)
             await call
-        await page.screenshot(path=str(ARTIFACTS / "console-server-down.png"), full_page=True)
+            await page.screenshot(path=str(ARTIFACTS / "console-server-down.png"), full_page=True)
         await page.wait_for_selector(_state("clock", "up"), timeout=LONG_MS)
         await page.wait_for_selector('#failures [data-failure="tools/call"]', timeout=LONG_MS)
         failure = await page.text_content("#failures tbody tr")

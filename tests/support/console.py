@@ -11,25 +11,37 @@ import os
 import re
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.support.harness import ROOT, free_port
+from tests.support.harness import PYTHON, ROOT, free_port
 
 ARGUMENT_MARKER = "console-argument-marker-7f3a"
 """Put in a failing call's arguments: no console answer may ever contain it."""
 
 
-def default_routes(ops: str = "{listen: '127.0.0.1:0'}") -> str:
+CLOCK_COMMAND = """      command: "{python}"       # the interpreter running the gateway (its virtualenv's)
+      args: [-m, gateway.demo.clock]
+"""
+
+
+def default_routes(ops: str = "{listen: '127.0.0.1:0'}", *, hold_down: Path | None = None) -> str:
     """The shipped routing.yaml with the embedded relay on port 0, the notes server on a free port, and
-    `ops:` as given."""
+    `ops:` as given. With `hold_down`, the clock cannot start again while that file exists (its command
+    wrapped in `sh`, which execs the same server): a test sees it down for as long as it needs."""
     text = (ROOT / "routing.yaml").read_text()
     port = str(free_port())
     text = text.replace("127.0.0.1:8780", "127.0.0.1:0").replace("8781", port)
     assert "8780" not in text
+    if hold_down is not None:
+        assert CLOCK_COMMAND in text
+        script = f'test -e "{hold_down}" && exit 1; exec "{PYTHON}" -m gateway.demo.clock'
+        held = f"      command: sh\n      args: [-c, '{script}']\n    restart_backoff_max_s: 0.5\n"
+        text = text.replace(CLOCK_COMMAND, held)
     return f"{text}\nops: {ops}\n"
 
 
@@ -72,9 +84,10 @@ async def clock_pid(ops: str, after: int = 0) -> int:
 
 
 @contextlib.asynccontextmanager
-async def killed_mid_call(mcp_url: str, ops: str) -> AsyncIterator[asyncio.Task[None]]:
+async def killed_mid_call(mcp_url: str, ops: str, hold_down: Path) -> AsyncIterator[asyncio.Task[None]]:
     """Start a long `countdown` on the clock (with the marker among its arguments), kill the clock process
-    once the call is in flight, and yield the call's task (it ends with the gateway's error)."""
+    once the call is in flight, and yield the call's task (it ends with the gateway's error). The clock
+    stays down while in the block (`hold_down` exists), and may start again after it."""
     pid = await clock_pid(ops)
 
     async def call() -> None:
@@ -89,9 +102,11 @@ async def killed_mid_call(mcp_url: str, ops: str) -> AsyncIterator[asyncio.Task[
     try:
         await until_status(ops, lambda s: server(s, "clock")["inflight"] >= 1 or task.done())
         assert not task.done(), "the call ended before the server was killed"
+        await asyncio.to_thread(hold_down.touch)
         os.kill(pid, signal.SIGKILL)
         yield task
     finally:
+        await asyncio.to_thread(hold_down.unlink, missing_ok=True)
         if not task.done():
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
