@@ -84,6 +84,15 @@ def test_the_config_panel_is_generic_and_redacts_other_strings() -> None:
     assert set(shown) == set(routing.RoutingConfig.__struct_fields__)
 
 
+def test_allow_lists_show_in_the_config_panel() -> None:
+    """Keys the console never names (the admin controls' allow-lists) appear as configured."""
+    routes = ROUTES.replace(b"  docs: [docs]\n", b"  docs: {servers: [docs], allow_tools: [search, 'read_*']}\n")
+    routes += b"limits: {tenant_header: X-Tenant}\ntenants:\n  acme: {allow_tools: ['*search']}\n"
+    shown = masked_config(routing.parse(routes, "routing.yaml"), Redactor().redact)
+    assert shown["channel_specs"]["docs"]["allow_tools"] == ["search", "read_*"]
+    assert shown["tenants"]["acme"]["allow_tools"] == ["*search"]
+
+
 # --------------------------------------------------------------------------- observers
 
 
