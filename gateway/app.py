@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs
 from gateway.config.routing import (
     Egress,
+    OpsSpec,
     RoutingConfig,
     ServerSpec,
     WorkloadIdentitySpec,
@@ -40,8 +41,11 @@ from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
 from gateway.observe.alerts import BudgetAlerts
 from gateway.observe.audit import AuditLog
+from gateway.observe.console import GatewayConsole
 from gateway.observe.hooks import NOOP, Telemetry
+from gateway.observe.logtail import LogRing
 from gateway.observe.ops import OpsServer, Readiness
+from gateway.observe.status import StatusCollector
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, server_info_header
@@ -340,12 +344,19 @@ def _is_ref(value: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def provision(
-    config: RoutingConfig, *, routes_file: Path, overrides: Overrides, telemetry: Telemetry = NOOP
+    config: RoutingConfig,
+    *,
+    routes_file: Path,
+    overrides: Overrides,
+    telemetry: Telemetry = NOOP,
+    log_tail: LogRing | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Build and start the runtime; on exit stop polling, drain, and close in reverse order.
 
     `telemetry` belongs to the caller (the CLI shuts it down after the loop ends); the
-    ops listener, when configured, answers from the start (`/readyz`: starting)."""
+    ops listener, when configured, answers from the start (`/readyz`: starting) and serves the
+    operator console (its log tail is `log_tail`; `redact` masks secrets in what it shows)."""
     codec = Codec()
     bridge = Bridge(codec)
     base = routes_file.parent
@@ -362,8 +373,12 @@ async def provision(
         ops: OpsServer | None = None
         max_age = (config.ops.ready_poll_age_s if config.ops else None) or config.gateway.poll_timeout_ms / 1000 + 15
         readiness = Readiness(max_poll_age_s=max_age)
+        status: StatusCollector | None = None
         if config.ops is not None:
-            ops = OpsServer(config.ops.listen, readiness, telemetry)
+            status = StatusCollector(readiness, redact=redact or (lambda text: text))
+            telemetry = status.telemetry(telemetry)  # the console watches upstreams through it
+            console = GatewayConsole(status, log_tail, _ops_token(config.ops, routes_file))
+            ops = OpsServer(config.ops.listen, readiness, telemetry, console)
             await ops.start()
             stack.push_async_callback(ops.close)
         upstreams: dict[str, Upstream] = {}
@@ -429,6 +444,9 @@ async def provision(
             exported = telemetry.call_log()
             if exported is not None:
                 dispatcher.records.add(exported)
+        if status is not None:
+            dispatcher.records.add(status.stats)
+            status.control_plane_url, status.tunnel_id, status.credential = cp_url, tunnel_id, credential
         telemetry.watch_limits(dispatcher.limit_counts)
         poller = Poller(
             control_plane,
@@ -443,6 +461,8 @@ async def provision(
         )
         runtime.telemetry, runtime.ops, runtime.session_keys = telemetry, ops, session_keys
         runtime.readiness, readiness.runtime = readiness, runtime
+        if status is not None:
+            status.runtime = runtime
         runtime_ref.append(runtime)
         poll_task = asyncio.create_task(poller.run(), name="poller")
         runtime.tasks.append(poll_task)
@@ -455,6 +475,15 @@ async def provision(
             for channel in runtime.channels.values():
                 channel.end_streams()  # open `subscriptions/listen` streams end now, gracefully
             await dispatcher.drain(config.gateway.drain_timeout_s)
+
+
+def _ops_token(spec: OpsSpec, routes_file: Path) -> str | None:
+    if spec.token is None:
+        return None
+    try:
+        return secret_refs.resolve(spec.token, base=routes_file.parent).reveal()
+    except secret_refs.SecretError as exc:
+        raise ConfigError(str(routes_file), "ops.token", f"a resolvable secret ({exc})") from None
 
 
 def _audit_log(config: RoutingConfig, routes_file: Path) -> AuditLog | None:

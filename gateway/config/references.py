@@ -62,6 +62,8 @@ def secret_references(config: RoutingConfig) -> list[SecretRef]:
             kind = "client_credentials" if credential and credential.client_credentials else "token_exchange"
             found.append(SecretRef(f"servers.{name}.http.service_credential.{kind}.client_secret", grant.client_secret))
     found += _headers("telemetry.headers", config.telemetry.headers)
+    if config.ops is not None and config.ops.token is not None:
+        found.append(SecretRef("ops.token", config.ops.token))
     if config.sessions.key is not None:
         found.append(SecretRef("sessions.key", config.sessions.key))
     found += [SecretRef(f"sessions.previous_keys[{i}]", key) for i, key in enumerate(config.sessions.previous_keys)]

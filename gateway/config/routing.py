@@ -243,11 +243,14 @@ class TelemetrySpec(_Frozen, frozen=True, kw_only=True):
 
 
 class OpsSpec(_Frozen, frozen=True, kw_only=True):
-    """The local ops listener: `/healthz`, `/readyz`, `/metrics`."""
+    """The local ops listener: `/healthz`, `/readyz`, `/metrics`, and the operator console."""
 
     listen: str
     ready_poll_age_s: Seconds | None = None
     """`/readyz` needs a successful poll this recent; default: the poll timeout plus 15 s."""
+    token: str | None = None
+    """A secret reference (env:VAR, file:/path, or a literal) the console and its JSON API require
+    as `Authorization: Bearer`; required when `listen` is not a loopback address."""
 
 
 class LoggingSpec(_Frozen, frozen=True, kw_only=True):
@@ -612,6 +615,9 @@ def _check_observability(config: RoutingConfig, file: str) -> None:
         _check_url(telemetry.endpoint, file, "telemetry.endpoint")
     if config.ops is not None:
         _check_listen(config.ops.listen, file, "ops.listen")
+        if config.ops.token is None and not is_loopback(split_listen(config.ops.listen)[0]):
+            expected = "a secret reference (env:VAR, file:/path) when ops.listen is not a loopback address"
+            raise ConfigError(file, "ops.token", expected)
 
 
 _USERINFO: Final = re.compile(r"^((?:[^/?#]*?//)?)[^/?#]*@")
@@ -687,6 +693,16 @@ def _check_listen(listen: str, file: str, key: str) -> None:
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is a loopback address (127.0.0.0/8, ::1, `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_multiplexing(config: RoutingConfig, file: str) -> None:

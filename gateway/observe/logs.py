@@ -112,9 +112,11 @@ def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
 
 def relay_secrets(config: RelayConfig, base: Path) -> Iterator[str]:
     """Every secret value relay.yaml names: each tunnel's gateway key and client tokens, the
-    identity's JWKS fetch credentials, and each signing key (its whole PEM text and every line
+    identity's JWKS fetch credentials, the console token, and each signing key (its whole PEM text and every line
     of it, so a fragment is masked too)."""
     refs = [ref for spec in config.tunnels.values() for ref in (spec.gateway_key, *spec.client_tokens) if ref]
+    if config.ops.token:
+        refs.append(config.ops.token)
     if config.identity is not None:
         refs += [issuer.jwks_token for issuer in config.identity.issuers if issuer.jwks_token]
     yield from resolve_all(refs, base)

@@ -67,6 +67,15 @@ class Command(Struct, frozen=True, kw_only=True):
         )
 
 
+def queued_age(command: Command) -> float | None:
+    """Seconds since `command` was queued, from its `created_at` (None when that does not parse)."""
+    try:
+        created = datetime.strptime(command.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return max(0.0, (datetime.now(UTC) - created).total_seconds())
+
+
 def new_command(
     *,
     command_type: str,
@@ -98,6 +107,8 @@ class TunnelStatus(Struct, frozen=True, kw_only=True):
     queued: int
     in_flight: int
     last_instance_id: str | None
+    oldest_queued_s: float | None = None
+    """Age of the oldest command still queued (None: none queued, or the backend does not say)."""
 
 
 class QueueBackend(ABC):
@@ -439,6 +450,7 @@ class MemoryQueue(QueueBackend):
             queued=len(tunnel.queued),
             in_flight=sum(1 for entry in tunnel.entries.values() if entry.state == "in_flight"),
             last_instance_id=tunnel.last_instance_id,
+            oldest_queued_s=queued_age(next(iter(tunnel.queued.values())).command) if tunnel.queued else None,
         )
 
     async def session_owner(self, tunnel_id: str, channel: str, session: str) -> str | None:

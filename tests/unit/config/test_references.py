@@ -33,6 +33,7 @@ channels:
   main: [docs, clock]
 telemetry:
   headers: {Authorization: env:OTLP_TOKEN, X-Scope: tenant-a}
+ops: {listen: "0.0.0.0:9090", token: env:OPS_TOKEN}
 sessions:
   key: env:SESSION_KEY
   previous_keys: [older-session-key-0123456789]
@@ -56,6 +57,7 @@ def test_every_secret_setting_is_named_by_its_key() -> None:
         SecretRef("servers.docs.http.headers.X-Ref", "file:ref.txt"),
         SecretRef("servers.docs.http.service_credential.client_credentials.client_secret", "env:CC_SECRET"),
         SecretRef("telemetry.headers.Authorization", "env:OTLP_TOKEN"),
+        SecretRef("ops.token", "env:OPS_TOKEN"),
         SecretRef("sessions.key", "env:SESSION_KEY"),
         SecretRef("sessions.previous_keys[0]", "older-session-key-0123456789"),
         SecretRef("budgets[0].webhook.headers.Authorization", "env:HOOK_TOKEN"),
@@ -72,6 +74,7 @@ def test_the_log_redactor_learns_every_secret_value(monkeypatch: pytest.MonkeyPa
         "OTLP_TOKEN": "otlp-token-value-4444",
         "SESSION_KEY": "session-key-value-55555",
         "HOOK_TOKEN": "hook-token-value-666666",
+        "OPS_TOKEN": "ops-token-value-88888888",
         "IDP_ID": "idp-id-not-a-secret",
     }
     for name, value in values.items():
