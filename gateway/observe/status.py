@@ -75,6 +75,8 @@ class ChannelStatus(msgspec.Struct, frozen=True, kw_only=True):
     servers: list[ServerStatus]
     stats: WindowFigures
     """Every call of the channel, routed to a server or answered by the gateway."""
+    allow_tools: list[str] | None = None
+    """The channel's tool allow-list (`channels.NAME.allow_tools`); None: every tool."""
 
 
 class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +95,8 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
     recent_failures: list[Failure]
     config: dict[str, Any]
     window_s: int
+    tenant_allow_tools: dict[str, list[str]] = {}
+    """Each tenant's tool allow-list (`tenants.NAME.allow_tools`; `*`: any other tenant)."""
 
 
 # --------------------------------------------------------------------------- what it reads
@@ -243,6 +247,7 @@ class StatusCollector:
             recent_failures=[self._redacted(failure) for failure in self.stats.recent_failures()],
             config=masked_config(runtime.config, self._redact) if runtime else {},
             window_s=WINDOW_S,
+            tenant_allow_tools=_tenant_allow_lists(runtime.config) if runtime else {},
         )
 
     def _redacted(self, failure: Failure) -> Failure:
@@ -257,6 +262,7 @@ class StatusCollector:
                 name=name,
                 servers=[self._server(runtime, name, member) for member in members],
                 stats=self.stats.figures(name),
+                allow_tools=_channel_allow_list(runtime.config, name),
             )
             for name, members in runtime.config.channels.items()
         ]
@@ -300,6 +306,15 @@ class StatusCollector:
             inflight=self._inflight.get(name, 0),
             stats=self.stats.figures(channel, name),
         )
+
+
+def _channel_allow_list(config: RoutingConfig, channel: str) -> list[str] | None:
+    spec = config.channel_specs.get(channel)
+    return list(spec.allow_tools) if spec is not None and spec.allow_tools is not None else None
+
+
+def _tenant_allow_lists(config: RoutingConfig) -> dict[str, list[str]]:
+    return {name: list(spec.allow_tools) for name, spec in config.tenants.items() if spec.allow_tools is not None}
 
 
 def _rounded(value: float | None) -> float | None:

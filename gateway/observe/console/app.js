@@ -95,6 +95,8 @@ function renderGateway(status) {
     block.appendChild(el("h3", channel.name));
     block.appendChild(el("p", s.calls_per_s + " calls/s · p50 " + ms(s.p50_ms) + " · p99 " + ms(s.p99_ms) +
       " · errors: " + counts(s.errors) + " · rejected " + s.rejections, { class: "muted" }));
+    block.appendChild(el("p", "allowed tools: " + (channel.allow_tools ? channel.allow_tools.join(", ") : "all"),
+      { class: "muted", "data-allow": channel.name }));
     const table = el("table");
     const head = el("thead");
     head.appendChild(row(["server", "state", "era", "restarts", "last exit", "in flight", "calls/s",
@@ -123,6 +125,11 @@ function renderGateway(status) {
   fillTable("failures", status.recent_failures.map((f) => row([
     clock(f.time), f.channel, f.server || "–", f.method, f.name || "–", f.outcome, f.error || "–", f.status,
   ], { "data-failure": f.method })), "no-failures");
+  const tenants = Object.entries(status.tenant_allow_tools || {});
+  const allow = document.getElementById("tenant-allow");
+  allow.hidden = tenants.length === 0;
+  allow.textContent = "allowed tools by tenant: " +
+    tenants.map(([tenant, tools]) => tenant + ": " + tools.join(", ")).join(" · ");
   document.getElementById("config").textContent = JSON.stringify(status.config, null, 2);
 }
 
