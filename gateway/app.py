@@ -33,6 +33,7 @@ from gateway.config.routing import (
     ServerSpec,
     WorkloadIdentitySpec,
     channel_spec,
+    split_listen,
     token_endpoint_egress,
     workload_identity_from_env,
 )
@@ -50,6 +51,7 @@ from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, server_info_header
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
+from gateway.relay.webconsole import served
 from gateway.tunnel.client import ControlPlane, Identity, Poller
 from gateway.tunnel.credentials import ApiKey, Credential
 from gateway.tunnel.subject_tokens import subject_source
@@ -375,9 +377,14 @@ async def provision(
         readiness = Readiness(max_poll_age_s=max_age)
         status: StatusCollector | None = None
         if config.ops is not None:
-            status = StatusCollector(readiness, redact=redact or (lambda text: text))
-            telemetry = status.telemetry(telemetry)  # the console watches upstreams through it
-            console = GatewayConsole(status, log_tail, _ops_token(config.ops, routes_file))
+            console = None
+            token = _ops_token(config.ops, routes_file)
+            if served(split_listen(config.ops.listen)[0], token):
+                status = StatusCollector(readiness, redact=redact or (lambda text: text))
+                telemetry = status.telemetry(telemetry)  # the console watches upstreams through it
+                console = GatewayConsole(status, log_tail, token)
+            else:
+                log.info("ops: the operator console is off (ops.listen is not loopback and ops.token is not set)")
             ops = OpsServer(config.ops.listen, readiness, telemetry, console)
             await ops.start()
             stack.push_async_callback(ops.close)

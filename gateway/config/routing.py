@@ -250,7 +250,7 @@ class OpsSpec(_Frozen, frozen=True, kw_only=True):
     """`/readyz` needs a successful poll this recent; default: the poll timeout plus 15 s."""
     token: str | None = None
     """A secret reference (env:VAR, file:/path, or a literal) the console and its JSON API require
-    as `Authorization: Bearer`; required when `listen` is not a loopback address."""
+    as `Authorization: Bearer`. Without one the console is served only on a loopback `listen`."""
 
 
 class LoggingSpec(_Frozen, frozen=True, kw_only=True):
@@ -615,9 +615,6 @@ def _check_observability(config: RoutingConfig, file: str) -> None:
         _check_url(telemetry.endpoint, file, "telemetry.endpoint")
     if config.ops is not None:
         _check_listen(config.ops.listen, file, "ops.listen")
-        if config.ops.token is None and not is_loopback(split_listen(config.ops.listen)[0]):
-            expected = "a secret reference (env:VAR, file:/path) when ops.listen is not a loopback address"
-            raise ConfigError(file, "ops.token", expected)
 
 
 _USERINFO: Final = re.compile(r"^((?:[^/?#]*?//)?)[^/?#]*@")

@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.config.routing import is_loopback
 from gateway.config.secrets import SecretError, resolve
 from gateway.protocol.wire import Codec
 from gateway.relay.config import RedisBackend, RelayConfig, RelayConfigError, parse_listen
@@ -32,7 +31,7 @@ from gateway.relay.token_endpoint import TokenEndpoint
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
 from gateway.relay.user_auth import UserAuth
-from gateway.relay.webconsole import ConsoleShell, TokenGate
+from gateway.relay.webconsole import ConsoleShell, TokenGate, served
 
 log = logging.getLogger("gateway.relay")
 
@@ -165,7 +164,7 @@ def _console(config: RelayConfig, backend: QueueBackend, metrics: RelayMetrics) 
             token = resolve(config.ops.token).reveal()
         except SecretError as exc:
             raise RelayConfigError("<relay config>", "$.ops.token", str(exc)) from None
-    elif not is_loopback(parse_listen(config.listen)[0]):
+    if not served(parse_listen(config.listen)[0], token):
         log.info("relay: the operator console is off (listen is not loopback and ops.token is not set)")
         return None
     source = RelayStatusSource(config, backend, metrics)

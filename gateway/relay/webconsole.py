@@ -17,6 +17,7 @@ from typing import Final
 
 from aiohttp import web
 
+from gateway.config.routing import is_loopback
 from gateway.protocol.headers import AUTHORIZATION, EVENT_STREAM, JSON
 from gateway.protocol.sse import encode_event
 
@@ -34,6 +35,12 @@ _NO_STORE: Final = {"Cache-Control": "no-store"}
 
 Snapshot = Callable[[], Awaitable[bytes]]
 """A JSON document of the current status, encoded."""
+
+
+def served(listen_host: str, token: str | None) -> bool:
+    """Whether a listener serves the console: always with a token; without one only on loopback
+    (a pod's `0.0.0.0` listener keeps its probes and metrics, and shows nothing else)."""
+    return token is not None or is_loopback(listen_host)
 
 
 class TokenGate:
