@@ -106,14 +106,21 @@ def _digest(token: str) -> str:
 
 
 class _Caller:
-    """A caller on this replica waiting for its command's frames."""
+    """A caller on this replica waiting for its command's frames.
 
-    __slots__ = ("consumed", "event", "tunnel_id")
+    `inbox` holds frames that arrived with their wake-up (absolute index -> encoded frame); `fresh`
+    until its first wait (nothing can be there before the command was even polled); `finished` once
+    it has its terminal frame (its Redis keys can then be forgotten in a batch)."""
+
+    __slots__ = ("consumed", "event", "finished", "fresh", "inbox", "tunnel_id")
 
     def __init__(self, tunnel_id: str) -> None:
         self.tunnel_id = tunnel_id
         self.event = asyncio.Event()
         self.consumed = 0
+        self.inbox: dict[int, bytes] = {}
+        self.fresh = True
+        self.finished = False
 
 
 class _Tunnel:
@@ -173,6 +180,9 @@ class RedisQueue(QueueBackend):
         self._recheck_s = spec.recheck_s
         self._callers: dict[str, _Caller] = {}
         self._orphans: set[tuple[str, str]] = set()  # discards that failed; the heartbeat retries them
+        self._finished: list[tuple[str, str]] = []  # answered calls to forget in the next batch
+        self._forgetting = False  # a discard is forgetting a batch; later ones join the next batch
+        self._seen_until: dict[str, float] = {}  # tunnel -> until when "seen" is certain (loop clock)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -267,6 +277,8 @@ class RedisQueue(QueueBackend):
             with contextlib.suppress(asyncio.CancelledError, BackendUnavailable, *TRANSIENT):
                 await task
         self._tasks = []
+        self._orphans.update(self._finished)
+        self._finished.clear()
         with contextlib.suppress(BackendUnavailable):
             await self._retry_orphans(window_s=1.0)
             await self._run(self._leave, [self._replicas, self.replica_id], window_s=1.0)
@@ -298,8 +310,11 @@ class RedisQueue(QueueBackend):
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         if channel == self._frames_channel:
-            caller = self._callers.get(data.decode())
+            parts = data.split(b" ", 2)  # request id, frame index, frame (a bare id: just a wake-up)
+            caller = self._callers.get(parts[0].decode())
             if caller is not None:
+                if len(parts) == 3 and int(parts[1]) >= caller.consumed:
+                    caller.inbox[int(parts[1])] = parts[2]
                 caller.event.set()
             return
         tunnel = self._wake_channels.get(channel)
@@ -326,6 +341,20 @@ class RedisQueue(QueueBackend):
             except Exception:
                 log.exception("relay: Redis heartbeat failed; retrying")
             await asyncio.sleep(self._replica_ttl_s / 3)
+
+    async def _forget_finished(self) -> None:
+        while self._finished:
+            batch, self._finished = self._finished[:SCAN], self._finished[SCAN:]
+            args: list[Arg] = []
+            for tunnel_id, request_id in batch:
+                args += (self._tunnels[tunnel_id].base, request_id)
+            try:
+                await self._run(self._forget, args)
+            except BackendUnavailable:
+                self._orphans.update(batch)  # the heartbeat (or dispose) retries them
+            except BaseException:
+                self._orphans.update(batch)
+                raise
 
     async def _retry_orphans(self, *, window_s: float) -> None:
         while self._orphans:
@@ -387,22 +416,50 @@ class RedisQueue(QueueBackend):
         while True:
             if self._closed:
                 raise RelayClosing()
+            carried = caller.inbox.pop(caller.consumed, None)
+            if carried is not None:
+                frame = self._frame_decoder.decode(carried)
+                if frame.is_terminal:  # no read needed; a notification is read below (its read trims the list)
+                    caller.consumed += 1
+                    caller.finished = True
+                    return frame
+            elif caller.fresh:  # just queued: wait for the first wake-up (or re-check) before reading
+                caller.fresh = False
+                await self._wait(caller.event)
+                continue
             caller.event.clear()
             args: list[Arg] = [base, request_id, caller.consumed, self._replicas, self.replica_id, self._replica_ttl_ms]
             reply = await self._run(self._next, args)
             if isinstance(reply, bytes):
                 caller.consumed += 1
-                return self._frame_decoder.decode(reply)
+                frame = self._frame_decoder.decode(reply)
+                caller.finished = frame.is_terminal
+                return frame
             if reply == lua.GONE:
                 raise CommandLost()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._recheck_s):
-                    await caller.event.wait()
+            await self._wait(caller.event)
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._recheck_s):
+                await event.wait()
 
     async def discard(self, tunnel_id: str, request_id: str) -> None:
-        self._callers.pop(request_id, None)
+        caller = self._callers.pop(request_id, None)
         tunnel = self._tunnels.get(tunnel_id)
         if tunnel is None:
+            return
+        if caller is not None and caller.finished:
+            # Answered: out of the queue and the in-flight table already, so its keys may be forgotten a
+            # little later: in one script with the others answered meanwhile, run by whichever discard
+            # finds no batch under way (the others return at once).
+            self._finished.append((tunnel_id, request_id))
+            if not self._forgetting:
+                self._forgetting = True
+                try:
+                    await self._forget_finished()
+                finally:
+                    self._forgetting = False
             return
         try:
             await self._run(self._forget, [tunnel.base, request_id])
@@ -525,7 +582,16 @@ class RedisQueue(QueueBackend):
     # ----------------------------------------------------------------------- status
 
     async def client_seen(self, tunnel_id: str) -> bool:
-        return bool(await self._run(self._seen, [self._tunnel(tunnel_id).base]))
+        """Asks Redis unless a recent answer proves "seen" still holds: an instance's "seen until" only
+        moves back when its poll ends, and then by at most 2 x recheck_s (see `take`)."""
+        now = asyncio.get_running_loop().time()
+        if self._seen_until.get(tunnel_id, 0.0) > now:
+            return True
+        remaining_ms = int(await self._run(self._seen, [self._tunnel(tunnel_id).base]))
+        certain_s = remaining_ms / 1000 - 2 * self._recheck_s
+        if certain_s > 0:
+            self._seen_until[tunnel_id] = now + certain_s
+        return remaining_ms > 0
 
     async def status(self, tunnel_id: str) -> TunnelStatus:
         tunnel = self._tunnel(tunnel_id)

@@ -21,7 +21,8 @@ Layout, with B = `{prefix}:t:{tunnel_id}`:
     B:s:{ch}:{sid} STRING owning instance of a proc_affinity session, with a TTL
     {prefix}:replicas     ZSET replica id -> alive-until (ms) heartbeats
     channels: {prefix}:wake:{tunnel_id} (something was queued), {prefix}:frames:{replica} (a frame for
-    one of this replica's callers; the message is the request id). Pub/sub only wakes; data is in lists.
+    one of this replica's callers; the message is "request id, frame index, frame"). The list is the
+    data: a lost message costs the caller a re-check, never the frame.
 
 State of `B:r:{rid}`: queued -> in_flight -> final, or -> expired at the deadline; deleted by the
 caller's discard, by the purge of a dead replica's commands, or by its TTL. `owner` is the replica
@@ -241,9 +242,11 @@ elseif redis.call('LLEN', fkey) >= tonumber(ARGV[7]) then
   return 'backlog'
 end
 redis.call('HSET', rkey, 'att', ARGV[11])
-redis.call('RPUSH', fkey, ARGV[6])
+-- the frame's absolute index: frames the caller consumed (trimmed) plus those still listed
+local index = tonumber(redis.call('HGET', rkey, 'off') or '0') + redis.call('RPUSH', fkey, ARGV[6]) - 1
 redis.call('PEXPIREAT', fkey, tonumber(h[3]) + tonumber(ARGV[13]))
-redis.call('PUBLISH', ARGV[12] .. h[4], rid)
+-- the wake-up carries the frame, so the caller's replica usually needs no read of its own
+redis.call('PUBLISH', ARGV[12] .. h[4], rid .. ' ' .. index .. ' ' .. ARGV[6])
 return 'ok'
 """
 )
@@ -275,8 +278,8 @@ return redis.call('LINDEX', fkey, 0) or 1
 FORGET: Final = (
     _PRELUDE
     + """
--- ARGV: base rid
-forget(ARGV[1], ARGV[2])
+-- ARGV: base rid [base rid ...]   (finished calls are forgotten in batches)
+for i = 1, #ARGV, 2 do forget(ARGV[i], ARGV[i + 1]) end
 return 1
 """
 )
@@ -293,9 +296,10 @@ return 1
 CLIENT_SEEN: Final = (
     _PRELUDE
     + """
--- ARGV: base -> 1 when some instance is seen now
-if redis.call('ZCOUNT', ARGV[1] .. ':seen', '(' .. now_ms(), '+inf') > 0 then return 1 end
-return 0
+-- ARGV: base -> ms until the last "seen until" (> 0: some instance is seen now), else 0
+local last = redis.call('ZRANGE', ARGV[1] .. ':seen', -1, -1, 'WITHSCORES')
+if #last == 0 then return 0 end
+return math.max(0, tonumber(last[2]) - now_ms())
 """
 )
 
