@@ -79,6 +79,8 @@ KEEP_MS: Final = 60_000
 SCAN: Final = 1000
 """At most this many queued commands are looked at by one take or purge."""
 _NULL: Final = Raw(b"null")
+WAIT_MARGIN_MS: Final = 1000
+"""A waiting poll's mark outlives its next re-check by this much (a busy loop re-takes late)."""
 MAX_KEY_PART: Final = 128
 """Instance and session ids longer than this are hashed before they become part of a key."""
 
@@ -496,6 +498,7 @@ class RedisQueue(QueueBackend):
             self._session_ttl_ms,
             token,
             seen_ms,
+            int(2 * self._recheck_s * 1000) + WAIT_MARGIN_MS,
         ]
         tunnel.polls_waiting += 1
         try:
@@ -530,7 +533,7 @@ class RedisQueue(QueueBackend):
         # An empty poll ends: the instance stays seen for the grace period from now. (A poll that
         # returns commands skips this round trip, so a cancellation cannot lose its batch; it
         # stays seen until its last take's mark, at most 2 x recheck_s longer.)
-        self._spawn(self._run(self._poll_end, [tunnel.base, instance, self._grace_ms]))
+        self._spawn(self._run(self._poll_end, [tunnel.base, instance, self._grace_ms, token]))
         return []
 
     async def _give_back(self, tunnel: _Tunnel, token: str, instance: str) -> None:

@@ -17,6 +17,7 @@ Layout, with B = `{prefix}:t:{tunnel_id}`:
     B:f:{rid}      LIST  encoded frames for the caller        expires dl + keep
     B:take:{tok}   LIST  request ids one poll took            lets a retried take return the same batch
     B:seen         ZSET  gateway instance -> seen-until (ms)  `tunnel_client_not_seen`, affinity owners
+    B:polls        ZSET  take token -> wait-until (ms)        polls waiting now: an enqueue publishes only then
     B:last         STRING last polling instance id
     B:s:{ch}:{sid} STRING owning instance of a proc_affinity session, with a TTL
     {prefix}:replicas     ZSET replica id -> alive-until (ms) heartbeats
@@ -103,7 +104,8 @@ redis.call('HSET', rkey, 'cmd', ARGV[5], 'state', 'queued', 'token', ARGV[6], 'd
 redis.call('PEXPIREAT', rkey, dl + tonumber(ARGV[12]))
 redis.call('ZADD', q, redis.call('INCR', base .. ':seq'), rid)
 redis.call('ZADD', base .. ':qdl', dl, rid)
-redis.call('PUBLISH', ARGV[3], rid)
+-- wake polls only when one waits (a busy gateway's next take finds the command anyway)
+if redis.call('ZCOUNT', base .. ':polls', '(' .. now, '+inf') > 0 then redis.call('PUBLISH', ARGV[3], rid) end
 return 1
 """
 )
@@ -111,8 +113,10 @@ return 1
 TAKE: Final = (
     _PRELUDE
     + """
--- ARGV: base replicas instance limit channels_csv affine_csv scan session_ttl_ms token seen_ms
+-- ARGV: base replicas instance limit channels_csv affine_csv scan session_ttl_ms token seen_ms wait_ms
 -- -> flat list: rid, encoded command, remaining ms, rid, ...
+-- An empty take marks its poll as waiting (B:polls, until its next re-take is overdue), so
+-- enqueues publish a wake-up; a take that found something clears the mark.
 local base, replicas, instance = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
 local seen = base .. ':seen'
@@ -174,7 +178,12 @@ for _, rid in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[7]) - 1)) do
     end
   end
 end
-if taken > 0 then redis.call('PEXPIRE', memo, 120000) end
+if taken > 0 then
+  redis.call('PEXPIRE', memo, 120000)
+  redis.call('ZREM', base .. ':polls', ARGV[9])
+else
+  redis.call('ZADD', base .. ':polls', now + tonumber(ARGV[11]), ARGV[9])
+end
 return out
 """
 )
@@ -287,8 +296,11 @@ return 1
 POLL_END: Final = (
     _PRELUDE
     + """
--- ARGV: base instance grace_ms
-redis.call('ZADD', ARGV[1] .. ':seen', now_ms() + tonumber(ARGV[3]), ARGV[2])
+-- ARGV: base instance grace_ms token
+local now = now_ms()
+redis.call('ZADD', ARGV[1] .. ':seen', now + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZREM', ARGV[1] .. ':polls', ARGV[4])
+redis.call('ZREMRANGEBYSCORE', ARGV[1] .. ':polls', '-inf', now)
 return 1
 """
 )
@@ -347,6 +359,7 @@ for i = 4, #ARGV do
     end
   end
   redis.call('ZREMRANGEBYSCORE', base .. ':seen', '-inf', now - 86400000)
+  redis.call('ZREMRANGEBYSCORE', base .. ':polls', '-inf', now)
 end
 return n
 """
