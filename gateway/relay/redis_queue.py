@@ -21,7 +21,9 @@ BLMOVE lists (docs/relay-on-redis.md has the long form):
   would need one each): waits are local futures woken by pub/sub, with a
   periodic re-check so a lost message costs at most `recheck_s`.
 Frames go to the caller's replica through a per-request list (the data) plus a
-PUBLISH on that replica's channel (the wake-up), so a missed message loses nothing.
+PUBLISH on that replica's channel (the wake-up, carrying the frame so the caller
+usually reads nothing), so a missed message loses nothing. About 2.2 commands per
+call: enqueue, deliver, and shares of a take and of a batched forget.
 """
 
 from __future__ import annotations
