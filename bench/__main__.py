@@ -29,7 +29,7 @@ from bench.stacks import BENCH, OUT, ROOT, TunnelOptions
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="MCP tunnel gateway benchmarks")
     parser.add_argument("--quick", action="store_true", help="short runs (harness check); numbers are noisy")
-    parser.add_argument("--only", metavar="TEXT", help="only scenarios whose name contains TEXT (A|B: either)")
+    parser.add_argument("--only", metavar="TEXT", help="only scenarios whose name contains TEXT")
     parser.add_argument("--runs", type=int, help="measured runs per scenario (default 3, quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before measuring (default 3, quick 0.5)")
