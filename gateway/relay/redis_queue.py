@@ -281,8 +281,7 @@ class RedisQueue(QueueBackend):
             with contextlib.suppress(asyncio.CancelledError, BackendUnavailable, *TRANSIENT):
                 await task
         self._tasks = []
-        self._orphans.update(self._finished)
-        self._finished.clear()
+        self._forgetting = False  # no batch runs now: dispose forgets what is left
         with contextlib.suppress(BackendUnavailable):
             await self._retry_orphans(window_s=1.0)
             await self._run(self._leave, [self._replicas, self.replica_id], window_s=1.0)
@@ -361,6 +360,9 @@ class RedisQueue(QueueBackend):
                 raise
 
     async def _retry_orphans(self, *, window_s: float) -> None:
+        if not self._forgetting:  # answered calls left behind by a discard that was cancelled mid-batch
+            self._orphans.update(self._finished)
+            self._finished.clear()
         while self._orphans:
             tunnel_id, request_id = next(iter(self._orphans))
             await self._run(self._forget, [self._tunnels[tunnel_id].base, request_id], window_s=window_s)
