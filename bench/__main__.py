@@ -3,6 +3,7 @@
     .venv/bin/python -m bench                 # full run: warm-up 3 s, 3 runs x 10 s per scenario, profile, scale
     .venv/bin/python -m bench --quick         # short runs to check the harness (numbers are indicative only)
     .venv/bin/python -m bench --only fast-stdio/tunnel      # scenarios whose name contains the text
+    .venv/bin/python -m bench --only tunnel/fast-stdio-legacy/c64,tracing-on/c64   # any of several
     .venv/bin/python -m bench --results       # also rewrite the generated part of bench/RESULTS.md
     .venv/bin/python -m bench --list          # print the scenario names and exit
 
@@ -29,7 +30,7 @@ from bench.stacks import BENCH, OUT, ROOT, TunnelOptions
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="MCP tunnel gateway benchmarks")
     parser.add_argument("--quick", action="store_true", help="short runs (harness check); numbers are noisy")
-    parser.add_argument("--only", metavar="TEXT", help="only scenarios whose name contains TEXT")
+    parser.add_argument("--only", metavar="TEXT", help="only scenarios whose name contains TEXT (or any of TEXT,TEXT2)")
     parser.add_argument("--runs", type=int, help="measured runs per scenario (default 3, quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before measuring (default 3, quick 0.5)")

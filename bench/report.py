@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import targets as issue_targets
 from bench.scenarios import PATH_LABELS
 from bench.stacks import BENCH, NODE, ROOT
 
@@ -246,8 +247,9 @@ def redis_comparison(records: list[dict[str, Any]]) -> str:
     rows = [
         "| c | in-memory relay calls/s | Redis, 2 replicas calls/s | Redis / in-memory | p50 ms in-memory / Redis "
         "| relay CPU µs/call in-memory / Redis (replica 1 + 2) | redis-server µs/call "
-        "| gateway µs/call in-memory / Redis | client µs/call in-memory / Redis | Redis run limited by |",
-        "|---:|---:|---:|---:|---|---|---:|---|---|---|",
+        "| gateway µs/call in-memory / Redis | client µs/call in-memory / Redis "
+        "| Redis round trips per call (scripts / PUBLISH) | Redis run limited by |",
+        "|---:|---:|---:|---:|---|---|---:|---|---|---|---|",
     ]
     for c in sorted({r["concurrency"] for r in records if r["group"] == "redis"}):
         base = {"concurrency": c, "payload": 100, "era": "legacy", "path": "tunnel"}
@@ -255,19 +257,22 @@ def redis_comparison(records: list[dict[str, Any]]) -> str:
         if red is None:
             failed = next((r for r in records if r["group"] == "redis" and r["concurrency"] == c), None)
             why = f"**{failed['status']}**: {failed.get('why', '')[:160]}" if failed else DASH
-            rows.append(f"| {c} | {_fmt(_tp(mem), 0)} | {why} | | | | | | | |")
+            rows.append(f"| {c} | {_fmt(_tp(mem), 0)} | {why} | | | | | | | | |")
             continue
         ms, rs = (mem or {}).get("summary") or {}, red["summary"]
         mcpu, rcpu = ms.get("cpu_us_per_call", {}), rs["cpu_us_per_call"]
         relays = [v for k, v in rcpu.items() if (k == "relay" or k.startswith("relay-")) and v is not None]
         parts = " + ".join(_fmt(rcpu.get(k), 0) for k in sorted(rcpu) if k == "relay" or k.startswith("relay-"))
         ratio = f"{rs['throughput'] / ms['throughput']:.2f}x" if ms.get("throughput") else DASH
+        trips = red.get("redis_per_call") or {}
+        round_trips = f"{trips['scripts']:.2f} / {trips['publish']:.2f}" if trips else DASH
         rows.append(
             f"| {c} | {_fmt(ms.get('throughput'), 0)} | {_fmt(rs['throughput'], 0)} | {ratio} "
             f"| {_fmt(ms.get('p50_ms'), 1)} / {_fmt(rs['p50_ms'], 1)} "
             f"| {_fmt(mcpu.get('relay'), 0)} / {_fmt(sum(relays), 0)} ({parts}) | {_fmt(rcpu.get('redis'), 0)} "
             f"| {_fmt(mcpu.get('gateway'), 0)} / {_fmt(rcpu.get('gateway'), 0)} "
-            f"| {_fmt(mcpu.get('client'), 0)} / {_fmt(rcpu.get('client'), 0)} | {red.get('limited_by', '')} |"
+            f"| {_fmt(mcpu.get('client'), 0)} / {_fmt(rcpu.get('client'), 0)} | {round_trips} "
+            f"| {red.get('limited_by', '')} |"
         )
     return "\n".join(rows)
 
@@ -383,6 +388,10 @@ def render(run: dict[str, Any]) -> str:
         "CPU µs/call is each process's CPU time (utime+stime) in the measured windows divided by completed calls "
         "(= CPU ms per 1,000 calls). 'other' in the log lines is CPU used by processes outside the benchmark "
         "(other users of the machine): the noise indicator.",
+        "",
+        "### Targets (issue 20)",
+        "",
+        *issue_targets.table(records),
         "",
         "### Targets (issue 7)",
         "",

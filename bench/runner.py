@@ -165,7 +165,8 @@ def limiter(summary: dict[str, Any], scenario: Scenario) -> str:
 async def run_all(scenarios: list[Scenario], timing: Timing, only: str | None, results: list[dict[str, Any]]) -> None:
     """Run every scenario (grouped by stack), appending one record per scenario to `results`."""
     if only:
-        scenarios = [s for s in scenarios if only in s.name]
+        wanted = [part for part in only.split(",") if part]
+        scenarios = [s for s in scenarios if any(part in s.name for part in wanted)]
     probes: dict[str, tuple[bool, str, str]] = {}
     for need in sorted({s.requires for s in scenarios if s.requires}):
         probes[need] = await probe(need)
@@ -192,7 +193,9 @@ async def run_all(scenarios: list[Scenario], timing: Timing, only: str | None, r
                 for scenario in members:
                     started = time.monotonic()
                     try:
+                        before = await redis_commands(stack.redis_url)
                         raw = await run_load(stack, scenario, timing)
+                        after = await redis_commands(stack.redis_url)
                     except StackError as exc:
                         results.append(_record(scenario, status="failed", why=str(exc)))
                         log(f"!! {scenario.name}: {exc}")
@@ -200,6 +203,8 @@ async def run_all(scenarios: list[Scenario], timing: Timing, only: str | None, r
                     summary = summarize(raw)
                     record = _record(scenario, status="ok", summary=summary, raw=raw)
                     record["limited_by"] = limiter(summary, scenario)
+                    if stack.redis_url:
+                        record["redis_per_call"] = redis_per_call(before, after)
                     if scenario.options.tracing:
                         exports = sum(1 for line in stack.procs["otlp-sink"].lines if line.startswith("EXPORT"))
                         record["otlp_exports"] = exports
@@ -223,6 +228,35 @@ async def run_all(scenarios: list[Scenario], timing: Timing, only: str | None, r
                 if not any(r["name"] == s.name for r in results):
                     results.append(_record(s, status="failed", why=str(exc)))
             log(f"!! stack {tag}: {exc}")
+
+
+async def redis_commands(url: str | None) -> dict[str, int]:
+    """Commands the redis-server has run so far, by name (`INFO commandstats`); {} without Redis."""
+    if url is None:
+        return {}
+    from redis.asyncio import Redis  # the project's own client; only Redis scenarios need it
+
+    client = Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def redis_per_call(before: dict[str, int], after: dict[str, int]) -> dict[str, float] | None:
+    """Round trips per MCP call over the scenario (warm-up included): scripts (EVALSHA), PUBLISHes and
+    all commands, each divided by the INCRs (one per enqueued command, run only by the ENQUEUE script)."""
+    delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    calls = delta.get("incr", 0)
+    if calls <= 0:
+        return None
+    inside = sum(n for name, n in delta.items() if name not in ("evalsha", "eval", "info"))
+    return {
+        "scripts": round(delta.get("evalsha", 0) / calls, 2),
+        "publish": round(delta.get("publish", 0) / calls, 2),
+        "commands_in_scripts": round(inside / calls, 1),
+    }
 
 
 def _record(
@@ -252,12 +286,17 @@ def _record(
     }
 
 
+def _trips(record: dict[str, Any]) -> str:
+    trips = record.get("redis_per_call")
+    return f" redis/call[scripts={trips['scripts']} publish={trips['publish']}]" if trips else ""
+
+
 def _line(record: dict[str, Any], took: float) -> str:
     s = record["summary"]
     cpu = " ".join(f"{k}={v}" for k, v in s["cpu_us_per_call"].items())
     return (
         f"ok {record['name']}: {s['throughput']}/s p50={s['p50_ms']}ms p99={s['p99_ms']}ms "
-        f"err={s['errors']} cpu_us/call[{cpu}] other={s['other_cores']} ({took:.0f}s)"
+        f"err={s['errors']} cpu_us/call[{cpu}] other={s['other_cores']}{_trips(record)} ({took:.0f}s)"
     )
 
 

@@ -131,6 +131,9 @@ def matrix(quick: bool) -> list[Scenario]:
     # 6. Tracing on (OTLP to a loopback sink); off is group 1.
     for c in (1, 64):
         out.append(Scenario("tracing", "tunnel", fast, c, options=TunnelOptions(tracing=True), variant="tracing-on"))
+    #    Metrics alone (the `/metrics` scrape turns the instruments on; nothing is exported): issue 20's 10 %.
+    metrics_only = TunnelOptions(extra_sections="ops: {listen: '127.0.0.1:0'}")
+    out.append(Scenario("tracing", "tunnel", fast, 64, options=metrics_only, variant="metrics-only"))
     # 7. Simulated control-plane round trip (0 ms is group 1), with the defaults (one poll out, 64
     #    slots) and tuned for a slow link as the README advises (several polls out, more slots).
     wan = "polls_in_flight: 8\nmax_inflight: 512"

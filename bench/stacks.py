@@ -198,6 +198,8 @@ class Stack:
     """Roles resolved by the load client after its sessions opened: role -> parent pid (all descendants)."""
     procs: dict[str, Proc] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    redis_url: str | None = None
+    """The redis-server of a Redis-backed relay (its command counts give round trips per call)."""
 
 
 def _yaml_list(items: tuple[str, ...] | list[str]) -> str:
@@ -348,6 +350,7 @@ async def tunnel_stack(upstream: Upstream, options: TunnelOptions, tag: str) -> 
         procs: dict[str, Proc] = {}
         notes: list[str] = []
         env: dict[str, str] = {}
+        redis_url: str | None = None
         if options.tracing:
             sink = await stack.enter_async_context(spawn(f"{tag}-otlp-sink", PYTHON, "-m", "bench.otlp_sink"))
             sink_url = (await sink.wait_for(r"READY (\S+)"))[1]
@@ -436,7 +439,7 @@ async def tunnel_stack(upstream: Upstream, options: TunnelOptions, tag: str) -> 
         target: dict[str, Any] = {"kind": "http", "url": relay_urls[0] + suffix}
         if len(relay_urls) > 1:
             target["urls"] = [u + suffix for u in relay_urls]  # session i talks to replica i % N
-        yield Stack(target, roles, children_of, procs, notes)
+        yield Stack(target, roles, children_of, procs, notes, redis_url=redis_url)
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +28,12 @@ from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs
 from gateway.config.routing import (
     Egress,
+    OpsSpec,
     RoutingConfig,
     ServerSpec,
     WorkloadIdentitySpec,
     channel_spec,
+    split_listen,
     token_endpoint_egress,
     workload_identity_from_env,
 )
@@ -40,12 +42,16 @@ from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
 from gateway.observe.alerts import BudgetAlerts
 from gateway.observe.audit import AuditLog
+from gateway.observe.console import GatewayConsole
 from gateway.observe.hooks import NOOP, Telemetry
+from gateway.observe.logtail import LogRing
 from gateway.observe.ops import OpsServer, Readiness
+from gateway.observe.status import StatusCollector
 from gateway.protocol.eras import Bridge
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, server_info_header
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
+from gateway.relay.webconsole import served
 from gateway.tunnel.client import ControlPlane, Identity, Poller
 from gateway.tunnel.credentials import ApiKey, Credential
 from gateway.tunnel.subject_tokens import subject_source
@@ -53,6 +59,7 @@ from gateway.tunnel.workload_identity import ExchangeSettings, WorkloadIdentity
 from gateway.upstream import open_files
 from gateway.upstream.base import Upstream
 from gateway.upstream.egress import egress
+from gateway.upstream.environment import ChildEnvironment
 from gateway.upstream.http import HttpUpstream, sendable_header
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
 from gateway.upstream.service_credentials import service_credentials
@@ -287,9 +294,15 @@ def build_upstream(
 ) -> Upstream:
     limit = config.gateway.max_message_bytes
     if spec.stdio is not None:
-        upstream = _stdio_upstream(name, spec, bridge, limit)
+        key = f"servers.{name}.stdio"
+        environment = ChildEnvironment.for_program(spec.stdio, config, file=file, key=key, base=base)
+        upstream = _stdio_upstream(name, spec, bridge, limit, environment)
         return Bounded(upstream, spec.max_concurrency) if spec.max_concurrency else upstream
     assert spec.http is not None
+    spawned = None
+    if spec.http.spawn is not None:
+        key = f"servers.{name}.http.spawn"
+        spawned = ChildEnvironment.for_program(spec.http.spawn, config, file=file, key=key, base=base)
     try:
         headers = {
             k: secret_refs.resolve(v, base=base).reveal() if _is_ref(v) else v for k, v in spec.http.headers.items()
@@ -312,15 +325,16 @@ def build_upstream(
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
         reprobe_max_s=spec.restart_backoff_max_s,
         service_credentials=service_credentials(name, spec.http, session=http, file=file, base=base),
+        environment=spawned,
     )
     return Bounded(http_upstream, spec.max_concurrency) if spec.max_concurrency else http_upstream
 
 
-def _stdio_upstream(name: str, spec: ServerSpec, bridge: Bridge, limit: int) -> Upstream:
+def _stdio_upstream(name: str, spec: ServerSpec, bridge: Bridge, limit: int, environment: ChildEnvironment) -> Upstream:
     """One process, a pool of them (`processes`), or one per client session (`session: per-client`)."""
 
     def process() -> StdioUpstream:
-        return StdioUpstream(name, spec, bridge=bridge, max_message_bytes=limit)
+        return StdioUpstream(name, spec, bridge=bridge, max_message_bytes=limit, environment=environment)
 
     if spec.session == "per-client":
         return ClientProcesses(process(), process, max_sessions=spec.max_sessions, idle_timeout_s=spec.idle_timeout_s)
@@ -335,12 +349,19 @@ def _is_ref(value: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def provision(
-    config: RoutingConfig, *, routes_file: Path, overrides: Overrides, telemetry: Telemetry = NOOP
+    config: RoutingConfig,
+    *,
+    routes_file: Path,
+    overrides: Overrides,
+    telemetry: Telemetry = NOOP,
+    log_tail: LogRing | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Build and start the runtime; on exit stop polling, drain, and close in reverse order.
 
     `telemetry` belongs to the caller (the CLI shuts it down after the loop ends); the
-    ops listener, when configured, answers from the start (`/readyz`: starting)."""
+    ops listener, when configured, answers from the start (`/readyz`: starting) and serves the
+    operator console (its log tail is `log_tail`; `redact` masks secrets in what it shows)."""
     codec = Codec()
     bridge = Bridge(codec)
     base = routes_file.parent
@@ -357,8 +378,17 @@ async def provision(
         ops: OpsServer | None = None
         max_age = (config.ops.ready_poll_age_s if config.ops else None) or config.gateway.poll_timeout_ms / 1000 + 15
         readiness = Readiness(max_poll_age_s=max_age)
+        status: StatusCollector | None = None
         if config.ops is not None:
-            ops = OpsServer(config.ops.listen, readiness, telemetry)
+            console = None
+            token = _ops_token(config.ops, routes_file)
+            if served(split_listen(config.ops.listen)[0], token):
+                status = StatusCollector(readiness, redact=redact or (lambda text: text))
+                telemetry = status.telemetry(telemetry)  # the console watches upstreams through it
+                console = GatewayConsole(status, log_tail, token)
+            else:
+                log.info("ops: the operator console is off (ops.listen is not loopback and ops.token is not set)")
+            ops = OpsServer(config.ops.listen, readiness, telemetry, console)
             await ops.start()
             stack.push_async_callback(ops.close)
         upstreams: dict[str, Upstream] = {}
@@ -424,6 +454,9 @@ async def provision(
             exported = telemetry.call_log()
             if exported is not None:
                 dispatcher.records.add(exported)
+        if status is not None:
+            dispatcher.records.add(status.stats)
+            status.control_plane_url, status.tunnel_id, status.credential = cp_url, tunnel_id, credential
         telemetry.watch_limits(dispatcher.limit_counts)
         poller = Poller(
             control_plane,
@@ -438,6 +471,8 @@ async def provision(
         )
         runtime.telemetry, runtime.ops, runtime.session_keys = telemetry, ops, session_keys
         runtime.readiness, readiness.runtime = readiness, runtime
+        if status is not None:
+            status.runtime = runtime
         runtime_ref.append(runtime)
         poll_task = asyncio.create_task(poller.run(), name="poller")
         runtime.tasks.append(poll_task)
@@ -450,6 +485,15 @@ async def provision(
             for channel in runtime.channels.values():
                 channel.end_streams()  # open `subscriptions/listen` streams end now, gracefully
             await dispatcher.drain(config.gateway.drain_timeout_s)
+
+
+def _ops_token(spec: OpsSpec, routes_file: Path) -> str | None:
+    if spec.token is None:
+        return None
+    try:
+        return secret_refs.resolve(spec.token, base=routes_file.parent).reveal()
+    except secret_refs.SecretError as exc:
+        raise ConfigError(str(routes_file), "ops.token", f"a resolvable secret ({exc})") from None
 
 
 def _audit_log(config: RoutingConfig, routes_file: Path) -> AuditLog | None:

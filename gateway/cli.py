@@ -4,6 +4,7 @@ gateway --routes routing.yaml [--control-plane URL] [--tunnel-id ID]
 gateway check --routes routing.yaml
 gateway doctor [--routes routing.yaml] [--json]
 gateway relay --config relay.yaml
+gateway status [--ops URL] [--json] [--routes routing.yaml]
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from gateway.doctor.run import doctor
 from gateway.observe import logs
 from gateway.observe.announce import announce
 from gateway.observe.hooks import Telemetry
+from gateway.observe.logtail import LogRing
+from gateway.observe.status_cli import status_command
 from gateway.observe.telemetry import RELAY_SERVICE
 from gateway.observe.telemetry import build as build_telemetry
 from gateway.protocol.errors import ConfigError
@@ -49,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     preflight.add_argument("--json", action="store_true", help="print the report as JSON (see the README)")
     relay = sub.add_parser("relay", help="run the self-hosted control plane (relay)")
     relay.add_argument("--config", type=Path, required=True, help="relay configuration file")
+    status = sub.add_parser("status", help="show a running gateway's status (its ops listener's /api/status)")
+    status.add_argument("--routes", type=Path, default=Path("routing.yaml"), help="where ops.listen is read")
+    status.add_argument("--ops", metavar="URL", help="the ops listener's base URL (default: from --routes)")
+    status.add_argument("--json", action="store_true", help="print the JSON document as it came")
     return parser
 
 
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(doctor(args.routes, as_json=args.json, redactor=redactor))
         if args.command == "relay":
             return _relay_main(args, redactor)
+        if args.command == "status":
+            return status_command(args.routes, args.ops, as_json=args.json)
         routes = config.load(args.routes)
         fmt, level = args.log_format or routes.logging.format, args.log_level or routes.logging.level
         logs.setup(redactor=redactor, fmt=fmt, level=level)
@@ -79,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         logs.setup(redactor=redactor, fmt=fmt, level=level, trace_ids=telemetry.trace_ids)  # ids of the current span
         overrides = Overrides(control_plane=args.control_plane, tunnel_id=args.tunnel_id)
+        tail = LogRing(redactor)  # the console's live log tail
+        tail.install()
         try:
-            return _run(_gateway(routes, args.routes, overrides, telemetry, redactor.redact))
+            return _run(_gateway(routes, args.routes, overrides, telemetry, redactor.redact, tail))
         finally:
             telemetry.shutdown()  # flush spans and metrics after the loop is gone
     except ConfigError as exc:
@@ -99,13 +110,16 @@ async def _gateway(
     overrides: Overrides,
     telemetry: Telemetry,
     redact: Callable[[str], str],
+    tail: LogRing | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
-    async with provision(routes, routes_file=file, overrides=overrides, telemetry=telemetry) as runtime:
+    async with provision(
+        routes, routes_file=file, overrides=overrides, telemetry=telemetry, log_tail=tail, redact=redact
+    ) as runtime:
         if runtime.ops is not None:
             print(f"ops: listening on {runtime.ops.url}")
         if runtime.endpoint is not None:

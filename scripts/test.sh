@@ -2,7 +2,8 @@
 # The project's test command (CI runs it through .ci/run): ruff, mypy (strict, on the packages
 # named in pyproject.toml), then pytest in PYTEST_WORKERS (default 2) processes with any extra
 # arguments. Before them it installs the MCP conformance toolchain into .tools/ (needs npm; instant
-# once installed) for the `conformance` test.
+# once installed) for the `conformance` test, and Debian's chromium (scripts/browser-tools.sh; needs
+# root and apt-get when missing) for the console's browser test.
 # Every step runs; the script exits non-zero if any failed, and treats pytest collecting no tests
 # (exit 5) as a failure.
 set -uo pipefail
@@ -12,6 +13,7 @@ bash scripts/bootstrap.sh test || exit 1
 
 failed=()
 bash scripts/conformance-tools.sh || failed+=("conformance-tools")
+bash scripts/browser-tools.sh || failed+=("browser-tools")
 .venv/bin/ruff check . || failed+=("ruff")
 .venv/bin/mypy || failed+=("mypy")
 .venv/bin/pytest -n "${PYTEST_WORKERS:-2}" "$@"  # both cores: most tests wait on processes they started

@@ -243,11 +243,14 @@ class TelemetrySpec(_Frozen, frozen=True, kw_only=True):
 
 
 class OpsSpec(_Frozen, frozen=True, kw_only=True):
-    """The local ops listener: `/healthz`, `/readyz`, `/metrics`."""
+    """The local ops listener: `/healthz`, `/readyz`, `/metrics`, and the operator console."""
 
     listen: str
     ready_poll_age_s: Seconds | None = None
     """`/readyz` needs a successful poll this recent; default: the poll timeout plus 15 s."""
+    token: str | None = None
+    """A secret reference (env:VAR, file:/path, or a literal) the console and its JSON API require
+    as `Authorization: Bearer`. Without one the console is served only on a loopback `listen`."""
 
 
 class LoggingSpec(_Frozen, frozen=True, kw_only=True):
@@ -687,6 +690,16 @@ def _check_listen(listen: str, file: str, key: str) -> None:
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is a loopback address (127.0.0.0/8, ::1, `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_multiplexing(config: RoutingConfig, file: str) -> None:

@@ -84,14 +84,6 @@ def check(spec: ServiceCredentialSpec, file: str, key: str) -> str:
     return grant_key
 
 
-def secret_refs(spec: ServiceCredentialSpec | None) -> list[str]:
-    """The secret references a service credential names (for the log redactor)."""
-    if spec is None:
-        return []
-    grant = spec.client_credentials or spec.token_exchange
-    return [grant.client_secret] if grant is not None and grant.client_secret else []
-
-
 def who_authorizes(spec: ServiceCredentialSpec | None) -> str:
     """Where the token of a server that wants authorization comes from, in the start-up line's words."""
     if spec is None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from gateway.config import routing as config_module
 from gateway.config import secrets
+from gateway.config.references import SecretRef
 from gateway.config.routing import RoutingConfig
-from gateway.doctor.plan import CONTROL_PLANE, Plan, SecretRef
+from gateway.doctor.plan import CONTROL_PLANE, Plan
 from gateway.doctor.report import CheckResult, fail, ok, skip, timed
 from gateway.protocol.errors import ConfigError
 

@@ -90,7 +90,7 @@ async def _resolve(
         for dest in [*direct, *via]:
             blocked[dest.target] = "its host does not resolve (see dns)"
         if direct:
-            fix = f"check the host name in `{direct[0].key}.url`; this machine's resolver must know it"
+            fix = f"check the host name in `{direct[0].url_setting}`; this machine's resolver must know it"
         else:
             fix = f"check the proxy's host name in {via[0].proxy_setting}; this machine's resolver must know it"
         if direct and via:
@@ -114,8 +114,8 @@ async def check_reach(plan: Plan, blocked: Blocked, timeout_s: float) -> list[Ch
 def _unreachable_fix(dest: Destination, problem: Problem) -> str:
     if problem.kind == "refused":
         if dest.target.startswith("servers."):
-            return f"start the server, or correct the host and port in `{dest.key}.url`"
-        return f"check the host and port in `{dest.key}.url`, and that the service runs there"
+            return f"start the server, or correct the host and port in `{dest.url_setting}`"
+        return f"check the host and port in `{dest.url_setting}`, and that the service runs there"
     return (
         f"allow outbound connections to {dest.authority} from this machine, or set the proxy this network "
         f"requires (`{dest.key}.proxy`, or {dest.proxy_setting})"
@@ -177,7 +177,7 @@ def _proxy_advice(dest: Destination, proxy: str, problem: Problem) -> tuple[str,
         return cause, fix
     if status in ("502", "503", "504"):
         cause = f"the proxy could not reach {dest.authority} ({problem.cause})"
-        return cause, f"check the host in `{dest.key}.url`; the proxy itself must be able to reach it"
+        return cause, f"check the host in `{dest.url_setting}`; the proxy itself must be able to reach it"
     cause = f"the proxy refused CONNECT to {dest.authority} ({problem.cause})"
     fix = (
         f"ask the proxy's administrators to allow CONNECT to {dest.authority}, or bypass the proxy for this "
@@ -268,7 +268,7 @@ def _tls_advice(dest: Destination, problem: Problem) -> tuple[str, str]:
         return cause, "renew the server's certificate, or correct this machine's clock"
     if problem.kind == "tls_hostname":
         cause = f"the certificate of {dest.authority} does not name {dest.host} ({problem.cause})"
-        return cause, f"use a host name the certificate names in `{dest.key}.url`"
+        return cause, f"use a host name the certificate names in `{dest.url_setting}`"
     if problem.kind == "tls":
         fix = (
             f"check that {dest.authority} speaks HTTPS (use http:// for a plain-HTTP service) and, where it asks "

@@ -14,6 +14,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from gateway.app import Overrides, RemoteControlPlane, remote_control_plane, used_servers
+from gateway.config.references import SecretRef, secret_references
 from gateway.config.routing import Egress, RoutingConfig, token_endpoint_egress
 from gateway.protocol.errors import ConfigError
 from gateway.upstream.egress import proxy_for
@@ -28,11 +29,17 @@ class Destination:
     """One place the gateway connects to, and the routing.yaml key of the settings that say how."""
 
     target: str
-    """`control_plane`, `token_endpoint` or `servers.NAME`."""
+    """`control_plane`, `token_endpoint`, `servers.NAME` or `servers.NAME.token_endpoint`."""
     key: str
     """Where its egress settings (`proxy`, `ca_bundle`, `url`) live in routing.yaml."""
     url: str
     spec: Egress
+    url_key: str | None = None
+    """Where its URL is set, when not at `key.url` (a server's token endpoint)."""
+
+    @property
+    def url_setting(self) -> str:
+        return self.url_key or f"{self.key}.url"
 
     @property
     def host(self) -> str:
@@ -63,13 +70,6 @@ class Destination:
         if self.spec.proxy is not None:
             return f"`{self.key}.proxy`"
         return "HTTPS_PROXY" if self.tls else "HTTP_PROXY"
-
-
-@dataclass(frozen=True, slots=True)
-class SecretRef:
-    key: str
-    """The routing.yaml key that holds the reference."""
-    ref: str
 
 
 @dataclass(slots=True)
@@ -135,40 +135,26 @@ def _destinations(plan: Plan) -> list[Destination]:
         http = config.servers[name].http
         if http is not None and http.spawn is None:
             found.append(Destination(f"servers.{name}", f"servers.{name}.http", http.url, http))
+        credential = http.service_credential if http is not None else None
+        if http is not None and credential is not None:
+            kind = "client_credentials" if credential.client_credentials is not None else "token_exchange"
+            url_key = f"servers.{name}.http.service_credential.{kind}.token_url"
+            token_url = credential.grant.token_url
+            found.append(
+                Destination(f"servers.{name}.token_endpoint", f"servers.{name}.http", token_url, http, url_key)
+            )
     return found
 
 
-def _is_ref(value: str) -> bool:
-    return value.startswith(("env:", "file:"))
-
-
 def _secrets(config: RoutingConfig, remote: RemoteControlPlane | None) -> list[SecretRef]:
-    """Every `env:`/`file:` reference, and the control-plane key (`env:TUNNEL_API_KEY` when none is
-    named and workload identity is off); `exec:` ones run at use and are checked by `credentials`."""
-    refs: list[SecretRef] = []
-    cp = config.control_plane
-    if cp is not None and cp.api_key is not None:
-        refs.append(SecretRef(f"{CONTROL_PLANE}.api_key", cp.api_key))
-    elif remote is not None and remote.api_key is not None:
-        refs.append(SecretRef(f"{CONTROL_PLANE}.api_key", "env:TUNNEL_API_KEY"))
-    if cp is not None and cp.workload_identity is not None:
-        identity = cp.workload_identity
-        for name in ("identity_provider_id", "service_account_id", "subject_token"):
-            value = getattr(identity, name)
-            if isinstance(value, str) and _is_ref(value):
-                refs.append(SecretRef(f"{CONTROL_PLANE}.workload_identity.{name}", value))
-    if cp is None and config.relay.client_token is not None:
-        refs.append(SecretRef("relay.client_token", config.relay.client_token))
-    for name, server in config.servers.items():
-        if server.http is not None:
-            for header, value in server.http.headers.items():
-                if _is_ref(value):
-                    refs.append(SecretRef(f"servers.{name}.http.headers.{header}", value))
-    for header, value in config.telemetry.headers.items():
-        if _is_ref(value):
-            refs.append(SecretRef(f"telemetry.headers.{header}", value))
-    if config.sessions.key is not None:
-        refs.append(SecretRef("sessions.key", config.sessions.key))
-    for i, key in enumerate(config.sessions.previous_keys):
-        refs.append(SecretRef(f"sessions.previous_keys[{i}]", key))
-    return refs
+    """Every `env:`/`file:` reference (`gateway.config.references`), and the control-plane key
+    (`env:TUNNEL_API_KEY` when none is named and workload identity is off); `exec:` ones run at use
+    and are checked by `credentials`."""
+    refs = [found for found in secret_references(config) if found.is_reference]
+    if (config.control_plane is None or config.control_plane.api_key is None) and (
+        remote is not None and remote.api_key is not None
+    ):
+        refs.insert(0, SecretRef(f"{CONTROL_PLANE}.api_key", "env:TUNNEL_API_KEY"))
+    if config.control_plane is None:  # the embedded relay's client token is the only one that matters
+        return refs
+    return [found for found in refs if found.key != "relay.client_token"]

@@ -17,7 +17,7 @@ from gateway.doctor.network_checks import Blocked
 from gateway.doctor.plan import Plan
 from gateway.doctor.report import CheckResult, fail, ok, skip, timed
 from gateway.protocol.eras import Bridge
-from gateway.protocol.errors import ConfigError, UpstreamError
+from gateway.protocol.errors import ConfigError, ServiceCredentialRefused, UpstreamError, UpstreamHttpError
 from gateway.upstream.base import Upstream
 
 
@@ -36,7 +36,7 @@ async def _check(
     if target in blocked:
         return skip("server", target, blocked[target])
     if any(key.startswith(f"{target}.") for key in failed_secrets):
-        return skip("server", target, "a header secret does not resolve (see secret)")
+        return skip("server", target, "a secret it needs does not resolve (see secret)")
     spec = plan.config.servers[name]
     with timed() as clock:
         try:
@@ -56,7 +56,15 @@ async def _handshake(name: str, spec: ServerSpec, upstream: Upstream, bridge: Br
     with contextlib.suppress(UpstreamError):
         await upstream.start()
     if upstream.needs_authorization:
-        return ok("server", target, "up; requires each client's authorization (HTTP 401): its tools are not listed")
+        credential = spec.http.service_credential if spec.http is not None else None
+        if credential is None:
+            return ok("server", target, "up; requires each client's authorization (HTTP 401): its tools are not listed")
+        if credential.client_credentials is None:
+            detail = "up, wants each user's token: the gateway exchanges it at the first call (token_exchange)"
+            return ok("server", target, detail)
+        refused = await _with_service_token(name, upstream)
+        if refused is not None:
+            return refused
     info = upstream.info
     if info is None:
         problem = upstream.problem or "did not come up"
@@ -68,6 +76,26 @@ async def _handshake(name: str, spec: ServerSpec, upstream: Upstream, bridge: Br
         fix = f"read the server's logs: it answered the handshake but not tools/list (`{target}`)"
         return fail("server", target, cause, fix)
     return ok("server", target, f"{era}, {tools} tools")
+
+
+async def _with_service_token(name: str, upstream: Upstream) -> CheckResult | None:
+    """The handshake again with the gateway's client-credentials token (obtained now, as the first
+    call would); the failure when the token endpoint or the server refuses."""
+    target = f"servers.{name}"
+    key = f"{target}.http.service_credential.client_credentials"
+    try:
+        await upstream.verify_credentials({})
+    except ServiceCredentialRefused as exc:
+        fix = f"check `{key}.client_id`, `client_secret` and `scope`/`audience` with the identity provider"
+        return fail("server", target, f"{target}: {exc}", fix)
+    except UpstreamHttpError as exc:
+        cause = f"{target}: the server refused the gateway's client-credentials token (HTTP {exc.resp_code})"
+        fix = f"the token's audience or scopes are not what the server wants: check `{key}.audience` and `scope`"
+        return fail("server", target, cause, fix)
+    except UpstreamError as exc:
+        cause = f"{target}: no client-credentials token ({exc})"
+        return fail("server", target, cause, f"check `{key}.token_url` and the dns, connect and tls checks for it")
+    return None
 
 
 async def _tool_count(name: str, upstream: Upstream, bridge: Bridge) -> int | None:

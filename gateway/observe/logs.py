@@ -22,7 +22,7 @@ from typing import IO, Final
 import msgspec
 
 from gateway.config import secrets as secret_refs
-from gateway.config import service_auth
+from gateway.config.references import secret_references
 from gateway.config.routing import RoutingConfig
 from gateway.relay.config import RelayConfig
 
@@ -33,7 +33,6 @@ MASK: Final = "[REDACTED]"
 MIN_SECRET_LENGTH: Final = 6
 """Shorter registered values are not masked verbatim (they would mask ordinary words)."""
 
-_SECRET_HEADER: Final = re.compile(r"(?i)(authorization|token|secret|password|api[-_]?key|cookie|credential)")
 _PATTERNS: Final = (
     # An Authorization / Proxy-Authorization value, as a header line, a dict entry or a key=value.
     (
@@ -97,37 +96,27 @@ class Redactor:
 
 
 def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:
-    """Every secret value routing.yaml names (references resolved now; unresolvable ones skipped,
-    provisioning reports them): the control-plane key (or App Service's identity header), secret
-    header values, servers' service-credential client secrets, the relay's client token, the
-    telemetry exporter's headers."""
-    refs: list[str] = []
-    if config.control_plane is not None and config.control_plane.api_key:
-        refs.append(config.control_plane.api_key)
-    elif config.control_plane is None or config.control_plane.workload_identity is None:
+    """Every secret value routing.yaml names (`gateway.config.references`; references resolved now,
+    unresolvable ones skipped: provisioning reports them), and the control-plane key from
+    `TUNNEL_API_KEY` when the file names none (or App Service's identity header)."""
+    refs = [found.ref for found in secret_references(config) if found.secret]
+    cp = config.control_plane
+    if cp is None or (cp.api_key is None and cp.workload_identity is None):
         refs.append("env:TUNNEL_API_KEY")
-    else:
-        provider = config.control_plane.workload_identity.provider
+    elif cp.workload_identity is not None:
+        provider = cp.workload_identity.provider
         if provider is not None and provider.azure_managed_identity is not None:
             refs.append("env:IDENTITY_HEADER")  # App Service's managed-identity secret, when set
-    if config.relay.client_token:
-        refs.append(config.relay.client_token)
-    headers = [server.http.headers for server in config.servers.values() if server.http is not None]
-    for server in config.servers.values():
-        refs += service_auth.secret_refs(server.http.service_credential if server.http is not None else None)
-    headers.append(config.telemetry.headers)
-    for group in headers:
-        for name, value in group.items():
-            if value.startswith(("env:", "file:")) or _SECRET_HEADER.search(name):
-                refs.append(value)
     yield from resolve_all(refs, base)
 
 
 def relay_secrets(config: RelayConfig, base: Path) -> Iterator[str]:
     """Every secret value relay.yaml names: each tunnel's gateway key and client tokens, the
-    identity's JWKS fetch credentials, and each signing key (its whole PEM text and every line
+    identity's JWKS fetch credentials, the console token, and each signing key (its whole PEM text and every line
     of it, so a fragment is masked too)."""
     refs = [ref for spec in config.tunnels.values() for ref in (spec.gateway_key, *spec.client_tokens) if ref]
+    if config.ops.token:
+        refs.append(config.ops.token)
     if config.identity is not None:
         refs += [issuer.jwks_token for issuer in config.identity.issuers if issuer.jwks_token]
     yield from resolve_all(refs, base)

@@ -1,4 +1,5 @@
-"""The ops listener: `/healthz`, `/readyz` and `/metrics` on a local address (`ops.listen`).
+"""The ops listener: `/healthz`, `/readyz` and `/metrics` on a local address (`ops.listen`), and the
+operator console's routes when it is given them (`gateway.observe.console`).
 Reads the runtime and changes nothing; imports no opentelemetry (metric data is read by shape).
 
 Owns readiness (ready only when the control plane answered a poll recently and
@@ -81,6 +82,15 @@ class RuntimeView(Protocol):
     def poller(self) -> PollLoop: ...
 
 
+class ConsoleRoutes(Protocol):
+    """The operator console the listener also serves (`gateway.observe.console`)."""
+
+    def routes(self) -> list[web.RouteDef]: ...
+
+    async def close(self) -> None:
+        """End open streams before the listener stops."""
+
+
 class Readiness:
     """Whether the gateway can serve: a credential to send (when it can fail: workload identity),
     a recent successful poll, a poll loop not backing off from an unexpected error, and every
@@ -96,6 +106,16 @@ class Readiness:
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    @property
+    def max_poll_age_s(self) -> float:
+        return self._max_age
+
+    def poll_age(self) -> float | None:
+        """Seconds since the control plane last answered a poll; None before the first answer."""
+        runtime = self.runtime
+        last = runtime.control_plane.last_poll_ok if runtime is not None else None
+        return None if last is None else self._now() - last
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """(ready, body): `checks` gives each part's state, `not_ready` lists the failing parts."""
@@ -155,10 +175,13 @@ class _Part:
 class OpsServer:
     """The aiohttp listener; `start()` binds it and returns its base URL."""
 
-    def __init__(self, listen: str, readiness: Readiness, telemetry: Telemetry) -> None:
+    def __init__(
+        self, listen: str, readiness: Readiness, telemetry: Telemetry, console: ConsoleRoutes | None = None
+    ) -> None:
         self._listen = listen
         self.readiness = readiness
         self._telemetry = telemetry
+        self._console = console
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self._encoder = msgspec.json.Encoder()
@@ -168,6 +191,8 @@ class OpsServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        if self._console is not None:
+            app.router.add_routes(self._console.routes())
         return app
 
     async def start(self) -> str:
@@ -187,6 +212,8 @@ class OpsServer:
 
     async def close(self) -> None:
         runner, self._runner = self._runner, None
+        if self._console is not None:
+            await self._console.close()
         if runner is not None:
             await runner.cleanup()
 

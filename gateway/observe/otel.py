@@ -65,6 +65,22 @@ def current_trace_ids() -> tuple[str, str] | None:
     return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
 
 
+class _Tally:
+    """A count without attributes added to on the hot path as a plain int and read by the SDK at
+    collection (an observable instrument): no measurement is built per command."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self, amount: int) -> None:
+        self.value += amount
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.value)
+
+
 class _Labels:
     """Caps the distinct values a client-chosen label takes, and redacts each value once."""
 
@@ -156,8 +172,14 @@ class OtelTelemetry(Telemetry):
         )
         self.poll_duration = _histogram(meter, "gateway.poll.duration", "Duration of one long poll.")
         self.ratelimit_wait = _histogram(meter, "gateway.ratelimit.wait", "Time calls waited for a limit.")
-        self.polled = meter.create_counter("gateway.commands.polled", "{command}", "Commands taken from polls.")
-        self.inflight = meter.create_up_down_counter("gateway.commands.inflight", "{command}", "Commands running.")
+        self.polled = _Tally()
+        meter.create_observable_counter(
+            "gateway.commands.polled", [self.polled.observe], "{command}", "Commands taken from polls."
+        )
+        self.inflight = _Tally()
+        meter.create_observable_up_down_counter(
+            "gateway.commands.inflight", [self.inflight.observe], "{command}", "Commands running."
+        )
         self.poll_errors = meter.create_counter("gateway.poll.errors", "{poll}", "Polls that failed or were refused.")
         self.post_retries = meter.create_counter("gateway.response.retries", "{retry}", "Response POSTs retried.")
         self.post_failures = meter.create_counter("gateway.response.failures", "{frame}", "Frames not delivered.")
@@ -189,8 +211,14 @@ class OtelTelemetry(Telemetry):
         return found if trace.get_current_span(found).get_span_context().is_valid else None
 
     def carrier(self, span: trace.Span) -> dict[str, str]:
-        carrier: dict[str, str] = {}
-        self.propagator.inject(carrier, context=trace.set_span_in_context(span))
+        """`traceparent` (and `tracestate`) for `span`, as the W3C propagator writes them, without
+        building a Context for it."""
+        context = span.get_span_context()
+        if not context.is_valid:
+            return {}
+        carrier = {TRACEPARENT: f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"}
+        if context.trace_state:
+            carrier[TRACESTATE] = context.trace_state.to_header()
         return carrier
 
     def operation(

@@ -10,16 +10,16 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from msgspec import UNSET, Raw, UnsetType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from gateway.protocol.headers import SESSION_HEADER
+from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Reply, UpstreamInfo
-from gateway.protocol.tracecontext import TRACEPARENT, Params, with_trace_headers
+from gateway.protocol.tracecontext import TRACEPARENT, TRACESTATE, Params, with_trace_headers
 from gateway.protocol.wire import COMMAND_SESSION_END, Headers, JsonRpcMessage, PolledCommand, header_value
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from gateway.observe.otel import OtelTelemetry
 
 Attributes = dict[str, Any]
+_READ_HEADERS: Final = frozenset(name.lower() for name in (TRACEPARENT, TRACESTATE, SESSION_HEADER, VERSION_HEADER))
 
 
 @dataclasses.dataclass(slots=True)
@@ -284,7 +285,8 @@ class RelayRequestSpan:
     def __init__(self, t: OtelTelemetry, channel: str, headers: Mapping[str, str], body: bytes | None) -> None:
         self._t = t
         self._channel = channel
-        self._headers: Headers = {name: [value] for name, value in headers.items()}
+        # Only the headers telemetry reads (trace context, protocol version, session), not all of them.
+        self._headers: Headers = {name: [value] for name, value in headers.items() if name.lower() in _READ_HEADERS}
         self._body = body
         self._op: Operation | None = None
 

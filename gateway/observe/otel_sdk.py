@@ -12,7 +12,7 @@ from typing import Any, Literal
 from opentelemetry._logs import Logger
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -72,7 +72,12 @@ def build_sdk(
     scrape = InMemoryMetricReader() if pull else None
     if scrape is not None:
         readers.append(scrape)
-    meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+    # Exemplars cost each measurement a look at the current span and a reservoir offer; they are
+    # kept only when OTEL_METRICS_EXEMPLAR_FILTER asks for them (the SDK then reads it itself).
+    exemplars = None if env.get("OTEL_METRICS_EXEMPLAR_FILTER") else AlwaysOffExemplarFilter()
+    meter_provider = MeterProvider(
+        metric_readers=readers, resource=resource, shutdown_on_exit=False, exemplar_filter=exemplars
+    )
     shutdowns.append(meter_provider.shutdown)
 
     logs = None
@@ -132,9 +137,9 @@ def _exporter(
 
         return OTLPLogExporter(endpoint=url, headers=headers)
     if signal == "trace":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from gateway.observe.otel_export import FastOTLPSpanExporter
 
-        return OTLPSpanExporter(endpoint=url, headers=headers)
+        return FastOTLPSpanExporter(endpoint=url, headers=headers)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     return OTLPMetricExporter(endpoint=url, headers=headers)

@@ -26,10 +26,12 @@ from gateway.relay.guard import READ_TIMEOUT, Credentials, HostGuard, check_chan
 from gateway.relay.identity import Identity
 from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
+from gateway.relay.status import RelayStatusSource
 from gateway.relay.token_endpoint import TokenEndpoint
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
 from gateway.relay.user_auth import UserAuth
+from gateway.relay.webconsole import ConsoleShell, TokenGate, served
 
 log = logging.getLogger("gateway.relay")
 
@@ -123,7 +125,9 @@ def build_relay_app(
     queue = backend or make_backend(config)
     codec = Codec()
     metrics = RelayMetrics(config.tunnels)
-    app = web.Application(middlewares=[error_middleware(codec)], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware(codec, metrics.observe_rejection)], client_max_size=config.max_body_bytes
+    )
     app[CONFIG] = config
     app[BACKEND] = queue
     app[METRICS] = metrics
@@ -138,6 +142,10 @@ def build_relay_app(
     app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer, discovery, users).routes())
     app.router.add_routes(discovery.routes())
     app.router.add_routes(OpsEndpoints(queue, metrics).routes())
+    console = _console(config, queue, metrics)
+    if console is not None:
+        app.router.add_routes(console.routes())
+        app.on_shutdown.append(console.close)
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_backend_lifetime)
     if identity is not None:
@@ -145,6 +153,22 @@ def build_relay_app(
         app.router.add_routes(TokenEndpoint(identity.exchange, metrics).routes())
         app.cleanup_ctx.append(_identity_lifetime)
     return app
+
+
+def _console(config: RelayConfig, backend: QueueBackend, metrics: RelayMetrics) -> ConsoleShell | None:
+    """The operator console: with `ops.token` it needs the token; without one it is served only on a
+    loopback listener (None: not served)."""
+    token: str | None = None
+    if config.ops.token is not None:
+        try:
+            token = resolve(config.ops.token).reveal()
+        except SecretError as exc:
+            raise RelayConfigError("<relay config>", "$.ops.token", str(exc)) from None
+    if not served(parse_listen(config.listen)[0], token):
+        log.info("relay: the operator console is off (listen is not loopback and ops.token is not set)")
+        return None
+    source = RelayStatusSource(config, backend, metrics)
+    return ConsoleShell(TokenGate(token), source.encoded)
 
 
 def _url_host(host: str) -> str:

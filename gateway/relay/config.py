@@ -229,6 +229,14 @@ class OAuthDiscoverySpec(Struct, frozen=True, kw_only=True, forbid_unknown_field
     """How long a metadata request waits for the gateway's answer (then 504)."""
 
 
+class RelayOpsSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`ops:` the operator console (`/`, `/ui`, `/api/status`) on the relay's listener."""
+
+    token: SecretRef | None = None
+    """Required as `Authorization: Bearer` (or once as `/ui?token=`) by the console and its API.
+    Without it the console is served only when `listen` is a loopback address."""
+
+
 class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole `relay.yaml`."""
 
@@ -267,6 +275,7 @@ class RelayConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     oauth_discovery: OAuthDiscoverySpec = msgspec.field(default_factory=OAuthDiscoverySpec)
     identity: IdentitySpec | None = None
     """Workload identity: the token endpoint and the access tokens the tunnel API accepts."""
+    ops: RelayOpsSpec = msgspec.field(default_factory=RelayOpsSpec)
 
     def __post_init__(self) -> None:
         try:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 import msgspec
@@ -379,19 +380,26 @@ class IssuerUnavailable(TokenError):
     extra_headers = {"Retry-After": "5"}
 
 
-def error_middleware(codec: Codec) -> Middleware:
+def error_middleware(codec: Codec, on_error: Callable[[str], None] | None = None) -> Middleware:
     """The one translation of errors into responses: RelayError and aiohttp's own 4xx/5xx
-    become APIErrorResponse bodies; anything unexpected is logged and becomes a bare 500."""
+    become APIErrorResponse bodies; anything unexpected is logged and becomes a bare 500.
+    `on_error` is told each error answer's API code (`http_NNN` without one), for the console."""
+
+    def told(code: str) -> None:
+        if on_error is not None:
+            on_error(code)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except RelayError as exc:
+            told(exc.code or f"http_{exc.status}")
             return exc.to_response(codec)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
+            told(f"http_{exc.status}")
             kind = "server_error" if exc.status >= 500 else "invalid_request_error"
             headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", RETRY_AFTER.lower()}}
             body = codec.api_error(exc.reason, kind, None)
@@ -400,6 +408,7 @@ def error_middleware(codec: Codec) -> Middleware:
             raise  # the peer left; there is nobody to answer
         except Exception:
             log.exception("relay: unexpected error handling %s %s", request.method, request.path)
+            told("server_error")
             return RelayError().to_response(codec)
 
     return middleware

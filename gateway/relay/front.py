@@ -145,6 +145,19 @@ class Subject:
     outcome: int = 500
 
 
+class _Anonymous:
+    """The `_user` context of a channel without `user_auth`: a fresh Subject, nothing checked or logged."""
+
+    __slots__ = ("_subject",)
+
+    async def __aenter__(self) -> Subject:
+        self._subject = Subject()
+        return self._subject
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
 MAX_CLIENT_BUDGETS: Final = 10_000
 """Client-token rate budgets kept at once; the oldest goes first."""
 
@@ -317,16 +330,20 @@ class FrontDoor:
                 subject.outcome = answer.status
                 return answer
 
-    @contextlib.asynccontextmanager
-    async def _user(
+    def _user(
         self, request: web.Request, tunnel_id: str, channel: str, body: bytes | None
-    ) -> AsyncIterator[Subject]:
+    ) -> contextlib.AbstractAsyncContextManager[Subject]:
         """`user_auth` for a covered channel: the user's token checked before anything is queued (a
         refusal raised), and one audit line when the request ends, however it ends."""
-        subject = Subject()
         if not self._users.covers(tunnel_id, channel):
-            yield subject
-            return
+            return _Anonymous()  # no generator-based context manager per request for the common case
+        return self._checked_user(request, tunnel_id, channel, body)
+
+    @contextlib.asynccontextmanager
+    async def _checked_user(
+        self, request: web.Request, tunnel_id: str, channel: str, body: bytes | None
+    ) -> AsyncIterator[Subject]:
+        subject = Subject()
         started = asyncio.get_running_loop().time()
         method, tool = self._users.describe(body)
         segment = request.match_info.get("channel")

@@ -224,6 +224,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     too_large = f"the request body exceeds the relay's limit of {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(too_large)
+    if request.content_length is not None and request.content.is_eof():
+        return await request.read()  # all of it has arrived: nothing to wait for, no timer to arm
     try:
         async with asyncio.timeout(request.app.get(READ_TIMEOUT, DEFAULT_READ_TIMEOUT_S)):
             if request.content_length is not None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import time
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+import msgspec
 from aiohttp import web
 
 from gateway.protocol.headers import CONTENT_TYPE, PROMETHEUS_TEXT
@@ -48,14 +50,41 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+MAX_GATEWAYS: Final = 64
+"""Gateway instances remembered per tunnel (the ones that polled most recently)."""
+MAX_REJECTION_CODES: Final = 64
+_IDENTITY_CHARS: Final = 128
+"""A client name, version or instance id is shown cut to this length."""
+
+
+class GatewaySeen(msgspec.Struct, kw_only=True):
+    """A gateway instance that polled this replica, as its v1 identity headers name it."""
+
+    instance_id: str
+    name: str | None
+    version: str | None
+    last_poll: float
+    """Wall-clock time of its last poll."""
+    polls: int = 0
+
+
+def _shown(value: str | None) -> str | None:
+    """A header value fit to show: printable, bounded."""
+    if not value:
+        return None
+    return "".join(ch for ch in value[:_IDENTITY_CHARS] if ch.isprintable())
+
+
 class _TunnelMetrics:
-    __slots__ = ("callers_waiting", "commands_polled", "poll_wait", "polls")
+    __slots__ = ("callers_waiting", "commands_polled", "gateways", "poll_wait", "polls")
 
     def __init__(self) -> None:
         self.poll_wait = Histogram()
         self.callers_waiting = 0
         self.polls = 0
         self.commands_polled = 0
+        self.gateways: dict[str, GatewaySeen] = {}
+        """By instance id, the most recent poller last."""
 
 
 class RelayMetrics:
@@ -64,6 +93,37 @@ class RelayMetrics:
     def __init__(self, tunnel_ids: Iterable[str]) -> None:
         self._tunnels = {tunnel_id: _TunnelMetrics() for tunnel_id in tunnel_ids}
         self._exchanges: dict[str, int] = {}
+        self.rejections: dict[str, int] = {}
+        """Error answers since start, by API error code (or `http_NNN` without one)."""
+
+    def observe_rejection(self, code: str) -> None:
+        """The relay answered an error (`error_middleware`)."""
+        if code not in self.rejections and len(self.rejections) >= MAX_REJECTION_CODES:
+            code = "other"
+        self.rejections[code] = self.rejections.get(code, 0) + 1
+
+    def observe_gateway(self, tunnel_id: str, instance_id: str | None, name: str | None, version: str | None) -> None:
+        """A gateway polled: remember who (v1 `X-Tunnel-Client-*` headers), bounded per tunnel."""
+        tunnel = self._tunnels.get(tunnel_id)
+        if tunnel is None:
+            return
+        key = _shown(instance_id) or "(no instance id)"
+        seen = tunnel.gateways.pop(key, None)
+        if seen is None:
+            seen = GatewaySeen(instance_id=key, name=_shown(name), version=_shown(version), last_poll=0.0)
+            while len(tunnel.gateways) >= MAX_GATEWAYS:
+                tunnel.gateways.pop(next(iter(tunnel.gateways)))
+        seen.name, seen.version = _shown(name) or seen.name, _shown(version) or seen.version
+        seen.last_poll, seen.polls = time.time(), seen.polls + 1
+        tunnel.gateways[key] = seen  # last: the most recent poller
+
+    def gateways(self, tunnel_id: str) -> list[GatewaySeen]:
+        tunnel = self._tunnels.get(tunnel_id)
+        return list(reversed(tunnel.gateways.values())) if tunnel is not None else []
+
+    def callers_waiting(self, tunnel_id: str) -> int:
+        tunnel = self._tunnels.get(tunnel_id)
+        return tunnel.callers_waiting if tunnel is not None else 0
 
     def observe_exchange(self, outcome: str) -> None:
         """One answer of the token endpoint: `issued` or the RFC 6749 error code."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hmac
 import os
 from abc import ABC, abstractmethod
@@ -66,6 +67,15 @@ class Command(Struct, frozen=True, kw_only=True):
         )
 
 
+def queued_age(command: Command) -> float | None:
+    """Seconds since `command` was queued, from its `created_at` (None when that does not parse)."""
+    try:
+        created = datetime.strptime(command.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return max(0.0, (datetime.now(UTC) - created).total_seconds())
+
+
 def new_command(
     *,
     command_type: str,
@@ -82,7 +92,7 @@ def new_command(
         shard_token=base64.urlsafe_b64encode(random[16:]).decode(),
         command_type=command_type,
         channel=channel,
-        created_at=now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+        created_at=now.isoformat(timespec="milliseconds")[:-6] + "Z",  # ...T12:00:00.000Z (from +00:00)
         deadline=deadline,
         headers=headers,
         jsonrpc=jsonrpc,
@@ -97,6 +107,8 @@ class TunnelStatus(Struct, frozen=True, kw_only=True):
     queued: int
     in_flight: int
     last_instance_id: str | None
+    oldest_queued_s: float | None = None
+    """Age of the oldest command still queued (None: none queued, or the backend does not say)."""
 
 
 class QueueBackend(ABC):
@@ -185,7 +197,44 @@ class _Entry:
         self.taker = ""
         self.affine = False
         # None is the shutdown sentinel; the notify backlog is bounded in deliver().
-        self.frames: asyncio.Queue[TunnelResponsePayload | None] = asyncio.Queue()
+        self.frames = _Frames()
+
+
+class _Frames:
+    """One caller's unread frames (None: the relay is closing): an asyncio.Queue's put_nowait, get and
+    qsize without its per-command construction cost (one is made for every command)."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[TunnelResponsePayload | None] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: TunnelResponsePayload | None) -> None:
+        self._items.append(item)
+        self._wake_next()
+
+    async def get(self) -> TunnelResponsePayload | None:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and self._items:
+                    self._wake_next()  # woken and cancelled at once: the next waiter takes the item
+                raise
+        return self._items.popleft()
+
+    def _wake_next(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 class _Instance:
@@ -401,6 +450,7 @@ class MemoryQueue(QueueBackend):
             queued=len(tunnel.queued),
             in_flight=sum(1 for entry in tunnel.entries.values() if entry.state == "in_flight"),
             last_instance_id=tunnel.last_instance_id,
+            oldest_queued_s=queued_age(next(iter(tunnel.queued.values())).command) if tunnel.queued else None,
         )
 
     async def session_owner(self, tunnel_id: str, channel: str, session: str) -> str | None:

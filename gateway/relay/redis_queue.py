@@ -21,7 +21,9 @@ BLMOVE lists (docs/relay-on-redis.md has the long form):
   would need one each): waits are local futures woken by pub/sub, with a
   periodic re-check so a lost message costs at most `recheck_s`.
 Frames go to the caller's replica through a per-request list (the data) plus a
-PUBLISH on that replica's channel (the wake-up), so a missed message loses nothing.
+PUBLISH on that replica's channel (the wake-up, carrying the frame so the caller
+usually reads nothing), so a missed message loses nothing. About 2.2 commands per
+call: enqueue, deliver, and shares of a take and of a batched forget.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ KEEP_MS: Final = 60_000
 SCAN: Final = 1000
 """At most this many queued commands are looked at by one take or purge."""
 _NULL: Final = Raw(b"null")
+WAIT_MARGIN_MS: Final = 1000
+"""A waiting poll's mark outlives its next re-check by this much (a busy loop re-takes late)."""
 MAX_KEY_PART: Final = 128
 """Instance and session ids longer than this are hashed before they become part of a key."""
 
@@ -106,14 +110,21 @@ def _digest(token: str) -> str:
 
 
 class _Caller:
-    """A caller on this replica waiting for its command's frames."""
+    """A caller on this replica waiting for its command's frames.
 
-    __slots__ = ("consumed", "event", "tunnel_id")
+    `inbox` holds frames that arrived with their wake-up (absolute index -> encoded frame); `fresh`
+    until its first wait (nothing can be there before the command was even polled); `finished` once
+    it has its terminal frame (its Redis keys can then be forgotten in a batch)."""
+
+    __slots__ = ("consumed", "event", "finished", "fresh", "inbox", "tunnel_id")
 
     def __init__(self, tunnel_id: str) -> None:
         self.tunnel_id = tunnel_id
         self.event = asyncio.Event()
         self.consumed = 0
+        self.inbox: dict[int, bytes] = {}
+        self.fresh = True
+        self.finished = False
 
 
 class _Tunnel:
@@ -173,6 +184,9 @@ class RedisQueue(QueueBackend):
         self._recheck_s = spec.recheck_s
         self._callers: dict[str, _Caller] = {}
         self._orphans: set[tuple[str, str]] = set()  # discards that failed; the heartbeat retries them
+        self._finished: list[tuple[str, str]] = []  # answered calls to forget in the next batch
+        self._forgetting = False  # a discard is forgetting a batch; later ones join the next batch
+        self._seen_until: dict[str, float] = {}  # tunnel -> until when "seen" is certain (loop clock)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -267,6 +281,7 @@ class RedisQueue(QueueBackend):
             with contextlib.suppress(asyncio.CancelledError, BackendUnavailable, *TRANSIENT):
                 await task
         self._tasks = []
+        self._forgetting = False  # no batch runs now: dispose forgets what is left
         with contextlib.suppress(BackendUnavailable):
             await self._retry_orphans(window_s=1.0)
             await self._run(self._leave, [self._replicas, self.replica_id], window_s=1.0)
@@ -298,8 +313,11 @@ class RedisQueue(QueueBackend):
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         if channel == self._frames_channel:
-            caller = self._callers.get(data.decode())
+            parts = data.split(b" ", 2)  # request id, frame index, frame (a bare id: just a wake-up)
+            caller = self._callers.get(parts[0].decode())
             if caller is not None:
+                if len(parts) == 3 and int(parts[1]) >= caller.consumed:
+                    caller.inbox[int(parts[1])] = parts[2]
                 caller.event.set()
             return
         tunnel = self._wake_channels.get(channel)
@@ -327,7 +345,24 @@ class RedisQueue(QueueBackend):
                 log.exception("relay: Redis heartbeat failed; retrying")
             await asyncio.sleep(self._replica_ttl_s / 3)
 
+    async def _forget_finished(self) -> None:
+        while self._finished:
+            batch, self._finished = self._finished[:SCAN], self._finished[SCAN:]
+            args: list[Arg] = []
+            for tunnel_id, request_id in batch:
+                args += (self._tunnels[tunnel_id].base, request_id)
+            try:
+                await self._run(self._forget, args)
+            except BackendUnavailable:
+                self._orphans.update(batch)  # the heartbeat (or dispose) retries them
+            except BaseException:
+                self._orphans.update(batch)
+                raise
+
     async def _retry_orphans(self, *, window_s: float) -> None:
+        if not self._forgetting:  # answered calls left behind by a discard that was cancelled mid-batch
+            self._orphans.update(self._finished)
+            self._finished.clear()
         while self._orphans:
             tunnel_id, request_id = next(iter(self._orphans))
             await self._run(self._forget, [self._tunnels[tunnel_id].base, request_id], window_s=window_s)
@@ -387,22 +422,50 @@ class RedisQueue(QueueBackend):
         while True:
             if self._closed:
                 raise RelayClosing()
+            carried = caller.inbox.pop(caller.consumed, None)
+            if carried is not None:
+                frame = self._frame_decoder.decode(carried)
+                if frame.is_terminal:  # no read needed; a notification is read below (its read trims the list)
+                    caller.consumed += 1
+                    caller.finished = True
+                    return frame
+            elif caller.fresh:  # just queued: wait for the first wake-up (or re-check) before reading
+                caller.fresh = False
+                await self._wait(caller.event)
+                continue
             caller.event.clear()
             args: list[Arg] = [base, request_id, caller.consumed, self._replicas, self.replica_id, self._replica_ttl_ms]
             reply = await self._run(self._next, args)
             if isinstance(reply, bytes):
                 caller.consumed += 1
-                return self._frame_decoder.decode(reply)
+                frame = self._frame_decoder.decode(reply)
+                caller.finished = frame.is_terminal
+                return frame
             if reply == lua.GONE:
                 raise CommandLost()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._recheck_s):
-                    await caller.event.wait()
+            await self._wait(caller.event)
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._recheck_s):
+                await event.wait()
 
     async def discard(self, tunnel_id: str, request_id: str) -> None:
-        self._callers.pop(request_id, None)
+        caller = self._callers.pop(request_id, None)
         tunnel = self._tunnels.get(tunnel_id)
         if tunnel is None:
+            return
+        if caller is not None and caller.finished:
+            # Answered: out of the queue and the in-flight table already, so its keys may be forgotten a
+            # little later: in one script with the others answered meanwhile, run by whichever discard
+            # finds no batch under way (the others return at once).
+            self._finished.append((tunnel_id, request_id))
+            if not self._forgetting:
+                self._forgetting = True
+                try:
+                    await self._forget_finished()
+                finally:
+                    self._forgetting = False
             return
         try:
             await self._run(self._forget, [tunnel.base, request_id])
@@ -439,6 +502,7 @@ class RedisQueue(QueueBackend):
             self._session_ttl_ms,
             token,
             seen_ms,
+            int(2 * self._recheck_s * 1000) + WAIT_MARGIN_MS,
         ]
         tunnel.polls_waiting += 1
         try:
@@ -473,7 +537,7 @@ class RedisQueue(QueueBackend):
         # An empty poll ends: the instance stays seen for the grace period from now. (A poll that
         # returns commands skips this round trip, so a cancellation cannot lose its batch; it
         # stays seen until its last take's mark, at most 2 x recheck_s longer.)
-        self._spawn(self._run(self._poll_end, [tunnel.base, instance, self._grace_ms]))
+        self._spawn(self._run(self._poll_end, [tunnel.base, instance, self._grace_ms, token]))
         return []
 
     async def _give_back(self, tunnel: _Tunnel, token: str, instance: str) -> None:
@@ -525,7 +589,16 @@ class RedisQueue(QueueBackend):
     # ----------------------------------------------------------------------- status
 
     async def client_seen(self, tunnel_id: str) -> bool:
-        return bool(await self._run(self._seen, [self._tunnel(tunnel_id).base]))
+        """Asks Redis unless a recent answer proves "seen" still holds: an instance's "seen until" only
+        moves back when its poll ends, and then by at most 2 x recheck_s (see `take`)."""
+        now = asyncio.get_running_loop().time()
+        if self._seen_until.get(tunnel_id, 0.0) > now:
+            return True
+        remaining_ms = int(await self._run(self._seen, [self._tunnel(tunnel_id).base]))
+        certain_s = remaining_ms / 1000 - 2 * self._recheck_s
+        if certain_s > 0:
+            self._seen_until[tunnel_id] = now + certain_s
+        return remaining_ms > 0
 
     async def status(self, tunnel_id: str) -> TunnelStatus:
         tunnel = self._tunnel(tunnel_id)

@@ -17,11 +17,13 @@ Layout, with B = `{prefix}:t:{tunnel_id}`:
     B:f:{rid}      LIST  encoded frames for the caller        expires dl + keep
     B:take:{tok}   LIST  request ids one poll took            lets a retried take return the same batch
     B:seen         ZSET  gateway instance -> seen-until (ms)  `tunnel_client_not_seen`, affinity owners
+    B:polls        ZSET  take token -> wait-until (ms)        polls waiting now: an enqueue publishes only then
     B:last         STRING last polling instance id
     B:s:{ch}:{sid} STRING owning instance of a proc_affinity session, with a TTL
     {prefix}:replicas     ZSET replica id -> alive-until (ms) heartbeats
     channels: {prefix}:wake:{tunnel_id} (something was queued), {prefix}:frames:{replica} (a frame for
-    one of this replica's callers; the message is the request id). Pub/sub only wakes; data is in lists.
+    one of this replica's callers; the message is "request id, frame index, frame"). The list is the
+    data: a lost message costs the caller a re-check, never the frame.
 
 State of `B:r:{rid}`: queued -> in_flight -> final, or -> expired at the deadline; deleted by the
 caller's discard, by the purge of a dead replica's commands, or by its TTL. `owner` is the replica
@@ -102,7 +104,8 @@ redis.call('HSET', rkey, 'cmd', ARGV[5], 'state', 'queued', 'token', ARGV[6], 'd
 redis.call('PEXPIREAT', rkey, dl + tonumber(ARGV[12]))
 redis.call('ZADD', q, redis.call('INCR', base .. ':seq'), rid)
 redis.call('ZADD', base .. ':qdl', dl, rid)
-redis.call('PUBLISH', ARGV[3], rid)
+-- wake polls only when one waits (a busy gateway's next take finds the command anyway)
+if redis.call('ZCOUNT', base .. ':polls', '(' .. now, '+inf') > 0 then redis.call('PUBLISH', ARGV[3], rid) end
 return 1
 """
 )
@@ -110,8 +113,10 @@ return 1
 TAKE: Final = (
     _PRELUDE
     + """
--- ARGV: base replicas instance limit channels_csv affine_csv scan session_ttl_ms token seen_ms
+-- ARGV: base replicas instance limit channels_csv affine_csv scan session_ttl_ms token seen_ms wait_ms
 -- -> flat list: rid, encoded command, remaining ms, rid, ...
+-- An empty take marks its poll as waiting (B:polls, until its next re-take is overdue), so
+-- enqueues publish a wake-up; a take that found something clears the mark.
 local base, replicas, instance = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
 local seen = base .. ':seen'
@@ -173,7 +178,12 @@ for _, rid in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[7]) - 1)) do
     end
   end
 end
-if taken > 0 then redis.call('PEXPIRE', memo, 120000) end
+if taken > 0 then
+  redis.call('PEXPIRE', memo, 120000)
+  redis.call('ZREM', base .. ':polls', ARGV[9])
+else
+  redis.call('ZADD', base .. ':polls', now + tonumber(ARGV[11]), ARGV[9])
+end
 return out
 """
 )
@@ -241,9 +251,11 @@ elseif redis.call('LLEN', fkey) >= tonumber(ARGV[7]) then
   return 'backlog'
 end
 redis.call('HSET', rkey, 'att', ARGV[11])
-redis.call('RPUSH', fkey, ARGV[6])
+-- the frame's absolute index: frames the caller consumed (trimmed) plus those still listed
+local index = tonumber(redis.call('HGET', rkey, 'off') or '0') + redis.call('RPUSH', fkey, ARGV[6]) - 1
 redis.call('PEXPIREAT', fkey, tonumber(h[3]) + tonumber(ARGV[13]))
-redis.call('PUBLISH', ARGV[12] .. h[4], rid)
+-- the wake-up carries the frame, so the caller's replica usually needs no read of its own
+redis.call('PUBLISH', ARGV[12] .. h[4], rid .. ' ' .. index .. ' ' .. ARGV[6])
 return 'ok'
 """
 )
@@ -275,8 +287,8 @@ return redis.call('LINDEX', fkey, 0) or 1
 FORGET: Final = (
     _PRELUDE
     + """
--- ARGV: base rid
-forget(ARGV[1], ARGV[2])
+-- ARGV: base rid [base rid ...]   (finished calls are forgotten in batches)
+for i = 1, #ARGV, 2 do forget(ARGV[i], ARGV[i + 1]) end
 return 1
 """
 )
@@ -284,8 +296,11 @@ return 1
 POLL_END: Final = (
     _PRELUDE
     + """
--- ARGV: base instance grace_ms
-redis.call('ZADD', ARGV[1] .. ':seen', now_ms() + tonumber(ARGV[3]), ARGV[2])
+-- ARGV: base instance grace_ms token
+local now = now_ms()
+redis.call('ZADD', ARGV[1] .. ':seen', now + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZREM', ARGV[1] .. ':polls', ARGV[4])
+redis.call('ZREMRANGEBYSCORE', ARGV[1] .. ':polls', '-inf', now)
 return 1
 """
 )
@@ -293,9 +308,10 @@ return 1
 CLIENT_SEEN: Final = (
     _PRELUDE
     + """
--- ARGV: base -> 1 when some instance is seen now
-if redis.call('ZCOUNT', ARGV[1] .. ':seen', '(' .. now_ms(), '+inf') > 0 then return 1 end
-return 0
+-- ARGV: base -> ms until the last "seen until" (> 0: some instance is seen now), else 0
+local last = redis.call('ZRANGE', ARGV[1] .. ':seen', -1, -1, 'WITHSCORES')
+if #last == 0 then return 0 end
+return math.max(0, tonumber(last[2]) - now_ms())
 """
 )
 
@@ -343,6 +359,7 @@ for i = 4, #ARGV do
     end
   end
   redis.call('ZREMRANGEBYSCORE', base .. ':seen', '-inf', now - 86400000)
+  redis.call('ZREMRANGEBYSCORE', base .. ':polls', '-inf', now)
 end
 return n
 """

@@ -15,7 +15,14 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET
 
-from gateway.protocol.headers import INSTANCE_HEADER, JSON, SERVER_INFO_HEADER, SHARD_HEADER
+from gateway.protocol.headers import (
+    CLIENT_NAME_HEADER,
+    CLIENT_VERSION_HEADER,
+    INSTANCE_HEADER,
+    JSON,
+    SERVER_INFO_HEADER,
+    SHARD_HEADER,
+)
 from gateway.protocol.wire import (
     MAX_POLL_LIMIT,
     RESPONSE_TYPES,
@@ -119,6 +126,10 @@ class TunnelAPI:
         limit = _int_param(request, "limit", default=1, low=1, high=MAX_POLL_LIMIT)
         timeout_ms = min(cap, _int_param(request, "timeout_ms", default=cap, low=1, high=None))
         channels = frozenset(check_channel(c) for c in request.query.getall("channel", []))
+        headers = request.headers  # who polls: the v1 identity headers, for the console
+        self._metrics.observe_gateway(
+            tunnel_id, headers.get(INSTANCE_HEADER), headers.get(CLIENT_NAME_HEADER), headers.get(CLIENT_VERSION_HEADER)
+        )
         loop = asyncio.get_running_loop()
         started = loop.time()
         commands = await self._backend.take(

@@ -166,6 +166,12 @@ class ControlPlane:
         """Loop time of the last poll the control plane answered (200 or 204)."""
         self.problem: str | None = None
         """Why the last request to the control plane failed, for operators (None after a success)."""
+        self.poll_round_trip_s: float | None = None
+        """How long the last answered poll took (its long-poll wait included), for the status page."""
+        self.post_latency_s: float | None = None
+        """How long the last response POST took to be answered: the link's round trip."""
+        self.errors: dict[str, int] = {}
+        """Failed polls since start, by kind (`network`, `timeout`, `http_503`, `credentials`, …)."""
 
     @property
     def credential(self) -> Credential:
@@ -190,6 +196,18 @@ class ControlPlane:
     def _refused(self, what: str, status: int, retry_after: str | None, key: str) -> ControlPlaneError:
         renewed = self.credentials_rejected(key) if status in (401, 403) else False
         return _refused(what, status, retry_after, renewed=renewed)
+
+    def count_error(self, exc: ControlPlaneError) -> None:
+        """Count one failed poll by kind (the status page's "errors by kind")."""
+        if isinstance(exc, CredentialsUnavailable):
+            kind = "credentials"
+        elif exc.status:
+            kind = f"http_{exc.status}"
+        elif "no answer within" in str(exc):
+            kind = "timeout"
+        else:
+            kind = "network"
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def declare(self, server_info: str | None) -> None:
         """Change the `X-Tunnel-MCP-Server-Info` declaration (channels changed on reload)."""
@@ -232,6 +250,7 @@ class ControlPlane:
         Bounded by the poll's own timeout plus a grace, so a connection that died
         silently cannot hold the channel."""
         query = f"?limit={limit}&timeout_ms={timeout_ms}"
+        started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(timeout_ms / 1000 + POLL_GRACE_S):
                 key, lines = await self._lines()
@@ -244,6 +263,7 @@ class ControlPlane:
         if resp.status not in (200, 204):
             raise self._refused("poll", resp.status, resp.retry_after, key)
         self.last_poll_ok, self.problem = received, None
+        self.poll_round_trip_s = max(0.0, received - started)
         if resp.status == 204:
             return received, []
         if resp.truncated:
@@ -282,7 +302,9 @@ class ControlPlane:
                 resp = None
             else:
                 try:
+                    sent = asyncio.get_running_loop().time()
                     resp = await self._responses.post(lines + JSON_CONTENT + shard, body)
+                    self.post_latency_s = asyncio.get_running_loop().time() - sent
                 except H1Error as exc:
                     # A notify is retried only when it never left (no connection was made).
                     if not terminal and exc.sent:
@@ -427,6 +449,7 @@ class Poller:
 
     def _delay_after(self, exc: ControlPlaneError) -> float:
         self._cp.problem = str(exc)
+        self._cp.count_error(exc)
         retry_after = exc.retry_after
         if isinstance(exc, CredentialsUnavailable):
             # Nothing was sent: the credential (the token exchange) logs and reports its own failure,

@@ -56,6 +56,7 @@ from gateway.protocol.wire import (
 )
 from gateway.upstream.base import Upstream, within
 from gateway.upstream.egress import Egress, proxy_for
+from gateway.upstream.environment import ChildEnvironment
 from gateway.upstream.http_errors import map_aiohttp_errors, unaddressable
 from gateway.upstream.oauth_discovery import MetadataFetcher
 from gateway.upstream.process import SupervisedProcess, end_task
@@ -110,6 +111,7 @@ class HttpUpstream(Upstream):
         egress: Egress | None = None,
         reprobe_max_s: float = 30.0,
         service_credentials: ServiceCredentials | None = None,
+        environment: ChildEnvironment | None = None,
     ) -> None:
         super().__init__(name, ready_timeout_s)
         parts = urlsplit(spec.url)
@@ -120,7 +122,9 @@ class HttpUpstream(Upstream):
         self._process = (
             None
             if spec.spawn is None
-            else SupervisedProcess(name, spec.spawn, backoff_max_s=reprobe_max_s, on_exit=self._process_exited)
+            else SupervisedProcess(
+                name, spec.spawn, backoff_max_s=reprobe_max_s, on_exit=self._process_exited, environment=environment
+            )
         )
         self._request_timeout_s = request_timeout_s
         self._ssl: ssl.SSLContext | bool = egress.ssl if egress else True

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.config.routing import ProgramSpec
-from gateway.upstream.environment import spawn_environment
+from gateway.upstream.environment import ChildEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,11 @@ class SupervisedProcess:
         *,
         backoff_max_s: float,
         on_exit: Callable[[str], None],
+        environment: ChildEnvironment | None = None,
     ) -> None:
         self.name = name
         self._spec = spec
+        self._environment = environment or ChildEnvironment.of(spec)
         self._backoff_max_s = backoff_max_s
         self._on_exit = on_exit
         self._task: asyncio.Task[None] | None = None
@@ -114,7 +116,7 @@ class SupervisedProcess:
     async def _run_once(self) -> str:
         """Run the program until it exits; the reason, in words, for the log and readiness."""
         spec = self._spec
-        env = spawn_environment(spec.inherit_env, spec.env)
+        env = self._environment.for_spawn()
         try:
             proc = await asyncio.create_subprocess_exec(
                 spec.executable(sys.executable),

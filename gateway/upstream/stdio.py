@@ -28,7 +28,7 @@ from gateway.protocol.errors import UpstreamError, UpstreamProtocolError, Upstre
 from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
 from gateway.protocol.wire import METHOD_NOT_FOUND, Codec, Headers, JsonDecoder, JsonRpcMessage, json_headers
 from gateway.upstream.base import Upstream, within
-from gateway.upstream.environment import spawn_environment
+from gateway.upstream.environment import ChildEnvironment
 from gateway.upstream.framing import IdTable, LineDecoder, Oversized
 from gateway.upstream.pipe import LineWriter
 from gateway.upstream.process import RestartPacing, end_task, stop_process
@@ -119,11 +119,20 @@ class _LogMessage(msgspec.Struct):
 class StdioUpstream(Upstream):
     transport = "stdio"
 
-    def __init__(self, name: str, spec: ServerSpec, *, bridge: Bridge, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: ServerSpec,
+        *,
+        bridge: Bridge,
+        max_message_bytes: int,
+        environment: ChildEnvironment | None = None,
+    ) -> None:
         super().__init__(name, spec.startup_timeout_s)
         assert spec.stdio is not None
         self._spec = spec
         self._stdio: StdioSpec = spec.stdio
+        self._environment = environment or ChildEnvironment.of(spec.stdio)
         self._bridge = bridge
         self._codec: Codec = bridge.codec
         self._limit = max_message_bytes
@@ -182,7 +191,7 @@ class StdioUpstream(Upstream):
             self._stdio.executable(sys.executable),
             self._stdio.args,
             on_stderr_line=self._log_stderr,
-            env=spawn_environment(self._stdio.inherit_env, self._stdio.env),
+            env=self._environment.for_spawn(),
             cwd=self._stdio.cwd,
         )
         assert proc.stdin is not None

@@ -155,6 +155,7 @@ async def test_a_401_keeps_its_challenge_and_the_users_token_passes_unchanged(se
         "client_id": "static",
         "scopes": [],
         "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+        "audience": None,  # the static test verifier's tokens name none
     }
     output = "\n".join([*setup.gateway.stdout, *setup.gateway.stderr])
     assert TOKEN not in output

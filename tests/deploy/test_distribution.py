@@ -54,6 +54,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with zipfile.ZipFile(wheel) as archive:
         members = set(archive.namelist())
     assert {"gateway/demo/clock.py", "gateway/demo/notes.py", "gateway/relay/app.py"} <= members
+    console = {f"gateway/observe/console/{name}" for name in ("index.html", "app.js", "style.css")}
+    assert console <= members, "the operator console's page ships in the wheel"
     assert not any(m.startswith("tests/") for m in members), "tests stay out of the wheel"
 
     venv = work / "venv"

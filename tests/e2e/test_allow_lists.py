@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
@@ -70,9 +71,11 @@ async def test_allow_lists_on_both_kinds_of_channel(mode: str, tmp_path: Path) -
 
 
 async def test_a_reload_applies_changed_lists(tmp_path: Path) -> None:
-    """SIGHUP with a wider channel list and a new tenant entry: the running gateway serves the new lists."""
+    """SIGHUP with a wider channel list and a new tenant entry: the running gateway serves the new lists,
+    and the status page's JSON shows the lists in force (issue 19: allow-lists shown on the status page)."""
     before = (
         "relay: {listen: '127.0.0.1:0'}\n"
+        "ops: {listen: '127.0.0.1:0'}\n"
         "limits: {tenant_header: X-Tenant}\n"
         f"servers:\n  s1: {mux_stdio('--name', 's1')}\n"
         "channels:\n  solo: {servers: [s1], allow_tools: [echo]}\n"
@@ -81,6 +84,8 @@ async def test_a_reload_applies_changed_lists(tmp_path: Path) -> None:
         before.replace("allow_tools: [echo]", "allow_tools: [echo, add]") + "tenants: {beta: {allow_tools: [add]}}\n"
     )
     async with gateway(before, tmp_path) as gw:
+        ops = next(line.split()[-1] for line in gw.process.lines if line.startswith("ops: listening on "))
+        assert await _shown(ops) == ({"solo": ["echo"]}, {})
         async with header_client(gw.urls["solo"], "legacy") as client:
             assert await _names(client) == {"echo"}
             await _refused(client, "add", {"a": 1, "b": 2})
@@ -93,3 +98,11 @@ async def test_a_reload_applies_changed_lists(tmp_path: Path) -> None:
         async with header_client(gw.urls["solo"], "legacy", **{"X-Tenant": "beta"}) as beta:
             assert await _names(beta) == {"add"}
             await _refused(beta, "echo", {"text": "no"})
+        assert await _shown(ops) == ({"solo": ["echo", "add"]}, {"beta": ["add"]})
+
+
+async def _shown(ops: str) -> tuple[dict[str, list[str] | None], dict[str, list[str]]]:
+    """The allow-lists `/api/status` reports: by channel, and by tenant."""
+    async with httpx2.AsyncClient() as http:
+        status = (await http.get(f"{ops}/api/status")).json()
+    return {c["name"]: c["allow_tools"] for c in status["channels"]}, status["tenant_allow_tools"]

@@ -14,10 +14,10 @@ import signal
 from pathlib import Path
 
 from tests.support.cp_records import now, payload_text, whoami
-from tests.support.gateway_process import cli_args, routes, run_gateway, stdio
+from tests.support.gateway_process import cli_args, gateway_env, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, SERVERS
 from tests.support.procfs import pid_alive
-from tests.support.scripted_cp import ScriptedControlPlane
+from tests.support.scripted_cp import KEY, ScriptedControlPlane
 
 STUBBORN = """
 import os, runpy, signal, sys, time
@@ -165,3 +165,19 @@ async def test_a_stdio_server_never_inherits_the_gateways_control_plane_key(tmp_
         key = await cp.answer(cp.call("getenv", {"variable": "TUNNEL_API_KEY"}))
         assert key["resp_json"]["result"]["structuredContent"] == {"result": None}, key
         assert payload_text(await cp.answer(cp.call("getenv", {"variable": "PATH"})))
+
+
+async def test_a_stdio_server_gets_a_secret_the_file_reads_only_when_its_own_env_names_it(tmp_path: Path) -> None:
+    """Every variable routing.yaml reads a secret from (here `sessions.key: env:SESSION_SECRET`) is
+    withheld from the servers it starts; a server's own `env:` entry hands one over by reference."""
+    server = stdio()
+    server["stdio"]["env"] = {"HANDED": "env:HANDED_SECRET"}
+    document = json.loads(routes({"main": server}))
+    document["sessions"] = {"key": "env:SESSION_SECRET"}
+    extra = {"SESSION_SECRET": "session-secret-0123456789abcdef", "HANDED_SECRET": "handed-to-the-server"}
+    env = gateway_env(TUNNEL_API_KEY=KEY, **extra)
+    async with ScriptedControlPlane() as cp, run_gateway(json.dumps(document), tmp_path, *cli_args(cp), env=env):
+        withheld = await cp.answer(cp.call("getenv", {"variable": "SESSION_SECRET"}))
+        assert withheld["resp_json"]["result"]["structuredContent"] == {"result": None}, withheld
+        assert payload_text(await cp.answer(cp.call("getenv", {"variable": "HANDED"}))) == "handed-to-the-server"
+        assert cp.violations == []

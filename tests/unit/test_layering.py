@@ -36,7 +36,12 @@ ANYONE = "gateway"
 RELAY_MAY_IMPORT = frozenset({"protocol", "config", "relay"})
 NO_IO = ("asyncio", "aiohttp", "uvloop", "httptools", "redis", "opentelemetry", "socket", "ssl", "subprocess")
 """What `gateway/protocol/` must not import: it is sans-IO."""
-OTEL = ("gateway.observe.otel", "gateway.observe.otel_scopes", "gateway.observe.otel_sdk")
+OTEL = (
+    "gateway.observe.otel",
+    "gateway.observe.otel_scopes",
+    "gateway.observe.otel_sdk",
+    "gateway.observe.otel_export",
+)
 """The OTel implementation: the only modules that import `opentelemetry`."""
 OTEL_LOADER = "gateway.observe.telemetry"
 """The one module that imports the OTel implementation (inside `build`, when telemetry is on)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import routing, service_auth
+from gateway.config import routing
+from gateway.config.references import SecretRef, secret_references
 from gateway.observe import logs
 from gateway.protocol.errors import ConfigError
 
@@ -44,7 +45,9 @@ def test_client_credentials() -> None:
     assert spec.client_credentials is not None
     assert spec.token_exchange is None
     assert spec.refresh_before_s == 60.0
-    assert service_auth.secret_refs(spec) == ["env:NOTES_CLIENT_SECRET"]
+    assert secret_references(config) == [
+        SecretRef("servers.notes.http.service_credential.client_credentials.client_secret", "env:NOTES_CLIENT_SECRET")
+    ]
 
 
 def test_token_exchange_without_a_client_secret() -> None:
@@ -58,7 +61,7 @@ def test_token_exchange_without_a_client_secret() -> None:
     assert http is not None
     assert http.service_credential is not None
     assert http.service_credential.grant.audience == "api://notes"
-    assert service_auth.secret_refs(http.service_credential) == []
+    assert secret_references(config) == []
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.upstream.environment import spawn_environment
+from gateway.upstream.environment import ChildEnvironment
 from gateway.upstream.spawn import STDERR_LINE_MAX, spawn_stdio
 
 SCRIPT = (
@@ -33,7 +33,8 @@ async def test_stderr_arrives_as_bounded_lines_and_stdio_still_works() -> None:
 
 def test_an_unchanged_environment_is_inherited_not_copied() -> None:
     parent = {"PATH": "/bin", "HOME": "/root"}
-    assert spawn_environment(True, {}, parent) is None
-    assert spawn_environment(True, {"A": "1"}, parent) == {**parent, "A": "1"}
-    assert spawn_environment(True, {}, {**parent, "TUNNEL_API_KEY": "k"}) == parent
-    assert spawn_environment(False, {}, parent) == {}
+    assert ChildEnvironment().for_spawn(parent) is None
+    assert ChildEnvironment(True, {"A": "1"}).for_spawn(parent) == {**parent, "A": "1"}
+    assert ChildEnvironment().for_spawn({**parent, "TUNNEL_API_KEY": "k"}) == parent
+    assert ChildEnvironment(withheld=frozenset({"HOME"})).for_spawn(parent) == {"PATH": "/bin"}
+    assert ChildEnvironment(False, {}).for_spawn(parent) == {}

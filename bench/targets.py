@@ -1,0 +1,161 @@
+"""The issue-20 targets as a table: each target's ratio computed from the scenarios measured in this run,
+met / not met, or "not measured" when a scenario it needs was not run. Renders text; measures nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+NOT_MEASURED: Final = "not measured"
+ADDED_P50_BEFORE_MS: Final = 1.43
+"""Added p50 latency at c=1 on the fast stdio server in the last full run before issue 20 (RESULTS.md)."""
+
+Row = tuple[str, str, str]
+Record = dict[str, Any]
+
+
+def _find(records: list[Record], **match: Any) -> Record | None:
+    for r in records:
+        if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def _cpu(record: Record | None, role: str) -> float | None:
+    if record is None:
+        return None
+    value = record["summary"]["cpu_us_per_call"].get(role)
+    return float(value) if value else None
+
+
+def _tp(record: Record | None) -> float | None:
+    if record is None:
+        return None
+    value = record["summary"]["throughput"]
+    return float(value) if value else None
+
+
+def _ratio_row(
+    target: str,
+    top: float | None,
+    bottom: float | None,
+    met: Callable[[float], bool],
+    unit: str = "",
+) -> Row:
+    """`top / bottom` with both numbers shown, or "not measured" when either is missing."""
+    if top is None or bottom is None:
+        return (target, NOT_MEASURED, NOT_MEASURED)
+    ratio = top / bottom
+    shown = f"{ratio:.2f}x ({top:,.0f}{unit} / {bottom:,.0f}{unit})"
+    return (target, shown, "**met**" if met(ratio) else "**not met**")
+
+
+def _tunnel(records: list[Record], group: str, c: int, **extra: Any) -> Record | None:
+    return _find(records, group=group, path="tunnel", concurrency=c, payload=100, era="legacy", **extra)
+
+
+def _peer(records: list[Record], group: str, path: str, c: int) -> Record | None:
+    return _find(records, group=group, path=path, concurrency=c, payload=100, era="legacy")
+
+
+def issue20(records: list[Record]) -> list[Row]:
+    """(target, measured ratio, met?) for every target of issue 20, in the issue's order."""
+    off = _tunnel(records, "fast-stdio", 64)
+    on = _find(records, group="tracing", path="tunnel", concurrency=64, variant="tracing-on")
+    rows = [
+        _ratio_row(
+            "1. tracing on: gateway CPU per command <= 1.5x tracing off (c=64)",
+            _cpu(on, "gateway"),
+            _cpu(off, "gateway"),
+            lambda r: r <= 1.5,
+            " µs",
+        ),
+        _ratio_row(
+            "1. tracing on: relay CPU per call <= 1.3x tracing off (c=64)",
+            _cpu(on, "relay"),
+            _cpu(off, "relay"),
+            lambda r: r <= 1.3,
+            " µs",
+        ),
+        _ratio_row(
+            "1. tracing on: throughput >= 0.8x tracing off (c=64)",
+            _tp(on),
+            _tp(off),
+            lambda r: r >= 0.8,
+            "/s",
+        ),
+        _ratio_row(
+            "1. metrics always on: gateway CPU per command <= 1.1x off (c=64)",
+            _cpu(_find(records, group="tracing", path="tunnel", concurrency=64, variant="metrics-only"), "gateway"),
+            _cpu(off, "gateway"),
+            lambda r: r <= 1.1,
+            " µs",
+        ),
+        _ratio_row(
+            "2. relay CPU per call <= the gateway's (c=64, tracing off)",
+            _cpu(off, "relay"),
+            _cpu(off, "gateway"),
+            lambda r: r <= 1.0,
+            " µs",
+        ),
+    ]
+    for group in ("fast-stdio", "everything-stdio"):
+        one = _tunnel(records, group, 1)
+        for peer in ("supergateway", "mcp-proxy"):
+            rows.append(
+                _ratio_row(
+                    f"3. {group} c=1: tunnel throughput >= {peer}",
+                    _tp(one),
+                    _tp(_peer(records, group, peer, 1)),
+                    lambda r: r >= 1.0,
+                    "/s",
+                )
+            )
+    one, direct = _tunnel(records, "fast-stdio", 1), _peer(records, "fast-stdio", "direct", 1)
+    if one is None or direct is None:
+        rows.append(("3. fast-stdio c=1: added p50 <= half of before", NOT_MEASURED, NOT_MEASURED))
+    else:
+        added = one["summary"]["p50_ms"] - direct["summary"]["p50_ms"]
+        rows.append(
+            (
+                f"3. fast-stdio c=1: added p50 <= half of before ({ADDED_P50_BEFORE_MS} ms)",
+                f"{added / ADDED_P50_BEFORE_MS:.2f}x ({added:.2f} ms / {ADDED_P50_BEFORE_MS} ms)",
+                "**met**" if added <= ADDED_P50_BEFORE_MS / 2 else "**not met**",
+            )
+        )
+    for group, peer, factor in (
+        ("fast-stdio", "supergateway", 2.5),
+        ("fast-stdio", "mcp-proxy", 4.0),
+        ("everything-stdio", "mcp-proxy", 4.0),
+    ):
+        rows.append(
+            _ratio_row(
+                f"4. {group} c=64: tunnel >= {factor}x {peer}",
+                _tp(_tunnel(records, group, 64)),
+                _tp(_peer(records, group, peer, 64)),
+                lambda r, f=factor: r >= f,
+                "/s",
+            )
+        )
+    rows.append(
+        _ratio_row(
+            "5. Redis, 2 replicas >= 0.7x one in-memory relay (c=64)",
+            _tp(_tunnel(records, "redis", 64)),
+            _tp(off),
+            lambda r: r >= 0.7,
+            "/s",
+        )
+    )
+    rows.append(("6. 10-minute soak at c=64, 1,000 sessions: flat RSS", NOT_MEASURED, NOT_MEASURED))
+    rows.append(("6. 1,000 idle stdio servers: under today's per-server cost", NOT_MEASURED, NOT_MEASURED))
+    return rows
+
+
+def table(records: list[Record]) -> list[str]:
+    """The markdown table's lines."""
+    return [
+        "| target (issue 20) | measured in this run | |",
+        "|---|---|---|",
+        *(f"| {target} | {measured} | {met} |" for target, measured, met in issue20(records)),
+    ]
