@@ -313,14 +313,6 @@ class ControlPlane:
             await asyncio.sleep(delay)
 
 
-async def _after_commands_started() -> None:
-    """Two steps aside after handing out a batch: its commands start (their first step) and their
-    lines reach the servers (the stdio writer flushes a step later) before the next poll is written.
-    A poll is still waiting at the relay long before the next command; the call's path is shorter."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-
-
 def _refused(what: str, status: int, retry_after: str | None, *, renewed: bool = False) -> ControlPlaneError:
     message = f"control plane refused {what}: HTTP {status}"
     return ControlPlaneError(message, status, parse_retry_after(retry_after), renewed=renewed)
@@ -413,8 +405,6 @@ class Poller:
             if dropped:
                 log.warning("dropped %d command(s) without a usable request_id or shard_token", dropped)
             self.fault = None
-            if commands:
-                await _after_commands_started()
 
     async def _introduce(self) -> None:
         """Ask for the tunnel's metadata once: a quick answer to "is the control plane there, and does it
