@@ -140,21 +140,28 @@ class Calls:
             headers = leg.headers if held is None else {**leg.headers, **session_headers(held)}
             call = Call(method, id, params, headers, own_session=leg.own_session and held is None)
             ending: Reply | Ask | _Expired | None = None
+            # Kept until this generator is resumed after its Reply (or closed), then closed here: an
+            # exchange dropped unclosed is finalized by the loop in a task of its own (a wake-up per call).
+            relay = self._relay(
+                leg, call, client, declared, self._telemetry.exchange(leg.upstream, call, leg.info), held
+            )
             try:
-                frames = self._telemetry.exchange(leg.upstream, call, leg.info)
-                async for item in self._relay(leg, call, client, declared, frames, held):
-                    if isinstance(item, Notify):
-                        yield item
-                    else:
-                        ending = item
-                        break
-            except UpstreamHttpError as exc:
-                if exc.failure.upstream_status != 404 or held is None or attempt != 1:
-                    raise
-                ending = _EXPIRED
-            if isinstance(ending, Reply):
-                yield ending
-                return
+                try:
+                    async for item in relay:
+                        if isinstance(item, Notify):
+                            yield item
+                        else:
+                            ending = item
+                            break
+                except UpstreamHttpError as exc:
+                    if exc.failure.upstream_status != 404 or held is None or attempt != 1:
+                        raise
+                    ending = _EXPIRED
+                if isinstance(ending, Reply):
+                    yield ending
+                    return
+            finally:
+                await abandon(relay)
             if isinstance(ending, _Expired) and attempt == 1 and leg.held is not None:
                 leg.held.expired()
                 attempt = 2

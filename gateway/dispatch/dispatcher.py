@@ -40,7 +40,7 @@ from gateway.protocol.errors import (
     UpstreamHttpError,
 )
 from gateway.protocol.headers import AUTHORIZATION, SESSION_HEADER
-from gateway.protocol.mcp import Frame, Notify, Reply
+from gateway.protocol.mcp import Frame, Notify, Reply, abandon
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
     COMMAND_OAUTH_DISCOVERY,
@@ -301,8 +301,10 @@ class Dispatcher:
                 raise UnknownChannel(command.channel)
             modern = self._edge.check(message, command.headers)
             async with self._admit(command, message, channel):
-                reply = await self._frames(command, channel.run(message, command.headers), expects_answer)
+                frames = aiter(channel.run(message, command.headers))
+                reply = await self._frames(command, frames, expects_answer)
             await self._answer(command, expects_answer, self._edge.answer(reply) if modern else reply)
+            await _settle(frames, command.request_id)
         except CommandGone:
             raise  # the control plane no longer waits for this command: nothing more is posted
         except (CommandError, UpstreamError) as exc:
@@ -319,13 +321,12 @@ class Dispatcher:
         notification (CommandGone: the caller left) cancels the call where it waits, through every
         layer down to the upstream (`notifications/cancelled`, or the HTTP stream closed), and no
         late answer is posted."""
-        pulled = aiter(frames)
-        async for frame in pulled:
+        async for frame in frames:
             if isinstance(frame, Reply):
                 return frame
             if expects_answer:
                 post = functools.partial(self._post, command, RESP_NOTIFY, 200)
-                return await _Notifications(post, command.request_id, pulled, frame).run()
+                return await _Notifications(post, command.request_id, frames, frame).run()
         raise _unanswered()
 
     def _describe(self, note: _Note, command: PolledCommand, message: JsonRpcMessage) -> None:
@@ -531,6 +532,21 @@ class _Note:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
         )
+
+
+async def _settle(frames: AsyncIterator[Frame], request_id: str) -> None:
+    """End a call's frames after its Reply was posted: one more step lets every layer return as it does
+    at its end (a generator left suspended would be finalized by the loop in a task and a wake-up of
+    its own, several per call). A stream that goes on past its Reply is closed; what it raises now
+    is logged (its answer is already out)."""
+    try:
+        await anext(frames)
+    except StopAsyncIteration:
+        return
+    except Exception:
+        log.exception("command %s: the call's frames failed after its answer", request_id)
+        return
+    await abandon(frames)
 
 
 def _object_or_null(raw: Raw) -> bool:

@@ -94,7 +94,7 @@ def untag_id(id: Raw) -> tuple[str, Raw] | None:
     return tag, Raw(original.encode())
 
 
-async def abandon(frames: AsyncIterator[Frame]) -> None:
+async def abandon(frames: AsyncIterator[object]) -> None:
     """Close a call's frames before its Reply: the transport abandons (cancels) the call.
     A no-op on frames that already ended."""
     close = getattr(frames, "aclose", None)

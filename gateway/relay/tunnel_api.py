@@ -155,6 +155,9 @@ class TunnelAPI:
         body = await read_body(request, self._config.max_body_bytes)
         frame = self._decode_frame(body)
         await self._backend.deliver(tunnel_id, shard_token, frame)
+        # One step aside before the ack: the caller woken by this frame answers its client first
+        # (the ack is off the call's path; the caller's answer is on it).
+        await asyncio.sleep(0)
         return web.Response(body=self._ack, content_type=JSON)
 
     # ----------------------------------------------------------------------- payloads
