@@ -349,15 +349,23 @@ class DiscoveryFailed(UpstreamError):
 
 class ControlPlaneError(GatewayError):
     """The control plane refused a request or could not be reached. `renewed`: it refused the
-    credential (401/403) and a new one is on its way (workload identity exchanges again once)."""
+    credential (401/403) and a new one is on its way (workload identity exchanges again once);
+    `timed_out`: no answer came within the request's bound."""
 
     def __init__(
-        self, message: str, status: int | None = None, retry_after: float | None = None, *, renewed: bool = False
+        self,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        *,
+        renewed: bool = False,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
         self.renewed = renewed
+        self.timed_out = timed_out
 
 
 class CommandGone(ControlPlaneError):

@@ -203,7 +203,7 @@ class ControlPlane:
             kind = "credentials"
         elif exc.status:
             kind = f"http_{exc.status}"
-        elif "no answer within" in str(exc):
+        elif exc.timed_out:
             kind = "timeout"
         else:
             kind = "network"
@@ -258,7 +258,8 @@ class ControlPlane:
         except H1Error as exc:
             raise ControlPlaneError(f"poll failed: {exc}") from None
         except TimeoutError:
-            raise ControlPlaneError(f"poll got no answer within {timeout_ms / 1000 + POLL_GRACE_S:.0f}s") from None
+            bound = timeout_ms / 1000 + POLL_GRACE_S
+            raise ControlPlaneError(f"poll got no answer within {bound:.0f}s", timed_out=True) from None
         received = resp.headers_at  # deadlines count from here, as the contract says
         if resp.status not in (200, 204):
             raise self._refused("poll", resp.status, resp.retry_after, key)

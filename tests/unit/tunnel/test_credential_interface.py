@@ -132,3 +132,14 @@ async def test_a_refused_poll_names_the_token_and_says_whether_one_is_coming(ren
         if renews:
             await cp.poll(1, 1)
             assert api.seen[-1] == ("poll", "new")
+
+
+async def test_failed_polls_are_counted_by_kind_for_the_status_page() -> None:
+    """The console's "errors by kind": a credential that is not there, an HTTP refusal by its status,
+    a poll with no answer in its bound (flagged where it is raised, not read from the message), a network failure."""
+    async with tunnel_api() as api, client(api, Credential(["tok-1"])) as cp:
+        cp.count_error(CredentialsUnavailable("no token yet"))
+        cp.count_error(ControlPlaneError("refused", status=503))
+        cp.count_error(ControlPlaneError("poll got no answer within 40s", timed_out=True))
+        cp.count_error(ControlPlaneError("no answer within sight, but a reset"))  # the words do not decide
+        assert cp.errors == {"credentials": 1, "http_503": 1, "timeout": 1, "network": 1}
