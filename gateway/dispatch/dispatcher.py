@@ -23,6 +23,7 @@ import msgspec
 from msgspec import UNSET, Raw
 
 from gateway.channels.channel import ServedChannel
+from gateway.channels.rules import Route
 from gateway.dispatch.budgets import Budgets, Caller, token_key
 from gateway.dispatch.limits import Limits, Subject
 from gateway.observe.hooks import NOOP, Telemetry
@@ -300,7 +301,7 @@ class Dispatcher:
             if channel is None:
                 raise UnknownChannel(command.channel)
             modern = self._edge.check(message, command.headers)
-            async with self._admit(command, message, channel):
+            async with self._admit(command, message, channel, note):
                 frames = aiter(channel.run(message, command.headers))
                 reply = await self._frames(command, frames, expects_answer)
             await self._answer(command, expects_answer, self._edge.answer(reply) if modern else reply)
@@ -338,16 +339,18 @@ class Dispatcher:
             note.name = self._codec.string_member(message.params, key)
         channel = self._channels.get(command.channel)
         if channel is not None and message.method is not UNSET:
-            note.server = channel.route(message, command.headers).server
+            note.route = channel.route(message, command.headers)
+            note.server = note.route.server
         note.session = header_value(command.headers, SESSION_HEADER)
         limits = self._limits
         if limits is not None and limits.tenant_header:
             note.tenant = header_value(command.headers, limits.tenant_header)
 
     def _admit(
-        self, command: PolledCommand, message: JsonRpcMessage, channel: ServedChannel
+        self, command: PolledCommand, message: JsonRpcMessage, channel: ServedChannel, note: _Note | None
     ) -> contextlib.AbstractAsyncContextManager[None]:
-        """The budgets and limits a request must pass (none for notifications and answers)."""
+        """The budgets and limits a request must pass (none for notifications and answers); the routing
+        decision is the call record's when it has one (routed once per command)."""
         limits = self._limits
         if self._budgets and message.is_request and message.method is not UNSET:
             tenant_header = limits.tenant_header if limits is not None else None
@@ -366,7 +369,7 @@ class Dispatcher:
         tenant = header_value(command.headers, tenant_header) if tenant_header else None
         if tenant is None:
             tenant = header_value(command.headers, SESSION_HEADER)
-        route = channel.route(message, command.headers)
+        route = note.route if note is not None and note.route is not None else channel.route(message, command.headers)
         subject = Subject(
             channel=command.channel,
             server=route.server,
@@ -486,6 +489,7 @@ class _Note:
         "method",
         "name",
         "outcome",
+        "route",
         "server",
         "session",
         "started",
@@ -499,6 +503,7 @@ class _Note:
         self.outcome: Outcome = "ok"
         self.status = self.bytes_out = 0
         self.name: str | None = None
+        self.route: Route | None = None
         self.server: str | None = None
         self.session: str | None = None
         self.tenant: str | None = None
