@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --quick         # short runs to check the harness (numbers are indicative only)
     .venv/bin/python -m bench --only fast-stdio/tunnel      # scenarios whose name contains the text
     .venv/bin/python -m bench --only tunnel/fast-stdio-legacy/c64,tracing-on/c64   # any of several
+    .venv/bin/python -m bench --targets       # only the scenarios the issue-20 targets table reads (~8 min)
     .venv/bin/python -m bench --results       # also rewrite the generated part of bench/RESULTS.md
     .venv/bin/python -m bench --list          # print the scenario names and exit
 
@@ -21,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import micro, report
-from bench.runner import Timing, analyse_collapsed, idle_scale, log, profile, run_all
+from bench import micro, report, targets
+from bench.runner import Timing, analyse_collapsed, idle_scale, log, profile, run_all, select
 from bench.scenarios import matrix
 from bench.stacks import BENCH, OUT, ROOT, TunnelOptions
 
@@ -31,6 +32,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="MCP tunnel gateway benchmarks")
     parser.add_argument("--quick", action="store_true", help="short runs (harness check); numbers are noisy")
     parser.add_argument("--only", metavar="TEXT", help="only scenarios whose name contains TEXT (or any of TEXT,TEXT2)")
+    parser.add_argument(
+        "--targets", action="store_true", help="only the scenarios the issue-20 targets table reads (adds to --only)"
+    )
     parser.add_argument("--runs", type=int, help="measured runs per scenario (default 3, quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before measuring (default 3, quick 0.5)")
@@ -51,10 +55,12 @@ async def main(args: argparse.Namespace) -> int:
         runs=args.runs if args.runs is not None else (1 if quick else 3),
     )
     scenarios = matrix(quick)
+    if args.targets:
+        args.only = ",".join(filter(None, [args.only, *targets.SCENARIOS]))
     if args.render:
         return rerender(Path(args.render), results=args.results)
     if args.list:
-        for s in scenarios:
+        for s in select(scenarios, args.only):
             print(s.name + (f"   (requires {s.requires})" if s.requires else ""))
         return 0
     OUT.mkdir(parents=True, exist_ok=True)

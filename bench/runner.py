@@ -162,11 +162,17 @@ def limiter(summary: dict[str, Any], scenario: Scenario) -> str:
     return f"no process saturated (top: {role} {top:.0%}; total {total:.1f} cores)"
 
 
+def select(scenarios: list[Scenario], only: str | None) -> list[Scenario]:
+    """The scenarios whose name contains any of `only`'s comma-separated parts (all when None)."""
+    if not only:
+        return scenarios
+    wanted = [part for part in only.split(",") if part]
+    return [s for s in scenarios if any(part in s.name for part in wanted)]
+
+
 async def run_all(scenarios: list[Scenario], timing: Timing, only: str | None, results: list[dict[str, Any]]) -> None:
     """Run every scenario (grouped by stack), appending one record per scenario to `results`."""
-    if only:
-        wanted = [part for part in only.split(",") if part]
-        scenarios = [s for s in scenarios if any(part in s.name for part in wanted)]
+    scenarios = select(scenarios, only)
     probes: dict[str, tuple[bool, str, str]] = {}
     for need in sorted({s.requires for s in scenarios if s.requires}):
         probes[need] = await probe(need)

@@ -11,6 +11,25 @@ NOT_MEASURED: Final = "not measured"
 ADDED_P50_BEFORE_MS: Final = 1.43
 """Added p50 latency at c=1 on the fast stdio server in the last full run before issue 20 (RESULTS.md)."""
 
+SCENARIOS: Final = (
+    "fast-stdio/direct/fast-stdio-legacy/c1/100B/",
+    "fast-stdio/tunnel/fast-stdio-legacy/c1/100B/",
+    "fast-stdio/tunnel/fast-stdio-legacy/c64/100B/",
+    "fast-stdio/mcp-proxy/fast-stdio-legacy/c1/100B/",
+    "fast-stdio/mcp-proxy/fast-stdio-legacy/c64/100B/",
+    "fast-stdio/supergateway/fast-stdio-legacy/c1/100B/",
+    "fast-stdio/supergateway/fast-stdio-legacy/c64/100B/",
+    "everything-stdio/tunnel/everything-stdio/c1/100B/",
+    "everything-stdio/tunnel/everything-stdio/c64/100B/",
+    "everything-stdio/mcp-proxy/everything-stdio/c1/100B/",
+    "everything-stdio/mcp-proxy/everything-stdio/c64/100B/",
+    "everything-stdio/supergateway/everything-stdio/c1/100B/",
+    "tracing/tunnel/fast-stdio-legacy/tracing-on/c64/",
+    "tracing/tunnel/fast-stdio-legacy/metrics-only/c64/",
+    "redis/tunnel/fast-stdio-legacy/redis-2replicas/c64/",
+)
+"""The scenarios `issue20` reads (`python -m bench --targets` runs exactly these): targets 1-5 in one run."""
+
 Row = tuple[str, str, str]
 Record = dict[str, Any]
 

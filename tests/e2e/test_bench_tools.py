@@ -1,4 +1,5 @@
-"""The memory tools in bench/ keep working: the soak's short mode and the idle-scale check with 20 servers.
+"""The tools in bench/ keep working: the soak's short mode, the idle-scale check with 20 servers, and the
+`--targets` selection (each scenario the issue-20 targets table reads exists, once).
 
 Each runs as the README says (`python -m bench.soak --short`, `python -m bench.scale --servers 20`) against
 real relay, gateway and server processes on loopback; the test reads the JSON each writes. Numbers are
@@ -66,3 +67,15 @@ def test_the_scale_tool_starts_20_idle_servers_and_reports_the_per_server_cost(t
         "gateway_threads",
         "children_pss_kib",
     }
+
+
+def test_the_targets_selection_names_each_scenario_the_targets_table_reads() -> None:
+    from bench.scenarios import matrix
+    from bench.targets import SCENARIOS
+
+    names = [s.name for s in matrix(False)]
+    for part in SCENARIOS:
+        assert sum(part in name for name in names) == 1, f"{part!r} must select exactly one scenario"
+    listed = run("bench", "--targets", "--list", timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert len(listed.stdout.splitlines()) == len(SCENARIOS)
