@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ from gateway.channels.rules import Router
 from gateway.channels.sessions import SessionKeys, SessionStore
 from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs
+from gateway.config.admin import WebhookSpec
+from gateway.config.egress import Egress
 from gateway.config.routing import (
-    Egress,
     OpsSpec,
     RoutingConfig,
     ServerSpec,
@@ -40,7 +42,7 @@ from gateway.config.routing import (
 from gateway.dispatch.budgets import Budgets
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
-from gateway.observe.alerts import BudgetAlerts
+from gateway.observe.alerts import BudgetAlerts, Reach
 from gateway.observe.audit import AuditLog
 from gateway.observe.console import GatewayConsole
 from gateway.observe.hooks import NOOP, Telemetry
@@ -182,6 +184,16 @@ class Runtime:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(channel.close() for channel in self.channels.values()), return_exceptions=True)
         await asyncio.gather(*(upstream.close() for upstream in self.upstreams.values()), return_exceptions=True)
+
+
+def webhook_reach(file: str, base: Path) -> Reach:
+    """A budget webhook's `ssl=` and `proxy=` from its egress keys (`budgets[i].webhook.proxy`, ...)."""
+
+    def reach(index: int, hook: WebhookSpec) -> tuple[ssl.SSLContext | bool, str | None]:
+        way = egress(hook.url, hook, file=file, key=f"budgets[{index}].webhook", base=base)
+        return way.ssl, way.proxy
+
+    return reach
 
 
 def used_servers(config: RoutingConfig) -> set[str]:
@@ -432,7 +444,14 @@ async def provision(
         stack.callback(control_plane.close)
 
         limits = Limits(config.limits, on_wait=telemetry.limit_waiting)
-        alerts = BudgetAlerts.for_budgets(config.budgets, http, telemetry=telemetry, file=file, base=base)
+        alerts = BudgetAlerts.for_budgets(
+            config.budgets,
+            http,
+            webhook_reach(file, base),
+            telemetry=telemetry,
+            file=file,
+            base=base,
+        )
         alerts.start()
         stack.push_async_callback(alerts.close)
         audit = _audit_log(config, routes_file)

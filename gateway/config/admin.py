@@ -10,6 +10,7 @@ from typing import Annotated, Final
 
 from msgspec import Meta, Struct, field
 
+from gateway.config.egress import Egress
 from gateway.config.globs import glob_error
 from gateway.protocol.errors import ConfigError
 
@@ -41,8 +42,8 @@ class AuditSpec(_Frozen, frozen=True, kw_only=True):
     """Records waiting for the writer; past this they are dropped and counted, never blocking a call."""
 
 
-class WebhookSpec(_Frozen, frozen=True, kw_only=True):
-    """Where a budget alert is POSTed as JSON."""
+class WebhookSpec(Egress, frozen=True, kw_only=True):
+    """Where a budget alert is POSTed as JSON, and how to reach it (`proxy`, `ca_bundle`, client certificate)."""
 
     url: str
     headers: dict[str, str] = {}

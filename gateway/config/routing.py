@@ -21,6 +21,7 @@ from msgspec import Meta, Struct
 
 from gateway.config import rates, service_auth
 from gateway.config.admin import AuditSpec, BudgetSpec, TenantSpec, check_admin
+from gateway.config.egress import Egress
 from gateway.config.globs import glob_error
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.workload_identity import DEFAULT_TOKEN_URL
@@ -68,17 +69,6 @@ class ProgramSpec(_Frozen, frozen=True, kw_only=True):
 
 class StdioSpec(ProgramSpec, frozen=True, kw_only=True):
     """A local program spoken to over its stdin/stdout."""
-
-
-class Egress(_Frozen, frozen=True, kw_only=True):
-    """How to reach one destination: proxy, extra trust roots, client certificate (mTLS)."""
-
-    proxy: str | None = None
-    """An http(s) proxy URL; `none` for a direct connection; absent: HTTPS_PROXY/HTTP_PROXY/NO_PROXY."""
-    ca_bundle: str | None = None
-    """PEM file of CA certificates added to the system roots (TLS-inspecting middleboxes)."""
-    client_cert: str | None = None
-    client_key: str | None = None
 
 
 class HttpSpec(Egress, frozen=True, kw_only=True):
@@ -539,6 +529,7 @@ def check(config: RoutingConfig, file: str) -> None:
     for i, budget in enumerate(config.budgets):
         if budget.webhook is not None:
             _check_url(budget.webhook.url, file, f"budgets[{i}].webhook.url")
+            _check_egress(budget.webhook, file, f"budgets[{i}].webhook")
 
 
 def check_workload_identity(

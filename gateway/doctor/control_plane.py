@@ -14,7 +14,7 @@ from typing import Final
 import aiohttp
 
 from gateway.app import RemoteControlPlane, workload_identity_credential
-from gateway.config.routing import Egress
+from gateway.config.egress import Egress
 from gateway.doctor.config_checks import secret_mitigation
 from gateway.doctor.network_checks import Blocked, embedded
 from gateway.doctor.plan import CONTROL_PLANE, TOKEN_ENDPOINT, Plan

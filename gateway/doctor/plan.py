@@ -2,7 +2,8 @@
 Reads the parsed configuration only; opens no socket and resolves no secret.
 
 A destination is somewhere the gateway itself connects to over the network: the control plane,
-the workload-identity token endpoint, each HTTP server it does not spawn. Each carries the
+the workload-identity token endpoint, each HTTP server it does not spawn (and its token endpoint),
+each budget's webhook. Each carries the
 routing.yaml key of its egress settings, so a check can name the setting to change.
 """
 
@@ -14,8 +15,9 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from gateway.app import Overrides, RemoteControlPlane, remote_control_plane, used_servers
+from gateway.config.egress import Egress
 from gateway.config.references import SecretRef, secret_references
-from gateway.config.routing import Egress, RoutingConfig, token_endpoint_egress
+from gateway.config.routing import RoutingConfig, token_endpoint_egress
 from gateway.protocol.errors import ConfigError
 from gateway.upstream.egress import proxy_for
 
@@ -29,7 +31,7 @@ class Destination:
     """One place the gateway connects to, and the routing.yaml key of the settings that say how."""
 
     target: str
-    """`control_plane`, `token_endpoint`, `servers.NAME` or `servers.NAME.token_endpoint`."""
+    """`control_plane`, `token_endpoint`, `servers.NAME`, `servers.NAME.token_endpoint` or `budgets.NAME.webhook`."""
     key: str
     """Where its egress settings (`proxy`, `ca_bundle`, `url`) live in routing.yaml."""
     url: str
@@ -142,6 +144,13 @@ def _destinations(plan: Plan) -> list[Destination]:
             token_url = credential.grant.token_url
             found.append(
                 Destination(f"servers.{name}.token_endpoint", f"servers.{name}.http", token_url, http, url_key)
+            )
+    for i, budget in enumerate(config.budgets):
+        if budget.webhook is not None:
+            found.append(
+                Destination(
+                    f"budgets.{budget.name}.webhook", f"budgets[{i}].webhook", budget.webhook.url, budget.webhook
+                )
             )
     return found
 

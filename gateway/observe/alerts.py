@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -17,7 +18,7 @@ import aiohttp
 import msgspec
 
 from gateway.config import secrets as secret_refs
-from gateway.config.admin import BudgetSpec
+from gateway.config.admin import BudgetSpec, WebhookSpec
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.protocol.errors import ConfigError
 
@@ -71,6 +72,14 @@ class Webhook:
     headers: dict[str, str]
     timeout_s: float
     retries: int
+    ssl: ssl.SSLContext | bool = True
+    """The system trust roots, or a context with the webhook's `ca_bundle` and client certificate."""
+    proxy: str | None = None
+    """The webhook's `proxy`, else the environment's (HTTPS_PROXY/HTTP_PROXY/NO_PROXY)."""
+
+
+Reach = Callable[[int, WebhookSpec], tuple[ssl.SSLContext | bool, str | None]]
+"""A webhook's (`ssl=`, `proxy=`) from its egress settings and routing.yaml index (`gateway.upstream.egress`)."""
 
 
 def _iso(epoch: float) -> str:
@@ -122,12 +131,14 @@ class BudgetAlerts:
         cls,
         budgets: Sequence[BudgetSpec],
         http: aiohttp.ClientSession | None,
+        reach: Reach,
         *,
         telemetry: Telemetry = NOOP,
         file: str,
         base: Path,
     ) -> BudgetAlerts:
-        """The webhooks of these budgets, header references resolved (ConfigError when one does not)."""
+        """The webhooks of these budgets, header references resolved and egress settings built by `reach`
+        (ConfigError when a reference does not resolve or a PEM file is unreadable)."""
         hooks: dict[str, Webhook] = {}
         for i, budget in enumerate(budgets):
             spec = budget.webhook
@@ -140,7 +151,7 @@ class BudgetAlerts:
                 except secret_refs.SecretError as exc:
                     key = f"budgets[{i}].webhook.headers.{name}"
                     raise ConfigError(file, key, f"a resolvable secret ({exc})") from None
-            hooks[budget.name] = Webhook(spec.url, headers, spec.timeout_s, spec.retries)
+            hooks[budget.name] = Webhook(spec.url, headers, spec.timeout_s, spec.retries, *reach(i, spec))
         return cls(hooks, http, telemetry=telemetry)
 
     def start(self) -> None:
@@ -199,7 +210,9 @@ class BudgetAlerts:
                 delay = min(delay * 2, MAX_BACKOFF_S)
             try:
                 timeout = aiohttp.ClientTimeout(total=hook.timeout_s)
-                async with self._http.post(hook.url, data=body, headers=headers, timeout=timeout) as response:
+                async with self._http.post(
+                    hook.url, data=body, headers=headers, timeout=timeout, ssl=hook.ssl, proxy=hook.proxy
+                ) as response:
                     await response.read()
                     status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:

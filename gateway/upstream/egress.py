@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.config.routing import Egress as EgressSpec
+from gateway.config.egress import Egress as EgressSpec
 from gateway.protocol.errors import ConfigError
 
 

@@ -258,13 +258,14 @@ async def test_an_unset_key_is_a_secret_that_does_not_resolve(tmp_path: Path) ->
 
 
 async def test_closed_ports_are_named_unreachable(tmp_path: Path) -> None:
-    with closed_port() as cp_sock, closed_port() as server_sock:
+    with closed_port() as cp_sock, closed_port() as server_sock, closed_port() as hook_sock:
         cp_port, server_port = cp_sock.getsockname()[1], server_sock.getsockname()[1]
         servers = {"main": stdio("raw_stdio.py"), "gone": {"http": {"url": f"http://127.0.0.1:{server_port}/mcp"}}}
         settings = {"url": f"http://127.0.0.1:{cp_port}", "tunnel_id": "t1", "api_key": "env:TUNNEL_API_KEY"}
-        run, report = await report_of(
-            routes(servers, control_plane=settings), tmp_path, gateway_env(TUNNEL_API_KEY=KEY)
-        )
+        hook = f"http://127.0.0.1:{hook_sock.getsockname()[1]}/hook"
+        budget = {"name": "daily", "scope": "channel", "calls": 9, "per": "day", "webhook": {"url": hook}}
+        document = json.dumps({**json.loads(routes(servers, control_plane=settings)), "budgets": [budget]})
+        run, report = await report_of(document, tmp_path, gateway_env(TUNNEL_API_KEY=KEY))
     assert run.code == 1
     result = failing(report, "connect", "control_plane")
     assert result.cause == f"connection refused by 127.0.0.1:{cp_port}"
@@ -273,6 +274,8 @@ async def test_closed_ports_are_named_unreachable(tmp_path: Path) -> None:
     assert result.mitigation.startswith("start the server, or correct the host and port in `servers.gone.http.url`")
     assert [one(report, kind, "control_plane").status for kind in ("credentials", "tunnel")] == ["skip", "skip"]
     assert one(report, "server", "servers.gone").status == "skip"
+    result = failing(report, "connect", "budgets.daily.webhook")
+    assert "`budgets[0].webhook.url`" in result.mitigation
 
 
 @pytest.fixture

@@ -65,6 +65,18 @@ def test_admin_sections_load() -> None:
             "budgets[0].webhook.url",
             "http(s) URL",
         ),
+        (
+            "budgets: [{name: b, scope: channel, calls: 1, per: hour,\n"
+            "           webhook: {url: 'https://h.example/a', proxy: 'socks5://p:1080'}}]\n",
+            "budgets[0].webhook.proxy",
+            "http(s) URL",
+        ),
+        (
+            "budgets: [{name: b, scope: channel, calls: 1, per: hour,\n"
+            "           webhook: {url: 'https://h.example/a', client_key: k.pem}}]\n",
+            "budgets[0].webhook.client_cert",
+            "certificate",
+        ),
         ("tenants: {acme: {allow_tools: [x]}}\n", "tenants", "tenant_header"),
         ("limits: {tenant_header: T}\ntenants: {acme: {allow_tools: ['[']}}\n", "tenants.acme.allow_tools[0]", "glob"),
         ("limits: {tenant_header: T}\ntenants: {acme: {deny_tools: [x]}}\n", "tenants.acme", "deny_tools"),
