@@ -13,8 +13,6 @@ import contextlib
 import logging
 import os
 import secrets
-import ssl
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,6 @@ from gateway.channels.rules import Router
 from gateway.channels.sessions import SessionKeys, SessionStore
 from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs
-from gateway.config.admin import WebhookSpec
 from gateway.config.egress import Egress
 from gateway.config.routing import (
     OpsSpec,
@@ -39,11 +36,9 @@ from gateway.config.routing import (
     token_endpoint_egress,
     workload_identity_from_env,
 )
-from gateway.dispatch.budgets import Budgets
+from gateway.dispatch.admin import AdminControls
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
-from gateway.observe.alerts import BudgetAlerts, Reach
-from gateway.observe.audit import AuditLog
 from gateway.observe.console import GatewayConsole
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.logtail import LogRing
@@ -120,13 +115,15 @@ class Runtime:
     readiness: Readiness | None = None
     ops: OpsServer | None = None
     session_keys: SessionKeys = field(default_factory=SessionKeys.random)
+    admin: AdminControls | None = None
 
     async def reload(self) -> bool:
         """Read routing.yaml again and serve its servers and channels; False (old config kept) when it is bad.
 
         Unchanged servers keep their connections and processes; new or changed ones
         are started before the swap; replaced ones are closed once the calls they
-        are running have finished (bounded by the drain timeout).
+        are running have finished (bounded by the drain timeout). Changed `audit:` and
+        `budgets:` apply too (`dispatch.admin`: unchanged budgets keep their counts).
         """
         try:
             new = config_module.load(self.routes_file)
@@ -136,8 +133,6 @@ class Runtime:
         old = self.config
         if (new.control_plane, new.relay, new.gateway) != (old.control_plane, old.relay, old.gateway):
             log.warning("reload: control_plane, relay and gateway settings take effect on restart only")
-        if (new.audit, new.budgets) != (old.audit, old.budgets):
-            log.warning("reload: audit and budgets settings take effect on restart only")
         kept = {
             name: upstream
             for name, upstream in self.upstreams.items()
@@ -154,16 +149,18 @@ class Runtime:
         self.telemetry.watch(upstreams, new.servers)
         try:
             keys = self.session_keys if new.sessions == old.sessions else _session_keys(new, self.routes_file)
+            admin = self.admin.prepare(new, old) if self.admin is not None else None
         except ConfigError as exc:
             log.error("reload rejected, the running configuration keeps serving: %s", exc)
             await asyncio.gather(*(upstream.close() for upstream in started.values()), return_exceptions=True)
             return False
         self.session_keys = keys
+        budgets = await self.admin.apply(admin) if self.admin is not None and admin is not None else None
         channels = _channels(new, upstreams, self.bridge, keys, previous=self.channels, telemetry=self.telemetry)
         retired_channels = [channel for name, channel in self.channels.items() if channels.get(name) is not channel]
         retired = [upstream for name, upstream in self.upstreams.items() if upstreams.get(name) is not upstream]
         limits = Limits(new.limits, on_wait=self.telemetry.limit_waiting) if new.limits != old.limits else None
-        self.dispatcher.replace_channels(channels, limits)
+        self.dispatcher.replace_channels(channels, limits, budgets)
         self.control_plane.declare(server_info_header(_affinity(new)))
         self.config, self.upstreams, self.channels = new, upstreams, channels
         self.tasks.append(asyncio.create_task(self._retire(retired_channels, retired), name="retire-upstreams"))
@@ -184,16 +181,6 @@ class Runtime:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(channel.close() for channel in self.channels.values()), return_exceptions=True)
         await asyncio.gather(*(upstream.close() for upstream in self.upstreams.values()), return_exceptions=True)
-
-
-def webhook_reach(file: str, base: Path) -> Reach:
-    """A budget webhook's `ssl=` and `proxy=` from its egress keys (`budgets[i].webhook.proxy`, ...)."""
-
-    def reach(index: int, hook: WebhookSpec) -> tuple[ssl.SSLContext | bool, str | None]:
-        way = egress(hook.url, hook, file=file, key=f"budgets[{index}].webhook", base=base)
-        return way.ssl, way.proxy
-
-    return reach
 
 
 def used_servers(config: RoutingConfig) -> set[str]:
@@ -444,19 +431,8 @@ async def provision(
         stack.callback(control_plane.close)
 
         limits = Limits(config.limits, on_wait=telemetry.limit_waiting)
-        alerts = BudgetAlerts.for_budgets(
-            config.budgets,
-            http,
-            webhook_reach(file, base),
-            telemetry=telemetry,
-            file=file,
-            base=base,
-        )
-        alerts.start()
-        stack.push_async_callback(alerts.close)
-        audit = _audit_log(config, routes_file)
-        if audit is not None:
-            stack.push_async_callback(audit.close)  # after the dispatcher's: the last records are written
+        admin = AdminControls.open(config, routes_file, http, telemetry)
+        stack.push_async_callback(admin.close)  # after the dispatcher's: the last records are written
         dispatcher = Dispatcher(
             channels,
             control_plane,
@@ -465,14 +441,10 @@ async def provision(
             limits,
             telemetry,
             tunnel=tunnel_id,
-            budgets=Budgets(config.budgets, clock=time.time, on_alert=alerts.alert),
+            records=admin.records,
+            budgets=admin.budgets,
         )
         stack.push_async_callback(dispatcher.close)
-        if audit is not None:
-            dispatcher.records.add(audit)
-            exported = telemetry.call_log()
-            if exported is not None:
-                dispatcher.records.add(exported)
         if status is not None:
             dispatcher.records.add(status.stats)
             status.control_plane_url, status.tunnel_id, status.credential = cp_url, tunnel_id, credential
@@ -488,7 +460,7 @@ async def provision(
         runtime = Runtime(
             config, routes_file, bridge, http, upstreams, channels, dispatcher, poller, control_plane, endpoint
         )
-        runtime.telemetry, runtime.ops, runtime.session_keys = telemetry, ops, session_keys
+        runtime.telemetry, runtime.ops, runtime.session_keys, runtime.admin = telemetry, ops, session_keys, admin
         runtime.readiness, readiness.runtime = readiness, runtime
         if status is not None:
             status.runtime = runtime
@@ -513,18 +485,6 @@ def _ops_token(spec: OpsSpec, routes_file: Path) -> str | None:
         return secret_refs.resolve(spec.token, base=routes_file.parent).reveal()
     except secret_refs.SecretError as exc:
         raise ConfigError(str(routes_file), "ops.token", f"a resolvable secret ({exc})") from None
-
-
-def _audit_log(config: RoutingConfig, routes_file: Path) -> AuditLog | None:
-    """The audit log's writer, started (its file opened), or None when `audit:` is absent."""
-    if config.audit is None:
-        return None
-    audit = AuditLog(config.audit, routes_file.parent)
-    try:
-        audit.start()
-    except OSError as exc:
-        raise ConfigError(str(routes_file), "audit.file", f"a writable file ({exc.strerror})") from None
-    return audit
 
 
 async def _embedded_relay(

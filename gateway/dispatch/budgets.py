@@ -46,6 +46,11 @@ class Caller:
         return {"channel": self.channel, "tenant": self.tenant, "client_token": self.client_token}[scope]
 
 
+def _identity(spec: BudgetSpec) -> tuple[str, str, str | None, str]:
+    """What makes a reloaded budget the same budget: its counts carry over."""
+    return spec.name, spec.scope, spec.match, spec.per
+
+
 class _Count:
     __slots__ = ("alerted", "calls")
 
@@ -81,6 +86,15 @@ class Budgets:
 
     def __bool__(self) -> bool:
         return bool(self.specs)
+
+    def carried(self, specs: Sequence[BudgetSpec], on_alert: Callable[[Alert], None] | None = None) -> Budgets:
+        """Budgets for `specs` (a reload) keeping the current window's counts, and thresholds already
+        alerted, of every budget whose name, scope, match and period are unchanged; a new limit,
+        thresholds or refusal apply from the next call. Other budgets start counting from zero."""
+        new = Budgets(specs, clock=self._clock, on_alert=on_alert or self._on_alert)
+        kept = {_identity(spec): window for spec, window in zip(self.specs, self._windows, strict=True)}
+        new._windows = [kept.get(_identity(spec)) for spec in new.specs]
+        return new
 
     def keys(self) -> int:
         """Keys counted in current windows (memory in use)."""

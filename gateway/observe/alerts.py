@@ -102,6 +102,25 @@ def alert_body(alert: Alert) -> bytes:
     return msgspec.json.encode(body)
 
 
+def webhooks(budgets: Sequence[BudgetSpec], reach: Reach, *, file: str, base: Path) -> dict[str, Webhook]:
+    """Each budget's webhook, header references resolved and egress settings built by `reach` (ConfigError
+    when a reference does not resolve or a PEM file is unreadable)."""
+    hooks: dict[str, Webhook] = {}
+    for i, budget in enumerate(budgets):
+        spec = budget.webhook
+        if spec is None:
+            continue
+        headers: dict[str, str] = {}
+        for name, value in spec.headers.items():
+            try:
+                headers[name] = secret_refs.resolve(value, base=base).reveal()  # a literal stays itself
+            except secret_refs.SecretError as exc:
+                key = f"budgets[{i}].webhook.headers.{name}"
+                raise ConfigError(file, key, f"a resolvable secret ({exc})") from None
+        hooks[budget.name] = Webhook(spec.url, headers, spec.timeout_s, spec.retries, *reach(i, spec))
+    return hooks
+
+
 class BudgetAlerts:
     """`alert()` is the budgets' callback; `start()`/`close()` own the webhook task."""
 
@@ -137,22 +156,13 @@ class BudgetAlerts:
         file: str,
         base: Path,
     ) -> BudgetAlerts:
-        """The webhooks of these budgets, header references resolved and egress settings built by `reach`
-        (ConfigError when a reference does not resolve or a PEM file is unreadable)."""
-        hooks: dict[str, Webhook] = {}
-        for i, budget in enumerate(budgets):
-            spec = budget.webhook
-            if spec is None:
-                continue
-            headers: dict[str, str] = {}
-            for name, value in spec.headers.items():
-                try:
-                    headers[name] = secret_refs.resolve(value, base=base).reveal()  # a literal stays itself
-                except secret_refs.SecretError as exc:
-                    key = f"budgets[{i}].webhook.headers.{name}"
-                    raise ConfigError(file, key, f"a resolvable secret ({exc})") from None
-            hooks[budget.name] = Webhook(spec.url, headers, spec.timeout_s, spec.retries, *reach(i, spec))
-        return cls(hooks, http, telemetry=telemetry)
+        """The alerts of these budgets (`webhooks` says what can fail)."""
+        return cls(webhooks(budgets, reach, file=file, base=base), http, telemetry=telemetry)
+
+    def replace_webhooks(self, hooks: Mapping[str, Webhook]) -> None:
+        """Alerts from now on go to these webhooks (a reload); deliveries already queued keep theirs."""
+        self._hooks = dict(hooks)
+        self.start()
 
     def start(self) -> None:
         if self._hooks and self._task is None:

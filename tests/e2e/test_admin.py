@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,3 +153,38 @@ async def _spend_and_refuse(urls: dict[str, str], token: str) -> None:
         assert refused.value.error.data["retry_after_ms"] > 0
     async with Client(urls["other"], mode="legacy") as other:  # another channel: not under main-daily
         assert tool_text(await other.call_tool("add", {"a": 1, "b": 1})) == "2"
+
+
+async def test_a_reload_applies_changed_audit_and_budgets(tmp_path: Path) -> None:
+    """SIGHUP with a new audit file and a lower budget: calls after the reload are written to the new file only,
+    and the budget, keeping the two calls it counted, refuses the next one at its new limit of 2 (MCP 2025-11-25
+    basic/transports: an HTTP error status with a JSON-RPC error body, -32029)."""
+    before = (
+        "relay: {listen: '127.0.0.1:0'}\n"
+        "audit: {file: first.jsonl}\n"
+        f"servers:\n  a: {stdio_server()}\nchannels:\n  main: [a]\n"
+        "budgets: [{name: main-daily, scope: channel, calls: 10, per: day, refuse: true}]\n"
+    )
+    after = before.replace("first.jsonl", "second.jsonl").replace("calls: 10", "calls: 2")
+    async with gateway(before, tmp_path) as gw:
+        async with Client(gw.urls["main"], mode="legacy") as client:
+            for i in range(2):
+                assert tool_text(await client.call_tool("add", {"a": i, "b": 0})) == str(i)
+        (tmp_path / "routing.yaml").write_text(after)
+        gw.process.proc.send_signal(signal.SIGHUP)
+        await gw.process.wait_for(r"^gateway: reloaded$", within_s=60)
+        async with Client(gw.urls["main"], mode="legacy") as client:
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("add", {"a": 9, "b": 9})
+        assert refused.value.error.code == -32029
+        assert "budget:main-daily" in refused.value.error.message
+        await until(lambda: (tmp_path / "second.jsonl").exists() and "rejected" in _text(tmp_path / "second.jsonl"))
+    first = [(r["method"], r.get("name")) for r in _lines(tmp_path / "first.jsonl")]
+    assert first.count(("tools/call", "add")) == 2
+    second = _lines(tmp_path / "second.jsonl")
+    assert [(r["name"], r["outcome"]) for r in second if r["method"] == "tools/call"] == [("add", "rejected")]
+    assert not any(r["outcome"] == "rejected" for r in _lines(tmp_path / "first.jsonl"))
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

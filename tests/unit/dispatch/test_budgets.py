@@ -139,3 +139,28 @@ def test_keys_past_the_cap_share_one_count(monkeypatch: pytest.MonkeyPatch) -> N
         budgets.spend("tools/call", Caller(channel="main", tenant=tenant))
     assert budgets.keys() == 4  # a, b, c and the shared `(other)`
     assert [a.key for a in alerts] == [budgets_module.OTHER]
+
+
+def test_a_reload_keeps_the_counts_of_unchanged_budgets_and_applies_new_limits() -> None:
+    """`carried`: same name, scope, match and period keep the window's counts and alerted thresholds (a
+    lower limit refuses at once); a budget whose period changed, or a new one, starts from zero."""
+    clock = Clock(T0 + 10)
+    kept = BudgetSpec(name="ch", scope="channel", calls=10, per="hour", alerts=[50, 100])
+    regrouped = BudgetSpec(name="daily", scope="channel", calls=10, per="hour", alerts=[50])
+    budgets, alerts = _budgets(clock, kept, regrouped)
+    main = Caller(channel="main")
+    _spend(budgets, 5, main)
+    assert [(a.budget, a.threshold) for a in alerts] == [("ch", 50), ("daily", 50)]
+    lowered = BudgetSpec(name="ch", scope="channel", calls=5, per="hour", alerts=[50, 100], refuse=True)
+    per_day = BudgetSpec(name="daily", scope="channel", calls=10, per="day", alerts=[50])
+    new = BudgetSpec(name="new", scope="channel", calls=2, per="hour", alerts=[100])
+    reloaded = budgets.carried([lowered, per_day, new])
+    with pytest.raises(RateLimited):  # 5 counted before the reload: at the new limit of 5
+        reloaded.spend("tools/call", main)
+    assert [(a.budget, a.threshold) for a in alerts[2:]] == []  # refused calls count nowhere
+    plain = budgets.carried([BudgetSpec(name="ch", scope="channel", calls=10, per="hour", alerts=[50])])
+    _spend(plain, 5, main)
+    assert [(a.budget, a.threshold, a.calls) for a in alerts[2:]] == []  # 50 % was already alerted
+    fresh = budgets.carried([per_day, new])
+    _spend(fresh, 5, main)
+    assert [(a.budget, a.threshold, a.calls) for a in alerts[2:]] == [("new", 100, 2), ("daily", 50, 5)]

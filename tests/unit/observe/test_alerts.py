@@ -15,8 +15,8 @@ import pytest
 import trustme
 from aiohttp import web
 
-from gateway.app import webhook_reach
 from gateway.config.admin import BudgetSpec, WebhookSpec
+from gateway.dispatch.admin import webhook_reach
 from gateway.observe.alerts import Alert, BudgetAlerts, Webhook
 from tests.support.forward_proxy import forward_proxy
 from tests.support.loopback_app import serve_app
