@@ -100,13 +100,23 @@ class Budgets:
         """Keys counted in current windows (memory in use)."""
         return sum(len(w.counts) for w in self._windows if w is not None)
 
+    def check(self, method: str, caller: Caller) -> None:
+        """Raise RateLimited (retry after the window ends) when a refusing budget this request falls under
+        is at its limit; counts nothing (the dispatcher asks before the rate limits, spends after them)."""
+        self._spending(method, caller)
+
     def spend(self, method: str, caller: Caller) -> None:
         """Count one request against every budget it falls under (only `COUNTED` methods count).
 
         A refusing budget at its limit raises RateLimited (retry after the window ends) and the call
         is not counted against any budget; alerts for thresholds crossed go to `on_alert`."""
+        for spec, window, key in self._spending(method, caller):
+            self._count(spec, window, key)
+
+    def _spending(self, method: str, caller: Caller) -> list[tuple[BudgetSpec, _Window, str]]:
+        """The (budget, window, key) a request would spend from; RateLimited when one refuses it."""
         if method not in COUNTED or not self.specs:
-            return
+            return []
         now = self._clock()
         spending: list[tuple[BudgetSpec, _Window, str]] = []
         for index, spec in enumerate(self.specs):
@@ -119,8 +129,7 @@ class Budgets:
                 end = window.start + WINDOW_S[spec.per]
                 raise RateLimited(f"budget:{spec.name}", max(1, math.ceil((end - now) * 1000)))
             spending.append((spec, window, key))
-        for spec, window, key in spending:
-            self._count(spec, window, key)
+        return spending
 
     def _window(self, index: int, spec: BudgetSpec, now: float) -> _Window:
         length = WINDOW_S[spec.per]

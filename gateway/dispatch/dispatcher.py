@@ -350,17 +350,22 @@ class Dispatcher:
         self, command: PolledCommand, message: JsonRpcMessage, channel: ServedChannel, note: _Note | None
     ) -> contextlib.AbstractAsyncContextManager[None]:
         """The budgets and limits a request must pass (none for notifications and answers); the routing
-        decision is the call record's when it has one (routed once per command)."""
-        limits = self._limits
-        if self._budgets and message.is_request and message.method is not UNSET:
+        decision is the call record's when it has one (routed once per command). A budget that refuses
+        does so before the limits (no wait for a call that will be refused); a call counts against the
+        budgets only once the limits admit it."""
+        limits, budgets = self._limits, self._budgets
+        spending: tuple[str, Caller] | None = None
+        if budgets and message.is_request and message.method is not UNSET:
             tenant_header = limits.tenant_header if limits is not None else None
             caller = Caller(
                 channel=command.channel,
                 tenant=header_value(command.headers, tenant_header) if tenant_header else None,
                 client_token=token_key(header_value(command.headers, AUTHORIZATION)),
             )
-            self._budgets.spend(message.method, caller)
+            spending = (message.method, caller)
         if limits is None or not limits.enabled or not message.is_request:
+            if budgets is not None and spending is not None:
+                budgets.spend(*spending)
             return contextlib.nullcontext()
         tool = None
         if message.method == "tools/call" and message.params is not UNSET:
@@ -377,7 +382,10 @@ class Dispatcher:
             route=route.limit_key,
             tenant=tenant,
         )
-        return limits.admit(subject)
+        if budgets is None or spending is None:
+            return limits.admit(subject)
+        budgets.check(*spending)
+        return _spent_once_admitted(limits.admit(subject), budgets, *spending)
 
     async def _answer(self, command: PolledCommand, expects_answer: bool, reply: Reply) -> None:
         headers = allowed_response_headers(reply.headers)
@@ -537,6 +545,16 @@ class _Note:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
         )
+
+
+@contextlib.asynccontextmanager
+async def _spent_once_admitted(
+    admitted: contextlib.AbstractAsyncContextManager[None], budgets: Budgets, method: str, caller: Caller
+) -> AsyncIterator[None]:
+    """The limits' admission, then the budgets' count (a call the limits refuse counts against no budget)."""
+    async with admitted:
+        budgets.spend(method, caller)
+        yield
 
 
 async def _settle(frames: AsyncIterator[Frame], request_id: str) -> None:

@@ -188,3 +188,24 @@ async def test_a_reload_applies_changed_audit_and_budgets(tmp_path: Path) -> Non
 
 def _text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+async def test_a_call_the_rate_limits_refuse_counts_against_no_budget(tmp_path: Path) -> None:
+    """A budget of 2 calls and a rate limit of one `add` an hour: the second `add` is refused by the limit and
+    not counted, so an `echo` still passes and only the call after it meets the budget's refusal."""
+    routes = (
+        "relay: {listen: '127.0.0.1:0'}\n"
+        f"servers:\n  a: {stdio_server()}\nchannels:\n  main: [a]\n"
+        "limits: {policy: reject, rules: [{scope: tool, match: add, rate: 1/h, burst: 1}]}\n"
+        "budgets: [{name: b, scope: channel, calls: 2, per: day, alerts: [100], refuse: true}]\n"
+    )
+    async with gateway(routes, tmp_path) as gw, Client(gw.urls["main"], mode="legacy") as client:
+        assert tool_text(await client.call_tool("add", {"a": 1, "b": 1})) == "2"
+        with pytest.raises(MCPError) as limited:
+            await client.call_tool("add", {"a": 2, "b": 2})
+        assert limited.value.error.code == -32029
+        assert "budget" not in limited.value.error.message
+        assert tool_text(await client.call_tool("echo", {"text": "counted second"})) == "counted second"
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("echo", {"text": "third"})
+        assert "budget:b" in refused.value.error.message

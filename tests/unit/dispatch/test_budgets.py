@@ -164,3 +164,16 @@ def test_a_reload_keeps_the_counts_of_unchanged_budgets_and_applies_new_limits()
     fresh = budgets.carried([per_day, new])
     _spend(fresh, 5, main)
     assert [(a.budget, a.threshold, a.calls) for a in alerts[2:]] == [("new", 100, 2), ("daily", 50, 5)]
+
+
+def test_check_refuses_at_the_limit_and_counts_nothing() -> None:
+    clock = Clock(T0 + 10)
+    budgets, alerts = _budgets(clock, BudgetSpec(name="b", scope="channel", calls=2, per="hour", refuse=True))
+    main = Caller(channel="main")
+    for _ in range(5):
+        budgets.check("tools/call", main)
+    assert budgets.keys() == 0
+    assert alerts == []
+    _spend(budgets, 2, main)
+    with pytest.raises(RateLimited):
+        budgets.check("tools/call", main)
