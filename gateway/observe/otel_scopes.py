@@ -17,6 +17,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway.observe.otel_spans import put
 from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Reply, UpstreamInfo
 from gateway.protocol.tracecontext import TRACEPARENT, TRACESTATE, Params, with_trace_headers
@@ -75,9 +76,7 @@ class CommandSpan:
             if session is not None:
                 attributes["mcp.session.id"] = session
                 t.session_closed(session)
-        self._span = t.tracer.start_span(
-            command.command_type, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        )
+        self._span = t.spans.start(command.command_type, SpanKind.SERVER, attributes, parent)
         self._tokens = (
             otel_context.attach(trace.set_span_in_context(self._span, parent)),
             t.current.set(self),
@@ -94,7 +93,7 @@ class CommandSpan:
         op = self._op = t.operation(message.method, params, message.id, self._command.headers, "tcp")
         self._metric = op.metric
         self._span.update_name(op.name)
-        self._span.set_attributes(op.attributes)
+        put(self._span, op.attributes)
         if t.capture and op.tool_call and op.arguments is not UNSET:
             self._span.set_attribute("gen_ai.tool.call.arguments", t.captured(op.arguments))
 
@@ -147,7 +146,7 @@ class PostSpan:
 
     def __enter__(self) -> PostSpan:
         attributes: Attributes = {"tunnel.resp_type": self._resp_type, "tunnel.resp_code": self._status}
-        self._span = self._t.tracer.start_span("tunnel response", kind=SpanKind.CLIENT, attributes=attributes)
+        self._span = self._t.spans.start("tunnel response", SpanKind.CLIENT, attributes)
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
         return self
 
@@ -185,11 +184,8 @@ class PollSpan:
 
     def __enter__(self) -> PollSpan:
         self._started = time.perf_counter()
-        self._span = self._t.tracer.start_span(
-            "tunnel poll",
-            kind=SpanKind.CLIENT,
-            attributes={"tunnel.poll.limit": self._limit},
-            context=otel_context.Context(),
+        self._span = self._t.spans.start(
+            "tunnel poll", SpanKind.CLIENT, {"tunnel.poll.limit": self._limit}, otel_context.Context()
         )
         return self
 
@@ -234,7 +230,7 @@ class ClientSpan:
         op.metric["mcp.protocol.version"] = t.labels(info.protocol_version)
         self._op, self._metric = op, op.metric
         self._started = time.perf_counter()
-        self._span = t.tracer.start_span(op.name, kind=SpanKind.CLIENT, attributes=op.attributes)
+        self._span = t.spans.start(op.name, SpanKind.CLIENT, op.attributes)
         carrier = t.carrier(self._span)
         if carrier:
             params = t.payloads.inject_params(call.params, carrier)
@@ -305,7 +301,7 @@ class RelayRequestSpan:
             if session is not None:
                 attributes["mcp.session.id"] = session
         parent = t.extract(self._headers, params)
-        self._span = t.relay_spans.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        self._span = t.relay_spans.start(name, SpanKind.SERVER, attributes, parent)
         return self
 
     def inject(self, headers: Headers, body: bytes | None) -> tuple[Headers, bytes | None]:
