@@ -109,55 +109,65 @@ class SpanEncoder:
         return b"".join(out)
 
     def span(self, span: ReadableSpan) -> bytes:
-        """One Span message body."""
-        context = span.get_span_context()
+        """One Span message body. Reads the ended span's fields directly (its properties copy events and
+        links into tuples and wrap the attributes in a proxy); `ReadableSpan` keeps them as `_name` etc."""
+        fields: dict[str, Any] = span.__dict__
+        context = fields["_context"]
         assert context is not None
-        parent = span.parent
-        parts = [
-            b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-        ]
-        if context.trace_state:
-            parts.append(_text(0x1A, ",".join(f"{key}={value}" for key, value in context.trace_state.items())))
+        parent = fields["_parent"]
+        trace_state = context.trace_state
+        out = b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")
+        if trace_state:
+            out += _text(0x1A, ",".join(f"{key}={value}" for key, value in trace_state.items()))
         if parent is not None:
-            parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        parts.append(_text(0x2A, span.name))
-        parts.append(_KINDS[span.kind])
-        parts.append(b"\x39" + _pack_q(span.start_time or 0))
-        parts.append(b"\x41" + _pack_q(span.end_time or 0))
-        if span.attributes:
-            parts.append(self.attributes(0x4A, span.attributes))
-        if span.dropped_attributes:
-            parts.append(b"\x50" + _varint(span.dropped_attributes))
-        for event in span.events:
-            body = b"\x09" + _pack_q(event.timestamp) + _text(0x12, event.name)
-            if event.attributes:
-                body += self.attributes(0x1A, event.attributes)
-            if event.dropped_attributes:
-                body += b"\x20" + _varint(event.dropped_attributes)
-            parts.append(_field(0x5A, body))
-        if span.dropped_events:
-            parts.append(b"\x60" + _varint(span.dropped_events))
-        for link in span.links:
-            body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
-            body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
-            if link.attributes:
-                body += self.attributes(0x22, link.attributes)
-            if link.dropped_attributes:
-                body += b"\x28" + _varint(link.dropped_attributes)
-            body += b"\x35" + (_FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL)[2:]
-            parts.append(_field(0x6A, body))
-        if span.dropped_links:
-            parts.append(b"\x70" + _varint(span.dropped_links))
-        status = span.status
-        body = b""
-        if status.description:
-            body += _text(0x12, status.description)
-        if status.status_code.value:
-            body += b"\x18" + _varint(status.status_code.value)
-        parts.append(b"\x7a" + _varint(len(body)) + body)
-        parts.append(_flags(parent))
-        return b"".join(parts)
+            out += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
+        name = fields["_name"].encode()
+        out += b"\x2a" + _varint(len(name)) + name + _KINDS[fields["_kind"]]
+        out += b"\x39" + _pack_q(fields["_start_time"] or 0) + b"\x41" + _pack_q(fields["_end_time"] or 0)
+        attributes = fields["_attributes"]
+        if attributes:
+            out += self.attributes(0x4A, attributes)
+        dropped = getattr(attributes, "dropped", 0)
+        if dropped:
+            out += b"\x50" + _varint(dropped)
+        events = fields["_events"]
+        if events:
+            for event in events:
+                body = b"\x09" + _pack_q(event.timestamp) + _text(0x12, event.name)
+                if event.attributes:
+                    body += self.attributes(0x1A, event.attributes)
+                if event.dropped_attributes:
+                    body += b"\x20" + _varint(event.dropped_attributes)
+                out += _field(0x5A, body)
+        dropped = getattr(events, "dropped", 0)
+        if dropped:
+            out += b"\x60" + _varint(dropped)
+        links = fields["_links"]
+        if links:
+            for link in links:
+                body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
+                body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
+                if link.attributes:
+                    body += self.attributes(0x22, link.attributes)
+                if link.dropped_attributes:
+                    body += b"\x28" + _varint(link.dropped_attributes)
+                body += b"\x35" + (_FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL)[2:]
+                out += _field(0x6A, body)
+        dropped = getattr(links, "dropped", 0)
+        if dropped:
+            out += b"\x70" + _varint(dropped)
+        status = fields["_status"]
+        if status.description or status.status_code.value:
+            body = b""
+            if status.description:
+                body += _text(0x12, status.description)
+            if status.status_code.value:
+                body += b"\x18" + _varint(status.status_code.value)
+            out += b"\x7a" + _varint(len(body)) + body
+        else:
+            out += b"\x7a\x00"
+        encoded: bytes = out + (_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+        return encoded
 
     def attributes(self, tag: int, attributes: Mapping[str, Any]) -> bytes:
         """Repeated KeyValue under `tag`; each pair's encoding is remembered."""

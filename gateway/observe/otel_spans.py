@@ -13,6 +13,7 @@ pins the SDK internals this relies on (the fields of `Span`, `BoundedAttributes`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from threading import Lock
 from time import time_ns
@@ -37,11 +38,32 @@ _FLAGS: Final = {
 }
 """Trace flags by (sampled, random trace id), built once."""
 _UNSET: Final = Status(StatusCode.UNSET)
+_sdk_logger = logging.getLogger("opentelemetry.sdk.trace")
+"""Warnings about misuse go where the SDK's own span writes them."""
 
 
 class GatewaySpan(_Span):
     """The SDK's span; `end` hands the span itself to the processors (it is a `ReadableSpan`, frozen once
-    ended, sharing what the SDK's copy would share) and `put` adds attributes without re-cleaning them."""
+    ended, sharing what the SDK's copy would share) and `put` adds attributes without re-cleaning them.
+    Its event and link lists start as one shared empty list and are made on the first event or link
+    (most spans have none: two lists, two locks and four objects for the collector fewer per span)."""
+
+    def _add_event(self, event: Any) -> None:
+        self._append("_events", "max_events", event, "add_event")
+
+    def _add_link(self, link: Any) -> None:
+        self._append("_links", "max_links", link, "add_link")
+
+    def _append(self, field: str, limit: str, item: Any, what: str) -> None:
+        """What the SDK's `_add_event`/`_add_link` do, making the span's own list first if it has none."""
+        with self._lock:
+            if self._end_time is None:
+                items = self.__dict__[field]
+                if type(items) is _NoItems:
+                    items = self.__dict__[field] = BoundedList(getattr(self._limits, limit))
+                items.append(item)
+                return
+        _sdk_logger.warning("Tried calling %s on an ended span.", what)
 
     def end(self, end_time: int | None = None) -> None:
         with self._lock:
@@ -75,6 +97,19 @@ class GatewaySpan(_Span):
                 plain.update(attributes)
 
 
+class _NoItems(BoundedList):  # type: ignore[type-arg]
+    """The empty event or link list spans share until they get one of their own; never added to."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    def append(self, item: Any) -> None:
+        raise TypeError("a shared empty list of a GatewaySpan was added to (an SDK change?)")
+
+    def extend(self, seq: Any) -> None:
+        raise TypeError("a shared empty list of a GatewaySpan was added to (an SDK change?)")
+
+
 def put(span: trace.Span, attributes: Mapping[str, Any]) -> None:
     """Attributes onto any span: `GatewaySpan.put` when it is one, else `set_attributes`."""
     if isinstance(span, GatewaySpan):
@@ -86,10 +121,11 @@ def put(span: trace.Span, attributes: Mapping[str, Any]) -> None:
 class SpanStarter:
     """Starts spans of one tracer; `start` is `Tracer.start_span` for attributes of the clean types."""
 
-    __slots__ = ("_sdk", "tracer")
+    __slots__ = ("_none", "_sdk", "tracer")
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
+        self._none = _NoItems()
         self._sdk: Any = tracer if type(tracer) is SdkTracer else None
 
     def start(
@@ -140,7 +176,7 @@ class SpanStarter:
         )
         if not sampled:
             return NonRecordingSpan(context=span_context)
-        span = _new_span(tracer, name, span_context, parent, kind, attributes, maxlen, record_end_metrics)
+        span = _new_span(tracer, name, span_context, parent, kind, attributes, maxlen, record_end_metrics, self._none)
         tracer.span_processor.on_start(span, parent_context=context)
         return span
 
@@ -154,6 +190,7 @@ def _new_span(
     attributes: dict[str, Any],
     maxlen: int,
     record_end_metrics: Any,
+    none: _NoItems,
 ) -> GatewaySpan:
     """What `_Span(...)` followed by `start()` builds, field by field (the pin test compares the two)."""
     limits = tracer._span_limits
@@ -177,8 +214,8 @@ def _new_span(
         "_start_time": time_ns(),
         "_end_time": None,
         "_attributes": bounded,
-        "_events": BoundedList(limits.max_events),
-        "_links": BoundedList(limits.max_links),
+        "_events": none,
+        "_links": none,
         "_resource": tracer.resource,
         "_status": _UNSET,
         "_sampler": tracer.sampler,

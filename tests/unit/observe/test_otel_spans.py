@@ -5,6 +5,7 @@ the SDK internals the fast path writes: it fails when the SDK's `Span` gains, lo
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -50,7 +51,7 @@ def _compare(sdk: Any, ours: Any) -> None:
     for name, value in vars(sdk).items():
         if name not in _VARIES:
             assert vars(ours)[name] == value, name
-        assert type(vars(ours)[name]) is type(value), name
+        assert isinstance(vars(ours)[name], type(value)), name
     for name in ("_attributes", "_events", "_links"):
         assert sorted(vars(vars(ours)[name])) == sorted(vars(vars(sdk)[name])), f"the SDK's {name} type changed"
     assert vars(ours._attributes) | {"_lock": None, "_dict": None} == vars(sdk._attributes) | {
@@ -80,6 +81,42 @@ def test_the_span_has_every_field_the_sdk_gives_its_span_started_and_ended() -> 
     assert seen.ended[1].attributes == ATTRIBUTES
     ours.end()  # a second end changes nothing and reports nothing
     assert len(seen.ended) == 2
+
+
+def test_events_and_links_land_on_the_span_that_gets_them() -> None:
+    provider, seen = _provider()
+    starter = SpanStarter(provider.get_tracer("scope"))
+    first = starter.start("first", SpanKind.INTERNAL, {})
+    second = starter.start("second", SpanKind.INTERNAL, {})
+    first.add_event("retry", {"gateway.retry.attempt": 1})
+    first.add_link(SpanContext(0xABC, 0xDEF, is_remote=True), {"k": "v"})
+    first.end()
+    second.end()
+    first.add_event("late")
+    assert [(event.name, dict(event.attributes or {})) for event in first.events] == [  # type: ignore[attr-defined]
+        ("retry", {"gateway.retry.attempt": 1})
+    ]
+    assert [link.context.span_id for link in first.links] == [0xDEF]  # type: ignore[attr-defined]
+    assert second.events == ()  # type: ignore[attr-defined]
+    assert second.links == ()  # type: ignore[attr-defined]
+    assert seen.ended[1].dropped_events == seen.ended[1].dropped_links == 0
+
+
+def test_the_sdks_span_adds_events_and_links_only_where_ours_takes_them_over() -> None:
+    """GatewaySpan shares one empty list until `_add_event`/`_add_link`: no other SDK method may add to them
+    (`__init__` and `_new_links` build the lists; `_new_span` replaces both)."""
+    writers = set()
+    for cls in SdkSpan.__mro__:
+        for name, member in vars(cls).items():
+            functions = [member] + [cell.cell_contents for cell in getattr(member, "__closure__", None) or ()]
+            for function in functions:
+                if inspect.isfunction(function):
+                    source = inspect.getsource(function)
+                    writes = (f"{field}.{verb}" for field in ("_events", "_links") for verb in ("append", "extend"))
+                    if any(write in source for write in writes):
+                        writers.add(f"{cls.__name__}.{name}")
+    expected = {"Span.__init__", "Span._new_links", "Span._add_event", "Span._add_link"}
+    assert writers == expected, "the SDK's Span adds events or links elsewhere now: see GatewaySpan._append"
 
 
 def test_parents_ids_and_flags_are_the_sdks_for_every_parent() -> None:
