@@ -34,7 +34,7 @@ from gateway.observe.otel_scopes import (
     PollSpan,
     PostSpan,
 )
-from gateway.observe.otel_spans import SpanStarter
+from gateway.observe.otel_spans import SpanStarter, remote_context
 from gateway.observe.records import CallRecord, CallSink
 from gateway.protocol.errors import UpstreamError
 from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
@@ -211,9 +211,7 @@ class OtelTelemetry(Telemetry):
             parent, state = params.meta.traceparent, params.meta.tracestate
         if parent is None:
             return None
-        carrier = {TRACEPARENT: parent, TRACESTATE: state} if state else {TRACEPARENT: parent}
-        found = self.propagator.extract(carrier)
-        return found if trace.get_current_span(found).get_span_context().is_valid else None
+        return remote_context(parent, state)
 
     def carrier(self, span: trace.Span) -> dict[str, str]:
         """`traceparent` (and `tracestate`) for `span`, as the W3C propagator writes them, without

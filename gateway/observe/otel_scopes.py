@@ -46,7 +46,18 @@ class Operation:
 class CommandSpan:
     """One command's SERVER span, current while the command runs, and its metrics."""
 
-    __slots__ = ("_answered", "_command", "_metric", "_op", "_received", "_span", "_started", "_t", "_tokens")
+    __slots__ = (
+        "_answered",
+        "_command",
+        "_headers",
+        "_metric",
+        "_op",
+        "_received",
+        "_span",
+        "_started",
+        "_t",
+        "_tokens",
+    )
 
     def __init__(self, t: OtelTelemetry, command: PolledCommand, received_at: float) -> None:
         self._t = t
@@ -59,20 +70,24 @@ class CommandSpan:
     def __enter__(self) -> CommandSpan:
         t, command = self._t, self._command
         self._started = time.perf_counter()
+        # One pass over the client's headers for the few telemetry reads, instead of a scan per read.
+        headers = self._headers = {
+            name: values for name, values in command.headers.items() if name.lower() in _READ_HEADERS
+        }
         params: Params | None = None
-        if command.jsonrpc is not UNSET and header_value(command.headers, TRACEPARENT) is None:
+        if command.jsonrpc is not UNSET and header_value(headers, TRACEPARENT) is None:
             raw = bytes(command.jsonrpc)
             if b"traceparent" in raw:  # only then is the message parsed here
                 message = t.payloads.message(raw)
                 params = t.payloads.params(message.params if message is not None else UNSET)
-        parent = t.extract(command.headers, params)
+        parent = t.extract(headers, params)
         attributes: Attributes = {
             "network.transport": "tcp",
             "gateway.channel": t.labels(command.channel),
             "gateway.request.id": command.request_id,
         }
         if command.command_type == COMMAND_SESSION_END:
-            session = header_value(command.headers, SESSION_HEADER)
+            session = header_value(headers, SESSION_HEADER)
             if session is not None:
                 attributes["mcp.session.id"] = session
                 t.session_closed(session)
@@ -90,7 +105,7 @@ class CommandSpan:
             self._span.update_name("response")
             return
         params = t.payloads.params(message.params)
-        op = self._op = t.operation(message.method, params, message.id, self._command.headers, "tcp")
+        op = self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
         self._metric = op.metric
         self._span.update_name(op.name)
         put(self._span, op.attributes)

@@ -14,6 +14,7 @@ pins the SDK internals this relies on (the fields of `Span`, `BoundedAttributes`
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from threading import Lock
 from time import time_ns
@@ -26,7 +27,9 @@ from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import _Span
 from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision
 from opentelemetry.sdk.util import BoundedList
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace.propagation import tracecontext as w3c
+from opentelemetry.trace.span import _TRACECONTEXT_MAXIMUM_TRACESTATE_LENGTH
 
 _CLEAN: Final = frozenset({str, bool, int, float})
 """Attribute value types put into a span as they are (the SDK keeps these unchanged without a length limit)."""
@@ -38,6 +41,10 @@ _FLAGS: Final = {
 }
 """Trace flags by (sampled, random trace id), built once."""
 _UNSET: Final = Status(StatusCode.UNSET)
+_W3C: Final = w3c.TraceContextTextMapPropagator
+_TRACEPARENT: Final[re.Pattern[str]] = _W3C._TRACEPARENT_HEADER_FORMAT_RE
+_TRACEPARENT_LIMIT: Final[int] = _W3C._TRACEPARENT_MAXIMUM_LENGTH
+_TRACESTATE_LIMIT: Final[int] = _TRACECONTEXT_MAXIMUM_TRACESTATE_LENGTH
 _sdk_logger = logging.getLogger("opentelemetry.sdk.trace")
 """Warnings about misuse go where the SDK's own span writes them."""
 
@@ -108,6 +115,25 @@ class _NoItems(BoundedList):  # type: ignore[type-arg]
 
     def extend(self, seq: Any) -> None:
         raise TypeError("a shared empty list of a GatewaySpan was added to (an SDK change?)")
+
+
+def remote_context(traceparent: str, tracestate: str | None) -> otel_context.Context | None:
+    """The context `TraceContextTextMapPropagator.extract` makes from these two header values, or None where
+    it would find no valid parent; the propagator's own pattern and rules, without its carrier, getter and
+    `re` cache look-ups."""
+    if len(traceparent) > _TRACEPARENT_LIMIT:
+        return None
+    match = _TRACEPARENT.search(traceparent)
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if trace_id == "0" * 32 or span_id == "0" * 16 or version == "ff" or (version == "00" and rest):
+        return None
+    state = None
+    if tracestate is not None and len(tracestate) <= _TRACESTATE_LIMIT:
+        state = TraceState.from_header([tracestate])
+    remote = SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)), state)
+    return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
 
 
 def put(span: trace.Span, attributes: Mapping[str, Any]) -> None:

@@ -17,8 +17,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.observe.otel_spans import GatewaySpan, SpanStarter, put
+from gateway.observe.otel_spans import GatewaySpan, SpanStarter, put, remote_context
 
 ATTRIBUTES = {"mcp.method.name": "tools/call", "tunnel.poll.limit": 64, "ratio": 0.5, "flag": True}
 _VARIES = {"_context", "_start_time", "_end_time", "_lock", "_attributes", "_events", "_links", "_status"}
@@ -204,3 +205,37 @@ def test_put_adds_clean_values_and_leaves_the_rest_to_the_sdk() -> None:
     plain = provider.get_tracer("s").start_span("sdk")
     put(plain, {"x": "y"})
     assert plain.attributes == {"x": "y"}  # type: ignore[attr-defined]
+
+
+def test_remote_context_is_what_the_w3c_propagator_extracts() -> None:
+    propagator = TraceContextTextMapPropagator()
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    cases: list[tuple[str, str | None]] = [
+        (parent, None),
+        (parent, "vendor=v1,other=x"),
+        (parent, "bad state with spaces"),
+        (parent, "k=" + "v" * 600),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", None),
+        ("  00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\t", None),
+        ("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future", None),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", None),
+        ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
+        ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
+        ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", None),
+        ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", None),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01", None),
+        ("garbage", None),
+        ("", None),
+        (parent + "0" * 600, None),
+    ]
+    for traceparent, tracestate in cases:
+        carrier = {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate is not None else {})}
+        expected = trace.get_current_span(propagator.extract(carrier)).get_span_context()
+        found = remote_context(traceparent, tracestate)
+        if not expected.is_valid:
+            assert found is None, traceparent
+            continue
+        assert found is not None, traceparent
+        context = trace.get_current_span(found).get_span_context()
+        assert context == expected, traceparent
+        assert (context.trace_state, context.is_remote) == (expected.trace_state, True)
