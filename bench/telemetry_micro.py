@@ -24,11 +24,11 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.otel import OtelTelemetry
-from gateway.observe.otel_export import SpanEncoder
+from gateway.observe.otel_export import GatewayBatchSpanProcessor, SpanEncoder
 from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo
 from gateway.protocol.wire import JsonRpcMessage, PolledCommand
 
@@ -73,7 +73,7 @@ def _telemetry(mode: str) -> tuple[Telemetry, TracerProvider | None, _Encoding |
     if mode.startswith("tracing"):
         tracer_provider = TracerProvider()
         exporter = _Encoding(sdk=mode.endswith("sdk-encoder"), encode=not mode.endswith("no-export"))
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        tracer_provider.add_span_processor(GatewayBatchSpanProcessor(exporter))  # as otel_sdk builds it
     meters = MeterProvider(metric_readers=[InMemoryMetricReader()], exemplar_filter=AlwaysOffExemplarFilter())
     telemetry = OtelTelemetry(
         tracer_provider=tracer_provider,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from time import time_ns
 from types import MappingProxyType
 from typing import Any, Final
@@ -35,12 +34,26 @@ _NO_CONTEXT: Final = Context()
 """The context a fast measurement carries: read only for exemplars, which the fast path requires off."""
 
 
-@dataclass(frozen=True)
 class _CleanMeasurement(Measurement):
-    """A `Measurement` whose attributes were checked by `Recorder` (str and int), so not cleaned again."""
+    """A `Measurement` whose attributes were checked by `Recorder` (str and int), so not cleaned again: its
+    fields are set in one step (`_measurement`), not through the frozen dataclass's five `__setattr__`s."""
 
-    def __post_init__(self) -> None:
-        pass
+
+MEASUREMENT_FIELDS: Final = ("value", "time_unix_nano", "instrument", "context", "attributes")
+"""`Measurement`'s fields, as `_measurement` sets them (the pin test compares them with the SDK's)."""
+
+
+def _measurement(amount: float, histogram: Histogram, attributes: Mapping[str, Any]) -> Measurement:
+    measurement = object.__new__(_CleanMeasurement)
+    fields = {
+        "value": amount,
+        "time_unix_nano": time_ns(),
+        "instrument": histogram,
+        "context": _NO_CONTEXT,
+        "attributes": attributes,
+    }
+    object.__setattr__(measurement, "__dict__", fields)
+    return measurement
 
 
 class Recorder:
@@ -84,7 +97,7 @@ class Recorder:
             if kept is None or kept[0] is not storages:
                 self._remember(key, attributes, storages)
             return
-        measurement = _CleanMeasurement(amount, time_ns(), self._histogram, _NO_CONTEXT, attributes)  # type: ignore[arg-type]
+        measurement = _measurement(amount, self._histogram, attributes)
         for aggregation in kept[1]:
             aggregation.aggregate(measurement, False)
 

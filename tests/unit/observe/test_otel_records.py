@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, AlwaysOnExemplarFilter, Histogram, MeterProvider
+from opentelemetry.sdk.metrics._internal.measurement import Measurement
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import View
 
-from gateway.observe.otel_records import Recorder
+from gateway.observe.otel_records import MEASUREMENT_FIELDS, Recorder, _measurement
 
 BUCKETS = (0.01, 0.1, 1.0)
 SETS: list[dict[str, Any]] = [
@@ -91,6 +92,14 @@ def test_the_short_path_is_taken_and_collects_what_the_sdk_collects() -> None:
         recorder.record(0.2, dict(attributes))
         recorder.histogram.record(0.2, dict(attributes))
     assert _points(fast[0]) == _points(fast[1])
+
+
+def test_a_short_path_measurement_has_the_sdks_measurement_fields() -> None:
+    assert tuple(Measurement.__dataclass_fields__) == MEASUREMENT_FIELDS, "the SDK's Measurement changed"
+    histogram = _histogram(MeterProvider())
+    made = _measurement(0.5, histogram, {"a": "b"})
+    assert isinstance(made, Measurement)
+    assert (made.value, made.instrument, made.attributes) == (0.5, histogram, {"a": "b"})
 
 
 def test_delta_readers_views_and_late_readers_collect_what_the_sdk_collects() -> None:
