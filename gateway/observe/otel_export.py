@@ -1,7 +1,6 @@
-"""The OTLP/HTTP span exporter: the SDK's own exporter with a cheaper encoding of each batch (the same
-request a reader decodes from the SDK's encoder), repeated parts encoded once; and the SDK's batch span
-processor without a system call per span. Sends only through the SDK's client; builds no provider and
-changes no span.
+"""The OTLP/HTTP span exporter (the SDK's, with a cheaper encoding of the same request) and the SDK's batch
+span processor without a system call per span. Sends only through the SDK's client; builds no provider
+and changes no span.
 
 The SDK's encoder builds one protobuf object per span, attribute and value on the
 BatchSpanProcessor's thread, which holds the GIL the event loop needs (about 33 µs
