@@ -15,6 +15,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import requests
+import requests.utils
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -234,10 +236,15 @@ def _flags(parent: SpanContext | None) -> bytes:
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
     """`OTLPSpanExporter` (endpoint, headers, TLS, compression, retries, size limit: all the SDK's)
-    whose batches are encoded by `SpanEncoder`."""
+    whose batches are encoded by `SpanEncoder`, through a session whose environment settings are read
+    once (`_settle_environment`) rather than on every POST."""
 
     def __init__(self, **kwargs: Any) -> None:
+        session = kwargs.get("session")
+        if session is None:
+            session = kwargs["session"] = requests.Session()
         super().__init__(**kwargs)
+        _settle_environment(session, self._endpoint)
         self._encoder = SpanEncoder()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -256,6 +263,25 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
                 outcome.error = result.error
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+def _settle_environment(session: requests.Session, url: str) -> None:
+    """What `requests` reads from the environment for each request to `url` (proxies and `no_proxy`, a
+    `.netrc` login, `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` for https), read now and kept on the session, which
+    then stops reading it: per POST that was a `stat` of ~/.netrc and of the CA bundle (a profile showed
+    them on the export thread). The environment of a running exporter does not change."""
+    if not session.trust_env:
+        return
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    if session.auth is None:
+        session.auth = requests.utils.get_netrc_auth(url)
+    if session.verify is True and url.lower().startswith("https:"):
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
+    if not url.lower().startswith("https:") and isinstance(session.verify, str):
+        session.verify = True  # plain HTTP: no certificate is checked, so no CA path to stat per request
+    session.trust_env = False
 
 
 class GatewayBatchSpanProcessor(BatchSpanProcessor):

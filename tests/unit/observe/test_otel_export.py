@@ -9,6 +9,7 @@ import http.server
 import inspect
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -182,3 +183,26 @@ def test_the_sdk_code_the_batch_processor_stands_in_for_is_unchanged() -> None:
     for name, (function, expected) in sources.items():
         digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
         assert digest == expected, f"the SDK's {name} changed: review GatewayBatchSpanProcessor.on_end"
+
+
+def test_the_exporters_session_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Proxies, `no_proxy`, a .netrc login and the CA bundle apply as `requests` would apply them per request."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine collector.example login user password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "bundle.pem"))
+    remote = FastOTLPSpanExporter(endpoint="https://collector.example/v1/traces")
+    session = remote._client._transport._session  # type: ignore[attr-defined]
+    assert session.trust_env is False
+    assert session.proxies["https"] == "http://127.0.0.1:3128"
+    assert session.auth == ("user", "secret")
+    assert session.verify == str(tmp_path / "bundle.pem")
+    local = FastOTLPSpanExporter(endpoint="http://127.0.0.1:4318/v1/traces")
+    session = local._client._transport._session  # type: ignore[attr-defined]
+    assert session.trust_env is False
+    assert "http" not in session.proxies
+    assert session.auth is None
+    assert session.verify is True
