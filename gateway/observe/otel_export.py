@@ -130,9 +130,7 @@ class SpanEncoder:
         attributes = fields["_attributes"]
         if attributes:
             out += self.attributes(0x4A, attributes)
-        dropped = getattr(attributes, "dropped", 0)
-        if dropped:
-            out += b"\x50" + _varint(dropped)
+        out += _dropped(b"\x50", attributes)
         events = fields["_events"]
         if events:
             for event in events:
@@ -142,9 +140,7 @@ class SpanEncoder:
                 if event.dropped_attributes:
                     body += b"\x20" + _varint(event.dropped_attributes)
                 out += _field(0x5A, body)
-        dropped = getattr(events, "dropped", 0)
-        if dropped:
-            out += b"\x60" + _varint(dropped)
+        out += _dropped(b"\x60", events)
         links = fields["_links"]
         if links:
             for link in links:
@@ -156,9 +152,7 @@ class SpanEncoder:
                     body += b"\x28" + _varint(link.dropped_attributes)
                 body += b"\x35" + (_FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL)[2:]
                 out += _field(0x6A, body)
-        dropped = getattr(links, "dropped", 0)
-        if dropped:
-            out += b"\x70" + _varint(dropped)
+        out += _dropped(b"\x70", links)
         status = fields["_status"]
         if status.description or status.status_code.value:
             body = b""
@@ -224,6 +218,13 @@ class SpanEncoder:
                     schema = _text(0x1A, scope.schema_url)
             kept = self._scopes[id(scope)] = (scope, _field(0x0A, body) + schema)
         return kept[1]
+
+
+def _dropped(tag: bytes, items: object) -> bytes:
+    """The dropped-count field `tag` for a span's attributes, events or links (the SDK's bounded
+    containers count what they dropped; a plain container dropped nothing); empty when zero."""
+    count = getattr(items, "dropped", 0)
+    return tag + _varint(count) if count else b""
 
 
 def _varint_prefixed(payload: bytes) -> bytes:
