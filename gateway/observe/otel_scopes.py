@@ -220,7 +220,7 @@ class PollSpan:
             kind = t.failed(self._span, exc, outcome)
             t.poll_errors.add(1, {"error.type": kind})
         else:
-            self._span.set_attribute("tunnel.poll.commands", self._count)
+            put(self._span, {"tunnel.poll.commands": self._count})
             if self._count:
                 t.polled.add(self._count)
         t.poll_duration.record(time.perf_counter() - self._started, outcome)
@@ -331,7 +331,7 @@ class RelayRequestSpan:
         self._span.set_attribute("user.id", subject)
 
     def answered(self, status: int, body: bytes | None) -> None:
-        self._span.set_attribute("http.response.status_code", status)
+        put(self._span, {"http.response.status_code": status})
         if self._op is not None:
             self._t.settle(self._span, self._op, body, {}, server=True)
         if status >= 500:
