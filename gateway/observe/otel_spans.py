@@ -95,7 +95,7 @@ class GatewaySpan(_Span):
             bounded.max_value_len is not None
             or bounded.maxlen is None
             or len(plain) + len(attributes) > bounded.maxlen
-            or not all(type(value) in _CLEAN for value in attributes.values())
+            or not _CLEAN.issuperset(map(type, attributes.values()))
         ):
             self.set_attributes(attributes)
             return
@@ -174,7 +174,7 @@ class SpanStarter:
             or limits.max_span_attribute_length is not None
             or maxlen is None
             or len(attributes) > maxlen
-            or not all(type(value) in _CLEAN for value in attributes.values())
+            or not _CLEAN.issuperset(map(type, attributes.values()))
         ):
             return tracer.start_span(name, context=context, kind=kind, attributes=attributes)  # type: ignore[no-any-return]
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
