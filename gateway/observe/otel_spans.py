@@ -77,6 +77,7 @@ class GatewaySpan(_Span):
             if self._start_time is None:
                 raise RuntimeError("Calling end() on a not started span.")
             if self._end_time is not None:
+                _sdk_logger.warning("Calling end() on an ended span.")
                 return
             self._end_time = end_time if end_time is not None else time_ns()
             attributes: Any = self._attributes
@@ -102,6 +103,8 @@ class GatewaySpan(_Span):
         with self._lock:
             if self._end_time is None:
                 plain.update(attributes)
+                return
+        _sdk_logger.warning("Setting attribute on ended span.")
 
 
 class _NoItems(BoundedList):  # type: ignore[type-arg]

@@ -6,8 +6,10 @@ the SDK internals the fast path writes: it fails when the SDK's `Span` gains, lo
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
+import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -66,7 +68,7 @@ def _compare(sdk: Any, ours: Any) -> None:
     assert ours.get_span_context().is_remote is False
 
 
-def test_the_span_has_every_field_the_sdk_gives_its_span_started_and_ended() -> None:
+def test_the_span_has_every_field_the_sdk_gives_its_span_started_and_ended(caplog: pytest.LogCaptureFixture) -> None:
     provider, seen = _provider()
     tracer = provider.get_tracer("scope", "1.0")
     sdk = tracer.start_span("tools/call echo", kind=SpanKind.SERVER, attributes=dict(ATTRIBUTES))
@@ -80,8 +82,10 @@ def test_the_span_has_every_field_the_sdk_gives_its_span_started_and_ended() -> 
     assert ours.end_time >= (ours.start_time or 0)
     assert seen.ended[1] is ours
     assert seen.ended[1].attributes == ATTRIBUTES
-    ours.end()  # a second end changes nothing and reports nothing
+    with caplog.at_level(logging.WARNING, logger="opentelemetry.sdk.trace"):
+        ours.end()  # a second end changes nothing and warns as the SDK's span does
     assert len(seen.ended) == 2
+    assert "ended span" in caplog.text
 
 
 def test_events_and_links_land_on_the_span_that_gets_them() -> None:
