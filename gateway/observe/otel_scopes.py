@@ -52,6 +52,7 @@ class CommandSpan:
         "_headers",
         "_metric",
         "_op",
+        "_params",
         "_received",
         "_span",
         "_started",
@@ -66,6 +67,7 @@ class CommandSpan:
         self._op: Operation | None = None
         self._metric: Attributes = {}
         self._answered = False
+        self._params: tuple[Raw | UnsetType, Params] | None = None
 
     def __enter__(self) -> CommandSpan:
         t, command = self._t, self._command
@@ -105,12 +107,18 @@ class CommandSpan:
             self._span.update_name("response")
             return
         params = t.payloads.params(message.params)
+        self._params = (message.params, params)
         op = self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
         self._metric = op.metric
         self._span.update_name(op.name)
         put(self._span, op.attributes)
         if t.capture and op.tool_call and op.arguments is not UNSET:
             self._span.set_attribute("gen_ai.tool.call.arguments", t.captured(op.arguments))
+
+    def decoded(self, raw: Raw | UnsetType) -> Params | None:
+        """The command's params as `describe` decoded them, when `raw` is the very same buffer."""
+        kept = self._params
+        return kept[1] if kept is not None and kept[0] is raw else None
 
     def settle(self, status: int, body: bytes | None, headers: Headers) -> None:
         """The terminal frame is about to be posted: record what it says."""
@@ -236,9 +244,11 @@ class ClientSpan:
         self._t = t
         self._done = False
         server = t.server_attributes(upstream)
-        op = t.operation(
-            call.method, t.payloads.params(call.params), call.id, call.headers, server["network.transport"]
-        )
+        scope = t.current.get()  # the command this call serves: its params may be this call's, decoded
+        decoded = scope.decoded(call.params) if scope is not None else None
+        if decoded is None:
+            decoded = t.payloads.params(call.params)
+        op = t.operation(call.method, decoded, call.id, call.headers, server["network.transport"])
         op.attributes.update(server)
         op.attributes["mcp.protocol.version"] = info.protocol_version
         op.metric.update(server)
