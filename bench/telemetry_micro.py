@@ -1,7 +1,7 @@
 """CPU per command of the gateway's telemetry hooks alone, in one process: off, metrics only, and
 tracing (every span sampled, spans encoded by our encoder or the SDK's). Measures; changes nothing.
 
-    .venv/bin/python -m bench.telemetry_micro            # all modes, 20,000 commands each
+    .venv/bin/python -m bench.telemetry_micro            # all modes, 20,000 commands each, least of 3 runs
     .venv/bin/python -m bench.telemetry_micro --profile tracing   # cProfile of one mode, top 30 by own time
 
 One command here is what the dispatcher does around a `tools/call` with a fast server: the command
@@ -24,26 +24,31 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from gateway.observe.hooks import NOOP, Telemetry
 from gateway.observe.otel import OtelTelemetry
-from gateway.observe.otel_export import SpanEncoder
+from gateway.observe.otel_export import GatewayBatchSpanProcessor, SpanEncoder
 from gateway.protocol.mcp import Call, Frame, Reply, UpstreamInfo
 from gateway.protocol.wire import JsonRpcMessage, PolledCommand
 
-MODES = ("off", "metrics", "tracing", "tracing-sdk-encoder")
+MODES = ("off", "metrics", "tracing-no-export", "tracing", "tracing-sdk-encoder")
 PARAMS = Raw(b'{"name":"echo","arguments":{"text":"hi"}}')
 ANSWER = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi"}]}}'
 
 
 class _Encoding(SpanExporter):
-    def __init__(self, sdk: bool) -> None:
+    def __init__(self, sdk: bool, encode: bool = True) -> None:
         self._sdk = sdk
+        self._encode = encode
         self._ours = SpanEncoder()
+        self.spans = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._sdk:
+        self.spans += len(spans)
+        if not self._encode:
+            pass
+        elif self._sdk:
             encode_spans(spans).SerializePartialToString()
         else:
             self._ours.encode(spans)
@@ -60,13 +65,15 @@ class _Upstream:
         yield Reply(200, ANSWER)
 
 
-def _telemetry(mode: str) -> tuple[Telemetry, TracerProvider | None]:
+def _telemetry(mode: str) -> tuple[Telemetry, TracerProvider | None, _Encoding | None]:
     if mode == "off":
-        return NOOP, None
+        return NOOP, None, None
     tracer_provider = None
+    exporter = None
     if mode.startswith("tracing"):
         tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(BatchSpanProcessor(_Encoding(sdk=mode.endswith("sdk-encoder"))))
+        exporter = _Encoding(sdk=mode.endswith("sdk-encoder"), encode=not mode.endswith("no-export"))
+        tracer_provider.add_span_processor(GatewayBatchSpanProcessor(exporter))  # as otel_sdk builds it
     meters = MeterProvider(metric_readers=[InMemoryMetricReader()], exemplar_filter=AlwaysOffExemplarFilter())
     telemetry = OtelTelemetry(
         tracer_provider=tracer_provider,
@@ -76,7 +83,7 @@ def _telemetry(mode: str) -> tuple[Telemetry, TracerProvider | None]:
         redact=lambda text: text,
         shutdowns=[meters.shutdown],
     )
-    return telemetry, tracer_provider
+    return telemetry, tracer_provider, exporter
 
 
 async def _command(t: Any, command: PolledCommand, message: JsonRpcMessage, info: UpstreamInfo) -> None:
@@ -92,7 +99,7 @@ async def _command(t: Any, command: PolledCommand, message: JsonRpcMessage, info
 
 async def measure(mode: str, commands: int, profile: bool = False) -> float:
     """CPU µs per command (process time; the exporter's thread included)."""
-    t, tracer_provider = _telemetry(mode)
+    t, tracer_provider, exporter = _telemetry(mode)
     command = PolledCommand(
         request_id="req_1",
         shard_token="s",
@@ -116,12 +123,15 @@ async def measure(mode: str, commands: int, profile: bool = False) -> float:
     if tracer_provider is not None:
         tracer_provider.force_flush()
     spent = time.process_time() - started
+    exported = exporter.spans if exporter is not None else 0
     if profiler is not None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     t.shutdown()
     if tracer_provider is not None:
         tracer_provider.shutdown()
+    if exporter is not None and exported < (1000 + commands) * 3 + commands // 8:  # 3 spans a command, a poll per 8
+        print(f"{mode}: only {exported} spans exported (the processor's queue dropped some)")
     return spent / commands * 1e6
 
 
@@ -129,11 +139,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.telemetry_micro")
     parser.add_argument("--commands", type=int, default=20_000)
     parser.add_argument("--profile", choices=MODES)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes to measure")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each mode; the least is printed")
     args = parser.parse_args()
     if args.profile:
         print(f"{args.profile}: {await measure(args.profile, args.commands, profile=True):.1f} µs per command")
         return
-    results = {mode: await measure(mode, args.commands) for mode in MODES}
+    modes = [mode for mode in args.modes.split(",") if mode]
+    results = {mode: min([await measure(mode, args.commands) for _ in range(args.repeat)]) for mode in modes}
     for mode, us in results.items():
         print(f"{mode:>22}: {us:6.1f} µs of CPU per command")
 

@@ -17,13 +17,14 @@ from msgspec import UNSET, Raw, UnsetType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry._logs import Logger, SeverityNumber
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway import __version__
 from gateway.config.routing import ServerSpec
 from gateway.observe.hooks import Observed, RateLimitOutcome, Telemetry
+from gateway.observe.otel_records import Recorder
 from gateway.observe.otel_scopes import (
     Attributes,
     ClientSpan,
@@ -33,6 +34,7 @@ from gateway.observe.otel_scopes import (
     PollSpan,
     PostSpan,
 )
+from gateway.observe.otel_spans import SpanStarter, remote_context
 from gateway.observe.records import CallRecord, CallSink
 from gateway.protocol.errors import UpstreamError
 from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
@@ -113,9 +115,11 @@ def _error_type(exc: BaseException) -> str:
     return type(cause).__name__ if cause is not None else type(exc).__qualname__
 
 
-def _histogram(meter: Meter, name: str, description: str) -> Histogram:
-    return meter.create_histogram(
-        name, unit="s", description=description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+def _histogram(meter: Meter, name: str, description: str) -> Recorder:
+    return Recorder(
+        meter.create_histogram(
+            name, unit="s", description=description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+        )
     )
 
 
@@ -137,7 +141,8 @@ class OtelTelemetry(Telemetry):
     ) -> None:
         provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
         self.tracer = provider.get_tracer(SCOPE, __version__)
-        self.relay_spans = provider.get_tracer(RELAY_SCOPE, __version__)
+        self.spans = SpanStarter(self.tracer)
+        self.relay_spans = SpanStarter(provider.get_tracer(RELAY_SCOPE, __version__))
         self.propagator = TraceContextTextMapPropagator()
         self.payloads = Payloads()
         self.capture = capture_arguments
@@ -206,9 +211,7 @@ class OtelTelemetry(Telemetry):
             parent, state = params.meta.traceparent, params.meta.tracestate
         if parent is None:
             return None
-        carrier = {TRACEPARENT: parent, TRACESTATE: state} if state else {TRACEPARENT: parent}
-        found = self.propagator.extract(carrier)
-        return found if trace.get_current_span(found).get_span_context().is_valid else None
+        return remote_context(parent, state)
 
     def carrier(self, span: trace.Span) -> dict[str, str]:
         """`traceparent` (and `tracestate`) for `span`, as the W3C propagator writes them, without

@@ -1,6 +1,6 @@
-"""The OTLP/HTTP span exporter: the SDK's own exporter with a cheaper encoding of each batch (the same
-request a reader decodes from the SDK's encoder), repeated parts encoded once. Sends only through the
-SDK's client; builds no provider and changes no span.
+"""The OTLP/HTTP span exporter (the SDK's, with a cheaper encoding of the same request) and the SDK's batch
+span processor without a system call per span. Sends only through the SDK's client; builds no provider
+and changes no span.
 
 The SDK's encoder builds one protobuf object per span, attribute and value on the
 BatchSpanProcessor's thread, which holds the GIL the event loop needs (about 33 µs
@@ -10,14 +10,17 @@ a span here). This one appends bytes and reuses what it has seen (a few µs).
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import requests
+import requests.utils
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 
@@ -109,55 +112,59 @@ class SpanEncoder:
         return b"".join(out)
 
     def span(self, span: ReadableSpan) -> bytes:
-        """One Span message body."""
-        context = span.get_span_context()
+        """One Span message body. Reads the ended span's fields directly (its properties copy events and
+        links into tuples and wrap the attributes in a proxy); `ReadableSpan` keeps them as `_name` etc."""
+        fields: dict[str, Any] = span.__dict__
+        context = fields["_context"]
         assert context is not None
-        parent = span.parent
-        parts = [
-            b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-        ]
-        if context.trace_state:
-            parts.append(_text(0x1A, ",".join(f"{key}={value}" for key, value in context.trace_state.items())))
+        parent = fields["_parent"]
+        trace_state = context.trace_state
+        out = b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")
+        if trace_state:
+            out += _text(0x1A, ",".join(f"{key}={value}" for key, value in trace_state.items()))
         if parent is not None:
-            parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        parts.append(_text(0x2A, span.name))
-        parts.append(_KINDS[span.kind])
-        parts.append(b"\x39" + _pack_q(span.start_time or 0))
-        parts.append(b"\x41" + _pack_q(span.end_time or 0))
-        if span.attributes:
-            parts.append(self.attributes(0x4A, span.attributes))
-        if span.dropped_attributes:
-            parts.append(b"\x50" + _varint(span.dropped_attributes))
-        for event in span.events:
-            body = b"\x09" + _pack_q(event.timestamp) + _text(0x12, event.name)
-            if event.attributes:
-                body += self.attributes(0x1A, event.attributes)
-            if event.dropped_attributes:
-                body += b"\x20" + _varint(event.dropped_attributes)
-            parts.append(_field(0x5A, body))
-        if span.dropped_events:
-            parts.append(b"\x60" + _varint(span.dropped_events))
-        for link in span.links:
-            body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
-            body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
-            if link.attributes:
-                body += self.attributes(0x22, link.attributes)
-            if link.dropped_attributes:
-                body += b"\x28" + _varint(link.dropped_attributes)
-            body += b"\x35" + (_FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL)[2:]
-            parts.append(_field(0x6A, body))
-        if span.dropped_links:
-            parts.append(b"\x70" + _varint(span.dropped_links))
-        status = span.status
-        body = b""
-        if status.description:
-            body += _text(0x12, status.description)
-        if status.status_code.value:
-            body += b"\x18" + _varint(status.status_code.value)
-        parts.append(b"\x7a" + _varint(len(body)) + body)
-        parts.append(_flags(parent))
-        return b"".join(parts)
+            out += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
+        name = fields["_name"].encode()
+        out += b"\x2a" + _varint(len(name)) + name + _KINDS[fields["_kind"]]
+        out += b"\x39" + _pack_q(fields["_start_time"] or 0) + b"\x41" + _pack_q(fields["_end_time"] or 0)
+        attributes = fields["_attributes"]
+        if attributes:
+            out += self.attributes(0x4A, attributes)
+        out += _dropped(b"\x50", attributes)
+        events = fields["_events"]
+        if events:
+            for event in events:
+                body = b"\x09" + _pack_q(event.timestamp) + _text(0x12, event.name)
+                if event.attributes:
+                    body += self.attributes(0x1A, event.attributes)
+                if event.dropped_attributes:
+                    body += b"\x20" + _varint(event.dropped_attributes)
+                out += _field(0x5A, body)
+        out += _dropped(b"\x60", events)
+        links = fields["_links"]
+        if links:
+            for link in links:
+                body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
+                body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
+                if link.attributes:
+                    body += self.attributes(0x22, link.attributes)
+                if link.dropped_attributes:
+                    body += b"\x28" + _varint(link.dropped_attributes)
+                body += b"\x35" + (_FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL)[2:]
+                out += _field(0x6A, body)
+        out += _dropped(b"\x70", links)
+        status = fields["_status"]
+        if status.description or status.status_code.value:
+            body = b""
+            if status.description:
+                body += _text(0x12, status.description)
+            if status.status_code.value:
+                body += b"\x18" + _varint(status.status_code.value)
+            out += b"\x7a" + _varint(len(body)) + body
+        else:
+            out += b"\x7a\x00"
+        encoded: bytes = out + (_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+        return encoded
 
     def attributes(self, tag: int, attributes: Mapping[str, Any]) -> bytes:
         """Repeated KeyValue under `tag`; each pair's encoding is remembered."""
@@ -213,6 +220,13 @@ class SpanEncoder:
         return kept[1]
 
 
+def _dropped(tag: bytes, items: object) -> bytes:
+    """The dropped-count field `tag` for a span's attributes, events or links (the SDK's bounded
+    containers count what they dropped; a plain container dropped nothing); empty when zero."""
+    count = getattr(items, "dropped", 0)
+    return tag + _varint(count) if count else b""
+
+
 def _varint_prefixed(payload: bytes) -> bytes:
     return _varint(len(payload)) + payload
 
@@ -223,10 +237,15 @@ def _flags(parent: SpanContext | None) -> bytes:
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
     """`OTLPSpanExporter` (endpoint, headers, TLS, compression, retries, size limit: all the SDK's)
-    whose batches are encoded by `SpanEncoder`."""
+    whose batches are encoded by `SpanEncoder`, through a session whose environment settings are read
+    once (`_settle_environment`) rather than on every POST."""
 
     def __init__(self, **kwargs: Any) -> None:
+        session = kwargs.get("session")
+        if session is None:
+            session = kwargs["session"] = requests.Session()
         super().__init__(**kwargs)
+        _settle_environment(session, self._endpoint)
         self._encoder = SpanEncoder()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -245,3 +264,47 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
                 outcome.error = result.error
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+def _settle_environment(session: requests.Session, url: str) -> None:
+    """What `requests` reads from the environment for each request to `url` (proxies and `no_proxy`, a
+    `.netrc` login, `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` for https), read now and kept on the session, which
+    then stops reading it: per POST that was a `stat` of ~/.netrc and of the CA bundle (a profile showed
+    them on the export thread). The environment of a running exporter does not change."""
+    if not session.trust_env:
+        return
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    if session.auth is None:
+        session.auth = requests.utils.get_netrc_auth(url)
+    if session.verify is True and url.lower().startswith("https:"):
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
+    if not url.lower().startswith("https:") and isinstance(session.verify, str):
+        session.verify = True  # plain HTTP: no certificate is checked, so no CA path to stat per request
+    session.trust_env = False
+
+
+class GatewayBatchSpanProcessor(BatchSpanProcessor):
+    """`BatchSpanProcessor` (queue, batch size, schedule, worker thread, export: all the SDK's) whose
+    `on_end` queues a span without `BatchProcessor.emit`'s `os.getpid()` per span, a system call (several
+    µs on this machine's VM). The process id is compared once, here; after a fork (the SDK re-initialises
+    its processor in the child) and in every unusual case (shut down, queue full) the SDK's own `emit` runs.
+    `tests/unit/observe/test_otel_export.py` pins `emit`'s source: a changed SDK fails it loudly."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pid = os.getpid()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if not (context and context.trace_flags.sampled):
+            return
+        batch: Any = self._batch_processor
+        queue = batch._queue
+        if batch._shutdown or batch._pid != self._pid or len(queue) >= batch._max_queue_size:
+            batch.emit(span)
+            return
+        queue.appendleft(span)
+        if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
+            batch._worker_awaken.set()

@@ -17,6 +17,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway.observe.otel_spans import put
 from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Reply, UpstreamInfo
 from gateway.protocol.tracecontext import TRACEPARENT, TRACESTATE, Params, with_trace_headers
@@ -45,7 +46,19 @@ class Operation:
 class CommandSpan:
     """One command's SERVER span, current while the command runs, and its metrics."""
 
-    __slots__ = ("_answered", "_command", "_metric", "_op", "_received", "_span", "_started", "_t", "_tokens")
+    __slots__ = (
+        "_answered",
+        "_command",
+        "_headers",
+        "_metric",
+        "_op",
+        "_params",
+        "_received",
+        "_span",
+        "_started",
+        "_t",
+        "_tokens",
+    )
 
     def __init__(self, t: OtelTelemetry, command: PolledCommand, received_at: float) -> None:
         self._t = t
@@ -54,30 +67,33 @@ class CommandSpan:
         self._op: Operation | None = None
         self._metric: Attributes = {}
         self._answered = False
+        self._params: tuple[Raw | UnsetType, Params] | None = None
 
     def __enter__(self) -> CommandSpan:
         t, command = self._t, self._command
         self._started = time.perf_counter()
+        # One pass over the client's headers for the few telemetry reads, instead of a scan per read.
+        headers = self._headers = {
+            name: values for name, values in command.headers.items() if name.lower() in _READ_HEADERS
+        }
         params: Params | None = None
-        if command.jsonrpc is not UNSET and header_value(command.headers, TRACEPARENT) is None:
+        if command.jsonrpc is not UNSET and header_value(headers, TRACEPARENT) is None:
             raw = bytes(command.jsonrpc)
             if b"traceparent" in raw:  # only then is the message parsed here
                 message = t.payloads.message(raw)
                 params = t.payloads.params(message.params if message is not None else UNSET)
-        parent = t.extract(command.headers, params)
+        parent = t.extract(headers, params)
         attributes: Attributes = {
             "network.transport": "tcp",
             "gateway.channel": t.labels(command.channel),
             "gateway.request.id": command.request_id,
         }
         if command.command_type == COMMAND_SESSION_END:
-            session = header_value(command.headers, SESSION_HEADER)
+            session = header_value(headers, SESSION_HEADER)
             if session is not None:
                 attributes["mcp.session.id"] = session
                 t.session_closed(session)
-        self._span = t.tracer.start_span(
-            command.command_type, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        )
+        self._span = t.spans.start(command.command_type, SpanKind.SERVER, attributes, parent)
         self._tokens = (
             otel_context.attach(trace.set_span_in_context(self._span, parent)),
             t.current.set(self),
@@ -91,12 +107,18 @@ class CommandSpan:
             self._span.update_name("response")
             return
         params = t.payloads.params(message.params)
-        op = self._op = t.operation(message.method, params, message.id, self._command.headers, "tcp")
+        self._params = (message.params, params)
+        op = self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
         self._metric = op.metric
         self._span.update_name(op.name)
-        self._span.set_attributes(op.attributes)
+        put(self._span, op.attributes)
         if t.capture and op.tool_call and op.arguments is not UNSET:
             self._span.set_attribute("gen_ai.tool.call.arguments", t.captured(op.arguments))
+
+    def decoded(self, raw: Raw | UnsetType) -> Params | None:
+        """The command's params as `describe` decoded them, when `raw` is the very same buffer."""
+        kept = self._params
+        return kept[1] if kept is not None and kept[0] is raw else None
 
     def settle(self, status: int, body: bytes | None, headers: Headers) -> None:
         """The terminal frame is about to be posted: record what it says."""
@@ -147,7 +169,7 @@ class PostSpan:
 
     def __enter__(self) -> PostSpan:
         attributes: Attributes = {"tunnel.resp_type": self._resp_type, "tunnel.resp_code": self._status}
-        self._span = self._t.tracer.start_span("tunnel response", kind=SpanKind.CLIENT, attributes=attributes)
+        self._span = self._t.spans.start("tunnel response", SpanKind.CLIENT, attributes)
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
         return self
 
@@ -185,11 +207,8 @@ class PollSpan:
 
     def __enter__(self) -> PollSpan:
         self._started = time.perf_counter()
-        self._span = self._t.tracer.start_span(
-            "tunnel poll",
-            kind=SpanKind.CLIENT,
-            attributes={"tunnel.poll.limit": self._limit},
-            context=otel_context.Context(),
+        self._span = self._t.spans.start(
+            "tunnel poll", SpanKind.CLIENT, {"tunnel.poll.limit": self._limit}, otel_context.Context()
         )
         return self
 
@@ -209,7 +228,7 @@ class PollSpan:
             kind = t.failed(self._span, exc, outcome)
             t.poll_errors.add(1, {"error.type": kind})
         else:
-            self._span.set_attribute("tunnel.poll.commands", self._count)
+            put(self._span, {"tunnel.poll.commands": self._count})
             if self._count:
                 t.polled.add(self._count)
         t.poll_duration.record(time.perf_counter() - self._started, outcome)
@@ -225,16 +244,18 @@ class ClientSpan:
         self._t = t
         self._done = False
         server = t.server_attributes(upstream)
-        op = t.operation(
-            call.method, t.payloads.params(call.params), call.id, call.headers, server["network.transport"]
-        )
+        scope = t.current.get()  # the command this call serves: its params may be this call's, decoded
+        decoded = scope.decoded(call.params) if scope is not None else None
+        if decoded is None:
+            decoded = t.payloads.params(call.params)
+        op = t.operation(call.method, decoded, call.id, call.headers, server["network.transport"])
         op.attributes.update(server)
         op.attributes["mcp.protocol.version"] = info.protocol_version
         op.metric.update(server)
         op.metric["mcp.protocol.version"] = t.labels(info.protocol_version)
         self._op, self._metric = op, op.metric
         self._started = time.perf_counter()
-        self._span = t.tracer.start_span(op.name, kind=SpanKind.CLIENT, attributes=op.attributes)
+        self._span = t.spans.start(op.name, SpanKind.CLIENT, op.attributes)
         carrier = t.carrier(self._span)
         if carrier:
             params = t.payloads.inject_params(call.params, carrier)
@@ -305,7 +326,7 @@ class RelayRequestSpan:
             if session is not None:
                 attributes["mcp.session.id"] = session
         parent = t.extract(self._headers, params)
-        self._span = t.relay_spans.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        self._span = t.relay_spans.start(name, SpanKind.SERVER, attributes, parent)
         return self
 
     def inject(self, headers: Headers, body: bytes | None) -> tuple[Headers, bytes | None]:
@@ -320,7 +341,7 @@ class RelayRequestSpan:
         self._span.set_attribute("user.id", subject)
 
     def answered(self, status: int, body: bytes | None) -> None:
-        self._span.set_attribute("http.response.status_code", status)
+        put(self._span, {"http.response.status_code": status})
         if self._op is not None:
             self._t.settle(self._span, self._op, body, {}, server=True)
         if status >= 500:

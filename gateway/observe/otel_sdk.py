@@ -16,7 +16,6 @@ from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from gateway import __version__
@@ -63,7 +62,9 @@ def build_sdk(
         sampler = ParentBased(TraceIdRatioBased(spec.sampling_ratio)) if spec.sampling_ratio is not None else None
         tracer_provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
         span_exporter = _exporter("trace", protocol, spec.endpoint, headers, file)
-        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        from gateway.observe.otel_export import GatewayBatchSpanProcessor  # with the exporter, only when tracing
+
+        tracer_provider.add_span_processor(GatewayBatchSpanProcessor(span_exporter))
         shutdowns.append(tracer_provider.shutdown)
 
     readers: list[MetricReader] = []

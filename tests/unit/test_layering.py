@@ -41,6 +41,8 @@ OTEL = (
     "gateway.observe.otel_scopes",
     "gateway.observe.otel_sdk",
     "gateway.observe.otel_export",
+    "gateway.observe.otel_spans",
+    "gateway.observe.otel_records",
 )
 """The OTel implementation: the only modules that import `opentelemetry`."""
 OTEL_LOADER = "gateway.observe.telemetry"

@@ -1,18 +1,23 @@
 """gateway.observe.otel_export: the span encoder writes what the SDK's OTLP encoder writes (decoded as
-an ExportTraceServiceRequest, the two are equal), and the exporter posts it to a real OTLP/HTTP receiver."""
+an ExportTraceServiceRequest, the two are equal), the exporter posts it to a real OTLP/HTTP receiver,
+and the batch processor queues what the SDK's queues (the SDK code it stands in for is pinned)."""
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import inspect
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk._shared_internal import BatchProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
     Link,
@@ -26,7 +31,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from gateway.observe.otel_export import FastOTLPSpanExporter, SpanEncoder
+from gateway.observe.otel_export import FastOTLPSpanExporter, GatewayBatchSpanProcessor, SpanEncoder
 
 
 def _spans() -> list[ReadableSpan]:
@@ -149,3 +154,55 @@ def test_exporter_posts_the_batch(receiver: tuple[str, list[bytes]]) -> None:
     assert len(bodies) == 1
     assert _decoded(bodies[0]) == encode_spans(spans)
     exporter.shutdown()
+
+
+def test_the_batch_processor_queues_what_the_sdks_queues() -> None:
+    exported = InMemorySpanExporter()
+    processor = GatewayBatchSpanProcessor(exported, max_export_batch_size=4, schedule_delay_millis=60_000)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("s")
+    for index in range(10):
+        tracer.start_span(f"span {index}").end()
+    unsampled = set_span_in_context(NonRecordingSpan(SpanContext(0xABC, 0xDEF, True, TraceFlags(0))))
+    tracer.start_span("not sampled", context=unsampled).end()
+    assert processor.force_flush()
+    assert sorted(span.name for span in exported.get_finished_spans()) == sorted(f"span {i}" for i in range(10))
+    provider.shutdown()
+    tracer.start_span("after shutdown").end()  # the SDK's emit: refused
+    assert len(exported.get_finished_spans()) == 10
+
+
+def test_the_sdk_code_the_batch_processor_stands_in_for_is_unchanged() -> None:
+    """`GatewayBatchSpanProcessor.on_end` does what these two do (minus `os.getpid()` per span): if the SDK
+    changes either, compare and update it, then the hashes here."""
+    sources = {
+        "BatchProcessor.emit": (BatchProcessor.emit, "221acffa5dbab37b"),
+        "BatchSpanProcessor.on_end": (BatchSpanProcessor.on_end, "0f0a7d0eb4f998a4"),
+    }
+    for name, (function, expected) in sources.items():
+        digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+        assert digest == expected, f"the SDK's {name} changed: review GatewayBatchSpanProcessor.on_end"
+
+
+def test_the_exporters_session_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Proxies, `no_proxy`, a .netrc login and the CA bundle apply as `requests` would apply them per request."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine collector.example login user password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "bundle.pem"))
+    remote = FastOTLPSpanExporter(endpoint="https://collector.example/v1/traces")
+    session = remote._client._transport._session  # type: ignore[attr-defined]
+    assert session.trust_env is False
+    assert session.proxies["https"] == "http://127.0.0.1:3128"
+    assert session.auth == ("user", "secret")
+    assert session.verify == str(tmp_path / "bundle.pem")
+    local = FastOTLPSpanExporter(endpoint="http://127.0.0.1:4318/v1/traces")
+    session = local._client._transport._session  # type: ignore[attr-defined]
+    assert session.trust_env is False
+    assert "http" not in session.proxies
+    assert session.auth is None
+    assert session.verify is True
