@@ -1,10 +1,11 @@
 """The Redis queue backend: relay replicas sharing tunnels through one Redis (`backend: {kind: redis}`).
 Changes state only through the Lua scripts of `redis_scripts.py`, one per change; no HTTP here.
 
-Owns the connection pool, the pub/sub listener that wakes local polls and
-callers, the heartbeat/janitor loop, retries with clear 503s when Redis is
-unreachable, and the translation of script replies into Commands, frames and
-RelayErrors (redis_scripts.py documents the key layout).
+Owns the pub/sub listener that wakes local polls and callers, the
+heartbeat/janitor loop, retries with clear 503s when Redis is unreachable, and
+the translation of script replies into Commands, frames and RelayErrors
+(redis_scripts.py documents the key layout). Scripts go over one pipelined
+connection (redis_pipe.py): all the tasks' scripts of a loop turn in one write.
 
 Why a sorted-set FIFO with Lua scripts, not Streams with consumer groups nor
 BLMOVE lists (docs/relay-on-redis.md has the long form):
@@ -42,7 +43,6 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -62,6 +62,7 @@ from gateway.relay.errors import (
     TunnelNotFound,
 )
 from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus
+from gateway.relay.redis_pipe import Script, ScriptPipe
 
 log = logging.getLogger("gateway.relay")
 
@@ -169,7 +170,9 @@ class RedisQueue(QueueBackend):
             retry=Retry(NoBackoff(), 0),  # retries are ours (`_run`), once, with idempotent scripts
             protocol=2,  # script replies as RESP2 (nil stays nil; no RESP3 booleans)
         )
-        self._redis: Redis = Redis.from_pool(self._pool)
+        self._redis: Redis = Redis.from_pool(self._pool)  # the pub/sub listener's connection
+        connection = self._pool.make_connection()  # type: ignore[no-untyped-call]  # options only; never connected
+        self._pipe = ScriptPipe(connection, connect_timeout_s=CONNECT_TIMEOUT_S, timeout_s=SOCKET_TIMEOUT_S)
         self._tunnels = {tunnel_id: _Tunnel(prefix, tunnel_id) for tunnel_id in tunnel_ids}
         self._wake_channels = {t.wake_channel.encode(): t for t in self._tunnels.values()}
         self._replicas = f"{prefix}:replicas"
@@ -194,7 +197,7 @@ class RedisQueue(QueueBackend):
         self._store = msgspec.json.Encoder()
         self._command_decoder = msgspec.json.Decoder(_Stored)
         self._frame_decoder = msgspec.json.Decoder(TunnelResponsePayload)
-        script = self._redis.register_script
+        script = self._pipe.register_script
         self._enqueue, self._take, self._release = script(lua.ENQUEUE), script(lua.TAKE), script(lua.RELEASE)
         self._deliver, self._next, self._forget = script(lua.DELIVER), script(lua.NEXT_FRAME), script(lua.FORGET)
         self._poll_end, self._seen, self._status = script(lua.POLL_END), script(lua.CLIENT_SEEN), script(lua.STATUS)
@@ -218,7 +221,7 @@ class RedisQueue(QueueBackend):
         else:
             log.warning("relay: Redis unreachable (%s); retrying", type(exc).__name__ if exc else "unknown")
 
-    async def _run(self, script: AsyncScript, args: Sequence[Arg], *, window_s: float | None = None) -> Any:
+    async def _run(self, script: Script, args: Sequence[Arg], *, window_s: float | None = None) -> Any:
         """Run a script, retrying a lost connection for up to `window_s` (default `retry_s`);
         BackendUnavailable after that. Every script is safe to run twice."""
         loop = asyncio.get_running_loop()
@@ -258,7 +261,7 @@ class RedisQueue(QueueBackend):
     async def ready(self) -> bool:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S + 1):
-                await self._redis.ping()
+                await self._pipe.call("PING")
         except (TimeoutError, *TRANSIENT):
             return False
         return True
@@ -285,6 +288,7 @@ class RedisQueue(QueueBackend):
         with contextlib.suppress(BackendUnavailable):
             await self._retry_orphans(window_s=1.0)
             await self._run(self._leave, [self._replicas, self.replica_id], window_s=1.0)
+        await self._pipe.aclose()
         await self._redis.aclose()
 
     async def _listen(self) -> None:

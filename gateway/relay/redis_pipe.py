@@ -1,0 +1,257 @@
+"""One pipelined Redis connection for the relay's scripts: commands from every task are written together
+once per loop turn and their replies matched in order (RESP2, parsed by hiredis). No retries, no pub/sub.
+
+Owns the socket, the handshake (AUTH, SELECT), the reply-timeout watchdog and the translation of
+replies and socket failures into redis-py's exception classes, so `redis_queue.py` retries and maps
+them exactly as it does redis-py's own. Connection options (host, port, unix path, TLS context,
+credentials, database) are read from a redis-py connection built from the backend's URL, never parsed
+here. Why not redis-py's client for these: each command there checks a connection out of the pool,
+packs and writes it alone and parses its reply in Python (~85 µs of CPU per script measured in one
+process, against ~15 µs here); `bench/RESULTS.md`, "Issue 20, target 5: the Redis client path".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final, cast
+
+import hiredis
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Arg = str | bytes | int
+_pack: Final = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+"""RESP encoding in C (hiredis's stub types its argument as a 1-tuple)."""
+
+_ERRORS: Final[dict[str, type[RedisError]]] = {
+    "NOSCRIPT": NoScriptError,
+    "READONLY": ReadOnlyError,
+    "LOADING": BusyLoadingError,
+    "NOAUTH": AuthenticationError,
+    "WRONGPASS": AuthenticationError,
+}
+"""A reply error's first word -> the redis-py class its parser would raise (others: ResponseError)."""
+
+
+class Script:
+    """A Lua script bound to a pipe, run by its SHA-1 (EVALSHA), sent whole (EVAL) when Redis does not
+    know it yet; `await script(args=[...])` as with redis-py's `register_script`."""
+
+    __slots__ = ("body", "pipe", "sha")
+
+    def __init__(self, pipe: ScriptPipe, body: str) -> None:
+        self.pipe = pipe
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+
+    async def __call__(self, args: Sequence[Arg]) -> Any:
+        return await self.pipe.run(self, args)
+
+
+def reply_error(error: hiredis.ReplyError) -> RedisError:
+    """The redis-py exception for an error reply (its message only: no arguments are echoed)."""
+    message = str(error)
+    if message.startswith("ERR max number of clients"):
+        return RedisConnectionError(message)
+    return _ERRORS.get(message.split(" ", 1)[0], ResponseError)(message)
+
+
+class _Link(asyncio.Protocol):
+    """One connected socket: replies resolve `waiting` in order; a silent server past the timeout,
+    or a lost socket, fails everything still waiting."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.reader = hiredis.Reader(replyError=hiredis.ReplyError)
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._progress = 0  # replies seen; the watchdog compares it between its ticks
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiting = self.waiting
+        while (reply := self.reader.gets()) is not False:
+            self._progress += 1
+            if not waiting:  # nothing asked for this: the stream is out of step, start over
+                self.abort(RedisConnectionError("unexpected reply from Redis"))
+                return
+            future = waiting.popleft()
+            if not future.done():  # its caller was cancelled: the reply is dropped, the order kept
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost is None:
+            self.lost = RedisConnectionError("connection to Redis lost")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(self.lost)
+        self.out.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue a packed command for this turn's write; its future gets the raw reply."""
+        future = asyncio.get_running_loop().create_future()
+        if self.lost is not None:
+            future.set_exception(self.lost)
+            return future
+        self.waiting.append(future)
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(command)
+        if self._watchdog is None:
+            self._arm()
+        return future
+
+    def flush(self) -> None:
+        if self.out and self.transport is not None and self.lost is None:
+            self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+        self.out.clear()
+
+    def abort(self, error: RedisError) -> None:
+        if self.lost is None:
+            self.lost = error
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost follows, and fails what waits
+        else:
+            self.connection_lost(None)
+
+    def _arm(self) -> None:
+        self._watchdog = asyncio.get_running_loop().call_later(self.timeout_s, self._check, self._progress)
+
+    def _check(self, progress: int) -> None:
+        self._watchdog = None
+        if not self.waiting:
+            return
+        if progress == self._progress:
+            self.abort(RedisTimeoutError("Redis did not answer in time"))
+        else:
+            self._arm()
+
+
+class ScriptPipe:
+    """Runs scripts and commands over one connection, opened on first use and again after a loss.
+
+    Errors are redis-py's: ConnectionError (refused, lost: everything in flight on that socket fails
+    together), TimeoutError (no reply within `timeout_s`), ReadOnlyError, ResponseError (a script's
+    own error, for that command only)."""
+
+    def __init__(self, template: AbstractConnection, *, connect_timeout_s: float, timeout_s: float) -> None:
+        self._template = template
+        self._connect_timeout_s = connect_timeout_s
+        self._timeout_s = timeout_s
+        self._link: _Link | None = None
+        self._connecting: asyncio.Future[_Link] | None = None
+
+    def register_script(self, body: str) -> Script:
+        return Script(self, body)
+
+    async def run(self, script: Script, args: Sequence[Arg]) -> Any:
+        """EVALSHA with no keys (the scripts name theirs in ARGV); EVAL once if Redis lost the script."""
+        try:
+            return await self.call(b"EVALSHA", script.sha, 0, *args)
+        except NoScriptError:  # a restarted or flushed Redis: EVAL also caches it for the next call
+            return await self.call(b"EVAL", script.body, 0, *args)
+
+    async def call(self, *command: Arg) -> Any:
+        link = self._link
+        if link is None or link.lost is not None:
+            link = await self._connected()
+        reply = await link.send(_pack(command))
+        if isinstance(reply, hiredis.ReplyError):
+            raise reply_error(reply)
+        return reply
+
+    async def _connected(self) -> _Link:
+        """The open link; one connect for everyone who asks meanwhile."""
+        if self._connecting is not None:
+            return await asyncio.shield(self._connecting)
+        connecting = self._connecting = asyncio.get_running_loop().create_future()
+        try:
+            link = await self._connect()
+        except Exception as exc:
+            connecting.set_exception(exc)
+            raise
+        except BaseException:
+            connecting.set_exception(RedisConnectionError("connecting to Redis was abandoned"))
+            raise
+        else:
+            self._link = link
+            connecting.set_result(link)
+            return link
+        finally:
+            self._connecting = None
+            if connecting.done() and not connecting.cancelled():
+                connecting.exception()  # retrieved here: nobody else may have been waiting
+
+    async def _connect(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        template = self._template
+        link = _Link(self._timeout_s)
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                if isinstance(template, UnixDomainSocketConnection):
+                    await loop.create_unix_connection(lambda: link, template.path)
+                else:
+                    assert isinstance(template, Connection)
+                    ssl = template.ssl_context.get() if isinstance(template, SSLConnection) else None
+                    await loop.create_connection(lambda: link, template.host, template.port, ssl=ssl)
+                await self._handshake(link)
+        except TimeoutError as exc:
+            link.abort(RedisTimeoutError("timed out connecting to Redis"))
+            raise RedisTimeoutError("timed out connecting to Redis") from exc
+        except OSError as exc:
+            link.abort(RedisConnectionError("cannot connect to Redis"))
+            raise RedisConnectionError(f"cannot connect to Redis ({type(exc).__name__})") from exc
+        except BaseException:
+            link.abort(RedisConnectionError("connecting to Redis was abandoned"))
+            raise
+        return link
+
+    async def _handshake(self, link: _Link) -> None:
+        """AUTH and SELECT as the URL asks, pipelined; their errors are raised (AuthenticationError)."""
+        template = self._template
+        replies = []
+        if template.password:
+            auth: tuple[Arg, ...] = ("AUTH", template.password)
+            if template.username:
+                auth = ("AUTH", template.username, template.password)
+            replies.append(link.send(_pack(auth)))
+        if template.db:
+            replies.append(link.send(_pack(("SELECT", template.db))))
+        for reply in replies:
+            result = await reply
+            if isinstance(result, hiredis.ReplyError):
+                raise reply_error(result)
+
+    async def aclose(self) -> None:
+        """Close the socket; commands still in flight fail with ConnectionError."""
+        link, self._link = self._link, None
+        if link is not None and link.transport is not None:
+            link.lost = link.lost or RedisConnectionError("Redis connection closed")
+            link.transport.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link.closed
