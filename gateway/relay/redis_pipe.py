@@ -69,12 +69,23 @@ def reply_error(error: hiredis.ReplyError) -> RedisError:
     return _ERRORS.get(message.split(" ", 1)[0], ResponseError)(message)
 
 
+class PipeStats:
+    """What a pipe has sent so far: commands, and the socket writes that carried them."""
+
+    __slots__ = ("commands", "writes")
+
+    def __init__(self) -> None:
+        self.commands = 0
+        self.writes = 0
+
+
 class _Link(asyncio.Protocol):
     """One connected socket: replies resolve `waiting` in order; a silent server past the timeout,
     or a lost socket, fails everything still waiting."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, stats: PipeStats) -> None:
         self.timeout_s = timeout_s
+        self.stats = stats
         self.reader = hiredis.Reader(replyError=hiredis.ReplyError)
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.out: list[bytes] = []
@@ -129,6 +140,8 @@ class _Link(asyncio.Protocol):
     def flush(self) -> None:
         if self.out and self.transport is not None and self.lost is None:
             self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.stats.commands += len(self.out)
+            self.stats.writes += 1
         self.out.clear()
 
     def abort(self, error: RedisError) -> None:
@@ -164,6 +177,7 @@ class ScriptPipe:
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._link: _Link | None = None
+        self.stats = PipeStats()
         self._connecting: asyncio.Future[_Link] | None = None
 
     def register_script(self, body: str) -> Script:
@@ -210,7 +224,7 @@ class ScriptPipe:
     async def _connect(self) -> _Link:
         loop = asyncio.get_running_loop()
         template = self._template
-        link = _Link(self._timeout_s)
+        link = _Link(self._timeout_s, self.stats)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 if isinstance(template, UnixDomainSocketConnection):
