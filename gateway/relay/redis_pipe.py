@@ -1,5 +1,5 @@
-"""One pipelined Redis connection for the relay's scripts: commands from every task are written together
-once per loop turn and their replies matched in order (RESP2, parsed by hiredis). No retries, no pub/sub.
+"""One pipelined Redis connection for the relay's scripts: every task's commands go out together in one
+write, one batch in flight at a time, replies matched in order (RESP2, parsed by hiredis). No retries.
 
 Owns the socket, the handshake (AUTH, SELECT), the reply-timeout watchdog and the translation of
 replies and socket failures into redis-py's exception classes, so `redis_queue.py` retries and maps
@@ -88,7 +88,9 @@ class _Link(asyncio.Protocol):
         self.stats = stats
         self.reader = hiredis.Reader(replyError=hiredis.ReplyError)
         self.waiting: deque[asyncio.Future[Any]] = deque()
-        self.out: list[bytes] = []
+        self.out: list[bytes] = []  # packed, not written yet
+        self.unanswered = 0  # written, no reply yet: while any, new commands wait for their replies
+        self._flushing = False  # a flush is scheduled
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -106,9 +108,13 @@ class _Link(asyncio.Protocol):
             if not waiting:  # nothing asked for this: the stream is out of step, start over
                 self.abort(RedisConnectionError("unexpected reply from Redis"))
                 return
+            self.unanswered -= 1
             future = waiting.popleft()
             if not future.done():  # its caller was cancelled: the reply is dropped, the order kept
                 future.set_result(reply)
+        if not self.unanswered and self.out and not self._flushing:
+            self._flushing = True  # after the callers just answered have run: their next commands join
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost is None:
@@ -124,22 +130,27 @@ class _Link(asyncio.Protocol):
             self.closed.set_result(None)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue a packed command for this turn's write; its future gets the raw reply."""
-        future = asyncio.get_running_loop().create_future()
+        """Queue a packed command for the next write: at the end of this loop turn when nothing is in
+        flight, else when the batch in flight has been answered. Its future gets the raw reply."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         if self.lost is not None:
             future.set_exception(self.lost)
             return future
         self.waiting.append(future)
-        if not self.out:
-            asyncio.get_running_loop().call_soon(self.flush)
         self.out.append(command)
+        if not self.unanswered and not self._flushing:
+            self._flushing = True
+            loop.call_soon(self.flush)
         if self._watchdog is None:
             self._arm()
         return future
 
     def flush(self) -> None:
+        self._flushing = False
         if self.out and self.transport is not None and self.lost is None:
             self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.unanswered += len(self.out)
             self.stats.commands += len(self.out)
             self.stats.writes += 1
         self.out.clear()

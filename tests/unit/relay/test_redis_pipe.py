@@ -147,7 +147,7 @@ async def test_a_cancelled_caller_shifts_no_reply(redis: RedisServer) -> None:
         assert await echo(args=["warm"]) == b"warm"
         proxy.holding = True
         first, second, third = (asyncio.create_task(echo(args=[name])) for name in ("first", "second", "third"))
-        await until(lambda: proxy.held)  # the three were sent; their replies are held
+        await until(proxy.held)  # the three were sent; their replies are held
         second.cancel()
         proxy.release()
         assert (await first, await third) == (b"first", b"third")
@@ -161,7 +161,7 @@ async def test_a_lost_connection_fails_what_is_in_flight_and_the_next_call_recon
         assert await slow(args=["warm", 0]) == b"warm"
         proxy.holding = True
         batch = [asyncio.create_task(slow(args=[str(i), 1000])) for i in range(20)]
-        await until(lambda: proxy.held)
+        await until(proxy.held)
         proxy.cut()
         for task in batch:
             with pytest.raises(RedisConnectionError):
@@ -235,7 +235,7 @@ async def test_a_batch_cut_off_from_redis_gets_the_queues_503(redis: RedisServer
             await queue.enqueue(TUNNEL, command())
             proxy.holding = True
             batch = [asyncio.create_task(queue.enqueue(TUNNEL, command())) for _ in range(10)]
-            await until(lambda: proxy.held)
+            await until(proxy.held)
             proxy.refusing = True
             proxy.cut()
             for task in batch:
@@ -246,3 +246,22 @@ async def test_a_batch_cut_off_from_redis_gets_the_queues_503(redis: RedisServer
         finally:
             await queue.close()
             await queue.dispose()
+
+
+async def test_commands_sent_while_a_batch_is_in_flight_wait_for_it_and_go_together(redis: RedisServer) -> None:
+    async with proxied(redis) as (proxy, pipe):
+        echo = pipe.register_script(ECHO)
+        assert await echo(args=["warm"]) == b"warm"
+        writes = pipe.stats.writes
+        proxy.holding = True
+        first = asyncio.create_task(echo(args=["first"]))
+        await until(proxy.held)  # written and answered; the answer is held back
+        later = []
+        for i in range(30):  # each in a loop turn of its own
+            later.append(asyncio.create_task(echo(args=[str(i)])))
+            await asyncio.sleep(0)
+        assert pipe.stats.writes == writes + 1  # the first only: the others wait for its answer
+        proxy.release()
+        assert await first == b"first"
+        assert await asyncio.gather(*later) == [str(i).encode() for i in range(30)]
+        assert pipe.stats.writes == writes + 2  # then the 30 in one write
