@@ -1,5 +1,6 @@
 """One pipelined Redis connection for the relay's scripts: every task's commands go out together in one
-write, one batch in flight at a time, replies matched in order (RESP2, parsed by hiredis). No retries.
+write, one batch in flight at a time, replies matched in order (RESP2, parsed by hiredis); and the
+pub/sub connection, whose messages are dispatched as they are parsed. No retries.
 
 Owns the socket, the handshake (AUTH, SELECT), the reply-timeout watchdog and the translation of
 replies and socket failures into redis-py's exception classes, so `redis_queue.py` retries and maps
@@ -17,7 +18,7 @@ import contextlib
 import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 import hiredis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
@@ -33,6 +34,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int
+OnMessage = Callable[[bytes, bytes], None]
+"""Called with (channel, data) for each pub/sub message, from the protocol callback: must not block."""
+_PUSHES: Final = (b"message", b"subscribe")
 _pack: Final = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 """RESP encoding in C (hiredis's stub types its argument as a 1-tuple)."""
 
@@ -81,11 +85,13 @@ class PipeStats:
 
 class _Link(asyncio.Protocol):
     """One connected socket: replies resolve `waiting` in order; a silent server past the timeout,
-    or a lost socket, fails everything still waiting."""
+    or a lost socket, fails everything still waiting. With `on_message` (a subscribed connection),
+    pub/sub messages go to it as they are parsed."""
 
-    def __init__(self, timeout_s: float, stats: PipeStats) -> None:
+    def __init__(self, timeout_s: float, stats: PipeStats, on_message: OnMessage | None = None) -> None:
         self.timeout_s = timeout_s
         self.stats = stats
+        self.on_message = on_message
         self.reader = hiredis.Reader(replyError=hiredis.ReplyError)
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.out: list[bytes] = []  # packed, not written yet
@@ -105,6 +111,14 @@ class _Link(asyncio.Protocol):
         waiting = self.waiting
         while (reply := self.reader.gets()) is not False:
             self._progress += 1
+            if self.on_message is not None and type(reply) is list and reply and reply[0] in _PUSHES:
+                if reply[0] == b"message":
+                    try:
+                        self.on_message(reply[1], reply[2])
+                    except Exception as exc:  # a listener that fails starts over on a new connection
+                        self.abort(RedisConnectionError(f"pub/sub message handler failed ({type(exc).__name__})"))
+                        return
+                continue
             if not waiting:  # nothing asked for this: the stream is out of step, start over
                 self.abort(RedisConnectionError("unexpected reply from Redis"))
                 return
@@ -132,25 +146,28 @@ class _Link(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """Queue a packed command for the next write: at the end of this loop turn when nothing is in
         flight, else when the batch in flight has been answered. Its future gets the raw reply."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
         if self.lost is not None:
             future.set_exception(self.lost)
             return future
         self.waiting.append(future)
-        self.out.append(command)
-        if not self.unanswered and not self._flushing:
-            self._flushing = True
-            loop.call_soon(self.flush)
+        self.post(command)
         if self._watchdog is None:
             self._arm()
         return future
+
+    def post(self, command: bytes) -> None:
+        """Queue a packed command whose replies are pushes (SUBSCRIBE): nothing waits for them."""
+        self.out.append(command)
+        if not self.unanswered and not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self._flushing = False
         if self.out and self.transport is not None and self.lost is None:
             self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
-            self.unanswered += len(self.out)
+            self.unanswered = len(self.waiting)  # all written now
             self.stats.commands += len(self.out)
             self.stats.writes += 1
         self.out.clear()
@@ -162,6 +179,13 @@ class _Link(asyncio.Protocol):
             self.transport.abort()  # connection_lost follows, and fails what waits
         else:
             self.connection_lost(None)
+
+    async def aclose(self) -> None:
+        if self.transport is not None and not self.closed.done():
+            self.lost = self.lost or RedisConnectionError("Redis connection closed")
+            self.transport.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self.closed)
 
     def _arm(self) -> None:
         self._watchdog = asyncio.get_running_loop().call_later(self.timeout_s, self._check, self._progress)
@@ -232,10 +256,22 @@ class ScriptPipe:
             if connecting.done() and not connecting.cancelled():
                 connecting.exception()  # retrieved here: nobody else may have been waiting
 
-    async def _connect(self) -> _Link:
+    async def subscribe(self, channels: Sequence[bytes], on_message: OnMessage) -> Subscription:
+        """A connection of its own subscribed to `channels`; returns once Redis has confirmed them all."""
+        link = await self._connect(on_message)
+        subscription = Subscription(link)
+        try:
+            link.post(_pack(("SUBSCRIBE", *channels)))
+            await subscription.ping()  # answered after every channel's confirmation
+        except BaseException:
+            await subscription.aclose()
+            raise
+        return subscription
+
+    async def _connect(self, on_message: OnMessage | None = None) -> _Link:
         loop = asyncio.get_running_loop()
         template = self._template
-        link = _Link(self._timeout_s, self.stats)
+        link = _Link(self._timeout_s, self.stats, on_message)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 if isinstance(template, UnixDomainSocketConnection):
@@ -275,8 +311,33 @@ class ScriptPipe:
     async def aclose(self) -> None:
         """Close the socket; commands still in flight fail with ConnectionError."""
         link, self._link = self._link, None
-        if link is not None and link.transport is not None:
-            link.lost = link.lost or RedisConnectionError("Redis connection closed")
-            link.transport.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await link.closed
+        if link is not None:
+            await link.aclose()
+
+
+class Subscription:
+    """A subscribed connection: messages reach the `on_message` given to `ScriptPipe.subscribe`
+    straight from the parser (no task in between)."""
+
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    async def ping(self) -> None:
+        reply = await self._link.send(_pack(("PING",)))
+        if isinstance(reply, hiredis.ReplyError):
+            raise reply_error(reply)
+
+    async def hold(self, ping_every_s: float) -> NoReturn:
+        """Wait until the connection is lost, and raise why (ConnectionError; TimeoutError when a
+        PING, sent after `ping_every_s` of quiet, goes unanswered)."""
+        closed = self._link.closed
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ping_every_s):
+                    await asyncio.shield(closed)
+            if closed.done():
+                raise self._link.lost or RedisConnectionError("connection to Redis lost")
+            await self.ping()
+
+    async def aclose(self) -> None:
+        await self._link.aclose()

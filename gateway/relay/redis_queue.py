@@ -39,10 +39,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -62,7 +59,7 @@ from gateway.relay.errors import (
     TunnelNotFound,
 )
 from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus
-from gateway.relay.redis_pipe import Script, ScriptPipe
+from gateway.relay.redis_pipe import Script, ScriptPipe, Subscription
 
 log = logging.getLogger("gateway.relay")
 
@@ -160,19 +157,10 @@ class RedisQueue(QueueBackend):
     ) -> None:
         self.replica_id = secrets.token_hex(8)
         prefix = spec.key_prefix
-        self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=spec.max_connections,
-            timeout=spec.retry_s,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            health_check_interval=HEALTH_CHECK_S,
-            retry=Retry(NoBackoff(), 0),  # retries are ours (`_run`), once, with idempotent scripts
-            protocol=2,  # script replies as RESP2 (nil stays nil; no RESP3 booleans)
-        )
-        self._redis: Redis = Redis.from_pool(self._pool)  # the pub/sub listener's connection
-        connection = self._pool.make_connection()  # type: ignore[no-untyped-call]  # options only; never connected
-        self._pipe = ScriptPipe(connection, connect_timeout_s=CONNECT_TIMEOUT_S, timeout_s=SOCKET_TIMEOUT_S)
+        # redis-py reads the URL (host, port or unix path, TLS options, credentials, database) into a
+        # connection object; the pipe connects with those options itself and never connects this one.
+        options = ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+        self._pipe = ScriptPipe(options, connect_timeout_s=CONNECT_TIMEOUT_S, timeout_s=SOCKET_TIMEOUT_S)
         self._tunnels = {tunnel_id: _Tunnel(prefix, tunnel_id) for tunnel_id in tunnel_ids}
         self._wake_channels = {t.wake_channel.encode(): t for t in self._tunnels.values()}
         self._replicas = f"{prefix}:replicas"
@@ -289,29 +277,26 @@ class RedisQueue(QueueBackend):
             await self._retry_orphans(window_s=1.0)
             await self._run(self._leave, [self._replicas, self.replica_id], window_s=1.0)
         await self._pipe.aclose()
-        await self._redis.aclose()
 
     async def _listen(self) -> None:
         """Dispatch wake-ups: enqueues to local polls, frames to local callers. After every
         (re)subscription everyone re-checks, since messages sent meanwhile are lost."""
         delay = RETRY_FIRST_S
+        channels = [self._frames_channel, *self._wake_channels]
         while True:
-            pubsub: PubSub = self._redis.pubsub(ignore_subscribe_messages=True)
+            subscription: Subscription | None = None
             try:
-                await pubsub.subscribe(self._frames_channel, *self._wake_channels)
+                subscription = await self._pipe.subscribe(channels, self._dispatch)
                 delay = RETRY_FIRST_S
                 self._wake_all()
-                while True:
-                    message = await pubsub.get_message(timeout=self._recheck_s)
-                    if message is not None:
-                        self._dispatch(message["channel"], message["data"])
+                await subscription.hold(HEALTH_CHECK_S)  # messages go to _dispatch meanwhile
             except TRANSIENT as exc:
                 self._mark(False, exc)
             except Exception:
                 log.exception("relay: Redis pub/sub listener failed; restarting it")
             finally:
-                with contextlib.suppress(*TRANSIENT):
-                    await pubsub.aclose()
+                if subscription is not None:
+                    await subscription.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 

@@ -265,3 +265,35 @@ async def test_commands_sent_while_a_batch_is_in_flight_wait_for_it_and_go_toget
         assert await first == b"first"
         assert await asyncio.gather(*later) == [str(i).encode() for i in range(30)]
         assert pipe.stats.writes == writes + 2  # then the 30 in one write
+
+
+async def test_a_subscription_dispatches_messages_and_says_when_its_connection_is_lost(redis: RedisServer) -> None:
+    async with proxied(redis) as (proxy, pipe):
+        got: list[tuple[bytes, bytes]] = []
+        subscription = await pipe.subscribe([b"one", b"two"], lambda channel, data: got.append((channel, data)))
+        try:
+            holding = asyncio.create_task(subscription.hold(60.0))
+            admin = Redis.from_url(redis.url)
+            try:
+                for channel in ("one", "three", "two"):  # subscribed before `subscribe` returned
+                    await admin.publish(channel, f"to {channel}")
+            finally:
+                await admin.aclose()
+            await until(lambda: len(got) == 2)
+            assert got == [(b"one", b"to one"), (b"two", b"to two")]
+            proxy.cut()
+            with pytest.raises(RedisConnectionError):
+                await holding
+        finally:
+            await subscription.aclose()
+
+
+async def test_a_silent_subscription_fails_its_ping(redis: RedisServer) -> None:
+    async with proxied(redis, timeout_s=0.5) as (proxy, pipe):
+        subscription = await pipe.subscribe([b"one"], lambda channel, data: None)
+        try:
+            proxy.holding = True
+            with pytest.raises(RedisTimeoutError):
+                await subscription.hold(0.1)
+        finally:
+            await subscription.aclose()
