@@ -138,7 +138,7 @@ class _Link(asyncio.Protocol):
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(self.lost)
+                future.set_exception(self.failure())
         self.out.clear()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -148,13 +148,19 @@ class _Link(asyncio.Protocol):
         flight, else when the batch in flight has been answered. Its future gets the raw reply."""
         future = asyncio.get_running_loop().create_future()
         if self.lost is not None:
-            future.set_exception(self.lost)
+            future.set_exception(self.failure())
             return future
         self.waiting.append(future)
         self.post(command)
         if self._watchdog is None:
             self._arm()
         return future
+
+    def failure(self) -> BaseException:
+        """Why this link is gone, as a fresh exception for each caller (one raised by many callers
+        would collect all their tracebacks)."""
+        lost = self.lost or RedisConnectionError("connection to Redis lost")
+        return type(lost)(*lost.args)
 
     def post(self, command: bytes) -> None:
         """Queue a packed command whose replies are pushes (SUBSCRIBE): nothing waits for them."""
@@ -336,7 +342,7 @@ class Subscription:
                 async with asyncio.timeout(ping_every_s):
                     await asyncio.shield(closed)
             if closed.done():
-                raise self._link.lost or RedisConnectionError("connection to Redis lost")
+                raise self._link.failure()
             await self.ping()
 
     async def aclose(self) -> None:
