@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -182,6 +183,7 @@ class RedisQueue(QueueBackend):
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._up: bool | None = None
+        self._attempts = itertools.count()  # delivery attempt ids
         self._store = msgspec.json.Encoder()
         self._command_decoder = msgspec.json.Decoder(_Stored)
         self._frame_decoder = msgspec.json.Decoder(TunnelResponsePayload)
@@ -435,9 +437,12 @@ class RedisQueue(QueueBackend):
             await self._wait(caller.event)
 
     async def _wait(self, event: asyncio.Event) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._recheck_s):
-                await event.wait()
+        """Until `event` is set, at most `recheck_s` (a timer sets it: the caller re-checks either way)."""
+        recheck = asyncio.get_running_loop().call_later(self._recheck_s, event.set)
+        try:
+            await event.wait()
+        finally:
+            recheck.cancel()
 
     async def discard(self, tunnel_id: str, request_id: str) -> None:
         caller = self._callers.pop(request_id, None)
@@ -563,7 +568,7 @@ class RedisQueue(QueueBackend):
             _key_part(session_set_by(frame)),
             "1" if ends_session(frame) else "0",
             self._session_ttl_ms,
-            secrets.token_hex(8),
+            f"{self.replica_id}.{next(self._attempts)}",  # unique per attempt; a retry repeats it
             self._frames_prefix,
             KEEP_MS,
         ]
