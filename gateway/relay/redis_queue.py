@@ -5,7 +5,7 @@ Owns the pub/sub listener that wakes local polls and callers, the
 heartbeat/janitor loop, retries with clear 503s when Redis is unreachable, and
 the translation of script replies into Commands, frames and RelayErrors
 (redis_scripts.py documents the key layout). Scripts go over one pipelined
-connection (redis_pipe.py): all the tasks' scripts of a loop turn in one write.
+connection and pub/sub over another, both redis_pipe.py's.
 
 Why a sorted-set FIFO with Lua scripts, not Streams with consumer groups nor
 BLMOVE lists (docs/relay-on-redis.md has the long form):
