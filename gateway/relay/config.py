@@ -129,7 +129,8 @@ class RedisBackend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     key_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "mcptunnel"
     """Namespace of every key and pub/sub channel; relays sharing it share queues."""
     max_connections: Annotated[int, Meta(ge=2, le=10000)] = 64
-    """Pool size per replica (plus one pub/sub connection); a full pool makes callers wait."""
+    """Unused, still accepted: a replica now holds two Redis connections, its scripts pipelined over
+    one (relay/redis_pipe.py) and pub/sub on the other; this sized redis-py's pool before."""
     retry_s: Annotated[float, Meta(gt=0)] = 5.0
     """How long one operation retries a lost Redis connection before the caller gets a 503."""
     replica_ttl_s: Annotated[float, Meta(gt=0)] = 15.0

@@ -1,10 +1,11 @@
 """The Redis queue backend: relay replicas sharing tunnels through one Redis (`backend: {kind: redis}`).
 Changes state only through the Lua scripts of `redis_scripts.py`, one per change; no HTTP here.
 
-Owns the connection pool, the pub/sub listener that wakes local polls and
-callers, the heartbeat/janitor loop, retries with clear 503s when Redis is
-unreachable, and the translation of script replies into Commands, frames and
-RelayErrors (redis_scripts.py documents the key layout).
+Owns the pub/sub listener that wakes local polls and callers, the
+heartbeat/janitor loop, retries with clear 503s when Redis is unreachable, and
+the translation of script replies into Commands, frames and RelayErrors
+(redis_scripts.py documents the key layout). Scripts go over one pipelined
+connection and pub/sub over another, both redis_pipe.py's.
 
 Why a sorted-set FIFO with Lua scripts, not Streams with consumer groups nor
 BLMOVE lists (docs/relay-on-redis.md has the long form):
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -38,11 +40,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
+from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -62,6 +60,7 @@ from gateway.relay.errors import (
     TunnelNotFound,
 )
 from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus
+from gateway.relay.redis_pipe import Script, ScriptPipe, Subscription
 
 log = logging.getLogger("gateway.relay")
 
@@ -159,17 +158,10 @@ class RedisQueue(QueueBackend):
     ) -> None:
         self.replica_id = secrets.token_hex(8)
         prefix = spec.key_prefix
-        self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=spec.max_connections,
-            timeout=spec.retry_s,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            health_check_interval=HEALTH_CHECK_S,
-            retry=Retry(NoBackoff(), 0),  # retries are ours (`_run`), once, with idempotent scripts
-            protocol=2,  # script replies as RESP2 (nil stays nil; no RESP3 booleans)
-        )
-        self._redis: Redis = Redis.from_pool(self._pool)
+        # redis-py reads the URL (host, port or unix path, TLS options, credentials, database) into a
+        # connection object; the pipe connects with those options itself and never connects this one.
+        options = ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+        self._pipe = ScriptPipe(options, connect_timeout_s=CONNECT_TIMEOUT_S, timeout_s=SOCKET_TIMEOUT_S)
         self._tunnels = {tunnel_id: _Tunnel(prefix, tunnel_id) for tunnel_id in tunnel_ids}
         self._wake_channels = {t.wake_channel.encode(): t for t in self._tunnels.values()}
         self._replicas = f"{prefix}:replicas"
@@ -191,10 +183,11 @@ class RedisQueue(QueueBackend):
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._up: bool | None = None
+        self._attempts = itertools.count()  # delivery attempt ids
         self._store = msgspec.json.Encoder()
         self._command_decoder = msgspec.json.Decoder(_Stored)
         self._frame_decoder = msgspec.json.Decoder(TunnelResponsePayload)
-        script = self._redis.register_script
+        script = self._pipe.register_script
         self._enqueue, self._take, self._release = script(lua.ENQUEUE), script(lua.TAKE), script(lua.RELEASE)
         self._deliver, self._next, self._forget = script(lua.DELIVER), script(lua.NEXT_FRAME), script(lua.FORGET)
         self._poll_end, self._seen, self._status = script(lua.POLL_END), script(lua.CLIENT_SEEN), script(lua.STATUS)
@@ -218,7 +211,7 @@ class RedisQueue(QueueBackend):
         else:
             log.warning("relay: Redis unreachable (%s); retrying", type(exc).__name__ if exc else "unknown")
 
-    async def _run(self, script: AsyncScript, args: Sequence[Arg], *, window_s: float | None = None) -> Any:
+    async def _run(self, script: Script, args: Sequence[Arg], *, window_s: float | None = None) -> Any:
         """Run a script, retrying a lost connection for up to `window_s` (default `retry_s`);
         BackendUnavailable after that. Every script is safe to run twice."""
         loop = asyncio.get_running_loop()
@@ -258,7 +251,7 @@ class RedisQueue(QueueBackend):
     async def ready(self) -> bool:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S + 1):
-                await self._redis.ping()
+                await self._pipe.call("PING")
         except (TimeoutError, *TRANSIENT):
             return False
         return True
@@ -285,29 +278,27 @@ class RedisQueue(QueueBackend):
         with contextlib.suppress(BackendUnavailable):
             await self._retry_orphans(window_s=1.0)
             await self._run(self._leave, [self._replicas, self.replica_id], window_s=1.0)
-        await self._redis.aclose()
+        await self._pipe.aclose()
 
     async def _listen(self) -> None:
         """Dispatch wake-ups: enqueues to local polls, frames to local callers. After every
         (re)subscription everyone re-checks, since messages sent meanwhile are lost."""
         delay = RETRY_FIRST_S
+        channels = [self._frames_channel, *self._wake_channels]
         while True:
-            pubsub: PubSub = self._redis.pubsub(ignore_subscribe_messages=True)
+            subscription: Subscription | None = None
             try:
-                await pubsub.subscribe(self._frames_channel, *self._wake_channels)
+                subscription = await self._pipe.subscribe(channels, self._dispatch)
                 delay = RETRY_FIRST_S
                 self._wake_all()
-                while True:
-                    message = await pubsub.get_message(timeout=self._recheck_s)
-                    if message is not None:
-                        self._dispatch(message["channel"], message["data"])
+                await subscription.hold(HEALTH_CHECK_S)  # messages go to _dispatch meanwhile
             except TRANSIENT as exc:
                 self._mark(False, exc)
             except Exception:
                 log.exception("relay: Redis pub/sub listener failed; restarting it")
             finally:
-                with contextlib.suppress(*TRANSIENT):
-                    await pubsub.aclose()
+                if subscription is not None:
+                    await subscription.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
@@ -446,9 +437,12 @@ class RedisQueue(QueueBackend):
             await self._wait(caller.event)
 
     async def _wait(self, event: asyncio.Event) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._recheck_s):
-                await event.wait()
+        """Until `event` is set, at most `recheck_s` (a timer sets it: the caller re-checks either way)."""
+        recheck = asyncio.get_running_loop().call_later(self._recheck_s, event.set)
+        try:
+            await event.wait()
+        finally:
+            recheck.cancel()
 
     async def discard(self, tunnel_id: str, request_id: str) -> None:
         caller = self._callers.pop(request_id, None)
@@ -574,7 +568,7 @@ class RedisQueue(QueueBackend):
             _key_part(session_set_by(frame)),
             "1" if ends_session(frame) else "0",
             self._session_ttl_ms,
-            secrets.token_hex(8),
+            f"{self.replica_id}.{next(self._attempts)}",  # unique per attempt; a retry repeats it
             self._frames_prefix,
             KEEP_MS,
         ]

@@ -46,8 +46,9 @@ def test_telemetry_off_imports_no_opentelemetry() -> None:
     """Every module of the gateway but the OTel implementation loads, and telemetry is built off:
     neither OpenTelemetry (API or SDK) nor the OTel implementation is imported. Left out, as the
     gateway loads them only when asked: `gateway.demo` (servers of their own, on the MCP SDK) and
-    `relay.redis_queue` (the Redis client imports OpenTelemetry itself; loaded for `backend: redis`)."""
-    skip = ("gateway.observe.otel", "gateway.demo", "gateway.relay.redis_queue")
+    `relay.redis_queue` and its client `relay.redis_pipe` (redis-py, which imports OpenTelemetry itself;
+    loaded for `backend: redis`)."""
+    skip = ("gateway.observe.otel", "gateway.demo", "gateway.relay.redis_queue", "gateway.relay.redis_pipe")
     probe = (
         "import importlib, pkgutil, sys, gateway\n"
         "for info in pkgutil.walk_packages(gateway.__path__, 'gateway.'):\n"
