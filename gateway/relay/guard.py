@@ -215,6 +215,11 @@ def check_channel(name: str, *, param: str = "channel") -> str:
     return name
 
 
+def too_large(limit: int) -> BodyTooLarge:
+    """The refusal of a body past `limit` bytes (the same words from every server of the relay)."""
+    return BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes")
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole request body, or BodyTooLarge as soon as it is known to exceed `limit`, or
     BodyTimeout when it takes longer than the app's `read_timeout_s` to arrive.
@@ -222,9 +227,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     A body without a Content-Length is read in pieces and refused as soon as it grows past
     `limit` (which may be below the app's `client_max_size`, as the token endpoint's is).
     """
-    too_large = f"the request body exceeds the relay's limit of {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(too_large)
+        raise too_large(limit)
     if request.content_length is not None and request.content.is_eof():
         return await request.read()  # all of it has arrived: nothing to wait for, no timer to arm
     try:
@@ -235,9 +239,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             async for chunk in request.content.iter_any():
                 body += chunk
                 if len(body) > limit:
-                    raise BodyTooLarge(too_large)
+                    raise too_large(limit)
             return bytes(body)
     except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(too_large) from None
+        raise too_large(limit) from None
     except TimeoutError:
         raise BodyTimeout() from None
