@@ -158,6 +158,7 @@ class LeanServer:
         for connection in list(self.connections):
             connection.close_if_idle()
         busy = [task for connection in self.connections if (task := connection.task) is not None]
+        await asyncio.sleep(0)  # a response written one step late (response_now) goes out first
         if busy:
             await asyncio.wait(busy, timeout=timeout_s)
         for connection in list(self.connections):
@@ -173,10 +174,13 @@ class LeanConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self.task: asyncio.Task[None] | None = None
+        self._busy = False
+        """A request is being answered (by `task`, or by a callback one loop step away)."""
         self._unread = 0
         """Body bytes of the current request not yet taken from the buffer."""
         self._body_waiter: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_until = 0.0
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
         self._writing_paused = False
@@ -193,7 +197,7 @@ class LeanConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if self.task is None:
+        if not self._busy:
             self._next()
             return
         waiter = self._body_waiter
@@ -224,7 +228,11 @@ class LeanConnection(asyncio.Protocol):
     # ----------------------------------------------------------------------- connection state
 
     def _arm_idle(self) -> None:
-        self._idle = self._loop.call_later(self._server.read_timeout_s, self._idle_expired)
+        """A request head must come within `read_timeout_s` from now. One timer per connection, moved
+        lazily (as aiohttp's keep-alive timer is): not a timer per request."""
+        self._idle_until = self._loop.time() + self._server.read_timeout_s
+        if self._idle is None:
+            self._idle = self._loop.call_at(self._idle_until, self._idle_expired)
 
     def _cancel_idle(self) -> None:
         if self._idle is not None:
@@ -234,11 +242,15 @@ class LeanConnection(asyncio.Protocol):
     def _idle_expired(self) -> None:
         """No (complete) request head within `read_timeout_s`: closed without an answer, as aiohttp does."""
         self._idle = None
-        if self.task is None and self._transport is not None:
-            self._transport.close()
+        if self._busy or self._transport is None:
+            return  # re-armed when the request is answered
+        if self._loop.time() < self._idle_until:
+            self._idle = self._loop.call_at(self._idle_until, self._idle_expired)
+            return
+        self._transport.close()
 
     def close_if_idle(self) -> None:
-        if self.task is None and self._transport is not None:
+        if not self._busy and self._transport is not None:
             self._transport.close()
 
     def abort(self) -> None:
@@ -269,8 +281,31 @@ class LeanConnection(asyncio.Protocol):
             self._hand_over()
             return
         del buffer[: end + len(_END)]
-        self._cancel_idle()
-        self.task = self._loop.create_task(self._serve(*start))
+        self._busy = True
+        kind, head, keep_alive = start
+        if kind == _RESPONSE and self._server.tunnels.responds_now and len(buffer) >= self._unread:
+            self._respond_now(head, keep_alive)
+            return
+        self.task = self._loop.create_task(self._serve(kind, head, keep_alive))
+
+    def _respond_now(self, head: Head, keep_alive: bool) -> None:
+        """A response POST whose body is here, for a backend that delivers at once: no task; the ack is
+        written one loop step later, after the caller this frame woke has answered its client."""
+        server = self._server
+        server.served += 1
+        reply: Reply
+        try:
+            if self._unread > server.max_body_bytes:
+                raise too_large(server.max_body_bytes)
+            body = bytes(self._buffer[: self._unread])
+            del self._buffer[: self._unread]
+            self._unread = 0
+            reply = server.tunnels.response_now(head, body)
+        except RelayError as exc:
+            reply = refusal(exc, server.codec, server.on_error)
+        except Exception:
+            reply = unexpected(head.method, head.path, server.codec, server.on_error)
+        self._loop.call_soon(self._answer, head, reply, keep_alive)
 
     def _start(self, raw: bytes) -> tuple[int, Head, bool] | None:
         """The request to serve for this head, or None: aiohttp's."""
@@ -322,12 +357,17 @@ class LeanConnection(asyncio.Protocol):
             return
         except Exception:
             reply = unexpected(head.method, head.path, server.codec, server.on_error)
+        if reply is None:  # answered as a stream: the connection goes on only if the stream was ended
+            self._finished(close=self._streamed or self._body_pending() or not self._connected())
+            return
+        self._answer(head, reply, keep_alive)
+
+    def _answer(self, head: Head, reply: Reply, keep_alive: bool) -> None:
+        """Write the current request's answer; then on to the next request, or closed."""
         if not self._connected():
             self._finished(close=True)
             return
-        if reply is None:  # answered as a stream: the connection goes on only if the stream was ended
-            self._finished(close=self._streamed or self._body_pending())
-            return
+        server = self._server
         close = not keep_alive or server.closing or self._body_pending() or _closes(reply)
         try:
             self._write_reply(reply, close)
@@ -358,6 +398,7 @@ class LeanConnection(asyncio.Protocol):
     def _finished(self, close: bool) -> None:
         """The current request is answered: on to the next one, or closed."""
         self.task = None
+        self._busy = False
         transport = self._transport
         if transport is None or self._closed:
             return

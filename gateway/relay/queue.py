@@ -166,6 +166,14 @@ class QueueBackend(ABC):
         """Hand one frame to the waiting caller. PendingNotFound for a request that is unknown,
         not in flight, past its deadline or already final; ShardMismatch for a wrong token."""
 
+    delivers_now: bool = False
+    """Whether `deliver_now` works: a backend in this process hands a frame over without waiting."""
+
+    def deliver_now(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
+        """`deliver` done at once, for a backend whose `delivers_now` is True (a subclass that changes
+        `deliver` must change this too: the lean HTTP layer calls it in place of `deliver`)."""
+        raise NotImplementedError
+
     @abstractmethod
     async def next_frame(self, tunnel_id: str, request_id: str) -> TunnelResponsePayload:
         """The caller's side: wait for the next frame of its command (RelayClosing on shutdown)."""
@@ -405,7 +413,12 @@ class MemoryQueue(QueueBackend):
             seen.polls -= 1
             tunnel.last_poll_end = seen.last_end = loop.time()
 
+    delivers_now = True
+
     async def deliver(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
+        self.deliver_now(tunnel_id, shard_token, frame)
+
+    def deliver_now(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
         tunnel = self._tunnel(tunnel_id)
         entry = tunnel.entries.get(frame.request_id)
         now = self._now()

@@ -97,7 +97,7 @@ class TunnelAPI:
         self._backend = backend
         self._codec = codec
         self._metrics = metrics or RelayMetrics(config.tunnels)
-        self._ack = codec.encode(TunnelResponseAck())  # the same answer to every accepted frame
+        self._acked = Reply(200, codec.encode(TunnelResponseAck()), [(CONTENT_TYPE, JSON)])  # to every accepted frame
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -166,16 +166,33 @@ class TunnelAPI:
 
     async def response_reply(self, request: RequestHead, body: BodyReader) -> Reply:
         """`POST /v1/tunnels/{tunnel_id}/response`; `body()` reads the frame."""
-        tunnel_id, _ = self._authorize(request)
-        shard_token = request.headers.get(SHARD_HEADER)
-        if not shard_token:
-            raise InvalidParameter(f"the {SHARD_HEADER} header is required", param=SHARD_HEADER)
+        tunnel_id, shard_token = self._addressed(request)
         frame = self._decode_frame(await body())
         await self._backend.deliver(tunnel_id, shard_token, frame)
         # One step aside before the ack: the caller woken by this frame answers its client first
         # (the ack is off the call's path; the caller's answer is on it).
         await asyncio.sleep(0)
-        return Reply(200, self._ack, [(CONTENT_TYPE, JSON)])
+        return self._acked
+
+    @property
+    def responds_now(self) -> bool:
+        """Whether `response_now` can be used: the backend hands frames over without waiting."""
+        return self._backend.delivers_now
+
+    def response_now(self, request: RequestHead, body: bytes) -> Reply:
+        """`response_reply` for a body already read, with no wait (when `responds_now`). The caller
+        writes the ack one loop step later, as `response_reply` steps aside: the woken caller answers first."""
+        tunnel_id, shard_token = self._addressed(request)
+        self._backend.deliver_now(tunnel_id, shard_token, self._decode_frame(body))
+        return self._acked
+
+    def _addressed(self, request: RequestHead) -> tuple[str, str]:
+        """(tunnel, shard token) of a response POST that may post to the tunnel."""
+        tunnel_id, _ = self._authorize(request)
+        shard_token = request.headers.get(SHARD_HEADER)
+        if not shard_token:
+            raise InvalidParameter(f"the {SHARD_HEADER} header is required", param=SHARD_HEADER)
+        return tunnel_id, shard_token
 
     # ----------------------------------------------------------------------- payloads
 
