@@ -368,11 +368,11 @@ class LeanConnection(asyncio.Protocol):
             self._finished(close=True)
             return
         server = self._server
-        close = not keep_alive or server.closing or self._body_pending() or _closes(reply)
+        close = not keep_alive or server.closing or self._body_pending()
         try:
-            self._write_reply(reply, close)
+            close = self._write_reply(reply, close)
         except ValueError:
-            self._write_reply(unexpected(head.method, head.path, server.codec, server.on_error), close)
+            close = self._write_reply(unexpected(head.method, head.path, server.codec, server.on_error), close)
         self._finished(close)
 
     async def body(self) -> bytes:
@@ -445,18 +445,19 @@ class LeanConnection(asyncio.Protocol):
 
     # ----------------------------------------------------------------------- writing
 
-    def _write_reply(self, reply: Reply, close: bool) -> None:
+    def _write_reply(self, reply: Reply, close: bool) -> bool:
+        """Write the answer in one `write`; whether the connection closes after it (asked, or the answer's
+        own `Connection: close`). ValueError, with nothing written, for a header that would split the head."""
         assert self._transport is not None
-        body = reply.body or b""
-        head = _head(reply.status, reply.headers, close)
+        head, typed, close = _head(reply.status, reply.headers, close)
+        tail = self._server.date() + _SERVER
         if reply.status in _NO_BODY:
-            self._transport.write(head + self._server.date() + _SERVER + b"\r\n")
-            return
-        typed = (
-            b"" if not body or _has(reply.headers, "content-type") else b"Content-Type: application/octet-stream\r\n"
-        )
+            self._transport.write(head + tail + b"\r\n")
+            return close
+        body = reply.body or b""
         length = b"Content-Length: %d\r\n" % len(body)
-        self._transport.write(b"".join((head, typed, length, self._server.date(), _SERVER, b"\r\n", body)))
+        self._transport.write(b"".join((head, _OCTETS if body and not typed else b"", length, tail, b"\r\n", body)))
+        return close
 
     # EventStream: the front door's SSE answer, chunked as aiohttp's StreamResponse is
     async def open(self, headers: ResponseHeaders) -> None:
@@ -464,7 +465,7 @@ class LeanConnection(asyncio.Protocol):
             raise ConnectionResetError("the caller left")
         assert self._transport is not None
         self._streamed = True
-        self._transport.write(_head(200, headers, False) + _CHUNKED + self._server.date() + _SERVER + b"\r\n")
+        self._transport.write(_head(200, headers, False)[0] + _CHUNKED + self._server.date() + _SERVER + b"\r\n")
 
     async def send(self, data: bytes) -> None:
         if not self._connected():
@@ -487,20 +488,20 @@ class LeanConnection(asyncio.Protocol):
         self._streamed = False
 
 
-def _has(headers: ResponseHeaders, lowered: str) -> bool:
-    return any(name.lower() == lowered for name, _ in headers)
-
-
-def _head(status: int, headers: ResponseHeaders, close: bool) -> bytes:
-    """Status line and the answer's own headers (ValueError for a name or value that would split the head)."""
+def _head(status: int, headers: ResponseHeaders, close: bool) -> tuple[bytes, bool, bool]:
+    """(status line and the answer's own headers, whether they hold a Content-Type, whether the connection
+    closes); ValueError for a name or value holding a line break (it would split the head)."""
     line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    if text.count("\n") != len(headers) or text.count("\r") != len(headers):
+        raise ValueError("a response header holds a line break")
+    typed = connection = False
     for name, value in headers:
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-            raise ValueError("a response header holds a line break")
-    text = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    closing = _CLOSE if close and not _has(headers, "connection") else b""
-    return line + text.encode("utf-8") + closing
-
-
-def _closes(reply: Reply) -> bool:
-    return any(name.lower() == "connection" and value.lower() == "close" for name, value in reply.headers)
+        lowered = name.lower()
+        if lowered == "content-type":
+            typed = True
+        elif lowered == "connection":
+            connection = True
+            close = close or value.strip().lower() == "close"
+    closing = _CLOSE if close and not connection else b""
+    return line + text.encode("utf-8") + closing, typed, close

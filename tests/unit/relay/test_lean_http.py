@@ -214,6 +214,26 @@ async def test_a_call_crosses_the_lean_routes(lean: tuple[Harness, LeanServer]) 
     assert reply.headers["Content-Type"] == "application/json"
 
 
+async def test_a_header_that_would_split_the_answer_is_a_500(
+    lean: tuple[Harness, LeanServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame's header value holding CR LF (RFC 9110 §5.5: not a valid field value) never reaches the
+    caller as a header of its own: the caller gets the relay's 500, as aiohttp answers it."""
+    lean, _ = lean
+    await lean.seen()
+    with caplog.at_level(logging.ERROR):
+        async with asyncio.timeout(WAIT), asyncio.TaskGroup() as tasks:
+            caller = tasks.create_task(lean.call(headers={"Accept": "application/json"}))
+            (command,) = await lean.commands()
+            answer = result("rpc-1", {"tools": []})
+            headers = {"Mcp-Session-Id": ["s-1\r\nX-Injected: yes"]}
+            assert (await lean.respond(command, resp_json=answer, resp_headers=headers)).status == 200
+    reply = caller.result()
+    api_error(reply, 500, None)
+    assert "X-Injected" not in reply.headers
+    assert [r.exc_info is not None for r in caplog.records if r.name == "gateway.relay"] == [True]
+
+
 async def test_notify_frames_stream_as_sse(lean: tuple[Harness, LeanServer]) -> None:
     """MCP 2025-06-18 Transports, Streamable HTTP: a request's answer may be an SSE stream of its
     notifications and then its response."""
