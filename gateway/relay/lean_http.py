@@ -34,6 +34,9 @@ from gateway.relay.tunnel_api import TunnelAPI
 
 HEAD_MAX: Final = 16 * 1024
 """A request head longer than this goes to aiohttp (whose own line and field limits then answer it)."""
+AIOHTTP_MAX_LINE: Final = 8190
+AIOHTTP_MAX_HEADERS: Final = 128
+"""aiohttp's default limits on a request line or header line, and on the number of headers."""
 HIGH_WATER: Final = 256 * 1024
 """Buffered bytes beyond the body being read after which reading pauses until the request is answered."""
 
@@ -317,6 +320,10 @@ class LeanConnection(asyncio.Protocol):
             return None
         if not reader.complete or parser.should_upgrade() or parser.get_http_version() != "1.1":
             return None
+        if len(reader.fields) > AIOHTTP_MAX_HEADERS or (
+            len(raw) > AIOHTTP_MAX_LINE and max(map(len, raw.split(b"\r\n"))) > AIOHTTP_MAX_LINE
+        ):
+            return None  # past aiohttp's limits: its answer (400), not an answer aiohttp would not give
         method = parser.get_method().decode("ascii", "replace")
         url = reader.url.decode("utf-8", "surrogateescape")
         path, _, query = url.partition("?")
