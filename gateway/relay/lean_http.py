@@ -286,7 +286,8 @@ class LeanConnection(asyncio.Protocol):
         del buffer[: end + len(_END)]
         self._busy = True
         kind, head, keep_alive = start
-        if kind == _RESPONSE and self._server.tunnels.responds_now and len(buffer) >= self._unread:
+        server = self._server
+        if kind == _RESPONSE and server.tunnels.responds_now and len(buffer) >= self._unread <= server.max_body_bytes:
             self._respond_now(head, keep_alive)
             return
         self.task = self._loop.create_task(self._serve(kind, head, keep_alive))
@@ -298,8 +299,6 @@ class LeanConnection(asyncio.Protocol):
         server.served += 1
         reply: Reply
         try:
-            if self._unread > server.max_body_bytes:
-                raise too_large(server.max_body_bytes)
             body = bytes(self._buffer[: self._unread])
             del self._buffer[: self._unread]
             self._unread = 0

@@ -269,6 +269,7 @@ async def test_refusals_match_aiohttps_byte_for_byte() -> None:
         ("POST", RESPONSE, GATEWAY, b"{}"),
         ("POST", RESPONSE, SHARD, b'{"request_id":"r","resp_code":200,"extra":1}'),
         ("POST", RESPONSE, SHARD, b"x" * (LIMIT + 1)),
+        ("POST", RESPONSE, {}, b"x" * (LIMIT + 1)),  # who is asking comes before how much they send
         ("POST", MCP, {}, b"{"),
         ("POST", MCP, {"Content-Type": "application/json"}, b'{"jsonrpc":"1.0","id":1,"method":"x"}'),
         ("POST", "/v1/mcp/nope", {}, b"{}"),
@@ -292,7 +293,22 @@ async def test_refusals_match_aiohttps_byte_for_byte() -> None:
             answers.append(seen)
             assert relay.app[LEAN].served == (0 if access_log else len(cases) - 1)
     assert answers[0] == answers[1]
-    assert [status for status, _, _ in answers[0]] == [401, 400, 401, 400, 400, 413, 400, 400, 404, 400, 403, 503, 400]
+    assert [status for status, _, _ in answers[0]] == [
+        401,
+        400,
+        401,
+        400,
+        400,
+        413,
+        401,
+        400,
+        400,
+        404,
+        400,
+        403,
+        503,
+        400,
+    ]
 
 
 async def test_close_answers_waiting_polls_and_callers_on_lean_connections() -> None:
