@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 import httptools
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_nodelay
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy, MultiMapping
+from multidict import CIMultiDict, MultiDict, MultiDictProxy, MultiMapping
 
 from gateway.protocol.wire import Codec
 from gateway.relay.errors import BodyTimeout, RelayError, refusal, unexpected
@@ -43,6 +43,8 @@ HIGH_WATER: Final = 256 * 1024
 _POLL, _RESPONSE, _MCP = 1, 2, 3
 _END: Final = b"\r\n\r\n"
 _LF_END: Final = b"\n\n"
+_NOT_LEAN: Final = frozenset({"transfer-encoding", "expect"})
+_OWS: Final = (" ", "\t")
 _NO_BODY: Final = frozenset({204, 304})
 _STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode()
@@ -80,7 +82,7 @@ class Head:
     __slots__ = ("_query", "_query_string", "headers", "match_info", "method", "path")
 
     def __init__(
-        self, method: str, path: str, query_string: str, headers: CIMultiDictProxy[str], match_info: dict[str, str]
+        self, method: str, path: str, query_string: str, headers: CIMultiDict[str], match_info: dict[str, str]
     ) -> None:
         self.method = method
         self.path = path
@@ -96,21 +98,14 @@ class Head:
         return self._query
 
 
-class _HeadReader:
-    """httptools callbacks collecting one request head."""
+class _HeadEnd:
+    """The one httptools callback a head needs: that it was complete (httptools validates the head;
+    its lines are then split here, with no Python call per header)."""
 
-    __slots__ = ("complete", "fields", "url")
+    __slots__ = ("complete",)
 
     def __init__(self) -> None:
-        self.url = b""
-        self.fields: list[tuple[str, str]] = []
         self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -311,38 +306,48 @@ class LeanConnection(asyncio.Protocol):
 
     def _start(self, raw: bytes) -> tuple[int, Head, bool] | None:
         """The request to serve for this head, or None: aiohttp's."""
-        reader = _HeadReader()
-        parser = httptools.HttpRequestParser(reader)
+        end = _HeadEnd()
+        parser = httptools.HttpRequestParser(end)
         try:
-            parser.feed_data(raw)
+            parser.feed_data(raw)  # validates the request line and every header line
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return None
-        if not reader.complete or parser.should_upgrade() or parser.get_http_version() != "1.1":
+        if not end.complete or parser.should_upgrade():
             return None
-        if len(reader.fields) > AIOHTTP_MAX_HEADERS or (
-            len(raw) > AIOHTTP_MAX_LINE and max(map(len, raw.split(b"\r\n"))) > AIOHTTP_MAX_LINE
+        lines = raw.decode("utf-8", "surrogateescape").split("\r\n")[:-2]  # the head ends with two CRLF
+        if len(lines) - 1 > AIOHTTP_MAX_HEADERS or (
+            len(raw) > AIOHTTP_MAX_LINE and max(map(len, lines)) > AIOHTTP_MAX_LINE
         ):
             return None  # past aiohttp's limits: its answer (400), not an answer aiohttp would not give
-        method = parser.get_method().decode("ascii", "replace")
-        url = reader.url.decode("utf-8", "surrogateescape")
-        path, _, query = url.partition("?")
-        if "#" in url:
+        request_line = lines[0].split(" ")
+        if len(request_line) != 3 or request_line[2] != "HTTP/1.1":
+            return None
+        method, target, _ = request_line
+        path, _, query = target.partition("?")
+        if "#" in target:
             return None
         matched = route(method, path)
         if matched is None:
             return None
-        headers = CIMultiDictProxy(CIMultiDict(reader.fields))
-        if "Transfer-Encoding" in headers or "Expect" in headers:
-            return None
-        lengths = headers.getall("Content-Length", [])
-        if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
-            return None
-        length = int(lengths[0]) if lengths else 0
+        fields: list[tuple[str, str]] = []
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            lowered = name.lower()
+            if lowered == "content-length":
+                if length or not value.strip(" \t").isdigit():
+                    return None  # repeated (or not a number): aiohttp's to refuse
+                length = int(value) or -1
+            elif lowered in _NOT_LEAN or name[:1] in _OWS:
+                return None  # a chunked or Expect body, or obs-fold: aiohttp's
+            fields.append((name, value.strip(" \t")))
+        length = max(length, 0)
         kind, match_info = matched
         if kind == _POLL and length:
             return None
         self._unread = length
-        return kind, Head(method, path, query, headers, match_info), parser.should_keep_alive()
+        head = Head(method, path, query, CIMultiDict(fields), match_info)
+        return kind, head, parser.should_keep_alive()
 
     async def _serve(self, kind: int, head: Head, keep_alive: bool) -> None:
         """One request: its handler's core, then the answer (or the refusal) written."""

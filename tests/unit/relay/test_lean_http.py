@@ -114,6 +114,8 @@ async def test_a_connection_is_handed_to_aiohttp_mid_way(relay: tuple[Relay, int
         f"GET {POLL} HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".encode(),
         f"POST {RESPONSE} HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".encode(),
         f"POST {RESPONSE} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".encode(),
+        f"POST {RESPONSE} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n".encode(),
+        f"GET {POLL} HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n".encode(),
         b"GET /v1/tunnels/\x00/poll HTTP/1.1\r\nHost: x\r\n\r\n",
         f"POST {MCP} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".encode(),
         f"GET {POLL} HTTP/9.9\r\n\r\n".encode(),
