@@ -6,8 +6,10 @@ with Content-Length framing itself, one request at a time per connection (pipeli
 buffer and are answered in order). The first request it does not serve (another route or method, chunked
 or `Expect`, an upgrade, HTTP/1.0, a percent-encoded path, a head it cannot parse) is handed, with every
 byte after it, to aiohttp's RequestHandler for that connection: `transport.set_protocol`, so malformed
-input gets aiohttp's 400 and the rest of the connection is aiohttp's. It must not decide anything a
-handler decides (admission, limits, errors): those are the cores', and their refusals are `errors.refusal`.
+input gets aiohttp's 400 and the rest of the connection is aiohttp's. A response POST whose body is
+here, on a backend that delivers at once (memory), is answered from `data_received` without a task.
+It must not decide anything a handler decides (admission, limits, errors): those are the cores', and
+their refusals are `errors.refusal`.
 """
 
 from __future__ import annotations
