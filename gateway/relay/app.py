@@ -24,6 +24,7 @@ from gateway.relay.errors import ServerLog, error_middleware
 from gateway.relay.front import FrontDoor
 from gateway.relay.guard import READ_TIMEOUT, Credentials, HostGuard, check_channel, resolve_credentials
 from gateway.relay.identity import Identity
+from gateway.relay.lean_http import LeanServer
 from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
 from gateway.relay.status import RelayStatusSource
@@ -41,6 +42,8 @@ METRICS: Final = web.AppKey("relay_metrics", RelayMetrics)
 DISCOVERY: Final = web.AppKey("relay_discovery", Discovery)
 IDENTITY: Final = web.AppKey("relay_identity", Identity)
 """Present when `identity:` is configured."""
+LEAN: Final = web.AppKey("relay_lean_server", LeanServer)
+"""The lean HTTP layer that `Relay` listens with for the hot routes (gateway.relay.lean_http)."""
 
 SHUTDOWN_TIMEOUT_S: Final = 5.0
 """How long closing waits for handlers after waking every waiting poll and caller."""
@@ -138,8 +141,18 @@ def build_relay_app(
     app[DISCOVERY] = discovery
     users = UserAuth(config, codec)
     app.cleanup_ctx.append(users.lifetime)
-    app.router.add_routes(TunnelAPI(config, resolved, queue, codec, metrics, identity).routes())
-    app.router.add_routes(FrontDoor(config, resolved, queue, codec, metrics, tracer, discovery, users).routes())
+    tunnels = TunnelAPI(config, resolved, queue, codec, metrics, identity)
+    front = FrontDoor(config, resolved, queue, codec, metrics, tracer, discovery, users)
+    app.router.add_routes(tunnels.routes())
+    app.router.add_routes(front.routes())
+    app[LEAN] = LeanServer(
+        tunnels,
+        front,
+        codec,
+        max_body_bytes=config.max_body_bytes,
+        read_timeout_s=config.read_timeout_s,
+        on_error=metrics.observe_rejection,
+    )
     app.router.add_routes(discovery.routes())
     app.router.add_routes(OpsEndpoints(queue, metrics).routes())
     console = _console(config, queue, metrics)
@@ -199,6 +212,7 @@ class Relay:
         self._backend = backend
         self._tracer = tracer
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._url: str | None = None
 
     @property
@@ -232,6 +246,11 @@ class Relay:
             raise RuntimeError("the relay is already started")
         host, port = parse_listen(self._config.listen)
         app = build_relay_app(self._config, self._credentials, backend=self._backend, tracer=self._tracer)
+        # The lean layer serves the hot routes and hands every other request's connection to aiohttp;
+        # with `access_log` on, aiohttp serves everything (its access log sees every request).
+        lean = None if self._config.access_log else app[LEAN]
+        if lean is not None:
+            app.on_shutdown.append(lambda _: lean.shutdown(SHUTDOWN_TIMEOUT_S))  # after _wake_waiters
         runner = web.AppRunner(
             app,
             handler_cancellation=True,
@@ -242,21 +261,31 @@ class Relay:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
+            if lean is None:
+                site = web.TCPSite(runner, host, port)
+                await site.start()
+                bound_port = runner.addresses[0][1]
+            else:
+                lean.fallback = runner.server
+                self._listener = await asyncio.get_running_loop().create_server(lean, host, port, backlog=128)
+                bound_port = self._listener.sockets[0].getsockname()[1]
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        bound_port = runner.addresses[0][1]
         self._url = f"http://{_url_host(host)}:{bound_port}"
         log.info("relay listening on %s (%d tunnels)", self._url, len(self._config.tunnels))
         return self._url
 
     async def close(self) -> None:
         runner, self._runner, self._url = self._runner, None, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # no new connections; the open ones close in the app's on_shutdown
         if runner is not None:
             await runner.cleanup()
+        if listener is not None:
+            await listener.wait_closed()
 
     async def __aenter__(self) -> Relay:
         await self.start()

@@ -41,6 +41,7 @@ from gateway.relay.errors import (
     RelayError,
     TunnelNotFound,
 )
+from gateway.relay.exchange import RequestHead
 from gateway.relay.guard import Credentials, HostGuard, check_channel, check_client, check_client_header
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend, new_command
@@ -133,7 +134,7 @@ class Discovery:
 
     # ----------------------------------------------------------------------- public URLs
 
-    def public_base(self, request: web.Request) -> str:
+    def public_base(self, request: RequestHead) -> str:
         """`public_url`, else `http://` + the `Host` the allowlist checked; PublicUrlRequired otherwise."""
         if self._public is not None:
             return self._public
@@ -142,7 +143,7 @@ class Discovery:
             raise PublicUrlRequired()
         return f"http://{host}"
 
-    def metadata_url(self, request: web.Request, tunnel_id: str, channel: str | None) -> str:
+    def metadata_url(self, request: RequestHead, tunnel_id: str, channel: str | None) -> str:
         """Where clients fetch the channel's metadata (RFC 9728 §3.1: the suffix before the MCP path)."""
         return self.public_base(request) + PRM_WELL_KNOWN + mcp_path(tunnel_id, channel)
 
@@ -255,7 +256,7 @@ class Discovery:
     # ----------------------------------------------------------------------- challenges
 
     def challenge(
-        self, request: web.Request, tunnel_id: str, channel: str | None, frame: TunnelResponsePayload
+        self, request: RequestHead, tunnel_id: str, channel: str | None, frame: TunnelResponsePayload
     ) -> TunnelResponsePayload:
         """A frame whose `WWW-Authenticate` names the relay's metadata URL for this channel in place of
         the private server's (RFC 9728 §5.1); every other header and challenge as it was. A value

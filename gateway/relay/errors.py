@@ -66,8 +66,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.protocol.errors import GatewayError
-from gateway.protocol.headers import JSON, RETRY_AFTER, WWW_AUTHENTICATE
+from gateway.protocol.headers import CONTENT_TYPE, JSON, RETRY_AFTER, WWW_AUTHENTICATE
 from gateway.protocol.wire import INVALID_REQUEST, NULL_ID, PARSE_ERROR, Codec
+from gateway.relay.exchange import Reply
 
 log = logging.getLogger("gateway.relay")
 
@@ -89,9 +90,13 @@ class RelayError(GatewayError):
     def error_type(self) -> str:
         return "server_error" if self.status >= 500 else "invalid_request_error"
 
-    def to_response(self, codec: Codec) -> web.Response:
+    def reply(self, codec: Codec) -> Reply:
+        """This error as the answer every server of the relay gives it."""
         body = codec.api_error(self.message, self.error_type, self.code, self.param)
-        return web.Response(status=self.status, body=body, content_type=JSON, headers=self.extra_headers)
+        return Reply(self.status, body, [(CONTENT_TYPE, JSON), *self.extra_headers.items()])
+
+    def to_response(self, codec: Codec) -> web.Response:
+        return self.reply(codec).to_response()
 
 
 class CallerError(RelayError):
@@ -140,10 +145,10 @@ class UserTokenRefused(CallerError):
         self.subject = subject
         """The token's `sub` when the token itself was valid (too little scope), for the audit line."""
 
-    def to_response(self, codec: Codec) -> web.Response:
-        response = super().to_response(codec)
-        response.headers[WWW_AUTHENTICATE] = self.challenge
-        return response
+    def reply(self, codec: Codec) -> Reply:
+        reply = super().reply(codec)
+        reply.headers.append((WWW_AUTHENTICATE, self.challenge))
+        return reply
 
 
 class UserUnauthorized(UserTokenRefused):
@@ -165,9 +170,8 @@ class InvalidJsonRpc(CallerError):
         super().__init__(message)
         self.rpc_code = rpc_code
 
-    def to_response(self, codec: Codec) -> web.Response:
-        body = codec.error_response(NULL_ID, self.rpc_code, self.message)
-        return web.Response(status=self.status, body=body, content_type=JSON)
+    def reply(self, codec: Codec) -> Reply:
+        return Reply(self.status, codec.error_response(NULL_ID, self.rpc_code, self.message), [(CONTENT_TYPE, JSON)])
 
     @classmethod
     def parse_error(cls, message: str) -> InvalidJsonRpc:
@@ -341,10 +345,10 @@ class TokenError(RelayError):
     oauth_error: ClassVar[str] = "invalid_request"
     default_message = "the token request is malformed"
 
-    def to_response(self, codec: Codec) -> web.Response:
+    def reply(self, codec: Codec) -> Reply:
         body = msgspec.json.encode(OAuthErrorBody(self.oauth_error, self.message))
         headers = {**NO_STORE, **self.extra_headers}
-        return web.Response(status=self.status, body=body, content_type="application/json", headers=headers)
+        return Reply(self.status, body, [*headers.items(), (CONTENT_TYPE, "application/json")])
 
 
 class InvalidGrant(TokenError):
@@ -380,6 +384,22 @@ class IssuerUnavailable(TokenError):
     extra_headers = {"Retry-After": "5"}
 
 
+def refusal(exc: RelayError, codec: Codec, on_error: Callable[[str], None] | None = None) -> Reply:
+    """A RelayError as its answer, `on_error` told its API code (`http_NNN` without one): the one
+    translation every server of the relay uses (aiohttp's through `error_middleware`)."""
+    if on_error is not None:
+        on_error(exc.code or f"http_{exc.status}")
+    return exc.reply(codec)
+
+
+def unexpected(method: str, path: str, codec: Codec, on_error: Callable[[str], None] | None = None) -> Reply:
+    """The bare 500 for an exception no handler expected (logged here, with its traceback)."""
+    log.exception("relay: unexpected error handling %s %s", method, path)
+    if on_error is not None:
+        on_error("server_error")
+    return RelayError().reply(codec)
+
+
 def error_middleware(codec: Codec, on_error: Callable[[str], None] | None = None) -> Middleware:
     """The one translation of errors into responses: RelayError and aiohttp's own 4xx/5xx
     become APIErrorResponse bodies; anything unexpected is logged and becomes a bare 500.
@@ -394,8 +414,7 @@ def error_middleware(codec: Codec, on_error: Callable[[str], None] | None = None
         try:
             return await handler(request)
         except RelayError as exc:
-            told(exc.code or f"http_{exc.status}")
-            return exc.to_response(codec)
+            return refusal(exc, codec, on_error).to_response()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -407,9 +426,7 @@ def error_middleware(codec: Codec, on_error: Callable[[str], None] | None = None
         except ConnectionResetError:
             raise  # the peer left; there is nobody to answer
         except Exception:
-            log.exception("relay: unexpected error handling %s %s", request.method, request.path)
-            told("server_error")
-            return RelayError().to_response(codec)
+            return unexpected(request.method, request.path, codec, on_error).to_response()
 
     return middleware
 

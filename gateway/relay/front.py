@@ -50,6 +50,15 @@ from gateway.relay.errors import (
     TunnelNotFound,
     UserTokenRefused,
 )
+from gateway.relay.exchange import (
+    BodyReader,
+    EventStream,
+    Reply,
+    RequestHead,
+    ResponseHeaders,
+    WebEventStream,
+    web_answer,
+)
 from gateway.relay.guard import (
     Credentials,
     HostGuard,
@@ -69,8 +78,6 @@ _KEPT_2XX: Final = frozenset({200, 201, 202, 204})
 _STANDARD_STATUSES: Final = frozenset(status.value for status in HTTPStatus)
 _NO_BODY: Final = frozenset({204, 304})
 
-ResponseHeaders = list[tuple[str, str]]
-
 
 def map_status(resp_code: int) -> int:
     """The contract's status mapping from a frame's `resp_code` to the caller's HTTP status:
@@ -82,7 +89,7 @@ def map_status(resp_code: int) -> int:
     return 502
 
 
-def forwarded_headers(request: web.Request, *, drop_authorization: bool, drop: str | None = None) -> Headers:
+def forwarded_headers(request: RequestHead, *, drop_authorization: bool, drop: str | None = None) -> Headers:
     """The caller's headers as the command carries them: multi-valued, original spelling,
     minus hop-by-hop headers, Host and Content-Length, minus `Authorization` when
     it held the relay's own credential, and minus `drop` (the header that did)."""
@@ -112,7 +119,7 @@ def response_headers(frame: TunnelResponsePayload) -> ResponseHeaders:
     ]
 
 
-def accepts_sse(request: web.Request) -> bool:
+def accepts_sse(request: RequestHead) -> bool:
     for value in request.headers.getall(ACCEPT, []):
         for media_range in value.split(","):
             if media_range.split(";", 1)[0].strip().lower() == EVENT_STREAM:
@@ -126,7 +133,7 @@ def sse_event(data: bytes) -> bytes:
     return b"event: message\n" + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
 
 
-def json_answer(frame: TunnelResponsePayload, status: int | None = None) -> web.Response:
+def json_answer(frame: TunnelResponsePayload, status: int | None = None) -> Reply:
     """A frame as a plain HTTP answer: mapped status, allowed headers, `resp_json` bytes as body."""
     code = map_status(frame.resp_code) if status is None else status
     headers = response_headers(frame)
@@ -134,7 +141,21 @@ def json_answer(frame: TunnelResponsePayload, status: int | None = None) -> web.
     if frame.resp_json is not UNSET and code not in _NO_BODY:
         body = bytes(frame.resp_json)
         headers.append((CONTENT_TYPE, JSON))
-    return web.Response(status=code, body=body, headers=headers)
+    return Reply(code, body, headers)
+
+
+_STREAM_HEADERS: Final = (
+    (CONTENT_TYPE, EVENT_STREAM),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),  # reverse proxies pass events on at once (streamable-http)
+)
+_STREAM_NAMES: Final = frozenset(name.lower() for name, _ in _STREAM_HEADERS)
+
+
+def stream_headers(first: TunnelResponsePayload) -> ResponseHeaders:
+    """An SSE answer's headers: the first frame's allowed ones, then the stream's own (which replace theirs)."""
+    kept = [(name, value) for name, value in response_headers(first) if name.lower() not in _STREAM_NAMES]
+    return kept + list(_STREAM_HEADERS)
 
 
 @dataclass(slots=True)
@@ -197,7 +218,7 @@ class FrontDoor:
             ]
         return routes
 
-    def _admit(self, request: web.Request) -> tuple[str, str, Headers]:
+    def _admit(self, request: RequestHead) -> tuple[str, str, Headers]:
         """Host/Origin, tunnel, channel and client token, in that order -> (tunnel, channel, headers)."""
         self._hosts.check(request)
         tunnel_id = request.match_info["tunnel_id"]
@@ -212,11 +233,11 @@ class FrontDoor:
         check_client_header(request, credentials, header)  # `Authorization` is the user's: it passes through
         return tunnel_id, channel, forwarded_headers(request, drop_authorization=False, drop=header)
 
-    def _answer(self, request: web.Request, tunnel_id: str, frame: TunnelResponsePayload) -> TunnelResponsePayload:
+    def _answer(self, request: RequestHead, tunnel_id: str, frame: TunnelResponsePayload) -> TunnelResponsePayload:
         """A frame as this caller may see it: a server's challenge names the relay's metadata URL."""
         return self._discovery.challenge(request, tunnel_id, request.match_info.get("channel"), frame)
 
-    async def _check_client_rate(self, tunnel_id: str, request: web.Request) -> None:
+    async def _check_client_rate(self, tunnel_id: str, request: RequestHead) -> None:
         """`client_rate`: each client token (or all tokenless callers together) has its own budget."""
         spec = self._config.tunnels[tunnel_id]
         per_s = rates.per_second(spec.client_rate) if spec.client_rate else None
@@ -285,24 +306,38 @@ class FrontDoor:
         raise MethodNotAllowed()
 
     async def post(self, request: web.Request) -> web.StreamResponse:
+        stream = WebEventStream(request)
+        limit = self._config.max_body_bytes
+        return web_answer(await self.post_reply(request, lambda: read_body(request, limit), stream), stream)
+
+    async def post_reply(self, request: RequestHead, read: BodyReader, stream: EventStream) -> Reply | None:
+        """`POST /v1/mcp/{tunnel_id}[/{channel}]` on any server: its Reply, or None when it answered
+        through `stream` (an SSE stream, opened once a notification frame came first)."""
         tunnel_id, channel, headers = self._admit(request)
         await self._check_client_rate(tunnel_id, request)
-        body = await read_body(request, self._config.max_body_bytes)
+        body = await read()
         rpc_id = self._parse(body)
         async with self._user(request, tunnel_id, channel, body) as subject:
             with self._tracer.request(channel, request.headers, body) as trace:
                 if subject.name is not None:
                     trace.subject(subject.name)
                 headers, traced = trace.inject(headers, body)  # the command carries this request's span
-                answer = await self._post(request, tunnel_id, channel, headers, traced or body, rpc_id)
-                answered = answer.body if isinstance(answer, web.Response) else None
-                trace.answered(answer.status, bytes(answered) if isinstance(answered, (bytes, bytearray)) else None)
-                subject.outcome = answer.status
+                answer = await self._post(request, tunnel_id, channel, headers, traced or body, rpc_id, stream)
+                status = 200 if answer is None else answer.status
+                trace.answered(status, None if answer is None else answer.body)
+                subject.outcome = status
                 return answer
 
     async def _post(
-        self, request: web.Request, tunnel_id: str, channel: str, headers: Headers, body: bytes, rpc_id: Raw | None
-    ) -> web.StreamResponse:
+        self,
+        request: RequestHead,
+        tunnel_id: str,
+        channel: str,
+        headers: Headers,
+        body: bytes,
+        rpc_id: Raw | None,
+        stream: EventStream,
+    ) -> Reply | None:
         command = await self._enqueue(tunnel_id, channel, headers, COMMAND_JSONRPC, Raw(body))
         try:
             with self._metrics.caller_waiting(tunnel_id):
@@ -311,7 +346,7 @@ class FrontDoor:
                     if frame.resp_code >= 400:
                         return json_answer(frame)
                     return json_answer(msgspec.structs.replace(frame, resp_json=UNSET), status=202)
-                return await self._answer_request(request, tunnel_id, command, rpc_id)
+                return await self._answer_request(request, tunnel_id, command, rpc_id, stream)
         finally:
             await self._backend.discard(tunnel_id, command.request_id)
 
@@ -328,10 +363,10 @@ class FrontDoor:
                 answer = await self._delete(tunnel_id, channel, headers)
                 trace.answered(answer.status, None)
                 subject.outcome = answer.status
-                return answer
+                return answer.to_response()
 
     def _user(
-        self, request: web.Request, tunnel_id: str, channel: str, body: bytes | None
+        self, request: RequestHead, tunnel_id: str, channel: str, body: bytes | None
     ) -> contextlib.AbstractAsyncContextManager[Subject]:
         """`user_auth` for a covered channel: the user's token checked before anything is queued (a
         refusal raised), and one audit line when the request ends, however it ends."""
@@ -341,7 +376,7 @@ class FrontDoor:
 
     @contextlib.asynccontextmanager
     async def _checked_user(
-        self, request: web.Request, tunnel_id: str, channel: str, body: bytes | None
+        self, request: RequestHead, tunnel_id: str, channel: str, body: bytes | None
     ) -> AsyncIterator[Subject]:
         subject = Subject()
         started = asyncio.get_running_loop().time()
@@ -361,7 +396,7 @@ class FrontDoor:
             duration = asyncio.get_running_loop().time() - started
             audit(subject.name, tunnel_id, channel, method, tool, subject.outcome, duration)
 
-    async def _delete(self, tunnel_id: str, channel: str, headers: Headers) -> web.Response:
+    async def _delete(self, tunnel_id: str, channel: str, headers: Headers) -> Reply:
         command = await self._enqueue(tunnel_id, channel, headers, COMMAND_SESSION_END, None)
         try:
             with self._metrics.caller_waiting(tunnel_id):
@@ -373,53 +408,47 @@ class FrontDoor:
     # ----------------------------------------------------------------------- request answers
 
     async def _answer_request(
-        self, request: web.Request, tunnel_id: str, command: Command, rpc_id: Raw
-    ) -> web.StreamResponse:
+        self, request: RequestHead, tunnel_id: str, command: Command, rpc_id: Raw, stream: EventStream
+    ) -> Reply | None:
         """JSON when the terminal frame comes first (or SSE is not accepted); an SSE
-        stream as soon as a notification frame arrives for a caller that accepts it."""
+        stream as soon as a notification frame arrives for a caller that accepts it (None: answered there)."""
         sse_ok = accepts_sse(request)
-        stream: web.StreamResponse | None = None
+        opened = False
         try:
             async with asyncio.timeout_at(command.deadline):
                 while True:
                     frame = await self._backend.next_frame(tunnel_id, command.request_id)
-                    if stream is None:
+                    if not opened:
                         if frame.is_terminal:
                             return json_answer(self._answer(request, tunnel_id, frame))
                         if not sse_ok or frame.resp_json is UNSET:
                             continue  # a notification the caller cannot receive
-                        stream = await self._open_stream(request, frame)
+                        await stream.open(stream_headers(frame))
+                        opened = True
                     if frame.resp_json is not UNSET:
-                        await stream.write(sse_event(bytes(frame.resp_json)))
+                        await stream.send(sse_event(bytes(frame.resp_json)))
                     if frame.is_terminal:
-                        await stream.write_eof()
-                        return stream
+                        await stream.end()
+                        return None
         except TimeoutError:
-            if stream is None:
+            if not opened:
                 raise CallerTimeout() from None
-            return await self._end_stream(stream, rpc_id, CallerTimeout.default_message)
+            await self._end_stream(stream, rpc_id, CallerTimeout.default_message)
+            return None
         except RelayError as exc:
-            if stream is None:
+            if not opened:
                 raise
-            return await self._end_stream(stream, rpc_id, exc.message)
+            await self._end_stream(stream, rpc_id, exc.message)
+            return None
         except ConnectionResetError:
-            if stream is None:
+            if not opened:
                 raise
-            return stream  # the caller left mid-stream; nobody is there to answer
+            return None  # the caller left mid-stream; nobody is there to answer
 
-    async def _open_stream(self, request: web.Request, first: TunnelResponsePayload) -> web.StreamResponse:
-        stream = web.StreamResponse(status=200, headers=response_headers(first))
-        stream.headers[CONTENT_TYPE] = EVENT_STREAM
-        stream.headers["Cache-Control"] = "no-cache"
-        stream.headers["X-Accel-Buffering"] = "no"  # reverse proxies pass events on at once (streamable-http)
-        await stream.prepare(request)
-        return stream
-
-    async def _end_stream(self, stream: web.StreamResponse, rpc_id: Raw, message: str) -> web.StreamResponse:
+    async def _end_stream(self, stream: EventStream, rpc_id: Raw, message: str) -> None:
         """Close a stream whose terminal frame will not come with a JSON-RPC error for the request."""
         try:
-            await stream.write(sse_event(self._codec.error_response(rpc_id, INTERNAL_ERROR, message)))
-            await stream.write_eof()
+            await stream.send(sse_event(self._codec.error_response(rpc_id, INTERNAL_ERROR, message)))
+            await stream.end()
         except ConnectionResetError:
             pass
-        return stream

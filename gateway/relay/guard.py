@@ -30,6 +30,7 @@ from gateway.relay.errors import (
     InvalidChannel,
     OriginNotAllowed,
 )
+from gateway.relay.exchange import RequestHead
 
 _CHANNEL: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _LOOPBACK_ORIGIN: Final = re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?", re.I)
@@ -72,7 +73,7 @@ def resolve_credentials(config: RelayConfig, *, source: str = "<relay config>") 
 # --------------------------------------------------------------------------- Bearer
 
 
-def bearer_token(request: web.Request) -> str | None:
+def bearer_token(request: RequestHead) -> str | None:
     """The token of the request's one `Authorization: Bearer <token>` header, or None."""
     values = request.headers.getall(AUTHORIZATION, [])
     if len(values) != 1:
@@ -107,7 +108,7 @@ class AccessTokenCheck(Protocol):
 
 
 def check_gateway(
-    request: web.Request,
+    request: RequestHead,
     tunnel_id: str,
     credentials: TunnelCredentials | None,
     tokens: AccessTokenCheck | None = None,
@@ -135,7 +136,7 @@ def check_gateway(
     raise GatewayUnauthorized("this access token does not grant use of this tunnel")
 
 
-def check_client(request: web.Request, credentials: TunnelCredentials) -> bool:
+def check_client(request: RequestHead, credentials: TunnelCredentials) -> bool:
     """The MCP endpoint's Bearer client token when the tunnel has any; raises ClientUnauthorized.
 
     Returns True when `Authorization` carried the relay's own credential, which
@@ -148,7 +149,7 @@ def check_client(request: web.Request, credentials: TunnelCredentials) -> bool:
     return True
 
 
-def check_client_header(request: web.Request, credentials: TunnelCredentials, header: str) -> None:
+def check_client_header(request: RequestHead, credentials: TunnelCredentials, header: str) -> None:
     """The MCP endpoint's client token in a header of its own (`client_token_header`), the token as
     the header's one value; raises ClientTokenRequired. `Authorization` is left to the user."""
     if not credentials.client_tokens:
@@ -196,7 +197,7 @@ class HostGuard:
             return True
         return origin in self._origins or _LOOPBACK_ORIGIN.fullmatch(origin) is not None
 
-    def check(self, request: web.Request) -> None:
+    def check(self, request: RequestHead) -> None:
         if not self.host_allowed(request.headers.get("Host")):
             raise HostNotAllowed()
         origins = request.headers.getall("Origin", [])
@@ -214,6 +215,11 @@ def check_channel(name: str, *, param: str = "channel") -> str:
     return name
 
 
+def too_large(limit: int) -> BodyTooLarge:
+    """The refusal of a body past `limit` bytes (the same words from every server of the relay)."""
+    return BodyTooLarge(f"the request body exceeds the relay's limit of {limit} bytes")
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole request body, or BodyTooLarge as soon as it is known to exceed `limit`, or
     BodyTimeout when it takes longer than the app's `read_timeout_s` to arrive.
@@ -221,9 +227,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     A body without a Content-Length is read in pieces and refused as soon as it grows past
     `limit` (which may be below the app's `client_max_size`, as the token endpoint's is).
     """
-    too_large = f"the request body exceeds the relay's limit of {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(too_large)
+        raise too_large(limit)
     if request.content_length is not None and request.content.is_eof():
         return await request.read()  # all of it has arrived: nothing to wait for, no timer to arm
     try:
@@ -234,9 +239,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             async for chunk in request.content.iter_any():
                 body += chunk
                 if len(body) > limit:
-                    raise BodyTooLarge(too_large)
+                    raise too_large(limit)
             return bytes(body)
     except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(too_large) from None
+        raise too_large(limit) from None
     except TimeoutError:
         raise BodyTimeout() from None

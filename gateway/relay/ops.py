@@ -87,6 +87,19 @@ class _TunnelMetrics:
         """By instance id, the most recent poller last."""
 
 
+class _Waiting:
+    __slots__ = ("_tunnel",)
+
+    def __init__(self, tunnel: _TunnelMetrics) -> None:
+        self._tunnel = tunnel
+
+    def __enter__(self) -> None:
+        self._tunnel.callers_waiting += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._tunnel.callers_waiting -= 1
+
+
 class RelayMetrics:
     """This replica's counters, per tunnel."""
 
@@ -136,17 +149,10 @@ class RelayMetrics:
             tunnel.polls += 1
             tunnel.commands_polled += commands
 
-    @contextlib.contextmanager
-    def caller_waiting(self, tunnel_id: str) -> Iterator[None]:
+    def caller_waiting(self, tunnel_id: str) -> contextlib.AbstractContextManager[None]:
+        """Counts a caller waiting for its answer while entered (a plain class: no generator per call)."""
         tunnel = self._tunnels.get(tunnel_id)
-        if tunnel is None:
-            yield
-            return
-        tunnel.callers_waiting += 1
-        try:
-            yield
-        finally:
-            tunnel.callers_waiting -= 1
+        return contextlib.nullcontext() if tunnel is None else _Waiting(tunnel)
 
     async def render(self, backend: QueueBackend) -> str:
         """The exposition text; backend figures are left out (and `relay_backend_up` is 0) when

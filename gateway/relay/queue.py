@@ -166,6 +166,14 @@ class QueueBackend(ABC):
         """Hand one frame to the waiting caller. PendingNotFound for a request that is unknown,
         not in flight, past its deadline or already final; ShardMismatch for a wrong token."""
 
+    delivers_now: bool = False
+    """Whether `deliver_now` works: a backend in this process hands a frame over without waiting."""
+
+    def deliver_now(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
+        """`deliver` done at once, for a backend whose `delivers_now` is True (a subclass that changes
+        `deliver` must change this too: the lean HTTP layer calls it in place of `deliver`)."""
+        raise NotImplementedError
+
     @abstractmethod
     async def next_frame(self, tunnel_id: str, request_id: str) -> TunnelResponsePayload:
         """The caller's side: wait for the next frame of its command (RelayClosing on shutdown)."""
@@ -217,9 +225,9 @@ class _Frames:
         self._items.append(item)
         self._wake_next()
 
-    async def get(self) -> TunnelResponsePayload | None:
+    async def get(self, loop: asyncio.AbstractEventLoop) -> TunnelResponsePayload | None:
         while not self._items:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
@@ -235,6 +243,11 @@ class _Frames:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Instance:
@@ -336,6 +349,18 @@ class MemoryQueue(QueueBackend):
         self._queue_max = queue_max
         self._grace = client_seen_grace_s
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop it serves in, from `start()`: CPython 3.11 asks the OS for the process id on every
+        `get_running_loop()`, several times per call otherwise."""
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def dispose(self) -> None:
+        self._loop = None
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        return self._loop or asyncio.get_running_loop()
 
     def _tunnel(self, tunnel_id: str) -> _Tunnel:
         tunnel = self._tunnels.get(tunnel_id)
@@ -343,9 +368,8 @@ class MemoryQueue(QueueBackend):
             raise TunnelNotFound()
         return tunnel
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    def _now(self) -> float:
+        return self._running().time()
 
     async def enqueue(self, tunnel_id: str, command: Command) -> None:
         if self._closed:
@@ -374,7 +398,7 @@ class MemoryQueue(QueueBackend):
             tunnel.last_instance_id = instance_id
         instance = instance_id or ANONYMOUS
         seen = tunnel.instances.setdefault(instance, _Instance())
-        loop = asyncio.get_running_loop()
+        loop = self._running()
         until = loop.time() + timeout_s
         tunnel.polls_waiting += 1
         seen.polls += 1
@@ -392,12 +416,11 @@ class MemoryQueue(QueueBackend):
                     remaining = min(remaining, AFFINITY_RECHECK_S)
                 waiter: asyncio.Future[None] = loop.create_future()
                 tunnel.waiters.add(waiter)
+                timer = loop.call_later(remaining, _wake, waiter)  # a timer, not a Timeout: no task lookups
                 try:
-                    async with asyncio.timeout(remaining):
-                        await waiter
-                except TimeoutError:
-                    pass
+                    await waiter
                 finally:
+                    timer.cancel()
                     tunnel.waiters.discard(waiter)
             return []
         finally:
@@ -405,7 +428,12 @@ class MemoryQueue(QueueBackend):
             seen.polls -= 1
             tunnel.last_poll_end = seen.last_end = loop.time()
 
+    delivers_now = True
+
     async def deliver(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
+        self.deliver_now(tunnel_id, shard_token, frame)
+
+    def deliver_now(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
         tunnel = self._tunnel(tunnel_id)
         entry = tunnel.entries.get(frame.request_id)
         now = self._now()
@@ -424,7 +452,7 @@ class MemoryQueue(QueueBackend):
         entry = self._tunnel(tunnel_id).entries.get(request_id)
         if entry is None:
             raise PendingNotFound()
-        frame = await entry.frames.get()
+        frame = await entry.frames.get(self._running())
         if frame is None:
             entry.frames.put_nowait(None)  # keep answering RelayClosing
             raise RelayClosing()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -18,6 +19,7 @@ from msgspec import UNSET
 from gateway.protocol.headers import (
     CLIENT_NAME_HEADER,
     CLIENT_VERSION_HEADER,
+    CONTENT_TYPE,
     INSTANCE_HEADER,
     JSON,
     SERVER_INFO_HEADER,
@@ -35,6 +37,7 @@ from gateway.protocol.wire import (
 from gateway.relay.affinity import affine_channels
 from gateway.relay.config import RelayConfig
 from gateway.relay.errors import InvalidParameter, InvalidPayload
+from gateway.relay.exchange import BodyReader, Reply, RequestHead
 from gateway.relay.guard import (
     AccessTokenCheck,
     Credentials,
@@ -52,6 +55,7 @@ _PAYLOAD_FIELDS: Final = frozenset(TunnelResponsePayload.__struct_fields__)
 _DIGITS: Final = re.compile(r"[0-9]+")
 _HUGE: Final = 10**18
 _NULL: Final = b"null"
+_NO_CONTENT: Final = Reply(204)
 
 
 def _connected(request: web.Request) -> bool:
@@ -60,7 +64,7 @@ def _connected(request: web.Request) -> bool:
     return transport is not None and not transport.is_closing()
 
 
-def _int_param(request: web.Request, name: str, *, default: int, low: int, high: int | None) -> int:
+def _int_param(request: RequestHead, name: str, *, default: int, low: int, high: int | None) -> int:
     """A non-negative decimal query parameter within [low, high]; InvalidParameter otherwise."""
     values = request.query.getall(name, [])
     if not values:
@@ -93,7 +97,7 @@ class TunnelAPI:
         self._backend = backend
         self._codec = codec
         self._metrics = metrics or RelayMetrics(config.tunnels)
-        self._ack = codec.encode(TunnelResponseAck())  # the same answer to every accepted frame
+        self._acked = Reply(200, codec.encode(TunnelResponseAck()), [(CONTENT_TYPE, JSON)])  # to every accepted frame
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -102,7 +106,7 @@ class TunnelAPI:
             web.post("/v1/tunnels/{tunnel_id}/response", self.response),
         ]
 
-    def _authorize(self, request: web.Request, *, metadata: bool = False) -> tuple[str, TunnelCredentials]:
+    def _authorize(self, request: RequestHead, *, metadata: bool = False) -> tuple[str, TunnelCredentials]:
         tunnel_id = request.match_info["tunnel_id"]
         credentials = self._credentials.get(tunnel_id)
         # an unknown tunnel is refused like a wrong key (or, to a valid access token, like another's tunnel)
@@ -110,25 +114,38 @@ class TunnelAPI:
         assert credentials is not None
         return tunnel_id, credentials
 
-    def _json(self, obj: object) -> web.Response:
-        return web.Response(body=self._codec.encode(obj), content_type=JSON)
+    def _json(self, obj: object) -> Reply:
+        return Reply(200, self._codec.encode(obj), [(CONTENT_TYPE, JSON)])
 
-    # ----------------------------------------------------------------------- handlers
+    # ----------------------------------------------------------------------- aiohttp handlers
 
     async def metadata(self, request: web.Request) -> web.Response:
         tunnel_id, _ = self._authorize(request, metadata=True)
         spec = self._config.tunnels[tunnel_id]
-        return self._json(TunnelClientMetadata(id=tunnel_id, name=spec.name, description=spec.description))
+        return self._json(
+            TunnelClientMetadata(id=tunnel_id, name=spec.name, description=spec.description)
+        ).to_response()
 
     async def poll(self, request: web.Request) -> web.Response:
+        return (await self.poll_reply(request, lambda: _connected(request))).to_response()
+
+    async def response(self, request: web.Request) -> web.Response:
+        limit = self._config.max_body_bytes
+        return (await self.response_reply(request, lambda: read_body(request, limit))).to_response()
+
+    # ----------------------------------------------------------------------- the cores (any server)
+
+    async def poll_reply(self, request: RequestHead, connected: Callable[[], bool]) -> Reply:
+        """`GET /v1/tunnels/{tunnel_id}/poll`; `connected()` says whether the poller is still there."""
         tunnel_id, _ = self._authorize(request)
         cap = self._config.poll_max_wait_ms
         limit = _int_param(request, "limit", default=1, low=1, high=MAX_POLL_LIMIT)
         timeout_ms = min(cap, _int_param(request, "timeout_ms", default=cap, low=1, high=None))
         channels = frozenset(check_channel(c) for c in request.query.getall("channel", []))
         headers = request.headers  # who polls: the v1 identity headers, for the console
+        instance = headers.get(INSTANCE_HEADER)
         self._metrics.observe_gateway(
-            tunnel_id, headers.get(INSTANCE_HEADER), headers.get(CLIENT_NAME_HEADER), headers.get(CLIENT_VERSION_HEADER)
+            tunnel_id, instance, headers.get(CLIENT_NAME_HEADER), headers.get(CLIENT_VERSION_HEADER)
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -137,28 +154,45 @@ class TunnelAPI:
             limit=limit,
             timeout_s=timeout_ms / 1000,
             channels=channels,
-            instance_id=request.headers.get(INSTANCE_HEADER),
-            wanted=lambda: _connected(request),
-            affine_channels=affine_channels(request.headers.get(SERVER_INFO_HEADER)),
+            instance_id=instance,
+            wanted=connected,
+            affine_channels=affine_channels(headers.get(SERVER_INFO_HEADER)),
         )
         now = loop.time()
         self._metrics.observe_poll(tunnel_id, now - started, len(commands))
         if not commands:
-            return web.Response(status=204)
+            return _NO_CONTENT
         return self._json(PolledCommandList([command.polled(now) for command in commands]))
 
-    async def response(self, request: web.Request) -> web.Response:
-        tunnel_id, _ = self._authorize(request)
-        shard_token = request.headers.get(SHARD_HEADER)
-        if not shard_token:
-            raise InvalidParameter(f"the {SHARD_HEADER} header is required", param=SHARD_HEADER)
-        body = await read_body(request, self._config.max_body_bytes)
-        frame = self._decode_frame(body)
+    async def response_reply(self, request: RequestHead, body: BodyReader) -> Reply:
+        """`POST /v1/tunnels/{tunnel_id}/response`; `body()` reads the frame."""
+        tunnel_id, shard_token = self._addressed(request)
+        frame = self._decode_frame(await body())
         await self._backend.deliver(tunnel_id, shard_token, frame)
         # One step aside before the ack: the caller woken by this frame answers its client first
         # (the ack is off the call's path; the caller's answer is on it).
         await asyncio.sleep(0)
-        return web.Response(body=self._ack, content_type=JSON)
+        return self._acked
+
+    @property
+    def responds_now(self) -> bool:
+        """Whether `response_now` can be used: the backend hands frames over without waiting."""
+        return self._backend.delivers_now
+
+    def response_now(self, request: RequestHead, body: bytes) -> Reply:
+        """`response_reply` for a body already read, with no wait (when `responds_now`). The caller
+        writes the ack one loop step later, as `response_reply` steps aside: the woken caller answers first."""
+        tunnel_id, shard_token = self._addressed(request)
+        self._backend.deliver_now(tunnel_id, shard_token, self._decode_frame(body))
+        return self._acked
+
+    def _addressed(self, request: RequestHead) -> tuple[str, str]:
+        """(tunnel, shard token) of a response POST that may post to the tunnel."""
+        tunnel_id, _ = self._authorize(request)
+        shard_token = request.headers.get(SHARD_HEADER)
+        if not shard_token:
+            raise InvalidParameter(f"the {SHARD_HEADER} header is required", param=SHARD_HEADER)
+        return tunnel_id, shard_token
 
     # ----------------------------------------------------------------------- payloads
 

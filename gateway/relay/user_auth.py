@@ -25,6 +25,7 @@ from gateway.protocol.oauth import quoted
 from gateway.protocol.wire import Codec
 from gateway.relay.config import RelayConfig, UserAuthSpec
 from gateway.relay.errors import InsufficientScope, IssuerKeysUnavailable, UserUnauthorized
+from gateway.relay.exchange import RequestHead
 from gateway.relay.guard import bearer_token
 from gateway.relay.jwks import HttpClient, IssuerKeys, JwksUnavailable, UrlSource, refreshed
 
@@ -63,7 +64,7 @@ class UserAuth:
         spec = self._config.tunnels[tunnel_id].user_auth
         return spec is not None and spec.covers(channel)
 
-    async def check(self, request: web.Request, tunnel_id: str, channel: str, resource: str, metadata: str) -> str:
+    async def check(self, request: RequestHead, tunnel_id: str, channel: str, resource: str, metadata: str) -> str:
         """The subject (`sub`) of the request's valid token for this covered channel; UserUnauthorized
         or InsufficientScope otherwise. `resource` is the channel's public MCP URL (the default
         audience), `metadata` where its protected resource metadata is (for the challenge)."""
