@@ -341,6 +341,16 @@ def _refused(what: str, status: int, retry_after: str | None, *, renewed: bool =
     return ControlPlaneError(message, status, parse_retry_after(retry_after), renewed=renewed)
 
 
+async def _dispatched() -> None:
+    """Two loop steps: in the first, the commands just submitted run up to their first wait (a request
+    queued on a stdio pipe, or sent); in the second, the pipes' per-tick flushes write them. With one
+    poll channel the next poll's request goes out after that, so it is not on the commands' path
+    (c=1: 0.95 -> 0.83 ms p50). With several polls in flight another poll is already out; there the
+    order is left as it was (with it, the several-polls accounting contract test failed once under load)."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 class Poller:
     """The poll channel: asks only for free capacity, hands commands to the sink.
 
@@ -428,6 +438,8 @@ class Poller:
             if dropped:
                 log.warning("dropped %d command(s) without a usable request_id or shard_token", dropped)
             self.fault = None
+            if commands and self._polls == 1:
+                await _dispatched()
 
     async def _introduce(self) -> None:
         """Ask for the tunnel's metadata once: a quick answer to "is the control plane there, and does it

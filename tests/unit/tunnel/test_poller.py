@@ -106,3 +106,56 @@ async def test_readiness_fails_while_the_poll_loop_backs_off() -> None:
     assert not ready
     assert body["not_ready"] == ["control_plane"]
     assert body["checks"]["control_plane"] == poller.fault
+
+
+@dataclass
+class OrderSink:
+    """Our `CommandSink`: each command's worker takes one step, then queues a write for the loop's next turn,
+    as a stdio pipe's per-tick flush does; `events` has the order of polls, steps and writes."""
+
+    events: list[str]
+    free: int = 10
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def wait_capacity(self, reserved: int) -> None:
+        return None
+
+    def capacity_changed(self) -> None:
+        return None
+
+    def submit(self, command: PolledCommand, received_at: float) -> None:
+        async def work() -> None:
+            self.events.append(f"step {command.request_id}")
+            asyncio.get_running_loop().call_soon(self.events.append, f"write {command.request_id}")
+
+        task = asyncio.create_task(work())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class OrderedControlPlane(FakeControlPlane):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+        self.third = asyncio.Event()
+
+    async def poll(self, limit: int, timeout_ms: int) -> tuple[float, list[Any]]:
+        self.events.append(f"poll {self.polls + 1}")
+        if self.polls + 1 >= 3:
+            self.third.set()
+        return await super().poll(limit, timeout_ms)
+
+
+async def test_with_one_poll_channel_a_command_is_written_upstream_before_the_next_poll() -> None:
+    """c=1 latency: the next poll's request is not on a command's path. With one poll in flight, the
+    commands a poll brought take their first step and their pipe write goes out before the next poll."""
+    events: list[str] = []
+    cp = OrderedControlPlane(events)
+    poller = Poller(cp, OrderSink(events), Codec(), 1000)  # type: ignore[arg-type]
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.wait_for(cp.third.wait(), 30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert events[:7] == ["poll 1", "step r1", "write r1", "poll 2", "step r2", "write r2", "poll 3"]
