@@ -25,12 +25,12 @@ from gateway import __version__
 from gateway.config.routing import ServerSpec
 from gateway.observe.hooks import Observed, RateLimitOutcome, Telemetry
 from gateway.observe.otel_records import Recorder
+from gateway.observe.otel_relay import OtelRelayTracer
 from gateway.observe.otel_scopes import (
     Attributes,
     ClientSpan,
     CommandSpan,
     Operation,
-    OtelRelayTracer,
     PollSpan,
     PostSpan,
 )

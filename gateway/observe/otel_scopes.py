@@ -1,5 +1,5 @@
 """The spans with a lifetime: one command (SERVER), one response POST, one poll, one upstream call
-(CLIENT), one relay client request, each recording its metrics through its `OtelTelemetry`.
+(CLIENT), each recording its metrics through its `OtelTelemetry`.
 Part of the OTel implementation (loaded only when telemetry is on); builds no provider, sets no global.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from gateway.observe.otel import OtelTelemetry
 
 Attributes = dict[str, Any]
-_READ_HEADERS: Final = frozenset(name.lower() for name in (TRACEPARENT, TRACESTATE, SESSION_HEADER, VERSION_HEADER))
+READ_HEADERS: Final = frozenset(name.lower() for name in (TRACEPARENT, TRACESTATE, SESSION_HEADER, VERSION_HEADER))
 
 
 @dataclasses.dataclass(slots=True)
@@ -74,7 +73,7 @@ class CommandSpan:
         self._started = time.perf_counter()
         # One pass over the client's headers for the few telemetry reads, instead of a scan per read.
         headers = self._headers = {
-            name: values for name, values in command.headers.items() if name.lower() in _READ_HEADERS
+            name: values for name, values in command.headers.items() if name.lower() in READ_HEADERS
         }
         params: Params | None = None
         if command.jsonrpc is not UNSET and header_value(headers, TRACEPARENT) is None:
@@ -283,74 +282,3 @@ class ClientSpan:
             self._done = True
             self._t.client_duration.record(time.perf_counter() - self._started, self._metric)
             self._span.end()
-
-
-# --------------------------------------------------------------------------- the relay's seam
-
-
-class OtelRelayTracer:
-    """The relay's `RelayTracer`: a SERVER span per MCP client request."""
-
-    def __init__(self, t: OtelTelemetry) -> None:
-        self._t = t
-
-    def request(self, channel: str, headers: Mapping[str, str], body: bytes | None) -> RelayRequestSpan:
-        return RelayRequestSpan(self._t, channel, headers, body)
-
-
-class RelayRequestSpan:
-    """One client request on the relay: continues the client's trace, passes its own on in the command."""
-
-    __slots__ = ("_body", "_channel", "_headers", "_op", "_span", "_t")
-
-    def __init__(self, t: OtelTelemetry, channel: str, headers: Mapping[str, str], body: bytes | None) -> None:
-        self._t = t
-        self._channel = channel
-        # Only the headers telemetry reads (trace context, protocol version, session), not all of them.
-        self._headers: Headers = {name: [value] for name, value in headers.items() if name.lower() in _READ_HEADERS}
-        self._body = body
-        self._op: Operation | None = None
-
-    def __enter__(self) -> RelayRequestSpan:
-        t = self._t
-        message = t.payloads.message(self._body)
-        params = t.payloads.params(message.params if message is not None else UNSET)
-        attributes: Attributes = {"network.transport": "tcp", "gateway.channel": t.labels(self._channel)}
-        if message is not None and message.method is not UNSET:
-            self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
-            attributes.update(self._op.attributes)
-            name = self._op.name
-        else:
-            name = "response" if message is not None else "session_termination"
-            session = header_value(self._headers, SESSION_HEADER)
-            if session is not None:
-                attributes["mcp.session.id"] = session
-        parent = t.extract(self._headers, params)
-        self._span = t.relay_spans.start(name, SpanKind.SERVER, attributes, parent)
-        return self
-
-    def inject(self, headers: Headers, body: bytes | None) -> tuple[Headers, bytes | None]:
-        carrier = self._t.carrier(self._span)
-        if not carrier:
-            return headers, body
-        if body is not None:
-            body = self._t.payloads.inject_message(body, carrier)
-        return with_trace_headers(headers, carrier), body
-
-    def subject(self, subject: str) -> None:
-        self._span.set_attribute("user.id", subject)
-
-    def answered(self, status: int, body: bytes | None) -> None:
-        put(self._span, {"http.response.status_code": status})
-        if self._op is not None:
-            self._t.settle(self._span, self._op, body, {}, server=True)
-        if status >= 500:
-            self._span.set_attribute("error.type", str(status))
-            self._span.set_status(Status(StatusCode.ERROR))
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc is not None:
-            self._t.failed(self._span, exc, None)
-        self._span.end()

@@ -39,6 +39,7 @@ NO_IO = ("asyncio", "aiohttp", "uvloop", "httptools", "redis", "opentelemetry", 
 OTEL = (
     "gateway.observe.otel",
     "gateway.observe.otel_scopes",
+    "gateway.observe.otel_relay",
     "gateway.observe.otel_sdk",
     "gateway.observe.otel_export",
     "gateway.observe.otel_spans",
