@@ -57,6 +57,8 @@ CAPTURE_LIMIT: Final = 4096
 LABEL_VALUES_LIMIT: Final = 200
 """Distinct client-chosen values (tool and prompt names, versions) a metric label takes; then `_OTHER`."""
 SESSIONS_TRACKED: Final = 10_000
+METRIC_SETS_KEPT: Final = 4096
+"""Metric attribute sets remembered (each label is capped, the method is not); then it starts over."""
 
 
 def current_trace_ids() -> tuple[str, str] | None:
@@ -141,6 +143,8 @@ class OtelTelemetry(Telemetry):
     ) -> None:
         provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
         self.tracer = provider.get_tracer(SCOPE, __version__)
+        self.tracing = tracer_provider is not None
+        """Spans are recorded; without, the scopes keep only the metrics and build no span or context."""
         self.spans = SpanStarter(self.tracer)
         self.relay_spans = SpanStarter(provider.get_tracer(RELAY_SCOPE, __version__))
         self.propagator = TraceContextTextMapPropagator()
@@ -154,6 +158,7 @@ class OtelTelemetry(Telemetry):
         self._sessions: OrderedDict[str, float] = OrderedDict()
         self._upstreams: dict[str, Observed] = {}
         self._servers: dict[str, Attributes] = {}
+        self._metric_sets: dict[tuple[str, str | None, str | None, str, str | None], Attributes] = {}
         self._logs = logs
         self._call_logs: CallLogs | None = None
 
@@ -225,64 +230,101 @@ class OtelTelemetry(Telemetry):
         return carrier
 
     def operation(
-        self, method: str, params: Params, request_id: Raw | UnsetType | None, headers: Headers, transport: str
+        self,
+        method: str,
+        params: Params,
+        request_id: Raw | UnsetType | None,
+        headers: Headers,
+        transport: str,
+        server: Attributes | None = None,
+        version: str | None = None,
     ) -> Operation:
-        attributes: Attributes = {"mcp.method.name": method, "network.transport": transport}
-        metric: Attributes = {"mcp.method.name": method, "network.transport": transport}
+        """`method` as telemetry sees it: span name, span attributes (built only when tracing), and the
+        metric attribute set, shared by every operation with the same labels (never mutated). For an
+        upstream call, `server` (the server's attributes) and `version` (the negotiated protocol version)
+        take the place of the transport and of the client's version."""
         target: str | None = None
         tool_call = method == "tools/call"
         if isinstance(params.name, str) and method in ("tools/call", "prompts/get"):
             target = self.labels(params.name)
-            key = "gen_ai.tool.name" if tool_call else "gen_ai.prompt.name"
-            attributes[key] = metric[key] = target
-        if tool_call:
-            attributes["gen_ai.operation.name"] = metric["gen_ai.operation.name"] = "execute_tool"
-        if isinstance(params.uri, str) and method.startswith("resources/"):
-            attributes["mcp.resource.uri"] = self.redact(params.uri)
-        rid = request_id_text(request_id)
-        if rid is not None:
-            attributes["jsonrpc.request.id"] = rid
-        version = header_value(headers, VERSION_HEADER)
-        if version is None and params.meta is not None:
-            version = params.meta.protocol_version
-        if version is not None:
-            attributes["mcp.protocol.version"] = metric["mcp.protocol.version"] = self.labels(version)
-        session = header_value(headers, SESSION_HEADER)
-        if session is not None:
-            attributes["mcp.session.id"] = session
+        if version is None:
+            version = header_value(headers, VERSION_HEADER)
+            if version is None and params.meta is not None:
+                version = params.meta.protocol_version
+        label = self.labels(version) if version is not None else None
+        if server is not None:
+            transport = server["network.transport"]
+        metric = self._metric_set(method, target, label, transport, server)
         name = f"{method} {target}" if target is not None else method
+        attributes: Attributes = {}
+        if self.tracing:
+            attributes = dict(metric)
+            if isinstance(params.uri, str) and method.startswith("resources/"):
+                attributes["mcp.resource.uri"] = self.redact(params.uri)
+            rid = request_id_text(request_id)
+            if rid is not None:
+                attributes["jsonrpc.request.id"] = rid
+            if server is not None and version is not None:
+                attributes["mcp.protocol.version"] = version  # the negotiated version, as the server said it
+            session = header_value(headers, SESSION_HEADER)
+            if session is not None:
+                attributes["mcp.session.id"] = session
         return Operation(method, name, attributes, metric, tool_call, params.arguments)
 
-    def settle(self, span: trace.Span, op: Operation, body: bytes | None, metric: Attributes, *, server: bool) -> None:
-        """Record the JSON-RPC outcome of a response `body` on the span and the metric attributes."""
+    def _metric_set(
+        self, method: str, target: str | None, version: str | None, transport: str, server: Attributes | None
+    ) -> Attributes:
+        key = (method, target, version, transport, None if server is None else server["gateway.server"])
+        found = self._metric_sets.get(key)
+        if found is not None:
+            return found
+        metric: Attributes = {"mcp.method.name": method, "network.transport": transport}
+        if target is not None:
+            metric["gen_ai.tool.name" if method == "tools/call" else "gen_ai.prompt.name"] = target
+        if method == "tools/call":
+            metric["gen_ai.operation.name"] = "execute_tool"
+        if version is not None:
+            metric["mcp.protocol.version"] = version
+        if server is not None:
+            metric.update(server)
+        if len(self._metric_sets) >= METRIC_SETS_KEPT:
+            self._metric_sets.clear()
+        self._metric_sets[key] = metric
+        return metric
+
+    def settle(
+        self, span: trace.Span, op: Operation, body: bytes | None, metric: Attributes, *, server: bool
+    ) -> Attributes:
+        """Record the JSON-RPC outcome of a response `body` on the span; the metric attributes to record
+        with (`metric`, or a copy of it with the error's attributes added)."""
         outcome = self.payloads.outcome(body, op.tool_call)
         error = outcome.error
         if error is not None:
             code = str(error.code)
             span.set_attribute("rpc.response.status_code", code)
-            metric["rpc.response.status_code"] = code
+            metric = {**metric, "rpc.response.status_code": code}
             if not server or error.code not in NOT_SERVER_ERRORS:
                 span.set_attribute("error.type", code)
                 metric["error.type"] = code
                 span.set_status(Status(StatusCode.ERROR, self.redact(error.message)[:256]))
         elif outcome.tool_error:
             span.set_attribute("error.type", "tool_error")
-            metric["error.type"] = "tool_error"
+            metric = {**metric, "error.type": "tool_error"}
             span.set_status(Status(StatusCode.ERROR))
         if server and self.capture and op.tool_call and body and error is None:
             result = self.payloads.result(body)
             if result is not UNSET:
                 span.set_attribute("gen_ai.tool.call.result", self.captured(result))
+        return metric
 
     def captured(self, raw: Raw) -> str:
         text = self.redact(bytes(raw).decode(errors="replace"))
         return text if len(text) <= CAPTURE_LIMIT else text[:CAPTURE_LIMIT] + "…"
 
-    def failed(self, span: trace.Span, exc: BaseException, metric: Attributes | None) -> str:
+    def failed(self, span: trace.Span, exc: BaseException) -> str:
+        """Record `exc` on the span; its `error.type`."""
         kind = _error_type(exc)
         span.set_attribute("error.type", kind)
-        if metric is not None:
-            metric["error.type"] = kind
         span.set_status(Status(StatusCode.ERROR, self.redact(str(exc))[:256]))
         return kind
 
@@ -385,6 +427,7 @@ class OtelTelemetry(Telemetry):
                 if parts is not None:
                     attributes["server.address"], attributes["server.port"] = parts
             self._servers[name] = attributes
+        self._metric_sets.clear()  # a server's attributes may have changed
 
     def _upstream_event(self, server: str, event: str) -> None:
         """`Upstream.observer`: `up`, `down`, `restart` (a span with one event for the latter two)."""

@@ -86,5 +86,5 @@ class RelayRequestSpan:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc is not None:
-            self._t.failed(self._span, exc, None)
+            self._t.failed(self._span, exc)
         self._span.end()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,6 +76,22 @@ class CommandSpan:
         headers = self._headers = {
             name: values for name, values in command.headers.items() if name.lower() in READ_HEADERS
         }
+        session = header_value(headers, SESSION_HEADER) if command.command_type == COMMAND_SESSION_END else None
+        if session is not None:
+            t.session_closed(session)
+        token: Token[otel_context.Context] | None = None
+        self._span: trace.Span = trace.INVALID_SPAN
+        if t.tracing:
+            self._span, token = self._start(t, command, headers, session)
+        self._tokens = (token, t.current.set(self))
+        t.inflight.add(1)
+        return self
+
+    @staticmethod
+    def _start(
+        t: OtelTelemetry, command: PolledCommand, headers: Headers, session: str | None
+    ) -> tuple[trace.Span, Token[otel_context.Context]]:
+        """The SERVER span, child of the caller's context, made current (with its context token)."""
         params: Params | None = None
         if command.jsonrpc is not UNSET and header_value(headers, TRACEPARENT) is None:
             raw = bytes(command.jsonrpc)
@@ -87,18 +104,10 @@ class CommandSpan:
             "gateway.channel": t.labels(command.channel),
             "gateway.request.id": command.request_id,
         }
-        if command.command_type == COMMAND_SESSION_END:
-            session = header_value(headers, SESSION_HEADER)
-            if session is not None:
-                attributes["mcp.session.id"] = session
-                t.session_closed(session)
-        self._span = t.spans.start(command.command_type, SpanKind.SERVER, attributes, parent)
-        self._tokens = (
-            otel_context.attach(trace.set_span_in_context(self._span, parent)),
-            t.current.set(self),
-        )
-        t.inflight.add(1)
-        return self
+        if session is not None:
+            attributes["mcp.session.id"] = session
+        span = t.spans.start(command.command_type, SpanKind.SERVER, attributes, parent)
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
     def describe(self, message: JsonRpcMessage) -> None:
         t = self._t
@@ -109,6 +118,8 @@ class CommandSpan:
         self._params = (message.params, params)
         op = self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
         self._metric = op.metric
+        if not t.tracing:
+            return
         self._span.update_name(op.name)
         put(self._span, op.attributes)
         if t.capture and op.tool_call and op.arguments is not UNSET:
@@ -129,7 +140,7 @@ class CommandSpan:
         if status >= 500:
             self._span.set_attribute("http.response.status_code", status)
         if self._op is not None:
-            t.settle(self._span, self._op, body, self._metric, server=True)
+            self._metric = t.settle(self._span, self._op, body, self._metric, server=True)
             if self._op.method == "initialize":
                 session = header_value(headers, SESSION_HEADER)
                 if session is not None:
@@ -141,10 +152,10 @@ class CommandSpan:
         t = self._t
         try:
             if exc is not None:
-                t.failed(self._span, exc, self._metric)
+                self._metric = {**self._metric, "error.type": t.failed(self._span, exc)}
             elif not self._answered:
                 self._span.set_attribute("error.type", "unanswered")
-                self._metric["error.type"] = "unanswered"
+                self._metric = {**self._metric, "error.type": "unanswered"}
             if self._op is not None:
                 t.server_duration.record(time.perf_counter() - self._started, self._metric)
             t.inflight.add(-1)
@@ -152,7 +163,8 @@ class CommandSpan:
         finally:
             otel_token, var_token = self._tokens
             t.current.reset(var_token)
-            otel_context.detach(otel_token)
+            if otel_token is not None:
+                otel_context.detach(otel_token)
 
 
 class PostSpan:
@@ -165,8 +177,12 @@ class PostSpan:
         self._resp_type = resp_type
         self._status = status
         self._ok: bool | None = None
+        self._span: trace.Span = trace.INVALID_SPAN
+        self._token: Token[otel_context.Context] | None = None
 
     def __enter__(self) -> PostSpan:
+        if not self._t.tracing:
+            return self
         attributes: Attributes = {"tunnel.resp_type": self._resp_type, "tunnel.resp_code": self._status}
         self._span = self._t.spans.start("tunnel response", SpanKind.CLIENT, attributes)
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
@@ -182,7 +198,7 @@ class PostSpan:
         try:
             kind: str | None = None
             if exc is not None:
-                kind = t.failed(self._span, exc, None)
+                kind = t.failed(self._span, exc)
             elif self._ok is False:
                 kind = "not_delivered"
                 self._span.set_attribute("error.type", kind)
@@ -191,7 +207,8 @@ class PostSpan:
                 t.post_failures.add(1, {"tunnel.resp_type": self._resp_type, "error.type": kind})
             self._span.end()
         finally:
-            otel_context.detach(self._token)
+            if self._token is not None:
+                otel_context.detach(self._token)
 
 
 class PollSpan:
@@ -206,8 +223,11 @@ class PollSpan:
 
     def __enter__(self) -> PollSpan:
         self._started = time.perf_counter()
-        self._span = self._t.spans.start(
-            "tunnel poll", SpanKind.CLIENT, {"tunnel.poll.limit": self._limit}, otel_context.Context()
+        t = self._t
+        self._span = (
+            t.spans.start("tunnel poll", SpanKind.CLIENT, {"tunnel.poll.limit": self._limit}, otel_context.Context())
+            if t.tracing
+            else trace.INVALID_SPAN
         )
         return self
 
@@ -224,7 +244,7 @@ class PollSpan:
             self._span.end()
             return
         if exc is not None:
-            kind = t.failed(self._span, exc, outcome)
+            kind = outcome["error.type"] = t.failed(self._span, exc)
             t.poll_errors.add(1, {"error.type": kind})
         else:
             put(self._span, {"tunnel.poll.commands": self._count})
@@ -247,13 +267,13 @@ class ClientSpan:
         decoded = scope.decoded(call.params) if scope is not None else None
         if decoded is None:
             decoded = t.payloads.params(call.params)
-        op = t.operation(call.method, decoded, call.id, call.headers, server["network.transport"])
-        op.attributes.update(server)
-        op.attributes["mcp.protocol.version"] = info.protocol_version
-        op.metric.update(server)
-        op.metric["mcp.protocol.version"] = t.labels(info.protocol_version)
+        op = t.operation(call.method, decoded, call.id, call.headers, "", server, info.protocol_version)
         self._op, self._metric = op, op.metric
         self._started = time.perf_counter()
+        if not t.tracing:
+            self._span: trace.Span = trace.INVALID_SPAN
+            self.call = call
+            return
         self._span = t.spans.start(op.name, SpanKind.CLIENT, op.attributes)
         carrier = t.carrier(self._span)
         if carrier:
@@ -269,12 +289,12 @@ class ClientSpan:
         if not self._done:
             if reply.status >= 400:
                 self._span.set_attribute("http.response.status_code", reply.status)
-            self._t.settle(self._span, self._op, reply.body, self._metric, server=False)
+            self._metric = self._t.settle(self._span, self._op, reply.body, self._metric, server=False)
             self.end()
 
     def fail(self, exc: BaseException) -> None:
         if not self._done:
-            self._t.failed(self._span, exc, self._metric)
+            self._metric = {**self._metric, "error.type": self._t.failed(self._span, exc)}
             self.end()
 
     def end(self) -> None:
