@@ -25,17 +25,10 @@ from gateway.channels.rules import Router
 from gateway.channels.sessions import SessionKeys, SessionStore
 from gateway.config import routing as config_module
 from gateway.config import secrets as secret_refs
+from gateway.config.base import split_listen
 from gateway.config.egress import Egress
-from gateway.config.routing import (
-    OpsSpec,
-    RoutingConfig,
-    ServerSpec,
-    WorkloadIdentitySpec,
-    channel_spec,
-    split_listen,
-    token_endpoint_egress,
-    workload_identity_from_env,
-)
+from gateway.config.identity import WorkloadIdentitySpec, token_endpoint_egress, workload_identity_from_env
+from gateway.config.routing import OpsSpec, RoutingConfig, ServerSpec, channel_spec
 from gateway.dispatch.admin import AdminControls
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Final
 
-from msgspec import Meta, Struct, field
+from msgspec import Meta, field
 
+from gateway.config.base import Frozen
 from gateway.config.egress import Egress
 from gateway.config.globs import glob_error
 from gateway.protocol.errors import ConfigError
@@ -21,11 +22,7 @@ BUDGET_PERIODS: Final = ("hour", "day")
 AUDIT_FORMATS: Final = ("json", "text")
 
 
-class _Frozen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class AuditSpec(_Frozen, frozen=True, kw_only=True):
+class AuditSpec(Frozen, frozen=True, kw_only=True):
     """The audit log: one line per call (names, outcome, sizes, times; never arguments or results)."""
 
     file: Annotated[str, Meta(min_length=1)]
@@ -53,7 +50,7 @@ class WebhookSpec(Egress, frozen=True, kw_only=True):
     """Further attempts after a failed one (a connection error or a 5xx/429), with doubling backoff."""
 
 
-class BudgetSpec(_Frozen, frozen=True, kw_only=True):
+class BudgetSpec(Frozen, frozen=True, kw_only=True):
     """Calls allowed per key in each fixed UTC hour or day, with alerts at thresholds and an optional refusal."""
 
     name: Annotated[str, Meta(min_length=1)]
@@ -73,7 +70,7 @@ class BudgetSpec(_Frozen, frozen=True, kw_only=True):
     webhook: WebhookSpec | None = None
 
 
-class TenantSpec(_Frozen, frozen=True, kw_only=True):
+class TenantSpec(Frozen, frozen=True, kw_only=True):
     """What one tenant (a `limits.tenant_header` value; `*`: any other) may use."""
 
     allow_tools: list[str] | None = None

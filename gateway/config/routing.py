@@ -8,23 +8,27 @@ Owns the shape of the gateway's configuration and every load-time error
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Final, Literal, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Meta
 
 from gateway.config import rates, service_auth
 from gateway.config.admin import AuditSpec, BudgetSpec, TenantSpec, check_admin
+from gateway.config.base import (
+    Frozen,
+    check_egress,
+    check_listen,
+    check_origin_url,
+    check_url,
+    url_on_loopback,
+)
 from gateway.config.egress import Egress
 from gateway.config.globs import glob_error
+from gateway.config.identity import WorkloadIdentitySpec, check_workload_identity
 from gateway.protocol.errors import ConfigError
-from gateway.protocol.workload_identity import DEFAULT_TOKEN_URL
 
 CHANNEL_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 """Channel names the control plane accepts: lowercase letters, digits, `-`, `_`."""
@@ -43,16 +47,12 @@ SEPARATOR: Final = r"\A\S+\Z"
 r"""A namespacing separator: non-empty, no whitespace (`\Z`, unlike `$`, refuses a final newline)."""
 
 
-class _Frozen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
 PYTHON: Final = "{python}"
 """A `command` of exactly this runs the Python interpreter that runs the gateway (its virtualenv's),
 so servers shipped as Python modules start with the packages the gateway was installed with."""
 
 
-class ProgramSpec(_Frozen, frozen=True, kw_only=True):
+class ProgramSpec(Frozen, frozen=True, kw_only=True):
     """A local program the gateway spawns (without a shell) and supervises."""
 
     command: NonEmpty
@@ -84,7 +84,7 @@ class HttpSpec(Egress, frozen=True, kw_only=True):
     """A token the gateway obtains replaces the user's `Authorization` (gateway.config.service_auth)."""
 
 
-class ServerSpec(_Frozen, frozen=True, kw_only=True):
+class ServerSpec(Frozen, frozen=True, kw_only=True):
     """One upstream MCP server: exactly one of `stdio` or `http`."""
 
     stdio: StdioSpec | None = None
@@ -113,69 +113,6 @@ class ServerSpec(_Frozen, frozen=True, kw_only=True):
         return "stdio" if self.stdio is not None else "http"
 
 
-class GcpMetadataSpec(_Frozen, frozen=True, kw_only=True):
-    """A Google-signed ID token from the metadata server (Compute Engine, Cloud Run, GKE with an
-    attached Google service account)."""
-
-    audience: str
-    base_url: str | None = None
-    """Default: `http://$GCE_METADATA_HOST` when that variable is set, else the metadata server."""
-
-
-class AzureManagedIdentitySpec(_Frozen, frozen=True, kw_only=True):
-    """A Microsoft Entra token of the managed identity, from IMDS (or from App Service's
-    `IDENTITY_ENDPOINT` with `IDENTITY_HEADER` when those are set)."""
-
-    resource: str
-    """The application ID URI the token is for (its `aud`, the audience OpenAI trusts)."""
-    client_id: str | None = None
-    """A user-assigned identity's client id (several identities on one resource)."""
-    base_url: str | None = None
-    """Default: `$AZURE_POD_IDENTITY_AUTHORITY_HOST` when set, else IMDS (http://169.254.169.254)."""
-
-
-class AwsWebIdentitySpec(_Frozen, frozen=True, kw_only=True):
-    """The web-identity token file EKS projects for IAM roles for service accounts."""
-
-    token_file: str | None = None
-    """Default: `$AWS_WEB_IDENTITY_TOKEN_FILE`."""
-
-
-class SubjectProviderSpec(_Frozen, frozen=True, kw_only=True):
-    """Where the subject token comes from when it is not a file or variable: exactly one provider."""
-
-    gcp_metadata: GcpMetadataSpec | None = None
-    azure_managed_identity: AzureManagedIdentitySpec | None = None
-    aws_web_identity: AwsWebIdentitySpec | None = None
-
-    @property
-    def chosen(self) -> list[str]:
-        return [name for name in self.__struct_fields__ if getattr(self, name) is not None]
-
-
-IDENTITY_ENV: Final = ("OPENAI_IDENTITY_PROVIDER_ID", "OPENAI_SERVICE_ACCOUNT_ID", "OPENAI_IDENTITY_TOKEN_FILE")
-"""The variables the OpenAI SDKs read; together they turn workload identity on."""
-
-
-class WorkloadIdentitySpec(Egress, frozen=True, kw_only=True):
-    """A platform token exchanged (RFC 8693) for short-lived control-plane access tokens, instead
-    of an API key. The egress settings default to the control plane's."""
-
-    token_url: str = DEFAULT_TOKEN_URL
-    identity_provider_id: str
-    """`env:VAR`, `file:/path` or the id itself."""
-    service_account_id: str
-    """`env:VAR`, `file:/path` or the id itself."""
-    subject_token_type: str = "jwt"
-    """`jwt` or `id_token` (RFC 8693 `urn:ietf:params:oauth:token-type:…`)."""
-    subject_token: str | None = None
-    """`file:/path` (read again for every exchange), `env:VAR`, `exec:COMMAND` (run for every
-    exchange; prints the token) or a literal; or `provider` instead."""
-    provider: SubjectProviderSpec | None = None
-    refresh_before_s: float = 1200.0
-    """Exchange again this long before the access token expires (at most half its lifetime)."""
-
-
 class ControlPlaneSpec(Egress, frozen=True, kw_only=True):
     """The tunnel control plane to poll (OpenAI's service or a `gateway relay`)."""
 
@@ -188,7 +125,7 @@ class ControlPlaneSpec(Egress, frozen=True, kw_only=True):
     workload_identity: WorkloadIdentitySpec | None = None
 
 
-class EmbeddedRelaySpec(_Frozen, frozen=True, kw_only=True):
+class EmbeddedRelaySpec(Frozen, frozen=True, kw_only=True):
     """The relay started in-process when `control_plane` is omitted."""
 
     listen: str = "127.0.0.1:8780"
@@ -200,7 +137,7 @@ class EmbeddedRelaySpec(_Frozen, frozen=True, kw_only=True):
     host): OAuth discovery names it; absent, the loopback address the client called."""
 
 
-class GatewaySpec(_Frozen, frozen=True, kw_only=True):
+class GatewaySpec(Frozen, frozen=True, kw_only=True):
     """The poll channel and the dispatcher."""
 
     max_inflight: AtLeastOne = 64
@@ -213,7 +150,7 @@ class GatewaySpec(_Frozen, frozen=True, kw_only=True):
     """Largest upstream message accepted (a stdio line, an HTTP body)."""
 
 
-class TelemetrySpec(_Frozen, frozen=True, kw_only=True):
+class TelemetrySpec(Frozen, frozen=True, kw_only=True):
     """OpenTelemetry export (OTLP); every key falls back to the standard OTEL_* variables."""
 
     enabled: bool | None = None
@@ -232,7 +169,7 @@ class TelemetrySpec(_Frozen, frozen=True, kw_only=True):
     """Record tool arguments and results on spans (redacted, truncated)."""
 
 
-class OpsSpec(_Frozen, frozen=True, kw_only=True):
+class OpsSpec(Frozen, frozen=True, kw_only=True):
     """The local ops listener: `/healthz`, `/readyz`, `/metrics`, and the operator console."""
 
     listen: str
@@ -243,7 +180,7 @@ class OpsSpec(_Frozen, frozen=True, kw_only=True):
     as `Authorization: Bearer`. Without one the console is served only on a loopback `listen`."""
 
 
-class LoggingSpec(_Frozen, frozen=True, kw_only=True):
+class LoggingSpec(Frozen, frozen=True, kw_only=True):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -251,7 +188,7 @@ class LoggingSpec(_Frozen, frozen=True, kw_only=True):
 LIMIT_SCOPES: Final = ("global", "channel", "server", "tool", "route", "tenant")
 
 
-class LimitSpec(_Frozen, frozen=True, kw_only=True):
+class LimitSpec(Frozen, frozen=True, kw_only=True):
     """One limit: a rate and/or a concurrency cap on a scope."""
 
     scope: str
@@ -277,7 +214,7 @@ class LimitSpec(_Frozen, frozen=True, kw_only=True):
         return self.name or (self.scope if self.match is None else f"{self.scope}:{self.match}")
 
 
-class LimitsSpec(_Frozen, frozen=True, kw_only=True):
+class LimitsSpec(Frozen, frozen=True, kw_only=True):
     """Rate limits and concurrency caps, and what happens when one is hit."""
 
     policy: str = "reject"
@@ -290,7 +227,7 @@ class LimitsSpec(_Frozen, frozen=True, kw_only=True):
     rules: list[LimitSpec] = []
 
 
-class ServerInfoSpec(_Frozen, frozen=True, kw_only=True):
+class ServerInfoSpec(Frozen, frozen=True, kw_only=True):
     """The identity an aggregated channel reports as its `serverInfo`."""
 
     name: str
@@ -299,7 +236,7 @@ class ServerInfoSpec(_Frozen, frozen=True, kw_only=True):
     title: str | None = None
 
 
-class ChannelSpec(_Frozen, frozen=True, kw_only=True):
+class ChannelSpec(Frozen, frozen=True, kw_only=True):
     """One channel in its long form, `channels.NAME: {servers: [...], ...}` (`[a, b]` is short for it)."""
 
     servers: list[str]
@@ -326,7 +263,7 @@ class ChannelSpec(_Frozen, frozen=True, kw_only=True):
     """Globs on tool names as clients see them: other tools are hidden and refused like a `deny` route."""
 
 
-class RouteMatch(_Frozen, frozen=True, kw_only=True):
+class RouteMatch(Frozen, frozen=True, kw_only=True):
     """What a routing rule matches; every given field must match (absent: anything)."""
 
     channel: str | list[str] | None = None
@@ -338,7 +275,7 @@ class RouteMatch(_Frozen, frozen=True, kw_only=True):
     """Request header (case-insensitive) -> a glob its value must match."""
 
 
-class RouteSpec(_Frozen, frozen=True, kw_only=True):
+class RouteSpec(Frozen, frozen=True, kw_only=True):
     """One routing rule: a match and what to do (first matching rule wins)."""
 
     match: RouteMatch = RouteMatch()
@@ -350,7 +287,7 @@ class RouteSpec(_Frozen, frozen=True, kw_only=True):
     """Tag the request for `limits` rules of scope `route`."""
 
 
-class SessionsSpec(_Frozen, frozen=True, kw_only=True):
+class SessionsSpec(Frozen, frozen=True, kw_only=True):
     """Client sessions the gateway issues (sealed tokens carrying the upstream sessions)."""
 
     key: str | None = None
@@ -362,7 +299,7 @@ class SessionsSpec(_Frozen, frozen=True, kw_only=True):
     """A session older than this is expired (the client gets 404 and initializes again)."""
 
 
-class RoutingConfig(_Frozen, frozen=True, kw_only=True):
+class RoutingConfig(Frozen, frozen=True, kw_only=True):
     control_plane: ControlPlaneSpec | None = None
     relay: EmbeddedRelaySpec = EmbeddedRelaySpec()
     gateway: GatewaySpec = GatewaySpec()
@@ -482,14 +419,14 @@ def check(config: RoutingConfig, file: str) -> None:
         if (server.stdio is None) == (server.http is None):
             raise ConfigError(file, key, "exactly one of `stdio` or `http`")
         if server.http is not None:
-            _check_url(server.http.url, file, f"{key}.http.url")
-            _check_egress(server.http, file, f"{key}.http")
-            if server.http.spawn is not None and not _on_loopback(server.http.url):
+            check_url(server.http.url, file, f"{key}.http.url")
+            check_egress(server.http, file, f"{key}.http")
+            if server.http.spawn is not None and not url_on_loopback(server.http.url):
                 raise ConfigError(file, f"{key}.http.url", "a loopback URL (127.0.0.1, [::1], localhost) with `spawn`")
             credential = server.http.service_credential
             if credential is not None:
                 grant_key = service_auth.check(credential, file, f"{key}.http.service_credential")
-                _check_url(credential.grant.token_url, file, f"{grant_key}.token_url")
+                check_url(credential.grant.token_url, file, f"{grant_key}.token_url")
     for channel, members in config.channels.items():
         key = f"channels.{channel}"
         if not CHANNEL_NAME.fullmatch(channel):
@@ -504,15 +441,15 @@ def check(config: RoutingConfig, file: str) -> None:
                 raise ConfigError(file, key, f"a server defined under `servers` (got {member!r}; known: {known})")
     check_multiplexing(config, file)
     if config.control_plane is not None:
-        _check_url(config.control_plane.url, file, "control_plane.url")
-        _check_egress(config.control_plane, file, "control_plane")
+        check_url(config.control_plane.url, file, "control_plane.url")
+        check_egress(config.control_plane, file, "control_plane")
         if config.control_plane.workload_identity is not None:
             if config.control_plane.api_key is not None:
                 raise ConfigError(file, "control_plane", "`api_key` or `workload_identity`, not both")
             check_workload_identity(config.control_plane.workload_identity, file)
-    _check_listen(config.relay.listen, file, "relay.listen")
+    check_listen(config.relay.listen, file, "relay.listen")
     if config.relay.public_url is not None:
-        _check_origin_url(config.relay.public_url, file, "relay.public_url")
+        check_origin_url(config.relay.public_url, file, "relay.public_url")
     _check_limits(config.limits, file)
     _check_observability(config, file)
     allow = {name: spec.allow_tools for name, spec in config.channel_specs.items()}
@@ -528,121 +465,16 @@ def check(config: RoutingConfig, file: str) -> None:
     )
     for i, budget in enumerate(config.budgets):
         if budget.webhook is not None:
-            _check_url(budget.webhook.url, file, f"budgets[{i}].webhook.url")
-            _check_egress(budget.webhook, file, f"budgets[{i}].webhook")
-
-
-def check_workload_identity(
-    spec: WorkloadIdentitySpec, file: str, key: str = "control_plane.workload_identity"
-) -> None:
-    _check_url(spec.token_url, file, f"{key}.token_url")
-    _check_egress(spec, file, key)
-    for name in ("identity_provider_id", "service_account_id"):
-        if not getattr(spec, name):
-            raise ConfigError(file, f"{key}.{name}", "a non-empty id or a reference (env:VAR, file:/path)")
-    if spec.subject_token_type not in ("jwt", "id_token"):
-        raise ConfigError(file, f"{key}.subject_token_type", f"`jwt` or `id_token` (got {spec.subject_token_type!r})")
-    if (spec.subject_token is None) == (spec.provider is None):
-        raise ConfigError(file, key, "exactly one of `subject_token` or `provider`")
-    if spec.subject_token is not None and spec.subject_token in ("", "env:", "file:", "exec:"):
-        raise ConfigError(file, f"{key}.subject_token", "a reference (file:/path, env:VAR, exec:COMMAND) or a token")
-    if spec.refresh_before_s < 0:
-        raise ConfigError(file, f"{key}.refresh_before_s", "a non-negative number of seconds")
-    provider = spec.provider
-    if provider is None:
-        return
-    chosen = provider.chosen
-    if len(chosen) != 1:
-        names = "`gcp_metadata`, `azure_managed_identity` or `aws_web_identity`"
-        raise ConfigError(file, f"{key}.provider", f"exactly one of {names} (got {len(chosen)})")
-    if provider.gcp_metadata is not None:
-        if not provider.gcp_metadata.audience:
-            raise ConfigError(file, f"{key}.provider.gcp_metadata.audience", "a non-empty audience")
-        if provider.gcp_metadata.base_url is not None:
-            _check_url(provider.gcp_metadata.base_url, file, f"{key}.provider.gcp_metadata.base_url")
-    if provider.azure_managed_identity is not None:
-        azure = provider.azure_managed_identity
-        if not azure.resource:
-            raise ConfigError(file, f"{key}.provider.azure_managed_identity.resource", "a non-empty resource")
-        if azure.base_url is not None:
-            _check_url(azure.base_url, file, f"{key}.provider.azure_managed_identity.base_url")
-    if provider.aws_web_identity is not None and provider.aws_web_identity.token_file == "":
-        raise ConfigError(file, f"{key}.provider.aws_web_identity.token_file", "a path (or leave it out)")
-
-
-def workload_identity_from_env(environ: Mapping[str, str], file: str) -> WorkloadIdentitySpec | None:
-    """Workload identity as the OpenAI SDKs turn it on: all of `IDENTITY_ENV` set. None when none
-    is set; a ConfigError naming the missing ones when only some are."""
-    present = [name for name in IDENTITY_ENV if environ.get(name)]
-    if not present:
-        return None
-    missing = [name for name in IDENTITY_ENV if not environ.get(name)]
-    if missing:
-        expected = f"all of {', '.join(IDENTITY_ENV)} for workload identity ({', '.join(missing)} not set)"
-        raise ConfigError(file, "control_plane (environment)", expected)
-    return WorkloadIdentitySpec(
-        identity_provider_id=f"env:{IDENTITY_ENV[0]}",
-        service_account_id=f"env:{IDENTITY_ENV[1]}",
-        subject_token=f"file:{os.path.abspath(environ[IDENTITY_ENV[2]])}",
-    )
-
-
-def token_endpoint_egress(control_plane: Egress | None, identity: WorkloadIdentitySpec) -> Egress:
-    """The token endpoint's egress: the workload identity's own settings where given, the control
-    plane's otherwise (a client certificate and its key count as one setting)."""
-    inherited = control_plane or Egress()
-    own_cert = identity.client_cert is not None
-    return Egress(
-        proxy=identity.proxy if identity.proxy is not None else inherited.proxy,
-        ca_bundle=identity.ca_bundle if identity.ca_bundle is not None else inherited.ca_bundle,
-        client_cert=identity.client_cert if own_cert else inherited.client_cert,
-        client_key=identity.client_key if own_cert else inherited.client_key,
-    )
+            check_url(budget.webhook.url, file, f"budgets[{i}].webhook.url")
+            check_egress(budget.webhook, file, f"budgets[{i}].webhook")
 
 
 def _check_observability(config: RoutingConfig, file: str) -> None:
     telemetry = config.telemetry
     if telemetry.endpoint is not None:
-        _check_url(telemetry.endpoint, file, "telemetry.endpoint")
+        check_url(telemetry.endpoint, file, "telemetry.endpoint")
     if config.ops is not None:
-        _check_listen(config.ops.listen, file, "ops.listen")
-
-
-_USERINFO: Final = re.compile(r"^((?:[^/?#]*?//)?)[^/?#]*@")
-
-
-def redact_url(url: str) -> str:
-    """`url` with any userinfo (`user:password@`) replaced, for error messages; works on text
-    that does not parse as a URL too."""
-    return _USERINFO.sub(r"\1***@", url)
-
-
-def _check_url(url: str, file: str, key: str) -> None:
-    try:
-        parts = urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        valid = False
-    if not valid:
-        raise ConfigError(file, key, f"an absolute http(s) URL (got {redact_url(url)!r})")
-
-
-def _check_origin_url(url: str, file: str, key: str) -> None:
-    """`scheme://host[:port]`: an http(s) URL without path, query, fragment or userinfo."""
-    _check_url(url, file, key)
-    parts = urlsplit(url)
-    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
-        raise ConfigError(file, key, "an http(s) URL of a host only (no path, query, fragment or userinfo)")
-
-
-def _on_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        check_listen(config.ops.listen, file, "ops.listen")
 
 
 def _check_limits(limits: LimitsSpec, file: str) -> None:
@@ -663,34 +495,6 @@ def _check_limits(limits: LimitsSpec, file: str) -> None:
             raise ConfigError(file, f"{key}.burst", "a positive integer, with a `rate`")
         if rule.policy is not None and rule.policy not in policies:
             raise ConfigError(file, f"{key}.policy", f"`wait` or `reject` (got {rule.policy!r})")
-
-
-def _check_egress(spec: Egress, file: str, key: str) -> None:
-    if spec.proxy is not None and spec.proxy != "none":
-        _check_url(spec.proxy, file, f"{key}.proxy")
-    if spec.client_key is not None and spec.client_cert is None:
-        raise ConfigError(file, f"{key}.client_cert", "a certificate to go with `client_key`")
-
-
-def _check_listen(listen: str, file: str, key: str) -> None:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(file, key, f"HOST:PORT (got {listen!r})")
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a listen host is a loopback address (127.0.0.0/8, ::1, `localhost`)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_multiplexing(config: RoutingConfig, file: str) -> None:

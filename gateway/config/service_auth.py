@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
-from msgspec import Meta, Struct
+from msgspec import Meta
 
+from gateway.config.base import Frozen
 from gateway.protocol.errors import ConfigError
 
 SECRET_REFS: Final = ("env:", "file:")
 
 
-class _Frozen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class ClientCredentialsSpec(_Frozen, frozen=True, kw_only=True):
+class ClientCredentialsSpec(Frozen, frozen=True, kw_only=True):
     """The gateway's own client: one service token for every caller of the server."""
 
     token_url: str
@@ -34,7 +31,7 @@ class ClientCredentialsSpec(_Frozen, frozen=True, kw_only=True):
     """RFC 8707: the server's resource URI."""
 
 
-class TokenExchangeSpec(_Frozen, frozen=True, kw_only=True):
+class TokenExchangeSpec(Frozen, frozen=True, kw_only=True):
     """Each user's bearer token exchanged (RFC 8693 §2.1, subject_token_type access_token) for one
     the server accepts; cached per user until it expires."""
 
@@ -48,7 +45,7 @@ class TokenExchangeSpec(_Frozen, frozen=True, kw_only=True):
     requested_token_type: str | None = None
 
 
-class ServiceCredentialSpec(_Frozen, frozen=True, kw_only=True):
+class ServiceCredentialSpec(Frozen, frozen=True, kw_only=True):
     """`service_credential:` under a server's `http:`."""
 
     client_credentials: ClientCredentialsSpec | None = None

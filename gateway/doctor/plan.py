@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 from gateway.app import Overrides, RemoteControlPlane, remote_control_plane, used_servers
 from gateway.config.egress import Egress
+from gateway.config.identity import token_endpoint_egress
 from gateway.config.references import SecretRef, secret_references
-from gateway.config.routing import RoutingConfig, token_endpoint_egress
+from gateway.config.routing import RoutingConfig
 from gateway.protocol.errors import ConfigError
 from gateway.upstream.egress import proxy_for
 

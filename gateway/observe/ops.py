@@ -20,7 +20,8 @@ from typing import Any, Final, Protocol
 import msgspec
 from aiohttp import web
 
-from gateway.config.routing import RoutingConfig, split_listen
+from gateway.config.base import split_listen
+from gateway.config.routing import RoutingConfig
 from gateway.observe.hooks import Telemetry
 from gateway.protocol.headers import CONTENT_TYPE, JSON, PROMETHEUS_TEXT
 

@@ -17,7 +17,8 @@ import msgspec
 
 from gateway import __version__
 from gateway.config import secrets as secret_refs
-from gateway.config.routing import RoutingConfig, ServerSpec, redact_url
+from gateway.config.base import redact_url
+from gateway.config.routing import RoutingConfig, ServerSpec
 from gateway.observe.callstats import WINDOW_S, CallStats, Failure, WindowFigures
 from gateway.observe.hooks import Observed, Telemetry
 from gateway.observe.ops import Readiness

@@ -17,6 +17,7 @@ import msgspec
 
 from gateway.config import routing
 from gateway.config import secrets as secret_refs
+from gateway.config.base import split_listen
 from gateway.observe.status import GatewayStatus, ServerStatus
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.headers import AUTHORIZATION
@@ -71,7 +72,7 @@ def _target(routes: Path, ops: str | None) -> tuple[str | None, str | None]:
     if ops is None:
         if config is None or config.ops is None:
             return None, token
-        host, port = routing.split_listen(config.ops.listen)
+        host, port = split_listen(config.ops.listen)
         if port == 0:  # a port picked at start: the gateway printed it (`ops: listening on URL`)
             return None, token
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)

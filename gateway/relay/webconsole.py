@@ -17,7 +17,7 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway.config.routing import is_loopback
+from gateway.config.base import is_loopback
 from gateway.protocol.headers import AUTHORIZATION, EVENT_STREAM, JSON
 from gateway.protocol.sse import encode_event
 

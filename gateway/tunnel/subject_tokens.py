@@ -22,7 +22,7 @@ import aiohttp
 import msgspec
 
 from gateway.config import secrets
-from gateway.config.routing import SubjectProviderSpec
+from gateway.config.identity import SubjectProviderSpec
 from gateway.protocol.errors import ConfigError, ControlPlaneError
 from gateway.protocol.wire import JsonDecoder
 from gateway.protocol.workload_identity import describe

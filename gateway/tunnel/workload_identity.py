@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway.config import secrets
-from gateway.config.routing import WorkloadIdentitySpec
+from gateway.config.identity import WorkloadIdentitySpec
 from gateway.protocol.errors import ConfigError, CredentialsUnavailable
 from gateway.protocol.headers import JSON
 from gateway.protocol.workload_identity import (

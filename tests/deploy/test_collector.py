@@ -31,7 +31,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from gateway.config import routing as routing_config
+from gateway.config.base import split_listen
 from tests.support.deploy_files import DEPLOY, OPS_PORT, load_yaml, run_command
 
 COLLECTOR = DEPLOY / "otel-collector.yaml"
@@ -68,7 +68,7 @@ def test_collector_pipelines_are_wired() -> None:
 def test_collector_and_compose_and_prometheus_agree(compose_model: dict[str, Any]) -> None:
     collector = _collector()
     services = compose_model["services"]
-    http_port = routing_config.split_listen(collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"])[1]
+    http_port = split_listen(collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"])[1]
     for name in ("relay", "gateway"):
         endpoint = urlsplit(services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert (endpoint.hostname, endpoint.port) == ("otel-collector", http_port)
@@ -78,7 +78,7 @@ def test_collector_and_compose_and_prometheus_agree(compose_model: dict[str, Any
     assert jaeger_port == "4317"
     prometheus = load_yaml(DEPLOY / "prometheus.yml")
     targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
-    exporter_port = routing_config.split_listen(collector["exporters"]["prometheus"]["endpoint"])[1]
+    exporter_port = split_listen(collector["exporters"]["prometheus"]["endpoint"])[1]
     assert targets == {f"otel-collector:{exporter_port}", f"gateway:{OPS_PORT}"}
 
 

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from gateway.config import routing as routing_config
+from gateway.config.base import split_listen
 from gateway.relay.config import load_relay_config
 from tests.support.deploy_files import DEPLOY, go_duration_s, load_yaml, run_command, tool
 
@@ -85,14 +86,14 @@ def test_compose_services_secrets_and_files_agree(compose_model: dict[str, Any])
     }
     relay_url = urlsplit(routes.control_plane.url)
     assert relay_url.hostname == "relay"
-    assert relay_url.port == routing_config.split_listen(relay.listen)[1]
+    assert relay_url.port == split_listen(relay.listen)[1]
     assert services["relay"]["command"] == ["relay", "--config", "/etc/gateway/relay.yaml"]
     for name in ("relay", "gateway"):
         assert go_duration_s(services[name]["stop_grace_period"]) > routes.gateway.drain_timeout_s
         assert services[name]["read_only"] is True
         assert services[name]["cap_drop"] == ["ALL"]
     relay_health = services["relay"]["environment"]["HEALTHCHECK_URL"]
-    assert urlsplit(relay_health).port == routing_config.split_listen(relay.listen)[1]
+    assert urlsplit(relay_health).port == split_listen(relay.listen)[1]
     assert services["gateway"]["depends_on"]["relay"]["condition"] == "service_healthy"
 
     # The two demo servers: clock over stdio inside the gateway image (they ship in the package),

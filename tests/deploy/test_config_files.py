@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from gateway.config import routing as routing_config
+from gateway.config.base import split_listen
 from gateway.relay.config import load_relay_config
 from tests.support.deploy_files import DEPLOY, K8S, OPS_PORT, rel
 
@@ -57,7 +58,7 @@ def test_routing_file_is_valid(path: Path) -> None:
         assert api_key.startswith("file:/"), "the key comes from a secret file"
     assert routes.gateway.drain_timeout_s == 20
     assert routes.ops is not None, "an ops listener serves the probes"
-    host, port = routing_config.split_listen(routes.ops.listen)
+    host, port = split_listen(routes.ops.listen)
     assert port == OPS_PORT
     expected_host = "127.0.0.1" if "systemd" in path.parts else "0.0.0.0"
     assert host == expected_host, "containers listen on all interfaces of their own namespace, hosts on loopback"

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import routing
 from gateway.config.egress import Egress
-from gateway.config.routing import WorkloadIdentitySpec, token_endpoint_egress, workload_identity_from_env
+from gateway.config.identity import WorkloadIdentitySpec, token_endpoint_egress, workload_identity_from_env
 from gateway.protocol.errors import ConfigError
 from gateway.tunnel.workload_identity import ExchangeSettings
 

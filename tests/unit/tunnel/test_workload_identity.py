@@ -16,7 +16,7 @@ import aiohttp
 import jwt
 import pytest
 
-from gateway.config.routing import AwsWebIdentitySpec, SubjectProviderSpec
+from gateway.config.identity import AwsWebIdentitySpec, SubjectProviderSpec
 from gateway.protocol.errors import ConfigError, CredentialsUnavailable
 from gateway.tunnel.subject_tokens import (
     AZURE_IMDS,
