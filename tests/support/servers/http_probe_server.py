@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import uvicorn
+from asgi_json import json_answer
 from mcp.server.mcpserver import Context, MCPServer
 
 MODERN = b"2026-07-28"
@@ -98,12 +99,12 @@ class TestRoutes:
             await self.app(scope, receive, send)
             return
         if scope["path"] == "/test/sessions":
-            await _json(send, 200, json.dumps(self.sessions).encode())
+            await json_answer(send, 200, json.dumps(self.sessions).encode())
             return
         headers = dict(scope["headers"])
         if self.legacy_only and headers.get(b"mcp-protocol-version") == MODERN:
             body = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Unsupported protocol version"}}'
-            await _json(send, 400, body)
+            await json_answer(send, 400, body)
             return
 
         async def watch(message: Any) -> None:
@@ -114,17 +115,6 @@ class TestRoutes:
             await send(message)
 
         await self.app(scope, receive, watch)
-
-
-async def _json(send: Any, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import httpx2
 import jwt
 import uvicorn
+from asgi_json import json_answer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
@@ -99,7 +100,7 @@ class TestRoutes:
             return
         if scope["path"] == "/test/requests":
             counts = {"total": self.total, "authorized": self.authorized, "tokens": list(self.tokens)}
-            await _json(send, 200, json.dumps(counts).encode())
+            await json_answer(send, 200, json.dumps(counts).encode())
             return
         headers = dict(scope["headers"])
         if scope["path"] == "/mcp" and scope["method"] == "POST":
@@ -110,20 +111,9 @@ class TestRoutes:
                 self.tokens[hashlib.sha256(token.strip()).hexdigest()] = None
         if self.legacy_only and headers.get(b"mcp-protocol-version") == MODERN:
             body = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Unsupported protocol version"}}'
-            await _json(send, 400, body)
+            await json_answer(send, 400, body)
             return
         await self.app(scope, receive, send)
-
-
-async def _json(send: Any, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def main() -> None:
