@@ -236,13 +236,14 @@ class OtelTelemetry(Telemetry):
         request_id: Raw | UnsetType | None,
         headers: Headers,
         transport: str,
+        *,
         server: Attributes | None = None,
         version: str | None = None,
     ) -> Operation:
         """`method` as telemetry sees it: span name, span attributes (built only when tracing), and the
         metric attribute set, shared by every operation with the same labels (never mutated). For an
-        upstream call, `server` (the server's attributes) and `version` (the negotiated protocol version)
-        take the place of the transport and of the client's version."""
+        upstream call, `server` (the server's attributes) is added and `version` (the negotiated protocol
+        version) takes the place of the client's."""
         target: str | None = None
         tool_call = method == "tools/call"
         if isinstance(params.name, str) and method in ("tools/call", "prompts/get"):
@@ -252,8 +253,6 @@ class OtelTelemetry(Telemetry):
             if version is None and params.meta is not None:
                 version = params.meta.protocol_version
         label = self.labels(version) if version is not None else None
-        if server is not None:
-            transport = server["network.transport"]
         metric = self._metric_set(method, target, label, transport, server)
         name = f"{method} {target}" if target is not None else method
         attributes: Attributes = {}

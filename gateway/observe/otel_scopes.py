@@ -267,7 +267,15 @@ class ClientSpan:
         decoded = scope.decoded(call.params) if scope is not None else None
         if decoded is None:
             decoded = t.payloads.params(call.params)
-        op = t.operation(call.method, decoded, call.id, call.headers, "", server, info.protocol_version)
+        op = t.operation(
+            call.method,
+            decoded,
+            call.id,
+            call.headers,
+            server["network.transport"],
+            server=server,
+            version=info.protocol_version,
+        )
         self._op, self._metric = op, op.metric
         self._started = time.perf_counter()
         if not t.tracing:
