@@ -29,13 +29,15 @@ from gateway.protocol.headers import ACCEPT, AUTHORIZATION, CONTENT_TYPE, EVENT_
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
     COMMAND_SESSION_END,
+    HOP_BY_HOP,
     INTERNAL_ERROR,
     JSONRPC_VERSION,
     Codec,
     Headers,
+    JsonRpcMessage,
     TunnelResponsePayload,
     allowed_response_headers,
-    strip_hop_by_hop,
+    connection_named,
 )
 from gateway.relay.config import RelayConfig
 from gateway.relay.discovery import Discovery, mcp_path
@@ -77,6 +79,7 @@ DEFAULT_CHANNEL: Final = "main"
 _KEPT_2XX: Final = frozenset({200, 201, 202, 204})
 _STANDARD_STATUSES: Final = frozenset(status.value for status in HTTPStatus)
 _NO_BODY: Final = frozenset({204, 304})
+_AUTHORIZATION: Final = AUTHORIZATION.lower()
 
 
 def map_status(resp_code: int) -> int:
@@ -91,18 +94,27 @@ def map_status(resp_code: int) -> int:
 
 def forwarded_headers(request: RequestHead, *, drop_authorization: bool, drop: str | None = None) -> Headers:
     """The caller's headers as the command carries them: multi-valued, original spelling,
-    minus hop-by-hop headers, Host and Content-Length, minus `Authorization` when
-    it held the relay's own credential, and minus `drop` (the header that did)."""
+    minus hop-by-hop headers (and any the `Connection` header names), Host and Content-Length,
+    minus `Authorization` when it held the relay's own credential, and minus `drop` (the header
+    that did). One pass over the headers (`strip_hop_by_hop`'s rules)."""
+    connection = request.headers.getall("Connection", ())
+    dropped = connection_named(connection) if connection else set()
+    if drop_authorization:
+        dropped.add(_AUTHORIZATION)
+    if drop is not None:
+        dropped.add(drop.lower())
     headers: Headers = {}
     spelling: dict[str, str] = {}
     for name, value in request.headers.items():
-        key = spelling.setdefault(name.lower(), str(name))
-        headers.setdefault(key, []).append(value)
-    headers = strip_hop_by_hop(headers)
-    if drop_authorization:
-        headers = {name: values for name, values in headers.items() if name.lower() != AUTHORIZATION.lower()}
-    if drop is not None:
-        headers = {name: values for name, values in headers.items() if name.lower() != drop.lower()}
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in dropped:
+            continue
+        key = spelling.get(lowered)
+        if key is None:
+            spelling[lowered] = key = name if type(name) is str else str(name)
+            headers[key] = [value]
+        else:
+            headers[key].append(value)
     return headers
 
 
@@ -255,8 +267,8 @@ class FrontDoor:
             raise ClientRateExceeded()
         await limiter.acquire()  # returns at once: there is capacity
 
-    def _parse(self, body: bytes) -> msgspec.Raw | None:
-        """Validate one JSON-RPC message; its raw id when it is a request, else None."""
+    def _parse(self, body: bytes) -> tuple[JsonRpcMessage, Raw | None]:
+        """Validate one JSON-RPC message: (the message, its raw id when it is a request, else None)."""
         try:
             message = self._codec.message(body)
         except msgspec.ValidationError as exc:
@@ -266,9 +278,9 @@ class FrontDoor:
         if message.jsonrpc != JSONRPC_VERSION:
             raise InvalidJsonRpc.invalid_request('"jsonrpc" must be "2.0"')
         if message.method is not UNSET and message.id is not UNSET:  # a request
-            return Raw(bytes(message.id))
+            return message, Raw(bytes(message.id))
         if message.is_notification or message.is_response:
-            return None
+            return message, None
         raise InvalidJsonRpc.invalid_request("not a JSON-RPC request, notification or response")
 
     async def _enqueue(
@@ -316,9 +328,9 @@ class FrontDoor:
         tunnel_id, channel, headers = self._admit(request)
         await self._check_client_rate(tunnel_id, request)
         body = await read()
-        rpc_id = self._parse(body)
+        message, rpc_id = self._parse(body)
         async with self._user(request, tunnel_id, channel, body) as subject:
-            with self._tracer.request(channel, request.headers, body) as trace:
+            with self._tracer.request(channel, request.headers, body, message) as trace:
                 if subject.name is not None:
                     trace.subject(subject.name)
                 headers, traced = trace.inject(headers, body)  # the command carries this request's span
