@@ -24,6 +24,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 
+from gateway.observe.otel_transport import KeepAliveTransport, keeps_alive
+
 _logger = logging.getLogger(__name__)
 
 _KINDS: Final = {
@@ -237,15 +239,20 @@ def _flags(parent: SpanContext | None) -> bytes:
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
     """`OTLPSpanExporter` (endpoint, headers, TLS, compression, retries, size limit: all the SDK's)
-    whose batches are encoded by `SpanEncoder`, through a session whose environment settings are read
-    once (`_settle_environment`) rather than on every POST."""
+    whose batches are encoded by `SpanEncoder` and sent, to a plain-HTTP endpoint `requests` would reach
+    directly, over one kept `http.client` connection (`otel_transport.KeepAliveTransport`); to any other,
+    through a `requests` session whose environment settings are read once (`_settle_environment`)
+    rather than on every POST."""
 
     def __init__(self, **kwargs: Any) -> None:
-        session = kwargs.get("session")
-        if session is None:
-            session = kwargs["session"] = requests.Session()
+        given = kwargs.get("session")
+        session = given if given is not None else requests.Session()
+        kwargs["session"] = session
         super().__init__(**kwargs)
         _settle_environment(session, self._endpoint)
+        if given is None and kwargs.get("_transport") is None and keeps_alive(self._endpoint):
+            client: Any = self._client  # the SDK's _OTLPHTTPClient: retries and deadlines stay its own
+            client._transport = KeepAliveTransport(self._endpoint, client._transport, session)
         self._encoder = SpanEncoder()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
