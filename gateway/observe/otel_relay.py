@@ -81,11 +81,7 @@ class RelayRequestSpan:
         if not carrier:
             return headers, body
         if body is not None:
-            message = self._message
-            if message is not None and body is self._body:  # splice `_meta` in, when that is certainly safe
-                body = self._t.payloads.inject_decoded(body, message, carrier)
-            else:
-                body = self._t.payloads.inject_message(body, carrier)
+            body = self._t.payloads.inject_message(body, carrier)
         return with_trace_headers(headers, carrier), body
 
     def subject(self, subject: str) -> None:

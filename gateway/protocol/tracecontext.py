@@ -143,39 +143,6 @@ class Payloads:
         members["params"] = params
         return self._enc.encode(members)
 
-    def inject_decoded(self, body: bytes, message: JsonRpcMessage, carrier: Mapping[str, str]) -> bytes:
-        """`inject_message(body, carrier)` for a body already decoded as `message`: the `_meta` member is
-        spliced into the body's bytes where that gives the same JSON (same members in the same order:
-        `params` gets `_meta` as its last member, or the message gets `params` as its last), without
-        decoding and re-encoding the body; otherwise, `inject_message`. Whitespace the client put
-        between the message's members is kept here, where `inject_message` drops it."""
-        if message.method is UNSET:
-            return body  # a response: unchanged, as inject_message leaves it
-        spliced = self._splice(body, message.params, carrier)
-        return spliced if spliced is not None else self.inject_message(body, carrier)
-
-    def _splice(self, body: bytes, params: Raw | UnsetType, carrier: Mapping[str, str]) -> bytes | None:
-        """The spliced body, or None when splicing is not certainly what `inject_message` would write:
-        params not an object, or possibly holding `_meta` already (the text `_meta`, or any \\u escape,
-        which could spell it), or not found exactly once in the body, or `"params"` written twice."""
-        meta = b'"_meta":' + self._enc.encode(dict(carrier))
-        if params is UNSET:
-            end = len(body.rstrip())
-            if end < 2 or body[end - 1] != 0x7D or b'"params"' in body:  # 0x7D: "}"
-                return None
-            return body[: end - 1] + b',"params":{' + meta + b"}" + body[end - 1 :]
-        text = bytes(params)
-        if len(text) < 2 or text[0] != 0x7B or text[-1] != 0x7D:  # not {...}
-            return None
-        if b"_meta" in text or b"\\u" in text or body.count(b'"params"') != 1:
-            return None
-        start = body.find(text)
-        if start < 0 or body.find(text, start + 1) >= 0:
-            return None
-        separator = b"," if text[1:-1].strip() else b""
-        end = start + len(text) - 1
-        return body[:end] + separator + meta + body[end:]
-
 
 def request_id_text(raw: Raw | UnsetType | None) -> str | None:
     """A JSON-RPC id as `jsonrpc.request.id` records it: a string id unquoted, a number as written."""

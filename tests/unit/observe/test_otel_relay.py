@@ -1,6 +1,6 @@
 """gateway.observe.otel_relay: the relay's SERVER span is the same whether the front door hands it the
 message it decoded or the span decodes the body itself, and the command it passes on carries that span's
-trace context in `params._meta` (the splice and the re-encoding agree)."""
+trace context in `params._meta` either way."""
 
 from __future__ import annotations
 
