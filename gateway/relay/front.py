@@ -191,6 +191,8 @@ class _Anonymous:
         return None
 
 
+ACCEPTS_KEPT: Final = 256
+"""`Accept` values whose `accepts_sse` verdict the front door remembers; past that the memory starts over."""
 MAX_CLIENT_BUDGETS: Final = 10_000
 """Client-token rate budgets kept at once; the oldest goes first."""
 
@@ -219,6 +221,8 @@ class FrontDoor:
         self._discovery = discovery or Discovery(config, credentials, backend, codec, self._metrics, self._hosts)
         self._users = users or UserAuth(config, codec)
         self._client_rates: dict[tuple[str, str], AsyncLimiter] = {}
+        self._sse_accepts: dict[str, bool] = {}
+        """`accepts_sse` of a request whose one `Accept` header is the key (clients repeat theirs)."""
 
     def routes(self) -> list[web.RouteDef]:
         routes: list[web.RouteDef] = []
@@ -419,12 +423,25 @@ class FrontDoor:
 
     # ----------------------------------------------------------------------- request answers
 
+    def _accepts_sse(self, request: RequestHead) -> bool:
+        """`accepts_sse`, remembered per value for a request with one `Accept` header."""
+        values = request.headers.getall(ACCEPT, ())
+        if len(values) != 1:
+            return accepts_sse(request)
+        seen = self._sse_accepts.get(values[0])
+        if seen is None:
+            seen = accepts_sse(request)
+            if len(self._sse_accepts) >= ACCEPTS_KEPT:
+                self._sse_accepts.clear()
+            self._sse_accepts[values[0]] = seen
+        return seen
+
     async def _answer_request(
         self, request: RequestHead, tunnel_id: str, command: Command, rpc_id: Raw, stream: EventStream
     ) -> Reply | None:
         """JSON when the terminal frame comes first (or SSE is not accepted); an SSE
         stream as soon as a notification frame arrives for a caller that accepts it (None: answered there)."""
-        sse_ok = accepts_sse(request)
+        sse_ok = self._accepts_sse(request)
         opened = False
         try:
             async with asyncio.timeout_at(command.deadline):
