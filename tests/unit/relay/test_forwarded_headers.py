@@ -6,21 +6,11 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.protocol.wire import Headers, strip_hop_by_hop
 from gateway.relay.front import forwarded_headers
 from tests.support.fuzz_budget import FUZZ
-
-
-class _Head:
-    """The parts of a request `forwarded_headers` reads."""
-
-    def __init__(self, fields: list[tuple[str, str]]) -> None:
-        self.headers = CIMultiDictProxy(CIMultiDict(fields))
-        self.method = "POST"
-        self.match_info: dict[str, str] = {}
-        self.query = CIMultiDictProxy(CIMultiDict())
+from tests.support.relay_harness import HeadOf
 
 
 def _definition(fields: list[tuple[str, str]], drop_authorization: bool, drop: str | None) -> Headers:
@@ -71,7 +61,7 @@ _VALUES = st.sampled_from(["a", "b, c", "keep-alive", "X-Custom", "x-custom, Acc
 def test_one_pass_equals_the_definition(
     fields: list[tuple[str, str]], drop_authorization: bool, drop: str | None
 ) -> None:
-    got = forwarded_headers(_Head(fields), drop_authorization=drop_authorization, drop=drop)
+    got = forwarded_headers(HeadOf(fields), drop_authorization=drop_authorization, drop=drop)
     want = _definition(fields, drop_authorization, drop)
     assert got == want
     assert list(got) == list(want), "names in the order the caller first sent them"
@@ -80,4 +70,4 @@ def test_one_pass_equals_the_definition(
 
 def test_connection_names_what_else_is_dropped() -> None:
     fields = [("Connection", "X-Custom, keep-alive"), ("X-Custom", "1"), ("Accept", "a"), ("accept", "b")]
-    assert forwarded_headers(_Head(fields), drop_authorization=False) == {"Accept": ["a", "b"]}
+    assert forwarded_headers(HeadOf(fields), drop_authorization=False) == {"Accept": ["a", "b"]}

@@ -6,23 +6,13 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.protocol.wire import Codec
 from gateway.relay.front import FrontDoor, accepts_sse
 from gateway.relay.guard import HOSTS_KEPT, HostGuard, host_name
 from gateway.relay.queue import MemoryQueue
 from tests.support.fuzz_budget import FUZZ
-from tests.support.relay_harness import relay_config
-
-
-class _Head:
-    def __init__(self, fields: list[tuple[str, str]]) -> None:
-        self.headers = CIMultiDictProxy(CIMultiDict(fields))
-        self.method = "POST"
-        self.match_info: dict[str, str] = {}
-        self.query = CIMultiDictProxy(CIMultiDict())
-
+from tests.support.relay_harness import HeadOf, relay_config
 
 _HOSTS = st.sampled_from(["relay.example", "RELAY.example:443", "[::1]:8780", "evil.example", " relay.example ", ""])
 
@@ -54,5 +44,5 @@ def test_sse_verdicts_are_the_computed_ones(requests: list[list[str]]) -> None:
     config = relay_config()
     front = FrontDoor(config, {}, MemoryQueue(config.tunnels, queue_max=1, client_seen_grace_s=1), Codec())
     for values in requests + requests:
-        head = _Head([("Accept", value) for value in values])
+        head = HeadOf([("Accept", value) for value in values])
         assert front._accepts_sse(head) == accepts_sse(head)
