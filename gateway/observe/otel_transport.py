@@ -62,6 +62,8 @@ class KeepAliveTransport(BaseHTTPTransport):
         self._host = parts.hostname
         self._port = parts.port or 80
         self._connection: http.client.HTTPConnection | None = None
+        self._pid = os.getpid()
+        """The process that opened `_connection`."""
         self._lock = threading.Lock()
 
     def request(
@@ -96,8 +98,12 @@ class KeepAliveTransport(BaseHTTPTransport):
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         connection = self._connection
+        if connection is not None and self._pid != os.getpid():
+            connection.close()  # a forked child closes its copy of the parent's socket (no shutdown: the
+            connection = self._connection = None  # parent's connection goes on) and never writes on it
         if connection is None:
             connection = self._connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            self._pid = os.getpid()
         else:
             connection.timeout = timeout
             if connection.sock is not None:

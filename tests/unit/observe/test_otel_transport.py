@@ -7,6 +7,7 @@ credential providers) to `requests`."""
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -177,3 +178,20 @@ def test_other_urls_go_through_requests(receiver: tuple[str, Script]) -> None:
     assert script.headers[0]["accept"] == "*/*", "sent by requests"
     assert transport.request("POST", "http://127.0.0.1:9/v1/traces", data=b"", timeout=0).error is not None
     transport.close()
+
+
+def test_a_forked_child_opens_its_own_connection(receiver: tuple[str, Script]) -> None:
+    url, script = receiver
+    exporter = _exporter(url)
+    assert exporter.export(_spans()) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+    child = os.fork()
+    if child == 0:  # the child: one export on a connection of its own, then out without cleanup
+        ok = exporter.export(_spans()) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert exporter.export(_spans()) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+    parent, forked, again = script.ports
+    assert forked != parent, "the child did not write on its parent's socket"
+    assert again == parent, "the parent's connection is still its own"
+    exporter.shutdown()
