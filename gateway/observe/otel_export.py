@@ -22,18 +22,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanContext
+
+from gateway.observe.otel_transport import KeepAliveTransport, keeps_alive
 
 _logger = logging.getLogger(__name__)
 
-_KINDS: Final = {
-    SpanKind.INTERNAL: b"\x30\x01",
-    SpanKind.SERVER: b"\x30\x02",
-    SpanKind.CLIENT: b"\x30\x03",
-    SpanKind.PRODUCER: b"\x30\x04",
-    SpanKind.CONSUMER: b"\x30\x05",
-}
-"""Span.kind (field 6, varint) for each kind."""
+_KIND_FIELDS: Final = (b"\x30\x01", b"\x30\x02", b"\x30\x03", b"\x30\x04", b"\x30\x05")
+"""Span.kind (field 6, varint) by `SpanKind` value: INTERNAL (0) is 1 on the wire, SERVER 2, and so on."""
 _FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", 0x100)
 _FLAGS_REMOTE: Final = b"\x85\x01" + struct.pack("<I", 0x300)
 """Span.flags (field 16, fixed32): the parent's is-remote bit is known (0x100), and set (0x200)."""
@@ -120,15 +116,15 @@ class SpanEncoder:
         parent = fields["_parent"]
         trace_state = context.trace_state
         out = b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")
-        if trace_state:
+        if getattr(trace_state, "_dict", trace_state):  # TraceState's own __len__ is a Python call
             out += _text(0x1A, ",".join(f"{key}={value}" for key, value in trace_state.items()))
         if parent is not None:
             out += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
         name = fields["_name"].encode()
-        out += b"\x2a" + _varint(len(name)) + name + _KINDS[fields["_kind"]]
+        out += b"\x2a" + _varint(len(name)) + name + _KIND_FIELDS[fields["_kind"]._value_]
         out += b"\x39" + _pack_q(fields["_start_time"] or 0) + b"\x41" + _pack_q(fields["_end_time"] or 0)
         attributes = fields["_attributes"]
-        if attributes:
+        if getattr(attributes, "_dict", attributes):  # BoundedAttributes' own __len__ is a Python call
             out += self.attributes(0x4A, attributes)
         out += _dropped(b"\x50", attributes)
         events = fields["_events"]
@@ -154,12 +150,13 @@ class SpanEncoder:
                 out += _field(0x6A, body)
         out += _dropped(b"\x70", links)
         status = fields["_status"]
-        if status.description or status.status_code.value:
+        code = status.status_code._value_  # not `.value`: an enum property, a Python call per read
+        if status.description or code:
             body = b""
             if status.description:
                 body += _text(0x12, status.description)
-            if status.status_code.value:
-                body += b"\x18" + _varint(status.status_code.value)
+            if code:
+                body += b"\x18" + _varint(code)
             out += b"\x7a" + _varint(len(body)) + body
         else:
             out += b"\x7a\x00"
@@ -237,15 +234,20 @@ def _flags(parent: SpanContext | None) -> bytes:
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
     """`OTLPSpanExporter` (endpoint, headers, TLS, compression, retries, size limit: all the SDK's)
-    whose batches are encoded by `SpanEncoder`, through a session whose environment settings are read
-    once (`_settle_environment`) rather than on every POST."""
+    whose batches are encoded by `SpanEncoder` and sent, to a plain-HTTP endpoint `requests` would reach
+    directly, over one kept `http.client` connection (`otel_transport.KeepAliveTransport`); to any other,
+    through a `requests` session whose environment settings are read once (`_settle_environment`)
+    rather than on every POST."""
 
     def __init__(self, **kwargs: Any) -> None:
-        session = kwargs.get("session")
-        if session is None:
-            session = kwargs["session"] = requests.Session()
+        given = kwargs.get("session")
+        session = given if given is not None else requests.Session()
+        kwargs["session"] = session
         super().__init__(**kwargs)
         _settle_environment(session, self._endpoint)
+        if given is None and kwargs.get("_transport") is None and keeps_alive(self._endpoint):
+            client: Any = self._client  # the SDK's _OTLPHTTPClient: retries and deadlines stay its own
+            client._transport = KeepAliveTransport(self._endpoint, client._transport, session)
         self._encoder = SpanEncoder()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

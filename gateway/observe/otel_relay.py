@@ -16,7 +16,7 @@ from gateway.observe.otel_scopes import READ_HEADERS, Attributes, Operation
 from gateway.observe.otel_spans import put
 from gateway.protocol.headers import SESSION_HEADER
 from gateway.protocol.tracecontext import with_trace_headers
-from gateway.protocol.wire import Headers, header_value
+from gateway.protocol.wire import Headers, JsonRpcMessage, header_value
 
 if TYPE_CHECKING:
     from gateway.observe.otel import OtelTelemetry
@@ -28,26 +28,39 @@ class OtelRelayTracer:
     def __init__(self, t: OtelTelemetry) -> None:
         self._t = t
 
-    def request(self, channel: str, headers: Mapping[str, str], body: bytes | None) -> RelayRequestSpan:
-        return RelayRequestSpan(self._t, channel, headers, body)
+    def request(
+        self, channel: str, headers: Mapping[str, str], body: bytes | None, message: JsonRpcMessage | None = None
+    ) -> RelayRequestSpan:
+        return RelayRequestSpan(self._t, channel, headers, body, message)
 
 
 class RelayRequestSpan:
     """One client request on the relay: continues the client's trace, passes its own on in the command."""
 
-    __slots__ = ("_body", "_channel", "_headers", "_op", "_span", "_t")
+    __slots__ = ("_body", "_channel", "_headers", "_message", "_op", "_span", "_t")
 
-    def __init__(self, t: OtelTelemetry, channel: str, headers: Mapping[str, str], body: bytes | None) -> None:
+    def __init__(
+        self,
+        t: OtelTelemetry,
+        channel: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        message: JsonRpcMessage | None = None,
+    ) -> None:
         self._t = t
         self._channel = channel
         # Only the headers telemetry reads (trace context, protocol version, session), not all of them.
         self._headers: Headers = {name: [value] for name, value in headers.items() if name.lower() in READ_HEADERS}
         self._body = body
+        self._message = message
+        """The body as the front door decoded it (one decode for both), or None: decoded here."""
         self._op: Operation | None = None
 
     def __enter__(self) -> RelayRequestSpan:
         t = self._t
-        message = t.payloads.message(self._body)
+        message = self._message
+        if message is None:
+            message = self._message = t.payloads.message(self._body)
         params = t.payloads.params(message.params if message is not None else UNSET)
         attributes: Attributes = {"network.transport": "tcp", "gateway.channel": t.labels(self._channel)}
         if message is not None and message.method is not UNSET:

@@ -9,6 +9,7 @@ envelopes relayed through it, with `params`/`result`/`error` kept as raw bytes.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final, Generic, Literal, TypeVar
 
 import msgspec
@@ -487,7 +488,8 @@ RESPONSE_HEADER_ALLOWLIST: Final = {
 }
 
 
-def _connection_named(values: list[str]) -> set[str]:
+def connection_named(values: Iterable[str]) -> set[str]:
+    """The header names (lowercased) a `Connection` header's values name."""
     return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
 
 
@@ -496,7 +498,7 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
     named: set[str] = set()
     for name, values in headers.items():
         if name.lower() == "connection":
-            named |= _connection_named(values)
+            named |= connection_named(values)
     return {
         name: list(values)
         for name, values in headers.items()
@@ -510,7 +512,7 @@ def allowed_response_headers(headers: Headers) -> Headers:
     named: set[str] = set()
     for name, values in headers.items():
         if name.lower() == "connection":
-            named |= _connection_named(values)
+            named |= connection_named(values)
     out: Headers = {}
     for name, values in headers.items():
         key = name.lower()

@@ -29,13 +29,15 @@ from gateway.protocol.headers import ACCEPT, AUTHORIZATION, CONTENT_TYPE, EVENT_
 from gateway.protocol.wire import (
     COMMAND_JSONRPC,
     COMMAND_SESSION_END,
+    HOP_BY_HOP,
     INTERNAL_ERROR,
     JSONRPC_VERSION,
     Codec,
     Headers,
+    JsonRpcMessage,
     TunnelResponsePayload,
     allowed_response_headers,
-    strip_hop_by_hop,
+    connection_named,
 )
 from gateway.relay.config import RelayConfig
 from gateway.relay.discovery import Discovery, mcp_path
@@ -77,6 +79,7 @@ DEFAULT_CHANNEL: Final = "main"
 _KEPT_2XX: Final = frozenset({200, 201, 202, 204})
 _STANDARD_STATUSES: Final = frozenset(status.value for status in HTTPStatus)
 _NO_BODY: Final = frozenset({204, 304})
+_AUTHORIZATION: Final = AUTHORIZATION.lower()
 
 
 def map_status(resp_code: int) -> int:
@@ -91,18 +94,27 @@ def map_status(resp_code: int) -> int:
 
 def forwarded_headers(request: RequestHead, *, drop_authorization: bool, drop: str | None = None) -> Headers:
     """The caller's headers as the command carries them: multi-valued, original spelling,
-    minus hop-by-hop headers, Host and Content-Length, minus `Authorization` when
-    it held the relay's own credential, and minus `drop` (the header that did)."""
+    minus hop-by-hop headers (and any the `Connection` header names), Host and Content-Length,
+    minus `Authorization` when it held the relay's own credential, and minus `drop` (the header
+    that did). One pass over the headers (`strip_hop_by_hop`'s rules)."""
+    connection = request.headers.getall("Connection", ())
+    dropped = connection_named(connection) if connection else set()
+    if drop_authorization:
+        dropped.add(_AUTHORIZATION)
+    if drop is not None:
+        dropped.add(drop.lower())
     headers: Headers = {}
     spelling: dict[str, str] = {}
     for name, value in request.headers.items():
-        key = spelling.setdefault(name.lower(), str(name))
-        headers.setdefault(key, []).append(value)
-    headers = strip_hop_by_hop(headers)
-    if drop_authorization:
-        headers = {name: values for name, values in headers.items() if name.lower() != AUTHORIZATION.lower()}
-    if drop is not None:
-        headers = {name: values for name, values in headers.items() if name.lower() != drop.lower()}
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in dropped:
+            continue
+        key = spelling.get(lowered)
+        if key is None:
+            spelling[lowered] = key = name if type(name) is str else str(name)
+            headers[key] = [value]
+        else:
+            headers[key].append(value)
     return headers
 
 
@@ -179,6 +191,8 @@ class _Anonymous:
         return None
 
 
+ACCEPTS_KEPT: Final = 256
+"""`Accept` values whose `accepts_sse` verdict the front door remembers; past that the memory starts over."""
 MAX_CLIENT_BUDGETS: Final = 10_000
 """Client-token rate budgets kept at once; the oldest goes first."""
 
@@ -207,6 +221,8 @@ class FrontDoor:
         self._discovery = discovery or Discovery(config, credentials, backend, codec, self._metrics, self._hosts)
         self._users = users or UserAuth(config, codec)
         self._client_rates: dict[tuple[str, str], AsyncLimiter] = {}
+        self._sse_accepts: dict[str, bool] = {}
+        """`accepts_sse` of a request whose one `Accept` header is the key (clients repeat theirs)."""
 
     def routes(self) -> list[web.RouteDef]:
         routes: list[web.RouteDef] = []
@@ -255,8 +271,8 @@ class FrontDoor:
             raise ClientRateExceeded()
         await limiter.acquire()  # returns at once: there is capacity
 
-    def _parse(self, body: bytes) -> msgspec.Raw | None:
-        """Validate one JSON-RPC message; its raw id when it is a request, else None."""
+    def _parse(self, body: bytes) -> tuple[JsonRpcMessage, Raw | None]:
+        """Validate one JSON-RPC message: (the message, its raw id when it is a request, else None)."""
         try:
             message = self._codec.message(body)
         except msgspec.ValidationError as exc:
@@ -266,9 +282,9 @@ class FrontDoor:
         if message.jsonrpc != JSONRPC_VERSION:
             raise InvalidJsonRpc.invalid_request('"jsonrpc" must be "2.0"')
         if message.method is not UNSET and message.id is not UNSET:  # a request
-            return Raw(bytes(message.id))
+            return message, Raw(bytes(message.id))
         if message.is_notification or message.is_response:
-            return None
+            return message, None
         raise InvalidJsonRpc.invalid_request("not a JSON-RPC request, notification or response")
 
     async def _enqueue(
@@ -316,9 +332,9 @@ class FrontDoor:
         tunnel_id, channel, headers = self._admit(request)
         await self._check_client_rate(tunnel_id, request)
         body = await read()
-        rpc_id = self._parse(body)
+        message, rpc_id = self._parse(body)
         async with self._user(request, tunnel_id, channel, body) as subject:
-            with self._tracer.request(channel, request.headers, body) as trace:
+            with self._tracer.request(channel, request.headers, body, message) as trace:
                 if subject.name is not None:
                     trace.subject(subject.name)
                 headers, traced = trace.inject(headers, body)  # the command carries this request's span
@@ -407,12 +423,25 @@ class FrontDoor:
 
     # ----------------------------------------------------------------------- request answers
 
+    def _accepts_sse(self, request: RequestHead) -> bool:
+        """`accepts_sse`, remembered per value for a request with one `Accept` header."""
+        values = request.headers.getall(ACCEPT, ())
+        if len(values) != 1:
+            return accepts_sse(request)
+        seen = self._sse_accepts.get(values[0])
+        if seen is None:
+            seen = accepts_sse(request)
+            if len(self._sse_accepts) >= ACCEPTS_KEPT:
+                self._sse_accepts.clear()
+            self._sse_accepts[values[0]] = seen
+        return seen
+
     async def _answer_request(
         self, request: RequestHead, tunnel_id: str, command: Command, rpc_id: Raw, stream: EventStream
     ) -> Reply | None:
         """JSON when the terminal frame comes first (or SSE is not accepted); an SSE
         stream as soon as a notification frame arrives for a caller that accepts it (None: answered there)."""
-        sse_ok = accepts_sse(request)
+        sse_ok = self._accepts_sse(request)
         opened = False
         try:
             async with asyncio.timeout_at(command.deadline):

@@ -173,6 +173,10 @@ def host_name(host_header: str) -> str:
     return name if sep and port.isdigit() else value
 
 
+HOSTS_KEPT: Final = 256
+"""`Host` header values whose verdict `HostGuard` remembers; past that the memory starts over."""
+
+
 class HostGuard:
     """DNS-rebinding protection for the MCP endpoint: `Host` and `Origin` allowlists."""
 
@@ -181,6 +185,8 @@ class HostGuard:
         self._any_host = "*" in hosts
         self._hosts = frozenset(hosts)
         self._origins = frozenset(o.strip() for o in allowed_origins)
+        self._seen: dict[str, bool] = {}
+        """`Host` values already judged (a client sends the same one on every request)."""
 
     @property
     def any_host(self) -> bool:
@@ -190,7 +196,15 @@ class HostGuard:
     def host_allowed(self, host_header: str | None) -> bool:
         if self._any_host:
             return True
-        return host_header is not None and host_name(host_header) in self._hosts
+        if host_header is None:
+            return False
+        allowed = self._seen.get(host_header)
+        if allowed is None:
+            allowed = host_name(host_header) in self._hosts
+            if len(self._seen) >= HOSTS_KEPT:
+                self._seen.clear()
+            self._seen[host_header] = allowed
+        return allowed
 
     def origin_allowed(self, origin: str | None) -> bool:
         if origin is None:

@@ -39,6 +39,8 @@ HEAD_MAX: Final = 16 * 1024
 AIOHTTP_MAX_LINE: Final = 8190
 AIOHTTP_MAX_HEADERS: Final = 128
 """aiohttp's default limits on a request line or header line, and on the number of headers."""
+HEADS_KEPT: Final = 256
+"""Rendered answer heads kept (keyed by status, headers and closing); past that the memory starts over."""
 HIGH_WATER: Final = 256 * 1024
 """Buffered bytes beyond the body being read after which reading pauses until the request is answered."""
 
@@ -140,6 +142,8 @@ class LeanServer:
         """Requests answered here (not handed to aiohttp): for tests and diagnostics."""
         self._date = b""
         self._date_at = 0
+        self.heads: dict[tuple[int, tuple[tuple[str, str], ...], bool], tuple[bytes, bool, bool]] = {}
+        """`_head`'s results for the answers' header sets seen (the ack's, a JSON answer's): rendered once."""
 
     def __call__(self) -> LeanConnection:
         return LeanConnection(self)
@@ -462,7 +466,15 @@ class LeanConnection(asyncio.Protocol):
         """Write the answer in one `write`; whether the connection closes after it (asked, or the answer's
         own `Connection: close`). ValueError, with nothing written, for a header that would split the head."""
         assert self._transport is not None
-        head, typed, close = _head(reply.status, reply.headers, close)
+        heads = self._server.heads
+        key = (reply.status, tuple(reply.headers), close)
+        rendered = heads.get(key)
+        if rendered is None:
+            rendered = _head(reply.status, reply.headers, close)
+            if len(heads) >= HEADS_KEPT:
+                heads.clear()
+            heads[key] = rendered
+        head, typed, close = rendered
         tail = self._server.date() + _SERVER
         if reply.status in _NO_BODY:
             self._transport.write(head + tail + b"\r\n")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Final, Protocol
 
-from gateway.protocol.wire import Headers
+from gateway.protocol.wire import Headers, JsonRpcMessage
 
 
 class RequestTrace(Protocol):
@@ -38,8 +38,11 @@ class RequestTrace(Protocol):
 
 
 class RelayTracer(Protocol):
-    def request(self, channel: str, headers: Mapping[str, str], body: bytes | None) -> RequestTrace:
-        """A trace for one request: `headers` are the client's HTTP headers, `body` its JSON-RPC message."""
+    def request(
+        self, channel: str, headers: Mapping[str, str], body: bytes | None, message: JsonRpcMessage | None = None
+    ) -> RequestTrace:
+        """A trace for one request: `headers` are the client's HTTP headers, `body` its JSON-RPC message,
+        `message` that body as the front door decoded it (None: not decoded; the tracer decodes it)."""
         ...
 
 
@@ -70,7 +73,9 @@ _NO_TRACE: Final = _NoTrace()
 class _NoTracer:
     __slots__ = ()
 
-    def request(self, channel: str, headers: Mapping[str, str], body: bytes | None) -> RequestTrace:
+    def request(
+        self, channel: str, headers: Mapping[str, str], body: bytes | None, message: JsonRpcMessage | None = None
+    ) -> RequestTrace:
         return _NO_TRACE
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.relay import Command, MemoryQueue, RelayConfig, TunnelSpec
 from tests.support.openapi import validate
@@ -32,6 +33,17 @@ def relay_config(**overrides: Any) -> RelayConfig:
         "tunnels", {TUNNEL: TunnelSpec(gateway_key=KEY, name="Test tunnel", description="for tests")}
     )
     return RelayConfig(listen="127.0.0.1:0", tunnels=tunnels, **overrides)
+
+
+class HeadOf:
+    """A request head (`gateway.relay.exchange.RequestHead`) with these header fields, for calling a
+    handler core's helpers directly."""
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self.headers = CIMultiDictProxy(CIMultiDict(fields))
+        self.method = "POST"
+        self.match_info: dict[str, str] = {}
+        self.query = CIMultiDictProxy(CIMultiDict[str]())
 
 
 class RecordingQueue(MemoryQueue):

@@ -44,6 +44,7 @@ OTEL = (
     "gateway.observe.otel_export",
     "gateway.observe.otel_spans",
     "gateway.observe.otel_records",
+    "gateway.observe.otel_transport",
 )
 """The OTel implementation: the only modules that import `opentelemetry`."""
 OTEL_LOADER = "gateway.observe.telemetry"
