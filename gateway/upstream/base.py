@@ -140,14 +140,23 @@ class Upstream(abc.ABC):
 
     async def wait_info(self, credentials: Headers | None = None) -> UpstreamInfo:
         """The server's info, waiting (bounded) while it starts or restarts. `credentials` are the
-        calling client's headers: a server that needs authorization learns its era with them."""
-        if self._info is None:
-            try:
-                await asyncio.wait_for(self._ready.wait(), self._ready_timeout_s)
-            except TimeoutError:
-                raise UpstreamUnavailable.connect(self.name, "dial") from None
-        assert self._info is not None
-        return self._info
+        calling client's headers: a server that needs authorization learns its era with them.
+        A server that came up and went down again before this waiter ran (a crash loop) is waited
+        for again, within the same bound."""
+        info = self._info
+        if info is not None:
+            return info
+        try:
+            async with asyncio.timeout(self._ready_timeout_s):
+                while (info := self._info) is None:
+                    await self._ready.wait()
+                    if self._info is None and self._ready.is_set():
+                        break  # up without an era (it wants each client's authorization): nothing to wait for
+        except TimeoutError:
+            raise UpstreamUnavailable.connect(self.name, "dial") from None
+        if info is None:
+            raise UpstreamUnavailable.connect(self.name, "dial")
+        return info
 
     async def verify_credentials(self, credentials: Headers) -> None:
         """Before the gateway answers a call on the server's behalf (`ping`, `initialize`, bridged
