@@ -219,8 +219,9 @@ DELIVER: Final = (
     _PRELUDE
     + """
 -- ARGV: base replicas rid token_hash terminal blob backlog new_sid ends_session session_ttl_ms
---       attempt frames_channel_prefix keep_ms
--- -> 'ok' | 'not_found' | 'mismatch' | 'backlog'
+--       attempt frames_channel_prefix keep_ms here
+-- -> 'ok' (stored and published) | the frame's index (stored; the caller's replica is `here`, which
+--    hands the frame over itself: no PUBLISH) | 'not_found' | 'mismatch' | 'backlog'
 local base, rid = ARGV[1], ARGV[3]
 local rkey = base .. ':r:' .. rid
 local h = redis.call('HMGET', rkey, 'state', 'token', 'dl', 'owner', 'ch', 'sid', 'taker', 'aff', 'att')
@@ -254,6 +255,7 @@ redis.call('HSET', rkey, 'att', ARGV[11])
 -- the frame's absolute index: frames the caller consumed (trimmed) plus those still listed
 local index = tonumber(redis.call('HGET', rkey, 'off') or '0') + redis.call('RPUSH', fkey, ARGV[6]) - 1
 redis.call('PEXPIREAT', fkey, tonumber(h[3]) + tonumber(ARGV[13]))
+if h[4] == ARGV[14] then return index end
 -- the wake-up carries the frame, so the caller's replica usually needs no read of its own
 redis.call('PUBLISH', ARGV[12] .. h[4], rid .. ' ' .. index .. ' ' .. ARGV[6])
 return 'ok'
