@@ -191,6 +191,9 @@ class RedisQueue(QueueBackend):
         self._finished: list[tuple[str, str]] = []  # answered calls to forget in the next batch
         self._forgetting = False  # a discard is forgetting a batch; later ones join the next batch
         self._seen_until: dict[str, float] = {}  # tunnel -> until when "seen" is certain (loop clock)
+        self._renewed_at = float("-inf")
+        """When (loop clock) this replica's alive mark was last renewed from: ENQUEUE renews it only when
+        that is over `replica_ttl_s` / 3 ago (as the heartbeat does), not once per call."""
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -205,6 +208,7 @@ class RedisQueue(QueueBackend):
         script = self._pipe.register_script
         self._enqueue, self._take, self._release = script(lua.ENQUEUE), script(lua.TAKE), script(lua.RELEASE)
         self._deliver, self._next, self._forget = script(lua.DELIVER), script(lua.NEXT_FRAME), script(lua.FORGET)
+        self._forget_final = script(lua.FORGET_FINAL)
         self._poll_end, self._seen, self._status = script(lua.POLL_END), script(lua.CLIENT_SEEN), script(lua.STATUS)
         self._owner, self._heartbeat, self._leave = script(lua.SESSION_OWNER), script(lua.HEARTBEAT), script(lua.LEAVE)
 
@@ -346,7 +350,9 @@ class RedisQueue(QueueBackend):
         bases = [tunnel.base for tunnel in self._tunnels.values()]
         while True:
             try:
+                sent = self._running().time()
                 await self._heartbeat(args=[self._replicas, self.replica_id, self._replica_ttl_ms, *bases])
+                self._renewed_at = max(self._renewed_at, sent)
                 self._mark(True)
                 await self._retry_orphans(window_s=0)
             except (BackendUnavailable, *TRANSIENT) as exc:
@@ -362,7 +368,7 @@ class RedisQueue(QueueBackend):
             for tunnel_id, request_id in batch:
                 args += (self._tunnels[tunnel_id].base, request_id)
             try:
-                await self._run(self._forget, args)
+                await self._run(self._forget_final, args)
             except BackendUnavailable:
                 self._orphans.update(batch)  # the heartbeat (or dispose) retries them
             except BaseException:
@@ -385,7 +391,9 @@ class RedisQueue(QueueBackend):
             raise RelayClosing()
         tunnel = self._tunnel(tunnel_id)
         loop = self._running()
-        timeout_ms = max(1, int((command.deadline - loop.time()) * 1000))
+        now = loop.time()
+        timeout_ms = max(1, int((command.deadline - now) * 1000))
+        renew = now - self._renewed_at > self._replica_ttl_s / 3  # else this replica's mark is fresh enough
         blob = self._store.encode(
             _Stored(
                 request_id=command.request_id,
@@ -410,7 +418,7 @@ class RedisQueue(QueueBackend):
             _key_part(session_of(command.headers)),
             self._queue_max,
             KEEP_MS,
-            self._replica_ttl_ms,
+            self._replica_ttl_ms if renew else 0,
             SCAN,
         ]
         self._callers[command.request_id] = _Caller(tunnel_id)
@@ -420,6 +428,8 @@ class RedisQueue(QueueBackend):
             self._callers.pop(command.request_id, None)
             self._orphans.add((tunnel_id, command.request_id))  # it may have been queued all the same
             raise
+        if renew:
+            self._renewed_at = max(self._renewed_at, now)
         if not queued:
             self._callers.pop(command.request_id, None)
             raise QueueFull()

@@ -117,3 +117,10 @@ async def test_a_frame_for_a_caller_on_the_delivering_replica_is_handed_over_wit
         scripts = after.get("evalsha", 0) - before.get("evalsha", 0)
         assert scripts <= 2 * CALLS + SLACK, scripts  # and no read of the list (NEXT_FRAME) per call
         await asyncio.gather(*(b.discard(TUNNEL, cmd.request_id) for cmd in commands))
+
+        async def nothing_left() -> bool:  # answered calls are forgotten by deleting their record and frames only
+            keys = [key async for key in client.scan_iter(match=f"test:t:{TUNNEL}:[rf]:*")]
+            sets = [await client.zcard(f"test:t:{TUNNEL}:{name}") for name in ("q", "qdl", "inflight")]
+            return not keys and sets == [0, 0, 0]
+
+        await until(nothing_left)
