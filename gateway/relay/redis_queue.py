@@ -666,7 +666,11 @@ class RedisQueue(QueueBackend):
     def _deliver_later(
         self, frame: TunnelResponsePayload, args: list[Arg], done: Callable[[Exception | None], None]
     ) -> None:
-        """`deliver_soon`'s way when the pipe could not say: a task owned here (awaited in dispose)."""
+        """`deliver_soon`'s way when the pipe could not say: a task owned here (awaited in dispose). Once the
+        backend is closing there is no retry (nor a reconnect after `dispose`): RelayClosing, the relay's 503."""
+        if self._closed:
+            done(RelayClosing())
+            return
 
         async def run() -> None:
             try:

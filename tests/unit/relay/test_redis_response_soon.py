@@ -1,9 +1,10 @@
 """The Redis relay's task-free response POST (`lean_http._respond_soon`, `RedisQueue.deliver_soon`), over
 HTTP against a real redis-server behind a loopback proxy (support/redis_proxy.py): the POST is answered
 from the DELIVER script's reply with no task per POST, and only once Redis has stored the frame; a Redis
-cut off mid-POST gets the tunnel API's 503 and loses nothing; refusals keep their codes (Secure MCP
-Tunnel v1: `POST /v1/tunnels/{id}/response`, 200 ack, 401 tunnel_request_mismatch, 404
-pending_request_not_found, 503 tunnel_transport_unavailable). No timing asserts."""
+cut off mid-POST gets the tunnel API's 503 and loses nothing; refusals keep their codes; a delivery cut
+off while the relay closes is refused, not retried (Secure MCP Tunnel v1: `POST /v1/tunnels/{id}/response`,
+200 ack, 401 tunnel_request_mismatch, 404 pending_request_not_found, 503 tunnel_transport_unavailable).
+No timing asserts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 
 from gateway.relay import BACKEND, Relay
 from gateway.relay.app import LEAN
+from gateway.relay.errors import RelayClosing
 from gateway.relay.queue import Command
 from gateway.relay.redis_queue import RedisQueue
 from tests.support.openapi import validate
@@ -183,3 +185,24 @@ async def test_refusals_on_the_task_free_path_keep_their_codes(redis: RedisServe
         frame = await asyncio.wait_for(backend.next_frame(TUNNEL, cmd.request_id), WAIT)
         assert frame.request_id == cmd.request_id
         await backend.discard(TUNNEL, cmd.request_id)
+
+
+async def test_a_delivery_cut_off_while_the_relay_closes_is_refused_not_retried(redis: RedisServer) -> None:
+    async with Proxy(redis.port) as proxy:
+        spec = msgspec.structs.replace(redis_spec(redis, retry_s=30.0), url=proxy.url)
+        queue = RedisQueue([TUNNEL], url=proxy.url, spec=spec, queue_max=10, client_seen_grace_s=30)
+        await queue.start()
+        try:
+            cmd = await in_flight(queue)
+            proxy.holding = True
+            report: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+            queue.deliver_soon(TUNNEL, cmd.shard_token, frame(cmd), report.set_result)
+            await until(proxy.held)
+            await queue.close()  # shutdown began
+            proxy.cut()
+            assert isinstance(await asyncio.wait_for(report, WAIT), RelayClosing)  # the relay's 503, at once
+            retrying = [t for t in asyncio.all_tasks() if "_deliver_later" in getattr(t.get_coro(), "__qualname__", "")]
+            assert retrying == []  # no retry that would reconnect after dispose
+        finally:
+            await queue.close()
+            await queue.dispose()
