@@ -7,7 +7,8 @@ buffer and are answered in order). The first request it does not serve (another 
 or `Expect`, an upgrade, HTTP/1.0, a percent-encoded path, a head it cannot parse) is handed, with every
 byte after it, to aiohttp's RequestHandler for that connection: `transport.set_protocol`, so malformed
 input gets aiohttp's 400 and the rest of the connection is aiohttp's. A response POST whose body is
-here, on a backend that delivers at once (memory), is answered from `data_received` without a task.
+here, on a backend that delivers at once (memory), is answered from `data_received` without a task;
+on one that reports the delivery by a callback (Redis), from that callback, again without a task.
 It must not decide anything a handler decides (admission, limits, errors): those are the cores', and
 their refusals are `errors.refusal`.
 """
@@ -140,6 +141,10 @@ class LeanServer:
         self.connections: set[LeanConnection] = set()
         self.served = 0
         """Requests answered here (not handed to aiohttp): for tests and diagnostics."""
+        self.soon: set[LeanConnection] = set()
+        """Connections whose response POST waits for its backend's report (`_respond_soon`): no task."""
+        self.drained: asyncio.Future[None] | None = None
+        """Set once `soon` is empty, while shutting down."""
         self._date = b""
         self._date_at = 0
         self.heads: dict[tuple[int, tuple[tuple[str, str], ...], bool], tuple[bytes, bool, bool]] = {}
@@ -161,10 +166,16 @@ class LeanServer:
         self.closing = True
         for connection in list(self.connections):
             connection.close_if_idle()
-        busy = [task for connection in self.connections if (task := connection.task) is not None]
+        busy: list[asyncio.Future[None]] = [
+            task for connection in self.connections if (task := connection.task) is not None
+        ]
+        if self.soon:
+            self.drained = asyncio.get_running_loop().create_future()
+            busy.append(self.drained)
         await asyncio.sleep(0)  # a response written one step late (response_now) goes out first
         if busy:
             await asyncio.wait(busy, timeout=timeout_s)
+            await asyncio.sleep(0)  # the answers of the last reports (written one step after them)
         for connection in list(self.connections):
             connection.abort()
 
@@ -291,6 +302,9 @@ class LeanConnection(asyncio.Protocol):
         if kind == _RESPONSE and server.tunnels.responds_now and len(buffer) >= self._unread <= server.max_body_bytes:
             self._respond_now(head, keep_alive)
             return
+        if kind == _RESPONSE and server.tunnels.responds_soon and len(buffer) >= self._unread <= server.max_body_bytes:
+            self._respond_soon(head, keep_alive)
+            return
         self.task = self._loop.create_task(self._serve(kind, head, keep_alive))
 
     def _respond_now(self, head: Head, keep_alive: bool) -> None:
@@ -309,6 +323,35 @@ class LeanConnection(asyncio.Protocol):
         except Exception:
             reply = unexpected(head.method, head.path, server.codec, server.on_error)
         self._loop.call_soon(self._answer, head, reply, keep_alive)
+
+    def _respond_soon(self, head: Head, keep_alive: bool) -> None:
+        """A response POST whose body is here, for a backend that reports the delivery by a callback
+        (Redis): no task; answered once the frame is stored (or refused), one loop step after the report."""
+        server = self._server
+        server.served += 1
+        body = bytes(self._buffer[: self._unread])
+        del self._buffer[: self._unread]
+        self._unread = 0
+        server.soon.add(self)
+        try:
+            server.tunnels.response_soon(head, body, lambda error: self._responded(head, keep_alive, error))
+        except Exception as exc:
+            self._responded(head, keep_alive, exc)
+
+    def _responded(self, head: Head, keep_alive: bool, error: Exception | None) -> None:
+        server = self._server
+        server.soon.discard(self)
+        reply: Reply = server.tunnels.acked
+        if error is not None:
+            try:
+                raise error
+            except RelayError as exc:
+                reply = refusal(exc, server.codec, server.on_error)
+            except Exception:
+                reply = unexpected(head.method, head.path, server.codec, server.on_error)
+        self._loop.call_soon(self._answer, head, reply, keep_alive)
+        if not server.soon and server.drained is not None and not server.drained.done():
+            server.drained.set_result(None)
 
     def _start(self, raw: bytes) -> tuple[int, Head, bool] | None:
         """The request to serve for this head, or None: aiohttp's."""

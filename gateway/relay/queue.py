@@ -174,6 +174,17 @@ class QueueBackend(ABC):
         `deliver` must change this too: the lean HTTP layer calls it in place of `deliver`)."""
         raise NotImplementedError
 
+    delivers_soon: bool = False
+    """Whether `deliver_soon` works: a backend elsewhere (Redis) reports a delivery by a callback, no task."""
+
+    def deliver_soon(
+        self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload, done: Callable[[Exception | None], None]
+    ) -> None:
+        """`deliver` without a task, for a backend whose `delivers_soon` is True: errors known at once are
+        raised here; otherwise `done` is called once, later, with None (the frame is stored for its caller)
+        or the error `deliver` would raise. `done` must not block (it may run in a protocol callback)."""
+        raise NotImplementedError
+
     @abstractmethod
     async def next_frame(self, tunnel_id: str, request_id: str) -> TunnelResponsePayload:
         """The caller's side: wait for the next frame of its command (RelayClosing on shutdown)."""

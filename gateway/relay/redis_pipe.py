@@ -36,6 +36,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Arg = str | bytes | int
 OnMessage = Callable[[bytes, bytes], None]
 """Called with (channel, data) for each pub/sub message, from the protocol callback: must not block."""
+OnReply = Callable[[Any], None]
+"""Called with a command's raw reply (a `hiredis.ReplyError` for an error reply) or, when the connection
+failed, the redis-py exception: from the protocol callback, so it must not block (`outcome` reads it)."""
+Waiter = asyncio.Future[Any] | OnReply
 _PUSHES: Final = (b"message", b"subscribe")
 _pack: Final = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 """RESP encoding in C (hiredis's stub types its argument as a 1-tuple)."""
@@ -73,6 +77,15 @@ def reply_error(error: hiredis.ReplyError) -> RedisError:
     return _ERRORS.get(message.split(" ", 1)[0], ResponseError)(message)
 
 
+def outcome(reply: Any) -> Any:
+    """What an `OnReply` callback was given, as `ScriptPipe.call` would return it or raise it."""
+    if isinstance(reply, hiredis.ReplyError):
+        raise reply_error(reply)
+    if isinstance(reply, BaseException):
+        raise reply
+    return reply
+
+
 class PipeStats:
     """What a pipe has sent so far: commands, and the socket writes that carried them."""
 
@@ -93,13 +106,14 @@ class _Link(asyncio.Protocol):
         self.stats = stats
         self.on_message = on_message
         self.reader = hiredis.Reader(replyError=hiredis.ReplyError)
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[Waiter] = deque()
         self.out: list[bytes] = []  # packed, not written yet
         self.unanswered = 0  # written, no reply yet: while any, new commands wait for their replies
         self._flushing = False  # a flush is scheduled
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()  # once: CPython 3.11 asks the OS for the pid on every look-up
+        self.closed: asyncio.Future[None] = self.loop.create_future()
         self._progress = 0  # replies seen; the watchdog compares it between its ticks
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -123,12 +137,14 @@ class _Link(asyncio.Protocol):
                 self.abort(RedisConnectionError("unexpected reply from Redis"))
                 return
             self.unanswered -= 1
-            future = waiting.popleft()
-            if not future.done():  # its caller was cancelled: the reply is dropped, the order kept
-                future.set_result(reply)
+            waiter = waiting.popleft()
+            if not isinstance(waiter, asyncio.Future):
+                self._call(waiter, reply)
+            elif not waiter.done():  # its caller was cancelled: the reply is dropped, the order kept
+                waiter.set_result(reply)
         if not self.unanswered and self.out and not self._flushing:
             self._flushing = True  # after the callers just answered have run: their next commands join
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost is None:
@@ -136,9 +152,11 @@ class _Link(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
         while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(self.failure())
+            waiter = self.waiting.popleft()
+            if not isinstance(waiter, asyncio.Future):
+                self._call(waiter, self.failure())
+            elif not waiter.done():
+                waiter.set_exception(self.failure())
         self.out.clear()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -146,15 +164,28 @@ class _Link(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """Queue a packed command for the next write: at the end of this loop turn when nothing is in
         flight, else when the batch in flight has been answered. Its future gets the raw reply."""
-        future = asyncio.get_running_loop().create_future()
+        future = self.loop.create_future()
         if self.lost is not None:
             future.set_exception(self.failure())
             return future
-        self.waiting.append(future)
+        self.expect(future, command)
+        return future
+
+    def expect(self, waiter: Waiter, command: bytes) -> None:
+        """Queue a packed command (on a link not lost) whose reply goes to `waiter`."""
+        self.waiting.append(waiter)
         self.post(command)
         if self._watchdog is None:
             self._arm()
-        return future
+
+    @staticmethod
+    def _call(on_reply: OnReply, reply: Any) -> None:
+        try:
+            on_reply(reply)
+        except Exception as exc:  # the callback's own bug: reported, and the stream stays in step
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "a Redis reply callback failed", "exception": exc}
+            )
 
     def failure(self) -> BaseException:
         """Why this link is gone, as a fresh exception for each caller (one raised by many callers
@@ -167,7 +198,7 @@ class _Link(asyncio.Protocol):
         self.out.append(command)
         if not self.unanswered and not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flushing = False
@@ -194,7 +225,7 @@ class _Link(asyncio.Protocol):
                 await asyncio.shield(self.closed)
 
     def _arm(self) -> None:
-        self._watchdog = asyncio.get_running_loop().call_later(self.timeout_s, self._check, self._progress)
+        self._watchdog = self.loop.call_later(self.timeout_s, self._check, self._progress)
 
     def _check(self, progress: int) -> None:
         self._watchdog = None
@@ -226,10 +257,26 @@ class ScriptPipe:
 
     async def run(self, script: Script, args: Sequence[Arg]) -> Any:
         """EVALSHA with no keys (the scripts name theirs in ARGV); EVAL once if Redis lost the script."""
-        try:
-            return await self.call(b"EVALSHA", script.sha, 0, *args)
-        except NoScriptError:  # a restarted or flushed Redis: EVAL also caches it for the next call
-            return await self.call(b"EVAL", script.body, 0, *args)
+        link = self._link
+        if link is None or link.lost is not None:
+            link = await self._connected()
+        reply = await link.send(_pack((b"EVALSHA", script.sha, 0, *args)))
+        if isinstance(reply, hiredis.ReplyError):
+            error = reply_error(reply)
+            if isinstance(error, NoScriptError):  # a restarted or flushed Redis: EVAL also caches it
+                return await self.call(b"EVAL", script.body, 0, *args)
+            raise error
+        return reply
+
+    def run_soon(self, script: Script, args: Sequence[Arg], on_reply: OnReply) -> bool:
+        """EVALSHA with no task: `on_reply` gets the reply (or the failure) from the protocol callback.
+        False, with nothing sent, when no connection is open (the caller then takes the awaitable way,
+        which connects). A NOSCRIPT reply is the caller's to handle (`run` sends the script whole)."""
+        link = self._link
+        if link is None or link.lost is not None:
+            return False
+        link.expect(on_reply, _pack((b"EVALSHA", script.sha, 0, *args)))
+        return True
 
     async def call(self, *command: Arg) -> Any:
         link = self._link

@@ -42,7 +42,7 @@ import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.protocol.wire import Headers, TunnelResponsePayload
@@ -60,7 +60,7 @@ from gateway.relay.errors import (
     TunnelNotFound,
 )
 from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus
-from gateway.relay.redis_pipe import Script, ScriptPipe, Subscription
+from gateway.relay.redis_pipe import Script, ScriptPipe, Subscription, outcome
 
 log = logging.getLogger("gateway.relay")
 
@@ -108,22 +108,35 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _Caller:
     """A caller on this replica waiting for its command's frames.
 
-    `inbox` holds frames that arrived with their wake-up (absolute index -> encoded frame); `fresh`
-    until its first wait (nothing can be there before the command was even polled); `finished` once
-    it has its terminal frame (its Redis keys can then be forgotten in a batch)."""
+    `inbox` holds frames that arrived with their wake-up (absolute index -> encoded frame, or the frame
+    itself when this replica delivered it); `fresh` until its first wait (nothing can be there before
+    the command was even polled); `finished` once it has its terminal frame (its Redis keys can then be
+    forgotten in a batch). `woken` and `waiter` are an `asyncio.Event` without its loop look-ups."""
 
-    __slots__ = ("consumed", "event", "finished", "fresh", "inbox", "tunnel_id")
+    __slots__ = ("consumed", "finished", "fresh", "inbox", "tunnel_id", "waiter", "woken")
 
     def __init__(self, tunnel_id: str) -> None:
         self.tunnel_id = tunnel_id
-        self.event = asyncio.Event()
+        self.woken = False
+        self.waiter: asyncio.Future[None] | None = None
         self.consumed = 0
-        self.inbox: dict[int, bytes] = {}
+        self.inbox: dict[int, bytes | TunnelResponsePayload] = {}
         self.fresh = True
         self.finished = False
+
+    def wake(self) -> None:
+        self.woken = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class _Tunnel:
@@ -139,8 +152,7 @@ class _Tunnel:
 
     def wake(self) -> None:
         for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            _settle(waiter)
 
 
 class RedisQueue(QueueBackend):
@@ -179,9 +191,15 @@ class RedisQueue(QueueBackend):
         self._finished: list[tuple[str, str]] = []  # answered calls to forget in the next batch
         self._forgetting = False  # a discard is forgetting a batch; later ones join the next batch
         self._seen_until: dict[str, float] = {}  # tunnel -> until when "seen" is certain (loop clock)
+        self._renewed_at = float("-inf")
+        """When (loop clock) this replica's alive mark was last renewed from: ENQUEUE renews it only when
+        that is over `replica_ttl_s` / 3 ago (as the heartbeat does), not once per call."""
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop it serves in, from `start()`: CPython 3.11 asks the OS for the process id on every
+        `get_running_loop()` (as `asyncio.Event` and `asyncio.timeout` do), several times per call otherwise."""
         self._up: bool | None = None
         self._attempts = itertools.count()  # delivery attempt ids
         self._store = msgspec.json.Encoder()
@@ -190,10 +208,14 @@ class RedisQueue(QueueBackend):
         script = self._pipe.register_script
         self._enqueue, self._take, self._release = script(lua.ENQUEUE), script(lua.TAKE), script(lua.RELEASE)
         self._deliver, self._next, self._forget = script(lua.DELIVER), script(lua.NEXT_FRAME), script(lua.FORGET)
+        self._forget_final = script(lua.FORGET_FINAL)
         self._poll_end, self._seen, self._status = script(lua.POLL_END), script(lua.CLIENT_SEEN), script(lua.STATUS)
         self._owner, self._heartbeat, self._leave = script(lua.SESSION_OWNER), script(lua.HEARTBEAT), script(lua.LEAVE)
 
     # ----------------------------------------------------------------------- plumbing
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        return self._loop or asyncio.get_running_loop()
 
     def _tunnel(self, tunnel_id: str) -> _Tunnel:
         tunnel = self._tunnels.get(tunnel_id)
@@ -214,12 +236,12 @@ class RedisQueue(QueueBackend):
     async def _run(self, script: Script, args: Sequence[Arg], *, window_s: float | None = None) -> Any:
         """Run a script, retrying a lost connection for up to `window_s` (default `retry_s`);
         BackendUnavailable after that. Every script is safe to run twice."""
-        loop = asyncio.get_running_loop()
+        loop = self._running()
         stop = loop.time() + (self._retry_s if window_s is None else window_s)
         delay = RETRY_FIRST_S
         while True:
             try:
-                result = await script(args=args)
+                result = await self._pipe.run(script, args)
             except TRANSIENT as exc:
                 self._mark(False, exc)
                 if loop.time() + delay >= stop:
@@ -237,7 +259,7 @@ class RedisQueue(QueueBackend):
             with contextlib.suppress(BackendUnavailable, *TRANSIENT):
                 await work
 
-        task = asyncio.get_running_loop().create_task(run())
+        task = self._running().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -245,7 +267,7 @@ class RedisQueue(QueueBackend):
 
     async def start(self) -> None:
         """Start the pub/sub listener and the heartbeat; a Redis that is down now is retried there."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._beat())]
 
     async def ready(self) -> bool:
@@ -263,7 +285,7 @@ class RedisQueue(QueueBackend):
         for tunnel in self._tunnels.values():
             tunnel.wake()
         for caller in self._callers.values():
-            caller.event.set()
+            caller.wake()
 
     async def dispose(self) -> None:
         """Stop background work, say goodbye (other replicas then purge what is left of ours), disconnect."""
@@ -279,6 +301,7 @@ class RedisQueue(QueueBackend):
             await self._retry_orphans(window_s=1.0)
             await self._run(self._leave, [self._replicas, self.replica_id], window_s=1.0)
         await self._pipe.aclose()
+        self._loop = None
 
     async def _listen(self) -> None:
         """Dispatch wake-ups: enqueues to local polls, frames to local callers. After every
@@ -309,7 +332,7 @@ class RedisQueue(QueueBackend):
             if caller is not None:
                 if len(parts) == 3 and int(parts[1]) >= caller.consumed:
                     caller.inbox[int(parts[1])] = parts[2]
-                caller.event.set()
+                caller.wake()
             return
         tunnel = self._wake_channels.get(channel)
         if tunnel is not None:
@@ -319,7 +342,7 @@ class RedisQueue(QueueBackend):
         for tunnel in self._tunnels.values():
             tunnel.wake()
         for caller in self._callers.values():
-            caller.event.set()
+            caller.wake()
 
     async def _beat(self) -> None:
         """Heartbeat + janitor: keep this replica alive, purge expired and orphaned commands,
@@ -327,7 +350,9 @@ class RedisQueue(QueueBackend):
         bases = [tunnel.base for tunnel in self._tunnels.values()]
         while True:
             try:
+                sent = self._running().time()
                 await self._heartbeat(args=[self._replicas, self.replica_id, self._replica_ttl_ms, *bases])
+                self._renewed_at = max(self._renewed_at, sent)
                 self._mark(True)
                 await self._retry_orphans(window_s=0)
             except (BackendUnavailable, *TRANSIENT) as exc:
@@ -343,7 +368,7 @@ class RedisQueue(QueueBackend):
             for tunnel_id, request_id in batch:
                 args += (self._tunnels[tunnel_id].base, request_id)
             try:
-                await self._run(self._forget, args)
+                await self._run(self._forget_final, args)
             except BackendUnavailable:
                 self._orphans.update(batch)  # the heartbeat (or dispose) retries them
             except BaseException:
@@ -365,8 +390,10 @@ class RedisQueue(QueueBackend):
         if self._closed:
             raise RelayClosing()
         tunnel = self._tunnel(tunnel_id)
-        loop = asyncio.get_running_loop()
-        timeout_ms = max(1, int((command.deadline - loop.time()) * 1000))
+        loop = self._running()
+        now = loop.time()
+        timeout_ms = max(1, int((command.deadline - now) * 1000))
+        renew = now - self._renewed_at > self._replica_ttl_s / 3  # else this replica's mark is fresh enough
         blob = self._store.encode(
             _Stored(
                 request_id=command.request_id,
@@ -391,7 +418,7 @@ class RedisQueue(QueueBackend):
             _key_part(session_of(command.headers)),
             self._queue_max,
             KEEP_MS,
-            self._replica_ttl_ms,
+            self._replica_ttl_ms if renew else 0,
             SCAN,
         ]
         self._callers[command.request_id] = _Caller(tunnel_id)
@@ -401,6 +428,8 @@ class RedisQueue(QueueBackend):
             self._callers.pop(command.request_id, None)
             self._orphans.add((tunnel_id, command.request_id))  # it may have been queued all the same
             raise
+        if renew:
+            self._renewed_at = max(self._renewed_at, now)
         if not queued:
             self._callers.pop(command.request_id, None)
             raise QueueFull()
@@ -415,16 +444,16 @@ class RedisQueue(QueueBackend):
                 raise RelayClosing()
             carried = caller.inbox.pop(caller.consumed, None)
             if carried is not None:
-                frame = self._frame_decoder.decode(carried)
+                frame = carried if isinstance(carried, TunnelResponsePayload) else self._frame_decoder.decode(carried)
                 if frame.is_terminal:  # no read needed; a notification is read below (its read trims the list)
                     caller.consumed += 1
                     caller.finished = True
                     return frame
             elif caller.fresh:  # just queued: wait for the first wake-up (or re-check) before reading
                 caller.fresh = False
-                await self._wait(caller.event)
+                await self._wait(caller)
                 continue
-            caller.event.clear()
+            caller.woken = False
             args: list[Arg] = [base, request_id, caller.consumed, self._replicas, self.replica_id, self._replica_ttl_ms]
             reply = await self._run(self._next, args)
             if isinstance(reply, bytes):
@@ -434,15 +463,20 @@ class RedisQueue(QueueBackend):
                 return frame
             if reply == lua.GONE:
                 raise CommandLost()
-            await self._wait(caller.event)
+            await self._wait(caller)
 
-    async def _wait(self, event: asyncio.Event) -> None:
-        """Until `event` is set, at most `recheck_s` (a timer sets it: the caller re-checks either way)."""
-        recheck = asyncio.get_running_loop().call_later(self._recheck_s, event.set)
+    async def _wait(self, caller: _Caller) -> None:
+        """Until `caller` is woken, at most `recheck_s` (a timer wakes it: the caller re-checks either way)."""
+        if caller.woken:
+            return
+        loop = self._running()
+        waiter = caller.waiter = loop.create_future()
+        recheck = loop.call_later(self._recheck_s, caller.wake)
         try:
-            await event.wait()
+            await waiter
         finally:
             recheck.cancel()
+            caller.waiter = None
 
     async def discard(self, tunnel_id: str, request_id: str) -> None:
         caller = self._callers.pop(request_id, None)
@@ -480,10 +514,10 @@ class RedisQueue(QueueBackend):
         affine_channels: frozenset[str] = frozenset(),
     ) -> list[Command]:
         tunnel = self._tunnel(tunnel_id)
-        loop = asyncio.get_running_loop()
+        loop = self._running()
         until = loop.time() + timeout_s
         instance = _key_part(instance_id or ANONYMOUS)
-        token = secrets.token_hex(12)
+        token = f"{self.replica_id}.t{next(self._attempts)}"  # unique per take (its memo key); a retry repeats it
         seen_ms = self._grace_ms + int(2 * self._recheck_s * 1000)  # until the next re-check, and then the grace
         args: list[Arg] = [
             tunnel.base,
@@ -521,9 +555,11 @@ class RedisQueue(QueueBackend):
                     remaining = until - loop.time()
                     if remaining <= 0:
                         break
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(min(remaining, self._recheck_s)):
-                            await waiter
+                    timer = loop.call_later(min(remaining, self._recheck_s), _settle, waiter)  # no Timeout context
+                    try:
+                        await waiter
+                    finally:
+                        timer.cancel()
                 finally:
                     tunnel.waiters.discard(waiter)
         finally:
@@ -555,9 +591,10 @@ class RedisQueue(QueueBackend):
             )
         return commands
 
-    async def deliver(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
+    def _deliver_args(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> list[Arg]:
         tunnel = self._tunnel(tunnel_id)
-        args: list[Arg] = [
+        local = self._callers.get(frame.request_id)
+        return [
             tunnel.base,
             self._replicas,
             frame.request_id,
@@ -571,21 +608,91 @@ class RedisQueue(QueueBackend):
             f"{self.replica_id}.{next(self._attempts)}",  # unique per attempt; a retry repeats it
             self._frames_prefix,
             KEEP_MS,
+            # the caller waits here: no PUBLISH, this replica hands the frame over itself (`_delivered`)
+            self.replica_id if local is not None and local.tunnel_id == tunnel_id else "",
         ]
-        outcome = await self._run(self._deliver, args)
-        if outcome == b"not_found":
+
+    def _delivered(self, frame: TunnelResponsePayload, reply: Any) -> None:
+        """DELIVER's answer: a frame index (stored, and the caller is this replica's: handed over here),
+        'ok' (stored, the wake-up published), or the refusal raised."""
+        if type(reply) is int:
+            caller = self._callers.get(frame.request_id)
+            if caller is not None:
+                if reply >= caller.consumed:
+                    caller.inbox[reply] = frame
+                caller.wake()
+            return
+        if reply == b"ok":
+            caller = self._callers.get(frame.request_id)
+            if caller is not None:  # a retried delivery to a caller here: wake it to read the list
+                caller.wake()
+            return
+        if reply == b"not_found":
             raise PendingNotFound()
-        if outcome == b"mismatch":
+        if reply == b"mismatch":
             raise ShardMismatch()
-        if outcome == b"backlog":
+        if reply == b"backlog":
             raise FrameBacklog()
+
+    async def deliver(self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload) -> None:
+        args = self._deliver_args(tunnel_id, shard_token, frame)
+        self._delivered(frame, await self._run(self._deliver, args))
+
+    delivers_soon = True
+
+    def deliver_soon(
+        self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload, done: Callable[[Exception | None], None]
+    ) -> None:
+        """`deliver` with no task: the script goes on the pipe and its reply, parsed in the pipe's protocol
+        callback, calls `done`. A lost connection, a timeout or NOSCRIPT takes `deliver`'s way (an owned
+        task, retried for `retry_s`, the same attempt id so the frame is stored once)."""
+        args = self._deliver_args(tunnel_id, shard_token, frame)
+
+        def landed(reply: Any) -> None:
+            try:
+                self._delivered(frame, outcome(reply))
+            except (NoScriptError, *TRANSIENT):
+                self._deliver_later(frame, args, done)
+                return
+            except Exception as exc:
+                done(exc)
+                return
+            self._mark(True)
+            done(None)
+
+        if not self._pipe.run_soon(self._deliver, args, landed):
+            self._deliver_later(frame, args, done)
+
+    def _deliver_later(
+        self, frame: TunnelResponsePayload, args: list[Arg], done: Callable[[Exception | None], None]
+    ) -> None:
+        """`deliver_soon`'s way when the pipe could not say: a task owned here (awaited in dispose). Once the
+        backend is closing there is no retry (nor a reconnect after `dispose`): RelayClosing, the relay's 503."""
+        if self._closed:
+            done(RelayClosing())
+            return
+
+        async def run() -> None:
+            try:
+                self._delivered(frame, await self._run(self._deliver, args))
+            except Exception as exc:
+                done(exc)
+            except BaseException:
+                done(RelayClosing())
+                raise
+            else:
+                done(None)
+
+        task = self._running().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ----------------------------------------------------------------------- status
 
     async def client_seen(self, tunnel_id: str) -> bool:
         """Asks Redis unless a recent answer proves "seen" still holds: an instance's "seen until" only
         moves back when its poll ends, and then by at most 2 x recheck_s (see `take`)."""
-        now = asyncio.get_running_loop().time()
+        now = self._running().time()
         if self._seen_until.get(tunnel_id, 0.0) > now:
             return True
         remaining_ms = int(await self._run(self._seen, [self._tunnel(tunnel_id).base]))

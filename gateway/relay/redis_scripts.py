@@ -90,7 +90,8 @@ ENQUEUE: Final = (
 local base, rid = ARGV[1], ARGV[4]
 local rkey = base .. ':r:' .. rid
 local now = now_ms()
-redis.call('ZADD', ARGV[2], now + tonumber(ARGV[13]), ARGV[8])
+-- the caller's replica is alive (renewed here only when its last renewal is not recent: replica_ttl_ms 0)
+if ARGV[13] ~= '0' then redis.call('ZADD', ARGV[2], now + tonumber(ARGV[13]), ARGV[8]) end
 if redis.call('EXISTS', rkey) == 1 then return 1 end
 local q = base .. ':q'
 local max = tonumber(ARGV[11])
@@ -142,11 +143,21 @@ if ARGV[5] ~= '' then want = split(ARGV[5]) end
 local affine = split(ARGV[6])
 local q = base .. ':q'
 local taken = 0
+local rids = {}
+local owners = {}  -- replica -> alive, looked up once per take
 for _, rid in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[7]) - 1)) do
   if taken >= limit then break end
   local rkey = base .. ':r:' .. rid
   local h = redis.call('HMGET', rkey, 'dl', 'owner', 'ch', 'sid', 'cmd')
-  if not h[1] or not alive(replicas, h[2], now) then
+  local up = false
+  if h[1] then
+    up = owners[h[2]]
+    if up == nil then
+      up = alive(replicas, h[2], now) or false
+      owners[h[2]] = up
+    end
+  end
+  if not up then
     forget(base, rid)
   elseif tonumber(h[1]) <= now then
     expire(base, rid)
@@ -170,7 +181,7 @@ for _, rid in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[7]) - 1)) do
       if affine[h[3]] then aff = '1' end
       redis.call('HSET', rkey, 'state', 'in_flight', 'taker', instance, 'aff', aff)
       redis.call('ZADD', base .. ':inflight', h[1], rid)
-      redis.call('RPUSH', memo, rid)
+      rids[#rids + 1] = rid
       out[#out + 1] = rid
       out[#out + 1] = h[5]
       out[#out + 1] = tonumber(h[1]) - now
@@ -179,6 +190,7 @@ for _, rid in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[7]) - 1)) do
   end
 end
 if taken > 0 then
+  redis.call('RPUSH', memo, unpack(rids))
   redis.call('PEXPIRE', memo, 120000)
   redis.call('ZREM', base .. ':polls', ARGV[9])
 else
@@ -219,11 +231,12 @@ DELIVER: Final = (
     _PRELUDE
     + """
 -- ARGV: base replicas rid token_hash terminal blob backlog new_sid ends_session session_ttl_ms
---       attempt frames_channel_prefix keep_ms
--- -> 'ok' | 'not_found' | 'mismatch' | 'backlog'
+--       attempt frames_channel_prefix keep_ms here
+-- -> 'ok' (stored and published) | the frame's index (stored; the caller's replica is `here`, which
+--    hands the frame over itself: no PUBLISH) | 'not_found' | 'mismatch' | 'backlog'
 local base, rid = ARGV[1], ARGV[3]
 local rkey = base .. ':r:' .. rid
-local h = redis.call('HMGET', rkey, 'state', 'token', 'dl', 'owner', 'ch', 'sid', 'taker', 'aff', 'att')
+local h = redis.call('HMGET', rkey, 'state', 'token', 'dl', 'owner', 'ch', 'sid', 'taker', 'aff', 'att', 'off')
 if h[9] == ARGV[11] then return 'ok' end
 local now = now_ms()
 if h[1] ~= 'in_flight' or tonumber(h[3]) <= now or not alive(ARGV[2], h[4], now) then
@@ -232,7 +245,7 @@ end
 if h[2] ~= ARGV[4] then return 'mismatch' end
 local fkey = base .. ':f:' .. rid
 if ARGV[5] == '1' then
-  redis.call('HSET', rkey, 'state', 'final')
+  redis.call('HSET', rkey, 'state', 'final', 'att', ARGV[11])
   redis.call('ZREM', base .. ':inflight', rid)
   if h[8] == '1' then
     if ARGV[9] == '1' then
@@ -249,11 +262,13 @@ if ARGV[5] == '1' then
   end
 elseif redis.call('LLEN', fkey) >= tonumber(ARGV[7]) then
   return 'backlog'
+else
+  redis.call('HSET', rkey, 'att', ARGV[11])
 end
-redis.call('HSET', rkey, 'att', ARGV[11])
 -- the frame's absolute index: frames the caller consumed (trimmed) plus those still listed
-local index = tonumber(redis.call('HGET', rkey, 'off') or '0') + redis.call('RPUSH', fkey, ARGV[6]) - 1
+local index = tonumber(h[10] or '0') + redis.call('RPUSH', fkey, ARGV[6]) - 1
 redis.call('PEXPIREAT', fkey, tonumber(h[3]) + tonumber(ARGV[13]))
+if h[4] == ARGV[14] then return index end
 -- the wake-up carries the frame, so the caller's replica usually needs no read of its own
 redis.call('PUBLISH', ARGV[12] .. h[4], rid .. ' ' .. index .. ' ' .. ARGV[6])
 return 'ok'
@@ -292,6 +307,17 @@ for i = 1, #ARGV, 2 do forget(ARGV[i], ARGV[i + 1]) end
 return 1
 """
 )
+
+FORGET_FINAL: Final = """
+-- ARGV: base rid [base rid ...]   (answered calls: already out of the queue and the in-flight table, since
+-- TAKE took them and DELIVER stored their terminal frame; only their record and frames are left)
+local keys = {}
+for i = 1, #ARGV, 2 do
+  keys[#keys + 1] = ARGV[i] .. ':r:' .. ARGV[i + 1]
+  keys[#keys + 1] = ARGV[i] .. ':f:' .. ARGV[i + 1]
+end
+return redis.call('DEL', unpack(keys))
+"""
 
 POLL_END: Final = (
     _PRELUDE

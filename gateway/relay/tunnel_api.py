@@ -186,6 +186,22 @@ class TunnelAPI:
         self._backend.deliver_now(tunnel_id, shard_token, self._decode_frame(body))
         return self._acked
 
+    @property
+    def responds_soon(self) -> bool:
+        """Whether `response_soon` can be used: the backend reports a delivery by a callback (Redis)."""
+        return self._backend.delivers_soon
+
+    @property
+    def acked(self) -> Reply:
+        """The answer to an accepted frame."""
+        return self._acked
+
+    def response_soon(self, request: RequestHead, body: bytes, done: Callable[[Exception | None], None]) -> None:
+        """`response_reply` for a body already read, with no task (when `responds_soon`): refusals known at
+        once are raised; otherwise `done` gets None once the frame is stored (answer `acked`) or the error."""
+        tunnel_id, shard_token = self._addressed(request)
+        self._backend.deliver_soon(tunnel_id, shard_token, self._decode_frame(body), done)
+
     def _addressed(self, request: RequestHead) -> tuple[str, str]:
         """(tunnel, shard token) of a response POST that may post to the tunnel."""
         tunnel_id, _ = self._authorize(request)

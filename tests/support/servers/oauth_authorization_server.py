@@ -198,9 +198,7 @@ def main() -> None:
     routes = create_auth_routes(
         provider,
         AnyHttpUrl(issuer),
-        client_registration_options=ClientRegistrationOptions(
-            enabled=True, valid_scopes=scopes, default_scopes=scopes
-        ),
+        client_registration_options=ClientRegistrationOptions(enabled=True, valid_scopes=scopes, default_scopes=scopes),
         revocation_options=RevocationOptions(enabled=True),
     )
     extra = [Route("/jwks", jwks), Route("/test/issued", issued), Route("/test/mint", mint, methods=["POST"])]
