@@ -343,7 +343,7 @@ class LeanConnection(asyncio.Protocol):
         server.soon.discard(self)
         reply: Reply = server.tunnels.acked
         if error is not None:
-            try:
+            try:  # raised again so that `unexpected` logs it with its traceback, as in a handler
                 raise error
             except RelayError as exc:
                 reply = refusal(exc, server.codec, server.on_error)
