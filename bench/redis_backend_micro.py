@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import msgspec
 import uvloop
 from redis.asyncio import Redis
 
-from bench.redis_micro import free_port
+from bench.redis_micro import local_redis
 from gateway.protocol.wire import TunnelResponsePayload
 from gateway.relay.config import RedisBackend
 from gateway.relay.queue import new_command
@@ -105,23 +104,13 @@ async def sample(url: str, server_pid: int) -> tuple[float, float, dict[str, flo
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        for line in server.stdout:  # ready by its log line
-            if "Ready to accept connections" in line:
-                break
+    with local_redis() as (url, pid):
         mine: list[float] = []
         theirs: list[float] = []
         counts: dict[str, float] = {}
         for _ in range(rounds):
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                own, server_us, counts = runner.run(sample(f"redis://127.0.0.1:{port}/0", server.pid))
+                own, server_us, counts = runner.run(sample(url, pid))
             mine.append(own)
             theirs.append(server_us)
         for label, values in (("both replicas' backend", mine), ("redis-server", theirs)):
@@ -132,9 +121,6 @@ def main() -> None:
             "commands per call (last sample):",
             ", ".join(f"{k} {v:.2f}" for k, v in sorted(counts.items()) if v >= 0.01),
         )
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

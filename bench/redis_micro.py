@@ -10,11 +10,12 @@ Owns only this comparison (issue 20, target 5: the Redis client path); starts it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import uvloop
@@ -71,8 +72,9 @@ async def sample(url: str) -> dict[str, float]:
     return results
 
 
-def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+@contextlib.contextmanager
+def local_redis() -> Iterator[tuple[str, int]]:
+    """A redis-server of the venv on a free loopback port, no persistence, ready: (its URL, its pid)."""
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
@@ -84,18 +86,24 @@ def main() -> None:
         for line in server.stdout:  # ready by its log line
             if "Ready to accept connections" in line:
                 break
+        yield f"redis://127.0.0.1:{port}/0", server.pid
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    with local_redis() as (url, _):
         samples: dict[str, list[float]] = {}
         for _ in range(rounds):
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                for key, value in runner.run(sample(f"redis://127.0.0.1:{port}/0")).items():
+                for key, value in runner.run(sample(url)).items():
                     samples.setdefault(key, []).append(value)
         print("| client path | median | samples |\n|---|---:|---|")
         for key, values in samples.items():
             values.sort()
             print(f"| {key} | {values[len(values) // 2]:.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":
