@@ -25,6 +25,10 @@ def test_the_soak_short_mode_cycles_real_sessions_and_prints_a_slope(tmp_path: P
     done = run(
         "bench.soak",
         "--short",
+        "--minutes",  # 24 s, 9 of them warm-up: enough to cycle the pool and fit a slope
+        "0.4",
+        "--warmup-minutes",
+        "0.15",
         "--concurrency",
         "8",
         "--sessions",
