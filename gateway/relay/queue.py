@@ -67,10 +67,10 @@ class Command(Struct, frozen=True, kw_only=True):
         )
 
 
-def queued_age(command: Command) -> float | None:
-    """Seconds since `command` was queued, from its `created_at` (None when that does not parse)."""
+def queued_age(created_at: str) -> float | None:
+    """Seconds since a command was queued, from its `created_at` (None when that does not parse)."""
     try:
-        created = datetime.strptime(command.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        created = datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     except ValueError:
         return None
     return max(0.0, (datetime.now(UTC) - created).total_seconds())
@@ -489,7 +489,9 @@ class MemoryQueue(QueueBackend):
             queued=len(tunnel.queued),
             in_flight=sum(1 for entry in tunnel.entries.values() if entry.state == "in_flight"),
             last_instance_id=tunnel.last_instance_id,
-            oldest_queued_s=queued_age(next(iter(tunnel.queued.values())).command) if tunnel.queued else None,
+            oldest_queued_s=(
+                queued_age(next(iter(tunnel.queued.values())).command.created_at) if tunnel.queued else None
+            ),
         )
 
     async def session_owner(self, tunnel_id: str, channel: str, session: str) -> str | None:

@@ -59,7 +59,7 @@ from gateway.relay.errors import (
     ShardMismatch,
     TunnelNotFound,
 )
-from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus
+from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus, queued_age
 from gateway.relay.redis_pipe import Script, ScriptPipe, Subscription, outcome
 
 log = logging.getLogger("gateway.relay")
@@ -703,14 +703,25 @@ class RedisQueue(QueueBackend):
 
     async def status(self, tunnel_id: str) -> TunnelStatus:
         tunnel = self._tunnel(tunnel_id)
-        seen, queued, in_flight, last = await self._run(self._status, [tunnel.base, SCAN])
+        seen, queued, in_flight, last, oldest = await self._run(self._status, [tunnel.base, SCAN])
         return TunnelStatus(
             client_seen=bool(seen),
             polls_waiting=tunnel.polls_waiting,
             queued=int(queued),
             in_flight=int(in_flight),
             last_instance_id=None if last.decode() in ("", ANONYMOUS) else last.decode(),
+            oldest_queued_s=self._created_age(oldest),
         )
+
+    def _created_age(self, stored: bytes) -> float | None:
+        """The age of a stored command (`queued_age` of its `created_at`); None for none or one that
+        does not decode (a status page must not fail on one odd record)."""
+        if not stored:
+            return None
+        try:
+            return queued_age(self._command_decoder.decode(stored).created_at)
+        except msgspec.DecodeError:
+            return None
 
     async def session_owner(self, tunnel_id: str, channel: str, session: str) -> str | None:
         """The instance a proc_affinity session is bound to (diagnostics and tests)."""

@@ -344,15 +344,19 @@ return math.max(0, tonumber(last[2]) - now_ms())
 STATUS: Final = (
     _PRELUDE
     + """
--- ARGV: base budget -> {seen instances, queued, in flight, last instance}
+-- ARGV: base budget -> {seen instances, queued, in flight, last instance, oldest queued command or ''}
 local base = ARGV[1]
 local now = now_ms()
 purge_late(base, now, tonumber(ARGV[2]))
+local head = redis.call('ZRANGE', base .. ':q', 0, 0)
+local oldest = ''
+if #head > 0 then oldest = redis.call('HGET', base .. ':r:' .. head[1], 'cmd') or '' end
 return {
   redis.call('ZCOUNT', base .. ':seen', '(' .. now, '+inf'),
   redis.call('ZCARD', base .. ':q'),
   redis.call('ZCARD', base .. ':inflight'),
   redis.call('GET', base .. ':last') or '',
+  oldest,
 }
 """
 )

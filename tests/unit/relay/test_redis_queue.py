@@ -5,9 +5,11 @@ purged, a Redis outage and a Redis restart."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from gateway.relay import BACKEND, Relay
@@ -126,6 +128,33 @@ async def test_poll_disconnect_loses_nothing_on_redis(redis: RedisServer) -> Non
             async with http.post(url, json=answer_for(cmd, "gw"), headers=headers) as resp:
                 assert resp.status == 200
             assert (await caller).body["id"] == "kept"
+
+
+async def test_status_says_how_long_the_oldest_command_has_waited(redis: RedisServer) -> None:
+    """The console's "oldest queued" age on the Redis backend, from any replica: the first command
+    queued (an hour before the second), then nothing once every command is taken."""
+    spec = redis_spec(redis)
+    a, b = (RedisQueue([TUNNEL], url=redis.url, spec=spec, queue_max=10, client_seen_grace_s=30) for _ in range(2))
+    await a.start()
+    await b.start()
+    try:
+        assert (await b.status(TUNNEL)).oldest_queued_s is None  # nothing queued
+        early = command()
+        hour_ago = datetime.strptime(early.created_at, "%Y-%m-%dT%H:%M:%S.%fZ") - timedelta(hours=1)
+        early = msgspec.structs.replace(early, created_at=hour_ago.isoformat(timespec="milliseconds") + "Z")
+        await a.enqueue(TUNNEL, early)
+        await a.enqueue(TUNNEL, command())
+        status = await b.status(TUNNEL)
+        assert status.queued == 2
+        assert status.oldest_queued_s is not None
+        assert status.oldest_queued_s >= 3600
+        assert len(await take(b)) == 2
+        status = await a.status(TUNNEL)
+        assert (status.queued, status.in_flight, status.oldest_queued_s) == (0, 2, None)
+    finally:
+        for queue in (a, b):
+            await queue.close()
+            await queue.dispose()
 
 
 async def test_dead_replica_commands_are_purged(redis: RedisServer) -> None:
