@@ -439,6 +439,8 @@ def check(config: RoutingConfig, file: str) -> None:
             if member not in config.servers:
                 known = ", ".join(sorted(config.servers)) or "none"
                 raise ConfigError(file, key, f"a server defined under `servers` (got {member!r}; known: {known})")
+        if len(members) > 1:
+            _check_shared_lists(config, members, file, key)
     check_multiplexing(config, file)
     if config.control_plane is not None:
         check_url(config.control_plane.url, file, "control_plane.url")
@@ -467,6 +469,21 @@ def check(config: RoutingConfig, file: str) -> None:
         if budget.webhook is not None:
             check_url(budget.webhook.url, file, f"budgets[{i}].webhook.url")
             check_egress(budget.webhook, file, f"budgets[{i}].webhook")
+
+
+def _check_shared_lists(config: RoutingConfig, members: list[str], file: str, key: str) -> None:
+    """An aggregated channel fetches its servers' lists once for every caller, with no user's token;
+    a `token_exchange` server answers only a user (its lists could differ per user), so it would be
+    missing from the merged lists and its tools could not be called. Refused at load instead."""
+    for member in members:
+        http = config.servers[member].http
+        if http is not None and http.service_credential is not None and http.service_credential.token_exchange:
+            raise ConfigError(
+                file,
+                key,
+                f"`{member}` in a channel of its own: it exchanges each user's token (`token_exchange`), and"
+                " the lists of a channel with several servers are fetched once for every caller, without one",
+            )
 
 
 def _check_observability(config: RoutingConfig, file: str) -> None:

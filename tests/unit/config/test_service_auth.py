@@ -137,3 +137,28 @@ def test_the_client_secret_is_registered_with_the_log_redactor(monkeypatch: pyte
   token_exchange: {token_url: 'https://i/t', client_id: c, client_secret: 'file:exchange-secret'}
 """)
     assert "exchange-secret-value-88" in set(logs.config_secrets(config, tmp_path))
+
+
+def test_a_token_exchange_server_is_refused_in_a_channel_with_other_servers() -> None:
+    """An aggregated channel's lists are fetched once, without a user's token, so an on-behalf-of
+    server's tools would be missing: the file is refused, naming the channel and the server. Alone
+    in its channel (or beside it, client credentials in an aggregated one) it loads."""
+    servers = b"""
+servers:
+  notes:
+    http:
+      url: https://notes.internal/mcp
+      service_credential: {token_exchange: {token_url: 'https://login.example.com/t'}}
+  reports:
+    http:
+      url: https://reports.internal/mcp
+      service_credential:
+        client_credentials: {token_url: 'https://login.example.com/t', client_id: c, client_secret: 'env:S'}
+  local: {stdio: {command: echo}}
+"""
+    with pytest.raises(ConfigError) as caught:
+        routing.parse(servers + b"channels:\n  main: [local, notes]\n", "routing.yaml")
+    assert caught.value.key == "channels.main"
+    assert "`notes` in a channel of its own" in caught.value.expected
+    loaded = routing.parse(servers + b"channels:\n  notes: [notes]\n  main: [local, reports]\n", "routing.yaml")
+    assert set(loaded.channels) == {"notes", "main"}
