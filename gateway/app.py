@@ -50,7 +50,8 @@ from gateway.upstream import open_files
 from gateway.upstream.base import Upstream
 from gateway.upstream.egress import egress
 from gateway.upstream.environment import ChildEnvironment
-from gateway.upstream.http import HttpUpstream, sendable_header
+from gateway.upstream.http import HttpUpstream
+from gateway.upstream.http_headers import sendable_header
 from gateway.upstream.pool import Bounded, ClientProcesses, StdioPool
 from gateway.upstream.service_credentials import service_credentials
 from gateway.upstream.stdio import StdioUpstream

@@ -4,9 +4,10 @@ Uses a shared aiohttp session it does not own; knows nothing of the tunnel.
 Owns the HTTP side of MCP for one server: the era probe (`server/discover`,
 falling back to `initialize`; a 401 means the server is up and wants the
 user's token, its era learned from the first authorized call), the gateway's
-own legacy session, request headers, JSON and SSE answers turned into
-`Notify`/`Reply` frames (a 401's `WWW-Authenticate` kept), and its OAuth
-metadata (`gateway.upstream.oauth_discovery`); a `service_credential` swaps the
+own legacy session and its calls' lifecycle (cancel, renew, end), and its OAuth
+metadata (`gateway.upstream.oauth_discovery`). Request headers are built in
+`http_headers`, answers read into `Notify`/`Reply` frames in `http_answers` (a
+401's `WWW-Authenticate` kept); a `service_credential` swaps the
 user's token for the gateway's (`gateway.upstream.service_credentials`). aiohttp failures become
 `UpstreamError`s in `gateway.upstream.http_errors`, nowhere else.
 """
@@ -14,79 +15,60 @@ user's token for the gateway's (`gateway.upstream.service_credentials`). aiohttp
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import re
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Final
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 from msgspec import UNSET, Raw
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from gateway.config.routing import HttpSpec
 from gateway.protocol.eras import MODERN_VERSION, Bridge
 from gateway.protocol.errors import UpstreamError, UpstreamHttpError, UpstreamProtocolError, UpstreamUnavailable
 from gateway.protocol.headers import (
-    ACCEPT,
     AUTHORIZATION,
-    CONTENT_TYPE,
-    EVENT_STREAM,
-    JSON,
     METHOD_HEADER,
-    NAME_HEADER,
     SESSION_HEADER,
     VERSION_HEADER,
-    WWW_AUTHENTICATE,
 )
-from gateway.protocol.mcp import Call, Era, Frame, Notify, Reply, UpstreamInfo
+from gateway.protocol.mcp import Call, Era, Frame, Reply, UpstreamInfo
 from gateway.protocol.oauth import MetadataCodec
-from gateway.protocol.sse import SseEventTooLarge, SseParser
 from gateway.protocol.wire import (
-    HOP_BY_HOP,
     Headers,
     JsonRpcMessage,
     allowed_response_headers,
     header_value,
-    strip_hop_by_hop,
 )
 from gateway.upstream.base import Upstream, within
 from gateway.upstream.egress import Egress, proxy_for
 from gateway.upstream.environment import ChildEnvironment
+from gateway.upstream.http_answers import AnswerReader, challenge, response_headers
 from gateway.upstream.http_errors import map_aiohttp_errors, unaddressable
+from gateway.upstream.http_headers import RequestHeaders, valid_value
 from gateway.upstream.oauth_discovery import MetadataFetcher
 from gateway.upstream.process import SupervisedProcess, end_task
 from gateway.upstream.service_credentials import ServiceCredentials
 
-__all__ = ["HttpUpstream", "encode_header_value", "map_aiohttp_errors", "sendable_header"]
+__all__ = ["HttpUpstream", "map_aiohttp_errors"]
 
 log = logging.getLogger(__name__)
 
-ACCEPT_BOTH: Final = f"{JSON}, {EVENT_STREAM}"
 
 PROBE_ID: Final = Raw(b'"gw-probe"')
 INIT_ID: Final = Raw(b'"gw-init"')
 CANCEL_TIMEOUT_S: Final = 1.0
+"""Budget for the best-effort `notifications/cancelled` after an abandoned legacy call."""
 PROBE_BACKOFF_START_S: Final = 0.2
+"""First pause before probing a down server again; doubles up to `restart_backoff_max_s`."""
 _UNREACHABLE: Final = frozenset({"connect", "dns", "tls"})
 """Failure sources that mean the server cannot be reached at all (as opposed to one failed call)."""
-"""First pause before probing a down server again; doubles up to `restart_backoff_max_s`."""
-"""Budget for the best-effort `notifications/cancelled` after an abandoned legacy call."""
 CLOSE_TIMEOUT_S: Final = 2.0
 """Budget for the best-effort DELETE of the gateway's own session at close."""
-_READ_CHUNK: Final = 64 * 1024
-
-_PROTECTED: Final = HOP_BY_HOP | {CONTENT_TYPE.lower(), ACCEPT.lower()}
-"""Request headers only the transport sets; a call's headers never override them."""
-_OWN_SESSION_HEADERS: Final = frozenset({SESSION_HEADER.lower(), VERSION_HEADER.lower()})
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-_HEADER_SAFE: Final = re.compile(r"[\x20-\x7e]*")
-_B64_SENTINEL: Final = re.compile(r"=\?base64\?.*\?=")
 
 
 # --------------------------------------------------------------------------- the transport
@@ -148,9 +130,8 @@ class HttpUpstream(Upstream):
         """Where the server takes a token the gateway obtains instead of the user's (`service_credential`)."""
         self._bridge = bridge
         self._codec = bridge.codec
-        self._max = max_message_bytes
-        self._extra = dict(extra_headers)
-        self._extra_names = frozenset(k.lower() for k in extra_headers)
+        self._headers = RequestHeaders(bridge, extra_headers)
+        self._answers = AnswerReader(name, bridge.codec, max_message_bytes)
         self._session_id: str | None = None
         """The gateway's own session with a handshake-era server (None: modern, or none issued)."""
         self._renewing = asyncio.Lock()
@@ -319,7 +300,7 @@ class HttpUpstream(Upstream):
         session in a client's name."""
         if session_id is None:
             return
-        headers = self._base_headers(json_body=False)
+        headers = self._headers.base(json_body=False)
         headers[SESSION_HEADER] = session_id
         headers[VERSION_HEADER] = info.protocol_version
         headers[AUTHORIZATION] = authorization
@@ -333,7 +314,7 @@ class HttpUpstream(Upstream):
         self._down()
         if info is None or info.era is not Era.LEGACY or session_id is None:
             return
-        headers = self._base_headers(json_body=False)
+        headers = self._headers.base(json_body=False)
         headers[SESSION_HEADER] = session_id
         headers[VERSION_HEADER] = info.protocol_version
         with contextlib.suppress(UpstreamError, TimeoutError):
@@ -346,17 +327,17 @@ class HttpUpstream(Upstream):
         if info.era is Era.MODERN:
             return Reply(405)
         session_id = header_value(headers, SESSION_HEADER)
-        if session_id is None or not _valid_value(session_id):
+        if session_id is None or not valid_value(session_id):
             return Reply(400)
         if session_id == self._session_id:
             return Reply(404)  # the gateway's own session is not the client's to end
-        out = self._base_headers(json_body=False)
+        out = self._headers.base(json_body=False)
         out[SESSION_HEADER] = session_id
         version = header_value(headers, VERSION_HEADER)
-        if version is not None and _valid_value(version):
+        if version is not None and valid_value(version):
             out[VERSION_HEADER] = version
         async with self._request("DELETE", None, out) as resp:
-            return Reply(resp.status, b"", allowed_response_headers(_multi(resp.headers)))
+            return Reply(resp.status, b"", allowed_response_headers(response_headers(resp.headers)))
 
     # ------------------------------------------------------------------ calls
 
@@ -393,11 +374,11 @@ class HttpUpstream(Upstream):
                 info = self._info or info  # a renewal may have changed the negotiated version
                 session_id = self._session_id if own else None
                 reply: Reply | None = None
-                async with self._request("POST", body, self._call_headers(call, info, session_id)) as resp:
+                async with self._request("POST", body, self._headers.call(call, info, session_id)) as resp:
                     if resp.status == 404 and session_id is not None and attempt == 1:
                         pass  # our own session expired: renew it below, then retry once
                     else:
-                        async with contextlib.aclosing(self._answer(resp, wire_id)) as frames:
+                        async with contextlib.aclosing(self._answers.answer(resp, wire_id)) as frames:
                             async for frame in frames:
                                 if isinstance(frame, Reply):
                                     reply = frame
@@ -426,10 +407,10 @@ class HttpUpstream(Upstream):
         call = Call("", None, UNSET, headers, own_session)
         body = self._codec.response(message.id, message)
         async with self._request(
-            "POST", body, self._call_headers(call, info, self._session_id if own else None)
+            "POST", body, self._headers.call(call, info, self._session_id if own else None)
         ) as resp:
             await resp.read()
-            return Reply(resp.status, b"", allowed_response_headers(_multi(resp.headers)))
+            return Reply(resp.status, b"", allowed_response_headers(response_headers(resp.headers)))
 
     def _restore_id(self, reply: Reply, client_id: Raw | None) -> Reply:
         """The answer under the client's own id again."""
@@ -444,7 +425,7 @@ class HttpUpstream(Upstream):
     # ------------------------------------------------------------------ probing
 
     async def _discover(self, authorization: str | None = None) -> UpstreamInfo | None:
-        headers = self._base_headers(authorization=authorization)
+        headers = self._headers.base(authorization=authorization)
         headers[VERSION_HEADER] = MODERN_VERSION
         headers[METHOD_HEADER] = "server/discover"
         body = self._codec.request(PROBE_ID, "server/discover", self._bridge.discover_params())
@@ -466,9 +447,9 @@ class HttpUpstream(Upstream):
     async def _initialize(self, authorization: str | None = None) -> tuple[UpstreamInfo, str | None]:
         """The handshake: `initialize`, then `notifications/initialized` in the new session."""
         body = self._codec.request(INIT_ID, "initialize", self._bridge.initialize_params())
-        reply = await self._roundtrip(body, self._base_headers(authorization=authorization), INIT_ID)
+        reply = await self._roundtrip(body, self._headers.base(authorization=authorization), INIT_ID)
         if reply.status >= 400:
-            raise UpstreamHttpError(self.name, reply.status, _challenge(reply.headers))
+            raise UpstreamHttpError(self.name, reply.status, challenge(reply.headers))
         message = self._codec.message(reply.body)
         if message.result is UNSET:
             raise UpstreamProtocolError(self.name, "invalid_protocol_response")
@@ -477,15 +458,15 @@ class HttpUpstream(Upstream):
         except msgspec.MsgspecError:
             raise UpstreamProtocolError(self.name, "invalid_protocol_response") from None
         session_id = header_value(reply.headers, SESSION_HEADER)
-        if session_id is not None and not _valid_value(session_id):
+        if session_id is not None and not valid_value(session_id):
             raise UpstreamProtocolError(self.name, "invalid_protocol_response")
-        headers = self._base_headers(authorization=authorization)
+        headers = self._headers.base(authorization=authorization)
         headers[VERSION_HEADER] = info.protocol_version
         if session_id is not None:
             headers[SESSION_HEADER] = session_id
         done = await self._roundtrip(self._codec.notification("notifications/initialized", UNSET), headers, None)
         if done.status >= 300:
-            raise UpstreamHttpError(self.name, done.status, _challenge(done.headers))
+            raise UpstreamHttpError(self.name, done.status, challenge(done.headers))
         return info, session_id
 
     async def _renew_session(self, stale: str) -> None:
@@ -499,7 +480,7 @@ class HttpUpstream(Upstream):
     async def _roundtrip(self, body: bytes, headers: CIMultiDict[str], id: Raw | None) -> Reply:
         async with (
             self._request("POST", body, headers) as resp,
-            contextlib.aclosing(self._answer(resp, id)) as frames,
+            contextlib.aclosing(self._answers.answer(resp, id)) as frames,
         ):
             async for frame in frames:
                 if isinstance(frame, Reply):
@@ -519,7 +500,7 @@ class HttpUpstream(Upstream):
         with contextlib.suppress(UpstreamError, TimeoutError):
             async with (
                 asyncio.timeout(CANCEL_TIMEOUT_S),
-                self._request("POST", body, self._call_headers(cancel, info, session_id)),
+                self._request("POST", body, self._headers.call(cancel, info, session_id)),
             ):
                 pass
 
@@ -558,178 +539,3 @@ class HttpUpstream(Upstream):
                     resp.release()
                 else:
                     resp.close()
-
-    def _base_headers(self, *, json_body: bool = True, authorization: str | None = None) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict()
-        if json_body:
-            headers[CONTENT_TYPE] = JSON
-            headers[ACCEPT] = ACCEPT_BOTH
-        if authorization is not None and _valid_value(authorization):
-            headers[AUTHORIZATION] = authorization
-        headers.update(self._extra)
-        return headers
-
-    def _call_headers(self, call: Call, info: UpstreamInfo, session_id: str | None) -> CIMultiDict[str]:
-        """Transport headers, then the call's (never overriding those or the spec's), then era headers."""
-        headers: CIMultiDict[str] = CIMultiDict({CONTENT_TYPE: JSON, ACCEPT: ACCEPT_BOTH})
-        own = info.era is Era.LEGACY and call.own_session
-        blocked = _PROTECTED | self._extra_names | (_OWN_SESSION_HEADERS if own else frozenset())
-        for name, values in strip_hop_by_hop(call.headers).items():
-            if name.lower() in blocked or not _TOKEN.fullmatch(name):
-                continue
-            for value in values:
-                if _valid_value(value):
-                    headers.add(name, value)
-        headers.update(self._extra)
-        if info.era is Era.MODERN:
-            headers.setdefault(VERSION_HEADER, MODERN_VERSION)
-            headers.setdefault(METHOD_HEADER, call.method)
-            if NAME_HEADER not in headers:
-                target = self._bridge.target_name(call.method, call.params)
-                if target is not None:
-                    headers[NAME_HEADER] = encode_header_value(target)
-        elif own:
-            headers[VERSION_HEADER] = info.protocol_version
-            if session_id is not None:
-                headers[SESSION_HEADER] = session_id
-        return headers
-
-    # ------------------------------------------------------------------ answers
-
-    async def _answer(self, resp: aiohttp.ClientResponse, id: Raw | None) -> AsyncGenerator[Frame, None]:
-        """The frames of one HTTP answer: Notify* then one Reply, or an UpstreamError."""
-        status = resp.status
-        headers = _multi(resp.headers)
-        mime = (resp.headers.get(CONTENT_TYPE) or "").partition(";")[0].strip().lower()
-        if status >= 400:
-            body = await self._read_body(resp)
-            if mime == JSON and self._is_response(body):
-                yield Reply(status, body, headers)
-                return
-            raise UpstreamHttpError(self.name, status, _challenge(headers))
-        if not 200 <= status < 300:
-            raise UpstreamProtocolError(self.name, "non_protocol_response")
-        if id is None:  # a notification: the server's acceptance is the whole answer
-            yield Reply(status, b"", headers)
-            return
-        wanted = msgspec.json.decode(id)
-        if mime == EVENT_STREAM:
-            async for frame in self._stream(resp, wanted, headers):
-                yield frame
-            return
-        body = await self._read_body(resp)
-        if not body.strip():
-            raise UpstreamProtocolError(self.name, "response_body_missing")
-        if mime != JSON:
-            raise UpstreamProtocolError(self.name, "non_protocol_response")
-        message = self._response(body)
-        if message.id is UNSET or _id_of(message.id) not in (wanted, None):
-            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
-        yield Reply(status, body, headers)
-
-    async def _stream(
-        self, resp: aiohttp.ClientResponse, wanted: object, headers: Headers
-    ) -> AsyncGenerator[Frame, None]:
-        """An SSE answer: server messages become Notify; the response with our id ends it."""
-        parser = SseParser(max_event_bytes=self._max)
-        async for chunk in resp.content.iter_any():
-            try:
-                events = parser.feed(chunk)
-            except SseEventTooLarge:
-                raise UpstreamProtocolError(self.name, "response_body_too_large") from None
-            for event in events:
-                if not event.data.strip():
-                    continue  # priming or keep-alive event
-                message = self._message(event.data)
-                if message.method is not UNSET:
-                    yield Notify(event.data)
-                elif message.is_response and message.id is not UNSET:
-                    self._response(event.data)
-                    if _id_of(message.id) == wanted:
-                        yield Reply(resp.status, event.data, headers)
-                        return
-                    # a response to some other request does not belong on this stream: skip it
-                else:
-                    raise UpstreamProtocolError(self.name, "invalid_protocol_response")
-        raise UpstreamUnavailable.closed(self.name, "unexpected_eof")
-
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
-        if resp.content_length is not None and resp.content_length > self._max:
-            raise UpstreamProtocolError(self.name, "response_body_too_large")
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(_READ_CHUNK):
-            body += chunk
-            if len(body) > self._max:
-                raise UpstreamProtocolError(self.name, "response_body_too_large")
-        return bytes(body)
-
-    def _message(self, data: bytes) -> JsonRpcMessage:
-        try:
-            message = self._codec.message(data)
-        except msgspec.ValidationError:
-            raise UpstreamProtocolError(self.name, "invalid_protocol_response") from None
-        except msgspec.DecodeError:
-            raise UpstreamProtocolError(self.name, "malformed_json") from None
-        if message.jsonrpc != "2.0":
-            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
-        return message
-
-    def _response(self, data: bytes) -> JsonRpcMessage:
-        """A JSON-RPC response (result or a well-formed error), or UpstreamProtocolError."""
-        message = self._message(data)
-        if not message.is_response or message.id is UNSET:
-            raise UpstreamProtocolError(self.name, "invalid_protocol_response")
-        if message.error is not UNSET:
-            try:
-                self._codec.error(message.error)
-            except msgspec.MsgspecError:
-                raise UpstreamProtocolError(self.name, "invalid_mcp_error") from None
-        return message
-
-    def _is_response(self, data: bytes) -> bool:
-        try:
-            self._response(data)
-        except UpstreamProtocolError:
-            return False
-        return True
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def encode_header_value(value: str) -> str:
-    """An `Mcp-Name`-style header value: verbatim when HTTP-safe, else the `=?base64?…?=` sentinel."""
-    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not _B64_SENTINEL.fullmatch(value):
-        return value
-    return f"=?base64?{base64.b64encode(value.encode()).decode('ascii')}?="
-
-
-def sendable_header(name: str, value: str) -> bool:
-    """A configured header an HTTP request can carry: a token name and a value without CR, LF or NUL."""
-    return _TOKEN.fullmatch(name) is not None and _valid_value(value)
-
-
-def _valid_value(value: str) -> bool:
-    """A header value that cannot split or smuggle a header (no CR, LF or NUL)."""
-    return _FIELD_VALUE.fullmatch(value) is not None
-
-
-def _id_of(raw: Raw) -> object:
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return ...  # never equal to a decoded id
-
-
-def _challenge(headers: Headers) -> Headers:
-    """The `WWW-Authenticate` values of an answer (RFC 9110 §11.6.1), as the client must see them."""
-    values = [value for name, found in headers.items() if name.lower() == WWW_AUTHENTICATE.lower() for value in found]
-    return {WWW_AUTHENTICATE: values} if values else {}
-
-
-def _multi(headers: CIMultiDictProxy[str]) -> Headers:
-    """Response headers as the tunnel carries them: name -> every value, in order."""
-    out: Headers = {}
-    for name, value in headers.items():
-        out.setdefault(name, []).append(value)
-    return out

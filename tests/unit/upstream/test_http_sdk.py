@@ -14,7 +14,8 @@ from msgspec import Raw
 from gateway.protocol.eras import MODERN_VERSION, Bridge
 from gateway.protocol.errors import UpstreamProtocolError, UpstreamUnavailable
 from gateway.protocol.mcp import Call, Era, Notify, Reply
-from gateway.upstream.http import HttpUpstream, encode_header_value
+from gateway.upstream.http import HttpUpstream
+from gateway.upstream.http_headers import encode_header_value
 from tests.support.http_upstream import PATIENCE_S, Factory, issued_sessions, make_call, run, started, tool_call
 from tests.support.upstream_support import result_of, text_of
 
