@@ -108,7 +108,7 @@ def caller_key(remote: str | None) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address.exploded, 64), strict=False))
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))  # any zone id dropped too
     return str(address)
 
 

@@ -167,6 +167,8 @@ async def test_budgets_are_kept_per_key_and_the_oldest_key_goes_first() -> None:
         ("2001:db8:0:7::1", "2001:db8:0:7::/64"),
         ("2001:db8:0:7:ffff::9", "2001:db8:0:7::/64"),  # the same /64: one budget
         ("2001:db8:0:8::1", "2001:db8:0:8::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::1", "::/64"),
         (None, ""),
         ("not-an-address", "not-an-address"),
     ],
