@@ -163,7 +163,7 @@ def build_relay_app(
     app.cleanup_ctx.append(_backend_lifetime)
     if identity is not None:
         app[IDENTITY] = identity
-        app.router.add_routes(TokenEndpoint(identity.exchange, metrics).routes())
+        app.router.add_routes(TokenEndpoint(identity.exchange, metrics, identity.spec).routes())
         app.cleanup_ctx.append(_identity_lifetime)
     return app
 

@@ -208,6 +208,11 @@ class IdentitySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Lifetime of an issued access token."""
     clock_skew_s: Annotated[float, Meta(ge=0, le=300)] = 60.0
     """Tolerance on `exp`, `nbf` and `iat` of subject tokens and access tokens."""
+    token_rate_per_s: Annotated[float, Meta(gt=0)] = 5.0
+    """Token requests each caller address may make a second, checked before the body is read (then 429).
+    A gateway exchanges once every few minutes; this stops a flood of signature checks."""
+    token_burst: Annotated[int, Meta(ge=1)] = 20
+    """Token requests a caller address may make at once before `token_rate_per_s` applies."""
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -49,6 +49,8 @@ code and extra headers are class attributes. `RelayError` is a branch of the pac
         ├── UnsupportedGrantType (400 unsupported_grant_type)
         ├── TokenBodyTooLarge (413 invalid_request)
         ├── TokenMethodNotAllowed (405 invalid_request + Allow: POST)
+        ├── TokenRateExceeded (429 temporarily_unavailable + Retry-After)  the caller's address spent
+        │                                 its `token_rate_per_s`; checked before the body is read
         └── IssuerUnavailable (503 temporarily_unavailable + Retry-After)  the issuer's keys could not
                                           be fetched, so the token can be neither accepted nor refused
 """
@@ -345,10 +347,13 @@ class TokenError(RelayError):
     oauth_error: ClassVar[str] = "invalid_request"
     default_message = "the token request is malformed"
 
+    def headers(self) -> dict[str, str]:
+        """The answer's headers besides Content-Type: never cached, and the class's own."""
+        return {**NO_STORE, **self.extra_headers}
+
     def reply(self, codec: Codec) -> Reply:
         body = msgspec.json.encode(OAuthErrorBody(self.oauth_error, self.message))
-        headers = {**NO_STORE, **self.extra_headers}
-        return Reply(self.status, body, [*headers.items(), (CONTENT_TYPE, "application/json")])
+        return Reply(self.status, body, [*self.headers().items(), (CONTENT_TYPE, "application/json")])
 
 
 class InvalidGrant(TokenError):
@@ -375,6 +380,21 @@ class TokenMethodNotAllowed(TokenError):
     status = 405
     default_message = "the token endpoint accepts POST only"
     extra_headers = {"Allow": "POST"}
+
+
+class TokenRateExceeded(TokenError):
+    """The caller's address sent more token requests than `token_rate_per_s` and `token_burst` allow."""
+
+    status = 429
+    oauth_error = "temporarily_unavailable"
+    default_message = "too many token requests from this address; retry after the Retry-After delay"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__()
+        self.retry_after_s = max(1, retry_after_s)
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), RETRY_AFTER: str(self.retry_after_s)}
 
 
 class IssuerUnavailable(TokenError):

@@ -21,7 +21,6 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
-from aiolimiter import AsyncLimiter
 from msgspec import UNSET, Raw
 
 from gateway.config import rates
@@ -39,6 +38,7 @@ from gateway.protocol.wire import (
     allowed_response_headers,
     connection_named,
 )
+from gateway.relay.budgets import CallerBudgets
 from gateway.relay.config import RelayConfig
 from gateway.relay.discovery import Discovery, mcp_path
 from gateway.relay.errors import (
@@ -193,8 +193,6 @@ class _Anonymous:
 
 ACCEPTS_KEPT: Final = 256
 """`Accept` values whose `accepts_sse` verdict the front door remembers; past that the memory starts over."""
-MAX_CLIENT_BUDGETS: Final = 10_000
-"""Client-token rate budgets kept at once; the oldest goes first."""
 
 
 class FrontDoor:
@@ -220,7 +218,7 @@ class FrontDoor:
         self._hosts = HostGuard(config.allowed_hosts, config.allowed_origins)
         self._discovery = discovery or Discovery(config, credentials, backend, codec, self._metrics, self._hosts)
         self._users = users or UserAuth(config, codec)
-        self._client_rates: dict[tuple[str, str], AsyncLimiter] = {}
+        self._client_rates: CallerBudgets[tuple[str, str]] = CallerBudgets()
         self._sse_accepts: dict[str, bool] = {}
         """`accepts_sse` of a request whose one `Accept` header is the key (clients repeat theirs)."""
 
@@ -260,16 +258,9 @@ class FrontDoor:
         if per_s is None:
             return
         token = hashlib.sha256((bearer_token(request) or "").encode()).hexdigest()
-        key = (tunnel_id, token)
-        limiter = self._client_rates.get(key)
-        if limiter is None:
-            burst = spec.client_burst or max(2, math.floor(per_s))
-            limiter = self._client_rates[key] = AsyncLimiter(burst, burst / per_s)
-            if len(self._client_rates) > MAX_CLIENT_BUDGETS:
-                del self._client_rates[next(iter(self._client_rates))]
-        if not limiter.has_capacity():
+        burst = spec.client_burst or max(2, math.floor(per_s))
+        if await self._client_rates.take((tunnel_id, token), per_s, burst) is not None:
             raise ClientRateExceeded()
-        await limiter.acquire()  # returns at once: there is capacity
 
     def _parse(self, body: bytes) -> tuple[JsonRpcMessage, Raw | None]:
         """Validate one JSON-RPC message: (the message, its raw id when it is a request, else None)."""

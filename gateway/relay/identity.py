@@ -210,6 +210,7 @@ class Identity:
     """
 
     def __init__(self, spec: IdentitySpec, *, source: str = "<relay config>") -> None:
+        self.spec = spec
         keys = []
         for index, ref in enumerate(spec.signing_keys):
             key_path = f"$.identity.signing_keys[{index}]"

@@ -139,7 +139,8 @@ class RelayMetrics:
         return tunnel.callers_waiting if tunnel is not None else 0
 
     def observe_exchange(self, outcome: str) -> None:
-        """One answer of the token endpoint: `issued` or the RFC 6749 error code."""
+        """One answer of the token endpoint: `issued`, `rate_limited` (over `token_rate_per_s`) or the RFC
+        6749 error code."""
         self._exchanges[outcome] = self._exchanges.get(outcome, 0) + 1
 
     def observe_poll(self, tunnel_id: str, waited_s: float, commands: int) -> None:
@@ -199,7 +200,8 @@ class RelayMetrics:
         for tunnel_id, tunnel in self._tunnels.items():
             out.extend(tunnel.poll_wait.lines("relay_poll_wait_seconds", f'tunnel="{_label(tunnel_id)}"'))
         if self._exchanges:
-            family("relay_token_exchanges_total", "counter", "Token endpoint answers: issued, or the error code.")
+            help_text = "Token endpoint answers: issued, rate_limited, or the error code."
+            family("relay_token_exchanges_total", "counter", help_text)
             for outcome, count in sorted(self._exchanges.items()):
                 out.append(f'relay_token_exchanges_total{{outcome="{_label(outcome)}"}} {count}')
         return "\n".join(out) + "\n"

@@ -1,14 +1,17 @@
 """`POST /oauth/token`: the relay's RFC 8693 token exchange endpoint, as HTTP.
 It decides no exchange itself (identity.py does) and never echoes a token in an answer.
 
-Owns the request's edge (method, content type, a small bounded body, JSON or form parameters into
-a TokenRequest) and the answer's shape (RFC 6749 section 5.1, never cached); the exchange itself
-is identity.py's, and refusals become RFC 6749 bodies in `TokenError.to_response`.
+Owns the request's edge (a per-address rate budget checked first, method, content type, a small
+bounded body, JSON or form parameters into a TokenRequest) and the answer's shape (RFC 6749 section
+5.1, never cached); the exchange itself is identity.py's, and refusals become RFC 6749 bodies in
+`TokenError.to_response`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import math
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -16,6 +19,8 @@ import msgspec
 from aiohttp import web
 
 from gateway.protocol.wire import JsonDecoder
+from gateway.relay.budgets import CallerBudgets
+from gateway.relay.config import IdentitySpec
 from gateway.relay.errors import (
     NO_STORE,
     BodyTimeout,
@@ -23,6 +28,7 @@ from gateway.relay.errors import (
     TokenBodyTooLarge,
     TokenError,
     TokenMethodNotAllowed,
+    TokenRateExceeded,
 )
 from gateway.relay.guard import read_body
 from gateway.relay.identity import TOKEN_TYPE_ACCESS, TokenExchange, TokenRequest, describe
@@ -36,6 +42,10 @@ MAX_BODY_BYTES: Final = 64 * 1024
 MAX_FORM_FIELDS: Final = 32
 JSON: Final = "application/json"
 FORM: Final = "application/x-www-form-urlencoded"
+REFUSALS_LOGGED_PER_S: Final = 1 / 60
+"""A caller address over its budget is logged once, then at most once a minute while it stays over."""
+RATE_LIMITED: Final = "rate_limited"
+"""The metrics outcome of a request refused by the rate budget (`RelayMetrics.observe_exchange`)."""
 
 
 class TokenResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,17 +96,38 @@ def _name(name: str) -> str:
     return name if name.isidentifier() and len(name) <= 40 else "(a parameter)"
 
 
+def caller_key(remote: str | None) -> str:
+    """Whose budget a request spends: the TCP peer's address (an IPv4-mapped one as IPv4, an IPv6 one
+    as its /64, which one host usually holds whole). Never a forwarded header: the caller writes those."""
+    if not remote:
+        return ""
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))  # any zone id dropped too
+    return str(address)
+
+
 class TokenEndpoint:
     """The handler of `POST /oauth/token`."""
 
-    def __init__(self, exchange: TokenExchange, metrics: RelayMetrics) -> None:
+    def __init__(self, exchange: TokenExchange, metrics: RelayMetrics, spec: IdentitySpec) -> None:
         self._exchange = exchange
         self._metrics = metrics
+        self._rate_per_s = spec.token_rate_per_s
+        self._burst = spec.token_burst
+        self._budgets: CallerBudgets[str] = CallerBudgets()
+        self._refusals_logged: CallerBudgets[str] = CallerBudgets()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", PATH, self.token)]
 
     async def token(self, request: web.Request) -> web.Response:
+        await self._check_rate(caller_key(request.remote))
         try:
             response = await self._token(request)
         except TokenError as exc:
@@ -105,6 +136,22 @@ class TokenEndpoint:
             raise
         self._metrics.observe_exchange("issued")
         return response
+
+    async def _check_rate(self, caller: str) -> None:
+        """TokenRateExceeded when `caller` spent its budget: before the body is read or a JWT parsed."""
+        wait_s = await self._budgets.take(caller, self._rate_per_s, self._burst)
+        if wait_s is None:
+            return
+        self._metrics.observe_exchange(RATE_LIMITED)
+        if await self._refusals_logged.take(caller, REFUSALS_LOGGED_PER_S, 1) is None:
+            log.warning(
+                "identity: token requests from %s exceed token_rate_per_s %g (burst %d); refused with 429"
+                " (logged at most once a minute per address)",
+                caller or "(unknown address)",
+                self._rate_per_s,
+                self._burst,
+            )
+        raise TokenRateExceeded(math.ceil(wait_s))
 
     async def _token(self, request: web.Request) -> web.Response:
         if request.method != "POST":

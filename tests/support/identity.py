@@ -202,7 +202,8 @@ def identity_yaml(
     token_ttl_s: int = 900,
     issuer_extra: str = "",
 ) -> str:
-    """The `identity:` section of a relay.yaml."""
+    """The `identity:` section of a relay.yaml, its token rate limit out of the way (these tests are
+    about something else; tests/unit/relay/test_token_rate.py is about that)."""
     subject_map = ", ".join(f"{json.dumps(subject)}: [{', '.join(tunnels)}]" for subject, tunnels in subjects.items())
     keys = ", ".join(f"'file:{path}'" for path in signing_keys)
     return (
@@ -215,6 +216,8 @@ def identity_yaml(
         f"{issuer_extra}"
         f"  token_ttl_s: {token_ttl_s}\n"
         f"  signing_keys: [{keys}]\n"
+        "  token_rate_per_s: 1000\n"
+        "  token_burst: 1000\n"
     )
 
 

@@ -43,6 +43,7 @@ def test_identity_config_decodes_with_its_defaults() -> None:
     assert config.identity is not None
     assert config.identity.token_ttl_s == 900
     assert config.identity.clock_skew_s == 60
+    assert (config.identity.token_rate_per_s, config.identity.token_burst) == (5.0, 20)
     issuer = config.identity.issuers[0]
     assert issuer.algorithms[:2] == ["RS256", "RS384"]
     assert "EdDSA" in issuer.algorithms
@@ -87,6 +88,19 @@ def test_identity_config_decodes_with_its_defaults() -> None:
         (_doc(ISSUER_OK + "  signing_keys: [k]\n  token_ttl_s: 0\n"), "$.identity.token_ttl_s", ">= 1"),
         (_doc(ISSUER_OK + "  signing_keys: [k]\n  clock_skew_s: 3600\n"), "$.identity.clock_skew_s", "<= 300"),
         (_doc(ISSUER_OK + "  signing_keys: [k]\n  surprise: 1\n"), "$.identity", "unknown field `surprise`"),
+        (_doc(ISSUER_OK + "  signing_keys: [k]\n  token_rate_per_s: 0\n"), "$.identity.token_rate_per_s", "> 0"),
+        (_doc(ISSUER_OK + "  signing_keys: [k]\n  token_rate_per_s: -1\n"), "$.identity.token_rate_per_s", "> 0"),
+        (
+            _doc(ISSUER_OK + "  signing_keys: [k]\n  token_rate_per_s: 5/s\n"),
+            "$.identity.token_rate_per_s",
+            "Expected `float`, got `str`",
+        ),
+        (_doc(ISSUER_OK + "  signing_keys: [k]\n  token_burst: 0\n"), "$.identity.token_burst", ">= 1"),
+        (
+            _doc(ISSUER_OK + "  signing_keys: [k]\n  token_burst: 2.5\n"),
+            "$.identity.token_burst",
+            "Expected `int`, got `float`",
+        ),
         (
             _doc(
                 "  issuers:\n"
@@ -101,6 +115,7 @@ def test_identity_config_decodes_with_its_defaults() -> None:
 def test_identity_config_errors_name_the_key(document: str, key: str, problem: str) -> None:
     with pytest.raises(RelayConfigError) as caught:
         decode_relay_config(document, source="relay.yaml")
+    assert caught.value.file == "relay.yaml"
     assert caught.value.key == key
     assert problem in caught.value.problem
 
