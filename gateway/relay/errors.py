@@ -58,6 +58,7 @@ code and extra headers are class attributes. `RelayError` is a branch of the pac
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
@@ -92,13 +93,29 @@ class RelayError(GatewayError):
     def error_type(self) -> str:
         return "server_error" if self.status >= 500 else "invalid_request_error"
 
+    def headers(self) -> dict[str, str]:
+        """The answer's headers besides Content-Type: the class's own."""
+        return self.extra_headers
+
     def reply(self, codec: Codec) -> Reply:
         """This error as the answer every server of the relay gives it."""
         body = codec.api_error(self.message, self.error_type, self.code, self.param)
-        return Reply(self.status, body, [(CONTENT_TYPE, JSON), *self.extra_headers.items()])
+        return Reply(self.status, body, [(CONTENT_TYPE, JSON), *self.headers().items()])
 
     def to_response(self, codec: Codec) -> web.Response:
         return self.reply(codec).to_response()
+
+
+class RetryLater:
+    """A refusal that says when a retry would be let through: `Retry-After` in whole seconds, at least 1
+    (mixed into a RelayError subclass ahead of it)."""
+
+    def __init__(self, retry_after_s: float = 1.0) -> None:
+        super().__init__()
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), RETRY_AFTER: str(self.retry_after_s)}  # type: ignore[misc]
 
 
 class CallerError(RelayError):
@@ -268,13 +285,12 @@ class QueueFull(RelayError):
     extra_headers = {RETRY_AFTER: "1"}
 
 
-class ClientRateExceeded(RelayError):
+class ClientRateExceeded(RetryLater, RelayError):
     """The client token's `client_rate` is spent for now."""
 
     status = 429
     code = "rate_limit_exceeded"
     default_message = "too many requests for this client token; retry after the Retry-After delay"
-    extra_headers = {RETRY_AFTER: "1"}
 
 
 class ClientNotSeen(RelayError):
@@ -382,19 +398,12 @@ class TokenMethodNotAllowed(TokenError):
     extra_headers = {"Allow": "POST"}
 
 
-class TokenRateExceeded(TokenError):
+class TokenRateExceeded(RetryLater, TokenError):
     """The caller's address sent more token requests than `token_rate_per_s` and `token_burst` allow."""
 
     status = 429
     oauth_error = "temporarily_unavailable"
     default_message = "too many token requests from this address; retry after the Retry-After delay"
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__()
-        self.retry_after_s = max(1, retry_after_s)
-
-    def headers(self) -> dict[str, str]:
-        return {**super().headers(), RETRY_AFTER: str(self.retry_after_s)}
 
 
 class IssuerUnavailable(TokenError):

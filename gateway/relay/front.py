@@ -259,8 +259,9 @@ class FrontDoor:
             return
         token = hashlib.sha256((bearer_token(request) or "").encode()).hexdigest()
         burst = spec.client_burst or max(2, math.floor(per_s))
-        if await self._client_rates.take((tunnel_id, token), per_s, burst) is not None:
-            raise ClientRateExceeded()
+        wait_s = await self._client_rates.take((tunnel_id, token), per_s, burst)
+        if wait_s is not None:
+            raise ClientRateExceeded(wait_s)
 
     def _parse(self, body: bytes) -> tuple[JsonRpcMessage, Raw | None]:
         """Validate one JSON-RPC message: (the message, its raw id when it is a request, else None)."""

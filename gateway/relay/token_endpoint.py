@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -151,7 +150,7 @@ class TokenEndpoint:
                 self._rate_per_s,
                 self._burst,
             )
-        raise TokenRateExceeded(math.ceil(wait_s))
+        raise TokenRateExceeded(wait_s)
 
     async def _token(self, request: web.Request) -> web.Response:
         if request.method != "POST":

@@ -154,14 +154,15 @@ async def test_client_rate_is_per_client_token() -> None:
     ):
         url = relay.url_for("t1")
 
-        async def call(token: str) -> tuple[int, dict[str, object]]:
+        async def call(token: str) -> tuple[int, dict[str, object], str | None]:
             async with http.post(url, json=ping, headers={"Authorization": f"Bearer {token}"}) as resp:
-                return resp.status, await resp.json()
+                return resp.status, await resp.json(), resp.headers.get("Retry-After")
 
         first = await call("tok-a")
         assert first[0] == 503  # admitted by the rate limit; no gateway is polling
-        status, body = await call("tok-a")
+        status, body, retry_after = await call("tok-a")
         assert status == 429
         validate("APIErrorResponse", body)
         assert body["error"]["code"] == "rate_limit_exceeded"  # type: ignore[index]
+        assert retry_after == "3600"  # one request's refill at 1/h (RFC 9110 §10.2.3), not a guess
         assert (await call("tok-b"))[0] == 503  # another token has its own budget
