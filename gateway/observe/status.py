@@ -23,6 +23,7 @@ from gateway.observe.callstats import WINDOW_S, CallStats, Failure, WindowFigure
 from gateway.observe.hooks import Observed, Telemetry
 from gateway.observe.ops import Readiness
 from gateway.protocol.mcp import Call, Frame, UpstreamInfo
+from gateway.protocol.readiness import StatusHead
 
 MASK: Final = "[REDACTED]"
 _SECRET_KEY: Final = re.compile(r"(?i)(token|secret|passw|api[-_]?key|credential|authorization|cookie|^(.*_)?keys?$)")
@@ -80,15 +81,10 @@ class ChannelStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The channel's tool allow-list (`channels.NAME.allow_tools`); None: every tool."""
 
 
-class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
+class GatewayStatus(StatusHead, frozen=True, kw_only=True):
     """`GET /api/status` of a gateway."""
 
     kind: str = "gateway"
-    version: str
-    time: float
-    started: float
-    ready: bool
-    not_ready: list[str]
     inflight: int
     max_inflight: int
     control_plane: LinkStatus | None

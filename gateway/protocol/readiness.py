@@ -1,6 +1,6 @@
-"""The readiness lines a gateway or relay prints for people and supervisors: `PROG: ready`,
-`waiting: PART (why), …`, `PROG: NOT ready: …`, each said once per change. Sans-IO: decides when a
-line is due; the caller runs its own check and prints.
+"""The readiness a gateway or relay shows operators: the lines it prints (`PROG: ready`, `waiting: …`,
+`PROG: NOT ready: …`, once per change) and the head both `/api/status` answers start with (`StatusHead`).
+Sans-IO: decides when a line is due; the caller runs its own check and prints.
 
 Owns when a line is due, given the failing parts and the time; knows nothing of what the parts are.
 """
@@ -8,6 +8,20 @@ Owns when a line is due, given the failing parts and the time; knows nothing of 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+import msgspec
+
+
+class StatusHead(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields every `/api/status` starts with, gateway or relay: what it is, its version, now and
+    its start (Unix seconds), and whether it is ready (else each failing part and why)."""
+
+    kind: str
+    version: str
+    time: float
+    started: float
+    ready: bool
+    not_ready: list[str]
 
 
 class ReadinessLines:

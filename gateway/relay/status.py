@@ -10,6 +10,7 @@ import time
 import msgspec
 
 from gateway import __version__
+from gateway.protocol.readiness import StatusHead
 from gateway.relay.config import RelayConfig
 from gateway.relay.errors import BackendUnavailable
 from gateway.relay.ops import RelayMetrics
@@ -38,15 +39,10 @@ class GatewayRow(msgspec.Struct, frozen=True, kw_only=True):
     polls: int
 
 
-class RelayStatus(msgspec.Struct, frozen=True, kw_only=True):
+class RelayStatus(StatusHead, frozen=True, kw_only=True):
     """`GET /api/status` of a relay (this replica's view)."""
 
     kind: str = "relay"
-    version: str
-    time: float
-    started: float
-    ready: bool
-    not_ready: list[str]
     tunnels: list[TunnelRow]
     gateways: list[GatewayRow]
     rejections: dict[str, int]
