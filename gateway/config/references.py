@@ -13,8 +13,17 @@ from typing import Final
 
 from gateway.config.routing import RoutingConfig
 
-CREDENTIAL_HEADER: Final = re.compile(r"(?i)(authorization|token|secret|password|api[-_]?key|cookie|credential)")
-"""Header names whose literal values are secrets too."""
+_SECRET_NAME: Final = re.compile(
+    r"(?i)(token|secret|pass|pwd|api[-_]?key|credential|authorization|cookie|private|^(.*[_-])?keys?$)"
+)
+_NOT_SECRET: Final = ("_url", "_type", "_header", "_s", "_ms", "limit_key")
+"""Name endings the pattern would match that name no secret (`token_url`, `client_token_header`)."""
+
+
+def secret_name(name: str) -> bool:
+    """A header, environment variable or config key whose name says it holds a credential
+    (`Authorization`, `X-Api-Key`, `DB_PASSWORD`, `session_key`; not `token_url`)."""
+    return _SECRET_NAME.search(name) is not None and not name.lower().endswith(_NOT_SECRET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +62,19 @@ def secret_references(config: RoutingConfig) -> list[SecretRef]:
     if config.relay.client_token is not None:
         found.append(SecretRef("relay.client_token", config.relay.client_token))
     for name, server in config.servers.items():
+        if server.stdio is not None:
+            found += _named(f"servers.{name}.stdio.env", server.stdio.env)
         if server.http is None:
             continue
-        found += _headers(f"servers.{name}.http.headers", server.http.headers)
+        if server.http.spawn is not None:
+            found += _named(f"servers.{name}.http.spawn.env", server.http.spawn.env)
+        found += _named(f"servers.{name}.http.headers", server.http.headers)
         credential = server.http.service_credential
         grant = credential.grant if credential is not None else None
         if grant is not None and grant.client_secret:
             kind = "client_credentials" if credential and credential.client_credentials else "token_exchange"
             found.append(SecretRef(f"servers.{name}.http.service_credential.{kind}.client_secret", grant.client_secret))
-    found += _headers("telemetry.headers", config.telemetry.headers)
+    found += _named("telemetry.headers", config.telemetry.headers)
     if config.ops is not None and config.ops.token is not None:
         found.append(SecretRef("ops.token", config.ops.token))
     if config.sessions.key is not None:
@@ -69,13 +82,14 @@ def secret_references(config: RoutingConfig) -> list[SecretRef]:
     found += [SecretRef(f"sessions.previous_keys[{i}]", key) for i, key in enumerate(config.sessions.previous_keys)]
     for i, budget in enumerate(config.budgets):
         if budget.webhook is not None:
-            found += _headers(f"budgets[{i}].webhook.headers", budget.webhook.headers)
+            found += _named(f"budgets[{i}].webhook.headers", budget.webhook.headers)
     return found
 
 
-def _headers(key: str, headers: dict[str, str]) -> list[SecretRef]:
+def _named(key: str, values: dict[str, str]) -> list[SecretRef]:
+    """The secrets of a header or environment map: its references, and literals under a secret's name."""
     return [
         SecretRef(f"{key}.{name}", value)
-        for name, value in headers.items()
-        if value.startswith(("env:", "file:")) or CREDENTIAL_HEADER.search(name)
+        for name, value in values.items()
+        if value.startswith(("env:", "file:")) or secret_name(name)
     ]

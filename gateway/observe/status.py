@@ -8,7 +8,6 @@ exit reason, calls in flight, `CallStats` figures), the recent failures, the mas
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, Protocol
@@ -18,6 +17,7 @@ import msgspec
 from gateway import __version__
 from gateway.config import secrets as secret_refs
 from gateway.config.base import redact_url
+from gateway.config.references import secret_name
 from gateway.config.routing import RoutingConfig, ServerSpec
 from gateway.observe.callstats import WINDOW_S, CallStats, Failure, WindowFigures
 from gateway.observe.hooks import Observed, Telemetry
@@ -26,9 +26,6 @@ from gateway.protocol.mcp import Call, Frame, UpstreamInfo
 from gateway.protocol.readiness import StatusHead
 
 MASK: Final = "[REDACTED]"
-_SECRET_KEY: Final = re.compile(r"(?i)(token|secret|passw|api[-_]?key|credential|authorization|cookie|^(.*_)?keys?$)")
-_NOT_SECRET: Final = ("_url", "_type", "_header", "_s", "_ms", "limit_key")
-"""Key names the secret pattern would match that name no secret (`token_url`, `limit_key`)."""
 _HEADER_MAPS: Final = frozenset({"headers"})
 """Maps whose every value may be a secret (HTTP header values)."""
 
@@ -391,7 +388,7 @@ def masked_config(config: RoutingConfig, redact: Callable[[str], str]) -> dict[s
 def _mask(value: Any, redact: Callable[[str], str], *, secret: bool) -> Any:
     if isinstance(value, dict):
         return {
-            key: _mask(item, redact, secret=secret or _secret_key(str(key)) or _header_map(str(key), item))
+            key: _mask(item, redact, secret=secret or secret_name(str(key)) or _header_map(str(key), item))
             for key, item in value.items()
         }
     if isinstance(value, list):
@@ -399,10 +396,6 @@ def _mask(value: Any, redact: Callable[[str], str], *, secret: bool) -> Any:
     if isinstance(value, str):
         return _masked_string(value) if secret else redact(redact_url(value))
     return value
-
-
-def _secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key)) and not key.endswith(_NOT_SECRET)
 
 
 def _header_map(key: str, item: Any) -> bool:

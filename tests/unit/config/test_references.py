@@ -1,5 +1,6 @@
 """gateway/config/references.py: every secret setting of routing.yaml, named by its key, is on the one
-list the log redactor and `gateway doctor` read, and no setting that is not secret is."""
+list the log redactor and `gateway doctor` read, and no setting that is not secret is. A header or a
+server's environment entry is a secret when it is a reference or its name says so (`TOKEN`, not `TZ`)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ servers:
       service_credential:
         client_credentials: {token_url: https://idp.example/token, client_id: gw, client_secret: env:CC_SECRET}
   clock:
-    stdio: {command: clock, env: {TOKEN: not-a-reference}}
+    stdio: {command: clock, env: {TOKEN: literal-env-token-value, TZ: Europe/Paris, DB_URL: env:DB_URL}}
 channels:
   main: [docs, clock]
 telemetry:
@@ -56,6 +57,8 @@ def test_every_secret_setting_is_named_by_its_key() -> None:
         SecretRef("servers.docs.http.headers.X-Api-Key", "env:DOCS_KEY"),
         SecretRef("servers.docs.http.headers.X-Ref", "file:ref.txt"),
         SecretRef("servers.docs.http.service_credential.client_credentials.client_secret", "env:CC_SECRET"),
+        SecretRef("servers.clock.stdio.env.TOKEN", "literal-env-token-value"),
+        SecretRef("servers.clock.stdio.env.DB_URL", "env:DB_URL"),
         SecretRef("telemetry.headers.Authorization", "env:OTLP_TOKEN"),
         SecretRef("ops.token", "env:OPS_TOKEN"),
         SecretRef("sessions.key", "env:SESSION_KEY"),
@@ -76,6 +79,7 @@ def test_the_log_redactor_learns_every_secret_value(monkeypatch: pytest.MonkeyPa
         "HOOK_TOKEN": "hook-token-value-666666",
         "OPS_TOKEN": "ops-token-value-88888888",
         "IDP_ID": "idp-id-not-a-secret",
+        "DB_URL": "postgres://db-user:db-password-9@db/app",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -86,7 +90,8 @@ def test_the_log_redactor_learns_every_secret_value(monkeypatch: pytest.MonkeyPa
         "literal-docs-token",
         "file-header-value-7777777",
         "older-session-key-0123456789",
+        "literal-env-token-value",
     } <= known
     assert "idp-id-not-a-secret" not in known
     assert "tenant-a" not in known
-    assert "not-a-reference" not in known
+    assert "Europe/Paris" not in known

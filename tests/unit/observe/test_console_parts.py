@@ -31,7 +31,7 @@ servers:
     stdio:
       command: clock
       args: [--verbose]
-      env: {API_TOKEN: env-literal-token-value, DB_PASSWORD: pw-literal-value, TZ: UTC}
+      env: {API_TOKEN: env-literal-token-value, DB_PASSWORD: pw-literal-value, DB_PASS: pass-literal, TZ: UTC}
 channels:
   main: [clock]
   docs: [docs]
@@ -55,6 +55,7 @@ def test_the_config_panel_masks_every_secret() -> None:
         "header-literal-secret",
         "env-literal-token-value",
         "pw-literal-value",
+        "pass-literal",
         "session-literal-key-0123456789",
         "ops-literal-token-value",
     ):
@@ -64,7 +65,7 @@ def test_the_config_panel_masks_every_secret() -> None:
     assert "hunter2" not in docs["url"]
     assert docs["url"].endswith("@127.0.0.1:9/mcp")
     env = shown["servers"]["clock"]["stdio"]["env"]
-    assert env == {"API_TOKEN": "[REDACTED]", "DB_PASSWORD": "[REDACTED]", "TZ": "UTC"}  # by their names
+    assert env == {"API_TOKEN": "[REDACTED]", "DB_PASSWORD": "[REDACTED]", "DB_PASS": "[REDACTED]", "TZ": "UTC"}
     assert shown["control_plane"]["api_key"] == "env:TUNNEL_API_KEY"  # a reference says where, not what
     assert shown["sessions"]["previous_keys"] == ["file:/old-key"]
     assert shown["routes"][0]["limit_key"] == "batch"  # not a secret, though named `key`

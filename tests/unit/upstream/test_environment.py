@@ -34,8 +34,10 @@ servers:
     stdio: {command: git-mcp, env: {GH_TOKEN: env:GH_TOKEN, MODE: env-like-but-literal}}
   clock:
     stdio: {command: clock, inherit_env: false, env: {TZ: UTC}}
+  plain:
+    stdio: {command: plain}
 channels:
-  main: [docs, git, clock]
+  main: [docs, git, clock, plain]
 """
 
 
@@ -67,7 +69,8 @@ def test_variables_the_file_reads_secrets_from_are_withheld_unless_a_server_name
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The control-plane key from `env:MY_CP_KEY` and another server's header from `env:DOCS_TOKEN`
-    reach no server; `git` is handed GH_TOKEN because its own `env:` entry names it."""
+    reach no server; `git` is handed GH_TOKEN because its own `env:` entry names it, and `plain`, which
+    names nothing, does not inherit it."""
     for name in ("MY_CP_KEY", "DOCS_TOKEN", "GH_TOKEN"):
         monkeypatch.setenv(name, PARENT[name])
     config = routing.parse(ROUTES, "routing.yaml")
@@ -78,6 +81,9 @@ def test_variables_the_file_reads_secrets_from_are_withheld_unless_a_server_name
     assert git["MODE"] == "env-like-but-literal"
     assert git["PATH"] == "/usr/bin"
     assert environment("clock", config, tmp_path).build(PARENT) == {"TZ": "UTC"}
+    plain = environment("plain", config, tmp_path).build(PARENT)
+    assert "GH_TOKEN" not in plain  # read for `git` only
+    assert plain["PATH"] == "/usr/bin"
 
 
 def test_an_unresolvable_reference_in_env_is_named_by_its_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
