@@ -6,7 +6,7 @@ must not import opentelemetry, directly or through anything it imports.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Literal, Protocol
 
@@ -27,7 +27,7 @@ class TokenRequest:
     userinfo or query) and, for a service credential, the server it is for. Built once per credential."""
 
     grant: TokenGrant
-    token_url: str
+    token_url: str = field(repr=False)  # userinfo, when a URL carries any, is never shown
     server: str | None = None
 
 
