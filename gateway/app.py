@@ -134,7 +134,12 @@ class Runtime:
         }
         try:
             started = await _start_upstreams(
-                new, sorted(used_servers(new) - kept.keys()), self.bridge, self.http, self.routes_file
+                new,
+                sorted(used_servers(new) - kept.keys()),
+                self.bridge,
+                self.http,
+                self.routes_file,
+                telemetry=self.telemetry,
             )
         except ConfigError as exc:
             log.error("reload rejected, the running configuration keeps serving: %s", exc)
@@ -250,7 +255,13 @@ def _aggregated(config: RoutingConfig, name: str, router: Router) -> bool:
 
 
 async def _start_upstreams(
-    config: RoutingConfig, names: list[str], bridge: Bridge, http: aiohttp.ClientSession, routes_file: Path
+    config: RoutingConfig,
+    names: list[str],
+    bridge: Bridge,
+    http: aiohttp.ClientSession,
+    routes_file: Path,
+    *,
+    telemetry: Telemetry = NOOP,
 ) -> dict[str, Upstream]:
     # Every server the configuration uses (kept ones too) holds descriptors: fit them before spawning any.
     open_files.ensure((config.servers[name] for name in used_servers(config)), str(routes_file))
@@ -263,6 +274,7 @@ async def _start_upstreams(
             config=config,
             file=str(routes_file),
             base=routes_file.parent,
+            telemetry=telemetry,
         )
         for name in names
     }
@@ -284,7 +296,9 @@ def build_upstream(
     config: RoutingConfig,
     file: str,
     base: Path,
+    telemetry: Telemetry = NOOP,
 ) -> Upstream:
+    """The server's transport; `telemetry` hears of its service-credential token requests."""
     limit = config.gateway.max_message_bytes
     if spec.stdio is not None:
         key = f"servers.{name}.stdio"
@@ -317,7 +331,9 @@ def build_upstream(
         request_timeout_s=spec.request_timeout_s,
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
         reprobe_max_s=spec.restart_backoff_max_s,
-        service_credentials=service_credentials(name, spec.http, session=http, file=file, base=base),
+        service_credentials=service_credentials(
+            name, spec.http, session=http, file=file, base=base, telemetry=telemetry
+        ),
         environment=spawned,
     )
     return Bounded(http_upstream, spec.max_concurrency) if spec.max_concurrency else http_upstream
@@ -389,7 +405,7 @@ async def provision(
         credential: Credential | None = None
         if remote is not None and remote.identity is not None:
             # The first exchange runs while the servers start.
-            credential = workload_identity_credential(remote, config, http, file=file, base=base)
+            credential = workload_identity_credential(remote, config, http, file=file, base=base, telemetry=telemetry)
             stack.push_async_callback(credential.close)
             credential.start()
         elif remote is not None:
@@ -402,7 +418,8 @@ async def provision(
                 await asyncio.gather(*(u.close() for u in upstreams.values()), return_exceptions=True)
 
         stack.push_async_callback(close_upstreams)
-        upstreams.update(await _start_upstreams(config, sorted(used_servers(config)), bridge, http, routes_file))
+        names = sorted(used_servers(config))
+        upstreams.update(await _start_upstreams(config, names, bridge, http, routes_file, telemetry=telemetry))
         telemetry.watch(upstreams, config.servers)
         session_keys = _session_keys(config, routes_file)
         channels = _channels(config, upstreams, bridge, session_keys, telemetry=telemetry)
@@ -534,14 +551,21 @@ def remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_fil
 
 
 def workload_identity_credential(
-    remote: RemoteControlPlane, config: RoutingConfig, http: aiohttp.ClientSession, *, file: str, base: Path
+    remote: RemoteControlPlane,
+    config: RoutingConfig,
+    http: aiohttp.ClientSession,
+    *,
+    file: str,
+    base: Path,
+    telemetry: Telemetry = NOOP,
 ) -> WorkloadIdentity:
     """The workload-identity credential: its subject token source, and the token endpoint reached
-    with the control plane's egress settings unless `workload_identity` has its own."""
+    with the control plane's egress settings unless `workload_identity` has its own; each exchange
+    told to `telemetry`."""
     spec, settings = remote.identity, remote.exchange
     assert spec is not None
     assert settings is not None
     subject = subject_source(spec.subject_token, spec.provider, session=http, base=base, file=file, key=IDENTITY_KEY)
     spec_egress = token_endpoint_egress(config.control_plane, spec)
     token_egress = egress(settings.token_url, spec_egress, file=file, key=IDENTITY_KEY, base=base)
-    return WorkloadIdentity(settings, subject, http, token_egress)
+    return WorkloadIdentity(settings, subject, http, token_egress, telemetry=telemetry)

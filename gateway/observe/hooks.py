@@ -6,16 +6,29 @@ must not import opentelemetry, directly or through anything it imports.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Literal, Protocol
 
 from gateway.config.routing import ServerSpec
 from gateway.observe.records import CallSink
 from gateway.protocol.mcp import Call, Frame, UpstreamInfo
+from gateway.protocol.oauth_tokens import Failed, Granted
 from gateway.protocol.wire import Headers, JsonRpcMessage, PolledCommand
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 
 RateLimitOutcome = Literal["admitted", "waited", "rejected"]
+TokenGrant = Literal["workload_identity", "client_credentials", "token_exchange"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """One kind of token request as telemetry names it: the grant, the token endpoint (shown without
+    userinfo or query) and, for a service credential, the server it is for. Built once per credential."""
+
+    grant: TokenGrant
+    token_url: str = field(repr=False)  # userinfo, when a URL carries any, is never shown
+    server: str | None = None
 
 
 class Observed(Protocol):
@@ -60,6 +73,16 @@ class PollScope(Protocol):
     def polled(self, count: int) -> None: ...
 
 
+class TokenScope(Protocol):
+    def __enter__(self) -> TokenScope: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def settled(self, status: int, outcome: Granted | Failed) -> None: ...
+
+
 class _NullScope:
     """What every no-op hook returns: a context manager whose methods do nothing."""
 
@@ -79,6 +102,9 @@ class _NullScope:
     def delivered(self, ok: bool) -> None:
         pass
 
+    def settled(self, status: int, outcome: Granted | Failed) -> None:
+        pass
+
 
 _NULL: Final = _NullScope()
 
@@ -87,7 +113,8 @@ class Telemetry:
     """The hooks the gateway calls; this base records nothing (it is what `NoopTelemetry` is).
 
     Callers: the dispatcher (`command`, `describe`, `post`), the channel (`exchange`), the
-    poller and the responder (`poll`, `post_retry`), the limits (`rate_limit`), the budget alerts
+    poller and the responder (`poll`, `post_retry`), workload identity and service credentials
+    (`token_request`), the limits (`rate_limit`), the budget alerts
     (`budget_alert`), the app (`watch`, `relay_tracer`, `call_log`), the ops listener (`metrics_data`),
     the log records (`trace_ids`) and the CLI (`shutdown`).
     """
@@ -111,6 +138,12 @@ class Telemetry:
 
     def poll(self, limit: int) -> PollScope:
         """Around one long poll; `.polled(n)` reports how many commands it brought."""
+        return _NULL
+
+    def token_request(self, request: TokenRequest) -> TokenScope:
+        """Around one POST to an OAuth token endpoint and the reading of its answer: `.settled(status,
+        outcome)` says what the endpoint answered; an exception leaving the scope means no answer
+        (network error, timeout). No token, secret or body is ever given to it."""
         return _NULL
 
     def post_retry(self, attempt: int, reason: str, delay_s: float) -> None:

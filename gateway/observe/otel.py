@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from msgspec import UNSET, Raw, UnsetType
 from opentelemetry import context as otel_context
@@ -23,7 +23,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from gateway import __version__
 from gateway.config.routing import ServerSpec
-from gateway.observe.hooks import Observed, RateLimitOutcome, Telemetry
+from gateway.observe.hooks import Observed, RateLimitOutcome, Telemetry, TokenRequest
 from gateway.observe.otel_records import Recorder
 from gateway.observe.otel_relay import OtelRelayTracer
 from gateway.observe.otel_scopes import (
@@ -33,6 +33,7 @@ from gateway.observe.otel_scopes import (
     Operation,
     PollSpan,
     PostSpan,
+    TokenSpan,
 )
 from gateway.observe.otel_spans import SpanStarter, remote_context
 from gateway.observe.records import CallRecord, CallSink
@@ -161,6 +162,7 @@ class OtelTelemetry(Telemetry):
         self._metric_sets: dict[tuple[str, str | None, str | None, str, str | None], Attributes] = {}
         self._logs = logs
         self._call_logs: CallLogs | None = None
+        self._token_requests: dict[TokenRequest, tuple[Attributes, Attributes]] = {}
 
         self.server_duration = _histogram(
             meter,
@@ -182,6 +184,9 @@ class OtelTelemetry(Telemetry):
         )
         self.poll_duration = _histogram(meter, "gateway.poll.duration", "Duration of one long poll.")
         self.ratelimit_wait = _histogram(meter, "gateway.ratelimit.wait", "Time calls waited for a limit.")
+        self.token_duration = _histogram(
+            meter, "gateway.token.duration", "Duration of one token request to an identity provider's token endpoint."
+        )
         self.polled = _Tally()
         meter.create_observable_counter(
             "gateway.commands.polled", [self.polled.observe], "{command}", "Commands taken from polls."
@@ -369,6 +374,12 @@ class OtelTelemetry(Telemetry):
     def poll(self, limit: int) -> PollSpan:
         return PollSpan(self, limit)
 
+    def token_request(self, request: TokenRequest) -> TokenSpan:
+        found = self._token_requests.get(request)
+        if found is None:
+            found = self._token_requests[request] = _token_attributes(request)
+        return TokenSpan(self, request.grant, *found)
+
     def post_retry(self, attempt: int, reason: str, delay_s: float) -> None:
         self.post_retries.add(1, {"gateway.retry.reason": reason})
         event: Attributes = {
@@ -490,6 +501,23 @@ class CallLogs:
             attributes=attributes,
             event_name="gateway.call",
         )
+
+
+def _token_attributes(request: TokenRequest) -> tuple[Attributes, Attributes]:
+    """A token request's span attributes (the OTel HTTP client conventions: the URL without userinfo,
+    query or fragment) and the metric attributes of an issued token."""
+    parts = urlsplit(request.token_url)
+    span: Attributes = {
+        "http.request.method": "POST",
+        "url.full": urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", "")),
+        "gateway.token.grant": request.grant,
+    }
+    address = _url_parts(request.token_url)
+    if address is not None:
+        span["server.address"], span["server.port"] = address
+    if request.server is not None:
+        span["gateway.server"] = request.server
+    return span, {"gateway.token.grant": request.grant, "gateway.token.outcome": "issued"}
 
 
 def _url_parts(url: str) -> tuple[str, int] | None:

@@ -1,5 +1,5 @@
 """The spans with a lifetime: one command (SERVER), one response POST, one poll, one upstream call
-(CLIENT), each recording its metrics through its `OtelTelemetry`.
+(CLIENT), one token request (CLIENT), each recording its metrics through its `OtelTelemetry`.
 Part of the OTel implementation (loaded only when telemetry is on); builds no provider, sets no global.
 """
 
@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from gateway.observe.otel_spans import put
 from gateway.protocol.headers import SESSION_HEADER, VERSION_HEADER
 from gateway.protocol.mcp import Call, Reply, UpstreamInfo
+from gateway.protocol.oauth_tokens import Failed, Granted
 from gateway.protocol.tracecontext import TRACEPARENT, TRACESTATE, Params, with_trace_headers
 from gateway.protocol.wire import COMMAND_SESSION_END, Headers, JsonRpcMessage, PolledCommand, header_value
 
@@ -29,6 +30,22 @@ if TYPE_CHECKING:
 
 Attributes = dict[str, Any]
 READ_HEADERS: Final = frozenset(name.lower() for name in (TRACEPARENT, TRACESTATE, SESSION_HEADER, VERSION_HEADER))
+OAUTH_ERRORS: Final = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_target",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+    }
+)
+"""The registered error codes of RFC 6749 §5.2 and RFC 8693 §2.2.2 a span names; any other is `_OTHER`
+(the `error` member is the endpoint's text: a careless endpoint could put anything there)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -310,3 +327,55 @@ class ClientSpan:
             self._done = True
             self._t.client_duration.record(time.perf_counter() - self._started, self._metric)
             self._span.end()
+
+
+class TokenSpan:
+    """One token request's CLIENT span, named and described by the OTel HTTP client conventions
+    (`POST`), child of the span current when it starts (a call's, for an exchange on the call's path)
+    or a root (a background refresh), and its `gateway.token.duration` point. Knows the endpoint's
+    address, the status and the outcome only: no token, secret or body reaches it."""
+
+    __slots__ = ("_attributes", "_grant", "_issued", "_metric", "_span", "_started", "_t")
+
+    def __init__(self, t: OtelTelemetry, grant: str, attributes: Attributes, issued: Attributes) -> None:
+        self._t = t
+        self._grant = grant
+        self._attributes = attributes
+        self._issued = issued
+        self._metric: Attributes | None = None
+
+    def __enter__(self) -> TokenSpan:
+        t = self._t
+        self._span = t.spans.start("POST", SpanKind.CLIENT, dict(self._attributes)) if t.tracing else trace.INVALID_SPAN
+        self._started = time.perf_counter()
+        return self
+
+    def settled(self, status: int, outcome: Granted | Failed) -> None:
+        if self._metric is not None:
+            return
+        self._span.set_attribute("http.response.status_code", status)
+        if isinstance(outcome, Granted):
+            self._metric = self._issued
+            return
+        if outcome.code is not None:
+            self._span.set_attribute("gateway.token.error", outcome.code if outcome.code in OAUTH_ERRORS else "_OTHER")
+        kind = "invalid_answer" if 200 <= status < 300 else str(status)  # a 2xx that carries no usable token
+        self._metric = self._failure("refused" if outcome.refused else "failed", kind)
+
+    def _failure(self, outcome: str, kind: str) -> Attributes:
+        self._span.set_attribute("error.type", kind)
+        self._span.set_status(Status(StatusCode.ERROR))
+        return {"gateway.token.grant": self._grant, "gateway.token.outcome": outcome, "error.type": kind}
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._metric is None:
+            if isinstance(exc, asyncio.CancelledError):  # closing: no outcome to count
+                self._span.set_attribute("gateway.token.cancelled", True)
+                self._span.end()
+                return
+            # No answer: the exception's class (its text may name the endpoint's URL), or none at all.
+            self._metric = self._failure("failed", type(exc).__name__ if exc is not None else "_OTHER")
+        self._t.token_duration.record(time.perf_counter() - self._started, self._metric)
+        self._span.end()

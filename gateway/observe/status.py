@@ -335,6 +335,7 @@ _PASSED_ON: Final = (
     "describe",
     "post",
     "poll",
+    "token_request",
     "post_retry",
     "rate_limit",
     "limit_waiting",

@@ -3,8 +3,9 @@ The I/O only: when to exchange is protocol/workload_identity.py's; no token reac
 
 Owns the I/O of the RFC 8693 exchange (the POST to `token_url` with the control plane's egress
 settings, a fresh subject token each time), the one exchange in flight however many polls and
-posts ask for a token, its task's lifetime, and the log lines and readiness words of a failing
-exchange. When to exchange, and what an answer means, is `gateway.protocol.workload_identity`'s.
+posts ask for a token, its task's lifetime, the log lines and readiness words of a failing
+exchange, and telling telemetry of each exchange (`Telemetry.token_request`). When to exchange,
+and what an answer means, is `gateway.protocol.workload_identity`'s.
 Implements `Credential` (gateway.tunnel.credentials). No token reaches a log line or an error.
 """
 
@@ -22,6 +23,7 @@ import aiohttp
 
 from gateway.config import secrets
 from gateway.config.identity import WorkloadIdentitySpec
+from gateway.observe.hooks import NOOP, Telemetry, TokenRequest
 from gateway.protocol.errors import ConfigError, CredentialsUnavailable
 from gateway.protocol.headers import JSON
 from gateway.protocol.workload_identity import (
@@ -86,11 +88,14 @@ class WorkloadIdentity:
         egress: Egress | None = None,
         *,
         lifecycle: TokenLifecycle | None = None,
+        telemetry: Telemetry = NOOP,
     ) -> None:
         self.settings = settings
         self._subject = subject
         self._session = session
         self._egress = egress
+        self._telemetry = telemetry
+        self._request = TokenRequest("workload_identity", settings.token_url)
         self._life = lifecycle or TokenLifecycle(refresh_before_s=settings.refresh_before_s)
         self._flight: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -184,12 +189,13 @@ class WorkloadIdentity:
     async def _exchange(self) -> None:
         self.attempts += 1
         sent_at = self._now()
+        deadline = sent_at + EXCHANGE_TIMEOUT_S
         outcome: Granted | Failed
         try:
-            async with asyncio.timeout(EXCHANGE_TIMEOUT_S):
+            async with asyncio.timeout_at(deadline):
                 subject = await self._subject.read()
-                sent_at = self._now()
-                outcome = await self._post(subject)
+            sent_at = self._now()
+            outcome = await self._post(subject, deadline)
         except SubjectTokenError as exc:
             outcome = Failed(str(exc))
         except TimeoutError:
@@ -199,7 +205,10 @@ class WorkloadIdentity:
             outcome = Failed(f"token exchange failed inside the gateway ({type(exc).__name__})")
         self._record(outcome, sent_at)
 
-    async def _post(self, subject: str) -> Granted | Failed:
+    async def _post(self, subject: str, deadline: float) -> Granted | Failed:
+        """The exchange, given up at `deadline` (what is left of EXCHANGE_TIMEOUT_S once the subject
+        token is read) with a TimeoutError; the telemetry scope is outside that timeout, so it sees
+        the TimeoutError (or aiohttp's own error) rather than a cancellation."""
         body = encode_request(
             subject,
             subject_token_type=self.settings.subject_token_type,
@@ -207,17 +216,24 @@ class WorkloadIdentity:
             service_account_id=self.settings.service_account_id,
         )
         try:
-            status, answer = await post_token_request(
-                self._session,
-                self.settings.token_url,
-                body,
-                content_type=JSON,
-                egress=self._egress,
-                max_bytes=MAX_ANSWER_BYTES,
-            )
+            with self._telemetry.token_request(self._request) as scope:
+                async with asyncio.timeout_at(deadline):
+                    status, answer = await post_token_request(
+                        self._session,
+                        self.settings.token_url,
+                        body,
+                        content_type=JSON,
+                        egress=self._egress,
+                        max_bytes=MAX_ANSWER_BYTES,
+                    )
+                outcome = self._read(status, answer, subject)
+                scope.settled(status, outcome)
         except aiohttp.ClientError as exc:
             kind = type(exc).__name__
             return Failed(f"token endpoint {self._endpoint} unreachable ({kind}; {self._context})")
+        return outcome
+
+    def _read(self, status: int, answer: bytes, subject: str) -> Granted | Failed:
         if len(answer) > MAX_ANSWER_BYTES:
             return Failed(f"the token endpoint's answer is over {MAX_ANSWER_BYTES} bytes ({self._context})")
         return read_answer(status, answer, context=self._context, hide=(subject,))

@@ -6,8 +6,8 @@ its token endpoint with the server's egress settings (client credentials, or the
 exchanged "on behalf of" them, RFC 8693), one request in flight per key (the shared token, or each
 user's; after a failure, none for a moment), refreshed in the background `refresh_before_s` ahead
 of expiry, a cache entry dropped when the server refuses its token (and the request tried once
-more), and what a caller is answered when there is no token: 401 without a user token,
-ServiceCredentialRefused, or a 502-style failure.
+more), what a caller is answered when there is no token: 401 without a user token,
+ServiceCredentialRefused, or a 502-style failure, and telling telemetry of each request.
 Request bodies and the cache are gateway.protocol.service_tokens'; answers gateway.protocol.oauth_tokens'.
 """
 
@@ -28,6 +28,7 @@ import aiohttp
 from gateway.config import secrets
 from gateway.config.routing import HttpSpec
 from gateway.config.service_auth import ServiceCredentialSpec
+from gateway.observe.hooks import NOOP, Telemetry, TokenGrant, TokenRequest
 from gateway.protocol.errors import (
     ConfigError,
     ServiceCredentialRefused,
@@ -143,6 +144,7 @@ class ServiceCredentials:
         egress: Egress | None = None,
         *,
         failure_pause_s: float = FAILURE_PAUSE_S,
+        telemetry: Telemetry = NOOP,
     ) -> None:
         self._server = server
         self.settings = settings
@@ -153,6 +155,9 @@ class ServiceCredentials:
         self._pauses: Pauses[_NoToken] = Pauses(pause_s=failure_pause_s, max_entries=cap)
         self._flights: dict[str, asyncio.Task[Lease | _NoToken]] = {}
         self._grant = "token exchange" if settings.on_behalf_of else "client credentials request"
+        self._telemetry = telemetry
+        grant: TokenGrant = "token_exchange" if settings.on_behalf_of else "client_credentials"
+        self._token_request = TokenRequest(grant, settings.token_url, server)
         self._context = f"server {server!r}, token endpoint {urlsplit(settings.token_url).hostname or '?'}"
         self._client_auth = None
         if settings.client_id is not None and settings.client_secret is not None:
@@ -309,8 +314,10 @@ class ServiceCredentials:
             body = client_credentials_form(scope=settings.scope, audience=settings.audience, resource=settings.resource)
         unreachable = f"upstream {self._server!r}: its token endpoint could not be reached"
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                with map_aiohttp_errors(self._server):
+            # The telemetry scope inside the translation and outside the timeout: it sees aiohttp's
+            # own error, and a TimeoutError rather than the cancellation a timeout is made of.
+            with map_aiohttp_errors(self._server), self._telemetry.token_request(self._token_request) as scope:
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
                     status, answer = await post_token_request(
                         self._http,
                         settings.token_url,
@@ -320,6 +327,8 @@ class ServiceCredentials:
                         max_bytes=MAX_ANSWER_BYTES,
                         authorization=self._client_auth,
                     )
+                outcome = self._read(status, answer, user)
+                scope.settled(status, outcome.failed if isinstance(outcome, _NoToken) else outcome)
         except UpstreamUnavailable as exc:
             reason = f"{self._grant} failed: token endpoint unreachable ({exc.failure.source}; {self._context})"
             return _NoToken(Failed(reason), exc.failure, unreachable)
@@ -327,6 +336,10 @@ class ServiceCredentials:
             failure = TunnelFailure(source="timeout", transport_error_kind="timeout", upstream_response_received=False)
             reason = f"{self._grant} failed: no answer within {REQUEST_TIMEOUT_S:g}s ({self._context})"
             return _NoToken(Failed(reason), failure, unreachable)
+        return outcome
+
+    def _read(self, status: int, answer: bytes, user: str | None) -> Granted | _NoToken:
+        """What the token endpoint's answer means."""
         if len(answer) > MAX_ANSWER_BYTES:
             return _NoToken(Failed(f"the token endpoint's answer is over {MAX_ANSWER_BYTES} bytes ({self._context})"))
         if 300 <= status < 400:
@@ -357,13 +370,20 @@ class ServiceCredentials:
 
 
 def service_credentials(
-    server: str, spec: HttpSpec, *, session: aiohttp.ClientSession, file: str, base: Path
+    server: str,
+    spec: HttpSpec,
+    *,
+    session: aiohttp.ClientSession,
+    file: str,
+    base: Path,
+    telemetry: Telemetry = NOOP,
 ) -> ServiceCredentials | None:
     """The server's service credential as configured (None without `service_credential`): its secret
-    resolved now, its token endpoint reached with the server's egress settings."""
+    resolved now, its token endpoint reached with the server's egress settings, each request told to
+    `telemetry`."""
     if spec.service_credential is None:
         return None
     key = f"servers.{server}.http.service_credential"
     settings = ServiceCredentialSettings.resolve(spec.service_credential, file=file, key=key, base=base)
     token_egress = egress(settings.token_url, spec, file=file, key=f"servers.{server}.http", base=base)
-    return ServiceCredentials(server, settings, session, token_egress)
+    return ServiceCredentials(server, settings, session, token_egress, telemetry=telemetry)

@@ -31,6 +31,7 @@ from mcp import Client
 from gateway.protocol.errors import SERVICE_CREDENTIAL_REFUSED
 from tests.support.harness import PYTHON, SERVERS, Process, process, tool_text
 from tests.support.oauth_token_service import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, TokenService
+from tests.support.otlp_receiver import FAST_EXPORT
 from tests.support.sweep import Sweep
 from tests.support.waiting import until
 
@@ -96,7 +97,8 @@ def message(answer: httpx2.Response) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def service_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def service_stack(tmp_path: Path, *, telemetry: dict[str, Any] | None = None) -> AsyncIterator[Stack]:
+    """The stack; `telemetry` is routing.yaml's `telemetry:` section (exporting fast) when given."""
     refused = socket.socket()  # bound, never listening: the `down` server's token endpoint refuses
     refused.bind(("127.0.0.1", 0))
     async with contextlib.AsyncExitStack() as stack:
@@ -130,6 +132,8 @@ async def service_stack(tmp_path: Path) -> AsyncIterator[Stack]:
             },
             "channels": {name: [name] for name in ("cc", "obo", "short", "down")},
         }
+        if telemetry is not None:
+            document["telemetry"] = telemetry
         routes = tmp_path / "routing.yaml"
         routes.write_text(json.dumps(document))
         log = tmp_path / "gateway.err"
@@ -138,7 +142,7 @@ async def service_stack(tmp_path: Path) -> AsyncIterator[Stack]:
             process(
                 PYTHON,
                 *("-m", "gateway.cli", "--log-level", "DEBUG", "--routes", routes),
-                env={"NOTES_CLIENT_SECRET": SECRET},
+                env={"NOTES_CLIENT_SECRET": SECRET, **(FAST_EXPORT if telemetry is not None else {})},
                 stderr=errors,
             )
         )
