@@ -27,7 +27,7 @@ async def test_nothing_of_arguments_or_results_is_written(capture: bool, tmp_pat
     out.mkdir()
     async with otlp_receiver() as receiver:
         script = SERVERS / "sdk_server.py"
-        server = f"{{stdio: {{command: '{PYTHON}', args: ['{script}'], env: {{SECRET_RESULT: '{result}'}}}}}}"
+        server = f"{{stdio: {{command: '{PYTHON}', args: ['{script}'], env: {{RESULT_MARKER: '{result}'}}}}}}"
         routes = (
             "relay: {listen: '127.0.0.1:0'}\n"
             f"audit: {{file: '{out / 'audit.jsonl'}', max_bytes: 2000, backups: 3}}\n"
@@ -41,7 +41,7 @@ async def test_nothing_of_arguments_or_results_is_written(capture: bool, tmp_pat
                 async with Client(gw.urls["main"], mode="legacy") as client:
                     for _ in range(5):  # enough lines to rotate the audit file
                         assert tool_text(await client.call_tool("echo", {"text": argument})) == argument
-                    assert tool_text(await client.call_tool("getenv", {"variable": "SECRET_RESULT"})) == result
+                    assert tool_text(await client.call_tool("getenv", {"variable": "RESULT_MARKER"})) == result
                     greeting = await client.get_prompt("greet", {"who": prompt})
                     assert prompt in str(greeting.messages[0].content)
                 await until(lambda: (out / "audit.jsonl.1").exists(), within_s=30)
