@@ -29,13 +29,17 @@ def redact_url(url: str) -> str:
     return _USERINFO.sub(r"\1***@", url)
 
 
-def check_url(url: str, file: str, key: str) -> None:
+def is_http_url(url: str) -> bool:
+    """Whether `url` is an absolute http(s) URL with a host."""
     try:
         parts = urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
     except ValueError:  # e.g. an unclosed IPv6 bracket
-        valid = False
-    if not valid:
+        return False
+
+
+def check_url(url: str, file: str, key: str) -> None:
+    if not is_http_url(url):
         raise ConfigError(file, key, f"an absolute http(s) URL (got {redact_url(url)!r})")
 
 

@@ -1,6 +1,6 @@
 """routing.yaml's egress settings (`proxy`, `ca_bundle`, `client_cert`, `client_key`) as one Struct that every
 outbound destination's section inherits: the control plane, the token endpoint, HTTP servers, budget webhooks.
-Declares the keys only (routing.py checks them); TLS contexts and proxy choice are `gateway.upstream.egress`'s.
+Declares the keys only (routing.py checks them); TLS contexts: `upstream.egress`; proxy choice: `config.proxy`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ import msgspec.yaml
 from msgspec import Meta, Struct
 
 from gateway.config import rates
+from gateway.config.base import redact_url
+from gateway.config.proxy import valid_proxy_setting
 from gateway.protocol.errors import ConfigError, GatewayError
 from gateway.protocol.headers import AUTHORIZATION
 
@@ -169,6 +171,10 @@ class IssuerSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     jwks_token: SecretRef | None = None
     """A Bearer credential for fetching `jwks_url` (a secret reference, read again on every fetch:
     e.g. the relay's own service-account token, which Kubernetes rotates)."""
+    jwks_proxy: str | None = None
+    """The forward proxy `jwks_url` is fetched through: an http:// or https:// proxy URL (credentials
+    as `user:password@`, never logged); `none` for a direct connection; absent: HTTPS_PROXY/HTTP_PROXY/
+    NO_PROXY from the environment (`gateway.config.proxy`, as the gateway's `proxy`)."""
     id: str | None = None
     """What a request's `identity_provider_id` must equal when it sends one (default: `issuer`)."""
     algorithms: Annotated[list[Algorithm], Meta(min_length=1)] = msgspec.field(
@@ -192,8 +198,13 @@ class IssuerSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(
                     f"Expected `jwks_url` to be an https:// URL (http:// on loopback only), got {self.jwks_url!r}"
                 )
-        elif self.jwks_ca_file is not None or self.jwks_token is not None:
-            raise ValueError("Expected `jwks_ca_file` and `jwks_token` only with `jwks_url`")
+            if self.jwks_proxy is not None and not valid_proxy_setting(self.jwks_proxy):
+                raise ValueError(
+                    "Expected `jwks_proxy` to be an http:// or https:// proxy URL or `none`,"
+                    f" got {redact_url(self.jwks_proxy)!r}"
+                )
+        elif self.jwks_ca_file is not None or self.jwks_token is not None or self.jwks_proxy is not None:
+            raise ValueError("Expected `jwks_ca_file`, `jwks_token` and `jwks_proxy` only with `jwks_url`")
 
 
 class IdentitySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -20,6 +20,7 @@ from typing import Final
 import jwt
 import msgspec
 
+from gateway.config.proxy import choose_proxy
 from gateway.config.secrets import SecretError, resolve
 from gateway.relay.config import IdentitySpec, IssuerSpec, RelayConfigError
 from gateway.relay.errors import (
@@ -247,6 +248,7 @@ class Identity:
                 timeout_s=spec.jwks_timeout_s,
                 ssl_context=context,
                 token_ref=spec.jwks_token,
+                proxy=choose_proxy(spec.jwks_url, spec.jwks_proxy),
             )
         else:
             assert spec.jwks_file is not None

@@ -22,6 +22,7 @@ import jwt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from gateway.config.base import redact_url
 from gateway.config.secrets import SecretError, resolve
 from gateway.protocol.errors import GatewayError
 from gateway.protocol.wire import JsonDecoder
@@ -130,7 +131,7 @@ class HttpClient:
 
     async def start(self) -> None:
         if self._session is None:
-            # no proxy or netrc from the environment: the relay reaches issuers directly
+            # no proxy or netrc from the environment: each source passes the proxy it chose (or none)
             self._session = aiohttp.ClientSession(trust_env=False, auto_decompress=True)
 
     async def close(self) -> None:
@@ -146,7 +147,8 @@ class HttpClient:
 
 
 class UrlSource:
-    """A JWKS over HTTP(S): one GET, no redirects, at most MAX_JWKS_BYTES, within `timeout_s`."""
+    """A JWKS over HTTP(S): one GET, no redirects, at most MAX_JWKS_BYTES, within `timeout_s`, through
+    `proxy` when one is given (CONNECT for https://, TLS to the issuer end to end)."""
 
     def __init__(
         self,
@@ -156,8 +158,11 @@ class UrlSource:
         timeout_s: float,
         ssl_context: ssl.SSLContext | None = None,
         token_ref: str | None = None,
+        proxy: str | None = None,
     ) -> None:
         self._url = url
+        self._proxy = proxy
+        """A forward proxy URL (it may hold credentials: only `where`'s redacted form is ever shown)."""
         self._client = client
         self._timeout_s = timeout_s
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
@@ -165,7 +170,7 @@ class UrlSource:
 
     @property
     def where(self) -> str:
-        return self._url
+        return self._url if self._proxy is None else f"{self._url} via proxy {redact_url(self._proxy)}"
 
     async def fetch(self) -> bytes:
         headers = {"Accept": "application/json"}
@@ -178,8 +183,10 @@ class UrlSource:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._client.session.get(
-                    self._url, headers=headers, allow_redirects=False, ssl=self._ssl
+                    self._url, headers=headers, allow_redirects=False, ssl=self._ssl, proxy=self._proxy
                 ) as resp:
+                    if resp.status == 407 and self._proxy is not None:
+                        raise JwksUnavailable("the proxy refused the request (HTTP 407)")
                     if resp.status != 200:
                         raise JwksUnavailable(f"HTTP {resp.status}")
                     if resp.content_length is not None and resp.content_length > MAX_JWKS_BYTES:
@@ -192,6 +199,10 @@ class UrlSource:
                     return bytes(body)
         except TimeoutError:
             raise JwksUnavailable(f"no answer within {self._timeout_s:g}s") from None
+        except aiohttp.ClientHttpProxyError as exc:  # its text holds the proxy URL: only the status is used
+            raise JwksUnavailable(f"the proxy refused the tunnel (HTTP {exc.status})") from None
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise JwksUnavailable(f"cannot connect to the proxy ({type(exc).__name__})") from None
         except aiohttp.ClientSSLError:
             raise JwksUnavailable("TLS failed (certificate not trusted, or no TLS there)") from None
         except aiohttp.ClientConnectionError as exc:

@@ -3,18 +3,18 @@ Built once per destination at provision time; nothing here runs per request.
 
 Owns turning a destination's settings (`proxy`, `ca_bundle`, `client_cert`,
 `client_key` in routing.yaml, or the standard `HTTPS_PROXY`/`HTTP_PROXY`/
-`NO_PROXY` variables) into what an HTTP request needs.
+`NO_PROXY` variables) into what an HTTP request needs; the proxy choice itself is
+`gateway.config.proxy`'s, which the relay shares.
 """
 
 from __future__ import annotations
 
 import ssl
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from gateway.config.egress import Egress as EgressSpec
+from gateway.config.proxy import choose_proxy
 from gateway.protocol.errors import ConfigError
 
 
@@ -48,16 +48,8 @@ def tls_context(spec: EgressSpec, *, file: str, key: str, base: Path) -> ssl.SSL
 
 
 def proxy_for(url: str, spec: EgressSpec) -> str | None:
-    """The explicit proxy, else the environment's for this URL's scheme unless NO_PROXY exempts its host."""
-    if spec.proxy is not None:
-        return None if spec.proxy == "none" else spec.proxy
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parts.scheme)
-    if proxy is None or not parts.hostname:
-        return None
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    return None if urllib.request.proxy_bypass(host) else proxy
+    """The destination's `proxy`, else the environment's for this URL (`gateway.config.proxy`)."""
+    return choose_proxy(url, spec.proxy)
 
 
 def egress(url: str, spec: EgressSpec, *, file: str, key: str, base: Path) -> Egress:

@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 import trustme
 
-from tests.support.forward_proxy import forward_proxy
+from tests.support.forward_proxy import Proxy, witnessed_proxy
 from tests.support.gateway_process import GatewayProcess, gateway_env, routes, run_gateway, stdio
 from tests.support.harness import PYTHON, SERVERS, process
 from tests.support.scripted_cp import KEY, ScriptedControlPlane
@@ -33,28 +33,6 @@ from tests.support.token_endpoint import SubjectIssuer, TokenEndpoint
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CLIENT_IDENTITY = "gateway.client.test"
-WITNESS = """
-import os
-
-from proxy.http.proxy import HttpProxyBasePlugin
-
-
-class Witness(HttpProxyBasePlugin):
-    \"\"\"Writes one line per upstream connection (`conn`) and per relayed request (`req`).\"\"\"
-
-    def _write(self, line):
-        with open(os.environ["PROXY_WITNESS"], "a") as out:
-            out.write(line + "\\n")
-
-    def before_upstream_connection(self, request):
-        self._write(f"conn {request.method.decode()} {request.host.decode()}:{request.port}")
-        return request
-
-    def handle_client_request(self, request):
-        if request.method != b"CONNECT":
-            self._write(f"req {request.method.decode()} {request.host.decode()}:{request.port} {request.path.decode()}")
-        return request
-"""
 
 
 @dataclass
@@ -73,18 +51,6 @@ class Pki:
         return context
 
 
-@dataclass
-class Proxy:
-    url: str
-    witness: Path
-
-    def lines(self, port: int) -> list[str]:
-        """What the proxy relayed to 127.0.0.1:`port`."""
-        if not self.witness.exists():
-            return []
-        return [line for line in self.witness.read_text().splitlines() if f"127.0.0.1:{port}" in line]
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     base = tmp_path_factory.mktemp("pki")
@@ -100,11 +66,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Proxy]:
     """proxy.py on 127.0.0.1 with the witness plugin."""
-    base = tmp_path_factory.mktemp("proxy")
-    witness = base / "witness.log"
-    plugins = {"proxy_witness.Witness": WITNESS}
-    async with forward_proxy(base, plugins=plugins, env={"PROXY_WITNESS": str(witness)}) as port:
-        yield Proxy(f"http://127.0.0.1:{port}", witness)
+    async with witnessed_proxy(tmp_path_factory.mktemp("proxy")) as proxy:
+        yield proxy
 
 
 def control_plane(cp: ScriptedControlPlane, **settings: Any) -> dict[str, Any]:

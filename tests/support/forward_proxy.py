@@ -1,11 +1,13 @@
 """A real forward proxy for tests: `proxy.py` (from PyPI) as a subprocess on 127.0.0.1 port 0, with
-plugins written into a folder of the test's and optional basic auth; ready once its port file exists."""
+plugins written into a folder of the test's and optional basic auth; ready once its port file exists.
+`witnessed_proxy` adds a plugin that writes down every connection and request it relays."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.gateway_process import gateway_env
@@ -25,6 +27,43 @@ class NoConnect(HttpProxyBasePlugin):
         return request
 """
 """A plugin module (`no_connect.NoConnect`) for a proxy that refuses `CONNECT`."""
+WITNESS = """
+import os
+
+from proxy.http.proxy import HttpProxyBasePlugin
+
+
+class Witness(HttpProxyBasePlugin):
+    \"\"\"Writes one line per upstream connection (`conn`) and per relayed request (`req`).\"\"\"
+
+    def _write(self, line):
+        with open(os.environ["PROXY_WITNESS"], "a") as out:
+            out.write(line + "\\n")
+
+    def before_upstream_connection(self, request):
+        self._write(f"conn {request.method.decode()} {request.host.decode()}:{request.port}")
+        return request
+
+    def handle_client_request(self, request):
+        if request.method != b"CONNECT":
+            self._write(f"req {request.method.decode()} {request.host.decode()}:{request.port} {request.path.decode()}")
+        return request
+"""
+"""A plugin module (`proxy_witness.Witness`) that appends what the proxy relays to the file $PROXY_WITNESS."""
+
+
+@dataclass
+class Proxy:
+    """A witnessed proxy: its URL (`http://127.0.0.1:PORT`, without credentials) and the witness's file."""
+
+    url: str
+    witness: Path
+
+    def lines(self, port: int) -> list[str]:
+        """What the proxy relayed to 127.0.0.1:`port`."""
+        if not self.witness.exists():
+            return []
+        return [line for line in self.witness.read_text().splitlines() if f"127.0.0.1:{port}" in line]
 
 
 @contextlib.asynccontextmanager
@@ -61,3 +100,12 @@ async def forward_proxy(
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def witnessed_proxy(base: Path, *, basic_auth: str | None = None) -> AsyncIterator[Proxy]:
+    """`forward_proxy` with the witness plugin, its file in `base`."""
+    witness = base / "witness.log"
+    plugins = {"proxy_witness.Witness": WITNESS}
+    async with forward_proxy(base, plugins=plugins, basic_auth=basic_auth, env={"PROXY_WITNESS": str(witness)}) as port:
+        yield Proxy(f"http://127.0.0.1:{port}", witness)

@@ -75,6 +75,16 @@ def test_identity_config_decodes_with_its_defaults() -> None:
             "only with `jwks_url`",
         ),
         (
+            _doc(_issuer("subjects: {s: [a]}, jwks_file: j, jwks_proxy: none")),
+            "$.identity.issuers[0]",
+            "only with `jwks_url`",
+        ),
+        (
+            _doc(_issuer("subjects: {s: [a]}, jwks_url: 'https://h/j', jwks_proxy: 'proxy.corp:3128'")),
+            "$.identity.issuers[0]",
+            "Expected `jwks_proxy` to be an http:// or https:// proxy URL or `none`, got 'proxy.corp:3128'",
+        ),
+        (
             _doc(_issuer("subjects: {s: [a]}, jwks_file: j, algorithms: [HS256]")),
             "$.identity.issuers[0].algorithms[0]",
             "Invalid enum value 'HS256'",
@@ -118,6 +128,24 @@ def test_identity_config_errors_name_the_key(document: str, key: str, problem: s
     assert caught.value.file == "relay.yaml"
     assert caught.value.key == key
     assert problem in caught.value.problem
+
+
+@pytest.mark.parametrize("proxy", ["none", "http://proxy.corp:3128", "https://relay:pw@proxy.corp"])
+def test_jwks_proxy_takes_a_proxy_url_or_none(proxy: str) -> None:
+    config = decode_relay_config(_doc(_issuer(f"subjects: {{s: [a]}}, jwks_url: 'https://h/j', jwks_proxy: '{proxy}'")))
+    assert config.identity is not None
+    assert config.identity.issuers[0].jwks_proxy == proxy
+
+
+@pytest.mark.parametrize("proxy", ["socks5://relay:pw-Qx7@proxy.corp:1080", "http://relay:pw-Qx7@", "None"])
+def test_a_bad_jwks_proxy_is_named_without_its_credentials(proxy: str) -> None:
+    document = _doc(_issuer(f"subjects: {{s: [a]}}, jwks_url: 'https://h/j', jwks_proxy: '{proxy}'"))
+    with pytest.raises(RelayConfigError) as caught:
+        decode_relay_config(document, source="relay.yaml")
+    assert caught.value.key == "$.identity.issuers[0]"
+    assert "`jwks_proxy`" in caught.value.problem
+    assert str(caught.value).startswith("relay.yaml: $.identity.issuers[0]: Expected `jwks_proxy`")
+    assert "pw-Qx7" not in str(caught.value)
 
 
 def test_relative_identity_files_are_taken_from_the_config_folder(tmp_path: Path) -> None:
