@@ -338,7 +338,8 @@ async def serve_relay(
 
     Secrets are resolved on start (RelayConfigError names the key on failure);
     `on_ready(base_url)` is called once the socket is bound; `watch(relay)` runs while the relay
-    serves (the CLI's readiness announcements, reading `relay.problems()`), cancelled at the stop.
+    serves (the CLI's readiness announcements, reading `relay.problems()`, and its `SIGHUP` reloads
+    through `relay.reload`), cancelled at the stop.
     """
     async with Relay(config, tracer=tracer) as relay:
         if on_ready is not None:

@@ -22,8 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 
 from tests.support.harness import PYTHON, Process, process
+from tests.support.identity import (
+    SUBJECT,
+    IssuerKey,
+    access_token,
+    claims,
+    identity_yaml,
+    jwks_server,
+    write_signing_key,
+)
 from tests.support.openapi import validate
 from tests.support.sweep import Sweep
 from tests.support.waiting import until
@@ -261,3 +271,40 @@ async def test_no_secret_a_reload_brings_is_printed(tmp_path: Path) -> None:
         sweep = relay.output()
         assert any("relay: reloaded" in line for line in sweep.texts["relay stdout"])
         assert sweep.leaks(SECRETS) == []
+
+
+def identity_relay(jwks_url: str, keys: list[Path], tunnels: list[str], **options: Any) -> str:
+    """A relay.yaml whose tunnels the subject's access tokens (`POST /oauth/token`) may poll as `tunnels` say."""
+    return (
+        f"listen: 127.0.0.1:0\ntunnels:\n  {TUNNEL}: {{gateway_key: {KEY_A}}}\n  t_other: {{gateway_key: k}}\n"
+        + identity_yaml(jwks_url, keys, {SUBJECT: tunnels}, **options)
+    )
+
+
+async def test_identity_signing_keys_rotated_and_subjects_changed(tmp_path: Path) -> None:
+    """`identity:` applies at run time (RFC 8693 exchange at `POST /oauth/token`): a new signing key
+    put first signs the next tokens while the old one, kept second, still verifies those it signed;
+    dropping it refuses them; a subject losing a tunnel loses it at once. Moving an issuer's key
+    source is rejected as taking effect on restart."""
+    old, new = write_signing_key(tmp_path / "old.pem"), write_signing_key(tmp_path / "new.pem")
+    issuer = IssuerKey.ec()
+    async with (
+        jwks_server([issuer]) as jwks,
+        running_relay(tmp_path, identity_relay(jwks.url, [old], [TUNNEL])) as relay,
+    ):
+        token_old = await access_token(relay.http, relay.url, issuer.sign(claims()))
+        assert (await relay.poll(token_old))[0] == 204
+        await relay.reload(identity_relay(jwks.url, [new, old], [TUNNEL], token_ttl_s=600), "reloaded")
+        token_new = await access_token(relay.http, relay.url, issuer.sign(claims()))
+        assert jwt.get_unverified_header(token_new)["kid"] != jwt.get_unverified_header(token_old)["kid"]
+        assert (await relay.poll(token_old))[0] == 204
+        assert (await relay.poll(token_new))[0] == 204
+        await relay.reload(identity_relay(jwks.url, [new], [TUNNEL]), "reloaded")
+        assert (await relay.poll(token_old))[0] == 401
+        assert (await relay.poll(token_new))[0] == 204
+        await relay.reload(identity_relay(jwks.url, [new], ["t_other"]), "reloaded")
+        assert (await relay.poll(token_new))[0] == 401
+        moved = identity_relay(jwks.url + "?moved", [new], [TUNNEL])
+        line = await relay.reload(moved, "reload rejected")
+        assert line == "relay: reload rejected: identity.issuers takes effect on restart"
+        assert (await relay.poll(token_new))[0] == 401  # the rejected file's subjects were not applied
