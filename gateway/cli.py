@@ -198,7 +198,7 @@ def _reload_relay(relay: Relay, path: Path, redactor: logs.Redactor) -> str:
     except RelayConfigError as exc:
         return f"reload rejected: {exc}"
     redactor.add_all(logs.relay_secrets(config, path.parent))
-    why = relay.reload(config, source=str(path))
+    why = relay.reload(config)
     return "reloaded" if why is None else f"reload rejected: {why}"
 
 
@@ -228,6 +228,7 @@ async def _relay(path: Path, redactor: logs.Redactor, telemetry: Telemetry) -> i
             on_ready=lambda url: settle_gc(),
             watch=lambda relay: _watch_relay(relay, reload, path, redactor),
             tracer=telemetry.relay_tracer(),
+            source=str(path),
         )
     except RelayConfigError as exc:
         print(f"gateway relay: {exc}", file=sys.stderr)

@@ -116,6 +116,7 @@ def build_relay_app(
     *,
     backend: QueueBackend | None = None,
     tracer: RelayTracer = NO_TRACER,
+    source: str = "<relay config>",
 ) -> web.Application:
     """The relay as an aiohttp application: tunnel API, MCP endpoint, OAuth discovery, `/healthz`,
     `/readyz`, `/metrics`.
@@ -128,10 +129,10 @@ def build_relay_app(
     `handler_cancellation=True` (as `Relay` does) so a caller or
     poller that disconnects is noticed at once.
     """
-    settings = build_settings(config, credentials)
+    settings = build_settings(config, credentials, source=source)
     live = LiveSettings(settings)
     identity = settings.identity
-    queue = backend or make_backend(config)
+    queue = backend or make_backend(config, source=source)
     codec = Codec()
     metrics = RelayMetrics(config.tunnels)
     app = web.Application(
@@ -206,8 +207,11 @@ class Relay:
         *,
         backend: QueueBackend | None = None,
         tracer: RelayTracer = NO_TRACER,
+        source: str = "<relay config>",
     ) -> None:
+        """`source` names the file in configuration errors (at start and on `reload`)."""
         self._config = config
+        self._source = source
         self._credentials = credentials
         self._backend = backend
         self._tracer = tracer
@@ -240,7 +244,7 @@ class Relay:
         url = f"{self.url}/v1/mcp/{quote(tunnel_id, safe='')}"
         return url if channel is None else f"{url}/{check_channel(channel)}"
 
-    def reload(self, config: RelayConfig, *, source: str = "<relay config>") -> str | None:
+    def reload(self, config: RelayConfig) -> str | None:
         """Apply `config` to the running relay without closing the listener, a connection, a waiting
         poll or a waiting caller: None when applied, otherwise why not (the running settings stay).
 
@@ -256,8 +260,8 @@ class Relay:
         try:
             identity = None
             if config.identity is not None:  # the issuers' key caches are the running ones (same sources)
-                identity = Identity(config.identity, source=source, keys_of=app.get(IDENTITY))
-            settings = build_settings(config, identity=identity, source=source)
+                identity = Identity(config.identity, source=self._source, keys_of=app.get(IDENTITY))
+            settings = build_settings(config, identity=identity, source=self._source)
         except RelayConfigError as exc:
             return str(exc)
         app[LIVE].current = settings
@@ -271,7 +275,9 @@ class Relay:
         if self._runner is not None:
             raise RuntimeError("the relay is already started")
         host, port = parse_listen(self._config.listen)
-        app = build_relay_app(self._config, self._credentials, backend=self._backend, tracer=self._tracer)
+        app = build_relay_app(
+            self._config, self._credentials, backend=self._backend, tracer=self._tracer, source=self._source
+        )
         # The lean layer serves the hot routes and hands every other request's connection to aiohttp;
         # with `access_log` on, aiohttp serves everything (its access log sees every request).
         lean = None if self._config.access_log else app[LEAN]
@@ -333,15 +339,16 @@ async def serve_relay(
     on_ready: Callable[[str], object] | None = None,
     watch: Callable[[Relay], Coroutine[object, object, None]] | None = None,
     tracer: RelayTracer = NO_TRACER,
+    source: str = "<relay config>",
 ) -> None:
     """Run a relay until `stop` is set (the CLI's `gateway relay --config relay.yaml`).
 
-    Secrets are resolved on start (RelayConfigError names the key on failure);
+    Secrets are resolved on start (RelayConfigError names `source`, the file, and the key on failure);
     `on_ready(base_url)` is called once the socket is bound; `watch(relay)` runs while the relay
     serves (the CLI's readiness announcements, reading `relay.problems()`, and its `SIGHUP` reloads
     through `relay.reload`), cancelled at the stop.
     """
-    async with Relay(config, tracer=tracer) as relay:
+    async with Relay(config, tracer=tracer, source=source) as relay:
         if on_ready is not None:
             on_ready(relay.url)
         if watch is None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import signal
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,15 @@ async def running_relay(tmp_path: Path, document: str) -> AsyncIterator[RunningR
             yield RunningRelay(proc, url, file, log, http)
 
 
+async def refused_at_start(file: Path) -> str:
+    """What `gateway relay --config file` says on stderr when it refuses to start (exit status 2)."""
+    args = ("-m", "gateway.cli", "relay", "--config", str(file))
+    proc = await asyncio.create_subprocess_exec(PYTHON, *args, stdout=PIPE, stderr=PIPE, stdin=DEVNULL)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, err
+    return err.decode().strip().removeprefix("gateway relay: ")
+
+
 async def answered_call(relay: RunningRelay, token: str | None, key: str, result: object) -> tuple[int, Any]:
     """One MCP call the gateway side (polling with `key`) takes and answers with `result`."""
     caller = asyncio.ensure_future(relay.call(token))
@@ -243,6 +253,7 @@ async def test_a_broken_file_is_rejected_with_file_key_and_expectation(tmp_path:
         line = await relay.reload(unresolved, "reload rejected")
         assert line.startswith(f"relay: reload rejected: {file}: $.tunnels.{TUNNEL}.gateway_key: "), line
         assert "RELAY_RELOAD_TEST_UNSET_VARIABLE" in line
+        assert await refused_at_start(relay.file) == line.removeprefix("relay: reload rejected: ")  # the same words
         assert (await relay.poll(KEY_A))[0] == 204
         assert (await relay.poll(literal))[0] == 401
         assert relay.output().leaks(SECRETS) == []
