@@ -7,7 +7,9 @@ fetched bounded and without redirects, refreshed every `jwks_cache_s` and for an
 never more often than `jwks_refresh_min_s`), `iss`, `aud` (the channel's public MCP URL unless
 configured), `exp`/`nbf` with leeway, the required scopes; the refusal's
 `WWW-Authenticate` challenge (RFC 6750 §3, `resource_metadata` of RFC 9728 §5.1); and the audit
-line (who, channel, method, tool, outcome, duration; no payload).
+line (who, channel, method, tool, outcome, duration; no payload). The key sets are built from the
+configuration the relay started with; each request's `user_auth` spec is the one of the settings it
+was admitted under (a reload may change it while its key set is one of these, `gateway.relay.reload`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ class UserAuth:
     """The relay's `user_auth` checks, per tunnel; owns the HTTP client its key sets are fetched with."""
 
     def __init__(self, config: RelayConfig, codec: Codec) -> None:
-        self._config = config
         self._codec = codec
         self._client = HttpClient()
         self._keys: dict[str, IssuerKeys] = {}
@@ -60,16 +61,10 @@ class UserAuth:
         async with refreshed(self._client, self._keys.values()):
             yield
 
-    def covers(self, tunnel_id: str, channel: str) -> bool:
-        spec = self._config.tunnels[tunnel_id].user_auth
-        return spec is not None and spec.covers(channel)
-
-    async def check(self, request: RequestHead, tunnel_id: str, channel: str, resource: str, metadata: str) -> str:
-        """The subject (`sub`) of the request's valid token for this covered channel; UserUnauthorized
+    async def check(self, request: RequestHead, spec: UserAuthSpec, resource: str, metadata: str) -> str:
+        """The subject (`sub`) of the request's valid token for a channel `spec` covers; UserUnauthorized
         or InsufficientScope otherwise. `resource` is the channel's public MCP URL (the default
         audience), `metadata` where its protected resource metadata is (for the challenge)."""
-        spec = self._config.tunnels[tunnel_id].user_auth
-        assert spec is not None
         token = bearer_token(request)
         if token is None:
             challenge = f"Bearer resource_metadata={quoted(metadata)}" + _scope(spec)
