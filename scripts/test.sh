@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command (CI runs it through .ci/run): ruff, mypy (strict, on the packages
+# The project's test command (CI runs it through .ci/run): ruff (lint and format), mypy (strict, on the packages
 # named in pyproject.toml), then pytest in PYTEST_WORKERS (default 3) processes with any extra
 # arguments. Before them it installs the MCP conformance toolchain into .tools/ (needs npm; instant
 # once installed) for the `conformance` test, and Debian's chromium (scripts/browser-tools.sh; needs
@@ -15,6 +15,7 @@ failed=()
 bash scripts/conformance-tools.sh || failed+=("conformance-tools")
 bash scripts/browser-tools.sh || failed+=("browser-tools")
 .venv/bin/ruff check . || failed+=("ruff")
+.venv/bin/ruff format --check . || failed+=("ruff format")
 .venv/bin/mypy || failed+=("mypy")
 # Three workers on two cores: most tests wait on the processes they started (7 min against 13 with two).
 # Work stealing keeps the long end-to-end tests from finishing alone on one worker (6.5 min against 8).

@@ -27,6 +27,8 @@ from tests.support.waiting import until
 
 WAIT = 60.0
 """Generous bound for what should happen promptly (never a timing assert)."""
+
+
 async def step_count(http: httpx2.AsyncClient, url: str) -> dict[str, int]:
     body, headers = modern_call(900, "step_count", {})
     answer = await http.post(url, json=body, headers={**headers, "Accept": "application/json"})

@@ -58,9 +58,7 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def oauth_stack(
-    tmp_path: Path, *, receiver: str | None = None, user_auth: bool = False
-) -> AsyncIterator[Stack]:
+async def oauth_stack(tmp_path: Path, *, receiver: str | None = None, user_auth: bool = False) -> AsyncIterator[Stack]:
     """The authorization server, the relay, the protected server and the gateway, started in that
     order (each needs the one before's address); their logs go to `gateway.err` and `relay.err` in
     `tmp_path`. With `receiver` (an OTLP URL) the gateway and the relay log at DEBUG (the relay's

@@ -90,9 +90,7 @@ async def test_progress_state_and_sizes(transport: str, mode: str) -> None:
         seen.append((progress, total, message))
 
     async with sdk_server(transport) as target, Client(target, mode=mode) as client:
-        result = await client.call_tool(
-            "slow_progress", {"steps": 3, "delay_ms": 10}, progress_callback=on_progress
-        )
+        result = await client.call_tool("slow_progress", {"steps": 3, "delay_ms": 10}, progress_callback=on_progress)
         assert tool_text(result) == "done 3 steps"
         assert seen == [(1, 3, "step 1/3"), (2, 3, "step 2/3"), (3, 3, "step 3/3")]
         assert [tool_text(await client.call_tool("counter_incr")) for _ in range(3)] == ["1", "2", "3"]
@@ -154,7 +152,6 @@ def test_raw_stdio_hang_on_call_still_serves_other_requests() -> None:
     out, code = raw_exchange("--hang-on-call", INIT, CALL, PING)
     assert [json.loads(line)["id"] for line in out] == [1, 3]
     assert code == 0
-
 
 
 async def test_demo_clock_over_stdio() -> None:

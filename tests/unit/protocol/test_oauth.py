@@ -157,7 +157,7 @@ NEW = "https://relay.example/.well-known/oauth-protected-resource/v1/mcp/t"
             f'Bearer error="invalid_token", error_description="expired", resource_metadata="{NEW}", scope="a b"',
         ),
         ("Bearer resource_metadata=http://x/y", f'Bearer resource_metadata="{NEW}"'),
-        ("Bearer RESOURCE_METADATA = \"http://x/y\"", f'Bearer RESOURCE_METADATA = "{NEW}"'),
+        ('Bearer RESOURCE_METADATA = "http://x/y"', f'Bearer RESOURCE_METADATA = "{NEW}"'),
         (
             'Basic realm="resource_metadata=\\"not a param\\"", Bearer resource_metadata="http://x"',
             f'Basic realm="resource_metadata=\\"not a param\\"", Bearer resource_metadata="{NEW}"',
