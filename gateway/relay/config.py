@@ -51,6 +51,15 @@ class RelayConfigError(ConfigError):
         self.problem = problem
 
 
+def check_jwks_proxy(value: str | None) -> None:
+    """A `jwks_proxy` setting is absent, `none` or an http(s) proxy URL; ValueError naming it (its
+    credentials masked) otherwise."""
+    if value is not None and not valid_proxy_setting(value):
+        raise ValueError(
+            f"Expected `jwks_proxy` to be an http:// or https:// proxy URL or `none`, got {redact_url(value)!r}"
+        )
+
+
 class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`user_auth:` users' OAuth tokens checked at the relay, before a request crosses the tunnel.
 
@@ -64,6 +73,10 @@ class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     jwks_uri: Annotated[str, Meta(pattern=r"^https?://")]
     """The issuer's key set (RFC 7517), fetched when first needed, again after `jwks_cache_s` or for
     a `kid` it does not hold (at most every 30 s)."""
+    jwks_proxy: str | None = None
+    """The forward proxy `jwks_uri` is fetched through, as `identity.issuers[].jwks_proxy`: an http(s)
+    proxy URL (credentials never logged); `none` for a direct connection; absent: HTTPS_PROXY/HTTP_PROXY/
+    NO_PROXY from the environment. Chosen once, when the relay starts."""
     audience: list[str] = []
     """Accepted `aud` values; empty: the channel's public MCP URL (the RFC 8707 resource clients are
     told in its metadata), in the form the request used."""
@@ -77,6 +90,9 @@ class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     jwks_refresh_min_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
     """The key set is fetched at most this often, for an unknown `kid` or once stale: a stream of
     forged `kid`s or an unreachable issuer cannot make the relay spin (the keys it has stay in use)."""
+
+    def __post_init__(self) -> None:
+        check_jwks_proxy(self.jwks_proxy)
 
     def covers(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
@@ -198,11 +214,7 @@ class IssuerSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(
                     f"Expected `jwks_url` to be an https:// URL (http:// on loopback only), got {self.jwks_url!r}"
                 )
-            if self.jwks_proxy is not None and not valid_proxy_setting(self.jwks_proxy):
-                raise ValueError(
-                    "Expected `jwks_proxy` to be an http:// or https:// proxy URL or `none`,"
-                    f" got {redact_url(self.jwks_proxy)!r}"
-                )
+            check_jwks_proxy(self.jwks_proxy)
         elif self.jwks_ca_file is not None or self.jwks_token is not None or self.jwks_proxy is not None:
             raise ValueError("Expected `jwks_ca_file`, `jwks_token` and `jwks_proxy` only with `jwks_url`")
 

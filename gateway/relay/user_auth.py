@@ -3,11 +3,11 @@ Never logs or echoes a token; never queues a refused request; keeps public keys 
 
 Owns the check of a covered channel's `Authorization: Bearer <JWT>` (RFC 6750 §2.1; RFC 9068
 style claims): the signature by one of the issuer's keys (its JWKS, RFC 7517, kept by `gateway.relay.jwks`:
-fetched bounded and without redirects, refreshed every `jwks_cache_s` and for an unknown `kid`,
-never more often than `jwks_refresh_min_s`), `iss`, `aud` (the channel's public MCP URL unless
-configured), `exp`/`nbf` with leeway, the required scopes; the refusal's
-`WWW-Authenticate` challenge (RFC 6750 §3, `resource_metadata` of RFC 9728 §5.1); and the audit
-line (who, channel, method, tool, outcome, duration; no payload).
+fetched bounded, without redirects, through `jwks_proxy` or the environment's proxy, refreshed every
+`jwks_cache_s` and for an unknown `kid`, never more often than `jwks_refresh_min_s`), `iss`, `aud`
+(the channel's public MCP URL unless configured), `exp`/`nbf` with leeway, the required scopes; the
+refusal's `WWW-Authenticate` challenge (RFC 6750 §3, `resource_metadata` of RFC 9728 §5.1); and the
+audit line (who, channel, method, tool, outcome, duration; no payload).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jwt
 import msgspec
 from aiohttp import web
 
+from gateway.config.proxy import choose_proxy
 from gateway.protocol.oauth import quoted
 from gateway.protocol.wire import Codec
 from gateway.relay.config import RelayConfig, UserAuthSpec
@@ -42,14 +43,22 @@ class UserAuth:
         self._config = config
         self._codec = codec
         self._client = HttpClient()
-        self._keys: dict[str, IssuerKeys] = {}
-        """Key sets by `jwks_uri` (tunnels that trust one issuer share its keys and their fetches)."""
-        for spec in (tunnel.user_auth for tunnel in config.tunnels.values()):
-            if spec is not None and spec.jwks_uri not in self._keys:
-                source = UrlSource(spec.jwks_uri, self._client, timeout_s=FETCH_TIMEOUT_S)
-                self._keys[spec.jwks_uri] = IssuerKeys(
+        self._keys: dict[tuple[str, str | None], IssuerKeys] = {}
+        """Key sets by (`jwks_uri`, the proxy chosen for it): tunnels that fetch one issuer's keys the
+        same way share them and their fetches; another proxy is another fetcher."""
+        self._tunnel_keys: dict[str, IssuerKeys] = {}
+        for tunnel_id, tunnel in config.tunnels.items():
+            spec = tunnel.user_auth
+            if spec is None:
+                continue
+            proxy = choose_proxy(spec.jwks_uri, spec.jwks_proxy)  # once: the environment is read at start
+            keys = self._keys.get((spec.jwks_uri, proxy))
+            if keys is None:
+                source = UrlSource(spec.jwks_uri, self._client, timeout_s=FETCH_TIMEOUT_S, proxy=proxy)
+                keys = self._keys[spec.jwks_uri, proxy] = IssuerKeys(
                     spec.issuer, source, refresh_s=spec.jwks_cache_s, cooldown_s=spec.jwks_refresh_min_s
                 )
+            self._tunnel_keys[tunnel_id] = keys
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the key sets are fetched and refreshed while the relay serves.
@@ -74,7 +83,7 @@ class UserAuth:
         if token is None:
             challenge = f"Bearer resource_metadata={quoted(metadata)}" + _scope(spec)
             raise UserUnauthorized(challenge=challenge)
-        claims = await self._verify(spec, token, spec.audience or [resource])
+        claims = await self._verify(spec, self._tunnel_keys[tunnel_id], token, spec.audience or [resource])
         if isinstance(claims, str):
             challenge = (
                 f'Bearer error="invalid_token", error_description={quoted(claims)}, '
@@ -87,7 +96,9 @@ class UserAuth:
             raise InsufficientScope(challenge=challenge, subject=str(claims["sub"]))
         return str(claims["sub"])
 
-    async def _verify(self, spec: UserAuthSpec, token: str, audiences: list[str]) -> dict[str, Any] | str:
+    async def _verify(
+        self, spec: UserAuthSpec, issuer_keys: IssuerKeys, token: str, audiences: list[str]
+    ) -> dict[str, Any] | str:
         """The token's claims, or why it is refused (words of ours, never the token's).
         IssuerKeysUnavailable when the issuer's keys cannot be had: then it can be neither."""
         try:
@@ -99,7 +110,7 @@ class UserAuth:
             return "the token's signing algorithm is not accepted"
         kid = header.get("kid")
         try:
-            keys = await self._keys[spec.jwks_uri].lookup(kid if isinstance(kid, str) else None, algorithm)
+            keys = await issuer_keys.lookup(kid if isinstance(kid, str) else None, algorithm)
         except JwksUnavailable:
             raise IssuerKeysUnavailable() from None
         if not keys:
