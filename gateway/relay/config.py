@@ -236,6 +236,10 @@ class IdentitySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     A gateway exchanges once every few minutes; this stops a flood of signature checks."""
     token_burst: Annotated[int, Meta(ge=1)] = 20
     """Token requests a caller address may make at once before `token_rate_per_s` applies."""
+    trusted_proxies: list[str] = []
+    """IP addresses or CIDR networks of the ingress or load balancers in front of the relay: a token
+    request whose TCP peer is one of them is budgeted by the right-most `X-Forwarded-For` address not
+    itself trusted (`gateway.relay.callers`). Empty: by the peer, and the header is never read."""
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -243,6 +247,14 @@ class IdentitySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
             if spec.issuer in seen:
                 raise ValueError(f"Expected each issuer once, got {spec.issuer!r} again at issuers[{index}]")
             seen.add(spec.issuer)
+        for index, entry in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError:
+                raise ValueError(
+                    "Expected an IP address or a CIDR network with no host bits set (`10.0.0.0/8`),"
+                    f" got {entry!r} - at `$.trusted_proxies[{index}]`"
+                ) from None
 
 
 class OAuthDiscoverySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -383,7 +395,13 @@ def _split_validation(message: str) -> tuple[str, str]:
     path = match["path"] or "$"
     if match["parent"]:  # a dict key failed: "- at `key` in `$.tunnels`"
         path = f"{match['parent']} (a key)"
-    return path, match["problem"]
+        return path, match["problem"]
+    problem = match["problem"]
+    inner = _AT.match(problem)
+    if inner is not None and inner["path"] and not inner["parent"]:
+        # a nested struct's check named its own key ("... - at `$.x[1]`"), msgspec added the struct's path
+        path, problem = f"{path}{inner['path'].removeprefix('$')}", inner["problem"]
+    return path, problem
 
 
 def _locate_tunnel(data: bytes, path: str, problem: str) -> tuple[str, str]:

@@ -1,15 +1,14 @@
 """`POST /oauth/token`: the relay's RFC 8693 token exchange endpoint, as HTTP.
 It decides no exchange itself (identity.py does) and never echoes a token in an answer.
 
-Owns the request's edge (a per-address rate budget checked first, method, content type, a small
-bounded body, JSON or form parameters into a TokenRequest) and the answer's shape (RFC 6749 section
-5.1, never cached); the exchange itself is identity.py's, and refusals become RFC 6749 bodies in
-`TokenError.to_response`.
+Owns the request's edge (a per-address rate budget checked first, the address the one
+`gateway.relay.callers` names; method, content type, a small bounded body, JSON or form parameters
+into a TokenRequest) and the answer's shape (RFC 6749 section 5.1, never cached); the exchange itself
+is identity.py's, and refusals become RFC 6749 bodies in `TokenError.to_response`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Final
 from urllib.parse import parse_qsl
@@ -19,6 +18,7 @@ from aiohttp import web
 
 from gateway.protocol.wire import JsonDecoder
 from gateway.relay.budgets import CallerBudgets
+from gateway.relay.callers import X_FORWARDED_FOR, TrustedProxies, caller_key
 from gateway.relay.config import IdentitySpec
 from gateway.relay.errors import (
     NO_STORE,
@@ -95,22 +95,6 @@ def _name(name: str) -> str:
     return name if name.isidentifier() and len(name) <= 40 else "(a parameter)"
 
 
-def caller_key(remote: str | None) -> str:
-    """Whose budget a request spends: the TCP peer's address (an IPv4-mapped one as IPv4, an IPv6 one
-    as its /64, which one host usually holds whole). Never a forwarded header: the caller writes those."""
-    if not remote:
-        return ""
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return remote
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))  # any zone id dropped too
-    return str(address)
-
-
 class TokenEndpoint:
     """The handler of `POST /oauth/token`."""
 
@@ -119,6 +103,7 @@ class TokenEndpoint:
         self._metrics = metrics
         self._rate_per_s = spec.token_rate_per_s
         self._burst = spec.token_burst
+        self._trusted = TrustedProxies(spec.trusted_proxies)
         self._budgets: CallerBudgets[str] = CallerBudgets()
         self._refusals_logged: CallerBudgets[str] = CallerBudgets()
 
@@ -126,7 +111,8 @@ class TokenEndpoint:
         return [web.route("*", PATH, self.token)]
 
     async def token(self, request: web.Request) -> web.Response:
-        await self._check_rate(caller_key(request.remote))
+        caller = self._trusted.caller(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
+        await self._check_rate(caller_key(caller))
         try:
             response = await self._token(request)
         except TokenError as exc:
