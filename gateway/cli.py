@@ -180,6 +180,28 @@ async def _announce_relay(relay: Relay) -> None:
     await announce("relay", relay.problems, _say, ready_detail=f" {relay.url}", interval_s=1.0)
 
 
+async def _watch_relay(relay: Relay, reload: asyncio.Event, path: Path, redactor: logs.Redactor) -> None:
+    """While the relay serves: its readiness announcements, and each `SIGHUP`'s reload of relay.yaml
+    (`relay: reloaded` or `relay: reload rejected: <why>` on stdout). Cancelled at the stop."""
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(_announce_relay(relay))
+        while True:
+            await reload.wait()
+            reload.clear()
+            _say(redactor.redact(f"relay: {_reload_relay(relay, path, redactor)}"))
+
+
+def _reload_relay(relay: Relay, path: Path, redactor: logs.Redactor) -> str:
+    """Read relay.yaml again and apply it; the new file's secrets are known to the redactor first."""
+    try:
+        config = load_relay_config(path)
+    except RelayConfigError as exc:
+        return f"reload rejected: {exc}"
+    redactor.add_all(logs.relay_secrets(config, path.parent))
+    why = relay.reload(config)
+    return "reloaded" if why is None else f"reload rejected: {why}"
+
+
 def _relay_main(args: argparse.Namespace, redactor: logs.Redactor) -> int:
     """The relay's telemetry comes from the OTEL_* variables alone (relay.yaml has no section for it)."""
     telemetry = build_telemetry(config.TelemetrySpec(), service_name=RELAY_SERVICE, redact=redactor.redact)
@@ -192,10 +214,11 @@ def _relay_main(args: argparse.Namespace, redactor: logs.Redactor) -> int:
 
 
 async def _relay(path: Path, redactor: logs.Redactor, telemetry: Telemetry) -> int:
-    stop = asyncio.Event()
+    stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     try:
         relay_config = load_relay_config(path)
         redactor.add_all(logs.relay_secrets(relay_config, path.parent))
@@ -203,8 +226,9 @@ async def _relay(path: Path, redactor: logs.Redactor, telemetry: Telemetry) -> i
             relay_config,
             stop,
             on_ready=lambda url: settle_gc(),
-            watch=_announce_relay,
+            watch=lambda relay: _watch_relay(relay, reload, path, redactor),
             tracer=telemetry.relay_tracer(),
+            source=str(path),
         )
     except RelayConfigError as exc:
         print(f"gateway relay: {exc}", file=sys.stderr)

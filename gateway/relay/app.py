@@ -1,8 +1,10 @@
 """Assembling and running a relay: the aiohttp application, the embeddable `Relay`, `serve_relay`.
 Holds no request logic: that is `front`'s and `tunnel_api`'s.
 
-Owns the provision step (secrets resolved once, backend built from `backend:`,
-routes mounted), typed app state, resource lifetimes and the listening socket.
+Owns the provision step (secrets resolved, backend built from `backend:`, routes mounted), typed
+app state, resource lifetimes, the listening socket, and `Relay.reload`: a new configuration's
+settings built whole and swapped in (`gateway.relay.settings`) when `gateway.relay.reload` finds
+nothing in it that needs a restart.
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ from gateway.relay.config import RedisBackend, RelayConfig, RelayConfigError, pa
 from gateway.relay.discovery import Discovery
 from gateway.relay.errors import ServerLog, error_middleware
 from gateway.relay.front import FrontDoor
-from gateway.relay.guard import READ_TIMEOUT, Credentials, HostGuard, check_channel, resolve_credentials
+from gateway.relay.guard import READ_TIMEOUT, Credentials, check_channel
 from gateway.relay.identity import Identity
 from gateway.relay.lean_http import LeanServer
 from gateway.relay.ops import OpsEndpoints, RelayMetrics
 from gateway.relay.queue import MemoryQueue, QueueBackend
+from gateway.relay.reload import rejection, restart_keys
+from gateway.relay.settings import LiveSettings, build_settings
 from gateway.relay.status import RelayStatusSource
 from gateway.relay.token_endpoint import TokenEndpoint
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.tunnel_api import TunnelAPI
 from gateway.relay.user_auth import UserAuth
-from gateway.relay.webconsole import ConsoleShell, TokenGate, served
+from gateway.relay.webconsole import ConsoleShell
 
 log = logging.getLogger("gateway.relay")
 
@@ -44,6 +48,10 @@ IDENTITY: Final = web.AppKey("relay_identity", Identity)
 """Present when `identity:` is configured."""
 LEAN: Final = web.AppKey("relay_lean_server", LeanServer)
 """The lean HTTP layer that `Relay` listens with for the hot routes (gateway.relay.lean_http)."""
+LIVE: Final = web.AppKey("relay_live_settings", LiveSettings)
+"""The settings requests read; `Relay.reload` swaps them."""
+CONSOLE: Final = web.AppKey("relay_console", ConsoleShell)
+"""Present when the operator console is served; a reload hands it the new token gate."""
 
 SHUTDOWN_TIMEOUT_S: Final = 5.0
 """How long closing waits for handlers after waking every waiting poll and caller."""
@@ -108,6 +116,7 @@ def build_relay_app(
     *,
     backend: QueueBackend | None = None,
     tracer: RelayTracer = NO_TRACER,
+    source: str = "<relay config>",
 ) -> web.Application:
     """The relay as an aiohttp application: tunnel API, MCP endpoint, OAuth discovery, `/healthz`,
     `/readyz`, `/metrics`.
@@ -120,12 +129,10 @@ def build_relay_app(
     `handler_cancellation=True` (as `Relay` does) so a caller or
     poller that disconnects is noticed at once.
     """
-    resolved = resolve_credentials(config) if credentials is None else credentials
-    missing = sorted(set(config.tunnels) - set(resolved))
-    if missing:
-        raise ValueError(f"no credentials for tunnel {missing[0]!r}")
-    identity = Identity(config.identity) if config.identity is not None else None
-    queue = backend or make_backend(config)
+    settings = build_settings(config, credentials, source=source)
+    live = LiveSettings(settings)
+    identity = settings.identity
+    queue = backend or make_backend(config, source=source)
     codec = Codec()
     metrics = RelayMetrics(config.tunnels)
     app = web.Application(
@@ -135,14 +142,13 @@ def build_relay_app(
     app[BACKEND] = queue
     app[METRICS] = metrics
     app[READ_TIMEOUT] = config.read_timeout_s
-    discovery = Discovery(
-        config, resolved, queue, codec, metrics, HostGuard(config.allowed_hosts, config.allowed_origins)
-    )
+    app[LIVE] = live
+    discovery = Discovery(live, queue, codec, metrics)
     app[DISCOVERY] = discovery
     users = UserAuth(config, codec)
     app.cleanup_ctx.append(users.lifetime)
-    tunnels = TunnelAPI(config, resolved, queue, codec, metrics, identity)
-    front = FrontDoor(config, resolved, queue, codec, metrics, tracer, discovery, users)
+    tunnels = TunnelAPI(live, queue, codec, metrics)
+    front = FrontDoor(live, queue, codec, metrics, tracer, discovery, users)
     app.router.add_routes(tunnels.routes())
     app.router.add_routes(front.routes())
     app[LEAN] = LeanServer(
@@ -155,33 +161,28 @@ def build_relay_app(
     )
     app.router.add_routes(discovery.routes())
     app.router.add_routes(OpsEndpoints(queue, metrics).routes())
-    console = _console(config, queue, metrics)
+    console = _console(live, queue, metrics)
     if console is not None:
+        app[CONSOLE] = console
         app.router.add_routes(console.routes())
         app.on_shutdown.append(console.close)
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_backend_lifetime)
     if identity is not None:
         app[IDENTITY] = identity
-        app.router.add_routes(TokenEndpoint(identity.exchange, metrics, identity.spec).routes())
+        app.router.add_routes(TokenEndpoint(live, metrics).routes())
         app.cleanup_ctx.append(_identity_lifetime)
     return app
 
 
-def _console(config: RelayConfig, backend: QueueBackend, metrics: RelayMetrics) -> ConsoleShell | None:
-    """The operator console: with `ops.token` it needs the token; without one it is served only on a
-    loopback listener (None: not served)."""
-    token: str | None = None
-    if config.ops.token is not None:
-        try:
-            token = resolve(config.ops.token).reveal()
-        except SecretError as exc:
-            raise RelayConfigError("<relay config>", "$.ops.token", str(exc)) from None
-    if not served(parse_listen(config.listen)[0], token):
+def _console(live: LiveSettings, backend: QueueBackend, metrics: RelayMetrics) -> ConsoleShell | None:
+    """The operator console behind the settings' token gate (None: not served, see `console_gate`)."""
+    gate = live.current.console
+    if gate is None:
         log.info("relay: the operator console is off (listen is not loopback and ops.token is not set)")
         return None
-    source = RelayStatusSource(config, backend, metrics)
-    return ConsoleShell(TokenGate(token), source.encoded)
+    source = RelayStatusSource(live, backend, metrics)
+    return ConsoleShell(gate, source.encoded)
 
 
 def _url_host(host: str) -> str:
@@ -206,8 +207,11 @@ class Relay:
         *,
         backend: QueueBackend | None = None,
         tracer: RelayTracer = NO_TRACER,
+        source: str = "<relay config>",
     ) -> None:
+        """`source` names the file in configuration errors (at start and on `reload`)."""
         self._config = config
+        self._source = source
         self._credentials = credentials
         self._backend = backend
         self._tracer = tracer
@@ -240,12 +244,40 @@ class Relay:
         url = f"{self.url}/v1/mcp/{quote(tunnel_id, safe='')}"
         return url if channel is None else f"{url}/{check_channel(channel)}"
 
+    def reload(self, config: RelayConfig) -> str | None:
+        """Apply `config` to the running relay without closing the listener, a connection, a waiting
+        poll or a waiting caller: None when applied, otherwise why not (the running settings stay).
+
+        Refused when it changes what takes effect on restart only (`gateway.relay.reload`) or a secret
+        reference does not resolve (the file, the key, what was expected). Its settings are built
+        whole first, then swapped in one assignment: a request already admitted keeps the old ones."""
+        if self._runner is None:
+            raise RuntimeError("the relay is not started")
+        app = self._runner.app
+        keys = restart_keys(self._config, config)
+        if keys:
+            return rejection(keys)
+        try:
+            identity = None
+            if config.identity is not None:  # the issuers' key caches are the running ones (same sources)
+                identity = Identity(config.identity, source=self._source, keys_of=app.get(IDENTITY))
+            settings = build_settings(config, identity=identity, source=self._source)
+        except RelayConfigError as exc:
+            return str(exc)
+        app[LIVE].current = settings
+        console = app.get(CONSOLE)
+        if console is not None and settings.console is not None:  # served before and after (reload)
+            console.gate = settings.console
+        return None
+
     async def start(self) -> str:
         """Bind and serve; returns the base URL, e.g. `http://127.0.0.1:8780`."""
         if self._runner is not None:
             raise RuntimeError("the relay is already started")
         host, port = parse_listen(self._config.listen)
-        app = build_relay_app(self._config, self._credentials, backend=self._backend, tracer=self._tracer)
+        app = build_relay_app(
+            self._config, self._credentials, backend=self._backend, tracer=self._tracer, source=self._source
+        )
         # The lean layer serves the hot routes and hands every other request's connection to aiohttp;
         # with `access_log` on, aiohttp serves everything (its access log sees every request).
         lean = None if self._config.access_log else app[LEAN]
@@ -307,14 +339,16 @@ async def serve_relay(
     on_ready: Callable[[str], object] | None = None,
     watch: Callable[[Relay], Coroutine[object, object, None]] | None = None,
     tracer: RelayTracer = NO_TRACER,
+    source: str = "<relay config>",
 ) -> None:
     """Run a relay until `stop` is set (the CLI's `gateway relay --config relay.yaml`).
 
-    Secrets are resolved on start (RelayConfigError names the key on failure);
+    Secrets are resolved on start (RelayConfigError names `source`, the file, and the key on failure);
     `on_ready(base_url)` is called once the socket is bound; `watch(relay)` runs while the relay
-    serves (the CLI's readiness announcements, reading `relay.problems()`), cancelled at the stop.
+    serves (the CLI's readiness announcements, reading `relay.problems()`, and its `SIGHUP` reloads
+    through `relay.reload`), cancelled at the stop.
     """
-    async with Relay(config, tracer=tracer) as relay:
+    async with Relay(config, tracer=tracer, source=source) as relay:
         if on_ready is not None:
             on_ready(relay.url)
         if watch is None:

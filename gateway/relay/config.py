@@ -94,6 +94,11 @@ class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     def __post_init__(self) -> None:
         check_jwks_proxy(self.jwks_proxy)
 
+    def key_set(self) -> tuple[str, str | None]:
+        """Which key set the relay fetches for it (`jwks_uri` through `jwks_proxy`): tunnels whose
+        `user_auth` has the same one share it."""
+        return self.jwks_uri, self.jwks_proxy
+
     def covers(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
 

@@ -5,7 +5,8 @@ Owns `/.well-known/oauth-protected-resource/v1/mcp/{tunnel}[/{channel}]` (RFC 97
 the MCP URL `/v1/mcp/{tunnel}[/{channel}]`): an `oauth_discovery` command queued to the tunnel's
 gateway, its answer served with `resource` set to the channel's public URL, cached briefly (bounded,
 per channel, one command in flight per channel); and `resource_metadata` in a server's
-`WWW-Authenticate` pointed at that URL.
+`WWW-Authenticate` pointed at that URL. `public_url`, the Host allowlist and client tokens come from
+the settings a request was admitted under (`gateway.relay.settings`); `oauth_discovery:` is fixed at start.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from gateway.protocol.wire import (
     Headers,
     TunnelResponsePayload,
 )
-from gateway.relay.config import RelayConfig
 from gateway.relay.errors import (
     CallerTimeout,
     ClientNotSeen,
@@ -42,9 +42,10 @@ from gateway.relay.errors import (
     TunnelNotFound,
 )
 from gateway.relay.exchange import RequestHead
-from gateway.relay.guard import Credentials, HostGuard, check_channel, check_client, check_client_header
+from gateway.relay.guard import check_channel, check_client, check_client_header
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend, new_command
+from gateway.relay.settings import LiveSettings, Settings
 
 DEFAULT_CHANNEL: Final = "main"
 NOT_FOUND_TTL_S: Final = 10.0
@@ -97,24 +98,13 @@ class _Answers:
 class Discovery:
     """The metadata endpoints of one relay, and the rewriting of challenges for its front door."""
 
-    def __init__(
-        self,
-        config: RelayConfig,
-        credentials: Credentials,
-        backend: QueueBackend,
-        codec: Codec,
-        metrics: RelayMetrics,
-        hosts: HostGuard,
-    ) -> None:
-        self._config = config
-        self._spec = config.oauth_discovery
-        self._credentials = credentials
+    def __init__(self, live: LiveSettings, backend: QueueBackend, codec: Codec, metrics: RelayMetrics) -> None:
+        self._live = live
+        self._spec = live.current.config.oauth_discovery  # fixed at start (gateway.relay.reload)
         self._backend = backend
         self._codec = codec
         self._metadata = MetadataCodec(codec)
         self._metrics = metrics
-        self._hosts = hosts
-        self._public = config.public_url.rstrip("/") if config.public_url else None
         self._answers = _Answers(self._spec.cache_max_entries)
         self._flights: dict[tuple[str, str], asyncio.Task[_Known]] = {}
         """One `oauth_discovery` command per channel at a time; every request for it waits on it."""
@@ -134,18 +124,19 @@ class Discovery:
 
     # ----------------------------------------------------------------------- public URLs
 
-    def public_base(self, request: RequestHead) -> str:
+    def public_base(self, settings: Settings, request: RequestHead) -> str:
         """`public_url`, else `http://` + the `Host` the allowlist checked; PublicUrlRequired otherwise."""
-        if self._public is not None:
-            return self._public
+        if settings.public is not None:
+            return settings.public
         host = request.headers.get("Host", "")
-        if self._hosts.any_host or not _HOST.fullmatch(host) or not self._hosts.host_allowed(host):
+        hosts = settings.hosts
+        if hosts.any_host or not _HOST.fullmatch(host) or not hosts.host_allowed(host):
             raise PublicUrlRequired()
         return f"http://{host}"
 
-    def metadata_url(self, request: RequestHead, tunnel_id: str, channel: str | None) -> str:
+    def metadata_url(self, settings: Settings, request: RequestHead, tunnel_id: str, channel: str | None) -> str:
         """Where clients fetch the channel's metadata (RFC 9728 §3.1: the suffix before the MCP path)."""
-        return self.public_base(request) + PRM_WELL_KNOWN + mcp_path(tunnel_id, channel)
+        return self.public_base(settings, request) + PRM_WELL_KNOWN + mcp_path(tunnel_id, channel)
 
     # ----------------------------------------------------------------------- handlers
 
@@ -163,20 +154,21 @@ class Discovery:
 
     async def metadata(self, request: web.Request) -> web.Response:
         """A channel's protected resource metadata (RFC 9728 §3.2), `resource` the URL clients use."""
-        if not self._hosts.host_allowed(request.headers.get("Host")):
+        settings = self._live.current
+        if not settings.hosts.host_allowed(request.headers.get("Host")):
             raise HostNotAllowed()
         tunnel_id = request.match_info["tunnel_id"]
-        credentials = self._credentials.get(tunnel_id)
+        credentials = settings.credentials.get(tunnel_id)
         if credentials is None:
             raise TunnelNotFound()
         segment = request.match_info.get("channel")
         channel = check_channel(segment or DEFAULT_CHANNEL)
-        header = self._config.tunnels[tunnel_id].client_token_header
+        header = settings.config.tunnels[tunnel_id].client_token_header
         if header.lower() == AUTHORIZATION.lower():
             check_client(request, credentials)
         else:
             check_client_header(request, credentials, header)
-        resource = self.public_base(request) + mcp_path(tunnel_id, segment)
+        resource = self.public_base(settings, request) + mcp_path(tunnel_id, segment)
         known = await self._known(tunnel_id, channel)
         if known.body is None:
             raise MetadataNotFound()
@@ -256,7 +248,12 @@ class Discovery:
     # ----------------------------------------------------------------------- challenges
 
     def challenge(
-        self, request: RequestHead, tunnel_id: str, channel: str | None, frame: TunnelResponsePayload
+        self,
+        settings: Settings,
+        request: RequestHead,
+        tunnel_id: str,
+        channel: str | None,
+        frame: TunnelResponsePayload,
     ) -> TunnelResponsePayload:
         """A frame whose `WWW-Authenticate` names the relay's metadata URL for this channel in place of
         the private server's (RFC 9728 §5.1); every other header and challenge as it was. A value
@@ -265,7 +262,7 @@ class Discovery:
         if headers is UNSET or not any(name.lower() == CHALLENGE for name in headers):
             return frame
         try:
-            url: str | None = self.metadata_url(request, tunnel_id, channel)
+            url: str | None = self.metadata_url(settings, request, tunnel_id, channel)
         except RelayError:
             url = None
         out: Headers = {}

@@ -5,7 +5,8 @@ Owns `/v1/mcp/{tunnel_id}[/{channel}]`: admission (the tunnel's client token in
 `Authorization` or in its own header), turning a POST or DELETE into a queued
 command, and turning that command's frames into a JSON, SSE or empty answer
 with the contract's status mapping (a server's challenge pointed at the relay's
-metadata URL by `gateway.relay.discovery`).
+metadata URL by `gateway.relay.discovery`). A request reads the relay's current settings once
+(`gateway.relay.settings`) and is served under them to its end, across a reload.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from gateway.protocol.wire import (
     connection_named,
 )
 from gateway.relay.budgets import CallerBudgets
-from gateway.relay.config import RelayConfig
+from gateway.relay.config import UserAuthSpec
 from gateway.relay.discovery import Discovery, mcp_path
 from gateway.relay.errors import (
     CallerTimeout,
@@ -61,17 +62,10 @@ from gateway.relay.exchange import (
     WebEventStream,
     web_answer,
 )
-from gateway.relay.guard import (
-    Credentials,
-    HostGuard,
-    bearer_token,
-    check_channel,
-    check_client,
-    check_client_header,
-    read_body,
-)
+from gateway.relay.guard import bearer_token, check_channel, check_client, check_client_header, read_body
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import Command, QueueBackend, new_command
+from gateway.relay.settings import LiveSettings, Settings
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.user_auth import UserAuth, audit
 
@@ -200,8 +194,7 @@ class FrontDoor:
 
     def __init__(
         self,
-        config: RelayConfig,
-        credentials: Credentials,
+        live: LiveSettings,
         backend: QueueBackend,
         codec: Codec,
         metrics: RelayMetrics | None = None,
@@ -209,16 +202,14 @@ class FrontDoor:
         discovery: Discovery | None = None,
         users: UserAuth | None = None,
     ) -> None:
-        self._config = config
-        self._credentials = credentials
+        self._live = live
         self._backend = backend
         self._codec = codec
         self._tracer = tracer
-        self._metrics = metrics or RelayMetrics(config.tunnels)
-        self._hosts = HostGuard(config.allowed_hosts, config.allowed_origins)
-        self._discovery = discovery or Discovery(config, credentials, backend, codec, self._metrics, self._hosts)
-        self._users = users or UserAuth(config, codec)
-        self._client_rates: CallerBudgets[tuple[str, str]] = CallerBudgets()
+        self._metrics = metrics or RelayMetrics(live.current.config.tunnels)
+        self._discovery = discovery or Discovery(live, backend, codec, self._metrics)
+        self._users = users or UserAuth(live.current.config, codec)
+        self._client_rates: CallerBudgets[tuple[str, str, float, int]] = CallerBudgets()
         self._sse_accepts: dict[str, bool] = {}
         """`accepts_sse` of a request whose one `Accept` header is the key (clients repeat theirs)."""
 
@@ -232,34 +223,37 @@ class FrontDoor:
             ]
         return routes
 
-    def _admit(self, request: RequestHead) -> tuple[str, str, Headers]:
+    def _admit(self, settings: Settings, request: RequestHead) -> tuple[str, str, Headers]:
         """Host/Origin, tunnel, channel and client token, in that order -> (tunnel, channel, headers)."""
-        self._hosts.check(request)
+        settings.hosts.check(request)
         tunnel_id = request.match_info["tunnel_id"]
-        credentials = self._credentials.get(tunnel_id)
+        credentials = settings.credentials.get(tunnel_id)
         if credentials is None:
             raise TunnelNotFound()
         channel = check_channel(request.match_info.get("channel", DEFAULT_CHANNEL))
-        header = self._config.tunnels[tunnel_id].client_token_header
+        header = settings.config.tunnels[tunnel_id].client_token_header
         if header.lower() == AUTHORIZATION.lower():
             relay_credential = check_client(request, credentials)
             return tunnel_id, channel, forwarded_headers(request, drop_authorization=relay_credential)
         check_client_header(request, credentials, header)  # `Authorization` is the user's: it passes through
         return tunnel_id, channel, forwarded_headers(request, drop_authorization=False, drop=header)
 
-    def _answer(self, request: RequestHead, tunnel_id: str, frame: TunnelResponsePayload) -> TunnelResponsePayload:
+    def _answer(
+        self, settings: Settings, request: RequestHead, tunnel_id: str, frame: TunnelResponsePayload
+    ) -> TunnelResponsePayload:
         """A frame as this caller may see it: a server's challenge names the relay's metadata URL."""
-        return self._discovery.challenge(request, tunnel_id, request.match_info.get("channel"), frame)
+        return self._discovery.challenge(settings, request, tunnel_id, request.match_info.get("channel"), frame)
 
-    async def _check_client_rate(self, tunnel_id: str, request: RequestHead) -> None:
+    async def _check_client_rate(self, settings: Settings, tunnel_id: str, request: RequestHead) -> None:
         """`client_rate`: each client token (or all tokenless callers together) has its own budget."""
-        spec = self._config.tunnels[tunnel_id]
+        spec = settings.config.tunnels[tunnel_id]
         per_s = rates.per_second(spec.client_rate) if spec.client_rate else None
         if per_s is None:
             return
         token = hashlib.sha256((bearer_token(request) or "").encode()).hexdigest()
         burst = spec.client_burst or max(2, math.floor(per_s))
-        wait_s = await self._client_rates.take((tunnel_id, token), per_s, burst)
+        # keyed by the rate too: a reload's new `client_rate`/`client_burst` gives each caller a new budget
+        wait_s = await self._client_rates.take((tunnel_id, token, per_s, burst), per_s, burst)
         if wait_s is not None:
             raise ClientRateExceeded(wait_s)
 
@@ -280,11 +274,17 @@ class FrontDoor:
         raise InvalidJsonRpc.invalid_request("not a JSON-RPC request, notification or response")
 
     async def _enqueue(
-        self, tunnel_id: str, channel: str, headers: Headers, command_type: str, jsonrpc: Raw | None
+        self,
+        settings: Settings,
+        tunnel_id: str,
+        channel: str,
+        headers: Headers,
+        command_type: str,
+        jsonrpc: Raw | None,
     ) -> Command:
         if not await self._backend.client_seen(tunnel_id):
             raise ClientNotSeen()
-        deadline = asyncio.get_running_loop().time() + self._config.response_timeout_s
+        deadline = asyncio.get_running_loop().time() + settings.config.response_timeout_s
         command = new_command(
             command_type=command_type,
             channel=channel,
@@ -310,27 +310,30 @@ class FrontDoor:
 
     async def other(self, request: web.Request) -> web.Response:
         """GET (no standalone SSE stream here) and any other method: 405 after admission."""
-        self._admit(request)
+        self._admit(self._live.current, request)
         raise MethodNotAllowed()
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         stream = WebEventStream(request)
-        limit = self._config.max_body_bytes
+        limit = self._live.current.config.max_body_bytes  # fixed at start
         return web_answer(await self.post_reply(request, lambda: read_body(request, limit), stream), stream)
 
     async def post_reply(self, request: RequestHead, read: BodyReader, stream: EventStream) -> Reply | None:
         """`POST /v1/mcp/{tunnel_id}[/{channel}]` on any server: its Reply, or None when it answered
         through `stream` (an SSE stream, opened once a notification frame came first)."""
-        tunnel_id, channel, headers = self._admit(request)
-        await self._check_client_rate(tunnel_id, request)
+        settings = self._live.current
+        tunnel_id, channel, headers = self._admit(settings, request)
+        await self._check_client_rate(settings, tunnel_id, request)
         body = await read()
         message, rpc_id = self._parse(body)
-        async with self._user(request, tunnel_id, channel, body) as subject:
+        async with self._user(settings, request, tunnel_id, channel, body) as subject:
             with self._tracer.request(channel, request.headers, body, message) as trace:
                 if subject.name is not None:
                     trace.subject(subject.name)
                 headers, traced = trace.inject(headers, body)  # the command carries this request's span
-                answer = await self._post(request, tunnel_id, channel, headers, traced or body, rpc_id, stream)
+                answer = await self._post(
+                    settings, request, tunnel_id, channel, headers, traced or body, rpc_id, stream
+                )
                 status = 200 if answer is None else answer.status
                 trace.answered(status, None if answer is None else answer.body)
                 subject.outcome = status
@@ -338,6 +341,7 @@ class FrontDoor:
 
     async def _post(
         self,
+        settings: Settings,
         request: RequestHead,
         tunnel_id: str,
         channel: str,
@@ -346,54 +350,62 @@ class FrontDoor:
         rpc_id: Raw | None,
         stream: EventStream,
     ) -> Reply | None:
-        command = await self._enqueue(tunnel_id, channel, headers, COMMAND_JSONRPC, Raw(body))
+        command = await self._enqueue(settings, tunnel_id, channel, headers, COMMAND_JSONRPC, Raw(body))
         try:
             with self._metrics.caller_waiting(tunnel_id):
                 if rpc_id is None:
-                    frame = self._answer(request, tunnel_id, await self._terminal(tunnel_id, command))
+                    frame = self._answer(settings, request, tunnel_id, await self._terminal(tunnel_id, command))
                     if frame.resp_code >= 400:
                         return json_answer(frame)
                     return json_answer(msgspec.structs.replace(frame, resp_json=UNSET), status=202)
-                return await self._answer_request(request, tunnel_id, command, rpc_id, stream)
+                return await self._answer_request(settings, request, tunnel_id, command, rpc_id, stream)
         finally:
             await self._backend.discard(tunnel_id, command.request_id)
 
     async def delete(self, request: web.Request) -> web.Response:
-        tunnel_id, channel, headers = self._admit(request)
-        await self._check_client_rate(tunnel_id, request)
+        settings = self._live.current
+        tunnel_id, channel, headers = self._admit(settings, request)
+        await self._check_client_rate(settings, tunnel_id, request)
         if not request.headers.get(SESSION_HEADER):
             raise MissingSessionId(param=SESSION_HEADER)
-        async with self._user(request, tunnel_id, channel, None) as subject:
+        async with self._user(settings, request, tunnel_id, channel, None) as subject:
             with self._tracer.request(channel, request.headers, None) as trace:
                 if subject.name is not None:
                     trace.subject(subject.name)
                 headers, _ = trace.inject(headers, None)
-                answer = await self._delete(tunnel_id, channel, headers)
+                answer = await self._delete(settings, tunnel_id, channel, headers)
                 trace.answered(answer.status, None)
                 subject.outcome = answer.status
                 return answer.to_response()
 
     def _user(
-        self, request: RequestHead, tunnel_id: str, channel: str, body: bytes | None
+        self, settings: Settings, request: RequestHead, tunnel_id: str, channel: str, body: bytes | None
     ) -> contextlib.AbstractAsyncContextManager[Subject]:
         """`user_auth` for a covered channel: the user's token checked before anything is queued (a
         refusal raised), and one audit line when the request ends, however it ends."""
-        if not self._users.covers(tunnel_id, channel):
+        spec = settings.config.tunnels[tunnel_id].user_auth
+        if spec is None or not spec.covers(channel):
             return _Anonymous()  # no generator-based context manager per request for the common case
-        return self._checked_user(request, tunnel_id, channel, body)
+        return self._checked_user(settings, spec, request, tunnel_id, channel, body)
 
     @contextlib.asynccontextmanager
     async def _checked_user(
-        self, request: RequestHead, tunnel_id: str, channel: str, body: bytes | None
+        self,
+        settings: Settings,
+        spec: UserAuthSpec,
+        request: RequestHead,
+        tunnel_id: str,
+        channel: str,
+        body: bytes | None,
     ) -> AsyncIterator[Subject]:
         subject = Subject()
         started = asyncio.get_running_loop().time()
         method, tool = self._users.describe(body)
         segment = request.match_info.get("channel")
         try:
-            resource = self._discovery.public_base(request) + mcp_path(tunnel_id, segment)
-            metadata = self._discovery.metadata_url(request, tunnel_id, segment)
-            subject.name = await self._users.check(request, tunnel_id, channel, resource, metadata)
+            resource = self._discovery.public_base(settings, request) + mcp_path(tunnel_id, segment)
+            metadata = self._discovery.metadata_url(settings, request, tunnel_id, segment)
+            subject.name = await self._users.check(request, spec, resource, metadata)
             yield subject
         except RelayError as exc:
             subject.outcome = exc.status
@@ -404,8 +416,8 @@ class FrontDoor:
             duration = asyncio.get_running_loop().time() - started
             audit(subject.name, tunnel_id, channel, method, tool, subject.outcome, duration)
 
-    async def _delete(self, tunnel_id: str, channel: str, headers: Headers) -> Reply:
-        command = await self._enqueue(tunnel_id, channel, headers, COMMAND_SESSION_END, None)
+    async def _delete(self, settings: Settings, tunnel_id: str, channel: str, headers: Headers) -> Reply:
+        command = await self._enqueue(settings, tunnel_id, channel, headers, COMMAND_SESSION_END, None)
         try:
             with self._metrics.caller_waiting(tunnel_id):
                 frame = await self._terminal(tunnel_id, command)
@@ -429,7 +441,13 @@ class FrontDoor:
         return seen
 
     async def _answer_request(
-        self, request: RequestHead, tunnel_id: str, command: Command, rpc_id: Raw, stream: EventStream
+        self,
+        settings: Settings,
+        request: RequestHead,
+        tunnel_id: str,
+        command: Command,
+        rpc_id: Raw,
+        stream: EventStream,
     ) -> Reply | None:
         """JSON when the terminal frame comes first (or SSE is not accepted); an SSE
         stream as soon as a notification frame arrives for a caller that accepts it (None: answered there)."""
@@ -441,7 +459,7 @@ class FrontDoor:
                     frame = await self._backend.next_frame(tunnel_id, command.request_id)
                     if not opened:
                         if frame.is_terminal:
-                            return json_answer(self._answer(request, tunnel_id, frame))
+                            return json_answer(self._answer(settings, request, tunnel_id, frame))
                         if not sse_ok or frame.resp_json is UNSET:
                             continue  # a notification the caller cannot receive
                         await stream.open(stream_headers(frame))

@@ -54,7 +54,8 @@ Credentials = Mapping[str, TunnelCredentials]
 
 
 def resolve_credentials(config: RelayConfig, *, source: str = "<relay config>") -> dict[str, TunnelCredentials]:
-    """Resolve every tunnel's secret references once; a failure names the key, never the value."""
+    """Resolve every tunnel's secret references (at start and on each reload); a failure names the key,
+    never the value."""
     resolved: dict[str, TunnelCredentials] = {}
     for tunnel_id, spec in config.tunnels.items():
         key_path = f"$.tunnels.{tunnel_id}.gateway_key"

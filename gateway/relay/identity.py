@@ -210,7 +210,10 @@ class Identity:
     client they fetch with, and ends both.
     """
 
-    def __init__(self, spec: IdentitySpec, *, source: str = "<relay config>") -> None:
+    def __init__(self, spec: IdentitySpec, *, source: str = "<relay config>", keys_of: Identity | None = None) -> None:
+        """`keys_of`: a running Identity whose issuers' key caches (and HTTP client) this one shares,
+        for a reload (only the first one's `lifetime()` runs; gateway.relay.reload checks that each
+        issuer's key source is unchanged)."""
         self.spec = spec
         keys = []
         for index, ref in enumerate(spec.signing_keys):
@@ -220,9 +223,10 @@ class Identity:
             except (SecretError, SigningKeyError) as exc:
                 raise RelayConfigError(source, key_path, str(exc)) from None
         self.tokens = AccessTokens(keys, ttl_s=spec.token_ttl_s, clock_skew_s=spec.clock_skew_s)
-        self._client = HttpClient()
-        self.issuers = [
-            TrustedIssuer(issuer, self._keys(issuer, f"$.identity.issuers[{index}]", source))
+        self._client: HttpClient = HttpClient() if keys_of is None else keys_of._client
+        held = {} if keys_of is None else {issuer.spec.issuer: issuer.keys for issuer in keys_of.issuers}
+        self.issuers: list[TrustedIssuer] = [
+            TrustedIssuer(issuer, held.get(issuer.issuer) or self._keys(issuer, f"$.identity.issuers[{index}]", source))
             for index, issuer in enumerate(spec.issuers)
         ]
         self.exchange = TokenExchange(self.issuers, self.tokens, clock_skew_s=spec.clock_skew_s)

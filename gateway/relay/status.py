@@ -11,10 +11,10 @@ import msgspec
 
 from gateway import __version__
 from gateway.protocol.readiness import StatusHead
-from gateway.relay.config import RelayConfig
 from gateway.relay.errors import BackendUnavailable
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
+from gateway.relay.settings import LiveSettings
 
 
 class TunnelRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,8 +51,8 @@ class RelayStatus(StatusHead, frozen=True, kw_only=True):
 class RelayStatusSource:
     """Builds `RelayStatus` from the config, the queue backend and this replica's counters."""
 
-    def __init__(self, config: RelayConfig, backend: QueueBackend, metrics: RelayMetrics) -> None:
-        self._config = config
+    def __init__(self, live: LiveSettings, backend: QueueBackend, metrics: RelayMetrics) -> None:
+        self._live = live
         self._backend = backend
         self._metrics = metrics
         self._started = time.time()
@@ -62,7 +62,8 @@ class RelayStatusSource:
         now = time.time()
         up = await self._backend.ready()
         tunnels: list[TunnelRow] = []
-        for tunnel_id, spec in self._config.tunnels.items():
+        config = self._live.current.config  # names as the current settings give them
+        for tunnel_id, spec in config.tunnels.items():
             try:
                 status = await self._backend.status(tunnel_id) if up else None
             except BackendUnavailable:
@@ -90,7 +91,7 @@ class RelayStatusSource:
                 last_poll_age_s=round(max(0.0, now - seen.last_poll), 3),
                 polls=seen.polls,
             )
-            for tunnel_id in self._config.tunnels
+            for tunnel_id in config.tunnels
             for seen in self._metrics.gateways(tunnel_id)
         ]
         return RelayStatus(

@@ -4,7 +4,9 @@ It decides no exchange itself (identity.py does) and never echoes a token in an 
 Owns the request's edge (a per-address rate budget checked first, the address the one
 `gateway.relay.callers` names; method, content type, a small bounded body, JSON or form parameters
 into a TokenRequest) and the answer's shape (RFC 6749 section 5.1, never cached); the exchange itself
-is identity.py's, and refusals become RFC 6749 bodies in `TokenError.to_response`.
+is identity.py's, and refusals become RFC 6749 bodies in `TokenError.to_response`. The exchange, the
+rate budget and the trusted proxies are the current settings' `identity:` (`gateway.relay.settings`),
+read once per request, so a reload's new keys, rates and proxies apply at once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from aiohttp import web
 from gateway.protocol.wire import JsonDecoder
 from gateway.relay.budgets import CallerBudgets
 from gateway.relay.callers import X_FORWARDED_FOR, TrustedProxies, caller_key
-from gateway.relay.config import IdentitySpec
 from gateway.relay.errors import (
     NO_STORE,
     BodyTimeout,
@@ -30,8 +31,9 @@ from gateway.relay.errors import (
     TokenRateExceeded,
 )
 from gateway.relay.guard import read_body
-from gateway.relay.identity import TOKEN_TYPE_ACCESS, TokenExchange, TokenRequest, describe
+from gateway.relay.identity import TOKEN_TYPE_ACCESS, Identity, TokenRequest, describe
 from gateway.relay.ops import RelayMetrics
+from gateway.relay.settings import LiveSettings
 
 log = logging.getLogger("gateway.relay")
 
@@ -98,23 +100,24 @@ def _name(name: str) -> str:
 class TokenEndpoint:
     """The handler of `POST /oauth/token`."""
 
-    def __init__(self, exchange: TokenExchange, metrics: RelayMetrics, spec: IdentitySpec) -> None:
-        self._exchange = exchange
+    def __init__(self, live: LiveSettings, metrics: RelayMetrics) -> None:
+        self._live = live
         self._metrics = metrics
-        self._rate_per_s = spec.token_rate_per_s
-        self._burst = spec.token_burst
-        self._trusted = TrustedProxies(spec.trusted_proxies)
-        self._budgets: CallerBudgets[str] = CallerBudgets()
+        self._budgets: CallerBudgets[tuple[str, float, int]] = CallerBudgets()
+        self._trusted: tuple[list[str], TrustedProxies] | None = None
+        """`identity.trusted_proxies` as last read, and what was built from it."""
         self._refusals_logged: CallerBudgets[str] = CallerBudgets()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", PATH, self.token)]
 
     async def token(self, request: web.Request) -> web.Response:
-        caller = self._trusted.caller(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
-        await self._check_rate(caller_key(caller))
+        identity = self._live.current.identity
+        assert identity is not None  # the endpoint is routed only with `identity:`, which stays (reload)
+        caller = self._trusted_proxies(identity).caller(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
+        await self._check_rate(identity, caller_key(caller))
         try:
-            response = await self._token(request)
+            response = await self._token(identity, request)
         except TokenError as exc:
             self._metrics.observe_exchange(exc.oauth_error)
             log.info("identity: token exchange refused: %s (%s)", exc.oauth_error, exc.message)
@@ -122,9 +125,17 @@ class TokenEndpoint:
         self._metrics.observe_exchange("issued")
         return response
 
-    async def _check_rate(self, caller: str) -> None:
+    def _trusted_proxies(self, identity: Identity) -> TrustedProxies:
+        """The current `trusted_proxies`, built again only when a reload changed them."""
+        entries = identity.spec.trusted_proxies
+        if self._trusted is None or self._trusted[0] is not entries:
+            self._trusted = (entries, TrustedProxies(entries))
+        return self._trusted[1]
+
+    async def _check_rate(self, identity: Identity, caller: str) -> None:
         """TokenRateExceeded when `caller` spent its budget: before the body is read or a JWT parsed."""
-        wait_s = await self._budgets.take(caller, self._rate_per_s, self._burst)
+        rate_per_s, burst = identity.spec.token_rate_per_s, identity.spec.token_burst
+        wait_s = await self._budgets.take((caller, rate_per_s, burst), rate_per_s, burst)  # a new rate: a new budget
         if wait_s is None:
             return
         self._metrics.observe_exchange(RATE_LIMITED)
@@ -133,12 +144,12 @@ class TokenEndpoint:
                 "identity: token requests from %s exceed token_rate_per_s %g (burst %d); refused with 429"
                 " (logged at most once a minute per address)",
                 caller or "(unknown address)",
-                self._rate_per_s,
-                self._burst,
+                rate_per_s,
+                burst,
             )
         raise TokenRateExceeded(wait_s)
 
-    async def _token(self, request: web.Request) -> web.Response:
+    async def _token(self, identity: Identity, request: web.Request) -> web.Response:
         if request.method != "POST":
             raise TokenMethodNotAllowed()
         try:
@@ -147,7 +158,7 @@ class TokenEndpoint:
             raise TokenBodyTooLarge(f"the token request body exceeds {MAX_BODY_BYTES} bytes") from None
         except BodyTimeout:
             raise TokenError("the token request body did not arrive in time") from None
-        exchanged = await self._exchange.exchange(parse_request(request.content_type, body))
+        exchanged = await identity.exchange.exchange(parse_request(request.content_type, body))
         log.info(
             "identity: issued an access token to subject %s of issuer %s for tunnels %s (key %s, %ds)",
             describe(exchanged.subject),

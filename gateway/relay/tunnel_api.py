@@ -2,7 +2,8 @@
 Validates and encodes; queueing is the backend's, and errors become responses only in the error middleware.
 
 Owns parameter and payload validation for `/v1/tunnels/{tunnel_id}[/poll|/response]`
-and the wire encoding of what it returns.
+and the wire encoding of what it returns. Keys and `poll_max_wait_ms` come from the relay's current
+settings (`gateway.relay.settings`), read once per request: a poll admitted before a reload runs on.
 """
 
 from __future__ import annotations
@@ -35,19 +36,12 @@ from gateway.protocol.wire import (
     TunnelResponsePayload,
 )
 from gateway.relay.affinity import affine_channels
-from gateway.relay.config import RelayConfig
 from gateway.relay.errors import InvalidParameter, InvalidPayload
 from gateway.relay.exchange import BodyReader, Reply, RequestHead
-from gateway.relay.guard import (
-    AccessTokenCheck,
-    Credentials,
-    TunnelCredentials,
-    check_channel,
-    check_gateway,
-    read_body,
-)
+from gateway.relay.guard import check_channel, check_gateway, read_body
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
+from gateway.relay.settings import LiveSettings, Settings
 
 _RESPONSE_TYPES: Final = RESPONSE_TYPES
 """The contract's four and the official client's `oauth_discovery_response` (gateway.relay.discovery)."""
@@ -83,20 +77,12 @@ class TunnelAPI:
     """Handlers for the gateway-facing v1 endpoints of one relay."""
 
     def __init__(
-        self,
-        config: RelayConfig,
-        credentials: Credentials,
-        backend: QueueBackend,
-        codec: Codec,
-        metrics: RelayMetrics | None = None,
-        tokens: AccessTokenCheck | None = None,
+        self, live: LiveSettings, backend: QueueBackend, codec: Codec, metrics: RelayMetrics | None = None
     ) -> None:
-        self._config = config
-        self._credentials = credentials
-        self._tokens = tokens
+        self._live = live
         self._backend = backend
         self._codec = codec
-        self._metrics = metrics or RelayMetrics(config.tunnels)
+        self._metrics = metrics or RelayMetrics(live.current.config.tunnels)
         self._acked = Reply(200, codec.encode(TunnelResponseAck()), [(CONTENT_TYPE, JSON)])  # to every accepted frame
 
     def routes(self) -> list[web.RouteDef]:
@@ -106,13 +92,14 @@ class TunnelAPI:
             web.post("/v1/tunnels/{tunnel_id}/response", self.response),
         ]
 
-    def _authorize(self, request: RequestHead, *, metadata: bool = False) -> tuple[str, TunnelCredentials]:
+    def _authorize(self, request: RequestHead, *, metadata: bool = False) -> tuple[str, Settings]:
+        """(tunnel, the settings it was admitted under) of a request whose credential may use the tunnel."""
+        settings = self._live.current
         tunnel_id = request.match_info["tunnel_id"]
-        credentials = self._credentials.get(tunnel_id)
+        credentials = settings.credentials.get(tunnel_id)
         # an unknown tunnel is refused like a wrong key (or, to a valid access token, like another's tunnel)
-        check_gateway(request, tunnel_id, credentials, self._tokens, metadata=metadata)
-        assert credentials is not None
-        return tunnel_id, credentials
+        check_gateway(request, tunnel_id, credentials, settings.identity, metadata=metadata)
+        return tunnel_id, settings
 
     def _json(self, obj: object) -> Reply:
         return Reply(200, self._codec.encode(obj), [(CONTENT_TYPE, JSON)])
@@ -120,8 +107,8 @@ class TunnelAPI:
     # ----------------------------------------------------------------------- aiohttp handlers
 
     async def metadata(self, request: web.Request) -> web.Response:
-        tunnel_id, _ = self._authorize(request, metadata=True)
-        spec = self._config.tunnels[tunnel_id]
+        tunnel_id, settings = self._authorize(request, metadata=True)
+        spec = settings.config.tunnels[tunnel_id]
         return self._json(
             TunnelClientMetadata(id=tunnel_id, name=spec.name, description=spec.description)
         ).to_response()
@@ -130,15 +117,15 @@ class TunnelAPI:
         return (await self.poll_reply(request, lambda: _connected(request))).to_response()
 
     async def response(self, request: web.Request) -> web.Response:
-        limit = self._config.max_body_bytes
+        limit = self._live.current.config.max_body_bytes  # fixed at start
         return (await self.response_reply(request, lambda: read_body(request, limit))).to_response()
 
     # ----------------------------------------------------------------------- the cores (any server)
 
     async def poll_reply(self, request: RequestHead, connected: Callable[[], bool]) -> Reply:
         """`GET /v1/tunnels/{tunnel_id}/poll`; `connected()` says whether the poller is still there."""
-        tunnel_id, _ = self._authorize(request)
-        cap = self._config.poll_max_wait_ms
+        tunnel_id, settings = self._authorize(request)
+        cap = settings.config.poll_max_wait_ms
         limit = _int_param(request, "limit", default=1, low=1, high=MAX_POLL_LIMIT)
         timeout_ms = min(cap, _int_param(request, "timeout_ms", default=cap, low=1, high=None))
         channels = frozenset(check_channel(c) for c in request.query.getall("channel", []))

@@ -7,7 +7,9 @@ fetched bounded, without redirects, through `jwks_proxy` or the environment's pr
 `jwks_cache_s` and for an unknown `kid`, never more often than `jwks_refresh_min_s`), `iss`, `aud`
 (the channel's public MCP URL unless configured), `exp`/`nbf` with leeway, the required scopes; the
 refusal's `WWW-Authenticate` challenge (RFC 6750 §3, `resource_metadata` of RFC 9728 §5.1); and the
-audit line (who, channel, method, tool, outcome, duration; no payload).
+audit line (who, channel, method, tool, outcome, duration; no payload). The key sets are built from the
+configuration the relay started with; each request's `user_auth` spec is the one of the settings it
+was admitted under (a reload may change it while its key set is one of these, `gateway.relay.reload`).
 """
 
 from __future__ import annotations
@@ -40,25 +42,18 @@ class UserAuth:
     """The relay's `user_auth` checks, per tunnel; owns the HTTP client its key sets are fetched with."""
 
     def __init__(self, config: RelayConfig, codec: Codec) -> None:
-        self._config = config
         self._codec = codec
         self._client = HttpClient()
         self._keys: dict[tuple[str, str | None], IssuerKeys] = {}
-        """Key sets by (`jwks_uri`, the proxy chosen for it): tunnels that fetch one issuer's keys the
-        same way share them and their fetches; another proxy is another fetcher."""
-        self._tunnel_keys: dict[str, IssuerKeys] = {}
-        for tunnel_id, tunnel in config.tunnels.items():
-            spec = tunnel.user_auth
-            if spec is None:
-                continue
-            proxy = choose_proxy(spec.jwks_uri, spec.jwks_proxy)  # once: the environment is read at start
-            keys = self._keys.get((spec.jwks_uri, proxy))
-            if keys is None:
+        """Key sets by `UserAuthSpec.key_set()`: tunnels that fetch one issuer's keys the same way share
+        them and their fetches; another `jwks_proxy` is another fetcher."""
+        for spec in (tunnel.user_auth for tunnel in config.tunnels.values()):
+            if spec is not None and spec.key_set() not in self._keys:
+                proxy = choose_proxy(spec.jwks_uri, spec.jwks_proxy)  # once: the environment is read at start
                 source = UrlSource(spec.jwks_uri, self._client, timeout_s=FETCH_TIMEOUT_S, proxy=proxy)
-                keys = self._keys[spec.jwks_uri, proxy] = IssuerKeys(
+                self._keys[spec.key_set()] = IssuerKeys(
                     spec.issuer, source, refresh_s=spec.jwks_cache_s, cooldown_s=spec.jwks_refresh_min_s
                 )
-            self._tunnel_keys[tunnel_id] = keys
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the key sets are fetched and refreshed while the relay serves.
@@ -69,21 +64,15 @@ class UserAuth:
         async with refreshed(self._client, self._keys.values()):
             yield
 
-    def covers(self, tunnel_id: str, channel: str) -> bool:
-        spec = self._config.tunnels[tunnel_id].user_auth
-        return spec is not None and spec.covers(channel)
-
-    async def check(self, request: RequestHead, tunnel_id: str, channel: str, resource: str, metadata: str) -> str:
-        """The subject (`sub`) of the request's valid token for this covered channel; UserUnauthorized
+    async def check(self, request: RequestHead, spec: UserAuthSpec, resource: str, metadata: str) -> str:
+        """The subject (`sub`) of the request's valid token for a channel `spec` covers; UserUnauthorized
         or InsufficientScope otherwise. `resource` is the channel's public MCP URL (the default
         audience), `metadata` where its protected resource metadata is (for the challenge)."""
-        spec = self._config.tunnels[tunnel_id].user_auth
-        assert spec is not None
         token = bearer_token(request)
         if token is None:
             challenge = f"Bearer resource_metadata={quoted(metadata)}" + _scope(spec)
             raise UserUnauthorized(challenge=challenge)
-        claims = await self._verify(spec, self._tunnel_keys[tunnel_id], token, spec.audience or [resource])
+        claims = await self._verify(spec, token, spec.audience or [resource])
         if isinstance(claims, str):
             challenge = (
                 f'Bearer error="invalid_token", error_description={quoted(claims)}, '
@@ -96,9 +85,7 @@ class UserAuth:
             raise InsufficientScope(challenge=challenge, subject=str(claims["sub"]))
         return str(claims["sub"])
 
-    async def _verify(
-        self, spec: UserAuthSpec, issuer_keys: IssuerKeys, token: str, audiences: list[str]
-    ) -> dict[str, Any] | str:
+    async def _verify(self, spec: UserAuthSpec, token: str, audiences: list[str]) -> dict[str, Any] | str:
         """The token's claims, or why it is refused (words of ours, never the token's).
         IssuerKeysUnavailable when the issuer's keys cannot be had: then it can be neither."""
         try:
@@ -110,7 +97,7 @@ class UserAuth:
             return "the token's signing algorithm is not accepted"
         kid = header.get("kid")
         try:
-            keys = await issuer_keys.lookup(kid if isinstance(kid, str) else None, algorithm)
+            keys = await self._keys[spec.key_set()].lookup(kid if isinstance(kid, str) else None, algorithm)
         except JwksUnavailable:
             raise IssuerKeysUnavailable() from None
         if not keys:

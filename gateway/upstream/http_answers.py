@@ -56,7 +56,7 @@ class AnswerReader:
             raise UpstreamProtocolError(self._server, "response_body_missing")
         if mime != JSON:
             raise UpstreamProtocolError(self._server, "non_protocol_response")
-        message = self.response(body)
+        message = self._response(body)
         if message.id is UNSET or _id_of(message.id) not in (wanted, None):
             raise UpstreamProtocolError(self._server, "invalid_protocol_response")
         yield Reply(status, body, headers)
@@ -78,7 +78,7 @@ class AnswerReader:
                 if message.method is not UNSET:
                     yield Notify(event.data)
                 elif message.is_response and message.id is not UNSET:
-                    self.response(event.data)
+                    self._response(event.data)
                     if _id_of(message.id) == wanted:
                         yield Reply(resp.status, event.data, headers)
                         return
@@ -108,7 +108,7 @@ class AnswerReader:
             raise UpstreamProtocolError(self._server, "invalid_protocol_response")
         return message
 
-    def response(self, data: bytes) -> JsonRpcMessage:
+    def _response(self, data: bytes) -> JsonRpcMessage:
         """A JSON-RPC response (result or a well-formed error), or UpstreamProtocolError."""
         message = self._message(data)
         if not message.is_response or message.id is UNSET:
@@ -122,7 +122,7 @@ class AnswerReader:
 
     def _is_response(self, data: bytes) -> bool:
         try:
-            self.response(data)
+            self._response(data)
         except UpstreamProtocolError:
             return False
         return True

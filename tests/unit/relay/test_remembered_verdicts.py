@@ -16,6 +16,7 @@ from gateway.relay.front import FrontDoor, accepts_sse
 from gateway.relay.guard import HOSTS_KEPT, HostGuard, host_name
 from gateway.relay.lean_http import _head
 from gateway.relay.queue import MemoryQueue
+from gateway.relay.settings import LiveSettings, build_settings
 from tests.support.fuzz_budget import FUZZ
 from tests.support.relay_harness import HeadOf, relay_config
 
@@ -47,7 +48,8 @@ _ACCEPTS = st.sampled_from(
 @given(st.lists(st.lists(_ACCEPTS, max_size=3), max_size=12))
 def test_sse_verdicts_are_the_computed_ones(requests: list[list[str]]) -> None:
     config = relay_config()
-    front = FrontDoor(config, {}, MemoryQueue(config.tunnels, queue_max=1, client_seen_grace_s=1), Codec())
+    queue = MemoryQueue(config.tunnels, queue_max=1, client_seen_grace_s=1)
+    front = FrontDoor(LiveSettings(build_settings(config)), queue, Codec())
     for values in requests + requests:
         head = HeadOf([("Accept", value) for value in values])
         assert front._accepts_sse(head) == accepts_sse(head)

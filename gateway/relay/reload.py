@@ -1,0 +1,106 @@
+"""What a relay reload (`SIGHUP` to `gateway relay`) may change: a pure comparison of the configuration
+the relay started with and the new one, naming each setting that takes effect on restart only.
+Builds and swaps nothing itself (`Relay.reload` does); reads no file and resolves no secret.
+
+Applied at run time: every per-tunnel setting (`gateway_key`, `client_tokens`, `client_rate`,
+`client_burst`, `client_token_header`, `user_auth` while its key sets are the ones the relay fetches,
+`name`, `description`), `allowed_hosts`, `allowed_origins`, `public_url`, `response_timeout_s`,
+`poll_max_wait_ms`, `ops.token` (while the console stays served) and `identity:` (signing keys,
+subjects, audiences, lifetimes, rates; not the issuers' key sources). Everything else is fixed at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from gateway.relay.config import IssuerSpec, RelayConfig, RelayOpsSpec, UserAuthSpec, parse_listen
+from gateway.relay.webconsole import served
+
+RESTART_ONLY: Final = (
+    "listen",
+    "backend",
+    "queue_max",
+    "max_body_bytes",
+    "client_seen_grace_s",
+    "read_timeout_s",
+    "access_log",
+    "session_ttl_s",
+    "oauth_discovery",
+)
+"""Top-level keys fixed at start: the listener, the queue backend and what was built from them
+(`access_log` chooses which HTTP layer serves; `oauth_discovery` sizes the metadata cache)."""
+
+_KEY_SOURCE: Final = (
+    "jwks_url",
+    "jwks_file",
+    "jwks_ca_file",
+    "jwks_token",
+    "jwks_proxy",
+    "jwks_refresh_s",
+    "jwks_cooldown_s",
+    "jwks_timeout_s",
+)
+"""What an `identity.issuers[]` key cache is built from (the relay fetches it from start to stop)."""
+
+
+def restart_keys(started: RelayConfig, new: RelayConfig) -> list[str]:
+    """The keys of `new` that differ from `started` and cannot change while the relay runs; empty when
+    `new` can be applied as it is."""
+    return list(_restart_keys(started, new))
+
+
+def rejection(keys: list[str]) -> str:
+    """The reason a reload changing `keys` is refused (`listen, backend take effect on restart`)."""
+    return f"{', '.join(keys)} {'takes' if len(keys) == 1 else 'take'} effect on restart"
+
+
+def _restart_keys(started: RelayConfig, new: RelayConfig) -> Iterator[str]:
+    for key in RESTART_ONLY:
+        if getattr(new, key) != getattr(started, key):
+            yield key
+    if set(new.tunnels) != set(started.tunnels):
+        yield "tunnels"  # a tunnel added or removed: the queue backend holds one queue per tunnel
+    else:
+        fetched = _user_key_sets(started)
+        for tunnel_id, spec in new.tunnels.items():
+            if spec.user_auth is not None and fetched.get(spec.user_auth.key_set()) != _key_set(spec.user_auth):
+                uri, _ = key_set = spec.user_auth.key_set()
+                proxy_only = key_set not in fetched and any(fetched_uri == uri for fetched_uri, _ in fetched)
+                yield f"tunnels.{tunnel_id}.user_auth.{'jwks_proxy' if proxy_only else 'jwks_uri'}"
+    if _console_served(new.listen, new.ops) != _console_served(started.listen, started.ops):
+        yield "ops.token"  # it turns the console on or off
+    yield from _identity_keys(started, new)
+
+
+def _key_set(spec: UserAuthSpec) -> tuple[float, float]:
+    return spec.jwks_cache_s, spec.jwks_refresh_min_s
+
+
+def _user_key_sets(config: RelayConfig) -> dict[tuple[str, str | None], tuple[float, float]]:
+    """`user_auth` key sets the relay fetches: by `jwks_uri` and `jwks_proxy` (`UserAuthSpec.key_set`),
+    the first tunnel naming one sets its schedule (as `UserAuth` builds them)."""
+    sets: dict[tuple[str, str | None], tuple[float, float]] = {}
+    for tunnel in config.tunnels.values():
+        if tunnel.user_auth is not None:
+            sets.setdefault(tunnel.user_auth.key_set(), _key_set(tunnel.user_auth))
+    return sets
+
+
+def _console_served(listen: str, ops: RelayOpsSpec) -> bool:
+    return served(parse_listen(listen)[0], ops.token)
+
+
+def _identity_keys(started: RelayConfig, new: RelayConfig) -> Iterator[str]:
+    before, after = started.identity, new.identity
+    if before is None or after is None:
+        if (before is None) != (after is None):
+            yield "identity"  # the token endpoint and the key caches exist from start to stop
+        return
+    sources = {issuer.issuer: _source(issuer) for issuer in before.issuers}
+    if {issuer.issuer: _source(issuer) for issuer in after.issuers} != sources:
+        yield "identity.issuers"
+
+
+def _source(issuer: IssuerSpec) -> tuple[object, ...]:
+    return tuple(getattr(issuer, name) for name in _KEY_SOURCE)
