@@ -6,7 +6,8 @@ Applied at run time: every per-tunnel setting (`gateway_key`, `client_tokens`, `
 `client_burst`, `client_token_header`, `user_auth` while its key sets are the ones the relay fetches,
 `name`, `description`), `allowed_hosts`, `allowed_origins`, `public_url`, `response_timeout_s`,
 `poll_max_wait_ms`, `ops.token` (while the console stays served) and `identity:` (signing keys,
-subjects, audiences, lifetimes, rates; not the issuers' key sources). Everything else is fixed at start.
+subjects, audiences, lifetimes, rates, trusted proxies; not the issuers' key sources). Everything else
+is fixed at start.
 """
 
 from __future__ import annotations

@@ -105,6 +105,7 @@ def test_identity_applies_but_its_key_sources_do_not() -> None:
     assert restart_keys(started, config(identity=rotated)) == []
     subjects = {**IDENTITY, "issuers": [{**ISSUER, "subjects": {"sa": ["t1", "t2"]}, "audience": "relay2"}]}
     assert restart_keys(started, config(identity=subjects)) == []
+    assert restart_keys(started, config(identity={**IDENTITY, "trusted_proxies": ["10.0.0.0/8"]})) == []
     moved = {**IDENTITY, "issuers": [{**ISSUER, "jwks_file": "/other.json"}]}
     assert restart_keys(started, config(identity=moved)) == ["identity.issuers"]
     another = {**IDENTITY, "issuers": [ISSUER, {**ISSUER, "issuer": "https://other.example"}]}

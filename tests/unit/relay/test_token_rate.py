@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.relay import Relay
+from gateway.relay import Relay, RelayConfig
 from gateway.relay.budgets import CallerBudgets
 from gateway.relay.callers import caller_key
 from gateway.relay.config import load_relay_config
@@ -41,6 +41,12 @@ async def relay_with_limit(
     key = IssuerKey.ec()
     (folder / "jwks.json").write_text(json.dumps({"keys": [key.jwk()]}))
     write_signing_key(folder / "signing.pem")
+    async with Relay(limited_config(folder, rate_per_s, burst, trusted_proxies=trusted_proxies)) as relay:
+        yield relay, key
+
+
+def limited_config(folder: Path, rate_per_s: float, burst: int, *, trusted_proxies: str = "[]") -> RelayConfig:
+    """`relay_with_limit`'s configuration, written to `folder` and loaded (as a start or a reload reads it)."""
     (folder / "relay.yaml").write_text(
         "listen: '127.0.0.1:0'\n"
         "read_timeout_s: 300\n"
@@ -53,8 +59,7 @@ async def relay_with_limit(
         f"  token_burst: {burst}\n"
         f"  trusted_proxies: {trusted_proxies}\n"
     )
-    async with Relay(load_relay_config(folder / "relay.yaml")) as relay:
-        yield relay, key
+    return load_relay_config(folder / "relay.yaml")
 
 
 def assert_rate_limited(status: int, headers: dict[str, str], body: Any) -> None:
@@ -174,6 +179,18 @@ async def test_without_trusted_proxies_the_forwarded_header_is_not_read(tmp_path
     async with relay_with_limit(tmp_path, SLOW, 1) as (relay, key):
         good = key.sign(claims())
         assert (await exchange_via(relay, good, "203.0.113.7"))[0] == 200
+        assert_rate_limited(*await exchange_via(relay, good, "203.0.113.8"))
+
+
+async def test_a_reload_applies_trusted_proxies_to_the_next_request(tmp_path: Path) -> None:
+    """`trusted_proxies` is part of `identity:`, which a reload applies: the forwarded caller counts
+    from the next request on (a spent peer's forwarded callers get their own budgets)."""
+    async with relay_with_limit(tmp_path, SLOW, 1) as (relay, key):
+        good = key.sign(claims())
+        assert (await exchange_via(relay, good, "203.0.113.7"))[0] == 200
+        assert_rate_limited(*await exchange_via(relay, good, "203.0.113.8"))
+        assert relay.reload(limited_config(tmp_path, SLOW, 1, trusted_proxies="['127.0.0.1']")) is None
+        assert (await exchange_via(relay, good, "203.0.113.8"))[0] == 200
         assert_rate_limited(*await exchange_via(relay, good, "203.0.113.8"))
 
 
