@@ -51,6 +51,15 @@ class RelayConfigError(ConfigError):
         self.problem = problem
 
 
+def check_jwks_proxy(value: str | None) -> None:
+    """A `jwks_proxy` setting is absent, `none` or an http(s) proxy URL; ValueError naming it (its
+    credentials masked) otherwise."""
+    if value is not None and not valid_proxy_setting(value):
+        raise ValueError(
+            f"Expected `jwks_proxy` to be an http:// or https:// proxy URL or `none`, got {redact_url(value)!r}"
+        )
+
+
 class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`user_auth:` users' OAuth tokens checked at the relay, before a request crosses the tunnel.
 
@@ -64,6 +73,10 @@ class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     jwks_uri: Annotated[str, Meta(pattern=r"^https?://")]
     """The issuer's key set (RFC 7517), fetched when first needed, again after `jwks_cache_s` or for
     a `kid` it does not hold (at most every 30 s)."""
+    jwks_proxy: str | None = None
+    """The forward proxy `jwks_uri` is fetched through, as `identity.issuers[].jwks_proxy`: an http(s)
+    proxy URL (credentials never logged); `none` for a direct connection; absent: HTTPS_PROXY/HTTP_PROXY/
+    NO_PROXY from the environment. Chosen once, when the relay starts."""
     audience: list[str] = []
     """Accepted `aud` values; empty: the channel's public MCP URL (the RFC 8707 resource clients are
     told in its metadata), in the form the request used."""
@@ -77,6 +90,14 @@ class UserAuthSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     jwks_refresh_min_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
     """The key set is fetched at most this often, for an unknown `kid` or once stale: a stream of
     forged `kid`s or an unreachable issuer cannot make the relay spin (the keys it has stay in use)."""
+
+    def __post_init__(self) -> None:
+        check_jwks_proxy(self.jwks_proxy)
+
+    def key_set(self) -> tuple[str, str | None]:
+        """Which key set the relay fetches for it (`jwks_uri` through `jwks_proxy`): tunnels whose
+        `user_auth` has the same one share it."""
+        return self.jwks_uri, self.jwks_proxy
 
     def covers(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
@@ -198,11 +219,7 @@ class IssuerSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(
                     f"Expected `jwks_url` to be an https:// URL (http:// on loopback only), got {self.jwks_url!r}"
                 )
-            if self.jwks_proxy is not None and not valid_proxy_setting(self.jwks_proxy):
-                raise ValueError(
-                    "Expected `jwks_proxy` to be an http:// or https:// proxy URL or `none`,"
-                    f" got {redact_url(self.jwks_proxy)!r}"
-                )
+            check_jwks_proxy(self.jwks_proxy)
         elif self.jwks_ca_file is not None or self.jwks_token is not None or self.jwks_proxy is not None:
             raise ValueError("Expected `jwks_ca_file`, `jwks_token` and `jwks_proxy` only with `jwks_url`")
 
@@ -224,6 +241,10 @@ class IdentitySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     A gateway exchanges once every few minutes; this stops a flood of signature checks."""
     token_burst: Annotated[int, Meta(ge=1)] = 20
     """Token requests a caller address may make at once before `token_rate_per_s` applies."""
+    trusted_proxies: list[str] = []
+    """IP addresses or CIDR networks of the ingress or load balancers in front of the relay: a token
+    request whose TCP peer is one of them is budgeted by the right-most `X-Forwarded-For` address not
+    itself trusted (`gateway.relay.callers`). Empty: by the peer, and the header is never read."""
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -231,6 +252,14 @@ class IdentitySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
             if spec.issuer in seen:
                 raise ValueError(f"Expected each issuer once, got {spec.issuer!r} again at issuers[{index}]")
             seen.add(spec.issuer)
+        for index, entry in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError:
+                raise ValueError(
+                    "Expected an IP address or a CIDR network with no host bits set (`10.0.0.0/8`),"
+                    f" got {entry!r} - at `$.trusted_proxies[{index}]`"
+                ) from None
 
 
 class OAuthDiscoverySpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -371,7 +400,13 @@ def _split_validation(message: str) -> tuple[str, str]:
     path = match["path"] or "$"
     if match["parent"]:  # a dict key failed: "- at `key` in `$.tunnels`"
         path = f"{match['parent']} (a key)"
-    return path, match["problem"]
+        return path, match["problem"]
+    problem = match["problem"]
+    inner = _AT.match(problem)
+    if inner is not None and inner["path"] and not inner["parent"]:
+        # a nested struct's check named its own key ("... - at `$.x[1]`"), msgspec added the struct's path
+        path, problem = f"{path}{inner['path'].removeprefix('$')}", inner["problem"]
+    return path, problem
 
 
 def _locate_tunnel(data: bytes, path: str, problem: str) -> tuple[str, str]:

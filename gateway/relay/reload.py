@@ -6,7 +6,8 @@ Applied at run time: every per-tunnel setting (`gateway_key`, `client_tokens`, `
 `client_burst`, `client_token_header`, `user_auth` while its key sets are the ones the relay fetches,
 `name`, `description`), `allowed_hosts`, `allowed_origins`, `public_url`, `response_timeout_s`,
 `poll_max_wait_ms`, `ops.token` (while the console stays served) and `identity:` (signing keys,
-subjects, audiences, lifetimes, rates; not the issuers' key sources). Everything else is fixed at start.
+subjects, audiences, lifetimes, rates, trusted proxies; not the issuers' key sources). Everything else
+is fixed at start.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def _restart_keys(started: RelayConfig, new: RelayConfig) -> Iterator[str]:
     else:
         fetched = _user_key_sets(started)
         for tunnel_id, spec in new.tunnels.items():
-            if spec.user_auth is not None and fetched.get(spec.user_auth.jwks_uri) != _key_set(spec.user_auth):
-                yield f"tunnels.{tunnel_id}.user_auth.jwks_uri"
+            if spec.user_auth is not None and fetched.get(spec.user_auth.key_set()) != _key_set(spec.user_auth):
+                uri, _ = key_set = spec.user_auth.key_set()
+                proxy_only = key_set not in fetched and any(fetched_uri == uri for fetched_uri, _ in fetched)
+                yield f"tunnels.{tunnel_id}.user_auth.{'jwks_proxy' if proxy_only else 'jwks_uri'}"
     if _console_served(new.listen, new.ops) != _console_served(started.listen, started.ops):
         yield "ops.token"  # it turns the console on or off
     yield from _identity_keys(started, new)
@@ -75,13 +78,13 @@ def _key_set(spec: UserAuthSpec) -> tuple[float, float]:
     return spec.jwks_cache_s, spec.jwks_refresh_min_s
 
 
-def _user_key_sets(config: RelayConfig) -> dict[str, tuple[float, float]]:
-    """`user_auth` key sets the relay fetches: by `jwks_uri`, the first tunnel naming one sets its
-    schedule (as `UserAuth` builds them)."""
-    sets: dict[str, tuple[float, float]] = {}
+def _user_key_sets(config: RelayConfig) -> dict[tuple[str, str | None], tuple[float, float]]:
+    """`user_auth` key sets the relay fetches: by `jwks_uri` and `jwks_proxy` (`UserAuthSpec.key_set`),
+    the first tunnel naming one sets its schedule (as `UserAuth` builds them)."""
+    sets: dict[tuple[str, str | None], tuple[float, float]] = {}
     for tunnel in config.tunnels.values():
         if tunnel.user_auth is not None:
-            sets.setdefault(tunnel.user_auth.jwks_uri, _key_set(tunnel.user_auth))
+            sets.setdefault(tunnel.user_auth.key_set(), _key_set(tunnel.user_auth))
     return sets
 
 

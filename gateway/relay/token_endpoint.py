@@ -1,16 +1,16 @@
 """`POST /oauth/token`: the relay's RFC 8693 token exchange endpoint, as HTTP.
 It decides no exchange itself (identity.py does) and never echoes a token in an answer.
 
-Owns the request's edge (a per-address rate budget checked first, method, content type, a small
-bounded body, JSON or form parameters into a TokenRequest) and the answer's shape (RFC 6749 section
-5.1, never cached); the exchange itself is identity.py's, and refusals become RFC 6749 bodies in
-`TokenError.to_response`. The exchange and the rate budget are the current settings' `identity:`
-(`gateway.relay.settings`), read once per request, so a reload's new keys and rates apply at once.
+Owns the request's edge (a per-address rate budget checked first, the address the one
+`gateway.relay.callers` names; method, content type, a small bounded body, JSON or form parameters
+into a TokenRequest) and the answer's shape (RFC 6749 section 5.1, never cached); the exchange itself
+is identity.py's, and refusals become RFC 6749 bodies in `TokenError.to_response`. The exchange, the
+rate budget and the trusted proxies are the current settings' `identity:` (`gateway.relay.settings`),
+read once per request, so a reload's new keys, rates and proxies apply at once.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Final
 from urllib.parse import parse_qsl
@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.protocol.wire import JsonDecoder
 from gateway.relay.budgets import CallerBudgets
+from gateway.relay.callers import X_FORWARDED_FOR, TrustedProxies, caller_key
 from gateway.relay.errors import (
     NO_STORE,
     BodyTimeout,
@@ -96,22 +97,6 @@ def _name(name: str) -> str:
     return name if name.isidentifier() and len(name) <= 40 else "(a parameter)"
 
 
-def caller_key(remote: str | None) -> str:
-    """Whose budget a request spends: the TCP peer's address (an IPv4-mapped one as IPv4, an IPv6 one
-    as its /64, which one host usually holds whole). Never a forwarded header: the caller writes those."""
-    if not remote:
-        return ""
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return remote
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))  # any zone id dropped too
-    return str(address)
-
-
 class TokenEndpoint:
     """The handler of `POST /oauth/token`."""
 
@@ -119,6 +104,8 @@ class TokenEndpoint:
         self._live = live
         self._metrics = metrics
         self._budgets: CallerBudgets[tuple[str, float, int]] = CallerBudgets()
+        self._trusted: tuple[list[str], TrustedProxies] | None = None
+        """`identity.trusted_proxies` as last read, and what was built from it."""
         self._refusals_logged: CallerBudgets[str] = CallerBudgets()
 
     def routes(self) -> list[web.RouteDef]:
@@ -127,7 +114,8 @@ class TokenEndpoint:
     async def token(self, request: web.Request) -> web.Response:
         identity = self._live.current.identity
         assert identity is not None  # the endpoint is routed only with `identity:`, which stays (reload)
-        await self._check_rate(identity, caller_key(request.remote))
+        caller = self._trusted_proxies(identity).caller(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
+        await self._check_rate(identity, caller_key(caller))
         try:
             response = await self._token(identity, request)
         except TokenError as exc:
@@ -136,6 +124,13 @@ class TokenEndpoint:
             raise
         self._metrics.observe_exchange("issued")
         return response
+
+    def _trusted_proxies(self, identity: Identity) -> TrustedProxies:
+        """The current `trusted_proxies`, built again only when a reload changed them."""
+        entries = identity.spec.trusted_proxies
+        if self._trusted is None or self._trusted[0] is not entries:
+            self._trusted = (entries, TrustedProxies(entries))
+        return self._trusted[1]
 
     async def _check_rate(self, identity: Identity, caller: str) -> None:
         """TokenRateExceeded when `caller` spent its budget: before the body is read or a JWT parsed."""

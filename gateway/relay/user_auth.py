@@ -3,11 +3,11 @@ Never logs or echoes a token; never queues a refused request; keeps public keys 
 
 Owns the check of a covered channel's `Authorization: Bearer <JWT>` (RFC 6750 §2.1; RFC 9068
 style claims): the signature by one of the issuer's keys (its JWKS, RFC 7517, kept by `gateway.relay.jwks`:
-fetched bounded and without redirects, refreshed every `jwks_cache_s` and for an unknown `kid`,
-never more often than `jwks_refresh_min_s`), `iss`, `aud` (the channel's public MCP URL unless
-configured), `exp`/`nbf` with leeway, the required scopes; the refusal's
-`WWW-Authenticate` challenge (RFC 6750 §3, `resource_metadata` of RFC 9728 §5.1); and the audit
-line (who, channel, method, tool, outcome, duration; no payload). The key sets are built from the
+fetched bounded, without redirects, through `jwks_proxy` or the environment's proxy, refreshed every
+`jwks_cache_s` and for an unknown `kid`, never more often than `jwks_refresh_min_s`), `iss`, `aud`
+(the channel's public MCP URL unless configured), `exp`/`nbf` with leeway, the required scopes; the
+refusal's `WWW-Authenticate` challenge (RFC 6750 §3, `resource_metadata` of RFC 9728 §5.1); and the
+audit line (who, channel, method, tool, outcome, duration; no payload). The key sets are built from the
 configuration the relay started with; each request's `user_auth` spec is the one of the settings it
 was admitted under (a reload may change it while its key set is one of these, `gateway.relay.reload`).
 """
@@ -23,6 +23,7 @@ import jwt
 import msgspec
 from aiohttp import web
 
+from gateway.config.proxy import choose_proxy
 from gateway.protocol.oauth import quoted
 from gateway.protocol.wire import Codec
 from gateway.relay.config import RelayConfig, UserAuthSpec
@@ -43,12 +44,14 @@ class UserAuth:
     def __init__(self, config: RelayConfig, codec: Codec) -> None:
         self._codec = codec
         self._client = HttpClient()
-        self._keys: dict[str, IssuerKeys] = {}
-        """Key sets by `jwks_uri` (tunnels that trust one issuer share its keys and their fetches)."""
+        self._keys: dict[tuple[str, str | None], IssuerKeys] = {}
+        """Key sets by `UserAuthSpec.key_set()`: tunnels that fetch one issuer's keys the same way share
+        them and their fetches; another `jwks_proxy` is another fetcher."""
         for spec in (tunnel.user_auth for tunnel in config.tunnels.values()):
-            if spec is not None and spec.jwks_uri not in self._keys:
-                source = UrlSource(spec.jwks_uri, self._client, timeout_s=FETCH_TIMEOUT_S)
-                self._keys[spec.jwks_uri] = IssuerKeys(
+            if spec is not None and spec.key_set() not in self._keys:
+                proxy = choose_proxy(spec.jwks_uri, spec.jwks_proxy)  # once: the environment is read at start
+                source = UrlSource(spec.jwks_uri, self._client, timeout_s=FETCH_TIMEOUT_S, proxy=proxy)
+                self._keys[spec.key_set()] = IssuerKeys(
                     spec.issuer, source, refresh_s=spec.jwks_cache_s, cooldown_s=spec.jwks_refresh_min_s
                 )
 
@@ -94,7 +97,7 @@ class UserAuth:
             return "the token's signing algorithm is not accepted"
         kid = header.get("kid")
         try:
-            keys = await self._keys[spec.jwks_uri].lookup(kid if isinstance(kid, str) else None, algorithm)
+            keys = await self._keys[spec.key_set()].lookup(kid if isinstance(kid, str) else None, algorithm)
         except JwksUnavailable:
             raise IssuerKeysUnavailable() from None
         if not keys:

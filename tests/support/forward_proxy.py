@@ -1,6 +1,6 @@
-"""A real forward proxy for tests: `proxy.py` (from PyPI) as a subprocess on 127.0.0.1 port 0, with
-plugins written into a folder of the test's and optional basic auth; ready once its port file exists.
-`witnessed_proxy` adds a plugin that writes down every connection and request it relays."""
+"""A real forward proxy for tests: `proxy.py` (from PyPI) as a subprocess on 127.0.0.1 port 0, with plugins
+and optional basic auth; `witnessed_proxy` writes down every connection and request it relays. Also what
+tests of the relay's JWKS fetches through it share: credentials, proxy variables, which way a fetch went."""
 
 from __future__ import annotations
 
@@ -52,6 +52,40 @@ class Witness(HttpProxyBasePlugin):
 """A plugin module (`proxy_witness.Witness`) that appends what the proxy relays to the file $PROXY_WITNESS."""
 
 
+PROXY_USER = "relay"
+PROXY_PASSWORD = "proxy-pw-Vx93q"
+"""The witnessed proxy's password (`proxy_for_relays`): it must appear in no log line, whichever way a
+relay was told it."""
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+ROUTES = [("jwks_proxy", True), ("jwks_proxy: none", False), ("HTTPS_PROXY", True), ("NO_PROXY", False)]
+"""(case, through the proxy) pairs for a JWKS fetch's `jwks_proxy` setting: `route_settings` makes each."""
+
+
+def with_credentials(proxy_url: str, password: str = PROXY_PASSWORD) -> str:
+    return proxy_url.replace("http://", f"http://{PROXY_USER}:{password}@", 1)
+
+
+def proxy_env(*, https_proxy: str = "", no_proxy: str = "") -> dict[str, str]:
+    """A child's proxy variables, every one given in both cases (an empty one unsets it), so the test
+    process's own environment cannot leak in."""
+    values = {"HTTPS_PROXY": https_proxy, "NO_PROXY": no_proxy}
+    return {name: values.get(upper, "") for upper in PROXY_VARIABLES for name in (upper, upper.lower())}
+
+
+def route_settings(case: str, proxy_url: str) -> tuple[str | None, dict[str, str]]:
+    """A `ROUTES` case as (`jwks_proxy`, None for absent; the relay's proxy variables): `jwks_proxy` names
+    the proxy; `none` goes direct though HTTPS_PROXY names one; absent, HTTPS_PROXY decides, unless
+    NO_PROXY covers loopback."""
+    authenticated = with_credentials(proxy_url)
+    if case == "jwks_proxy":
+        return authenticated, proxy_env()
+    if case == "jwks_proxy: none":
+        return "none", proxy_env(https_proxy=authenticated)
+    if case == "NO_PROXY":
+        return None, proxy_env(https_proxy=authenticated, no_proxy="localhost,127.0.0.1")
+    return None, proxy_env(https_proxy=authenticated)
+
+
 @dataclass
 class Proxy:
     """A witnessed proxy: its URL (`http://127.0.0.1:PORT`, without credentials) and the witness's file."""
@@ -64,6 +98,16 @@ class Proxy:
         if not self.witness.exists():
             return []
         return [line for line in self.witness.read_text().splitlines() if f"127.0.0.1:{port}" in line]
+
+    def assert_route(self, port: int, through_proxy: bool) -> None:
+        """An HTTPS fetch from 127.0.0.1:`port` went through this proxy as a CONNECT tunnel (no request
+        relayed: TLS end to end), or did not touch it."""
+        seen = self.lines(port)
+        if through_proxy:
+            assert f"conn CONNECT 127.0.0.1:{port}" in seen, seen
+            assert all(line.startswith("conn CONNECT") for line in seen), "TLS is end to end: no request relayed"
+        else:
+            assert seen == []
 
 
 @contextlib.asynccontextmanager
@@ -100,6 +144,13 @@ async def forward_proxy(
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def proxy_for_relays(base: Path) -> AsyncIterator[Proxy]:
+    """`witnessed_proxy` demanding basic auth with PROXY_USER and PROXY_PASSWORD."""
+    async with witnessed_proxy(base, basic_auth=f"{PROXY_USER}:{PROXY_PASSWORD}") as proxy:
+        yield proxy
 
 
 @contextlib.asynccontextmanager

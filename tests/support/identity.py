@@ -191,6 +191,30 @@ async def jwks_server(keys: list[IssuerKey], **options: Any) -> AsyncIterator[Jw
         await server.close()
 
 
+@dataclass
+class TlsIssuer:
+    """An issuer whose JWKS is served over HTTPS under a CA made in the test (`ca_file`, its PEM)."""
+
+    key: IssuerKey
+    jwks: JwksServer
+    ca_file: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.jwks.url.split(":")[2].split("/")[0])
+
+
+@contextlib.asynccontextmanager
+async def tls_issuer(folder: Path) -> AsyncIterator[TlsIssuer]:
+    """A TlsIssuer with one EC key; its CA's PEM written into `folder`."""
+    ca = trustme.CA()
+    ca_file = folder / "issuer-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    key = IssuerKey.ec()
+    async with jwks_server([key], tls=ca) as jwks:
+        yield TlsIssuer(key, jwks, ca_file)
+
+
 # =========================================================================== relay processes
 
 

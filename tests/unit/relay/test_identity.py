@@ -44,6 +44,7 @@ def test_identity_config_decodes_with_its_defaults() -> None:
     assert config.identity.token_ttl_s == 900
     assert config.identity.clock_skew_s == 60
     assert (config.identity.token_rate_per_s, config.identity.token_burst) == (5.0, 20)
+    assert config.identity.trusted_proxies == []  # X-Forwarded-For is never read
     issuer = config.identity.issuers[0]
     assert issuer.algorithms[:2] == ["RS256", "RS384"]
     assert "EdDSA" in issuer.algorithms
@@ -112,6 +113,26 @@ def test_identity_config_decodes_with_its_defaults() -> None:
             "Expected `int`, got `float`",
         ),
         (
+            _doc(ISSUER_OK + "  signing_keys: [k]\n  trusted_proxies: [10.0.0.0/8, 10.0.0.1/8]\n"),
+            "$.identity.trusted_proxies[1]",
+            "Expected an IP address or a CIDR network with no host bits set (`10.0.0.0/8`), got '10.0.0.1/8'",
+        ),
+        (
+            _doc(ISSUER_OK + "  signing_keys: [k]\n  trusted_proxies: [ingress.local]\n"),
+            "$.identity.trusted_proxies[0]",
+            "got 'ingress.local'",
+        ),
+        (
+            _doc(ISSUER_OK + "  signing_keys: [k]\n  trusted_proxies: ['::1/129']\n"),
+            "$.identity.trusted_proxies[0]",
+            "got '::1/129'",
+        ),
+        (
+            _doc(ISSUER_OK + "  signing_keys: [k]\n  trusted_proxies: 10.0.0.0/8\n"),
+            "$.identity.trusted_proxies",
+            "Expected `array`, got `str`",
+        ),
+        (
             _doc(
                 "  issuers:\n"
                 + 2 * "    - {issuer: i, audience: x, subjects: {s: [a]}, jwks_file: j}\n"
@@ -128,6 +149,13 @@ def test_identity_config_errors_name_the_key(document: str, key: str, problem: s
     assert caught.value.file == "relay.yaml"
     assert caught.value.key == key
     assert problem in caught.value.problem
+
+
+def test_trusted_proxies_take_addresses_and_networks_of_both_families() -> None:
+    entries = "['10.0.0.0/8', 192.0.2.10, '2001:db8::/32', '::1']"
+    config = decode_relay_config(_doc(ISSUER_OK + f"  signing_keys: [k]\n  trusted_proxies: {entries}\n"))
+    assert config.identity is not None
+    assert config.identity.trusted_proxies == ["10.0.0.0/8", "192.0.2.10", "2001:db8::/32", "::1"]
 
 
 @pytest.mark.parametrize("proxy", ["none", "http://proxy.corp:3128", "https://relay:pw@proxy.corp"])

@@ -93,6 +93,10 @@ def test_user_auth_applies_while_its_key_set_is_one_the_relay_fetches() -> None:
     assert restart_keys(started, config(tunnels=tunnels(user_auth=schedule, client_token_header="X-T"))) == [
         "tunnels.t1.user_auth.jwks_uri"
     ]
+    proxied = {**USER_AUTH, "jwks_proxy": "none"}  # another way to fetch the same keys: another key set
+    assert restart_keys(started, config(tunnels=tunnels(user_auth=proxied, client_token_header="X-T"))) == [
+        "tunnels.t1.user_auth.jwks_proxy"
+    ]
 
 
 def test_identity_applies_but_its_key_sources_do_not() -> None:
@@ -101,6 +105,7 @@ def test_identity_applies_but_its_key_sources_do_not() -> None:
     assert restart_keys(started, config(identity=rotated)) == []
     subjects = {**IDENTITY, "issuers": [{**ISSUER, "subjects": {"sa": ["t1", "t2"]}, "audience": "relay2"}]}
     assert restart_keys(started, config(identity=subjects)) == []
+    assert restart_keys(started, config(identity={**IDENTITY, "trusted_proxies": ["10.0.0.0/8"]})) == []
     moved = {**IDENTITY, "issuers": [{**ISSUER, "jwks_file": "/other.json"}]}
     assert restart_keys(started, config(identity=moved)) == ["identity.issuers"]
     another = {**IDENTITY, "issuers": [ISSUER, {**ISSUER, "issuer": "https://other.example"}]}

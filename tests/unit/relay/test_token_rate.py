@@ -2,8 +2,9 @@
 its budget gets 429 before its body is read, others keep theirs, and the budget refills.
 
 An in-process relay on 127.0.0.1 port 0 trusting an issuer whose JWKS is a file written here; subject
-tokens are real JWTs signed with keys made here. `gateway/relay/budgets.py` and `caller_key` are
-also checked by themselves. Waits are for conditions, never for time.
+tokens are real JWTs signed with keys made here; `trusted_proxies` is exercised with the loopback peer as
+the proxy. `gateway/relay/budgets.py` and `caller_key` are also checked by themselves (the
+`X-Forwarded-For` walk in test_callers.py). Waits are for conditions, never for time.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.relay import Relay
+from gateway.relay import Relay, RelayConfig
 from gateway.relay.budgets import CallerBudgets
+from gateway.relay.callers import caller_key
 from gateway.relay.config import load_relay_config
-from gateway.relay.token_endpoint import caller_key
 from tests.support.identity import AUDIENCE, ISSUER, SUBJECT, WAIT, IssuerKey, claims, exchange, write_signing_key
 from tests.support.raw_http import connection, read_response, request
 
@@ -33,11 +34,19 @@ SLOW = 0.001
 
 
 @contextlib.asynccontextmanager
-async def relay_with_limit(folder: Path, rate_per_s: float, burst: int) -> AsyncIterator[tuple[Relay, IssuerKey]]:
+async def relay_with_limit(
+    folder: Path, rate_per_s: float, burst: int, *, trusted_proxies: str = "[]"
+) -> AsyncIterator[tuple[Relay, IssuerKey]]:
     """A relay with `identity:` and this token rate limit, and the issuer key it trusts."""
     key = IssuerKey.ec()
     (folder / "jwks.json").write_text(json.dumps({"keys": [key.jwk()]}))
     write_signing_key(folder / "signing.pem")
+    async with Relay(limited_config(folder, rate_per_s, burst, trusted_proxies=trusted_proxies)) as relay:
+        yield relay, key
+
+
+def limited_config(folder: Path, rate_per_s: float, burst: int, *, trusted_proxies: str = "[]") -> RelayConfig:
+    """`relay_with_limit`'s configuration, written to `folder` and loaded (as a start or a reload reads it)."""
     (folder / "relay.yaml").write_text(
         "listen: '127.0.0.1:0'\n"
         "read_timeout_s: 300\n"
@@ -48,9 +57,9 @@ async def relay_with_limit(folder: Path, rate_per_s: float, burst: int) -> Async
         "  signing_keys: ['file:signing.pem']\n"
         f"  token_rate_per_s: {rate_per_s}\n"
         f"  token_burst: {burst}\n"
+        f"  trusted_proxies: {trusted_proxies}\n"
     )
-    async with Relay(load_relay_config(folder / "relay.yaml")) as relay:
-        yield relay, key
+    return load_relay_config(folder / "relay.yaml")
 
 
 def assert_rate_limited(status: int, headers: dict[str, str], body: Any) -> None:
@@ -142,6 +151,47 @@ async def test_a_spent_budget_refills(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)  # pacing between polls, not a wait for the refill
         assert answer[0] == 200
         assert answer[2]["access_token"]
+
+
+async def exchange_via(relay: Relay, subject_token: str, forwarded_for: str) -> tuple[int, dict[str, str], Any]:
+    """A token exchange from this (loopback) peer, as a proxy that says it forwards `forwarded_for`."""
+    async with aiohttp.ClientSession(headers={"X-Forwarded-For": forwarded_for}) as http:
+        return await exchange(http, relay.url, subject_token)
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_caller_has_its_own_budget(tmp_path: Path) -> None:
+    """`trusted_proxies` names the loopback peer: each caller it forwards (the right-most untrusted
+    `X-Forwarded-For` address) spends its own burst; what a caller writes left of that is not believed,
+    so a spent caller cannot escape its 429 by adding addresses of its own."""
+    async with relay_with_limit(tmp_path, SLOW, 1, trusted_proxies="['127.0.0.0/8', '10.0.0.0/8']") as (relay, key):
+        good = key.sign(claims())
+        assert (await exchange_via(relay, good, "203.0.113.7, 10.0.0.4"))[0] == 200
+        assert_rate_limited(*await exchange_via(relay, good, "203.0.113.7"))
+        assert_rate_limited(*await exchange_via(relay, good, "198.51.100.99, 203.0.113.7"))  # spoofed left entry
+        assert (await exchange_via(relay, good, "203.0.113.8"))[0] == 200  # another caller: its own budget
+        assert_rate_limited(*await exchange_via(relay, good, "203.0.113.8"))
+        assert (await exchange_via(relay, good, "not-an-address"))[0] == 200  # garbage: the peer's budget
+        assert_rate_limited(*await exchange_via(relay, good, "203.0.113.9:4711"))  # still the peer's
+
+
+async def test_without_trusted_proxies_the_forwarded_header_is_not_read(tmp_path: Path) -> None:
+    """The default: every request from this peer spends one budget, whatever `X-Forwarded-For` says."""
+    async with relay_with_limit(tmp_path, SLOW, 1) as (relay, key):
+        good = key.sign(claims())
+        assert (await exchange_via(relay, good, "203.0.113.7"))[0] == 200
+        assert_rate_limited(*await exchange_via(relay, good, "203.0.113.8"))
+
+
+async def test_a_reload_applies_trusted_proxies_to_the_next_request(tmp_path: Path) -> None:
+    """`trusted_proxies` is part of `identity:`, which a reload applies: the forwarded caller counts
+    from the next request on (a spent peer's forwarded callers get their own budgets)."""
+    async with relay_with_limit(tmp_path, SLOW, 1) as (relay, key):
+        good = key.sign(claims())
+        assert (await exchange_via(relay, good, "203.0.113.7"))[0] == 200
+        assert_rate_limited(*await exchange_via(relay, good, "203.0.113.8"))
+        assert relay.reload(limited_config(tmp_path, SLOW, 1, trusted_proxies="['127.0.0.1']")) is None
+        assert (await exchange_via(relay, good, "203.0.113.8"))[0] == 200
+        assert_rate_limited(*await exchange_via(relay, good, "203.0.113.8"))
 
 
 # =========================================================================== the pieces by themselves

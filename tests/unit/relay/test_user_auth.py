@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.relay import RelayConfig, TunnelSpec
-from gateway.relay.config import UserAuthSpec
+from gateway.relay.config import RelayConfigError, UserAuthSpec, decode_relay_config
 from tests.support.relay_harness import KEY, TUNNEL, WAIT, Harness, HarnessFactory, relay_config, result
 
 PUBLIC = "https://mcp.example.com"
@@ -210,3 +210,34 @@ async def test_private_and_symmetric_keys_in_a_key_set_are_ignored(
         )
         == 401
     )
+
+
+# =========================================================================== jwks_proxy in the config
+
+
+def _user_auth_doc(proxy: str) -> str:
+    return (
+        "tunnels:\n"
+        "  a:\n"
+        "    gateway_key: k\n"
+        f"    user_auth: {{issuer: '{ISSUER}', jwks_uri: '{ISSUER}/jwks', jwks_proxy: '{proxy}'}}\n"
+    )
+
+
+@pytest.mark.parametrize("proxy", ["none", "http://proxy.corp:3128", "https://relay:pw@proxy.corp"])
+def test_user_auth_jwks_proxy_takes_a_proxy_url_or_none(proxy: str) -> None:
+    spec = decode_relay_config(_user_auth_doc(proxy)).tunnels["a"].user_auth
+    assert spec is not None
+    assert spec.jwks_proxy == proxy
+
+
+@pytest.mark.parametrize("proxy", ["socks5://relay:pw-Qx7@proxy.corp:1080", "http://relay:pw-Qx7@", "None", ""])
+def test_a_bad_user_auth_jwks_proxy_is_named_without_its_credentials(proxy: str) -> None:
+    """The same check and words as `identity.issuers[].jwks_proxy` (tests/unit/relay/test_identity.py)."""
+    with pytest.raises(RelayConfigError) as caught:
+        decode_relay_config(_user_auth_doc(proxy), source="relay.yaml")
+    assert caught.value.file == "relay.yaml"
+    assert caught.value.key == "$.tunnels.a.user_auth"
+    expected = "Expected `jwks_proxy` to be an http:// or https:// proxy URL or `none`, got"
+    assert caught.value.problem.startswith(expected)
+    assert "pw-Qx7" not in str(caught.value)
