@@ -36,7 +36,7 @@ from gateway.channels.lists import (
 from gateway.channels.names import NameTable, Owner, PrefixMode, ResourceTable, namespace, resource_table
 from gateway.config.routing import ChannelSpec
 from gateway.protocol.eras import EMPTY_OBJECT, Bridge
-from gateway.protocol.errors import GatewayError, UpstreamError, UpstreamProtocolError
+from gateway.protocol.errors import GatewayError, UpstreamError, UpstreamHttpError, UpstreamProtocolError
 from gateway.protocol.mcp import Call, Era, Frame, Reply, UpstreamInfo
 from gateway.protocol.wire import METHOD_NOT_FOUND
 from gateway.upstream.base import Upstream
@@ -56,6 +56,11 @@ LIST_FILTER: Final = {"toolsListChanged": True, "promptsListChanged": True, "res
 UPDATED: Final = "notifications/resources/updated"
 ACKNOWLEDGED: Final = "notifications/subscriptions/acknowledged"
 WATCH_BACKOFF_MAX_S: Final = 30.0
+WANTS_A_USER: Final = (
+    "; it wants a user's token, and a channel with several servers fetches their lists once for every"
+    " caller, without one: give the server a channel of its own"
+)
+"""What a list refused with 401/403 means on an aggregated channel, and what to do (operator's log)."""
 
 
 class ListUnavailable(GatewayError):
@@ -334,7 +339,14 @@ class Catalog:
                 async with asyncio.timeout(self._spec.list_timeout_s):
                     listing = await self._fetch(member, method)
             except (UpstreamError, ListUnavailable, TimeoutError, msgspec.MsgspecError) as exc:
-                log.warning("channel %r: server %r left out of %s (%s)", self.channel, member.name, method, exc)
+                log.warning(
+                    "channel %r: server %r left out of %s (%s)%s",
+                    self.channel,
+                    member.name,
+                    method,
+                    exc,
+                    WANTS_A_USER if isinstance(exc, UpstreamHttpError) and exc.wants_credentials else "",
+                )
                 member.listings.pop(method, None)
                 return None
             member.listings[method] = listing

@@ -329,6 +329,11 @@ class UpstreamHttpError(UpstreamError):
             ),
         )
 
+    @property
+    def wants_credentials(self) -> bool:
+        """A 401 or 403: the server wants (other) credentials, not a retry."""
+        return self.failure.upstream_status in (401, 403)
+
 
 class DiscoveryFailed(UpstreamError):
     """The server's OAuth metadata could not be had: not found at any well-known URL (404), or
