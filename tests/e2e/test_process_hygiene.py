@@ -39,7 +39,7 @@ def state(pid: int) -> str:
     """The process state letter (`Z` for a zombie), or `gone`."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):  # gone between the listing and the read: ENOENT, or ESRCH mid-exit
         return "gone"
 
 

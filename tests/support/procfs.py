@@ -24,8 +24,8 @@ def pid_exists(pid: int) -> bool:
 def children(pid: int) -> list[int]:
     """Every child of `pid` (zombies too), read from /proc."""
     found: list[int] = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # the process (or one of its threads) may exit while it is read
         for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
     return found
