@@ -22,6 +22,7 @@ import msgspec
 
 from gateway.config.proxy import choose_proxy
 from gateway.config.secrets import SecretError, resolve
+from gateway.relay.callers import TrustedProxies
 from gateway.relay.config import IdentitySpec, IssuerSpec, RelayConfigError
 from gateway.relay.errors import (
     InvalidGrant,
@@ -215,6 +216,8 @@ class Identity:
         for a reload (only the first one's `lifetime()` runs; gateway.relay.reload checks that each
         issuer's key source is unchanged)."""
         self.spec = spec
+        self.trusted_proxies = TrustedProxies(spec.trusted_proxies)
+        """Whose `X-Forwarded-For` the token endpoint believes when it budgets a caller."""
         keys = []
         for index, ref in enumerate(spec.signing_keys):
             key_path = f"$.identity.signing_keys[{index}]"

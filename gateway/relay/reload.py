@@ -65,10 +65,9 @@ def _restart_keys(started: RelayConfig, new: RelayConfig) -> Iterator[str]:
     else:
         fetched = _user_key_sets(started)
         for tunnel_id, spec in new.tunnels.items():
-            if spec.user_auth is not None and fetched.get(spec.user_auth.key_set()) != _key_set(spec.user_auth):
-                uri, _ = key_set = spec.user_auth.key_set()
-                proxy_only = key_set not in fetched and any(fetched_uri == uri for fetched_uri, _ in fetched)
-                yield f"tunnels.{tunnel_id}.user_auth.{'jwks_proxy' if proxy_only else 'jwks_uri'}"
+            if spec.user_auth is not None:
+                for key in _user_key_set_change(spec.user_auth, fetched):
+                    yield f"tunnels.{tunnel_id}.user_auth.{key}"
     if _console_served(new.listen, new.ops) != _console_served(started.listen, started.ops):
         yield "ops.token"  # it turns the console on or off
     yield from _identity_keys(started, new)
@@ -76,6 +75,17 @@ def _restart_keys(started: RelayConfig, new: RelayConfig) -> Iterator[str]:
 
 def _key_set(spec: UserAuthSpec) -> tuple[float, float]:
     return spec.jwks_cache_s, spec.jwks_refresh_min_s
+
+
+def _user_key_set_change(spec: UserAuthSpec, fetched: dict[tuple[str, str | None], tuple[float, float]]) -> list[str]:
+    """The `user_auth` keys that would need a key set the relay does not fetch: another `jwks_uri` or
+    `jwks_proxy`, or another schedule for one it fetches."""
+    uri, _ = key_set = spec.key_set()
+    schedule = fetched.get(key_set)
+    if schedule is None:
+        return ["jwks_proxy" if any(known == uri for known, _ in fetched) else "jwks_uri"]
+    names = ("jwks_cache_s", "jwks_refresh_min_s")
+    return [name for name, old, now in zip(names, schedule, _key_set(spec), strict=True) if old != now]
 
 
 def _user_key_sets(config: RelayConfig) -> dict[tuple[str, str | None], tuple[float, float]]:

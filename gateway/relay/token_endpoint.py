@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.protocol.wire import JsonDecoder
 from gateway.relay.budgets import CallerBudgets
-from gateway.relay.callers import X_FORWARDED_FOR, TrustedProxies, caller_key
+from gateway.relay.callers import X_FORWARDED_FOR, caller_key
 from gateway.relay.errors import (
     NO_STORE,
     BodyTimeout,
@@ -104,8 +104,6 @@ class TokenEndpoint:
         self._live = live
         self._metrics = metrics
         self._budgets: CallerBudgets[tuple[str, float, int]] = CallerBudgets()
-        self._trusted: tuple[list[str], TrustedProxies] | None = None
-        """`identity.trusted_proxies` as last read, and what was built from it."""
         self._refusals_logged: CallerBudgets[str] = CallerBudgets()
 
     def routes(self) -> list[web.RouteDef]:
@@ -114,7 +112,7 @@ class TokenEndpoint:
     async def token(self, request: web.Request) -> web.Response:
         identity = self._live.current.identity
         assert identity is not None  # the endpoint is routed only with `identity:`, which stays (reload)
-        caller = self._trusted_proxies(identity).caller(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
+        caller = identity.trusted_proxies.caller(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
         await self._check_rate(identity, caller_key(caller))
         try:
             response = await self._token(identity, request)
@@ -124,13 +122,6 @@ class TokenEndpoint:
             raise
         self._metrics.observe_exchange("issued")
         return response
-
-    def _trusted_proxies(self, identity: Identity) -> TrustedProxies:
-        """The current `trusted_proxies`, built again only when a reload changed them."""
-        entries = identity.spec.trusted_proxies
-        if self._trusted is None or self._trusted[0] is not entries:
-            self._trusted = (entries, TrustedProxies(entries))
-        return self._trusted[1]
 
     async def _check_rate(self, identity: Identity, caller: str) -> None:
         """TokenRateExceeded when `caller` spent its budget: before the body is read or a JWT parsed."""

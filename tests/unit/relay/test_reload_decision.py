@@ -89,9 +89,9 @@ def test_user_auth_applies_while_its_key_set_is_one_the_relay_fetches() -> None:
     scopes = {**USER_AUTH, "required_scopes": ["mcp"], "audience": ["https://mcp.example/v1/mcp/t1"]}
     assert restart_keys(started, config(tunnels=tunnels(user_auth=scopes, client_token_header="X-T"))) == []
     assert restart_keys(started, config(tunnels=tunnels())) == []  # switched off
-    schedule = {**USER_AUTH, "jwks_cache_s": 60}
+    schedule = {**USER_AUTH, "jwks_cache_s": 60}  # the key set's schedule is fixed at start: named as such
     assert restart_keys(started, config(tunnels=tunnels(user_auth=schedule, client_token_header="X-T"))) == [
-        "tunnels.t1.user_auth.jwks_uri"
+        "tunnels.t1.user_auth.jwks_cache_s"
     ]
     proxied = {**USER_AUTH, "jwks_proxy": "none"}  # another way to fetch the same keys: another key set
     assert restart_keys(started, config(tunnels=tunnels(user_auth=proxied, client_token_header="X-T"))) == [
