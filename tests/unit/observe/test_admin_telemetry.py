@@ -6,18 +6,14 @@ from __future__ import annotations
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gateway.observe.hooks import NOOP
 from gateway.observe.ops import render_prometheus
-from gateway.observe.otel import OtelTelemetry
 from gateway.observe.records import CallRecord
+from tests.support.otel_memory import InMemoryOtel
 
 
 def test_budget_alerts_are_counted_and_calls_become_log_records() -> None:
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
     exported = InMemoryLogRecordExporter()
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
@@ -27,15 +23,7 @@ def test_budget_alerts_are_counted_and_calls_become_log_records() -> None:
         built.append(1)
         return logger_provider.get_logger("test"), logger_provider.shutdown
 
-    telemetry = OtelTelemetry(
-        tracer_provider=None,
-        meter=meter_provider.get_meter("test"),
-        scrape=reader,
-        capture_arguments=False,
-        redact=lambda text: text,
-        shutdowns=[meter_provider.shutdown],
-        logs=logs,  # type: ignore[arg-type]
-    )
+    telemetry = InMemoryOtel(tracing=False, logs=logs).telemetry
     telemetry.budget_alert("acme-daily", "tenant", 80)
     telemetry.budget_alert("acme-daily", "tenant", 80)
     telemetry.budget_alert("acme-daily", "tenant", 100)

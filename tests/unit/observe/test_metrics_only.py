@@ -9,16 +9,14 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 from msgspec import Raw
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.observe.otel import OtelTelemetry, current_trace_ids
 from gateway.protocol.errors import UpstreamProtocolError
 from gateway.protocol.mcp import Call, Era, Frame, Reply, UpstreamInfo
 from gateway.protocol.wire import JsonRpcMessage, PolledCommand
+from tests.support.otel_memory import InMemoryOtel
 
 OK = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi"}]}}'
 RPC_ERROR = b'{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"no such tool"}}'
@@ -46,22 +44,8 @@ class _Upstream:
 
 
 def _telemetry(tracing: bool) -> tuple[OtelTelemetry, InMemoryMetricReader, InMemorySpanExporter]:
-    spans = InMemorySpanExporter()
-    provider = None
-    if tracing:
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meters = MeterProvider(metric_readers=[reader])
-    telemetry = OtelTelemetry(
-        tracer_provider=provider,
-        meter=meters.get_meter("test"),
-        scrape=reader,
-        capture_arguments=False,
-        redact=lambda text: text,
-        shutdowns=[meters.shutdown],
-    )
-    return telemetry, reader, spans
+    otel = InMemoryOtel(tracing=tracing)
+    return otel.telemetry, otel.reader, otel.spans
 
 
 async def _command(t: OtelTelemetry, tool: str, body: bytes | None, *, answer: bool = True) -> None:

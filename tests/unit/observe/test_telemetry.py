@@ -8,21 +8,17 @@ import subprocess
 
 import pytest
 from msgspec import Raw
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.config import routing as routing_config
 from gateway.observe.hooks import NOOP, NoopTelemetry
 from gateway.observe.ops import render_prometheus
-from gateway.observe.otel import OtelTelemetry, current_trace_ids
+from gateway.observe.otel import current_trace_ids
 from gateway.observe.telemetry import build, export_configured
 from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import JsonRpcMessage, PolledCommand
 from tests.support.client_trace import CLIENT_SPAN, CLIENT_TRACE
 from tests.support.harness import PYTHON
+from tests.support.otel_memory import InMemoryOtel
 
 
 def test_telemetry_off_builds_nothing() -> None:
@@ -76,19 +72,8 @@ def test_grpc_needs_its_exporter() -> None:
 
 async def test_hooks_record_events_and_counters() -> None:
     """Retry and rate-limit events land on the span current at the time; counters follow."""
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    telemetry = OtelTelemetry(
-        tracer_provider=tracer_provider,
-        meter=meter_provider.get_meter("test"),
-        scrape=reader,
-        capture_arguments=False,
-        redact=lambda text: text,
-        shutdowns=[tracer_provider.shutdown, meter_provider.shutdown],
-    )
+    otel = InMemoryOtel()
+    telemetry, spans = otel.telemetry, otel.spans
     telemetry.watch_limits(lambda: {("tenant", "admitted"): 5, ("tenant", "rejected"): 2})
     command = PolledCommand(
         request_id="req_1",

@@ -20,22 +20,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.config.secrets import Secret
 from gateway.observe.hooks import NOOP, TokenRequest
-from gateway.observe.otel import OtelTelemetry
 from gateway.protocol.errors import ServiceCredentialRefused
 from gateway.protocol.oauth_tokens import Failed, Granted
 from gateway.tunnel.subject_tokens import ReferenceToken
 from gateway.tunnel.workload_identity import ExchangeSettings, WorkloadIdentity
 from gateway.upstream.service_credentials import ServiceCredentials, ServiceCredentialSettings
 from tests.support.oauth_token_service import TokenService
+from tests.support.otel_memory import InMemoryOtel
 from tests.support.token_endpoint import SubjectIssuer, TokenEndpoint
 from tests.support.waiting import until
 
@@ -47,19 +43,9 @@ class Recorded:
     """An `OtelTelemetry` over in-memory SDK providers, and what it recorded."""
 
     def __init__(self, *, tracing: bool = True) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        meters = MeterProvider(metric_readers=[self.reader])
-        self.telemetry = OtelTelemetry(
-            tracer_provider=self.provider if tracing else None,
-            meter=meters.get_meter("test"),
-            scrape=self.reader,
-            capture_arguments=False,
-            redact=lambda text: text,
-            shutdowns=[meters.shutdown],
-        )
+        otel = InMemoryOtel(tracing=tracing)
+        self.exporter, self.reader, self.telemetry = otel.spans, otel.reader, otel.telemetry
+        self.provider = otel.provider
 
     def spans(self) -> list[ReadableSpan]:
         return [span for span in self.exporter.get_finished_spans() if span.name == "POST"]
@@ -223,6 +209,7 @@ async def test_an_on_behalf_of_exchange_on_a_calls_path_is_a_child_of_the_calls_
         credentials = ServiceCredentials("notes", settings, session, telemetry=recorded.telemetry)
         alice, mallory = idp.user_token("alice"), idp.user_token("mallory")
         idp.refused_subjects.add("mallory")
+        assert recorded.provider is not None
         tracer = recorded.provider.get_tracer("test")
         with tracer.start_as_current_span("tools/call whoami", kind=SpanKind.SERVER) as call:
             authorized = await credentials.authorize({"Authorization": [f"Bearer {alice}"]}, {})
