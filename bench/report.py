@@ -194,22 +194,24 @@ def _tp(record: dict[str, Any] | None) -> float | None:
 
 
 def ratios(records: list[dict[str, Any]]) -> str:
+    """Our paths (the tunnel through a relay process; the embedded relay, the default) against the others."""
     rows = [
-        "| upstream | c | tunnel calls/s | direct | tunnel/direct | mcp-proxy | tunnel/mcp-proxy "
-        "| supergateway | tunnel/supergateway |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ours | upstream | c | ours calls/s | direct | ours/direct | mcp-proxy | ours/mcp-proxy "
+        "| supergateway | ours/supergateway |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for group in ("fast-stdio", "everything-stdio", "fast-http"):
-        for c in (1, 16, 64, 256):
-            base = {"group": group, "concurrency": c, "payload": 100, "era": "legacy"}
-            tunnel = _tp(_find(records, path="tunnel", **base))
-            if tunnel is None:
-                continue
-            cells = [group, str(c), _fmt(tunnel, 0)]
-            for path in ("direct", "mcp-proxy", "supergateway"):
-                other = _tp(_find(records, path=path, **base))
-                cells += [_fmt(other, 0), f"{tunnel / other:.2f}x" if other else DASH]
-            rows.append("| " + " | ".join(cells) + " |")
+    for ours in ("tunnel", "embedded"):
+        for group in ("fast-stdio", "everything-stdio", "fast-http"):
+            for c in (1, 16, 64, 256):
+                base = {"group": group, "concurrency": c, "payload": 100, "era": "legacy"}
+                tunnel = _tp(_find(records, path=ours, **base))
+                if tunnel is None:
+                    continue
+                cells = [ours, group, str(c), _fmt(tunnel, 0)]
+                for path in ("direct", "mcp-proxy", "supergateway"):
+                    other = _tp(_find(records, path=path, **base))
+                    cells += [_fmt(other, 0), f"{tunnel / other:.2f}x" if other else DASH]
+                rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

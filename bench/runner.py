@@ -52,6 +52,9 @@ async def open_stack(scenario: Scenario, tag: str) -> AsyncIterator[Stack]:
     if scenario.path == "tunnel":
         async with stacks.tunnel_stack(scenario.upstream, scenario.options, tag) as stack:
             yield stack
+    elif scenario.path == "embedded":
+        async with stacks.embedded_stack(scenario.upstream, tag) as stack:
+            yield stack
     elif scenario.path == "direct":
         async with stacks.direct_stack(scenario.upstream, tag) as stack:
             yield stack

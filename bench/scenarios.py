@@ -36,6 +36,7 @@ REDIS_CONCURRENCY = (64, 256)
 
 PATH_LABELS = {
     "tunnel": "tunnel (relay+gateway)",
+    "embedded": "embedded relay (one gateway process)",
     "direct": "direct (no tunnel)",
     "mcp-proxy": "mcp-proxy",
     "supergateway": "supergateway --stateful",
@@ -45,7 +46,7 @@ PATH_LABELS = {
 @dataclass(frozen=True)
 class Scenario:
     group: str
-    path: str  # tunnel | direct | mcp-proxy | supergateway
+    path: str  # tunnel | embedded | direct | mcp-proxy | supergateway
     upstream: Upstream
     concurrency: int
     payload: int = 100
@@ -101,7 +102,7 @@ def matrix(quick: bool) -> list[Scenario]:
     fast, everything = fast_stdio("legacy"), everything_stdio()
     out: list[Scenario] = []
     # 1. The headline: the fast stdio server (the gateway is the bottleneck) on every path.
-    for path in ("direct", "tunnel", "mcp-proxy", "supergateway"):
+    for path in ("direct", "tunnel", "embedded", "mcp-proxy", "supergateway"):
         for c in CONCURRENCY:
             if path == "supergateway" and c > SUPERGATEWAY_MAX_C:
                 continue
@@ -111,7 +112,7 @@ def matrix(quick: bool) -> list[Scenario]:
     for c in (1, 64):
         out.append(Scenario("logging", "tunnel", fast, c, options=info, variant="log-INFO"))
     # 2. The reference server users run today, on every path.
-    for path in ("direct", "tunnel", "mcp-proxy", "supergateway"):
+    for path in ("direct", "tunnel", "embedded", "mcp-proxy", "supergateway"):
         for c in CONCURRENCY:
             if path == "supergateway" and c > SUPERGATEWAY_MAX_C:
                 continue

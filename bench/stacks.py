@@ -443,6 +443,35 @@ async def tunnel_stack(upstream: Upstream, options: TunnelOptions, tag: str) -> 
 
 
 @contextlib.asynccontextmanager
+async def embedded_stack(upstream: Upstream, tag: str) -> AsyncIterator[Stack]:
+    """client -> gateway (its embedded relay, the default `gateway --routes routing.yaml`) -> upstream:
+    one process for the relay and the gateway, which still poll and answer each other over loopback HTTP."""
+    async with contextlib.AsyncExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        roles: dict[str, list[int]] = {}
+        procs: dict[str, Proc] = {}
+        http_url = None
+        if upstream.transport == "http":
+            http_url, up = await stack.enter_async_context(http_upstream(upstream, f"{tag}-upstream"))
+            roles["upstream"] = [up.pid]
+            procs["upstream"] = up
+        routes = tmp / "routing.yaml"
+        lines = ["relay:", "  listen: 127.0.0.1:0", f"  tunnel_id: {TUNNEL_ID}"]
+        lines += ["servers:", f"  s0: {server_block(upstream, http_url)}", "channels:", "  main: [s0]"]
+        routes.write_text("\n".join(lines) + "\n")
+        (LOGS / f"{tag}-routing.yaml").write_text(routes.read_text())
+        gateway = await stack.enter_async_context(
+            spawn(f"{tag}-gateway", PYTHON, "-m", "gateway.cli", "--log-level", "WARNING", "--routes", str(routes))
+        )
+        url = (await gateway.wait_for(r"MCP endpoint \(channel main\): (\S+)", within_s=120))[1]
+        await gateway.wait_for(r"^gateway: ready", within_s=120)
+        roles["gateway"] = [gateway.pid]
+        procs["gateway"] = gateway
+        children_of = {} if upstream.transport == "http" else {"upstream": gateway.pid}
+        yield Stack({"kind": "http", "url": url}, roles, children_of, procs)
+
+
+@contextlib.asynccontextmanager
 async def direct_stack(upstream: Upstream, tag: str) -> AsyncIterator[Stack]:
     """The load client on the upstream itself: it speaks stdio to a process it spawns, or HTTP."""
     if upstream.transport == "stdio":

@@ -27,8 +27,24 @@ SCENARIOS: Final = (
     "tracing/tunnel/fast-stdio-legacy/tracing-on/c64/",
     "tracing/tunnel/fast-stdio-legacy/metrics-only/c64/",
     "redis/tunnel/fast-stdio-legacy/redis-2replicas/c64/",
+    "fast-stdio/embedded/fast-stdio-legacy/c1/100B/",
+    "fast-stdio/embedded/fast-stdio-legacy/c64/100B/",
+    "everything-stdio/embedded/everything-stdio/c1/100B/",
+    "everything-stdio/embedded/everything-stdio/c64/100B/",
 )
-"""The scenarios `issue20` reads (`python -m bench --targets` runs exactly these): targets 1-5 in one run."""
+"""The scenarios `issue20` and `embedded` read (`python -m bench --targets` runs exactly these): targets 1-5,
+and the same peer comparisons for the default deployment, in one run."""
+
+EMBEDDED_ROWS: Final = (
+    ("fast-stdio", 1, "supergateway", 1.0),
+    ("fast-stdio", 1, "mcp-proxy", 1.0),
+    ("everything-stdio", 1, "supergateway", 1.0),
+    ("everything-stdio", 1, "mcp-proxy", 1.0),
+    ("fast-stdio", 64, "supergateway", 2.5),
+    ("fast-stdio", 64, "mcp-proxy", 4.0),
+    ("everything-stdio", 64, "mcp-proxy", 4.0),
+)
+"""(upstream, c, peer, factor) of the embedded path's comparisons: targets 3 and 4 for the default deployment."""
 
 Row = tuple[str, str, str]
 Record = dict[str, Any]
@@ -171,10 +187,29 @@ def issue20(records: list[Record]) -> list[Row]:
     return rows
 
 
+def embedded(records: list[Record]) -> list[Row]:
+    """Targets 3 and 4's peer comparisons for the default deployment: `gateway --routes routing.yaml` with its
+    embedded relay (one process) instead of a relay process. Not the issue's rows, which are the tunnel's."""
+    return [
+        _ratio_row(
+            f"{group} c={c}: embedded >= {factor:g}x {peer}",
+            _tp(_find(records, group=group, path="embedded", concurrency=c, payload=100, era="legacy")),
+            _tp(_peer(records, group, peer, c)),
+            lambda r, f=factor: r >= f,
+            "/s",
+        )
+        for group, c, peer, factor in EMBEDDED_ROWS
+    ]
+
+
 def table(records: list[Record]) -> list[str]:
-    """The markdown table's lines."""
+    """The markdown tables' lines: the issue's targets, then the default deployment's comparisons."""
     return [
         "| target (issue 20) | measured in this run | |",
         "|---|---|---|",
         *(f"| {target} | {measured} | {met} |" for target, measured, met in issue20(records)),
+        "",
+        "| the default deployment, embedded relay (not an issue-20 row) | measured in this run | |",
+        "|---|---|---|",
+        *(f"| {target} | {measured} | {met} |" for target, measured, met in embedded(records)),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -42,8 +43,10 @@ from gateway.protocol.errors import ConfigError
 from gateway.protocol.wire import Codec, server_info_header
 from gateway.relay import Relay, RelayConfig, TunnelCredentials, TunnelSpec
 from gateway.relay.webconsole import served
+from gateway.tunnel import memory_link
 from gateway.tunnel.client import ControlPlane, Identity, Poller
 from gateway.tunnel.credentials import ApiKey, Credential
+from gateway.tunnel.http1 import Dial
 from gateway.tunnel.subject_tokens import subject_source
 from gateway.tunnel.workload_identity import ExchangeSettings, WorkloadIdentity
 from gateway.upstream import open_files
@@ -430,14 +433,16 @@ async def provision(
             relay, key, endpoint = await _embedded_relay(config, routes_file, telemetry)
             stack.push_async_callback(relay.close)
             cp_url, tunnel_id, credential, cp_egress = relay.url, config.relay.tunnel_id, ApiKey(key.reveal()), None
+            dial: Dial | None = functools.partial(memory_link.connect, server_factory=relay.serve_connection)
         else:
+            dial = None
             cp_url, tunnel_id = remote.url, remote.tunnel_id
             cp_spec = config.control_plane or Egress()
             cp_egress = egress(cp_url, cp_spec, file=file, key="control_plane", base=base)
         assert credential is not None
         readiness.credentials = credential
         control_plane = ControlPlane(
-            http, cp_url, tunnel_id, credential, identity, codec, cp_egress, telemetry=telemetry
+            http, cp_url, tunnel_id, credential, identity, codec, cp_egress, telemetry=telemetry, dial=dial
         )
         stack.callback(control_plane.close)
 

@@ -217,6 +217,8 @@ class Relay:
         self._tracer = tracer
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        self._serves: Callable[[], asyncio.Protocol] | None = None
+        """What serves one accepted connection (set by `start`)."""
         self._url: str | None = None
 
     @property
@@ -238,6 +240,15 @@ class Relay:
         if not await self._runner.app[BACKEND].ready():
             return {"queue_backend": "unreachable"}
         return {}
+
+    def serve_connection(self) -> asyncio.Protocol:
+        """A protocol for one new connection, as the listener makes for an accepted socket (the lean
+        layer's, or aiohttp's with `access_log`): the embedded relay's in-process link
+        (`tunnel/memory_link.py`) serves its gateway's polls and responses with it. ConnectionRefusedError
+        when the relay is not serving (not started, or closed), as its closed listener would refuse."""
+        if self._serves is None or self._runner is None:
+            raise ConnectionRefusedError("the relay is not serving")
+        return self._serves()
 
     def url_for(self, tunnel_id: str, channel: str | None = None) -> str:
         """The MCP endpoint URL of a tunnel (channel `main` when None)."""
@@ -292,6 +303,8 @@ class Relay:
             keepalive_timeout=self._config.read_timeout_s,  # bounds a request's headers too
         )
         await runner.setup()
+        assert runner.server is not None  # set up above
+        self._serves = lean if lean is not None else runner.server
         try:
             if lean is None:
                 site = web.TCPSite(runner, host, port)
@@ -310,7 +323,7 @@ class Relay:
         return self._url
 
     async def close(self) -> None:
-        runner, self._runner, self._url = self._runner, None, None
+        runner, self._runner, self._url, self._serves = self._runner, None, None, None
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()  # no new connections; the open ones close in the app's on_shutdown

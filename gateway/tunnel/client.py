@@ -40,7 +40,7 @@ from gateway.protocol.headers import (
 )
 from gateway.protocol.wire import MAX_POLL_LIMIT, Codec, JsonDecoder, PolledCommand, TunnelClientMetadata
 from gateway.tunnel.credentials import Credential
-from gateway.tunnel.http1 import H1Client, H1Error, valid_field_value
+from gateway.tunnel.http1 import Dial, H1Client, H1Error, valid_field_value
 from gateway.upstream.egress import Egress
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class ControlPlane:
         egress: Egress | None = None,
         *,
         telemetry: Telemetry = NOOP,
+        dial: Dial | None = None,
     ) -> None:
         self._session = session
         self._key = credential
@@ -148,8 +149,9 @@ class ControlPlane:
         self._proxy = egress.proxy if egress else None
         base = f"{base_url.rstrip('/')}/v1/tunnels/{tunnel_id}"
         self._metadata_url = base
-        self._polls = H1Client(f"{base}/poll", ssl_context=self._ssl, proxy=self._proxy)
-        self._responses = H1Client(f"{base}/response", ssl_context=self._ssl, proxy=self._proxy)
+        # `dial`: the embedded relay's in-process link (polls and responses; the metadata request stays on TCP)
+        self._polls = H1Client(f"{base}/poll", ssl_context=self._ssl, proxy=self._proxy, dial=dial)
+        self._responses = H1Client(f"{base}/response", ssl_context=self._ssl, proxy=self._proxy, dial=dial)
         self._header_lines: tuple[str, bytes] | None = None  # (key, lines) for the key they were built with
         self._codec = codec
         self._metadata = JsonDecoder(TunnelClientMetadata)

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import collections
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 from urllib.parse import unquote, urlsplit
@@ -242,8 +243,14 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+Dial = Callable[[asyncio.Protocol], asyncio.Transport]
+"""Connects a protocol to the origin by other means than a socket (`memory_link.connect` to the embedded
+relay): returns its transport, `connection_made` already called."""
+
+
 class H1Client:
-    """Keep-alive requests to one URL; a pool that grows with concurrency and forgets idle connections."""
+    """Keep-alive requests to one URL; a pool that grows with concurrency and forgets idle connections.
+    With `dial`, connections come from it instead of TCP (no proxy, no TLS)."""
 
     def __init__(
         self,
@@ -253,8 +260,10 @@ class H1Client:
         proxy: str | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         idle_s: float = IDLE_S,
+        dial: Dial | None = None,
     ) -> None:
         self._origin = Origin.parse(url, proxy)
+        self._dial = dial
         self._post_head = self._origin.request_head("POST")
         context = ssl_context if isinstance(ssl_context, ssl.SSLContext) else None
         tls = self._origin.scheme == "https" or self._origin.proxy_tls
@@ -311,6 +320,13 @@ class H1Client:
         else:
             host, port, tls_now = origin.proxy_host, origin.proxy_port, self._tls if origin.proxy_tls else None
         conn = _Connection()
+        if self._dial is not None:
+            try:
+                conn.transport = self._dial(conn)
+            except OSError as exc:
+                raise H1Error(f"cannot connect to {origin.authority}: {type(exc).__name__}", sent=False) from None
+            self._open.add(conn)
+            return conn
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 transport, _ = await loop.create_connection(
