@@ -29,7 +29,7 @@ from gateway.config import secrets as secret_refs
 from gateway.config.base import split_listen
 from gateway.config.egress import Egress
 from gateway.config.identity import WorkloadIdentitySpec, token_endpoint_egress, workload_identity_from_env
-from gateway.config.routing import OpsSpec, RoutingConfig, ServerSpec, channel_spec
+from gateway.config.routing import EmbeddedRelaySpec, OpsSpec, RoutingConfig, ServerSpec, channel_spec
 from gateway.dispatch.admin import AdminControls
 from gateway.dispatch.dispatcher import Dispatcher
 from gateway.dispatch.limits import Limits
@@ -113,6 +113,8 @@ class Runtime:
     ops: OpsServer | None = None
     session_keys: SessionKeys = field(default_factory=SessionKeys.random)
     admin: AdminControls | None = None
+    embedded: EmbeddedRelay | None = None
+    """The relay this process runs (no `control_plane:`); its `relay:` section reloads with the file."""
 
     async def reload(self) -> bool:
         """Read routing.yaml again and serve its servers and channels; False (old config kept) when it is bad.
@@ -128,8 +130,18 @@ class Runtime:
             log.error("reload rejected, the running configuration keeps serving: %s", exc)
             return False
         old = self.config
-        if (new.control_plane, new.relay, new.gateway) != (old.control_plane, old.relay, old.gateway):
+        relay_changed = self.embedded is not None and new.relay != old.relay
+        if (new.control_plane, new.gateway) != (old.control_plane, old.gateway) or (
+            new.relay != old.relay and self.embedded is None
+        ):
             log.warning("reload: control_plane, relay and gateway settings take effect on restart only")
+        token: secret_refs.Secret | None = None
+        if relay_changed:  # its secret is resolved before anything changes: one that does not rejects the reload
+            try:
+                token = EmbeddedRelay.client_token(new.relay, self.routes_file)
+            except ConfigError as exc:
+                log.error("reload rejected, the running configuration keeps serving: %s", exc)
+                return False
         kept = {
             name: upstream
             for name, upstream in self.upstreams.items()
@@ -163,11 +175,24 @@ class Runtime:
         retired = [upstream for name, upstream in self.upstreams.items() if upstreams.get(name) is not upstream]
         limits = Limits(new.limits, on_wait=self.telemetry.limit_waiting) if new.limits != old.limits else None
         self.dispatcher.replace_channels(channels, limits, budgets)
+        if relay_changed:
+            self._reload_relay(old.relay, new.relay, token)
         self.control_plane.declare(server_info_header(_affinity(new)))
         self.config, self.upstreams, self.channels = new, upstreams, channels
         self.tasks.append(asyncio.create_task(self._retire(retired_channels, retired), name="retire-upstreams"))
         log.info("reloaded %s: %d servers, %d channels", self.routes_file, len(upstreams), len(channels))
         return True
+
+    def _reload_relay(self, old: EmbeddedRelaySpec, new: EmbeddedRelaySpec, token: secret_refs.Secret | None) -> None:
+        """The embedded relay takes the new `relay:` section, or keeps its own (logged, with why)."""
+        assert self.embedded is not None
+        refused = self.embedded.reload(old, new, token)
+        if refused is not None:
+            log.warning("reload: the embedded relay keeps its running settings: %s", refused)
+            return
+        if self.endpoint is not None:
+            self.endpoint.token_required = new.client_token is not None
+        log.info("reload: the embedded relay applied the new relay section")
 
     async def _retire(self, channels: list[ServedChannel], upstreams: list[Upstream]) -> None:
         with contextlib.suppress(TimeoutError):
@@ -429,8 +454,10 @@ async def provision(
         identity = Identity.new(server_info_header(_affinity(config)))
 
         endpoint: Endpoint | None = None
+        own_relay: EmbeddedRelay | None = None
         if remote is None:
-            relay, key, endpoint = await _embedded_relay(config, routes_file, telemetry)
+            own_relay, endpoint = await EmbeddedRelay.start(config, routes_file, telemetry)
+            relay, key = own_relay.relay, own_relay.key
             stack.push_async_callback(relay.close)
             cp_url, tunnel_id, credential, cp_egress = relay.url, config.relay.tunnel_id, ApiKey(key.reveal()), None
             dial: Dial | None = functools.partial(memory_link.connect, server_factory=relay.serve_connection)
@@ -477,6 +504,7 @@ async def provision(
             config, routes_file, bridge, http, upstreams, channels, dispatcher, poller, control_plane, endpoint
         )
         runtime.telemetry, runtime.ops, runtime.session_keys, runtime.admin = telemetry, ops, session_keys, admin
+        runtime.embedded = own_relay
         runtime.readiness, readiness.runtime = readiness, runtime
         if status is not None:
             status.runtime = runtime
@@ -503,30 +531,60 @@ def _ops_token(spec: OpsSpec, routes_file: Path) -> str | None:
         raise ConfigError(str(routes_file), "ops.token", f"a resolvable secret ({exc})") from None
 
 
-async def _embedded_relay(
-    config: RoutingConfig, routes_file: Path, telemetry: Telemetry
-) -> tuple[Relay, secret_refs.Secret, Endpoint]:
-    """Start the loopback relay with a fresh gateway key known only to this process."""
-    spec, base = config.relay, routes_file.parent
-    key = secret_refs.Secret(secrets.token_urlsafe(32), "embedded relay key")
-    try:
-        token = secret_refs.resolve(spec.client_token, base=base) if spec.client_token else None
-    except secret_refs.SecretError as exc:
-        raise ConfigError(str(routes_file), "relay.client_token", f"a resolvable secret ({exc})") from None
-    relay_config = RelayConfig(
-        listen=spec.listen,
-        public_url=spec.public_url,
-        tunnels={
-            spec.tunnel_id: TunnelSpec(
-                gateway_key=key.source, name="embedded", description="relay embedded in the gateway process"
-            )
-        },
-    )
-    credentials = {spec.tunnel_id: TunnelCredentials(key, (token,) if token else ())}
-    relay = Relay(relay_config, credentials, tracer=telemetry.relay_tracer())
-    await relay.start()
-    urls = {channel: relay.url_for(spec.tunnel_id, channel) for channel in config.channels}
-    return relay, key, Endpoint(urls, token_required=token is not None)
+@dataclass(frozen=True, slots=True)
+class EmbeddedRelay:
+    """The relay a gateway starts in its own process when routing.yaml names no control plane."""
+
+    relay: Relay
+    key: secret_refs.Secret
+    """The gateway key: random, made at start, known only to this process."""
+
+    @staticmethod
+    def client_token(spec: EmbeddedRelaySpec, routes_file: Path) -> secret_refs.Secret | None:
+        """`relay.client_token` resolved (None: none set); ConfigError names the key when it does not resolve."""
+        try:
+            return secret_refs.resolve(spec.client_token, base=routes_file.parent) if spec.client_token else None
+        except secret_refs.SecretError as exc:
+            raise ConfigError(str(routes_file), "relay.client_token", f"a resolvable secret ({exc})") from None
+
+    @staticmethod
+    def settings(
+        spec: EmbeddedRelaySpec, key: secret_refs.Secret, token: secret_refs.Secret | None
+    ) -> tuple[RelayConfig, dict[str, TunnelCredentials]]:
+        """The relay's configuration and credentials for `relay:`, its client token resolved."""
+        config = RelayConfig(
+            listen=spec.listen,
+            public_url=spec.public_url,
+            tunnels={
+                spec.tunnel_id: TunnelSpec(
+                    gateway_key=key.source, name="embedded", description="relay embedded in the gateway process"
+                )
+            },
+        )
+        return config, {spec.tunnel_id: TunnelCredentials(key, (token,) if token else ())}
+
+    @classmethod
+    async def start(
+        cls, config: RoutingConfig, routes_file: Path, telemetry: Telemetry
+    ) -> tuple[EmbeddedRelay, Endpoint]:
+        """Start the loopback relay with a fresh gateway key."""
+        spec = config.relay
+        key = secret_refs.Secret(secrets.token_urlsafe(32), "embedded relay key")
+        relay_config, credentials = cls.settings(spec, key, cls.client_token(spec, routes_file))
+        relay = Relay(relay_config, credentials, tracer=telemetry.relay_tracer())
+        await relay.start()
+        urls = {channel: relay.url_for(spec.tunnel_id, channel) for channel in config.channels}
+        return cls(relay, key), Endpoint(urls, token_required=spec.client_token is not None)
+
+    def reload(self, old: EmbeddedRelaySpec, new: EmbeddedRelaySpec, token: secret_refs.Secret | None) -> str | None:
+        """Apply a changed `relay:` section (its `client_token`, resolved as `token`, and `public_url`); None
+        when applied, else why not. `listen` and `tunnel_id` take effect on restart only: a change to them
+        is refused, naming them."""
+        fixed = [f"relay.{key}" for key in ("listen", "tunnel_id") if getattr(old, key) != getattr(new, key)]
+        if fixed:
+            return f"{' and '.join(fixed)} take{'s' if len(fixed) == 1 else ''} effect on restart only"
+        config, credentials = self.settings(new, self.key, token)
+        return self.relay.reload(config, credentials)
 
 
 def remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> RemoteControlPlane:

@@ -255,13 +255,14 @@ class Relay:
         url = f"{self.url}/v1/mcp/{quote(tunnel_id, safe='')}"
         return url if channel is None else f"{url}/{check_channel(channel)}"
 
-    def reload(self, config: RelayConfig) -> str | None:
+    def reload(self, config: RelayConfig, credentials: Credentials | None = None) -> str | None:
         """Apply `config` to the running relay without closing the listener, a connection, a waiting
         poll or a waiting caller: None when applied, otherwise why not (the running settings stay).
 
         Refused when it changes what takes effect on restart only (`gateway.relay.reload`) or a secret
         reference does not resolve (the file, the key, what was expected). Its settings are built
-        whole first, then swapped in one assignment: a request already admitted keeps the old ones."""
+        whole first, then swapped in one assignment: a request already admitted keeps the old ones.
+        `credentials`: the tunnels' secrets already resolved (the embedded relay's), instead of `config`'s."""
         if self._runner is None:
             raise RuntimeError("the relay is not started")
         app = self._runner.app
@@ -272,7 +273,7 @@ class Relay:
             identity = None
             if config.identity is not None:  # the issuers' key caches are the running ones (same sources)
                 identity = Identity(config.identity, source=self._source, keys_of=app.get(IDENTITY))
-            settings = build_settings(config, identity=identity, source=self._source)
+            settings = build_settings(config, credentials, identity=identity, source=self._source)
         except RelayConfigError as exc:
             return str(exc)
         app[LIVE].current = settings

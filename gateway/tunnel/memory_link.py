@@ -1,4 +1,5 @@
 """An in-process byte stream between two asyncio protocols: the gateway's link to its embedded relay.
+Carries bytes only: no HTTP, no policy (both ends keep their own), no socket.
 
 With no control plane configured, the gateway and the relay it embeds run on one event loop. Their
 poll and response exchanges are the same HTTP/1.1 requests as over TCP (the gateway's `http1`

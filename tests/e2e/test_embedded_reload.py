@@ -1,0 +1,82 @@
+"""`SIGHUP` and the relay embedded in the gateway (no `control_plane:`): the `relay:` section reloads with
+routing.yaml. A rotated `client_token` applies without a restart (the old token is refused, the new one
+served, on the same listener); a changed `listen` is refused naming the key while the rest of the file
+applies; a token that does not resolve rejects the reload, naming `relay.client_token` and no value."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.harness import Gateway, gateway, stdio_server
+from tests.support.waiting import until
+
+TOKEN_A = "embedded-token-a-4f1c9e"
+TOKEN_B = "embedded-token-b-8d2a7b"
+ENV = {"MCP_TOKEN_A": TOKEN_A, "MCP_TOKEN_B": TOKEN_B}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+def routes(client_token: str, listen: str = "127.0.0.1:0", channel: str = "main") -> str:
+    return (
+        f"relay: {{listen: '{listen}', client_token: '{client_token}'}}\n"
+        f"servers:\n  srv: {stdio_server()}\nchannels:\n  {channel}: [srv]\n"
+    )
+
+
+async def status_with(url: str, token: str | None) -> int:
+    """The HTTP status of an `initialize` sent with `token` as the bearer (MCP 2025-06-18 authorization:
+    a request without a valid token is answered 401)."""
+    headers = {"Accept": "application/json, text/event-stream"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with aiohttp.ClientSession() as http, http.post(url, json=INITIALIZE, headers=headers) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def reload(gw: Gateway, file: Path, document: str) -> str:
+    """Write `document`, send SIGHUP, and return the gateway's verdict line."""
+    after = len(gw.process.lines)
+    await asyncio.to_thread(file.write_text, document)
+    gw.process.proc.send_signal(signal.SIGHUP)
+    return (await gw.process.wait_for(r"^gateway: reload.*", after=after))[0]
+
+
+async def test_a_rotated_client_token_applies_without_a_restart(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    file = tmp_path / "routing.yaml"
+    with log.open("wb") as stderr:
+        async with gateway(routes("env:MCP_TOKEN_A"), tmp_path, env=ENV, stderr=stderr) as gw:
+            url = gw.urls["main"]
+            assert await status_with(url, TOKEN_A) == 200
+            assert await status_with(url, None) == 401
+
+            assert await reload(gw, file, routes("env:MCP_TOKEN_B", channel="main")) == "gateway: reloaded"
+            await until(lambda: "embedded relay applied" in log.read_text(), within_s=10)
+            assert await status_with(url, TOKEN_B) == 200  # the same listener, the new token
+            assert await status_with(url, TOKEN_A) == 401
+
+            # `listen` is fixed at start: named, not applied; the token change beside it waits too
+            moved = routes("env:MCP_TOKEN_A", listen="127.0.0.1:1")
+            assert await reload(gw, file, moved) == "gateway: reloaded"
+            await until(lambda: "relay.listen takes effect on restart only" in log.read_text(), within_s=10)
+            assert await status_with(url, TOKEN_B) == 200
+            assert await status_with(url, TOKEN_A) == 401
+
+            # a token that does not resolve: the whole reload is rejected, the running one keeps serving
+            assert await reload(gw, file, routes("env:MCP_TOKEN_MISSING")) == "gateway: reload rejected"
+            assert await status_with(url, TOKEN_B) == 200
+    text = log.read_text()
+    assert "relay.client_token" in text
+    assert "MCP_TOKEN_MISSING" in text
+    assert TOKEN_A not in text
+    assert TOKEN_B not in text
