@@ -115,6 +115,8 @@ class Runtime:
     admin: AdminControls | None = None
     embedded: EmbeddedRelay | None = None
     """The relay this process runs (no `control_plane:`); its `relay:` section reloads with the file."""
+    learn_secrets: Callable[[RoutingConfig], None] | None = None
+    """Told each file a reload read, before anything of it starts (the log redactor learns its secrets)."""
 
     async def reload(self) -> bool:
         """Read routing.yaml again and serve its servers and channels; False (old config kept) when it is bad.
@@ -129,6 +131,8 @@ class Runtime:
         except ConfigError as exc:
             log.error("reload rejected, the running configuration keeps serving: %s", exc)
             return False
+        if self.learn_secrets is not None:  # a new server's first stderr line may already name one
+            self.learn_secrets(new)
         old = self.config
         relay_changed = self.embedded is not None and new.relay != old.relay
         if (new.control_plane, new.gateway) != (old.control_plane, old.gateway) or (

@@ -14,7 +14,7 @@ import asyncio
 import gc
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Final
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         tail = LogRing(redactor)  # the console's live log tail
         tail.install()
         try:
-            return _run(_gateway(routes, args.routes, overrides, telemetry, redactor.redact, tail))
+            return _run(_gateway(routes, args.routes, overrides, telemetry, redactor, tail))
         finally:
             telemetry.shutdown()  # flush spans and metrics after the loop is gone
     except ConfigError as exc:
@@ -111,10 +111,11 @@ async def _gateway(
     file: Path,
     overrides: Overrides,
     telemetry: Telemetry,
-    redact: Callable[[str], str],
+    redactor: logs.Redactor,
     tail: LogRing | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
+    redact = redactor.redact
     stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -122,6 +123,7 @@ async def _gateway(
     async with provision(
         routes, routes_file=file, overrides=overrides, telemetry=telemetry, log_tail=tail, redact=redact
     ) as runtime:
+        runtime.learn_secrets = lambda routes: redactor.add_all(logs.config_secrets(routes, file.parent))
         if runtime.ops is not None:
             print(f"ops: listening on {runtime.ops.url}")
         if runtime.endpoint is not None:

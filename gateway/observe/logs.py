@@ -3,7 +3,7 @@ No line leaves unredacted; imports no opentelemetry (trace ids come from a funct
 
 Owns the log formats, the `REQUEST_ID` context variable the dispatcher sets,
 the trace and span ids on each record, and the redaction every line goes through:
-known secret values registered at startup, `Authorization` values, bearer
+known secret values registered at startup (and on each reload), `Authorization` values, bearer
 tokens, JWTs, and credentials in URLs (userinfo, `token=`/`key=`-style parameters).
 """
 

@@ -1,7 +1,8 @@
 """`SIGHUP` and the relay embedded in the gateway (no `control_plane:`): the `relay:` section reloads with
 routing.yaml. A rotated `client_token` applies without a restart (the old token is refused, the new one
 served, on the same listener); a changed `listen` is refused naming the key while the rest of the file
-applies; a token that does not resolve rejects the reload, naming `relay.client_token` and no value."""
+applies; a token that does not resolve rejects the reload, naming `relay.client_token` and no value. And
+the secrets a reloaded file names are masked in the log from a new server's first stderr line on."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support.harness import Gateway, gateway, stdio_server
+from tests.support.harness import PYTHON, SERVERS, Gateway, gateway, stdio_server
 from tests.support.waiting import until
 
 TOKEN_A = "embedded-token-a-4f1c9e"
@@ -80,3 +81,39 @@ async def test_a_rotated_client_token_applies_without_a_restart(tmp_path: Path) 
     assert "MCP_TOKEN_MISSING" in text
     assert TOKEN_A not in text
     assert TOKEN_B not in text
+
+
+LEAK = "leak-7f3a9c2e1b5d"
+LEAKY = """
+import os, runpy, sys
+
+sys.stderr.write("my token is " + os.environ["LEAK"] + "\\n")
+sys.stderr.flush()
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+async def test_a_secret_a_reload_brings_is_masked_from_the_first_line(tmp_path: Path) -> None:
+    """A server added by a reload, with a secret in its `env`, that prints it to stderr: the gateway logs the
+    line with the secret masked (the redactor learns a reloaded file's secrets before its servers start)."""
+    script = tmp_path / "leaky.py"
+    script.write_text(LEAKY)
+    log = tmp_path / "gateway.log"
+    file = tmp_path / "routing.yaml"
+    leaky = (
+        f'{{stdio: {{command: "{PYTHON}", args: ["{script}", "{SERVERS / "sdk_server.py"}"], '
+        "env: {LEAK: 'env:LEAK_SECRET'}}}"
+    )
+    with log.open("wb") as stderr:
+        async with gateway(routes("env:MCP_TOKEN_A"), tmp_path, env={**ENV, "LEAK_SECRET": LEAK}, stderr=stderr) as gw:
+            document = (
+                "relay: {listen: '127.0.0.1:0', client_token: 'env:MCP_TOKEN_A'}\n"
+                f"servers:\n  srv: {stdio_server()}\n  leaky: {leaky}\n"
+                "channels:\n  main: [srv]\n  more: [leaky]\n"
+            )
+            assert await reload(gw, file, document) == "gateway: reloaded"
+            await until(lambda: "my token is" in log.read_text(), within_s=30)
+    text = log.read_text()
+    assert "my token is [REDACTED]" in text
+    assert LEAK not in text
