@@ -134,7 +134,7 @@ class Runtime:
         if self.learn_secrets is not None:  # a new server's first stderr line may already name one
             self.learn_secrets(new)
         old = self.config
-        relay_changed = self.embedded is not None and new.relay != old.relay
+        relay_changed = self.embedded is not None and new.relay != self.embedded.spec
         if (new.control_plane, new.gateway) != (old.control_plane, old.gateway) or (
             new.relay != old.relay and self.embedded is None
         ):
@@ -180,17 +180,17 @@ class Runtime:
         limits = Limits(new.limits, on_wait=self.telemetry.limit_waiting) if new.limits != old.limits else None
         self.dispatcher.replace_channels(channels, limits, budgets)
         if relay_changed:
-            self._reload_relay(old.relay, new.relay, token)
+            self._reload_relay(new.relay, token)
         self.control_plane.declare(server_info_header(_affinity(new)))
         self.config, self.upstreams, self.channels = new, upstreams, channels
         self.tasks.append(asyncio.create_task(self._retire(retired_channels, retired), name="retire-upstreams"))
         log.info("reloaded %s: %d servers, %d channels", self.routes_file, len(upstreams), len(channels))
         return True
 
-    def _reload_relay(self, old: EmbeddedRelaySpec, new: EmbeddedRelaySpec, token: secret_refs.Secret | None) -> None:
+    def _reload_relay(self, new: EmbeddedRelaySpec, token: secret_refs.Secret | None) -> None:
         """The embedded relay takes the new `relay:` section, or keeps its own (logged, with why)."""
         assert self.embedded is not None
-        refused = self.embedded.reload(old, new, token)
+        refused = self.embedded.reload(new, token)
         if refused is not None:
             log.warning("reload: the embedded relay keeps its running settings: %s", refused)
             return
@@ -535,13 +535,15 @@ def _ops_token(spec: OpsSpec, routes_file: Path) -> str | None:
         raise ConfigError(str(routes_file), "ops.token", f"a resolvable secret ({exc})") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EmbeddedRelay:
     """The relay a gateway starts in its own process when routing.yaml names no control plane."""
 
     relay: Relay
     key: secret_refs.Secret
     """The gateway key: random, made at start, known only to this process."""
+    spec: EmbeddedRelaySpec
+    """The `relay:` section it runs (what a reload compares with, not the file's last reading)."""
 
     @staticmethod
     def client_token(spec: EmbeddedRelaySpec, routes_file: Path) -> secret_refs.Secret | None:
@@ -578,17 +580,20 @@ class EmbeddedRelay:
         relay = Relay(relay_config, credentials, tracer=telemetry.relay_tracer())
         await relay.start()
         urls = {channel: relay.url_for(spec.tunnel_id, channel) for channel in config.channels}
-        return cls(relay, key), Endpoint(urls, token_required=spec.client_token is not None)
+        return cls(relay, key, spec), Endpoint(urls, token_required=spec.client_token is not None)
 
-    def reload(self, old: EmbeddedRelaySpec, new: EmbeddedRelaySpec, token: secret_refs.Secret | None) -> str | None:
+    def reload(self, new: EmbeddedRelaySpec, token: secret_refs.Secret | None) -> str | None:
         """Apply a changed `relay:` section (its `client_token`, resolved as `token`, and `public_url`); None
         when applied, else why not. `listen` and `tunnel_id` take effect on restart only: a change to them
         is refused, naming them."""
-        fixed = [f"relay.{key}" for key in ("listen", "tunnel_id") if getattr(old, key) != getattr(new, key)]
+        fixed = [f"relay.{key}" for key in ("listen", "tunnel_id") if getattr(self.spec, key) != getattr(new, key)]
         if fixed:
             return f"{' and '.join(fixed)} take{'s' if len(fixed) == 1 else ''} effect on restart only"
         config, credentials = self.settings(new, self.key, token)
-        return self.relay.reload(config, credentials)
+        refused = self.relay.reload(config, credentials)
+        if refused is None:
+            self.spec = new
+        return refused
 
 
 def remote_control_plane(config: RoutingConfig, overrides: Overrides, routes_file: Path) -> RemoteControlPlane:

@@ -49,8 +49,8 @@ class MemoryTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         peer = self._peer
-        if self._closing or peer is None or peer._lost or peer._eof or not data:
-            return  # as a closed socket's write after close: dropped (the loss is reported by connection_lost)
+        if self._closing or peer is None or peer._closing or not data:
+            return  # to or from a closed end: dropped, as by a closed socket (connection_lost reports the end)
         peer._receive(bytes(data))
 
     def writelines(self, list_of_data: Any) -> None:

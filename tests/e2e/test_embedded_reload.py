@@ -73,9 +73,15 @@ async def test_a_rotated_client_token_applies_without_a_restart(tmp_path: Path) 
             assert await status_with(url, TOKEN_B) == 200
             assert await status_with(url, TOKEN_A) == 401
 
+            # back to the running listen: compared with what runs, not with the refused file, the token applies
+            assert await reload(gw, file, routes("env:MCP_TOKEN_A")) == "gateway: reloaded"
+            await until(lambda: log.read_text().count("embedded relay applied") == 2, within_s=10)
+            assert await status_with(url, TOKEN_A) == 200
+            assert await status_with(url, TOKEN_B) == 401
+
             # a token that does not resolve: the whole reload is rejected, the running one keeps serving
             assert await reload(gw, file, routes("env:MCP_TOKEN_MISSING")) == "gateway: reload rejected"
-            assert await status_with(url, TOKEN_B) == 200
+            assert await status_with(url, TOKEN_A) == 200
     text = log.read_text()
     assert "relay.client_token" in text
     assert "MCP_TOKEN_MISSING" in text

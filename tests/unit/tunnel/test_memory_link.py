@@ -125,6 +125,16 @@ async def test_close_delivers_what_was_written_then_ends_both() -> None:
     assert client.events[-1] == ("lost", None)
 
 
+async def test_bytes_written_to_an_end_that_is_closing_are_dropped() -> None:
+    """The server closed its end (it has not seen the loss yet): what the client writes then never reaches it."""
+    client, server, near, far = await pair()
+    far.close()
+    near.write(b"too late")
+    await asyncio.wait_for(asyncio.gather(client.lost, server.lost), 1)
+    assert server.events == [("made", None), ("lost", None)]
+    assert client.events == [("made", None), ("lost", None)]
+
+
 async def test_abort_drops_the_pending_bytes_and_resets_the_peer() -> None:
     client, server, near, far = await pair()
     near.write(b"never read")
