@@ -4,7 +4,7 @@
     .venv/bin/python -m bench --quick         # short runs to check the harness (numbers are indicative only)
     .venv/bin/python -m bench --only fast-stdio/tunnel      # scenarios whose name contains the text
     .venv/bin/python -m bench --only tunnel/fast-stdio-legacy/c64,tracing-on/c64   # any of several
-    .venv/bin/python -m bench --targets       # only the scenarios the issue-20 targets table reads (~8 min)
+    .venv/bin/python -m bench --targets       # only the scenarios the issue-20 targets table reads (~11 min)
     .venv/bin/python -m bench --results       # also rewrite the generated part of bench/RESULTS.md
     .venv/bin/python -m bench --list          # print the scenario names and exit
 

@@ -445,7 +445,8 @@ async def tunnel_stack(upstream: Upstream, options: TunnelOptions, tag: str) -> 
 @contextlib.asynccontextmanager
 async def embedded_stack(upstream: Upstream, tag: str) -> AsyncIterator[Stack]:
     """client -> gateway (its embedded relay, the default `gateway --routes routing.yaml`) -> upstream:
-    one process for the relay and the gateway, which still poll and answer each other over loopback HTTP."""
+    one process for the relay and the gateway, whose polls and answers are the same HTTP requests carried by an
+    in-process link (`gateway/tunnel/memory_link.py`), not a socket."""
     async with contextlib.AsyncExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         roles: dict[str, list[int]] = {}
