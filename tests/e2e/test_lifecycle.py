@@ -4,18 +4,22 @@ SIGTERM: polling stops, commands in flight finish within the drain timeout and t
 responses are delivered, the stdio servers are gone afterwards, exit status 0; a call
 longer than the drain timeout is cancelled and posts nothing. SIGHUP: routing.yaml is
 read again (a changed server replaced, a channel added) without dropping commands in
-flight; a broken file is logged and the running configuration keeps serving.
+flight; a broken file is logged and the running configuration keeps serving. With the relay embedded
+(the default), SIGTERM still answers the MCP clients' calls in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from pathlib import Path
 
+import aiohttp
+
 from tests.support.cp_records import now, payload_text, whoami
 from tests.support.gateway_process import cli_args, gateway_env, routes, run_gateway, stdio
-from tests.support.harness import PYTHON, SERVERS
+from tests.support.harness import PYTHON, SERVERS, gateway, one_server_routes, stdio_server
 from tests.support.procfs import pid_alive
 from tests.support.scripted_cp import KEY, ScriptedControlPlane
 
@@ -181,3 +185,50 @@ async def test_a_stdio_server_gets_a_secret_the_file_reads_only_when_its_own_env
         assert withheld["resp_json"]["result"]["structuredContent"] == {"result": None}, withheld
         assert payload_text(await cp.answer(cp.call("getenv", {"variable": "HANDED"}))) == "handed-to-the-server"
         assert cp.violations == []
+
+
+async def test_sigterm_with_the_embedded_relay_answers_the_calls_in_flight(tmp_path: Path) -> None:
+    """The default deployment (the relay in the gateway's process, reached over the in-process link): on
+    SIGTERM the `tools/call` POSTs MCP clients are waiting on still get their answers (the relay serves them
+    until the drain ends), and the gateway exits 0. Raw HTTP (MCP 2025-06-18, basic/transports, Streamable
+    HTTP: one JSON-RPC request per POST, answered with its response): the SDK client's own background GET
+    stream would race the answers as the server goes away."""
+    document = one_server_routes(stdio_server(), drain_timeout_s=15)
+    async with gateway(document, tmp_path) as gw, aiohttp.ClientSession() as http:
+        url, headers = gw.urls["main"], {"Accept": "application/json, text/event-stream"}
+        async with http.post(url, json=INITIALIZE, headers=headers) as resp:
+            assert resp.status == 200
+            headers |= {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
+            await resp.read()
+        async with http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers):
+            pass
+
+        async def sleep_call(i: int) -> tuple[int, str]:
+            body = {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "tools/call",
+                "params": {"name": "sleep_ms", "arguments": {"ms": 1500}},
+            }
+            async with http.post(url, json=body, headers=headers) as resp:
+                return resp.status, await resp.text()
+
+        calls = [asyncio.ensure_future(sleep_call(i)) for i in range(3)]
+        await asyncio.sleep(0.5)  # the calls are in the server by now (they take 1.5 s)
+        assert not any(call.done() for call in calls)
+        gw.process.proc.send_signal(signal.SIGTERM)
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 30)
+        for i, (status, text) in enumerate(answers):
+            assert status == 200
+            assert json.loads(text.removeprefix("event: message\ndata: ").strip())["result"]["content"] == [
+                {"type": "text", "text": "slept 1500 ms"}
+            ], f"call {i}"
+        assert await asyncio.wait_for(gw.process.proc.wait(), 30) == 0
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
