@@ -19,6 +19,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from tests.support.harness import PYTHON, ROOT, free_port
+from tests.support.waiting import until
 
 ARGUMENT_MARKER = "console-argument-marker-7f3a"
 """Put in a failing call's arguments: no console answer may ever contain it."""
@@ -86,21 +87,32 @@ async def clock_pid(ops: str, after: int = 0) -> int:
 @contextlib.asynccontextmanager
 async def killed_mid_call(mcp_url: str, ops: str, hold_down: Path) -> AsyncIterator[asyncio.Task[None]]:
     """Start a long `countdown` on the clock (with the marker among its arguments), kill the clock process
-    once the call is in flight, and yield the call's task (it ends with the gateway's error). The clock
-    stays down while in the block (`hold_down` exists), and may start again after it."""
+    once the call runs in it (its first progress report came back), and yield the call's task (it ends with
+    the gateway's error). The clock stays down while in the block (`hold_down` exists), and may start again
+    after it."""
     pid = await clock_pid(ops)
+    running = asyncio.Event()
+
+    async def progressed(progress: float, total: float | None, message: str | None) -> None:
+        running.set()
 
     async def call() -> None:
         async with Client(mcp_url) as client:
             try:
-                await client.call_tool("countdown", {"steps": 60, "interval_ms": 1000, "note": ARGUMENT_MARKER})
+                await client.call_tool(
+                    "countdown",
+                    {"steps": 60, "interval_ms": 200, "note": ARGUMENT_MARKER},
+                    progress_callback=progressed,
+                )
             except MCPError:
                 return
             raise AssertionError("the call survived its server being killed")
 
     task = asyncio.create_task(call())
     try:
-        await until_status(ops, lambda s: server(s, "clock")["inflight"] >= 1 or task.done())
+        # "in flight" on the status page is not enough: under load the request may still wait for the pipe's
+        # flush when the kill lands, and the call then fails as `connect`, not as the cut transport
+        await until(lambda: running.is_set() or task.done(), within_s=60)
         assert not task.done(), "the call ended before the server was killed"
         await asyncio.to_thread(hold_down.touch)
         os.kill(pid, signal.SIGKILL)
