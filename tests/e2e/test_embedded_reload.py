@@ -10,38 +10,29 @@ import asyncio
 import signal
 from pathlib import Path
 
-import aiohttp
+import httpx2
 
-from tests.support.harness import PYTHON, SERVERS, Gateway, gateway, stdio_server
+from tests.support.harness import PYTHON, SERVERS, Gateway, gateway, legacy_initialize, stdio_server
 from tests.support.waiting import until
 
 TOKEN_A = "embedded-token-a-4f1c9e"
 TOKEN_B = "embedded-token-b-8d2a7b"
 ENV = {"MCP_TOKEN_A": TOKEN_A, "MCP_TOKEN_B": TOKEN_B}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
 
 
-def routes(client_token: str, listen: str = "127.0.0.1:0", channel: str = "main") -> str:
+def routes(client_token: str, listen: str = "127.0.0.1:0") -> str:
     return (
         f"relay: {{listen: '{listen}', client_token: '{client_token}'}}\n"
-        f"servers:\n  srv: {stdio_server()}\nchannels:\n  {channel}: [srv]\n"
+        f"servers:\n  srv: {stdio_server()}\nchannels:\n  main: [srv]\n"
     )
 
 
 async def status_with(url: str, token: str | None) -> int:
-    """The HTTP status of an `initialize` sent with `token` as the bearer (MCP 2025-06-18 authorization:
+    """The HTTP status of an `initialize` sent with `token` as the bearer (MCP 2025-11-25, basic/authorization:
     a request without a valid token is answered 401)."""
-    headers = {"Accept": "application/json, text/event-stream"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    async with aiohttp.ClientSession() as http, http.post(url, json=INITIALIZE, headers=headers) as resp:
-        await resp.read()
-        return resp.status
+    async with httpx2.AsyncClient() as http:
+        bearer = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return (await legacy_initialize(http, url, **bearer)).status_code
 
 
 async def reload(gw: Gateway, file: Path, document: str) -> str:
@@ -61,7 +52,7 @@ async def test_a_rotated_client_token_applies_without_a_restart(tmp_path: Path) 
             assert await status_with(url, TOKEN_A) == 200
             assert await status_with(url, None) == 401
 
-            assert await reload(gw, file, routes("env:MCP_TOKEN_B", channel="main")) == "gateway: reloaded"
+            assert await reload(gw, file, routes("env:MCP_TOKEN_B")) == "gateway: reloaded"
             await until(lambda: "embedded relay applied" in log.read_text(), within_s=10)
             assert await status_with(url, TOKEN_B) == 200  # the same listener, the new token
             assert await status_with(url, TOKEN_A) == 401

@@ -15,11 +15,11 @@ import json
 import signal
 from pathlib import Path
 
-import aiohttp
+import httpx2
 
 from tests.support.cp_records import now, payload_text, whoami
 from tests.support.gateway_process import cli_args, gateway_env, routes, run_gateway, stdio
-from tests.support.harness import PYTHON, SERVERS, gateway, one_server_routes, stdio_server
+from tests.support.harness import PYTHON, SERVERS, gateway, legacy_initialize, one_server_routes, stdio_server
 from tests.support.procfs import pid_alive
 from tests.support.scripted_cp import KEY, ScriptedControlPlane
 
@@ -190,45 +190,34 @@ async def test_a_stdio_server_gets_a_secret_the_file_reads_only_when_its_own_env
 async def test_sigterm_with_the_embedded_relay_answers_the_calls_in_flight(tmp_path: Path) -> None:
     """The default deployment (the relay in the gateway's process, reached over the in-process link): on
     SIGTERM the `tools/call` POSTs MCP clients are waiting on still get their answers (the relay serves them
-    until the drain ends), and the gateway exits 0. Raw HTTP (MCP 2025-06-18, basic/transports, Streamable
+    until the drain ends), and the gateway exits 0. Raw HTTP (MCP 2025-11-25, basic/transports, Streamable
     HTTP: one JSON-RPC request per POST, answered with its response): the SDK client's own background GET
     stream would race the answers as the server goes away."""
     document = one_server_routes(stdio_server(), drain_timeout_s=15)
-    async with gateway(document, tmp_path) as gw, aiohttp.ClientSession() as http:
-        url, headers = gw.urls["main"], {"Accept": "application/json, text/event-stream"}
-        async with http.post(url, json=INITIALIZE, headers=headers) as resp:
-            assert resp.status == 200
-            headers |= {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
-            await resp.read()
-        async with http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers):
-            pass
+    async with gateway(document, tmp_path) as gw, httpx2.AsyncClient(timeout=30) as http:
+        url = gw.urls["main"]
+        started = await legacy_initialize(http, url)
+        assert started.status_code == 200
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "Mcp-Session-Id": started.headers["Mcp-Session-Id"],
+            "MCP-Protocol-Version": "2025-11-25",
+        }
+        await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
 
-        async def sleep_call(i: int) -> tuple[int, str]:
-            body = {
-                "jsonrpc": "2.0",
-                "id": i,
-                "method": "tools/call",
-                "params": {"name": "sleep_ms", "arguments": {"ms": 1500}},
-            }
-            async with http.post(url, json=body, headers=headers) as resp:
-                return resp.status, await resp.text()
+        async def sleep_call(i: int) -> httpx2.Response:
+            call = {"name": "sleep_ms", "arguments": {"ms": 1500}}
+            return await http.post(
+                url, json={"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": call}, headers=headers
+            )
 
         calls = [asyncio.ensure_future(sleep_call(i)) for i in range(3)]
         await asyncio.sleep(0.5)  # the calls are in the server by now (they take 1.5 s)
         assert not any(call.done() for call in calls)
         gw.process.proc.send_signal(signal.SIGTERM)
         answers = await asyncio.wait_for(asyncio.gather(*calls), 30)
-        for i, (status, text) in enumerate(answers):
-            assert status == 200
-            assert json.loads(text.removeprefix("event: message\ndata: ").strip())["result"]["content"] == [
-                {"type": "text", "text": "slept 1500 ms"}
-            ], f"call {i}"
+        for i, answer in enumerate(answers):
+            assert answer.status_code == 200
+            message = json.loads(answer.text.removeprefix("event: message\ndata: ").strip())
+            assert message["result"]["content"] == [{"type": "text", "text": "slept 1500 ms"}], f"call {i}"
         assert await asyncio.wait_for(gw.process.proc.wait(), 30) == 0
-
-
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}

@@ -223,8 +223,8 @@ def modern_call(
     return body, headers
 
 
-async def legacy_initialize(http: httpx2.AsyncClient, url: str) -> httpx2.Response:
-    """A raw handshake-era `initialize` POSTed to an MCP endpoint (JSON or SSE accepted)."""
+async def legacy_initialize(http: httpx2.AsyncClient, url: str, **headers: str) -> httpx2.Response:
+    """A raw handshake-era `initialize` POSTed to an MCP endpoint (JSON or SSE accepted), with `headers` too."""
     return await http.post(
         url,
         json={
@@ -237,7 +237,7 @@ async def legacy_initialize(http: httpx2.AsyncClient, url: str) -> httpx2.Respon
                 "clientInfo": {"name": "t", "version": "1"},
             },
         },
-        headers={"Accept": "application/json, text/event-stream"},
+        headers={"Accept": "application/json, text/event-stream", **headers},
     )
 
 
