@@ -140,8 +140,8 @@ class MemoryTransport(asyncio.Transport):
 
     def _deliver(self) -> None:
         self._scheduled = False
-        if self._lost or not self._reading:
-            return
+        if self._lost or self._closing or not self._reading:
+            return  # an end that closed (or was reset) reads nothing more, as a closed socket
         if self._inbox:
             data = self._inbox[0] if len(self._inbox) == 1 else b"".join(self._inbox)
             self._inbox.clear()

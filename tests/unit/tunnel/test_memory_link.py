@@ -125,6 +125,16 @@ async def test_close_delivers_what_was_written_then_ends_both() -> None:
     assert client.events[-1] == ("lost", None)
 
 
+async def test_an_end_that_closed_reads_nothing_more() -> None:
+    """Bytes on their way to an end when it closes are not handed to its protocol (the peer's close is)."""
+    client, server, near, far = await pair()
+    far.write(b"answer on its way")
+    near.close()
+    await asyncio.wait_for(asyncio.gather(client.lost, server.lost), 1)
+    assert client.events == [("made", None), ("lost", None)]
+    assert server.events == [("made", None), ("lost", None)]
+
+
 async def test_bytes_written_to_an_end_that_is_closing_are_dropped() -> None:
     """The server closed its end (it has not seen the loss yet): what the client writes then never reaches it."""
     client, server, near, far = await pair()
