@@ -20,7 +20,7 @@ import email.utils
 import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from typing import Final, cast
+from typing import Final, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import httptools
@@ -44,11 +44,32 @@ HEADS_KEPT: Final = 256
 """Rendered answer heads kept (keyed by status, headers and closing); past that the memory starts over."""
 HIGH_WATER: Final = 256 * 1024
 """Buffered bytes beyond the body being read after which reading pauses until the request is answered."""
+LINES_KEPT: Final = 512
+LINE_KEPT_MAX: Final = 256
+"""Request lines and header lines whose reading is kept (clients repeat theirs on every request of a
+kept connection), each line at most LINE_KEPT_MAX characters; past LINES_KEPT the memory starts over."""
 
 _POLL, _RESPONSE, _MCP = 1, 2, 3
 _END: Final = b"\r\n\r\n"
 _LF_END: Final = b"\n\n"
 _NOT_LEAN: Final = frozenset({"transfer-encoding", "expect"})
+_KEPT_FIELDS: Final = frozenset(
+    {
+        "host",
+        "accept",
+        "accept-encoding",
+        "connection",
+        "content-length",
+        "content-type",
+        "mcp-protocol-version",
+        "user-agent",
+        "x-tunnel-client-instance-id",
+        "x-tunnel-client-name",
+        "x-tunnel-client-version",
+    }
+)
+"""The header fields whose lines are kept read: none that carries a credential, a session id or a
+per-command token (those are read afresh and live no longer than their request)."""
 _OWS: Final = (" ", "\t")
 _NO_BODY: Final = frozenset({204, 304})
 _STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
@@ -79,6 +100,21 @@ def route(method: str, path: str) -> tuple[int, dict[str, str]] | None:
         if len(parts) == 5 and parts[4]:
             return _MCP, {"tunnel_id": parts[3], "channel": parts[4]}
     return None
+
+
+_Read = TypeVar("_Read")
+Target = tuple[str, str, str, int, dict[str, str]]
+"""A request line read: method, path, query string, lean route, path parameters (copied per request)."""
+Field = tuple[str, str, int | None]
+"""A header line read: name, value without surrounding whitespace, Content-Length (-1: zero) or None."""
+
+
+def _keep(kept: dict[str, _Read], line: str, read: _Read) -> None:
+    """Remember a line's reading, if the line is short enough; past LINES_KEPT lines, start over."""
+    if len(line) <= LINE_KEPT_MAX:
+        if len(kept) >= LINES_KEPT:
+            kept.clear()
+        kept[line] = read
 
 
 class Head:
@@ -149,9 +185,86 @@ class LeanServer:
         self._date_at = 0
         self.heads: dict[tuple[int, tuple[tuple[str, str], ...], bool], tuple[bytes, bool, bool]] = {}
         """`_head`'s results for the answers' header sets seen (the ack's, a JSON answer's): rendered once."""
+        self.targets: dict[str, Target] = {}
+        """`read_target`'s results for the request lines seen that a lean route serves."""
+        self.fields: dict[str, Field] = {}
+        """`read_field`'s results for the header lines seen of the fields in `_KEPT_FIELDS`."""
 
     def __call__(self) -> LeanConnection:
         return LeanConnection(self)
+
+    def read_head(self, raw: bytes) -> tuple[int, Head, bool, int] | None:
+        """A complete request head (through its blank line) as (lean route, head, keep-alive, body length),
+        or None when aiohttp is to answer it. Request and header lines seen before are not read again."""
+        end = _HeadEnd()
+        parser = httptools.HttpRequestParser(end)
+        try:
+            parser.feed_data(raw)  # validates the request line and every header line
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return None
+        if not end.complete or parser.should_upgrade():
+            return None
+        lines = raw.decode("utf-8", "surrogateescape").split("\r\n")[:-2]  # the head ends with two CRLF
+        if len(lines) - 1 > AIOHTTP_MAX_HEADERS or (
+            len(raw) > AIOHTTP_MAX_LINE and max(map(len, lines)) > AIOHTTP_MAX_LINE
+        ):
+            return None  # past aiohttp's limits: its answer (400), not an answer aiohttp would not give
+        target = self.targets.get(lines[0]) or self.read_target(lines[0])
+        if target is None:
+            return None
+        method, path, query, kind, match_info = target
+        known = self.fields
+        fields: list[tuple[str, str]] = []
+        length = 0
+        for line in lines[1:]:
+            field = known.get(line) or self.read_field(line)
+            if field is None:
+                return None
+            name, value, field_length = field
+            if field_length is not None:
+                if length:
+                    return None  # a repeated Content-Length: aiohttp's to refuse
+                length = field_length
+            fields.append((name, value))
+        length = max(length, 0)
+        if kind == _POLL and length:
+            return None
+        head = Head(method, path, query, CIMultiDict(fields), dict(match_info))
+        return kind, head, parser.should_keep_alive(), length
+
+    def read_target(self, line: str) -> Target | None:
+        """The request line's method, path, query, route and path parameters, or None (aiohttp's)."""
+        request_line = line.split(" ")
+        if len(request_line) != 3 or request_line[2] != "HTTP/1.1":
+            return None
+        method, target, _ = request_line
+        if "#" in target:
+            return None
+        path, _, query = target.partition("?")
+        matched = route(method, path)
+        if matched is None:
+            return None
+        read = (method, path, query, matched[0], matched[1])
+        _keep(self.targets, line, read)
+        return read
+
+    def read_field(self, line: str) -> Field | None:
+        """A header line's name, value and Content-Length (None for other fields), or None when the line
+        is aiohttp's to answer: a chunked or `Expect` body, obs-fold, a Content-Length that is no number."""
+        name, _, value = line.partition(":")
+        lowered = name.lower()
+        value = value.strip(" \t")
+        length: int | None = None
+        if lowered == "content-length":
+            if not value.isdigit():
+                return None
+            length = int(value) or -1  # -1: present, and zero
+        elif lowered in _NOT_LEAN or name[:1] in _OWS:
+            return None
+        read = (name, value, length)
+        if lowered in _KEPT_FIELDS:
+            _keep(self.fields, line, read)
+        return read
 
     def date(self) -> bytes:
         now = int(time.time())
@@ -291,14 +404,14 @@ class LeanConnection(asyncio.Protocol):
             return
         if end < 0:
             return
-        start = self._start(bytes(buffer[: end + len(_END)]))
+        server = self._server
+        start = server.read_head(bytes(buffer[: end + len(_END)]))
         if start is None:
             self._hand_over()
             return
         del buffer[: end + len(_END)]
         self._busy = True
-        kind, head, keep_alive = start
-        server = self._server
+        kind, head, keep_alive, self._unread = start
         if kind == _RESPONSE and server.tunnels.responds_now and len(buffer) >= self._unread <= server.max_body_bytes:
             self._respond_now(head, keep_alive)
             return
@@ -352,51 +465,6 @@ class LeanConnection(asyncio.Protocol):
         self._loop.call_soon(self._answer, head, reply, keep_alive)
         if not server.soon and server.drained is not None and not server.drained.done():
             server.drained.set_result(None)
-
-    def _start(self, raw: bytes) -> tuple[int, Head, bool] | None:
-        """The request to serve for this head, or None: aiohttp's."""
-        end = _HeadEnd()
-        parser = httptools.HttpRequestParser(end)
-        try:
-            parser.feed_data(raw)  # validates the request line and every header line
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return None
-        if not end.complete or parser.should_upgrade():
-            return None
-        lines = raw.decode("utf-8", "surrogateescape").split("\r\n")[:-2]  # the head ends with two CRLF
-        if len(lines) - 1 > AIOHTTP_MAX_HEADERS or (
-            len(raw) > AIOHTTP_MAX_LINE and max(map(len, lines)) > AIOHTTP_MAX_LINE
-        ):
-            return None  # past aiohttp's limits: its answer (400), not an answer aiohttp would not give
-        request_line = lines[0].split(" ")
-        if len(request_line) != 3 or request_line[2] != "HTTP/1.1":
-            return None
-        method, target, _ = request_line
-        path, _, query = target.partition("?")
-        if "#" in target:
-            return None
-        matched = route(method, path)
-        if matched is None:
-            return None
-        fields: list[tuple[str, str]] = []
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            lowered = name.lower()
-            if lowered == "content-length":
-                if length or not value.strip(" \t").isdigit():
-                    return None  # repeated (or not a number): aiohttp's to refuse
-                length = int(value) or -1
-            elif lowered in _NOT_LEAN or name[:1] in _OWS:
-                return None  # a chunked or Expect body, or obs-fold: aiohttp's
-            fields.append((name, value.strip(" \t")))
-        length = max(length, 0)
-        kind, match_info = matched
-        if kind == _POLL and length:
-            return None
-        self._unread = length
-        head = Head(method, path, query, CIMultiDict(fields), match_info)
-        return kind, head, parser.should_keep_alive()
 
     async def _serve(self, kind: int, head: Head, keep_alive: bool) -> None:
         """One request: its handler's core, then the answer (or the refusal) written."""

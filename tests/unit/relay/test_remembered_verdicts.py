@@ -1,6 +1,7 @@
 """What the relay remembers per value gives what computing it gives: `HostGuard.host_allowed` per `Host`
 value (past its bound too), the front door's `accepts_sse` per single `Accept` value (several `Accept`
-headers are judged together, never from one remembered value), and the lean server's rendered answer heads."""
+headers are judged together, never from one remembered value), the lean server's rendered answer heads,
+and its request and header line readings (none of a line that carries a credential or a session id)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from gateway.relay.app import LEAN
 from gateway.relay.exchange import Reply
 from gateway.relay.front import FrontDoor, accepts_sse
 from gateway.relay.guard import HOSTS_KEPT, HostGuard, host_name
-from gateway.relay.lean_http import _head
+from gateway.relay.lean_http import LINE_KEPT_MAX, LINES_KEPT, LeanServer, _head
 from gateway.relay.queue import MemoryQueue
 from gateway.relay.settings import LiveSettings, build_settings
 from tests.support.fuzz_budget import FUZZ
@@ -88,3 +89,93 @@ async def test_answer_heads_are_rendered_as_before_and_told_apart() -> None:
         connection._write_reply(Reply(200, b"{}", [("Mcp-Session-Id", "s\r\nX: y")]), False)
     assert len(server.heads) == 2
     assert transport.out == []
+
+
+def _lean_server() -> LeanServer:
+    config = relay_config()
+    return build_relay_app(config, backend=MemoryQueue(config.tunnels, queue_max=1, client_seen_grace_s=1))[LEAN]
+
+
+def _read(server: LeanServer, lines: list[str]) -> object:
+    """What `read_head` makes of a head, in plain values (a Head's multidict and mapping as lists)."""
+    read = server.read_head(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape"))
+    if read is None:
+        return None
+    kind, head, keep_alive, length = read
+    headers = list(head.headers.items())
+    return kind, head.method, head.path, head._query_string, headers, dict(head.match_info), keep_alive, length
+
+
+_REQUEST_LINES = st.sampled_from(
+    [
+        "POST /v1/mcp/t1 HTTP/1.1",
+        "POST /v1/mcp/t1/docs HTTP/1.1",
+        "GET /v1/tunnels/t1/poll?limit=25&timeout_ms=30000 HTTP/1.1",
+        "POST /v1/tunnels/t1/response HTTP/1.1",
+        "GET /v1/mcp/t1 HTTP/1.1",
+        "POST /v1/mcp/t1#x HTTP/1.1",
+        "POST /v1/mcp/%74 HTTP/1.1",
+        "POST /v1/mcp/t1 HTTP/1.0",
+        "POST  /v1/mcp/t1 HTTP/1.1",
+    ]
+)
+_HEADER_LINES = st.sampled_from(
+    [
+        "Host: 127.0.0.1",
+        "Host:127.0.0.1 ",
+        "Accept: application/json, text/event-stream",
+        "Content-Type: application/json",
+        "Content-Length: 2",
+        "content-length: 0",
+        "Content-Length:  17 ",
+        "Content-Length: 1x",
+        "Transfer-Encoding: chunked",
+        "Expect: 100-continue",
+        "Connection: close",
+        "Connection: keep-alive",
+        "Authorization: Bearer gateway-key",
+        "Mcp-Session-Id: s-1",
+        "X-Tunnel-Shard-Token: shard",
+        "User-Agent: probe/1",
+        " folded",
+    ]
+)
+
+
+@FUZZ
+@given(st.lists(st.tuples(_REQUEST_LINES, st.lists(_HEADER_LINES | st.text(max_size=20), max_size=8)), max_size=12))
+def test_kept_line_readings_give_the_heads_a_fresh_reading_gives(heads: list[tuple[str, list[str]]]) -> None:
+    """`LeanServer.read_head` with the request and header lines of earlier heads remembered reads every
+    head as a server that never saw a line before (repeated Content-Length, obs-fold, chunked, the routes
+    aiohttp keeps all included)."""
+    warm = _lean_server()
+    for request_line, header_lines in heads + heads:
+        lines = [request_line, *header_lines]
+        assert _read(warm, lines) == _read(_lean_server(), lines)
+
+
+def test_kept_lines_hold_no_credential_and_stay_bounded() -> None:
+    server = _lean_server()
+    secret_lines = [
+        "Authorization: Bearer gateway-key",
+        "Mcp-Session-Id: s-secret",
+        "X-Tunnel-Shard-Token: shard-secret",
+        "X-Client-Token: client-secret",
+        "Cookie: a=b",
+    ]
+    lines = ["POST /v1/mcp/t1 HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 0", *secret_lines]
+    first = server.read_head(("\r\n".join(lines) + "\r\n\r\n").encode())
+    second = server.read_head(("\r\n".join(lines) + "\r\n\r\n").encode())
+    assert first is not None
+    assert second is not None
+    assert second[1].match_info is not first[1].match_info  # each request has its own path parameters
+    kept = set(server.fields)
+    assert {"Host: 127.0.0.1", "Content-Length: 0"} <= kept
+    assert not kept & set(secret_lines)
+    assert not any("secret" in line or "gateway-key" in line for line in kept)
+    server.read_head(f"POST /v1/mcp/t1 HTTP/1.1\r\nUser-Agent: {'u' * LINE_KEPT_MAX}\r\n\r\n".encode())
+    assert all(len(line) <= LINE_KEPT_MAX for line in server.fields)  # a long line is read, not kept
+    for index in range(LINES_KEPT * 2 + 3):
+        server.read_head(f"POST /v1/mcp/t1 HTTP/1.1\r\nUser-Agent: agent-{index}\r\n\r\n".encode())
+        assert len(server.fields) <= LINES_KEPT
+        assert len(server.targets) <= LINES_KEPT
