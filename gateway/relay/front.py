@@ -41,6 +41,7 @@ from gateway.protocol.wire import (
 )
 from gateway.relay.budgets import CallerBudgets
 from gateway.relay.config import UserAuthSpec
+from gateway.relay.deadlines import Deadlines
 from gateway.relay.discovery import Discovery, mcp_path
 from gateway.relay.errors import (
     CallerTimeout,
@@ -210,6 +211,8 @@ class FrontDoor:
         self._discovery = discovery or Discovery(live, backend, codec, self._metrics)
         self._users = users or UserAuth(live.current.config, codec)
         self._client_rates: CallerBudgets[tuple[str, str, float, int]] = CallerBudgets()
+        self._deadlines = Deadlines()
+        """The callers' waits for their frames end at the command's deadline (one timer per tick of them)."""
         self._sse_accepts: dict[str, bool] = {}
         """`accepts_sse` of a request whose one `Accept` header is the key (clients repeat theirs)."""
 
@@ -298,7 +301,7 @@ class FrontDoor:
     async def _terminal(self, tunnel_id: str, command: Command) -> TunnelResponsePayload:
         """Skip intermediate frames until the terminal one; CallerTimeout at the deadline."""
         try:
-            async with asyncio.timeout_at(command.deadline):
+            async with self._deadlines.at(command.deadline):
                 while True:
                     frame = await self._backend.next_frame(tunnel_id, command.request_id)
                     if frame.is_terminal:
@@ -454,7 +457,7 @@ class FrontDoor:
         sse_ok = self._accepts_sse(request)
         opened = False
         try:
-            async with asyncio.timeout_at(command.deadline):
+            async with self._deadlines.at(command.deadline):
                 while True:
                     frame = await self._backend.next_frame(tunnel_id, command.request_id)
                     if not opened:
