@@ -65,7 +65,7 @@ from gateway.relay.exchange import (
 )
 from gateway.relay.guard import bearer_token, check_channel, check_client, check_client_header, read_body
 from gateway.relay.ops import RelayMetrics
-from gateway.relay.queue import Command, QueueBackend, new_command
+from gateway.relay.queue import Command, QueueBackend, Stamps, new_command
 from gateway.relay.settings import LiveSettings, Settings
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.user_auth import UserAuth, audit
@@ -213,6 +213,8 @@ class FrontDoor:
         self._client_rates: CallerBudgets[tuple[str, str, float, int]] = CallerBudgets()
         self._deadlines = Deadlines()
         """The callers' waits for their frames end at the command's deadline (one timer per tick of them)."""
+        self._stamps = Stamps()
+        """The `created_at` of the commands queued here."""
         self._sse_accepts: dict[str, bool] = {}
         """`accepts_sse` of a request whose one `Accept` header is the key (clients repeat theirs)."""
 
@@ -294,6 +296,7 @@ class FrontDoor:
             headers=headers,
             deadline=deadline,
             jsonrpc=UNSET if jsonrpc is None else jsonrpc,
+            created_at=self._stamps.now(),
         )
         await self._backend.enqueue(tunnel_id, command)
         return command

@@ -1,9 +1,12 @@
 """What the relay remembers per value gives what computing it gives: `HostGuard.host_allowed` per `Host`
 value (past its bound too), the front door's `accepts_sse` per single `Accept` value (several `Accept`
 headers are judged together, never from one remembered value), the lean server's rendered answer heads,
-and its request and header line readings (none of a line that carries a credential or a session id)."""
+its request and header line readings (none of a line that carries a credential or a session id), and the
+enqueue times rendered once a millisecond."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -16,10 +19,10 @@ from gateway.relay.exchange import Reply
 from gateway.relay.front import FrontDoor, accepts_sse
 from gateway.relay.guard import HOSTS_KEPT, HostGuard, host_name
 from gateway.relay.lean_http import LINE_KEPT_MAX, LINES_KEPT, LeanServer, _head
-from gateway.relay.queue import MemoryQueue
+from gateway.relay.queue import MemoryQueue, Stamps, rfc3339_ms
 from gateway.relay.settings import LiveSettings, build_settings
 from tests.support.fuzz_budget import FUZZ
-from tests.support.relay_harness import HeadOf, relay_config
+from tests.support.relay_harness import RFC3339_UTC, HeadOf, relay_config
 
 _HOSTS = st.sampled_from(["relay.example", "RELAY.example:443", "[::1]:8780", "evil.example", " relay.example ", ""])
 
@@ -179,3 +182,19 @@ def test_kept_lines_hold_no_credential_and_stay_bounded() -> None:
         server.read_head(f"POST /v1/mcp/t1 HTTP/1.1\r\nUser-Agent: agent-{index}\r\n\r\n".encode())
         assert len(server.fields) <= LINES_KEPT
         assert len(server.targets) <= LINES_KEPT
+
+
+@FUZZ
+@given(st.integers(min_value=0, max_value=253_402_300_799_999))  # through 9999-12-31T23:59:59.999Z
+def test_enqueue_times_render_as_rfc3339_utc_milliseconds(ms: int) -> None:
+    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)  # exact: no float seconds
+    expected = at.isoformat(timespec="milliseconds")[:-6] + "Z"
+    assert rfc3339_ms(ms) == expected
+
+
+def test_enqueue_times_are_rendered_once_a_millisecond_and_follow_the_clock() -> None:
+    stamps = Stamps()
+    seen = [stamps.now() for _ in range(2000)]
+    assert all(RFC3339_UTC.fullmatch(stamp) for stamp in seen)
+    assert seen == sorted(seen)
+    assert len({id(stamp) for stamp in seen}) == len(set(seen))  # one rendering per millisecond seen
