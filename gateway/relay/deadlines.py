@@ -1,64 +1,98 @@
-"""Callers' deadlines with one loop timer per tick of deadlines, not one per caller.
+"""Callers' deadlines with one loop timer for all of them, not one per caller.
 
 Owns `Deadlines`: `async with deadlines.at(when):` behaves as `asyncio.timeout_at(when)` (the waiting task
 is cancelled at the deadline and the block raises TimeoutError; a cancellation from elsewhere stays a
-cancellation), except that a deadline is kept up to `tick_s` late. Deadlines that fall in the same tick
-share one timer, armed when the first of them is entered.
-`asyncio.timeout_at` arms and cancels a uvloop timer of its own per caller: about 3 µs a call, more than
-the relay's whole hand-off of a frame to its caller.
+cancellation), except that a deadline is kept up to `tick_s` late. Deadlines are grouped by the tick
+they fall in; one timer is armed, for the earliest tick that has (or had) callers waiting, and moves on
+from tick to tick as they come. `asyncio.timeout_at` arms and cancels a uvloop timer of its own per
+caller: about 3 µs a call, more than the relay's whole hand-off of a frame to its caller.
+
+Memory: a set of callers per tick that has callers right now, and one number per tick between now and
+the last deadline entered (at most `response_timeout_s / tick_s` of them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 from types import TracebackType
 from typing import Final
 
 TICK_S: Final = 0.05
-"""Deadlines are kept at most this late: the relay's are whole seconds (`response_timeout_s`)."""
+"""Deadlines are kept at most this late (the relay's `response_timeout_s` is 120 s unless set)."""
 
 
 class Deadlines:
     """The deadlines of the callers waiting on one loop, grouped by tick."""
 
-    __slots__ = ("_tick_s", "_ticks")
+    __slots__ = ("_armed", "_pending", "_queued", "_tick_s", "_ticks", "_timer")
 
     def __init__(self, tick_s: float = TICK_S) -> None:
         self._tick_s = tick_s
         self._ticks: dict[int, set[Deadline]] = {}
-        """The deadlines entered and not yet left, per tick whose timer is armed."""
+        """The callers in each tick that has any (a tick's set goes when its last caller leaves)."""
+        self._pending: list[int] = []
+        """A heap of the ticks that had callers and have not come yet (each once: `_queued`)."""
+        self._queued: set[int] = set()
+        self._armed: int | None = None
+        """The tick the timer is armed for: the earliest in `_pending`."""
+        self._timer: asyncio.TimerHandle | None = None
 
     def at(self, when: float) -> Deadline:
         """An async context manager: the block ends with TimeoutError if it runs past `when` (loop time)."""
         return Deadline(self, when)
 
-    def _join(self, deadline: Deadline, when: float) -> set[Deadline]:
+    def _join(self, deadline: Deadline, when: float) -> int:
         tick = math.ceil(when / self._tick_s)
         members = self._ticks.get(tick)
         if members is None:
-            # armed once per tick and left to fire even when its callers all finish early: a timer cancelled
-            # and armed again for the next caller of the same tick would cost what one per caller costs
             members = self._ticks[tick] = set()
-            asyncio.get_running_loop().call_at(tick * self._tick_s, self._expire, tick)
+            if tick not in self._queued:
+                self._queued.add(tick)
+                heapq.heappush(self._pending, tick)
+                if self._armed is None or tick < self._armed:
+                    self._arm(tick)
         members.add(deadline)
-        return members
+        return tick
 
-    def _expire(self, tick: int) -> None:
-        for deadline in self._ticks.pop(tick, ()):
-            deadline.expire()
+    def _leave(self, deadline: Deadline, tick: int) -> None:
+        members = self._ticks.get(tick)
+        if members is not None:
+            members.discard(deadline)
+            if not members:
+                del self._ticks[tick]  # its number stays in `_pending` until the tick comes
+
+    def _arm(self, tick: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = tick
+        self._timer = asyncio.get_running_loop().call_at(tick * self._tick_s, self._fire)
+
+    def _fire(self) -> None:
+        came = self._armed
+        self._armed = self._timer = None
+        pending = self._pending
+        while pending and came is not None and pending[0] <= came:
+            tick = heapq.heappop(pending)
+            self._queued.discard(tick)
+            for deadline in self._ticks.pop(tick, ()):
+                deadline.expire()
+        if pending:
+            self._arm(pending[0])
 
 
 class Deadline:
     """One caller's deadline (`Deadlines.at`); used once."""
 
-    __slots__ = ("_cancelling", "_expired", "_members", "_owner", "_task", "_when")
+    __slots__ = ("_cancelling", "_expired", "_owner", "_task", "_tick", "_when")
 
     def __init__(self, owner: Deadlines, when: float) -> None:
         self._owner = owner
         self._when = when
         self._task: asyncio.Task[object] | None = None
-        self._members: set[Deadline] | None = None
+        self._tick: int | None = None
+        """The tick it waits in, while it does."""
         self._cancelling = 0
         self._expired = False
 
@@ -68,15 +102,15 @@ class Deadline:
             raise RuntimeError("a deadline must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        self._members = self._owner._join(self, self._when)
+        self._tick = self._owner._join(self, self._when)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._members is not None:
-            self._members.discard(self)
-            self._members = None
+        if self._tick is not None:
+            self._owner._leave(self, self._tick)
+            self._tick = None
         # as asyncio's Timeout: only a cancellation this deadline made (and no other since) becomes TimeoutError
         if (
             self._expired
@@ -88,8 +122,8 @@ class Deadline:
 
     def expire(self) -> None:
         """Its tick came: the task is cancelled, and the block will end with TimeoutError."""
-        if self._members is None or self._task is None:
+        if self._tick is None or self._task is None:
             return
-        self._members = None
+        self._tick = None
         self._expired = True
         self._task.cancel()

@@ -134,3 +134,25 @@ async def test_used_outside_a_task_it_says_so() -> None:
 
     loop.call_soon(step)
     assert "inside a task" in await said
+
+
+async def test_callers_that_finish_early_leave_one_timer_and_no_sets_behind() -> None:
+    """A thousand callers with deadlines in a thousand ticks, all done in time: no set of callers is left,
+    one number per tick waits for its tick, and the loop holds one timer for all of them."""
+    deadlines = Deadlines(TICK)
+    loop = asyncio.get_running_loop()
+    timers = getattr(loop, "_scheduled", None)  # asyncio's own loop: its pending timers
+    before = None if timers is None else sum(not handle.cancelled() for handle in timers)
+    start = loop.time() + 60
+    for index in range(1000):
+        async with deadlines.at(start + index * TICK):
+            pass
+    assert not deadlines._ticks
+    assert len(deadlines._pending) == len(set(deadlines._pending)) >= 990  # one number per tick (float edges)
+    if timers is not None and before is not None:
+        assert sum(not handle.cancelled() for handle in timers) == before + 1
+    # a caller in the earliest tick still times out there, and the timer then moves on to the next tick
+    with pytest.raises(TimeoutError):
+        async with deadlines.at(loop.time()):
+            await asyncio.sleep(10)
+    assert deadlines._armed == min(deadlines._pending)
