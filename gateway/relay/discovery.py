@@ -31,8 +31,8 @@ from gateway.protocol.wire import (
     Headers,
     TunnelResponsePayload,
 )
+from gateway.relay.deadlines import Deadlines
 from gateway.relay.errors import (
-    CallerTimeout,
     ClientNotSeen,
     HostNotAllowed,
     MetadataNotFound,
@@ -44,7 +44,7 @@ from gateway.relay.errors import (
 from gateway.relay.exchange import RequestHead
 from gateway.relay.guard import check_channel, check_client, check_client_header
 from gateway.relay.ops import RelayMetrics
-from gateway.relay.queue import QueueBackend, new_command
+from gateway.relay.queue import QueueBackend, new_command, terminal_frame
 from gateway.relay.settings import LiveSettings, Settings
 
 DEFAULT_CHANNEL: Final = "main"
@@ -106,6 +106,7 @@ class Discovery:
         self._metadata = MetadataCodec(codec)
         self._metrics = metrics
         self._answers = _Answers(self._spec.cache_max_entries)
+        self._deadlines = Deadlines()
         self._flights: dict[tuple[str, str], asyncio.Task[_Known]] = {}
         """One `oauth_discovery` command per channel at a time; every request for it waits on it."""
 
@@ -211,23 +212,13 @@ class Discovery:
         await self._backend.enqueue(tunnel_id, command)
         try:
             with self._metrics.caller_waiting(tunnel_id):
-                frame = await self._terminal(tunnel_id, command.request_id, deadline)
+                frame = await terminal_frame(self._backend, self._deadlines, tunnel_id, command.request_id, deadline)
         finally:
             await self._backend.discard(tunnel_id, command.request_id)
         known = self._judge(frame, loop.time())
         if known.until > loop.time():
             self._answers.put((tunnel_id, channel), known)
         return known
-
-    async def _terminal(self, tunnel_id: str, request_id: str, deadline: float) -> TunnelResponsePayload:
-        try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    frame = await self._backend.next_frame(tunnel_id, request_id)
-                    if frame.is_terminal:
-                        return frame
-        except TimeoutError:
-            raise CallerTimeout() from None
 
     def _judge(self, frame: TunnelResponsePayload, now: float) -> _Known:
         """What a gateway's answer means for clients: metadata (cached `cache_ttl_s`), none (cached

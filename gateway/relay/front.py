@@ -65,7 +65,7 @@ from gateway.relay.exchange import (
 )
 from gateway.relay.guard import bearer_token, check_channel, check_client, check_client_header, read_body
 from gateway.relay.ops import RelayMetrics
-from gateway.relay.queue import Command, QueueBackend, Stamps, new_command
+from gateway.relay.queue import Command, QueueBackend, Stamps, new_command, terminal_frame
 from gateway.relay.settings import LiveSettings, Settings
 from gateway.relay.tracing import NO_TRACER, RelayTracer
 from gateway.relay.user_auth import UserAuth, audit
@@ -303,14 +303,7 @@ class FrontDoor:
 
     async def _terminal(self, tunnel_id: str, command: Command) -> TunnelResponsePayload:
         """Skip intermediate frames until the terminal one; CallerTimeout at the deadline."""
-        try:
-            async with self._deadlines.at(command.deadline):
-                while True:
-                    frame = await self._backend.next_frame(tunnel_id, command.request_id)
-                    if frame.is_terminal:
-                        return frame
-        except TimeoutError:
-            raise CallerTimeout() from None
+        return await terminal_frame(self._backend, self._deadlines, tunnel_id, command.request_id, command.deadline)
 
     # ----------------------------------------------------------------------- handlers
 

@@ -2,7 +2,8 @@
 The `QueueBackend` interface and the in-memory backend; no HTTP here.
 
 Owns the `QueueBackend` interface (`MemoryQueue` here, `RedisQueue` in
-redis_queue.py), the queued `Command` record and the in-memory backend: one
+redis_queue.py), the queued `Command` record, a caller's wait for its terminal frame
+(`terminal_frame`) and the in-memory backend: one
 bounded FIFO per tunnel, waiting polls, the in-flight table keyed by request_id
 and proc_affinity session routing (rules in affinity.py).
 """
@@ -24,7 +25,9 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 
 from gateway.protocol.wire import Headers, PolledCommand, TunnelResponsePayload
 from gateway.relay.affinity import ANONYMOUS, SessionTable, ends_session, session_of, session_set_by
+from gateway.relay.deadlines import Deadlines
 from gateway.relay.errors import (
+    CallerTimeout,
     FrameBacklog,
     PendingNotFound,
     QueueFull,
@@ -122,6 +125,20 @@ class Stamps:
             self._text = rfc3339_ms(ms)
             self._ms = ms
         return self._text
+
+
+async def terminal_frame(
+    backend: QueueBackend, deadlines: Deadlines, tunnel_id: str, request_id: str, deadline: float
+) -> TunnelResponsePayload:
+    """A command's terminal frame, its intermediate frames skipped; CallerTimeout at `deadline` (loop time)."""
+    try:
+        async with deadlines.at(deadline):
+            while True:
+                frame = await backend.next_frame(tunnel_id, request_id)
+                if frame.is_terminal:
+                    return frame
+    except TimeoutError:
+        raise CallerTimeout() from None
 
 
 class TunnelStatus(Struct, frozen=True, kw_only=True):

@@ -1,6 +1,6 @@
 """`Deadlines.at` keeps `asyncio.timeout_at`'s contract: a block past its deadline ends with TimeoutError
 (never before the deadline), a block done in time is left alone, a cancellation from elsewhere stays a
-cancellation; and the callers whose deadlines fall in one tick share one timer."""
+cancellation; and one loop timer serves every caller, with nothing left behind of the callers that finished."""
 
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ async def test_a_block_that_ends_early_leaves_its_tick() -> None:
         (members,) = deadlines._ticks.values()
         assert len(members) == 1
     assert not members  # gone from the tick: its timer, when it fires, cancels nobody
+    assert not deadlines._ticks  # and the tick's set with it
 
 
 async def test_used_outside_a_task_it_says_so() -> None:
