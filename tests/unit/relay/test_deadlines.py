@@ -157,3 +157,22 @@ async def test_callers_that_finish_early_leave_one_timer_and_no_sets_behind() ->
         async with deadlines.at(loop.time()):
             await asyncio.sleep(10)
     assert deadlines._armed == min(deadlines._pending)
+
+
+async def test_a_later_deadline_does_not_hold_back_an_earlier_one() -> None:
+    deadlines = Deadlines(TICK)
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+
+    async def early() -> None:
+        async with deadlines.at(loop.time() + 2 * TICK):
+            started.set()
+            await asyncio.Event().wait()
+
+    async with asyncio.timeout(5):  # the later caller's deadline is 60 s away: waiting for it would fail here
+        task = asyncio.create_task(early())
+        await started.wait()
+        async with deadlines.at(loop.time() + 60):
+            await asyncio.sleep(0)
+        with pytest.raises(TimeoutError):
+            await task
