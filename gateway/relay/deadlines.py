@@ -26,7 +26,7 @@ TICK_S: Final = 0.05
 class Deadlines:
     """The deadlines of the callers waiting on one loop, grouped by tick."""
 
-    __slots__ = ("_armed", "_pending", "_queued", "_tick_s", "_ticks", "_timer")
+    __slots__ = ("_armed", "_loop", "_pending", "_queued", "_tick_s", "_ticks", "_timer")
 
     def __init__(self, tick_s: float = TICK_S) -> None:
         self._tick_s = tick_s
@@ -38,6 +38,8 @@ class Deadlines:
         self._armed: int | None = None
         """The tick the timer is armed for: the earliest in `_pending`."""
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop the timer is armed on; on another loop (a relay started again) the state starts over."""
 
     def at(self, when: float) -> Deadline:
         """An async context manager: the block ends with TimeoutError if it runs past `when` (loop time)."""
@@ -47,6 +49,8 @@ class Deadlines:
         tick = math.ceil(when / self._tick_s)
         members = self._ticks.get(tick)
         if members is None:
+            if self._loop is not asyncio.get_running_loop():
+                self._start_over()
             members = self._ticks[tick] = set()
             if tick not in self._queued:
                 self._queued.add(tick)
@@ -67,7 +71,18 @@ class Deadlines:
         if self._timer is not None:
             self._timer.cancel()
         self._armed = tick
-        self._timer = asyncio.get_running_loop().call_at(tick * self._tick_s, self._fire)
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_at(tick * self._tick_s, self._fire)
+
+    def _start_over(self) -> None:
+        """Forget another loop's ticks: its timer will never fire here (its callers are gone with it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._ticks.clear()
+        self._pending.clear()
+        self._queued.clear()
+        self._armed = self._timer = None
+        self._loop = asyncio.get_running_loop()
 
     def _fire(self) -> None:
         came = self._armed

@@ -176,3 +176,25 @@ async def test_a_later_deadline_does_not_hold_back_an_earlier_one() -> None:
             await asyncio.sleep(0)
         with pytest.raises(TimeoutError):
             await task
+
+
+def test_a_deadlines_used_again_on_a_new_loop_still_times_out() -> None:
+    """A relay stopped and started again runs its front door on a new loop: the old loop's timer is gone,
+    and the new loop's callers must still time out."""
+    deadlines = Deadlines(TICK)
+
+    async def late(wait_s: float) -> str:
+        try:
+            async with deadlines.at(asyncio.get_running_loop().time() + wait_s):
+                await asyncio.sleep(wait_s + 10 * TICK)
+        except TimeoutError:
+            return "timeout"
+        return "in time"
+
+    async def first() -> None:
+        async with deadlines.at(asyncio.get_running_loop().time() + 2 * TICK):
+            pass  # leaves its tick queued and the timer armed on this loop, which then closes
+
+    asyncio.run(first())
+    # a later deadline than the dead timer's: nothing would arm a timer for it on the new loop
+    assert asyncio.run(asyncio.wait_for(late(10 * TICK), 5)) == "timeout"
