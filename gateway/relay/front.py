@@ -212,7 +212,7 @@ class FrontDoor:
         self._users = users or UserAuth(live.current.config, codec)
         self._client_rates: CallerBudgets[tuple[str, str, float, int]] = CallerBudgets()
         self._deadlines = Deadlines()
-        """The callers' waits for their frames end at the command's deadline (one timer per tick of them)."""
+        """The callers' waits for their frames end at the command's deadline (one loop timer for all of them)."""
         self._stamps = Stamps()
         """The `created_at` of the commands queued here."""
         self._sse_accepts: dict[str, bool] = {}
