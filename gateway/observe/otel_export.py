@@ -22,7 +22,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext
 
 from gateway.observe.otel_transport import KeepAliveTransport, keeps_alive
 
@@ -36,6 +35,12 @@ _FLAGS_REMOTE: Final = b"\x85\x01" + struct.pack("<I", 0x300)
 _KEPT_VALUES: Final = 4096
 """Encoded key/value pairs remembered; past that the memory starts over (ids never repeat)."""
 _pack_q = struct.Struct("<Q").pack
+_pack_times = struct.Struct("<BQBQ").pack
+"""Span.start_time_unix_nano (field 7) and end_time_unix_nano (field 8), fixed64 each, with their keys."""
+_REMEMBERED: Final = frozenset({str, int})
+"""Value types whose (key, value) encodings are remembered; bool and float are equal to ints as dict keys."""
+_NOTHING: Final = object()
+_SEPARATORS: Final = {tag: bytes((tag,)) for tag in range(0x80)}
 _pack_d = struct.Struct("<d").pack
 
 
@@ -88,22 +93,32 @@ class SpanEncoder:
     """ExportTraceServiceRequest bytes for a batch of finished spans (one per exporter; one thread uses it)."""
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[str, type, Any], bytes] = {}
+        self._pairs: dict[tuple[str, Any], bytes] = {}
+        self._heads: dict[tuple[str, Any], bytes] = {}
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         grouped: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
-        for span in spans:
-            resource = span.resource
-            scope = span.instrumentation_scope or None
-            scopes = grouped.setdefault(id(resource), (resource, {}))[1]
-            scopes.setdefault(id(scope), (scope, []))[1].append(_field(0x12, self.span(span)))
+        last_resource: Any = _NOTHING
+        last_scope: Any = _NOTHING
+        encoded: list[bytes] = []
+        span = self.span
+        for one in spans:
+            fields = one.__dict__
+            resource = fields["_resource"]
+            scope = fields["_instrumentation_scope"] or None
+            if resource is not last_resource or scope is not last_scope:  # batches come in long runs of one scope
+                last_resource, last_scope = resource, scope
+                scopes = grouped.setdefault(id(resource), (resource, {}))[1]
+                encoded = scopes.setdefault(id(scope), (scope, []))[1]
+            body = span(one)
+            encoded.append(b"\x12" + _varint(len(body)) + body)
         out = []
         for resource, scopes in grouped.values():
             parts = [self._resource(resource)]
-            for scope, encoded in scopes.values():
-                parts.append(_field(0x12, self._scope(scope) + b"".join(encoded)))
+            for scope, bodies in scopes.values():
+                parts.append(_field(0x12, self._scope(scope) + b"".join(bodies)))
             out.append(_field(0x0A, b"".join(parts)))
         return b"".join(out)
 
@@ -114,21 +129,33 @@ class SpanEncoder:
         context = fields["_context"]
         assert context is not None
         parent = fields["_parent"]
+        out = bytearray(b"\x0a\x10")
+        out += context.trace_id.to_bytes(16, "big")
+        out += b"\x12\x08"
+        out += context.span_id.to_bytes(8, "big")
         trace_state = context.trace_state
-        out = b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")
         if getattr(trace_state, "_dict", trace_state):  # TraceState's own __len__ is a Python call
             out += _text(0x1A, ",".join(f"{key}={value}" for key, value in trace_state.items()))
         if parent is not None:
-            out += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
-        name = fields["_name"].encode()
-        out += b"\x2a" + _varint(len(name)) + name + _KIND_FIELDS[fields["_kind"]._value_]
-        out += b"\x39" + _pack_q(fields["_start_time"] or 0) + b"\x41" + _pack_q(fields["_end_time"] or 0)
+            out += b"\x22\x08"
+            out += parent.span_id.to_bytes(8, "big")
+        head = (fields["_name"], fields["_kind"])
+        named = self._heads.get(head)
+        if named is None:
+            if len(self._heads) >= _KEPT_VALUES:
+                self._heads.clear()
+            name = head[0].encode()
+            named = self._heads[head] = b"\x2a" + _varint(len(name)) + name + _KIND_FIELDS[head[1]._value_]
+        out += named
+        out += _pack_times(0x39, fields["_start_time"] or 0, 0x41, fields["_end_time"] or 0)
         attributes = fields["_attributes"]
         if getattr(attributes, "_dict", attributes):  # BoundedAttributes' own __len__ is a Python call
             out += self.attributes(0x4A, attributes)
-        out += _dropped(b"\x50", attributes)
+        dropped = getattr(attributes, "dropped", 0)
+        if dropped:
+            out += b"\x50" + _varint(dropped)
         events = fields["_events"]
-        if events:
+        if getattr(events, "_dq", events):  # BoundedList's own __len__ is a Python call
             for event in events:
                 body = b"\x09" + _pack_q(event.timestamp) + _text(0x12, event.name)
                 if event.attributes:
@@ -136,9 +163,11 @@ class SpanEncoder:
                 if event.dropped_attributes:
                     body += b"\x20" + _varint(event.dropped_attributes)
                 out += _field(0x5A, body)
-        out += _dropped(b"\x60", events)
+        dropped = getattr(events, "dropped", 0)
+        if dropped:
+            out += b"\x60" + _varint(dropped)
         links = fields["_links"]
-        if links:
+        if getattr(links, "_dq", links):
             for link in links:
                 body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
                 body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
@@ -148,7 +177,9 @@ class SpanEncoder:
                     body += b"\x28" + _varint(link.dropped_attributes)
                 body += b"\x35" + (_FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL)[2:]
                 out += _field(0x6A, body)
-        out += _dropped(b"\x70", links)
+        dropped = getattr(links, "dropped", 0)
+        if dropped:
+            out += b"\x70" + _varint(dropped)
         status = fields["_status"]
         code = status.status_code._value_  # not `.value`: an enum property, a Python call per read
         if status.description or code:
@@ -160,34 +191,41 @@ class SpanEncoder:
             out += b"\x7a" + _varint(len(body)) + body
         else:
             out += b"\x7a\x00"
-        encoded: bytes = out + (_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
-        return encoded
+        out += _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL
+        return bytes(out)
 
     def attributes(self, tag: int, attributes: Mapping[str, Any]) -> bytes:
-        """Repeated KeyValue under `tag`; each pair's encoding is remembered."""
+        """Repeated KeyValue under `tag`. Each (key, value) pair's encoding is remembered: when every value
+        is a str or an int, the span's own (key, value) item tuples find theirs in one pass in C."""
         pairs = self._pairs
-        out = []
         # The SDK's BoundedAttributes is a MutableMapping whose items() goes through the ABC's
         # __iter__/__getitem__; its plain dict (when there is one) gives the same pairs faster.
         plain = getattr(attributes, "_dict", None)
-        items = plain.items() if isinstance(plain, dict) else attributes.items()
-        for key, value in items:
-            memo = (key, type(value), value) if isinstance(value, (str, int, float)) else None
-            encoded = pairs.get(memo) if memo is not None else None
+        if type(plain) is not dict:
+            plain = dict(attributes.items())
+        separator = _SEPARATORS[tag]
+        # 1, 1.0 and True are equal keys: only when no bool or float is among the values may a pair be
+        # looked up by its item tuple.
+        if _REMEMBERED.issuperset(map(type, plain.values())):
+            found = list(map(pairs.get, plain.items()))
+            if None not in found:
+                return separator + separator.join(found)  # type: ignore[arg-type]
+        out = []
+        for key, value in plain.items():
+            remembered = type(value) in _REMEMBERED
+            encoded = pairs.get((key, value)) if remembered else None
             if encoded is None:
                 try:
-                    encoded = bytes((tag,)) + _varint_prefixed(_key_value(key, value))
+                    encoded = _varint_prefixed(_key_value(key, value))
                 except TypeError as exc:
                     _logger.warning("attribute %s not exported: %s", key, exc)
                     continue
-                if memo is not None:
+                if remembered:
                     if len(pairs) >= _KEPT_VALUES:
                         pairs.clear()
-                    pairs[memo] = encoded
-            elif encoded[0] != tag:
-                encoded = bytes((tag,)) + encoded[1:]
+                    pairs[key, value] = encoded
             out.append(encoded)
-        return b"".join(out)
+        return separator + separator.join(out) if out else b""
 
     def _resource(self, resource: Resource) -> bytes:
         """ResourceSpans.resource (field 1), encoded once per resource."""
@@ -217,19 +255,8 @@ class SpanEncoder:
         return kept[1]
 
 
-def _dropped(tag: bytes, items: object) -> bytes:
-    """The dropped-count field `tag` for a span's attributes, events or links (the SDK's bounded
-    containers count what they dropped; a plain container dropped nothing); empty when zero."""
-    count = getattr(items, "dropped", 0)
-    return tag + _varint(count) if count else b""
-
-
 def _varint_prefixed(payload: bytes) -> bytes:
     return _varint(len(payload)) + payload
-
-
-def _flags(parent: SpanContext | None) -> bytes:
-    return _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL
 
 
 class FastOTLPSpanExporter(OTLPSpanExporter):

@@ -32,6 +32,7 @@ from opentelemetry.trace import (
 )
 
 from gateway.observe.otel_export import FastOTLPSpanExporter, GatewayBatchSpanProcessor, SpanEncoder
+from gateway.observe.otel_spans import SpanStarter
 
 
 def _spans() -> list[ReadableSpan]:
@@ -114,6 +115,28 @@ def test_encoding_of_many_distinct_values_stays_right() -> None:
         tracer.start_span("s", attributes={"gateway.request.id": f"req-{index}", "n": index}).end()
     spans = list(finished.get_finished_spans())
     assert _decoded(SpanEncoder().encode(spans)) == encode_spans(spans)
+
+
+def test_the_gateways_own_spans_encode_as_the_sdk_encodes_them() -> None:
+    """Spans `SpanStarter` makes (the shared empty event and link lists, one span given an event) whose
+    values under one key are 1, 1.0 and True in turn: equal as dict keys, each encoded as its own type
+    however the pairs seen before it were remembered."""
+    provider = TracerProvider()
+    finished = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    starter = SpanStarter(provider.get_tracer("mcp-tunnel-gateway", "0.1"))
+    values: list[object] = [1, 1.0, True, 1, "1", False, 0, 0.0, 2**63 - 1, -1]
+    for index, value in enumerate(values * 2):
+        span = starter.start(f"s{index % 3}", SpanKind(index % 5), {"v": value, "gateway.request.id": "req"})
+        if index == 4:
+            span.add_event("retry", {"v": value})
+        span.end()
+    spans = list(finished.get_finished_spans())
+    assert len(spans) == 2 * len(values)
+    encoder = SpanEncoder()
+    for span in spans:  # one at a time: each value meets the pairs the ones before it left behind
+        assert _decoded(encoder.encode([span])) == encode_spans([span])
+    assert _decoded(encoder.encode(spans)) == encode_spans(spans)
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
