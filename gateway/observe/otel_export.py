@@ -127,18 +127,7 @@ class SpanEncoder:
         links into tuples and wrap the attributes in a proxy); `ReadableSpan` keeps them as `_name` etc."""
         fields: dict[str, Any] = span.__dict__
         context = fields["_context"]
-        assert context is not None
         parent = fields["_parent"]
-        out = bytearray(b"\x0a\x10")
-        out += context.trace_id.to_bytes(16, "big")
-        out += b"\x12\x08"
-        out += context.span_id.to_bytes(8, "big")
-        trace_state = context.trace_state
-        if getattr(trace_state, "_dict", trace_state):  # TraceState's own __len__ is a Python call
-            out += _text(0x1A, ",".join(f"{key}={value}" for key, value in trace_state.items()))
-        if parent is not None:
-            out += b"\x22\x08"
-            out += parent.span_id.to_bytes(8, "big")
         head = (fields["_name"], fields["_kind"])
         named = self._heads.get(head)
         if named is None:
@@ -146,53 +135,67 @@ class SpanEncoder:
                 self._heads.clear()
             name = head[0].encode()
             named = self._heads[head] = b"\x2a" + _varint(len(name)) + name + _KIND_FIELDS[head[1]._value_]
-        out += named
-        out += _pack_times(0x39, fields["_start_time"] or 0, 0x41, fields["_end_time"] or 0)
+        out = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
+        trace_state = context.trace_state
+        if getattr(trace_state, "_dict", trace_state):  # TraceState's own __len__ is a Python call
+            out.append(_text(0x1A, ",".join(f"{key}={value}" for key, value in trace_state.items())))
+        if parent is not None:
+            out += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+        out += (named, _pack_times(0x39, fields["_start_time"] or 0, 0x41, fields["_end_time"] or 0))
         attributes = fields["_attributes"]
         if getattr(attributes, "_dict", attributes):  # BoundedAttributes' own __len__ is a Python call
-            out += self.attributes(0x4A, attributes)
+            out.append(self.attributes(0x4A, attributes))
         dropped = getattr(attributes, "dropped", 0)
         if dropped:
-            out += b"\x50" + _varint(dropped)
+            out.append(b"\x50" + _varint(dropped))
         events = fields["_events"]
-        if getattr(events, "_dq", events):  # BoundedList's own __len__ is a Python call
-            for event in events:
-                body = b"\x09" + _pack_q(event.timestamp) + _text(0x12, event.name)
-                if event.attributes:
-                    body += self.attributes(0x1A, event.attributes)
-                if event.dropped_attributes:
-                    body += b"\x20" + _varint(event.dropped_attributes)
-                out += _field(0x5A, body)
-        dropped = getattr(events, "dropped", 0)
-        if dropped:
-            out += b"\x60" + _varint(dropped)
         links = fields["_links"]
-        if getattr(links, "_dq", links):
-            for link in links:
-                body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
-                body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
-                if link.attributes:
-                    body += self.attributes(0x22, link.attributes)
-                if link.dropped_attributes:
-                    body += b"\x28" + _varint(link.dropped_attributes)
-                body += b"\x35" + (_FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL)[2:]
-                out += _field(0x6A, body)
-        dropped = getattr(links, "dropped", 0)
-        if dropped:
-            out += b"\x70" + _varint(dropped)
+        if getattr(events, "_dq", events) or getattr(events, "dropped", 0):  # BoundedList's __len__ is a Python call
+            self._events(out, events)
+        if getattr(links, "_dq", links) or getattr(links, "dropped", 0):
+            self._links(out, links)
         status = fields["_status"]
-        code = status.status_code._value_  # not `.value`: an enum property, a Python call per read
-        if status.description or code:
+        code = status._status_code._value_  # not `.status_code.value`: properties, a Python call per read
+        description = status._description
+        if description or code:
             body = b""
-            if status.description:
-                body += _text(0x12, status.description)
+            if description:
+                body += _text(0x12, description)
             if code:
                 body += b"\x18" + _varint(code)
-            out += b"\x7a" + _varint(len(body)) + body
+            out.append(b"\x7a" + _varint(len(body)) + body)
         else:
-            out += b"\x7a\x00"
-        out += _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL
-        return bytes(out)
+            out.append(b"\x7a\x00")
+        out.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+        return b"".join(out)
+
+    def _events(self, out: list[bytes], events: Sequence[Any]) -> None:
+        """Span.events (field 11) and dropped_events_count (field 12)."""
+        for event in events:
+            body = b"\x09" + _pack_q(event.timestamp) + _text(0x12, event.name)
+            if event.attributes:
+                body += self.attributes(0x1A, event.attributes)
+            if event.dropped_attributes:
+                body += b"\x20" + _varint(event.dropped_attributes)
+            out.append(_field(0x5A, body))
+        dropped = getattr(events, "dropped", 0)
+        if dropped:
+            out.append(b"\x60" + _varint(dropped))
+
+    def _links(self, out: list[bytes], links: Sequence[Any]) -> None:
+        """Span.links (field 13) and dropped_links_count (field 14)."""
+        for link in links:
+            body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
+            body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
+            if link.attributes:
+                body += self.attributes(0x22, link.attributes)
+            if link.dropped_attributes:
+                body += b"\x28" + _varint(link.dropped_attributes)
+            body += b"\x35" + (_FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL)[2:]
+            out.append(_field(0x6A, body))
+        dropped = getattr(links, "dropped", 0)
+        if dropped:
+            out.append(b"\x70" + _varint(dropped))
 
     def attributes(self, tag: int, attributes: Mapping[str, Any]) -> bytes:
         """Repeated KeyValue under `tag`. Each (key, value) pair's encoding is remembered: when every value
