@@ -117,6 +117,8 @@ class Runtime:
     """The relay this process runs (no `control_plane:`); its `relay:` section reloads with the file."""
     learn_secrets: Callable[[RoutingConfig], None] | None = None
     """Told each file a reload read, before anything of it starts (the log redactor learns its secrets)."""
+    learn_secret: Callable[[str], None] | None = None
+    """Told each secret obtained while running (a token a server's service credential obtains)."""
 
     async def reload(self) -> bool:
         """Read routing.yaml again and serve its servers and channels; False (old config kept) when it is bad.
@@ -159,6 +161,7 @@ class Runtime:
                 self.http,
                 self.routes_file,
                 telemetry=self.telemetry,
+                learn_secret=self.learn_secret,
             )
         except ConfigError as exc:
             log.error("reload rejected, the running configuration keeps serving: %s", exc)
@@ -294,6 +297,7 @@ async def _start_upstreams(
     routes_file: Path,
     *,
     telemetry: Telemetry = NOOP,
+    learn_secret: Callable[[str], None] | None = None,
 ) -> dict[str, Upstream]:
     # Every server the configuration uses (kept ones too) holds descriptors: fit them before spawning any.
     open_files.ensure((config.servers[name] for name in used_servers(config)), str(routes_file))
@@ -307,6 +311,7 @@ async def _start_upstreams(
             file=str(routes_file),
             base=routes_file.parent,
             telemetry=telemetry,
+            learn_secret=learn_secret,
         )
         for name in names
     }
@@ -329,8 +334,10 @@ def build_upstream(
     file: str,
     base: Path,
     telemetry: Telemetry = NOOP,
+    learn_secret: Callable[[str], None] | None = None,
 ) -> Upstream:
-    """The server's transport; `telemetry` hears of its service-credential token requests."""
+    """The server's transport; `telemetry` hears of its service-credential token requests, `learn_secret`
+    (the log redactor) of each token they obtain."""
     limit = config.gateway.max_message_bytes
     if spec.stdio is not None:
         key = f"servers.{name}.stdio"
@@ -364,7 +371,7 @@ def build_upstream(
         egress=egress(spec.http.url, spec.http, file=file, key=f"servers.{name}.http", base=base),
         reprobe_max_s=spec.restart_backoff_max_s,
         service_credentials=service_credentials(
-            name, spec.http, session=http, file=file, base=base, telemetry=telemetry
+            name, spec.http, session=http, file=file, base=base, telemetry=telemetry, learn_secret=learn_secret
         ),
         environment=spawned,
     )
@@ -397,12 +404,15 @@ async def provision(
     telemetry: Telemetry = NOOP,
     log_tail: LogRing | None = None,
     redact: Callable[[str], str] | None = None,
+    learn_secret: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Build and start the runtime; on exit stop polling, drain, and close in reverse order.
 
     `telemetry` belongs to the caller (the CLI shuts it down after the loop ends); the
     ops listener, when configured, answers from the start (`/readyz`: starting) and serves the
-    operator console (its log tail is `log_tail`; `redact` masks secrets in what it shows)."""
+    operator console (its log tail is `log_tail`; `redact` masks secrets in what it shows).
+    `learn_secret` (the log redactor's) is told every secret obtained or made while running: access
+    tokens, subject tokens, the embedded relay's gateway key."""
     codec = Codec()
     bridge = Bridge(codec)
     base = routes_file.parent
@@ -437,7 +447,9 @@ async def provision(
         credential: Credential | None = None
         if remote is not None and remote.identity is not None:
             # The first exchange runs while the servers start.
-            credential = workload_identity_credential(remote, config, http, file=file, base=base, telemetry=telemetry)
+            credential = workload_identity_credential(
+                remote, config, http, file=file, base=base, telemetry=telemetry, learn_secret=learn_secret
+            )
             stack.push_async_callback(credential.close)
             credential.start()
         elif remote is not None:
@@ -451,7 +463,11 @@ async def provision(
 
         stack.push_async_callback(close_upstreams)
         names = sorted(used_servers(config))
-        upstreams.update(await _start_upstreams(config, names, bridge, http, routes_file, telemetry=telemetry))
+        upstreams.update(
+            await _start_upstreams(
+                config, names, bridge, http, routes_file, telemetry=telemetry, learn_secret=learn_secret
+            )
+        )
         telemetry.watch(upstreams, config.servers)
         session_keys = _session_keys(config, routes_file)
         channels = _channels(config, upstreams, bridge, session_keys, telemetry=telemetry)
@@ -462,6 +478,8 @@ async def provision(
         if remote is None:
             own_relay, endpoint = await EmbeddedRelay.start(config, routes_file, telemetry)
             relay, key = own_relay.relay, own_relay.key
+            if learn_secret is not None:
+                learn_secret(key.reveal())
             stack.push_async_callback(relay.close)
             cp_url, tunnel_id, credential, cp_egress = relay.url, config.relay.tunnel_id, ApiKey(key.reveal()), None
             dial: Dial | None = functools.partial(memory_link.connect, server_factory=relay.serve_connection)
@@ -508,7 +526,7 @@ async def provision(
             config, routes_file, bridge, http, upstreams, channels, dispatcher, poller, control_plane, endpoint
         )
         runtime.telemetry, runtime.ops, runtime.session_keys, runtime.admin = telemetry, ops, session_keys, admin
-        runtime.embedded = own_relay
+        runtime.embedded, runtime.learn_secret = own_relay, learn_secret
         runtime.readiness, readiness.runtime = readiness, runtime
         if status is not None:
             status.runtime = runtime
@@ -630,6 +648,7 @@ def workload_identity_credential(
     file: str,
     base: Path,
     telemetry: Telemetry = NOOP,
+    learn_secret: Callable[[str], None] | None = None,
 ) -> WorkloadIdentity:
     """The workload-identity credential: its subject token source, and the token endpoint reached
     with the control plane's egress settings unless `workload_identity` has its own; each exchange
@@ -640,4 +659,4 @@ def workload_identity_credential(
     subject = subject_source(spec.subject_token, spec.provider, session=http, base=base, file=file, key=IDENTITY_KEY)
     spec_egress = token_endpoint_egress(config.control_plane, spec)
     token_egress = egress(settings.token_url, spec_egress, file=file, key=IDENTITY_KEY, base=base)
-    return WorkloadIdentity(settings, subject, http, token_egress, telemetry=telemetry)
+    return WorkloadIdentity(settings, subject, http, token_egress, telemetry=telemetry, learn_secret=learn_secret)

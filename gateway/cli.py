@@ -121,7 +121,13 @@ async def _gateway(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     async with provision(
-        routes, routes_file=file, overrides=overrides, telemetry=telemetry, log_tail=tail, redact=redact
+        routes,
+        routes_file=file,
+        overrides=overrides,
+        telemetry=telemetry,
+        log_tail=tail,
+        redact=redact,
+        learn_secret=redactor.learn,
     ) as runtime:
         runtime.learn_secrets = lambda routes: redactor.add_all(logs.config_secrets(routes, file.parent))
         if runtime.ops is not None:

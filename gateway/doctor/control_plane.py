@@ -9,6 +9,7 @@ checks is what the gateway sends.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final
 
 import aiohttp
@@ -33,9 +34,15 @@ IDENTITY_FIX: Final = (
 
 
 async def check_control_plane(
-    plan: Plan, session: aiohttp.ClientSession, blocked: Blocked, failed_secrets: set[str]
+    plan: Plan,
+    session: aiohttp.ClientSession,
+    blocked: Blocked,
+    failed_secrets: set[str],
+    *,
+    learn_secret: Callable[[str], None] | None = None,
 ) -> list[CheckResult]:
-    """`credentials` then `tunnel`, from one metadata request."""
+    """`credentials` then `tunnel`, from one metadata request; the tokens an exchange reads and obtains are
+    told to `learn_secret` (the report's redactor)."""
     if plan.embedded:
         return [embedded("credentials"), embedded("tunnel")]
     remote = plan.remote
@@ -47,7 +54,7 @@ async def check_control_plane(
             why = f"{target}: {blocked[target]}"
             return [skip("credentials", CONTROL_PLANE, why), skip("tunnel", CONTROL_PLANE, why)]
     with timed() as clock:
-        credential, problem = await _credential(plan, remote, session)
+        credential, problem = await _credential(plan, remote, session, learn_secret)
         try:
             if problem is not None:
                 return [clock.stamp(problem), skip("tunnel", CONTROL_PLANE, "no credential to ask with")]
@@ -59,7 +66,7 @@ async def check_control_plane(
 
 
 async def _credential(
-    plan: Plan, remote: RemoteControlPlane, session: aiohttp.ClientSession
+    plan: Plan, remote: RemoteControlPlane, session: aiohttp.ClientSession, learn_secret: Callable[[str], None] | None
 ) -> tuple[Credential | None, CheckResult | None]:
     """The credential object the gateway would use, with a value in hand (or why there is none)."""
     if remote.identity is None:
@@ -73,7 +80,9 @@ async def _credential(
             return key, fail("credentials", CONTROL_PLANE, str(exc), fix)
         return key, None
     try:
-        identity = workload_identity_credential(remote, plan.config, session, file=plan.file, base=plan.base)
+        identity = workload_identity_credential(
+            remote, plan.config, session, file=plan.file, base=plan.base, learn_secret=learn_secret
+        )
     except ConfigError as exc:
         return None, fail("credentials", CONTROL_PLANE, str(exc), f"correct `{exc.key}`")
     try:

@@ -48,8 +48,10 @@ async def diagnose(
     results += await check_tls(plan, blocked, timeout_s)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        results += await check_control_plane(plan, session, blocked, failed_secrets)
-        results += await check_servers(plan, session, Bridge(Codec()), blocked, failed_secrets)
+        results += await check_control_plane(plan, session, blocked, failed_secrets, learn_secret=redactor.learn)
+        results += await check_servers(
+            plan, session, Bridge(Codec()), blocked, failed_secrets, learn_secret=redactor.learn
+        )
     return redacted(build(str(routes_file), results), redactor.redact, redactor.known)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import aiohttp
 
@@ -22,15 +23,28 @@ from gateway.upstream.base import Upstream
 
 
 async def check_servers(
-    plan: Plan, session: aiohttp.ClientSession, bridge: Bridge, blocked: Blocked, failed_secrets: set[str]
+    plan: Plan,
+    session: aiohttp.ClientSession,
+    bridge: Bridge,
+    blocked: Blocked,
+    failed_secrets: set[str],
+    *,
+    learn_secret: Callable[[str], None] | None = None,
 ) -> list[CheckResult]:
-    """Every server at once (each measured alone), in routing.yaml's order."""
-    checks = [_check(plan, name, session, bridge, blocked, failed_secrets) for name in plan.servers()]
+    """Every server at once (each measured alone), in routing.yaml's order; each token a service credential
+    obtains is told to `learn_secret` (the report's redactor)."""
+    checks = [_check(plan, name, session, bridge, blocked, failed_secrets, learn_secret) for name in plan.servers()]
     return list(await asyncio.gather(*checks))
 
 
 async def _check(
-    plan: Plan, name: str, session: aiohttp.ClientSession, bridge: Bridge, blocked: Blocked, failed_secrets: set[str]
+    plan: Plan,
+    name: str,
+    session: aiohttp.ClientSession,
+    bridge: Bridge,
+    blocked: Blocked,
+    failed_secrets: set[str],
+    learn_secret: Callable[[str], None] | None,
 ) -> CheckResult:
     target = f"servers.{name}"
     if target in blocked:
@@ -41,7 +55,14 @@ async def _check(
     with timed() as clock:
         try:
             upstream = build_upstream(
-                name, spec, bridge=bridge, http=session, config=plan.config, file=plan.file, base=plan.base
+                name,
+                spec,
+                bridge=bridge,
+                http=session,
+                config=plan.config,
+                file=plan.file,
+                base=plan.base,
+                learn_secret=learn_secret,
             )
         except ConfigError as exc:
             return clock.stamp(fail("server", target, str(exc), f"correct `{exc.key}`"))

@@ -32,6 +32,9 @@ REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("gateway_request_id", def
 MASK: Final = "[REDACTED]"
 MIN_SECRET_LENGTH: Final = 6
 """Shorter registered values are not masked verbatim (they would mask ordinary words)."""
+OBTAINED_KEPT: Final = 64
+"""Secrets obtained while running that are masked verbatim: the newest this many (each adds to every log
+line's matching; 64 cost ~15 µs a line here)."""
 
 _PATTERNS: Final = (
     # An Authorization / Proxy-Authorization value, as a header line, a dict entry or a key=value.
@@ -59,29 +62,41 @@ _PATTERNS: Final = (
 
 
 class Redactor:
-    """Masks secrets in text: registered values verbatim, plus the patterns above."""
+    """Masks secrets in text: registered values verbatim, plus the patterns above. Configured secrets
+    are kept for good; secrets obtained while running (`learn`) only the newest `OBTAINED_KEPT`."""
 
     def __init__(self) -> None:
         self._known: set[str] = set()
+        self._obtained: dict[str, None] = {}
         self._known_re: re.Pattern[str] | None = None
 
     def add(self, value: str | None) -> None:
         """Register a secret value (and, for `Bearer x`/`Basic x`, the credential alone)."""
-        if not value:
-            return
-        values = {value.strip()}
-        scheme, _, credential = value.strip().partition(" ")
-        if credential and scheme.lower() in ("bearer", "basic", "token"):
-            values.add(credential.strip())
-        fresh = {v for v in values if len(v) >= MIN_SECRET_LENGTH} - self._known
+        fresh = _masked_forms(value) - self._known
         if fresh:
             self._known |= fresh
-            ordered = sorted(self._known, key=len, reverse=True)
-            self._known_re = re.compile("|".join(re.escape(v) for v in ordered))
+            self._compile()
 
     def add_all(self, values: Iterable[str | None]) -> None:
         for value in values:
             self.add(value)
+
+    def learn(self, value: str) -> None:
+        """Register a secret the process obtained while running (an access token, a subject token, a key it
+        made): masked like a configured one until `OBTAINED_KEPT` newer ones have been learnt (tokens are
+        refreshed, so the memory is bounded; JWTs and bearer values stay masked by the patterns)."""
+        fresh = [form for form in _masked_forms(value) if form not in self._known and form not in self._obtained]
+        if not fresh:
+            return
+        for form in fresh:
+            self._obtained[form] = None
+        while len(self._obtained) > OBTAINED_KEPT:
+            del self._obtained[next(iter(self._obtained))]
+        self._compile()
+
+    def _compile(self) -> None:
+        ordered = sorted(self._known | self._obtained.keys(), key=len, reverse=True)
+        self._known_re = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
 
     def known(self, text: str) -> str:
         """Only the registered values masked: for text the gateway wrote itself from a key path and
@@ -93,6 +108,18 @@ class Redactor:
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text
+
+
+def _masked_forms(value: str | None) -> set[str]:
+    """What of a secret value is masked: the value, and for `Bearer x`/`Basic x` the credential alone;
+    nothing shorter than `MIN_SECRET_LENGTH`."""
+    if not value:
+        return set()
+    values = {value.strip()}
+    scheme, _, credential = value.strip().partition(" ")
+    if credential and scheme.lower() in ("bearer", "basic", "token"):
+        values.add(credential.strip())
+    return {v for v in values if len(v) >= MIN_SECRET_LENGTH}
 
 
 def config_secrets(config: RoutingConfig, base: Path) -> Iterator[str]:

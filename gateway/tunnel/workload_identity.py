@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -89,8 +90,10 @@ class WorkloadIdentity:
         *,
         lifecycle: TokenLifecycle | None = None,
         telemetry: Telemetry = NOOP,
+        learn_secret: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._learn = learn_secret
         self._subject = subject
         self._session = session
         self._egress = egress
@@ -194,6 +197,8 @@ class WorkloadIdentity:
         try:
             async with asyncio.timeout_at(deadline):
                 subject = await self._subject.read()
+            if self._learn is not None:
+                self._learn(subject)
             sent_at = self._now()
             outcome = await self._post(subject, deadline)
         except SubjectTokenError as exc:
@@ -236,7 +241,10 @@ class WorkloadIdentity:
     def _read(self, status: int, answer: bytes, subject: str) -> Granted | Failed:
         if len(answer) > MAX_ANSWER_BYTES:
             return Failed(f"the token endpoint's answer is over {MAX_ANSWER_BYTES} bytes ({self._context})")
-        return read_answer(status, answer, context=self._context, hide=(subject,))
+        outcome = read_answer(status, answer, context=self._context, hide=(subject,))
+        if isinstance(outcome, Granted) and self._learn is not None:
+            self._learn(outcome.token)  # before the token is sent anywhere
+        return outcome
 
     def _record(self, outcome: Granted | Failed, sent_at: float) -> None:
         now = self._now()

@@ -145,8 +145,10 @@ class ServiceCredentials:
         *,
         failure_pause_s: float = FAILURE_PAUSE_S,
         telemetry: Telemetry = NOOP,
+        learn_secret: Callable[[str], None] | None = None,
     ) -> None:
         self._server = server
+        self._learn = learn_secret
         self.settings = settings
         self._http = session
         self._egress = egress
@@ -348,7 +350,11 @@ class ServiceCredentials:
         outcome = read_answer(
             status, answer, context=self._context, hide=hide, what=self._grant, default_lifetime_s=DEFAULT_LIFETIME_S
         )
-        return outcome if isinstance(outcome, Granted) else _NoToken(outcome)
+        if not isinstance(outcome, Granted):
+            return _NoToken(outcome)
+        if self._learn is not None:
+            self._learn(outcome.token)  # before the token is sent anywhere
+        return outcome
 
     @property
     def _secret(self) -> str | None:
@@ -377,13 +383,14 @@ def service_credentials(
     file: str,
     base: Path,
     telemetry: Telemetry = NOOP,
+    learn_secret: Callable[[str], None] | None = None,
 ) -> ServiceCredentials | None:
     """The server's service credential as configured (None without `service_credential`): its secret
     resolved now, its token endpoint reached with the server's egress settings, each request told to
-    `telemetry`."""
+    `telemetry`, each token it obtains to `learn_secret` (the log redactor)."""
     if spec.service_credential is None:
         return None
     key = f"servers.{server}.http.service_credential"
     settings = ServiceCredentialSettings.resolve(spec.service_credential, file=file, key=key, base=base)
     token_egress = egress(settings.token_url, spec, file=file, key=f"servers.{server}.http", base=base)
-    return ServiceCredentials(server, settings, session, token_egress, telemetry=telemetry)
+    return ServiceCredentials(server, settings, session, token_egress, telemetry=telemetry, learn_secret=learn_secret)

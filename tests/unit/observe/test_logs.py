@@ -38,6 +38,29 @@ def test_redactor_masks_secrets() -> None:
         assert redactor.redact(text) == expected
 
 
+def test_obtained_secrets_are_masked_and_only_the_newest_are_kept() -> None:
+    """An opaque access token the gateway obtained matches no pattern: learnt, it is masked verbatim. The
+    memory of obtained secrets is bounded (tokens are refreshed); configured secrets are never forgotten."""
+    redactor = logs.Redactor()
+    redactor.add("configured-secret-0042")
+    tokens = [f"opaque.{index:04d}.Zx9Qw" for index in range(logs.OBTAINED_KEPT + 1)]
+    assert redactor.redact(f"server said {tokens[0]} is expired") == f"server said {tokens[0]} is expired"
+    redactor.learn(tokens[0])
+    assert redactor.redact(f"server said {tokens[0]} is expired") == "server said [REDACTED] is expired"
+    redactor.learn("Bearer opaque-credential-77")
+    assert redactor.redact("got opaque-credential-77.") == "got [REDACTED]."
+    redactor.learn("short")  # too short to mask verbatim, as for configured ones
+    assert redactor.redact("a short line") == "a short line"
+    for token in tokens[1:]:
+        redactor.learn(token)
+    text = " ".join(tokens) + " configured-secret-0042"
+    masked = redactor.redact(text).split()
+    assert masked[0] == tokens[0]  # the oldest obtained one was let go
+    assert masked[1:] == ["[REDACTED]"] * (len(tokens) - 1) + ["[REDACTED]"]
+    redactor.learn(tokens[0])  # obtained again: masked again
+    assert tokens[0] not in redactor.redact(tokens[0])
+
+
 def test_log_records_carry_ids_and_are_redacted() -> None:
     redactor = logs.Redactor()
     redactor.add("s3cret-value-42")

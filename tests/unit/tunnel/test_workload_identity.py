@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -39,7 +39,10 @@ REFUSED = "token exchange refused: invalid_grant (identity provider idp_test_000
 
 @contextlib.asynccontextmanager
 async def credential(
-    endpoint: TokenEndpoint, subject: ReferenceToken | CommandToken, **settings: object
+    endpoint: TokenEndpoint,
+    subject: ReferenceToken | CommandToken,
+    learn_secret: Callable[[str], None] | None = None,
+    **settings: object,
 ) -> AsyncIterator[WorkloadIdentity]:
     async with aiohttp.ClientSession() as session:
         exchange = ExchangeSettings(
@@ -48,7 +51,7 @@ async def credential(
             service_account_id=endpoint.service_account_id,
             **settings,  # type: ignore[arg-type]
         )
-        wi = WorkloadIdentity(exchange, subject, session)
+        wi = WorkloadIdentity(exchange, subject, session, learn_secret=learn_secret)
         wi.start()
         try:
             yield wi
@@ -108,6 +111,22 @@ async def test_refresh_runs_in_the_background_and_reads_the_file_again(issuer: S
         assert second.jti == jwt.decode(rotated, options={"verify_signature": False})["jti"]
         assert await wi.get() == second.access_token != first
         assert endpoint.max_in_flight == 1
+
+
+async def test_the_log_redactor_learns_the_subject_and_the_access_token(
+    issuer: SubjectIssuer, token_file: Path
+) -> None:
+    """Both are credentials: the log redactor is told of each as it is read or obtained (an opaque access
+    token matches none of its patterns), and of nothing else."""
+    learnt: list[str] = []
+    subject = (await asyncio.to_thread(token_file.read_text)).strip()
+    async with (
+        TokenEndpoint(issuer) as endpoint,
+        credential(endpoint, ReferenceToken(f"file:{token_file}"), learnt.append) as wi,
+    ):
+        token = await wi.get()
+        assert endpoint.valid(token)
+    assert learnt == [subject, token]
 
 
 def rotate(path: Path, token: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -42,6 +42,7 @@ def credentials(
     *,
     on_behalf_of: bool,
     token_url: str | None = None,
+    learn_secret: Callable[[str], None] | None = None,
     **extra: object,
 ) -> ServiceCredentials:
     settings = ServiceCredentialSettings(
@@ -52,7 +53,7 @@ def credentials(
         audience="api://notes",
         **extra,  # type: ignore[arg-type]
     )
-    return ServiceCredentials("notes", settings, session, failure_pause_s=600)
+    return ServiceCredentials("notes", settings, session, failure_pause_s=600, learn_secret=learn_secret)
 
 
 def user(token: str) -> dict[str, list[str]]:
@@ -94,6 +95,30 @@ async def test_concurrent_callers_share_one_client_credentials_request(
         await service.close()
     assert len({a.token for a in found}) == 1
     assert idp.counted(CLIENT_CREDENTIALS) == 1
+
+
+@pytest.mark.parametrize("on_behalf_of", [False, True])
+async def test_each_token_obtained_is_told_to_the_log_redactor_before_it_is_sent(
+    idp: TokenService, session: aiohttp.ClientSession, on_behalf_of: bool
+) -> None:
+    learnt: list[str] = []
+    server = Server()
+    sent_before: list[int] = []
+
+    def learn(token: str) -> None:
+        learnt.append(token)
+        sent_before.append(len(server.seen))
+
+    service = credentials(idp, session, on_behalf_of=on_behalf_of, learn_secret=learn)
+    headers = user(idp.user_token("alice")) if on_behalf_of else {}
+    try:
+        await run(service, server, headers)
+        await run(service, server, headers)  # the cached token: nothing new to learn
+    finally:
+        await service.close()
+    assert learnt == [server.seen[0]]
+    assert sent_before == [0]
+    assert SECRET not in learnt  # the configured secret is the redactor's already
 
 
 @pytest.mark.parametrize("as_reply", [False, True])
