@@ -211,7 +211,9 @@ def _span_context(trace_id: int, span_id: int, flags: TraceFlags, state: TraceSt
     """`SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)`: the same tuple
     with the same validity rule, without the constructor's keyword handling (a third of a span's start)."""
     valid = 0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX
-    made: SpanContext = tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state or _NO_STATE, valid))
+    if state is None:
+        state = _NO_STATE
+    made: SpanContext = tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, valid))
     return made
 
 
