@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.observe.otel_spans import GatewaySpan, SpanStarter, put, remote_context
+from gateway.observe.otel_spans import GatewaySpan, SpanStarter, _span_context, put, remote_context
 
 ATTRIBUTES = {"mcp.method.name": "tools/call", "tunnel.poll.limit": 64, "ratio": 0.5, "flag": True}
 _VARIES = {"_context", "_start_time", "_end_time", "_lock", "_attributes", "_events", "_links", "_status"}
@@ -243,3 +243,19 @@ def test_remote_context_is_what_the_w3c_propagator_extracts() -> None:
         context = trace.get_current_span(found).get_span_context()
         assert context == expected, traceparent
         assert (context.trace_state, context.is_remote) == (expected.trace_state, True)
+
+
+@pytest.mark.parametrize("state", [None, TraceState(), TraceState([("vendor", "v1")])])
+@pytest.mark.parametrize(("trace_id", "span_id"), [(1, 1), (2**128 - 1, 2**64 - 1), (0, 5), (5, 0), (2**128, 5)])
+def test_a_span_context_is_the_one_the_sdks_constructor_builds(
+    state: TraceState | None, trace_id: int, span_id: int
+) -> None:
+    """`_span_context` skips `SpanContext`'s keyword handling only: the same tuple, the same validity, the
+    parent's own trace state object (an empty one too), the default one for None."""
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    made = _span_context(trace_id, span_id, flags, state)
+    sdk = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+    assert type(made) is SpanContext
+    assert tuple(made) == tuple(sdk)
+    assert made.is_valid is sdk.is_valid
+    assert made.trace_state is sdk.trace_state
