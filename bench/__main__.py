@@ -4,7 +4,8 @@
     .venv/bin/python -m bench --quick         # short runs to check the harness (numbers are indicative only)
     .venv/bin/python -m bench --only fast-stdio/tunnel      # scenarios whose name contains the text
     .venv/bin/python -m bench --only tunnel/fast-stdio-legacy/c64,tracing-on/c64   # any of several
-    .venv/bin/python -m bench --targets       # only the scenarios the issue-20 targets table reads (~11 min)
+    .venv/bin/python -m bench --targets       # only the scenarios the issue-20 targets table reads, 3 rounds (~15 min)
+    .venv/bin/python -m bench --only c64 --rounds 3   # every scenario once per round, 3 rounds, medians across them
     .venv/bin/python -m bench --results       # also rewrite the generated part of bench/RESULTS.md
     .venv/bin/python -m bench --list          # print the scenario names and exit
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import micro, report, targets
-from bench.runner import Timing, analyse_collapsed, idle_scale, log, profile, run_all, select
+from bench.runner import Timing, analyse_collapsed, idle_scale, log, profile, run_rounds, select
 from bench.scenarios import matrix
 from bench.stacks import BENCH, OUT, ROOT, TunnelOptions
 
@@ -35,7 +36,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets", action="store_true", help="only the scenarios the issue-20 targets table reads (adds to --only)"
     )
-    parser.add_argument("--runs", type=int, help="measured runs per scenario (default 3, quick 1)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="passes over all the scenarios, each running every scenario once; medians across them "
+        "(default 1, with --targets 3)",
+    )
+    parser.add_argument("--runs", type=int, help="measured runs per scenario per round (default 3, quick 1, rounds 1)")
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before measuring (default 3, quick 0.5)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles and micro-measurements")
@@ -49,10 +56,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 async def main(args: argparse.Namespace) -> int:
     quick = args.quick
+    rounds = args.rounds if args.rounds is not None else (3 if args.targets and not quick else 1)
+    if rounds < 1:
+        print("--rounds must be at least 1", file=sys.stderr)
+        return 2
     timing = Timing(
         warmup_s=args.warmup if args.warmup is not None else (0.5 if quick else 3.0),
         duration_s=args.duration if args.duration is not None else (2.0 if quick else 10.0),
-        runs=args.runs if args.runs is not None else (1 if quick else 3),
+        runs=args.runs if args.runs is not None else (1 if quick or rounds > 1 else 3),
     )
     scenarios = matrix(quick)
     if args.targets:
@@ -73,6 +84,7 @@ async def main(args: argparse.Namespace) -> int:
         "mode": "QUICK (provisional, noisy)" if quick else "full",
         "command": "python -m bench " + shlex.join(sys.argv[1:]),
         "timing": timing.__dict__,
+        "rounds": rounds,
         "machine": info,
         "results": [],
     }
@@ -84,7 +96,7 @@ async def main(args: argparse.Namespace) -> int:
         (OUT / "latest.json").write_text(text)
 
     try:
-        await run_all(scenarios, timing, args.only, run["results"])
+        await run_rounds(scenarios, timing, args.only, run["results"], rounds)
         save()
         if not args.no_scale and not args.only:
             log(f"idle scale: {args.scale_servers} stdio servers ...")

@@ -378,11 +378,16 @@ def _row(target: str, measured: str, met: bool, factor: float) -> tuple[str, str
     return (target, measured, "**met**" if met else "**not met**", how)
 
 
+def _rounds(run: dict[str, Any]) -> str:
+    rounds = run.get("rounds", 1)
+    return f"{rounds} rounds (each scenario once per round), each with " if rounds > 1 else ""
+
+
 def render(run: dict[str, Any]) -> str:
     records = run["results"]
     parts = [
         f"Run {run['started']} ({run['mode']}: warm-up {run['timing']['warmup_s']} s, "
-        f"{run['timing']['runs']} run(s) of {run['timing']['duration_s']} s per scenario; medians shown; "
+        f"{_rounds(run)}{run['timing']['runs']} run(s) of {run['timing']['duration_s']} s per scenario; medians shown; "
         f"command `{run['command']}`)",
         "",
         machine_text(run["machine"]),

@@ -1,9 +1,11 @@
 """Running scenarios: stacks up, load process, medians, profile, the 100-server start-up check.
 
 Owns the order of a run (probes, then each stack once with its scenarios in
-ascending concurrency), handing a scenario to the load process
-(`python -m bench.load`), folding repeated runs into medians, the py-spy
-profile of the gateway and relay under load, and the idle-scale measurement.
+ascending concurrency; with rounds, that whole pass again per round, so every
+scenario is measured once per round and drift of the host's speed reaches all of
+them alike), handing a scenario to the load process (`python -m bench.load`),
+folding repeated runs and rounds into medians, the py-spy profile of the gateway
+and relay under load, and the idle-scale measurement.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def _merge_kinds(dicts: list[dict[str, int]]) -> dict[str, int]:
     return merged
 
 
-def limiter(summary: dict[str, Any], scenario: Scenario) -> str:
+def limiter(summary: dict[str, Any], *, concurrency: int, rtt_ms: float) -> str:
     """Which process saturates (CPU per process tells), or what else bounds the scenario."""
     util: dict[str, float] = summary.get("cpu_cores", {})
     if not util:
@@ -158,11 +160,78 @@ def limiter(summary: dict[str, Any], scenario: Scenario) -> str:
         return f"{role} CPU-bound ({top:.0%} of a core)"
     if total >= 1.7:
         return f"machine CPU ({total:.1f} of 2 cores busy; top: {role} {top:.0%})"
-    if scenario.options.rtt_ms:
+    if rtt_ms:
         return f"control-plane RTT (top: {role} {top:.0%})"
-    if scenario.concurrency == 1:
+    if concurrency == 1:
         return f"latency chain at c=1 (top: {role} {top:.0%})"
     return f"no process saturated (top: {role} {top:.0%}; total {total:.1f} cores)"
+
+
+async def run_rounds(
+    scenarios: list[Scenario], timing: Timing, only: str | None, results: list[dict[str, Any]], rounds: int
+) -> None:
+    """`run_all` `rounds` times, then one record per scenario with the runs of every round folded in
+    (`merge_rounds`). A ratio of two scenarios then compares runs made minutes, not a run's length,
+    apart: on a host whose speed drifts, the drift lands on both sides."""
+    if rounds <= 1:
+        await run_all(scenarios, timing, only, results)
+        return
+    passes: list[list[dict[str, Any]]] = []
+    for index in range(rounds):
+        log(f"round {index + 1} of {rounds}")
+        passes.append([])
+        await run_all(scenarios, timing, only, passes[-1])
+    results.extend(merge_rounds(passes))
+
+
+def merge_rounds(passes: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One record per scenario from the records of several rounds: the measured runs of its rounds that
+    succeeded, summarised together (medians over all of them), in the first round's order. A scenario
+    that failed in some rounds keeps the others and says which failed; one that never succeeded keeps
+    its first round's record."""
+    order: list[str] = []
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for records in passes:
+        for record in records:
+            if record["name"] not in by_name:
+                order.append(record["name"])
+                by_name[record["name"]] = []
+            by_name[record["name"]].append(record)
+    merged = []
+    for name in order:
+        records = by_name[name]
+        good = [r for r in records if r["status"] == "ok"]
+        if not good:
+            merged.append({**records[0], "rounds": len(records)})
+            continue
+        raw = {
+            **good[0]["raw"],
+            "runs": [run for r in good for run in r["raw"]["runs"]],
+            "init_errors": _merge_kinds([r["raw"].get("init_errors", {}) for r in good]),
+            "peak_rss_mib": _peaks([r["raw"].get("peak_rss_mib", {}) for r in good]),
+        }
+        summary = summarize(raw)
+        record = {**good[-1], "summary": summary, "raw": raw, "rounds": len(records)}
+        record["limited_by"] = limiter(summary, concurrency=record["concurrency"], rtt_ms=record["rtt_ms"])
+        trips = [r["redis_per_call"] for r in good if r.get("redis_per_call")]
+        if trips:
+            record["redis_per_call"] = {
+                key: round(statistics.median(t[key] for t in trips), 2) for key in trips[0] if key in trips[-1]
+            }
+        failed = [f"round {i + 1}: {r['status']} ({r['why']})" for i, r in enumerate(records) if r["status"] != "ok"]
+        if failed:
+            record["why"] = "; ".join(failed)
+        merged.append(record)
+    return merged
+
+
+def _peaks(peaks: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for peak in peaks:
+        for role, value in peak.items():
+            if value is not None and (out.get(role) is None or value > out[role]):
+                out[role] = value
+    return out
 
 
 def select(scenarios: list[Scenario], only: str | None) -> list[Scenario]:
@@ -211,7 +280,9 @@ async def run_all(scenarios: list[Scenario], timing: Timing, only: str | None, r
                         continue
                     summary = summarize(raw)
                     record = _record(scenario, status="ok", summary=summary, raw=raw)
-                    record["limited_by"] = limiter(summary, scenario)
+                    record["limited_by"] = limiter(
+                        summary, concurrency=scenario.concurrency, rtt_ms=scenario.options.rtt_ms
+                    )
                     if stack.redis_url:
                         record["redis_per_call"] = redis_per_call(before, after)
                     if scenario.options.tracing:

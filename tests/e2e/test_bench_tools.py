@@ -1,5 +1,6 @@
-"""The tools in bench/ keep working: the soak's short mode, the idle-scale check with 20 servers, and the
-`--targets` selection (each scenario the issue-20 targets table reads exists, once).
+"""The tools in bench/ keep working: the soak's short mode, the idle-scale check with 20 servers, the
+`--targets` selection (each scenario the issue-20 targets table reads exists, once), and rounds (every
+scenario measured once per round, the rounds folded into one record each).
 
 Each runs as the README says (`python -m bench.soak --short`, `python -m bench.scale --servers 20`) against
 real relay, gateway and server processes on loopback; the test reads the JSON each writes. Numbers are
@@ -9,9 +10,13 @@ reported, never asserted: only that the runs happened, the sessions were real an
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +88,65 @@ def test_the_targets_selection_names_each_scenario_the_targets_table_reads() -> 
     listed = run("bench", "--targets", "--list", timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert len(listed.stdout.splitlines()) == len(SCENARIOS)
+
+
+async def test_rounds_measure_every_scenario_once_a_round_and_fold_the_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.runner import Timing, run_rounds
+    from bench.scenarios import matrix
+
+    only = "fast-stdio/direct/fast-stdio-legacy/c1/,fast-stdio/direct/fast-stdio-legacy/c16/"
+    results: list[dict[str, Any]] = []
+    await run_rounds(matrix(False), Timing(warmup_s=0.3, duration_s=1.0, runs=1), only, results, rounds=2)
+
+    names = [f"fast-stdio/direct/fast-stdio-legacy/c{c}/100B/legacy" for c in (1, 16)]
+    assert [r["name"] for r in results] == names
+    for record in results:
+        assert record["status"] == "ok", record["why"]
+        assert record["rounds"] == 2
+        runs = record["raw"]["runs"]
+        assert len(runs) == 2
+        assert all(run["calls"] > 0 for run in runs)
+        assert record["summary"]["runs"] == [run["throughput"] for run in runs]
+        assert record["summary"]["throughput"] == round(statistics.median(run["throughput"] for run in runs), 3)
+    measured = [line.split(":")[0][3:] for line in capsys.readouterr().err.splitlines() if line.startswith("ok ")]
+    assert measured == names + names  # interleaved: a round runs each scenario once
+
+
+def _record(name: str, status: str, throughputs: list[float], why: str = "") -> dict[str, Any]:
+    runs = [
+        {
+            "throughput": t,
+            "p50_ms": 1.0,
+            "p90_ms": 1.0,
+            "p99_ms": 1.0,
+            "calls": 100,
+            "errors": 0,
+            "error_kinds": {},
+            "seconds": 1.0,
+            "cpu_s": {"gateway": 0.1},
+            "other_cpu_s": 0.0,
+            "cpu_ms_per_1k": {"gateway": 1000 * t},
+        }
+        for t in throughputs
+    ]
+    raw = {"runs": runs, "init_errors": {}, "peak_rss_mib": {"gateway": 50.0 + len(throughputs)}}
+    return {"name": name, "status": status, "why": why, "raw": raw, "concurrency": 64, "rtt_ms": 0.0}
+
+
+def test_a_scenario_failing_in_one_round_keeps_the_others_and_says_which_failed() -> None:
+    from bench.runner import merge_rounds
+
+    merged = merge_rounds(
+        [
+            [_record("a", "ok", [10.0]), _record("b", "failed", [], why="stack did not start")],
+            [_record("a", "failed", [], why="load process died"), _record("b", "failed", [], why="again")],
+            [_record("a", "ok", [30.0, 20.0])],
+        ]
+    )
+    a, b = merged
+    assert (a["status"], a["rounds"]) == ("ok", 3)
+    assert a["summary"]["throughput"] == 20.0
+    assert a["summary"]["cpu_us_per_call"] == {"gateway": 20000.0}
+    assert a["raw"]["peak_rss_mib"] == {"gateway": 52.0}
+    assert a["why"] == "round 2: failed (load process died)"
+    assert (b["status"], b["why"], b["rounds"]) == ("failed", "stack did not start", 2)
