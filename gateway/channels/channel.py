@@ -129,6 +129,10 @@ class Channel:
         self.sessions = sessions
         self.plan = Plan((upstream,), (sessions.keys, sessions.ttl_s))
         self._router = router or Router()
+        self._own_route = Route(server=upstream.name)
+        """The decision when no rule matches: this channel's one server serves it."""
+        self._ruled = self._router.concerns(name)
+        """Some rule or allow-list can match here; else routing needs no look at the request."""
         self._calls = Calls(bridge, telemetry=telemetry)
         self._bridge = bridge
         self._codec = bridge.codec
@@ -136,11 +140,11 @@ class Channel:
 
     def route(self, message: JsonRpcMessage, headers: Headers) -> Route:
         """The routing decision for a request: only `limit_key` rules reach a one-server channel."""
-        if message.method is UNSET:
-            return dataclasses.replace(NO_ROUTE, server=self.upstream.name)
+        if message.method is UNSET or not self._ruled:
+            return self._own_route
         name = self._bridge.target_name(message.method, message.params)
         decision = self._router.decide(self.name, message.method, name, headers)
-        return dataclasses.replace(decision, server=self.upstream.name)
+        return self._own_route if decision is NO_ROUTE else dataclasses.replace(decision, server=self.upstream.name)
 
     async def wait_idle(self) -> None:
         """Until no call is running on this channel (a reload retires it after that)."""

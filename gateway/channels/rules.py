@@ -148,6 +148,13 @@ class Router:
                 return rule.route
         return NO_ROUTE
 
+    def concerns(self, channel: str) -> bool:
+        """Whether any rule or allow-list can match a request on this channel (if none, every request's
+        decision is NO_ROUTE, whatever it carries)."""
+        return self.allowed.applies(channel) or any(
+            rule.channels is None or channel in rule.channels for rule in self._rules
+        )
+
     def reshapes(self, channel: str) -> bool:
         """Whether some `to` or `deny` rule or an allow-list can apply to this channel (it then needs the
         routing channel)."""

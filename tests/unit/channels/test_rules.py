@@ -1,12 +1,21 @@
-"""gateway.channels.rules with plain calls: the first matching rule decides (deny, `to:`, `limit_key`), and which
-channels the rules reshape."""
+"""gateway.channels.rules with plain calls: the first matching rule decides (deny, `to:`, `limit_key`), which
+channels the rules reshape or can match, and a one-server channel's decisions by them."""
 
 from __future__ import annotations
 
-import msgspec
+from collections.abc import AsyncIterator
 
-from gateway.channels.rules import Router
+import msgspec
+from msgspec import UNSET, Raw
+
+from gateway.channels.channel import Channel
+from gateway.channels.rules import Allowed, Route, Router
+from gateway.channels.sessions import SessionKeys, SessionStore
 from gateway.config import routing as config
+from gateway.protocol.eras import Bridge
+from gateway.protocol.mcp import Call, Frame, Reply
+from gateway.protocol.wire import Codec, Headers, JsonRpcMessage
+from gateway.upstream.base import Upstream
 
 
 def _router(yaml: str) -> Router:
@@ -50,3 +59,71 @@ def test_rules_tell_which_channels_they_reshape() -> None:
     assert router.targets("third") == []
     assert router.filters("main")
     assert not _router("- {match: {name: x}, limit_key: k}").reshapes("main")
+
+
+def test_rules_tell_which_channels_they_can_match() -> None:
+    router = _router(RULES)
+    assert router.concerns("anything")  # the prompts rule names no channel
+    scoped = _router("- {match: {channel: [main, other], name: x}, limit_key: k}")
+    assert scoped.concerns("main")
+    assert scoped.concerns("other")
+    assert not scoped.concerns("third")
+    assert not Router().concerns("main")
+    listed = Router(allowed=Allowed.compile({"main": ["a*"]}, {}, None))
+    assert listed.concerns("main")
+    assert not listed.concerns("other")
+    assert Router(allowed=Allowed.compile({}, {"acme": ["a*"]}, "x-tenant")).concerns("other")  # tenants: every channel
+
+
+def test_a_one_server_channel_routes_by_its_rules_only() -> None:
+    """The channel's decision names its server; a rule for another channel leaves it NO_ROUTE's, and one
+    for this channel (or for every channel) decides as it would on its own."""
+    rules = """
+- {match: {channel: other, name: add}, limit_key: other-adds}
+- {match: {channel: main, name: add}, limit_key: adds}
+- {match: {method: "prompts/*"}, limit_key: prompts}
+"""
+    codec = Codec()
+
+    def route(channel: str, method: str, params: bytes | None) -> Route:
+        served = Channel(
+            channel,
+            _Named("s1"),
+            Bridge(codec),
+            SessionStore(SessionKeys.random(), channel, ttl_s=60),
+            router=_router(rules),
+        )
+        message = JsonRpcMessage(method=method, id=1, params=Raw(params) if params is not None else UNSET)
+        return served.route(message, {})
+
+    assert route("main", "tools/call", b'{"name":"add"}') == Route(rule=1, limit_key="adds", server="s1")
+    assert route("main", "tools/call", b'{"name":"sub"}') == Route(server="s1")
+    assert route("third", "tools/call", b'{"name":"add"}') == Route(server="s1")
+    assert route("third", "prompts/get", b'{"name":"greet"}') == Route(rule=2, limit_key="prompts", server="s1")
+    answer = JsonRpcMessage(id=1, result=Raw(b"{}"))
+    plain = Channel("main", _Named("s1"), Bridge(codec), SessionStore(SessionKeys.random(), "main", ttl_s=60))
+    assert plain.route(answer, {}) == Route(server="s1")
+    assert plain.route(JsonRpcMessage(method="tools/call", id=1, params=Raw(b'{"name":"add"}')), {}) == Route(
+        server="s1"
+    )
+
+
+class _Named(Upstream):
+    """An upstream known by name only: routing never calls it."""
+
+    transport = "stdio"
+
+    async def start(self) -> None:
+        raise AssertionError("routing starts nothing")
+
+    async def close(self) -> None:
+        raise AssertionError("routing closes nothing")
+
+    def exchange(self, call: Call) -> AsyncIterator[Frame]:
+        raise AssertionError("routing calls no server")
+
+    async def respond(self, message: JsonRpcMessage, headers: Headers, own_session: bool) -> Reply:
+        raise AssertionError("routing calls no server")
+
+    async def end_session(self, headers: Headers) -> Reply:
+        raise AssertionError("routing calls no server")
