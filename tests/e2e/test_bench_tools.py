@@ -112,7 +112,7 @@ async def test_rounds_measure_every_scenario_once_a_round_and_fold_the_runs(caps
     assert measured == names + names  # interleaved: a round runs each scenario once
 
 
-def _record(name: str, status: str, throughputs: list[float], why: str = "") -> dict[str, Any]:
+def _record(name: str, status: str, throughputs: list[float], why: str = "", **fields: Any) -> dict[str, Any]:
     runs = [
         {
             "throughput": t,
@@ -130,7 +130,7 @@ def _record(name: str, status: str, throughputs: list[float], why: str = "") -> 
         for t in throughputs
     ]
     raw = {"runs": runs, "init_errors": {}, "peak_rss_mib": {"gateway": 50.0 + len(throughputs)}}
-    return {"name": name, "status": status, "why": why, "raw": raw, "concurrency": 64, "rtt_ms": 0.0}
+    return {"name": name, "status": status, "why": why, "raw": raw, "concurrency": 64, "rtt_ms": 0.0, **fields}
 
 
 def test_a_scenario_failing_in_one_round_keeps_the_others_and_says_which_failed() -> None:
@@ -150,3 +150,21 @@ def test_a_scenario_failing_in_one_round_keeps_the_others_and_says_which_failed(
     assert a["raw"]["peak_rss_mib"] == {"gateway": 52.0}
     assert a["why"] == "round 2: failed (load process died)"
     assert (b["status"], b["why"], b["rounds"]) == ("failed", "stack did not start", 2)
+
+
+def test_a_target_measured_in_rounds_is_judged_by_the_median_of_each_rounds_ratio() -> None:
+    """Round by round the tunnel carries 2.6x, 2.0x and 1.0x supergateway: not the 2.5x target, although the
+    medians of the two scenarios (260 and 100 calls/s) are 2.6x apart."""
+    from bench.runner import merge_rounds
+    from bench.targets import issue20
+
+    def scenario(path: str, throughput: float) -> dict[str, Any]:
+        where = {"group": "fast-stdio", "path": path, "payload": 100, "era": "legacy"}
+        return _record(f"fast-stdio/{path}/c64", "ok", [throughput], **where)
+
+    merged = merge_rounds(
+        [[scenario("tunnel", t), scenario("supergateway", s)] for t, s in ((260, 100), (500, 250), (100, 100))]
+    )
+    row = next(row for row in issue20(merged) if row[0].startswith("4. fast-stdio c=64: tunnel >= 2.5x supergateway"))
+    assert row[1] == "2.00x (rounds 2.60 / 2.00 / 1.00; medians 260/s / 100/s)"
+    assert row[2] == "**not met**"
