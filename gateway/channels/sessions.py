@@ -48,6 +48,9 @@ TOKEN_PREFIX: Final = "g1."
 MIN_SECRET_CHARS: Final = 16
 _NONCE_BYTES: Final = 12
 _KDF_INFO: Final = b"mcp-tunnel-gateway client sessions v1"
+OPENED_KEPT: Final = 4096
+"""Tokens a key set remembers having opened (every call of a session carries the same token); then it
+starts over. Expiry and ending are checked on every use by `SessionStore.open`, not remembered."""
 _AAD: Final = b"mcp-tunnel-gateway session v1|"
 MAX_TOKEN_CHARS: Final = 6000
 """Tokens longer than this are refused unread (a header field must stay well under 8 KiB)."""
@@ -90,6 +93,8 @@ class SessionKeys:
         """False when the key is random to this process (sessions end with it)."""
         self._encoder = msgspec.json.Encoder()
         self._decoder = JsonDecoder(ClientSession)
+        self._opened: dict[tuple[str, str], ClientSession] = {}
+        """(token, channel) -> the session it carries: what one AES-GCM open proved, for the same string."""
 
     @classmethod
     def random(cls) -> SessionKeys:
@@ -118,7 +123,19 @@ class SessionKeys:
         return TOKEN_PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
     def open(self, token: str, channel: str) -> ClientSession | None:
-        """The session a token carries, or None when it is not one of ours for this channel."""
+        """The session a token carries, or None when it is not one of ours for this channel. A token opened
+        before is not decrypted again: the same string under the same keys opens to the same session."""
+        key = (token, channel)
+        session = self._opened.get(key)
+        if session is None:
+            session = self._open(token, channel)
+            if session is not None:
+                if len(self._opened) >= OPENED_KEPT:
+                    self._opened.clear()
+                self._opened[key] = session
+        return session
+
+    def _open(self, token: str, channel: str) -> ClientSession | None:
         if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_CHARS:
             return None
         body = token[len(TOKEN_PREFIX) :]

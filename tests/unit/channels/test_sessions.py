@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from msgspec import Raw
 
-from gateway.channels.sessions import TOKEN_PREFIX, SessionKeys, SessionStore, UpstreamSession
+from gateway.channels.sessions import OPENED_KEPT, TOKEN_PREFIX, SessionKeys, SessionStore, UpstreamSession
 from gateway.config.routing import SessionsSpec
 from gateway.protocol.errors import ConfigError
 
@@ -44,6 +44,33 @@ def test_a_token_opens_only_with_its_key_and_channel() -> None:
     flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
     for bad in (flipped, token + "x", "g1.", "g1.!!!", "", "abc", TOKEN_PREFIX + "A" * 7000):
         assert store.open(bad) is None
+
+
+def test_a_token_is_decrypted_once_and_still_checked_on_every_use() -> None:
+    """Every call of a session carries its token: the first open decrypts it, the next ones find the same
+    session without AES-GCM. Expiry, ending and the channel are still checked on each use, the memory is
+    bounded, and a token that did not open is tried again (never remembered as refused)."""
+    clock = Clock()
+    keys = SessionKeys([SECRET.encode()], persistent=True)
+    store = SessionStore(keys, "main", ttl_s=100, clock=clock)
+    token, session = store.issue("2025-11-25", Raw(b"{}"), {})
+    first = store.open(token)
+    assert first is not None
+    assert store.open(token) is first  # the same object: not decoded again
+    assert SessionStore(keys, "other", ttl_s=100, clock=clock).open(token) is None  # the channel is in the key
+    clock.now += 101
+    assert store.open(token) is None  # expired, although remembered
+    clock.now -= 101
+    store.end(session)
+    assert store.open(token) is None  # ended, although remembered
+    fresh = SessionStore(keys, "main", ttl_s=100, clock=clock)
+    tokens = [fresh.issue("2025-11-25", Raw(b"{}"), {})[0] for _ in range(OPENED_KEPT + 1)]
+    opened = [keys.open(each, "main") for each in tokens]
+    assert all(each is not None for each in opened)
+    assert len(keys._opened) <= OPENED_KEPT  # bounded: full, it started over
+    assert keys.open(tokens[0], "main") == opened[0]  # forgotten, decrypted again
+    assert keys.open(tokens[-1], "main") is opened[-1]
+    assert keys.open(token + "x", "main") is None
 
 
 def test_rotation_keeps_old_tokens_valid() -> None:
