@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import secrets
 import time
@@ -49,8 +50,9 @@ MIN_SECRET_CHARS: Final = 16
 _NONCE_BYTES: Final = 12
 _KDF_INFO: Final = b"mcp-tunnel-gateway client sessions v1"
 OPENED_KEPT: Final = 4096
-"""Tokens a key set remembers having opened (every call of a session carries the same token); then it
-starts over. Expiry and ending are checked on every use by `SessionStore.open`, not remembered."""
+"""Tokens a key set remembers having opened (every call of a session carries the same token), by their
+SHA-256 (the token itself is not kept past its request); then it starts over. Expiry and ending are
+checked on every use by `SessionStore.open`, not remembered."""
 _AAD: Final = b"mcp-tunnel-gateway session v1|"
 MAX_TOKEN_CHARS: Final = 6000
 """Tokens longer than this are refused unread (a header field must stay well under 8 KiB)."""
@@ -93,8 +95,8 @@ class SessionKeys:
         """False when the key is random to this process (sessions end with it)."""
         self._encoder = msgspec.json.Encoder()
         self._decoder = JsonDecoder(ClientSession)
-        self._opened: dict[tuple[str, str], ClientSession] = {}
-        """(token, channel) -> the session it carries: what one AES-GCM open proved, for the same string."""
+        self._opened: dict[tuple[bytes, str], ClientSession] = {}
+        """(SHA-256 of the token, channel) -> the session it carries: what one AES-GCM open proved."""
 
     @classmethod
     def random(cls) -> SessionKeys:
@@ -125,7 +127,7 @@ class SessionKeys:
     def open(self, token: str, channel: str) -> ClientSession | None:
         """The session a token carries, or None when it is not one of ours for this channel. A token opened
         before is not decrypted again: the same string under the same keys opens to the same session."""
-        key = (token, channel)
+        key = (hashlib.sha256(token.encode()).digest(), channel)
         session = self._opened.get(key)
         if session is None:
             session = self._open(token, channel)

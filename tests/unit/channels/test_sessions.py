@@ -49,7 +49,7 @@ def test_a_token_opens_only_with_its_key_and_channel() -> None:
 def test_a_token_is_decrypted_once_and_still_checked_on_every_use() -> None:
     """Every call of a session carries its token: the first open decrypts it, the next ones find the same
     session without AES-GCM. Expiry, ending and the channel are still checked on each use, the memory is
-    bounded, and a token that did not open is tried again (never remembered as refused)."""
+    bounded and holds no token, and a token that did not open is tried again (never remembered as refused)."""
     clock = Clock()
     keys = SessionKeys([SECRET.encode()], persistent=True)
     store = SessionStore(keys, "main", ttl_s=100, clock=clock)
@@ -57,6 +57,7 @@ def test_a_token_is_decrypted_once_and_still_checked_on_every_use() -> None:
     first = store.open(token)
     assert first is not None
     assert store.open(token) is first  # the same object: not decoded again
+    assert all(token not in key for key in keys._opened)  # remembered by its hash: the token is not kept
     assert SessionStore(keys, "other", ttl_s=100, clock=clock).open(token) is None  # the channel is in the key
     clock.now += 101
     assert store.open(token) is None  # expired, although remembered
