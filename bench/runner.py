@@ -207,7 +207,10 @@ def merge_rounds(passes: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         raw = {
             **good[0]["raw"],
             "runs": [
-                {**run, "round": index + 1} for index, r in enumerate(records) if r in good for run in r["raw"]["runs"]
+                {**run, "round": index + 1}
+                for index, r in enumerate(records)
+                if r["status"] == "ok"
+                for run in r["raw"]["runs"]
             ],
             "init_errors": _merge_kinds([r["raw"].get("init_errors", {}) for r in good]),
             "peak_rss_mib": _peaks([r["raw"].get("peak_rss_mib", {}) for r in good]),

@@ -90,6 +90,12 @@ def _tp(record: Record | None) -> Measured | None:
     return _measured(record, record["summary"]["throughput"], lambda run: run["throughput"])
 
 
+def _paired(top: Measured, bottom: Measured, combine: Callable[[float, float], float]) -> list[float]:
+    """`combine` of the two figures of each round both were measured in; empty unless there were rounds."""
+    both = sorted(top.rounds.keys() & bottom.rounds.keys())
+    return [combine(top.rounds[i], bottom.rounds[i]) for i in both] if len(both) > 1 else []
+
+
 def _ratio_row(
     target: str,
     top: Measured | None,
@@ -104,9 +110,8 @@ def _ratio_row(
         return (target, NOT_MEASURED, NOT_MEASURED)
     ratio = top.median / bottom.median
     shown = f"{top.median:,.0f}{unit} / {bottom.median:,.0f}{unit}"
-    both = sorted(top.rounds.keys() & bottom.rounds.keys())
-    if len(both) > 1:
-        by_round = [top.rounds[i] / bottom.rounds[i] for i in both]
+    by_round = _paired(top, bottom, lambda a, b: a / b)
+    if by_round:
         ratio = statistics.median(by_round)
         shown = f"rounds {' / '.join(f'{r:.2f}' for r in by_round)}; medians {shown}"
     return (target, f"{ratio:.2f}x ({shown})", "**met**" if met(ratio) else "**not met**")
@@ -179,11 +184,10 @@ def issue20(records: list[Record]) -> list[Row]:
     else:
         added = one["summary"]["p50_ms"] - direct["summary"]["p50_ms"]
         shown = ""
-        ours = _measured(one, added, lambda run: run["p50_ms"])
-        base = _measured(direct, added, lambda run: run["p50_ms"])
-        both = sorted(ours.rounds.keys() & base.rounds.keys()) if ours and base else []
-        if ours and base and len(both) > 1:  # as `_ratio_row`: the median of each round's figure
-            by_round = [ours.rounds[i] - base.rounds[i] for i in both]
+        ours = _measured(one, one["summary"]["p50_ms"], lambda run: run["p50_ms"])
+        base = _measured(direct, direct["summary"]["p50_ms"], lambda run: run["p50_ms"])
+        by_round = _paired(ours, base, lambda a, b: a - b) if ours and base else []
+        if by_round:  # as `_ratio_row`: the median of each round's figure
             added = statistics.median(by_round)
             shown = f"; rounds {' / '.join(f'{a:.2f}' for a in by_round)} ms"
         shown = f"{added / ADDED_P50_BEFORE_MS:.2f}x ({added:.2f} ms / {ADDED_P50_BEFORE_MS} ms){shown}"

@@ -127,6 +127,8 @@ class SessionKeys:
     def open(self, token: str, channel: str) -> ClientSession | None:
         """The session a token carries, or None when it is not one of ours for this channel. A token opened
         before is not decrypted again: the same string under the same keys opens to the same session."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_CHARS:
+            return None
         key = (hashlib.sha256(token.encode()).digest(), channel)
         session = self._opened.get(key)
         if session is None:
@@ -138,8 +140,7 @@ class SessionKeys:
         return session
 
     def _open(self, token: str, channel: str) -> ClientSession | None:
-        if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_CHARS:
-            return None
+        """`open` for a token not opened before (prefix and length already checked): AES-GCM decides."""
         body = token[len(TOKEN_PREFIX) :]
         try:
             data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
