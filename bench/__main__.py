@@ -1,6 +1,6 @@
 """`python -m bench`: run the benchmark suite and write bench/out/*.json and *.md.
 
-    .venv/bin/python -m bench                 # full run: warm-up 3 s, 3 runs x 10 s per scenario, profile, scale
+    .venv/bin/python -m bench                 # full run: 3 rounds of a 10 s run per scenario, profile, scale
     .venv/bin/python -m bench --quick         # short runs to check the harness (numbers are indicative only)
     .venv/bin/python -m bench --only fast-stdio/tunnel      # scenarios whose name contains the text
     .venv/bin/python -m bench --only tunnel/fast-stdio-legacy/c64,tracing-on/c64   # any of several
@@ -40,9 +40,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         help="passes over all the scenarios, each running every scenario once; medians across them "
-        "(default 1, with --targets 3)",
+        "(default 3, quick 1)",
     )
-    parser.add_argument("--runs", type=int, help="measured runs per scenario per round (default 3, quick 1, rounds 1)")
+    parser.add_argument("--runs", type=int, help="measured runs per scenario per round (default 1; 3 with --rounds 1)")
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before measuring (default 3, quick 0.5)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles and micro-measurements")
@@ -56,7 +56,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 async def main(args: argparse.Namespace) -> int:
     quick = args.quick
-    rounds = args.rounds if args.rounds is not None else (3 if args.targets and not quick else 1)
+    rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
     if rounds < 1:
         print("--rounds must be at least 1", file=sys.stderr)
         return 2
@@ -65,6 +65,8 @@ async def main(args: argparse.Namespace) -> int:
         duration_s=args.duration if args.duration is not None else (2.0 if quick else 10.0),
         runs=args.runs if args.runs is not None else (1 if quick or rounds > 1 else 3),
     )
+    sampled = Timing(timing.warmup_s, timing.duration_s, timing.runs * rounds)
+    """The profiles record as long as a scenario is measured in all (they run once, after the rounds)."""
     scenarios = matrix(quick)
     if args.targets:
         args.only = ",".join(filter(None, [args.only, *targets.SCENARIOS]))
@@ -105,13 +107,13 @@ async def main(args: argparse.Namespace) -> int:
             save()
         if not args.no_profile and not args.only:
             log("profile: py-spy on gateway and relay ...")
-            run["profile"] = await profile(timing)
+            run["profile"] = await profile(sampled)
             save()
             log("micro-measurements of the proposed fixes ...")
             run["micro"] = await micro.main()
             save()
             log("profile with tracing on ...")
-            run["profile_tracing"] = await profile(timing, label="tracing", options=TunnelOptions(tracing=True))
+            run["profile_tracing"] = await profile(sampled, label="tracing", options=TunnelOptions(tracing=True))
             save()
     finally:
         save()

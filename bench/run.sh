@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark in one command: install what it needs, then run every scenario.
-#   bash bench/run.sh            full run (~45 min on 2 cores), rewrites the generated part of bench/RESULTS.md
+#   bash bench/run.sh            full run in 3 rounds (about an hour on 2 cores), rewrites the generated part of bench/RESULTS.md
 #   bash bench/run.sh --quick    short runs to check the harness (~6 min); numbers are provisional
 # Any other arguments go to `python -m bench` (see bench/README.md). Run it on a quiet machine.
 # Then the memory checks (bench/README.md, "Memory and scale"): the soak's short mode (BENCH_SOAK_MINUTES=10
