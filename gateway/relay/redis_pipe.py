@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -84,6 +85,31 @@ def outcome(reply: Any) -> Any:
     if isinstance(reply, BaseException):
         raise reply
     return reply
+
+
+def _settle(future: asyncio.Future[Any], reply: Any) -> None:
+    """An `OnReply` for a waiting task: its future gets the reply (or the failure, as a value `outcome`
+    raises); one whose task was cancelled meanwhile gets nothing."""
+    if not future.done():
+        future.set_result(reply)
+
+
+def _queue_script(link: _Link, script: Script, args: Sequence[Arg], on_reply: OnReply) -> None:
+    """Queue EVALSHA on `link`; a NOSCRIPT reply (a restarted or flushed Redis) queues the script whole
+    (EVAL, which also caches it) from the reply's own callback. No task takes part, so a script once
+    queued runs even when the task that asked for it is cancelled before the NOSCRIPT comes back (a
+    poll's RELEASE whose poller left is one: its commands would otherwise stay taken by nobody)."""
+
+    def landed(reply: Any) -> None:
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            if link.lost is None:
+                link.expect(on_reply, _pack((b"EVAL", script.body, 0, *args)))
+            else:
+                on_reply(link.failure())
+            return
+        on_reply(reply)
+
+    link.expect(landed, _pack((b"EVALSHA", script.sha, 0, *args)))
 
 
 class PipeStats:
@@ -256,26 +282,23 @@ class ScriptPipe:
         return Script(self, body)
 
     async def run(self, script: Script, args: Sequence[Arg]) -> Any:
-        """EVALSHA with no keys (the scripts name theirs in ARGV); EVAL once if Redis lost the script."""
+        """EVALSHA with no keys (the scripts name theirs in ARGV); EVAL once if Redis lost the script.
+        Once queued the script runs even if this caller is cancelled while it waits (`_queue_script`)."""
         link = self._link
         if link is None or link.lost is not None:
             link = await self._connected()
-        reply = await link.send(_pack((b"EVALSHA", script.sha, 0, *args)))
-        if isinstance(reply, hiredis.ReplyError):
-            error = reply_error(reply)
-            if isinstance(error, NoScriptError):  # a restarted or flushed Redis: EVAL also caches it
-                return await self.call(b"EVAL", script.body, 0, *args)
-            raise error
-        return reply
+        future: asyncio.Future[Any] = link.loop.create_future()
+        _queue_script(link, script, args, functools.partial(_settle, future))
+        return outcome(await future)
 
     def run_soon(self, script: Script, args: Sequence[Arg], on_reply: OnReply) -> bool:
         """EVALSHA with no task: `on_reply` gets the reply (or the failure) from the protocol callback.
         False, with nothing sent, when no connection is open (the caller then takes the awaitable way,
-        which connects). A NOSCRIPT reply is the caller's to handle (`run` sends the script whole)."""
+        which connects)."""
         link = self._link
         if link is None or link.lost is not None:
             return False
-        link.expect(on_reply, _pack((b"EVALSHA", script.sha, 0, *args)))
+        _queue_script(link, script, args, on_reply)
         return True
 
     async def call(self, *command: Arg) -> Any:

@@ -42,7 +42,7 @@ import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.protocol.wire import Headers, TunnelResponsePayload
@@ -252,7 +252,7 @@ class RedisQueue(QueueBackend):
                 self._mark(True)
                 return result
 
-    def _spawn(self, work: Awaitable[T]) -> None:
+    def _spawn(self, work: Awaitable[T]) -> asyncio.Task[None]:
         """Run best-effort work owned by this backend (awaited in dispose)."""
 
         async def run() -> None:
@@ -262,6 +262,7 @@ class RedisQueue(QueueBackend):
         task = self._running().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ----------------------------------------------------------------------- lifetime
 
@@ -548,8 +549,9 @@ class RedisQueue(QueueBackend):
                         raise
                     batch = self._commands(reply, loop.time())
                     if batch:
-                        if wanted is not None and not wanted():
-                            await self._give_back(tunnel, token, instance)
+                        if wanted is not None and not wanted():  # its poller left while it was taken
+                            # given back by a task of its own: a cancelled poll cannot take it along
+                            await asyncio.shield(self._spawn(self._give_back(tunnel, token, instance)))
                             return []
                         return batch
                     remaining = until - loop.time()
@@ -644,14 +646,15 @@ class RedisQueue(QueueBackend):
         self, tunnel_id: str, shard_token: str, frame: TunnelResponsePayload, done: Callable[[Exception | None], None]
     ) -> None:
         """`deliver` with no task: the script goes on the pipe and its reply, parsed in the pipe's protocol
-        callback, calls `done`. A lost connection, a timeout or NOSCRIPT takes `deliver`'s way (an owned
-        task, retried for `retry_s`, the same attempt id so the frame is stored once)."""
+        callback, calls `done` (the pipe itself sends the script whole after a NOSCRIPT). A lost connection
+        or a timeout takes `deliver`'s way (an owned task, retried for `retry_s`, the same attempt id so
+        the frame is stored once)."""
         args = self._deliver_args(tunnel_id, shard_token, frame)
 
         def landed(reply: Any) -> None:
             try:
                 self._delivered(frame, outcome(reply))
-            except (NoScriptError, *TRANSIENT):
+            except TRANSIENT:
                 self._deliver_later(frame, args, done)
                 return
             except Exception as exc:

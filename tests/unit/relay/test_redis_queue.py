@@ -99,7 +99,7 @@ async def test_a_take_is_given_back_or_repeated_never_lost(redis: RedisServer) -
         # the batch went back to the head of the queue; a take retried after a lost reply (same
         # memo token) gets the same batch again instead of losing it
         base = f"test:t:{TUNNEL}"
-        args = [base, "test:replicas", "gw-1", 5, "", "", 100, 1000, "memo-1", 1000]
+        args = [base, "test:replicas", "gw-1", 5, "", "", 100, 1000, "memo-1", 1000, 1000]
         first = await queue._take(args=args)
         again = await queue._take(args=args)
         assert first[0] == again[0] == cmd.request_id.encode()
