@@ -6,6 +6,7 @@ enqueue times rendered once a millisecond."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -190,6 +191,16 @@ def test_enqueue_times_render_as_rfc3339_utc_milliseconds(ms: int) -> None:
     at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)  # exact: no float seconds
     expected = at.isoformat(timespec="milliseconds")[:-6] + "Z"
     assert rfc3339_ms(ms) == expected
+
+
+def test_enqueue_times_keep_their_second_across_milliseconds_and_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Stamps` renders a second's part once: every stamp still reads as `rfc3339_ms` of the clock,
+    across a second's, a day's and a year's end, and when the clock steps back."""
+    clock = [1_798_761_599_998, 1_798_761_599_999, 1_798_761_600_000, 1_798_761_600_001, 1_798_761_599_500, 5]
+    ticks = iter(clock)
+    monkeypatch.setattr(time, "time_ns", lambda: next(ticks) * 1_000_000)
+    stamps = Stamps()
+    assert [stamps.now() for _ in clock] == [rfc3339_ms(ms) for ms in clock]
 
 
 def test_enqueue_times_are_rendered_once_a_millisecond_and_follow_the_clock() -> None:
