@@ -84,12 +84,19 @@ class Redactor:
     def learn(self, value: str) -> None:
         """Register a secret the process obtained while running (an access token, a subject token, a key it
         made): masked like a configured one until `OBTAINED_KEPT` newer ones have been learnt (tokens are
-        refreshed, so the memory is bounded; JWTs and bearer values stay masked by the patterns)."""
-        fresh = [form for form in _masked_forms(value) if form not in self._known and form not in self._obtained]
-        if not fresh:
-            return
-        for form in fresh:
+        refreshed, so the memory is bounded; JWTs and bearer values stay masked by the patterns). A value
+        learnt again is the newest again: one still in use (an unchanged subject token) is never let go."""
+        fresh = False
+        for form in _masked_forms(value):
+            if form in self._known:
+                continue
+            if form in self._obtained:
+                del self._obtained[form]  # renewed: moved to the newest end below
+            else:
+                fresh = True
             self._obtained[form] = None
+        if not fresh:
+            return  # the same values: the compiled pattern stands
         while len(self._obtained) > OBTAINED_KEPT:
             del self._obtained[next(iter(self._obtained))]
         self._compile()

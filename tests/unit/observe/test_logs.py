@@ -61,6 +61,24 @@ def test_obtained_secrets_are_masked_and_only_the_newest_are_kept() -> None:
     assert tokens[0] not in redactor.redact(tokens[0])
 
 
+def test_an_obtained_secret_learnt_again_is_kept_as_the_newest() -> None:
+    """Workload identity tells the redactor of its subject token on every exchange. An unchanged token,
+    learnt again while still held, renews its place: it is let go only after `OBTAINED_KEPT` newer ones."""
+    redactor = logs.Redactor()
+    subject = "opaque-subject-token-0001"
+    others = [f"opaque.{index:04d}.access" for index in range(logs.OBTAINED_KEPT + 16)]
+    half = len(others) // 2
+    redactor.learn(subject)
+    for token in others[:half]:
+        redactor.learn(token)
+    redactor.learn(subject)  # the next exchange, with the same subject token
+    for token in others[half:]:  # more than OBTAINED_KEPT since it was first learnt, fewer since it was renewed
+        redactor.learn(token)
+    assert redactor.redact(f"exchange with {subject}") == "exchange with [REDACTED]"
+    assert others[0] in redactor.redact(others[0])  # the memory did not grow: the oldest others were let go
+    assert others[-1] not in redactor.redact(others[-1])
+
+
 def test_log_records_carry_ids_and_are_redacted() -> None:
     redactor = logs.Redactor()
     redactor.add("s3cret-value-42")
