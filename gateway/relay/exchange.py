@@ -2,7 +2,7 @@
 Types and adapters only: no routing, no admission, no queueing.
 
 Owns `RequestHead` (the parts of a request the tunnel API and the front door read: aiohttp's
-`web.Request` has them, and so does the lean server's own head in `gateway.relay.lean_http`),
+`web.Request` has them, and so does `Head`, the lean server's own head, built by `gateway.relay.lean_http`),
 `Reply` (status, headers, body), `EventStream` (an SSE answer written as it goes) and their
 aiohttp adapters, so each handler's logic is written once and served by either server.
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
+from urllib.parse import parse_qsl
 
 from aiohttp import web
-from multidict import MultiMapping
+from multidict import CIMultiDict, MultiDict, MultiDictProxy, MultiMapping
 
 ResponseHeaders = list[tuple[str, str]]
 
@@ -35,6 +36,30 @@ class RequestHead(Protocol):
 
     @property
     def headers(self) -> MultiMapping[str]: ...
+
+
+class Head:
+    """A request head the lean server parsed (`RequestHead`); `fields` are its header lines in order, as
+    sent (name, value: plain strings, which `forwarded_headers` copies without multidict's keys)."""
+
+    __slots__ = ("_query", "_query_string", "fields", "headers", "match_info", "method", "path")
+
+    def __init__(
+        self, method: str, path: str, query_string: str, fields: list[tuple[str, str]], match_info: dict[str, str]
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.fields = fields
+        self.headers: MultiMapping[str] = CIMultiDict(fields)
+        self.match_info: Mapping[str, str] = match_info
+        self._query_string = query_string
+        self._query: MultiDictProxy[str] | None = None
+
+    @property
+    def query(self) -> MultiMapping[str]:
+        if self._query is None:
+            self._query = MultiDictProxy(MultiDict(parse_qsl(self._query_string, keep_blank_values=True)))
+        return self._query
 
 
 class Reply:

@@ -57,6 +57,7 @@ from gateway.relay.errors import (
 from gateway.relay.exchange import (
     BodyReader,
     EventStream,
+    Head,
     Reply,
     RequestHead,
     ResponseHeaders,
@@ -92,22 +93,28 @@ def forwarded_headers(request: RequestHead, *, drop_authorization: bool, drop: s
     minus hop-by-hop headers (and any the `Connection` header names), Host and Content-Length,
     minus `Authorization` when it held the relay's own credential, and minus `drop` (the header
     that did). One pass over the headers (`strip_hop_by_hop`'s rules)."""
+    dropped: set[str] = set()
     connection = request.headers.getall("Connection", ())
-    dropped = connection_named(connection) if connection else set()
+    for value in connection:
+        if value.lower() not in HOP_BY_HOP:  # more than `keep-alive`, which is dropped anyway
+            dropped = connection_named(connection)
+            break
     if drop_authorization:
         dropped.add(_AUTHORIZATION)
     if drop is not None:
         dropped.add(drop.lower())
+    # The lean server's head keeps its lines as plain strings; aiohttp's names are multidict's `istr`.
+    fields = request.fields if type(request) is Head else [(str(n), v) for n, v in request.headers.items()]
     headers: Headers = {}
     spelling: dict[str, str] = {}
-    for name, value in request.headers.items():
+    for name, value in fields:
         lowered = name.lower()
         if lowered in HOP_BY_HOP or lowered in dropped:
             continue
         key = spelling.get(lowered)
         if key is None:
-            spelling[lowered] = key = name if type(name) is str else str(name)
-            headers[key] = [value]
+            spelling[lowered] = name
+            headers[name] = [value]
         else:
             headers[key].append(value)
     return headers

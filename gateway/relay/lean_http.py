@@ -18,19 +18,17 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Final, TypeVar, cast
-from urllib.parse import parse_qsl
 
 import httptools
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_nodelay
-from multidict import CIMultiDict, MultiDict, MultiDictProxy, MultiMapping
 
 from gateway.protocol.wire import Codec
 from gateway.relay.errors import BodyTimeout, RelayError, refusal, unexpected
-from gateway.relay.exchange import Reply, ResponseHeaders
+from gateway.relay.exchange import Head, Reply, ResponseHeaders
 from gateway.relay.front import FrontDoor
 from gateway.relay.guard import too_large
 from gateway.relay.tunnel_api import TunnelAPI
@@ -115,28 +113,6 @@ def _keep(kept: dict[str, _Read], line: str, read: _Read) -> None:
         if len(kept) >= LINES_KEPT:
             kept.clear()
         kept[line] = read
-
-
-class Head:
-    """A parsed request head: what the handlers' cores read (`exchange.RequestHead`)."""
-
-    __slots__ = ("_query", "_query_string", "headers", "match_info", "method", "path")
-
-    def __init__(
-        self, method: str, path: str, query_string: str, headers: CIMultiDict[str], match_info: dict[str, str]
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.headers: MultiMapping[str] = headers
-        self.match_info: Mapping[str, str] = match_info
-        self._query_string = query_string
-        self._query: MultiDictProxy[str] | None = None
-
-    @property
-    def query(self) -> MultiMapping[str]:
-        if self._query is None:
-            self._query = MultiDictProxy(MultiDict(parse_qsl(self._query_string, keep_blank_values=True)))
-        return self._query
 
 
 class _HeadEnd:
@@ -229,7 +205,7 @@ class LeanServer:
         length = max(length, 0)
         if kind == _POLL and length:
             return None
-        head = Head(method, path, query, CIMultiDict(fields), dict(match_info))
+        head = Head(method, path, query, fields, dict(match_info))
         return kind, head, parser.should_keep_alive(), length
 
     def read_target(self, line: str) -> Target | None:

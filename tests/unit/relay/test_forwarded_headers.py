@@ -1,6 +1,7 @@
 """`front.forwarded_headers` in one pass gives what its definition gives: the caller's headers grouped by
 name (first spelling kept, values in order), then `wire.strip_hop_by_hop`, then minus `Authorization` when
-it held the relay's credential, then minus the `drop` header. Property-tested against that definition."""
+it held the relay's credential, then minus the `drop` header. Property-tested against that definition, on
+aiohttp's request (a multidict) and on the lean server's `Head` (its header lines as sent) alike."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.protocol.wire import Headers, strip_hop_by_hop
+from gateway.relay.exchange import Head
 from gateway.relay.front import forwarded_headers
 from tests.support.fuzz_budget import FUZZ
 from tests.support.relay_harness import HeadOf
@@ -49,7 +51,9 @@ _NAMES = st.sampled_from(
         "Proxy-Connection",
     ]
 )
-_VALUES = st.sampled_from(["a", "b, c", "keep-alive", "X-Custom", "x-custom, Accept", " close ", "Bearer t", ""])
+_VALUES = st.sampled_from(
+    ["a", "b, c", "keep-alive", "Keep-Alive", "Upgrade", "X-Custom", "x-custom, Accept", " close ", "Bearer t", ""]
+)
 
 
 @FUZZ
@@ -61,13 +65,19 @@ _VALUES = st.sampled_from(["a", "b, c", "keep-alive", "X-Custom", "x-custom, Acc
 def test_one_pass_equals_the_definition(
     fields: list[tuple[str, str]], drop_authorization: bool, drop: str | None
 ) -> None:
-    got = forwarded_headers(HeadOf(fields), drop_authorization=drop_authorization, drop=drop)
     want = _definition(fields, drop_authorization, drop)
-    assert got == want
-    assert list(got) == list(want), "names in the order the caller first sent them"
-    assert all(type(name) is str for name in got)
+    # aiohttp's request (a multidict's `istr` names) and the lean server's head (its lines as sent)
+    for head in (HeadOf(fields), Head("POST", "/v1/mcp/t", "", list(fields), {})):
+        got = forwarded_headers(head, drop_authorization=drop_authorization, drop=drop)
+        assert got == want
+        assert list(got) == list(want), "names in the order the caller first sent them"
+        assert all(type(name) is str for name in got)
 
 
 def test_connection_names_what_else_is_dropped() -> None:
     fields = [("Connection", "X-Custom, keep-alive"), ("X-Custom", "1"), ("Accept", "a"), ("accept", "b")]
     assert forwarded_headers(HeadOf(fields), drop_authorization=False) == {"Accept": ["a", "b"]}
+    # a second Connection line naming a header, after one that names only hop-by-hop ones
+    fields = [("Connection", "keep-alive"), ("Connection", "X-Custom"), ("X-Custom", "1"), ("Accept", "a")]
+    for head in (HeadOf(fields), Head("POST", "/v1/mcp/t", "", fields, {})):
+        assert forwarded_headers(head, drop_authorization=False) == {"Accept": ["a"]}
