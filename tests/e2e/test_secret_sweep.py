@@ -105,7 +105,8 @@ async def reload(gw: GatewayProcess, document: str, outcome: str) -> None:
     """SIGHUP with `document` in place; waits for this reload's own outcome line."""
 
     def outcomes() -> list[str]:
-        return [line for line in gw.stdout if line.startswith("gateway: re")]
+        # `gateway: reload…` only: `gateway: ready` comes again whenever a restarted server is back
+        return [line for line in gw.stdout if line.startswith("gateway: reload")]
 
     gw.routes_file.write_text(document)
     seen = len(outcomes())
