@@ -262,6 +262,8 @@ class Relay:
         Refused when it changes what takes effect on restart only (`gateway.relay.reload`) or a secret
         reference does not resolve (the file, the key, what was expected). Its settings are built
         whole first, then swapped in one assignment: a request already admitted keeps the old ones.
+        Tunnels added are served from then on; a tunnel removed is refused, its waiting polls answer
+        with nothing and its waiting callers with 404 (`TunnelRemoved`).
         `credentials`: the tunnels' secrets already resolved (the embedded relay's), instead of `config`'s."""
         if self._runner is None:
             raise RuntimeError("the relay is not started")
@@ -276,7 +278,14 @@ class Relay:
             settings = build_settings(config, credentials, identity=identity, source=self._source)
         except RelayConfigError as exc:
             return str(exc)
+        served, serving = config.tunnels.keys(), app[LIVE].current.config.tunnels.keys()
+        app[BACKEND].serve_tunnels(served)  # a tunnel added is served before the new settings admit it
+        app[METRICS].serve_tunnels(served)
+        app[DISCOVERY].serve_tunnels(served)
         app[LIVE].current = settings
+        for verb, tunnels in (("added", served - serving), ("removed", serving - served)):
+            if tunnels:
+                log.info("relay: tunnel(s) %s: %s", verb, ", ".join(sorted(tunnels)))
         console = app.get(CONSOLE)
         if console is not None and settings.console is not None:  # served before and after (reload)
             console.gate = settings.console

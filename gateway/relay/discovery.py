@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
@@ -94,6 +95,11 @@ class _Answers:
         while len(self._known) > self._max:
             self._known.popitem(last=False)
 
+    def keep(self, tunnel_ids: Collection[str]) -> None:
+        """Forget the answers of every other tunnel."""
+        for key in [key for key in self._known if key[0] not in tunnel_ids]:
+            del self._known[key]
+
 
 class Discovery:
     """The metadata endpoints of one relay, and the rewriting of challenges for its front door."""
@@ -115,6 +121,11 @@ class Discovery:
         for path in (f"{PRM_WELL_KNOWN}/v1/mcp/{{tunnel_id}}", f"{PRM_WELL_KNOWN}/v1/mcp/{{tunnel_id}}/{{channel}}"):
             routes += [web.get(path, self.metadata), web.options(path, self.preflight)]
         return routes
+
+    def serve_tunnels(self, tunnel_ids: Collection[str]) -> None:
+        """A reload: what a removed tunnel's gateway answered is forgotten (were the tunnel added again,
+        another gateway may serve it)."""
+        self._answers.keep(tunnel_ids)
 
     async def close(self) -> None:
         """Cancel the discoveries still waiting for a gateway (the relay is stopping)."""
@@ -216,7 +227,7 @@ class Discovery:
         finally:
             await self._backend.discard(tunnel_id, command.request_id)
         known = self._judge(frame, loop.time())
-        if known.until > loop.time():
+        if known.until > loop.time() and tunnel_id in self._live.current.credentials:  # not removed meanwhile
             self._answers.put((tunnel_id, channel), known)
         return known
 

@@ -26,7 +26,8 @@ code and extra headers are class attributes. `RelayError` is a branch of the pac
     │   ├── ShardMismatch (401 tunnel_request_mismatch)
     │   └── FrameBacklog (429 rate_limit_exceeded + Retry-After)
     ├── TunnelNotFound (404)             a caller named a tunnel the relay does not serve (the
-    │                                    tunnel API answers 401 instead: tunnel ids stay secret)
+    │   │                                tunnel API answers 401 instead: tunnel ids stay secret)
+    │   └── TunnelRemoved (404)          a reload removed the tunnel while the caller waited
     ├── InvalidChannel (400 invalid_channel_format)
     ├── BodyTooLarge (413 request_body_too_large)
     ├── BodyTimeout (408 request_timeout)  the body did not arrive within `read_timeout_s`
@@ -257,6 +258,10 @@ class FrameBacklog(TunnelClientError):
 class TunnelNotFound(RelayError):
     status = 404
     default_message = "this relay serves no such tunnel"
+
+
+class TunnelRemoved(TunnelNotFound):
+    default_message = "this tunnel was removed from the relay's configuration while the call waited"
 
 
 class InvalidChannel(RelayError):

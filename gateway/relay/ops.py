@@ -11,14 +11,14 @@ from __future__ import annotations
 import bisect
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Final
 
 import msgspec
 from aiohttp import web
 
 from gateway.protocol.headers import CONTENT_TYPE, PROMETHEUS_TEXT
-from gateway.relay.errors import BackendUnavailable
+from gateway.relay.errors import BackendUnavailable, TunnelNotFound
 from gateway.relay.queue import QueueBackend, TunnelStatus
 
 POLL_WAIT_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0)
@@ -109,6 +109,10 @@ class RelayMetrics:
         self.rejections: dict[str, int] = {}
         """Error answers since start, by API error code (or `http_NNN` without one)."""
 
+    def serve_tunnels(self, tunnel_ids: Collection[str]) -> None:
+        """A reload: a new tunnel starts from zero, a removed one's counters are dropped."""
+        self._tunnels = {tunnel_id: self._tunnels.get(tunnel_id) or _TunnelMetrics() for tunnel_id in tunnel_ids}
+
     def observe_rejection(self, code: str) -> None:
         """The relay answered an error (`error_middleware`)."""
         if code not in self.rejections and len(self.rejections) >= MAX_REJECTION_CODES:
@@ -162,8 +166,9 @@ class RelayMetrics:
         up = await backend.ready()
         if up:
             try:
-                for tunnel_id in self._tunnels:
-                    statuses[tunnel_id] = await backend.status(tunnel_id)
+                for tunnel_id in list(self._tunnels):  # a reload may change them meanwhile
+                    with contextlib.suppress(TunnelNotFound):  # removed meanwhile
+                        statuses[tunnel_id] = await backend.status(tunnel_id)
             except BackendUnavailable:
                 up, statuses = False, {}
         out: list[str] = []

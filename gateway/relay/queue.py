@@ -17,7 +17,7 @@ import hmac
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Final, Literal
 
@@ -34,6 +34,7 @@ from gateway.relay.errors import (
     RelayClosing,
     ShardMismatch,
     TunnelNotFound,
+    TunnelRemoved,
 )
 
 FRAME_BACKLOG: Final = 256
@@ -251,6 +252,12 @@ class QueueBackend(ABC):
     async def close(self) -> None:
         """Wake every waiting poll (with nothing) and caller (RelayClosing); idempotent."""
 
+    @abstractmethod
+    def serve_tunnels(self, tunnel_ids: Collection[str]) -> None:
+        """Serve exactly these tunnels from now on (a reload): a new one starts with an empty queue; a
+        removed one's waiting polls answer with nothing, its waiting callers get TunnelRemoved, and
+        anything after that for it TunnelNotFound."""
+
 
 # --------------------------------------------------------------------------- in memory
 
@@ -266,13 +273,15 @@ class _Entry:
         self.session = session_of(command.headers)
         self.taker = ""
         self.affine = False
-        # None is the shutdown sentinel; the notify backlog is bounded in deliver().
+        # None is the end sentinel (the relay closes, or the tunnel was removed); the notify backlog is
+        # bounded in deliver().
         self.frames = _Frames()
 
 
 class _Frames:
-    """One caller's unread frames (None: the relay is closing): an asyncio.Queue's put_nowait, get and
-    qsize without its per-command construction cost (one is made for every command)."""
+    """One caller's unread frames (None: the relay is closing, or the tunnel was removed): an
+    asyncio.Queue's put_nowait, get and qsize without its per-command construction cost (one is made for
+    every command)."""
 
     __slots__ = ("_items", "_waiters")
 
@@ -329,6 +338,7 @@ class _Tunnel:
         "last_poll_end",
         "polls_waiting",
         "queued",
+        "removed",
         "sessions",
         "waiters",
     )
@@ -343,6 +353,8 @@ class _Tunnel:
         self.instances: dict[str, _Instance] = {}
         self.sessions = SessionTable(session_ttl_s)
         self.grace = grace
+        self.removed = False
+        """A reload removed it: its polls take nothing more."""
 
     def wake(self) -> None:
         for waiter in self.waiters:
@@ -410,6 +422,7 @@ class MemoryQueue(QueueBackend):
         self._tunnels = {tunnel_id: _Tunnel(client_seen_grace_s, session_ttl_s) for tunnel_id in tunnel_ids}
         self._queue_max = queue_max
         self._grace = client_seen_grace_s
+        self._session_ttl_s = session_ttl_s
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         """The loop it serves in, from `start()`: CPython 3.11 asks the OS for the process id on every
@@ -465,7 +478,7 @@ class MemoryQueue(QueueBackend):
         tunnel.polls_waiting += 1
         seen.polls += 1
         try:
-            while not self._closed:
+            while not self._closed and not tunnel.removed:
                 if wanted is not None and not wanted():
                     return []
                 batch, held = tunnel.pop(limit, channels, loop.time(), instance, affine_channels)
@@ -516,8 +529,8 @@ class MemoryQueue(QueueBackend):
             raise PendingNotFound()
         frame = await entry.frames.get(self._running())
         if frame is None:
-            entry.frames.put_nowait(None)  # keep answering RelayClosing
-            raise RelayClosing()
+            entry.frames.put_nowait(None)  # keep answering the same
+            raise RelayClosing() if self._closed else TunnelRemoved()
         return frame
 
     async def discard(self, tunnel_id: str, request_id: str) -> None:
@@ -557,3 +570,14 @@ class MemoryQueue(QueueBackend):
             tunnel.wake()
             for entry in tunnel.entries.values():
                 entry.frames.put_nowait(None)
+
+    def serve_tunnels(self, tunnel_ids: Collection[str]) -> None:
+        for tunnel_id in tunnel_ids:
+            if tunnel_id not in self._tunnels:
+                self._tunnels[tunnel_id] = _Tunnel(self._grace, self._session_ttl_s)
+        for tunnel_id in [known for known in self._tunnels if known not in tunnel_ids]:
+            tunnel = self._tunnels.pop(tunnel_id)
+            tunnel.removed = True
+            tunnel.wake()  # its polls answer with nothing
+            for entry in tunnel.entries.values():
+                entry.frames.put_nowait(None)  # its callers: TunnelRemoved

@@ -41,7 +41,7 @@ OnReply = Callable[[Any], None]
 """Called with a command's raw reply (a `hiredis.ReplyError` for an error reply) or, when the connection
 failed, the redis-py exception: from the protocol callback, so it must not block (`outcome` reads it)."""
 Waiter = asyncio.Future[Any] | OnReply
-_PUSHES: Final = (b"message", b"subscribe")
+_PUSHES: Final = (b"message", b"subscribe", b"unsubscribe")
 _pack: Final = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 """RESP encoding in C (hiredis's stub types its argument as a 1-tuple)."""
 
@@ -402,6 +402,14 @@ class Subscription:
         reply = await self._link.send(_pack(("PING",)))
         if isinstance(reply, hiredis.ReplyError):
             raise reply_error(reply)
+
+    def change(self, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
+        """Subscribe to `added` and unsubscribe from `removed` on this connection (Redis confirms with
+        pushes, which are passed over); a message on an added channel may be missed until then."""
+        if added:
+            self._link.post(_pack(("SUBSCRIBE", *added)))
+        if removed:
+            self._link.post(_pack(("UNSUBSCRIBE", *removed)))
 
     async def hold(self, ping_every_s: float) -> NoReturn:
         """Wait until the connection is lost, and raise why (ConnectionError; TimeoutError when a

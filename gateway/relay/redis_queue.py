@@ -35,7 +35,7 @@ import hashlib
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -58,6 +58,7 @@ from gateway.relay.errors import (
     RelayClosing,
     ShardMismatch,
     TunnelNotFound,
+    TunnelRemoved,
 )
 from gateway.relay.queue import FRAME_BACKLOG, Command, QueueBackend, TunnelStatus, queued_age
 from gateway.relay.redis_pipe import Script, ScriptPipe, Subscription, outcome
@@ -104,6 +105,11 @@ def _key_part(value: str) -> str:
     return "h-" + hashlib.sha256(value.encode()).hexdigest()
 
 
+def _base(prefix: str, tunnel_id: str) -> str:
+    """The key prefix of one tunnel's data (`B` in redis_scripts.py's layout)."""
+    return f"{prefix}:t:{tunnel_id}"
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -142,13 +148,15 @@ class _Caller:
 class _Tunnel:
     """This replica's view of one tunnel: key names and local waiting polls."""
 
-    __slots__ = ("base", "polls_waiting", "waiters", "wake_channel")
+    __slots__ = ("base", "polls_waiting", "removed", "waiters", "wake_channel")
 
     def __init__(self, prefix: str, tunnel_id: str) -> None:
-        self.base = f"{prefix}:t:{tunnel_id}"
+        self.base = _base(prefix, tunnel_id)
         self.wake_channel = f"{prefix}:wake:{tunnel_id}"
         self.waiters: set[asyncio.Future[None]] = set()
         self.polls_waiting = 0
+        self.removed = False
+        """A reload removed it from this replica: its polls take nothing more."""
 
     def wake(self) -> None:
         for waiter in self.waiters:
@@ -174,8 +182,11 @@ class RedisQueue(QueueBackend):
         # connection object; the pipe connects with those options itself and never connects this one.
         options = ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
         self._pipe = ScriptPipe(options, connect_timeout_s=CONNECT_TIMEOUT_S, timeout_s=SOCKET_TIMEOUT_S)
+        self._prefix = prefix
         self._tunnels = {tunnel_id: _Tunnel(prefix, tunnel_id) for tunnel_id in tunnel_ids}
         self._wake_channels = {t.wake_channel.encode(): t for t in self._tunnels.values()}
+        self._subscription: Subscription | None = None
+        """The pub/sub connection while it is subscribed: a reload changes its channels in place."""
         self._replicas = f"{prefix}:replicas"
         self._frames_prefix = f"{prefix}:frames:"
         self._frames_channel = f"{self._frames_prefix}{self.replica_id}".encode()
@@ -308,12 +319,18 @@ class RedisQueue(QueueBackend):
         """Dispatch wake-ups: enqueues to local polls, frames to local callers. After every
         (re)subscription everyone re-checks, since messages sent meanwhile are lost."""
         delay = RETRY_FIRST_S
-        channels = [self._frames_channel, *self._wake_channels]
         while True:
             subscription: Subscription | None = None
             try:
+                channels = [self._frames_channel, *self._wake_channels]
                 subscription = await self._pipe.subscribe(channels, self._dispatch)
                 delay = RETRY_FIRST_S
+                if channels[1:] != list(self._wake_channels):  # a reload changed the tunnels meanwhile
+                    subscription.change(
+                        [c for c in self._wake_channels if c not in channels],
+                        [c for c in channels[1:] if c not in self._wake_channels],
+                    )
+                self._subscription = subscription
                 self._wake_all()
                 await subscription.hold(HEALTH_CHECK_S)  # messages go to _dispatch meanwhile
             except TRANSIENT as exc:
@@ -321,6 +338,7 @@ class RedisQueue(QueueBackend):
             except Exception:
                 log.exception("relay: Redis pub/sub listener failed; restarting it")
             finally:
+                self._subscription = None
                 if subscription is not None:
                     await subscription.aclose()
             await asyncio.sleep(delay)
@@ -345,13 +363,37 @@ class RedisQueue(QueueBackend):
         for caller in self._callers.values():
             caller.wake()
 
+    def serve_tunnels(self, tunnel_ids: Collection[str]) -> None:
+        """What the tunnels keep in Redis is left as it is: other replicas may serve a removed tunnel
+        until they are reloaded too (docs/relay-on-redis.md, "Operations"). A removed tunnel's callers
+        here are forgotten there by their discard, as any caller is."""
+        added = [tunnel_id for tunnel_id in tunnel_ids if tunnel_id not in self._tunnels]
+        removed = [tunnel_id for tunnel_id in self._tunnels if tunnel_id not in tunnel_ids]
+        if not added and not removed:
+            return
+        for tunnel_id in added:
+            self._tunnels[tunnel_id] = _Tunnel(self._prefix, tunnel_id)
+        for tunnel_id in removed:
+            tunnel = self._tunnels.pop(tunnel_id)
+            tunnel.removed = True
+            tunnel.wake()  # its polls answer with nothing
+        for caller in self._callers.values():
+            if caller.tunnel_id in removed:
+                caller.wake()  # TunnelRemoved
+        before = self._wake_channels
+        self._wake_channels = {t.wake_channel.encode(): t for t in self._tunnels.values()}
+        if self._subscription is not None:  # else the next subscription names the new channels
+            self._subscription.change(
+                [c for c in self._wake_channels if c not in before], [c for c in before if c not in self._wake_channels]
+            )
+
     async def _beat(self) -> None:
         """Heartbeat + janitor: keep this replica alive, purge expired and orphaned commands,
         retry failed discards."""
-        bases = [tunnel.base for tunnel in self._tunnels.values()]
         while True:
             try:
                 sent = self._running().time()
+                bases = [tunnel.base for tunnel in self._tunnels.values()]  # as a reload left them
                 await self._heartbeat(args=[self._replicas, self.replica_id, self._replica_ttl_ms, *bases])
                 self._renewed_at = max(self._renewed_at, sent)
                 self._mark(True)
@@ -367,7 +409,7 @@ class RedisQueue(QueueBackend):
             batch, self._finished = self._finished[:SCAN], self._finished[SCAN:]
             args: list[Arg] = []
             for tunnel_id, request_id in batch:
-                args += (self._tunnels[tunnel_id].base, request_id)
+                args += (_base(self._prefix, tunnel_id), request_id)
             try:
                 await self._run(self._forget_final, args)
             except BackendUnavailable:
@@ -382,7 +424,7 @@ class RedisQueue(QueueBackend):
             self._finished.clear()
         while self._orphans:
             tunnel_id, request_id = next(iter(self._orphans))
-            await self._run(self._forget, [self._tunnels[tunnel_id].base, request_id], window_s=window_s)
+            await self._run(self._forget, [_base(self._prefix, tunnel_id), request_id], window_s=window_s)
             self._orphans.discard((tunnel_id, request_id))
 
     # ----------------------------------------------------------------------- callers
@@ -454,6 +496,8 @@ class RedisQueue(QueueBackend):
                 caller.fresh = False
                 await self._wait(caller)
                 continue
+            if tunnel_id not in self._tunnels:
+                raise TunnelRemoved()
             caller.woken = False
             args: list[Arg] = [base, request_id, caller.consumed, self._replicas, self.replica_id, self._replica_ttl_ms]
             reply = await self._run(self._next, args)
@@ -481,9 +525,9 @@ class RedisQueue(QueueBackend):
 
     async def discard(self, tunnel_id: str, request_id: str) -> None:
         caller = self._callers.pop(request_id, None)
-        tunnel = self._tunnels.get(tunnel_id)
-        if tunnel is None:
-            return
+        if tunnel_id not in self._tunnels and caller is None:
+            return  # not a tunnel this replica serves, nor a caller of one a reload removed
+        base = _base(self._prefix, tunnel_id)
         if caller is not None and caller.finished:
             # Answered: out of the queue and the in-flight table already, so its keys may be forgotten a
             # little later: in one script with the others answered meanwhile, run by whichever discard
@@ -497,7 +541,7 @@ class RedisQueue(QueueBackend):
                     self._forgetting = False
             return
         try:
-            await self._run(self._forget, [tunnel.base, request_id])
+            await self._run(self._forget, [base, request_id])
         except BackendUnavailable:
             self._orphans.add((tunnel_id, request_id))
 
@@ -535,7 +579,7 @@ class RedisQueue(QueueBackend):
         ]
         tunnel.polls_waiting += 1
         try:
-            while not self._closed:
+            while not self._closed and not tunnel.removed:
                 if wanted is not None and not wanted():
                     break
                 waiter: asyncio.Future[None] = loop.create_future()

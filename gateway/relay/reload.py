@@ -2,12 +2,13 @@
 the relay started with and the new one, naming each setting that takes effect on restart only.
 Builds and swaps nothing itself (`Relay.reload` does); reads no file and resolves no secret.
 
-Applied at run time: every per-tunnel setting (`gateway_key`, `client_tokens`, `client_rate`,
-`client_burst`, `client_token_header`, `user_auth` while its key sets are the ones the relay fetches,
-`name`, `description`), `allowed_hosts`, `allowed_origins`, `public_url`, `response_timeout_s`,
-`poll_max_wait_ms`, `ops.token` (while the console stays served) and `identity:` (signing keys,
-subjects, audiences, lifetimes, rates, trusted proxies; not the issuers' key sources). Everything else
-is fixed at start.
+Applied at run time: which tunnels are served (one added starts with an empty queue; one removed is
+refused from then on, and its waiting callers are answered at once), every per-tunnel setting
+(`gateway_key`, `client_tokens`, `client_rate`, `client_burst`, `client_token_header`, `user_auth`
+while its key sets are the ones the relay fetches, `name`, `description`), `allowed_hosts`,
+`allowed_origins`, `public_url`, `response_timeout_s`, `poll_max_wait_ms`, `ops.token` (while the
+console stays served) and `identity:` (signing keys, subjects, audiences, lifetimes, rates, trusted
+proxies; not the issuers' key sources). Everything else is fixed at start.
 """
 
 from __future__ import annotations
@@ -60,14 +61,11 @@ def _restart_keys(started: RelayConfig, new: RelayConfig) -> Iterator[str]:
     for key in RESTART_ONLY:
         if getattr(new, key) != getattr(started, key):
             yield key
-    if set(new.tunnels) != set(started.tunnels):
-        yield "tunnels"  # a tunnel added or removed: the queue backend holds one queue per tunnel
-    else:
-        fetched = _user_key_sets(started)
-        for tunnel_id, spec in new.tunnels.items():
-            if spec.user_auth is not None:
-                for key in _user_key_set_change(spec.user_auth, fetched):
-                    yield f"tunnels.{tunnel_id}.user_auth.{key}"
+    fetched = _user_key_sets(started)  # the key sets are fetched from start to stop
+    for tunnel_id, spec in new.tunnels.items():
+        if spec.user_auth is not None:
+            for key in _user_key_set_change(spec.user_auth, fetched):
+                yield f"tunnels.{tunnel_id}.user_auth.{key}"
     if _console_served(new.listen, new.ops) != _console_served(started.listen, started.ops):
         yield "ops.token"  # it turns the console on or off
     yield from _identity_keys(started, new)

@@ -11,7 +11,7 @@ import msgspec
 
 from gateway import __version__
 from gateway.protocol.readiness import StatusHead
-from gateway.relay.errors import BackendUnavailable
+from gateway.relay.errors import BackendUnavailable, TunnelNotFound
 from gateway.relay.ops import RelayMetrics
 from gateway.relay.queue import QueueBackend
 from gateway.relay.settings import LiveSettings
@@ -68,6 +68,8 @@ class RelayStatusSource:
                 status = await self._backend.status(tunnel_id) if up else None
             except BackendUnavailable:
                 status, up = None, False
+            except TunnelNotFound:  # a reload removed it meanwhile
+                continue
             tunnels.append(
                 TunnelRow(
                     id=tunnel_id,

@@ -1,6 +1,7 @@
 """The queue backend contract: the same checks for every `QueueBackend` (memory, and Redis with each call another
 replica on one real redis-server): round trips, FIFO with limits and channel filters, the queue cap, discarded
-and expired commands, the frame backlog, client-seen, close, and proc-affinity routing."""
+and expired commands, the frame backlog, client-seen, close, tunnels added and removed while serving, and
+proc-affinity routing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import msgspec
 import pytest
 
 from gateway.relay import MemoryQueue, QueueBackend
-from gateway.relay.errors import FrameBacklog, PendingNotFound, QueueFull, RelayClosing, ShardMismatch
+from gateway.relay.errors import (
+    FrameBacklog,
+    PendingNotFound,
+    QueueFull,
+    RelayClosing,
+    ShardMismatch,
+    TunnelNotFound,
+    TunnelRemoved,
+)
 from gateway.relay.queue import FRAME_BACKLOG
 from gateway.relay.redis_queue import RedisQueue
 from tests.support.redis_relay import TUNNEL, WAIT, command, frame, owner, polls_waiting, redis_spec, take
@@ -31,11 +40,11 @@ async def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         server = await stack.enter_async_context(redis_server(tmp_path)) if request.param == "redis" else None
         made: list[QueueBackend] = []
 
-        async def make(*, queue_max: int = 10, grace: float = 30.0) -> QueueBackend:
+        async def make(*, queue_max: int = 10, grace: float = 30.0, recheck_s: float = 0.1) -> QueueBackend:
             if server is None:
                 backend: QueueBackend = MemoryQueue([TUNNEL], queue_max=queue_max, client_seen_grace_s=grace)
             else:
-                spec = redis_spec(server)
+                spec = redis_spec(server, recheck_s=recheck_s)
                 backend = RedisQueue(
                     [TUNNEL], url=server.url, spec=spec, queue_max=queue_max, client_seen_grace_s=grace
                 )
@@ -149,6 +158,38 @@ async def test_contract_close_wakes_polls_and_callers(make_backend: MakeBackend)
             await caller
     with pytest.raises(RelayClosing):
         await queue.enqueue(TUNNEL, command())
+
+
+async def test_contract_tunnels_added_and_removed_while_serving(make_backend: MakeBackend) -> None:
+    """A reload's `serve_tunnels`: a tunnel added is served at once, and its polls are woken by its
+    enqueues (Redis: its wake-up channel is subscribed; the periodic re-check is set far beyond the
+    wait here). A tunnel removed: its waiting poll answers with nothing, its waiting caller gets
+    TunnelRemoved, and from then on it is not served. The tunnel kept is untouched throughout."""
+    other = "tunnel_added"
+    queue = await make_backend(recheck_s=WAIT * 2)
+    with pytest.raises(TunnelNotFound):
+        await queue.enqueue(other, command())
+    kept = command()
+    await queue.enqueue(TUNNEL, kept)
+    queue.serve_tunnels([TUNNEL, other])
+    async with asyncio.timeout(WAIT):
+        poll = asyncio.create_task(queue.take(other, limit=25, timeout_s=WAIT * 2, instance_id="gw-2"))
+        await until(lambda: polls_waiting(queue, other))
+        added = command()
+        await queue.enqueue(other, added)
+        assert [c.request_id for c in await poll] == [added.request_id]
+        caller = asyncio.create_task(queue.next_frame(other, added.request_id))
+        waiting = asyncio.create_task(queue.take(other, limit=25, timeout_s=WAIT * 2, instance_id="gw-2"))
+        await until(lambda: polls_waiting(queue, other))
+        queue.serve_tunnels([TUNNEL])
+        assert await waiting == []
+        with pytest.raises(TunnelRemoved):
+            await caller
+    await queue.discard(other, added.request_id)
+    for refused in (queue.enqueue(other, command()), queue.take(other, limit=1, timeout_s=0.01)):
+        with pytest.raises(TunnelNotFound):
+            await refused
+    assert [c.request_id for c in await take(queue)] == [kept.request_id]
 
 
 async def test_contract_proc_affinity_routing_and_reassignment(make_backend: MakeBackend) -> None:

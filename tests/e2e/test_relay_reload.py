@@ -50,6 +50,7 @@ SECRETS = {
     "ops token (added)": "rl-opstok-Ux45ne92Vb",
     "literal in a rejected reload": "rl-rejected-Gg27hy63Nc",
     "literal in a broken file": "rl-broken-Zr84fs31Ye",
+    "gateway key of an added tunnel": "rl-added-Tq52vw87Hd",
 }
 LIST_TOOLS = {"jsonrpc": "2.0", "id": "rpc-1", "method": "tools/list", "params": {}}
 
@@ -96,14 +97,14 @@ class RunningRelay:
         return line
 
     # the gateway side (Secure MCP Tunnel v1)
-    async def poll(self, key: str, *, timeout_ms: int = 1) -> tuple[int, Any]:
+    async def poll(self, key: str, *, timeout_ms: int = 1, tunnel: str = TUNNEL) -> tuple[int, Any]:
         params = {"timeout_ms": str(timeout_ms)}
         headers = {"Authorization": f"Bearer {key}"}
-        async with self.http.get(f"{self.url}/v1/tunnels/{TUNNEL}/poll", params=params, headers=headers) as resp:
+        async with self.http.get(f"{self.url}/v1/tunnels/{tunnel}/poll", params=params, headers=headers) as resp:
             body = await resp.read()
             return resp.status, json.loads(body) if body else None
 
-    async def respond(self, key: str, command: dict[str, Any], result: object) -> int:
+    async def respond(self, key: str, command: dict[str, Any], result: object, *, tunnel: str = TUNNEL) -> int:
         payload = {
             "request_id": command["request_id"],
             "resp_code": 200,
@@ -112,15 +113,15 @@ class RunningRelay:
         }
         validate("TunnelResponsePayload", payload)
         headers = {"Authorization": f"Bearer {key}", "X-Tunnel-Shard-Token": command["shard_token"]}
-        async with self.http.post(f"{self.url}/v1/tunnels/{TUNNEL}/response", json=payload, headers=headers) as resp:
+        async with self.http.post(f"{self.url}/v1/tunnels/{tunnel}/response", json=payload, headers=headers) as resp:
             return resp.status
 
     # the MCP side
-    async def call(self, token: str | None) -> tuple[int, Any]:
+    async def call(self, token: str | None, *, tunnel: str = TUNNEL) -> tuple[int, Any]:
         headers = {"Accept": "application/json, text/event-stream"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        async with self.http.post(f"{self.url}/v1/mcp/{TUNNEL}", json=LIST_TOOLS, headers=headers) as resp:
+        async with self.http.post(f"{self.url}/v1/mcp/{tunnel}", json=LIST_TOOLS, headers=headers) as resp:
             body = await resp.read()
             return resp.status, json.loads(body) if body else None
 
@@ -129,9 +130,14 @@ class RunningRelay:
         async with self.http.get(f"{self.url}/api/status", headers=headers) as resp:
             return resp.status, (await resp.json()) if resp.status == 200 else None
 
-    async def polls_waiting(self) -> int:
+    async def polls_waiting(self, tunnel: str = TUNNEL) -> int:
         _, status = await self.status()
-        return int(next(row["polls_waiting"] for row in status["tunnels"] if row["id"] == TUNNEL))
+        return int(next(row["polls_waiting"] for row in status["tunnels"] if row["id"] == tunnel))
+
+    async def tunnels(self) -> list[str]:
+        """The tunnels the relay's status lists (the ones it serves now)."""
+        _, status = await self.status()
+        return [row["id"] for row in status["tunnels"]]
 
     def output(self) -> Sweep:
         sweep = Sweep()
@@ -161,13 +167,15 @@ async def refused_at_start(file: Path) -> str:
     return err.decode().strip().removeprefix("gateway relay: ")
 
 
-async def answered_call(relay: RunningRelay, token: str | None, key: str, result: object) -> tuple[int, Any]:
+async def answered_call(
+    relay: RunningRelay, token: str | None, key: str, result: object, *, tunnel: str = TUNNEL
+) -> tuple[int, Any]:
     """One MCP call the gateway side (polling with `key`) takes and answers with `result`."""
-    caller = asyncio.ensure_future(relay.call(token))
+    caller = asyncio.ensure_future(relay.call(token, tunnel=tunnel))
     try:
-        status, body = await relay.poll(key, timeout_ms=30_000)
+        status, body = await relay.poll(key, timeout_ms=30_000, tunnel=tunnel)
         assert status == 200, (status, body)
-        assert await relay.respond(key, body["commands"][0], result) == 200
+        assert await relay.respond(key, body["commands"][0], result, tunnel=tunnel) == 200
         return await caller
     finally:
         caller.cancel()
@@ -197,9 +205,9 @@ async def test_gateway_key_rotated_while_a_poll_waits(tmp_path: Path) -> None:
         assert await relay.reload(relay_yaml(key=KEY_B), "reloaded")  # the same file again: nothing changes
 
 
-async def _waiting(relay: RunningRelay, held: asyncio.Future[Any]) -> bool:
+async def _waiting(relay: RunningRelay, held: asyncio.Future[Any], tunnel: str = TUNNEL) -> bool:
     assert not held.done(), held.result()
-    return await relay.polls_waiting() == 1
+    return await relay.polls_waiting(tunnel) == 1
 
 
 async def test_client_tokens_rotated_while_a_caller_waits(tmp_path: Path) -> None:
@@ -225,16 +233,67 @@ async def test_client_tokens_rotated_while_a_caller_waits(tmp_path: Path) -> Non
 
 
 async def test_a_change_that_needs_a_restart_is_rejected(tmp_path: Path) -> None:
-    """A new `listen` and an added tunnel: rejected, naming both; the old key keeps working and the new
-    file's key does not (nothing of it was applied)."""
+    """A new `listen` beside an added tunnel and a new key: rejected, naming `listen`; the old key keeps
+    working, and neither the new file's key nor its tunnel does (nothing of it was applied)."""
     async with running_relay(tmp_path, relay_yaml(key=KEY_A)) as relay:
         literal = SECRETS["literal in a rejected reload"]
         document = relay_yaml(key=KEY_B, listen="127.0.0.1:1", t_new=literal)
         line = await relay.reload(document, "reload rejected")
-        assert line == "relay: reload rejected: listen, tunnels take effect on restart"
+        assert line == "relay: reload rejected: listen takes effect on restart"
         assert (await relay.poll(KEY_A))[0] == 204
         assert (await relay.poll(KEY_B))[0] == 401
+        assert (await relay.poll(literal, tunnel="t_new"))[0] == 401
+        assert await relay.tunnels() == [TUNNEL]
         assert await answered_call(relay, None, KEY_A, {}) == (200, {"jsonrpc": "2.0", "id": "rpc-1", "result": {}})
+        assert relay.output().leaks(SECRETS) == []
+
+
+async def test_a_tunnel_added_and_another_removed_while_calls_wait(tmp_path: Path) -> None:
+    """Tunnels come and go with SIGHUP, and the others serve on: a tunnel added serves its gateway and
+    callers at once while a call on the first tunnel stays in flight across the reload. Removing it
+    again answers its waiting poll with nothing and its waiting caller with 404 at once (not at their
+    timeouts); its gateway key is refused from then on, its MCP URL answers 404, and the status lists
+    only the tunnel kept. The log names each tunnel added and removed."""
+    added, key = "t_added", SECRETS["gateway key of an added tunnel"]
+    async with running_relay(tmp_path, relay_yaml(key=KEY_A)) as relay:
+        first = asyncio.ensure_future(relay.call(None))
+        removed_caller: asyncio.Future[tuple[int, Any]] | None = None
+        held: asyncio.Future[tuple[int, Any]] | None = None
+        try:
+            status, body = await relay.poll(KEY_A, timeout_ms=30_000)
+            assert status == 200, (status, body)  # the first tunnel's call is in flight
+            await relay.reload(relay_yaml(key=KEY_A, t_added=key), "reloaded")
+            assert await answered_call(relay, None, key, {"on": added}, tunnel=added) == (
+                200,
+                {"jsonrpc": "2.0", "id": "rpc-1", "result": {"on": added}},
+            )
+            assert sorted(await relay.tunnels()) == sorted([TUNNEL, added])
+            assert f"relay: tunnel(s) added: {added}" in relay.log.read_text()
+
+            removed_caller = asyncio.ensure_future(relay.call(None, tunnel=added))
+            status, taken = await relay.poll(key, timeout_ms=30_000, tunnel=added)
+            assert status == 200, (status, taken)  # its command is out: the caller waits for the answer
+            held = asyncio.ensure_future(relay.poll(key, timeout_ms=120_000, tunnel=added))
+            await until(lambda: _waiting(relay, held, added))
+            await relay.reload(relay_yaml(key=KEY_A), "reloaded")
+            async with asyncio.timeout(30):  # a bound, far below the waits' own timeouts
+                assert await held == (204, None)
+                status, refusal = await removed_caller
+            assert status == 404, refusal
+            assert "removed" in json.dumps(refusal), refusal
+            assert await relay.respond(key, taken["commands"][0], {}, tunnel=added) == 401
+            assert (await relay.poll(key, tunnel=added))[0] == 401
+            assert (await relay.call(None, tunnel=added))[0] == 404
+            assert await relay.tunnels() == [TUNNEL]
+            assert f"relay: tunnel(s) removed: {added}" in relay.log.read_text()
+
+            assert not first.done(), "a reload ended the first tunnel's waiting caller"
+            assert await relay.respond(KEY_A, body["commands"][0], {"n": 1}) == 200
+            assert await first == (200, {"jsonrpc": "2.0", "id": "rpc-1", "result": {"n": 1}})
+        finally:
+            for waiting in (first, removed_caller, held):
+                if waiting is not None:
+                    waiting.cancel()
         assert relay.output().leaks(SECRETS) == []
 
 

@@ -71,8 +71,8 @@ async def owner(backend: QueueBackend, channel: str, session: str) -> str | None
     return await backend.session_owner(TUNNEL, channel, session)
 
 
-async def polls_waiting(queue: QueueBackend) -> bool:
-    return (await queue.status(TUNNEL)).polls_waiting > 0
+async def polls_waiting(queue: QueueBackend, tunnel: str = TUNNEL) -> bool:
+    return (await queue.status(tunnel)).polls_waiting > 0
 
 
 async def no_polls_waiting(queue: QueueBackend) -> bool:
@@ -109,6 +109,7 @@ class Poller:
     server_info: str | None = None
     crash_after: int | None = None
     """Die on the poll that brings more than this many commands, answering none past the limit."""
+    tunnel: str = TUNNEL
     received: list[dict[str, Any]] = field(default_factory=list)
     answered: set[str] = field(default_factory=set)
     abandoned: set[str] = field(default_factory=set)
@@ -123,7 +124,7 @@ class Poller:
             while True:
                 base = self.relays[turn % len(self.relays)]
                 turn += 1
-                url = f"{base}/v1/tunnels/{TUNNEL}/poll"
+                url = f"{base}/v1/tunnels/{self.tunnel}/poll"
                 try:
                     async with self.http.get(
                         url, params={"limit": "25", "timeout_ms": "2000"}, headers=headers
@@ -151,7 +152,7 @@ class Poller:
             base = self.relays[(turn + attempt) % len(self.relays)]
             try:
                 async with self.http.post(
-                    f"{base}/v1/tunnels/{TUNNEL}/response", json=payload, headers=headers
+                    f"{base}/v1/tunnels/{self.tunnel}/response", json=payload, headers=headers
                 ) as resp:
                     await resp.read()
                     if resp.status in (200, 404):

@@ -9,14 +9,16 @@ import re
 from collections import Counter
 
 import aiohttp
+import msgspec
 import pytest
 
-from gateway.relay import BACKEND, Relay
+from gateway.relay import BACKEND, Relay, TunnelSpec
 from gateway.relay.redis_queue import RedisQueue
 from tests.support.openapi import validate
 from tests.support.redis_relay import (
     AFFINE_INFO,
     GATEWAY,
+    KEY,
     TUNNEL,
     WAIT,
     Outcome,
@@ -217,3 +219,37 @@ async def test_proc_affinity_sessions_stay_on_their_gateway(redis: RedisServer) 
             assert await backend.session_owner(TUNNEL, "files", session) is None
             for task in tasks.values():
                 task.cancel()
+
+
+async def test_a_tunnel_added_and_removed_by_reloads_across_replicas(redis: RedisServer) -> None:
+    """Two replicas reloaded with a second tunnel: a gateway polling one replica answers the callers of
+    the other on the new tunnel, and the first tunnel serves on beside it. Reloaded without it, each
+    replica refuses its callers (404) and its gateway (401), while Redis still holds the first one's
+    state as before."""
+    config = relay_config(redis)
+    added = "tunnel_added"
+    grown = msgspec.structs.replace(config, tunnels={**config.tunnels, added: TunnelSpec(gateway_key=KEY)})
+    async with replicas(config, 2) as (a, b), aiohttp.ClientSession(connector=connector()) as http:
+        assert (a.reload(grown), b.reload(grown)) == (None, None)
+        pollers = [Poller(http, [b.url], "gw-new", tunnel=added), Poller(http, [a.url], "gw-first")]
+        async with asyncio.timeout(WAIT), asyncio.TaskGroup() as tg:
+            running = [tg.create_task(run_poller(poller)) for poller in pollers]
+            await until(lambda: a.app[BACKEND].client_seen(added))
+            await until(lambda: b.app[BACKEND].client_seen(TUNNEL))
+            outcomes = await asyncio.gather(
+                *(call(http, a.url_for(added), 0, f"new-{n}") for n in range(10)),
+                *(call(http, b.url_for(TUNNEL), 1, f"first-{n}") for n in range(10)),
+            )
+            for task in running:
+                task.cancel()
+        for outcome in outcomes:
+            assert (outcome.status, outcome.body["id"]) == (200, outcome.rpc_id), outcome
+        assert sorted(cmd["jsonrpc"]["id"] for cmd in pollers[0].received) == sorted(f"new-{n}" for n in range(10))
+
+        assert (a.reload(config), b.reload(config)) == (None, None)
+        for relay in (a, b):
+            assert (await call(http, relay.url_for(added), 0, "gone")).status == 404
+            async with http.get(f"{relay.url}/v1/tunnels/{added}/poll", headers=GATEWAY) as resp:
+                assert resp.status == 401
+        status = await a.app[BACKEND].status(TUNNEL)
+        assert (status.queued, status.in_flight) == (0, 0)

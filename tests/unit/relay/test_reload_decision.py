@@ -1,6 +1,6 @@
 """What a relay reload may change (`gateway.relay.reload.restart_keys`): a pure comparison of the start
-configuration and the new one. Credentials, per-tunnel settings, allowlists, timeouts and identity's
-keys apply; the listener, the backend, the set of tunnels, the console's on/off and new key sources
+configuration and the new one. Credentials, the set of tunnels, per-tunnel settings, allowlists,
+timeouts and identity's keys apply; the listener, the backend, the console's on/off and new key sources
 are named as taking effect on restart."""
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ def tunnels(**t1: Any) -> dict[str, Any]:
         {"allowed_hosts": ["relay.example"], "allowed_origins": ["https://app.example"]},
         {"response_timeout_s": 5, "poll_max_wait_ms": 1000, "public_url": "https://mcp.example"},
         {"ops": {"token": "console-token"}},  # loopback listener: the console stays served
+        {"tunnels": {**BASE["tunnels"], "t3": {"gateway_key": "k3"}}},  # type: ignore[dict-item]
+        {"tunnels": {"t1": BASE["tunnels"]["t1"]}},  # type: ignore[index]
+        {"tunnels": {"t3": {"gateway_key": "k3"}}},  # every tunnel replaced
     ],
     ids=lambda changes: ",".join(changes) or "nothing",
 )
@@ -58,8 +61,6 @@ def test_what_applies_at_run_time(changes: dict[str, Any]) -> None:
     [
         ({"listen": "127.0.0.1:9"}, ["listen"]),
         ({"listen": "127.0.0.1:9", "backend": {"kind": "redis"}}, ["listen", "backend"]),
-        ({"tunnels": {**BASE["tunnels"], "t3": {"gateway_key": "k3"}}}, ["tunnels"]),  # type: ignore[dict-item]
-        ({"tunnels": {"t1": BASE["tunnels"]["t1"]}}, ["tunnels"]),  # type: ignore[index]
         (
             {"queue_max": 5, "max_body_bytes": 2048, "read_timeout_s": 3},
             ["queue_max", "max_body_bytes", "read_timeout_s"],
@@ -99,6 +100,17 @@ def test_user_auth_applies_while_its_key_set_is_one_the_relay_fetches() -> None:
     ]
 
 
+def test_a_tunnel_added_with_user_auth_applies_only_with_a_key_set_the_relay_fetches() -> None:
+    """The key sets are fetched from start to stop: a new tunnel may share one, not bring its own."""
+    fetching = tunnels(user_auth=USER_AUTH, client_token_header="X-T")
+    started = config(tunnels=fetching)
+    added = {"gateway_key": "k3", "user_auth": USER_AUTH, "client_token_header": "X-T"}
+    assert restart_keys(started, config(tunnels={**fetching, "t3": added})) == []
+    other = {**added, "user_auth": {**USER_AUTH, "jwks_uri": "https://idp.example/other-jwks"}}
+    assert restart_keys(started, config(tunnels={**fetching, "t3": other})) == ["tunnels.t3.user_auth.jwks_uri"]
+    assert restart_keys(config(), config(tunnels={**tunnels(), "t3": added})) == ["tunnels.t3.user_auth.jwks_uri"]
+
+
 def test_identity_applies_but_its_key_sources_do_not() -> None:
     started = config(identity=IDENTITY)
     rotated = {**IDENTITY, "signing_keys": ["file:/new.pem", "file:/old.pem"], "token_ttl_s": 60}
@@ -115,4 +127,4 @@ def test_identity_applies_but_its_key_sources_do_not() -> None:
 
 def test_the_rejection_names_every_key() -> None:
     assert rejection(["listen", "backend"]) == "listen, backend take effect on restart"
-    assert rejection(["tunnels"]) == "tunnels takes effect on restart"
+    assert rejection(["backend"]) == "backend takes effect on restart"
