@@ -67,6 +67,10 @@ class Proxy:
         """Some reply from Redis is held back (so what was sent before it reached Redis)."""
         return bool(self._held)
 
+    def held_on(self) -> int:
+        """How many connections have a reply held back."""
+        return len({writer for writer, _ in self._held})
+
     def release(self) -> None:
         self.holding = False
         for writer, data in self._held:

@@ -2,7 +2,8 @@
 that can hold replies or cut the connection: a loop turn's commands in one write with
 replies in order, an error for its own command only, a cancelled caller that shifts nothing, a lost
 connection failing what was in flight with redis-py's errors (a 503 from the queue), a silent server
-timing out, AUTH and SELECT from the URL, a restarted Redis (NOSCRIPT) answered by EVAL."""
+timing out, AUTH and SELECT from the URL, a restarted Redis (NOSCRIPT) answered by EVAL, and a
+subscription whose channels a reload changes, also while Redis has not yet confirmed it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from gateway.relay.errors import BackendUnavailable
 from gateway.relay.redis_pipe import ScriptPipe
 from gateway.relay.redis_queue import RedisQueue
 from tests.support.redis_proxy import Proxy
-from tests.support.redis_relay import TUNNEL, WAIT, command, redis_spec
+from tests.support.redis_relay import TUNNEL, WAIT, command, polls_waiting, redis_spec
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import until
 
@@ -252,3 +253,48 @@ async def test_a_silent_subscription_fails_its_ping(redis: RedisServer) -> None:
                 await subscription.hold(0.1)
         finally:
             await subscription.aclose()
+
+
+async def test_a_subscription_changes_its_channels_in_place(redis: RedisServer) -> None:
+    """`Subscription.change` (a relay reload adding and removing tunnels): the connection is subscribed
+    to the added channel and no longer to the removed one, and stays open."""
+    async with proxied(redis) as (_, pipe):
+        got: list[tuple[bytes, bytes]] = []
+        subscription = await pipe.subscribe([b"kept", b"dropped"], lambda channel, data: got.append((channel, data)))
+        try:
+            subscription.change([b"added"], [b"dropped"])
+            await subscription.ping()  # answered after both confirmations
+            admin = Redis.from_url(redis.url)
+            try:
+                for channel in ("dropped", "added", "kept"):
+                    await admin.publish(channel, f"to {channel}")
+            finally:
+                await admin.aclose()
+            await until(lambda: len(got) == 2)
+            assert got == [(b"added", b"to added"), (b"kept", b"to kept")]
+        finally:
+            await subscription.aclose()
+
+
+async def test_a_tunnel_added_while_the_listener_subscribes_gets_its_wake_ups(redis: RedisServer) -> None:
+    """A reload that adds a tunnel while the pub/sub listener waits for Redis to confirm its subscription
+    (which names the tunnels as they were): the listener subscribes the added tunnel's channel too, so
+    an enqueue wakes that tunnel's waiting poll (the periodic re-check is set far beyond the wait)."""
+    async with Proxy(redis.port) as proxy:
+        spec = redis_spec(redis, recheck_s=WAIT * 2)
+        queue = RedisQueue([TUNNEL], url=proxy.url, spec=spec, queue_max=10, client_seen_grace_s=30.0)
+        proxy.holding = True
+        await queue.start()
+        try:
+            await until(lambda: proxy.held_on() == 2)  # the heartbeat's script and the listener's SUBSCRIBE
+            queue.serve_tunnels([TUNNEL, "added"])
+            proxy.release()
+            async with asyncio.timeout(WAIT):
+                poll = asyncio.create_task(queue.take("added", limit=5, timeout_s=WAIT * 2, instance_id="gw"))
+                await until(lambda: polls_waiting(queue, "added"))
+                cmd = command()
+                await queue.enqueue("added", cmd)
+                assert [c.request_id for c in await poll] == [cmd.request_id]
+        finally:
+            await queue.close()
+            await queue.dispose()
