@@ -224,8 +224,8 @@ async def test_proc_affinity_sessions_stay_on_their_gateway(redis: RedisServer) 
 async def test_a_tunnel_added_and_removed_by_reloads_across_replicas(redis: RedisServer) -> None:
     """Two replicas reloaded with a second tunnel: a gateway polling one replica answers the callers of
     the other on the new tunnel, and the first tunnel serves on beside it. Reloaded without it, each
-    replica refuses its callers (404) and its gateway (401), while Redis still holds the first one's
-    state as before."""
+    replica refuses its callers (404) and its gateway (401), and the first tunnel's queue is left with
+    nothing queued or in flight."""
     config = relay_config(redis)
     added = "tunnel_added"
     grown = msgspec.structs.replace(config, tunnels={**config.tunnels, added: TunnelSpec(gateway_key=KEY)})
