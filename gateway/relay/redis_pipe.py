@@ -18,7 +18,7 @@ import contextlib
 import functools
 import hashlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, NoReturn, cast
 
 import hiredis
@@ -403,9 +403,12 @@ class Subscription:
         if isinstance(reply, hiredis.ReplyError):
             raise reply_error(reply)
 
-    def change(self, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
-        """Subscribe to `added` and unsubscribe from `removed` on this connection (Redis confirms with
-        pushes, which are passed over); a message on an added channel may be missed until then."""
+    def change(self, before: Collection[bytes], after: Collection[bytes]) -> None:
+        """Move this connection from the channels `before` to those `after`: subscribe the new ones,
+        unsubscribe the old ones (Redis confirms with pushes, which are passed over); a message on a new
+        channel may be missed until then. Nothing is sent when the two are the same."""
+        added = [channel for channel in after if channel not in before]
+        removed = [channel for channel in before if channel not in after]
         if added:
             self._link.post(_pack(("SUBSCRIBE", *added)))
         if removed:

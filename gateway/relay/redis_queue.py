@@ -325,11 +325,7 @@ class RedisQueue(QueueBackend):
                 channels = [self._frames_channel, *self._wake_channels]
                 subscription = await self._pipe.subscribe(channels, self._dispatch)
                 delay = RETRY_FIRST_S
-                if channels[1:] != list(self._wake_channels):  # a reload changed the tunnels meanwhile
-                    subscription.change(
-                        [c for c in self._wake_channels if c not in channels],
-                        [c for c in channels[1:] if c not in self._wake_channels],
-                    )
+                subscription.change(channels[1:], self._wake_channels)  # sends nothing unless a reload came meanwhile
                 self._subscription = subscription
                 self._wake_all()
                 await subscription.hold(HEALTH_CHECK_S)  # messages go to _dispatch meanwhile
@@ -383,9 +379,7 @@ class RedisQueue(QueueBackend):
         before = self._wake_channels
         self._wake_channels = {t.wake_channel.encode(): t for t in self._tunnels.values()}
         if self._subscription is not None:  # else the next subscription names the new channels
-            self._subscription.change(
-                [c for c in self._wake_channels if c not in before], [c for c in before if c not in self._wake_channels]
-            )
+            self._subscription.change(before, self._wake_channels)
 
     async def _beat(self) -> None:
         """Heartbeat + janitor: keep this replica alive, purge expired and orphaned commands,

@@ -262,7 +262,7 @@ async def test_a_subscription_changes_its_channels_in_place(redis: RedisServer) 
         got: list[tuple[bytes, bytes]] = []
         subscription = await pipe.subscribe([b"kept", b"dropped"], lambda channel, data: got.append((channel, data)))
         try:
-            subscription.change([b"added"], [b"dropped"])
+            subscription.change([b"kept", b"dropped"], [b"kept", b"added"])
             await subscription.ping()  # answered after both confirmations
             admin = Redis.from_url(redis.url)
             try:
