@@ -132,6 +132,9 @@ def matrix(quick: bool) -> list[Scenario]:
     # 6. Tracing on (OTLP to a loopback sink); off is group 1.
     for c in (1, 64):
         out.append(Scenario("tracing", "tunnel", fast, c, options=TunnelOptions(tracing=True), variant="tracing-on"))
+    #    One trace in ten sampled (the relay decides, the gateway follows): what sampling saves.
+    sampled = TunnelOptions(tracing=True, sampling_ratio=0.1)
+    out.append(Scenario("tracing", "tunnel", fast, 64, options=sampled, variant="tracing-sampled-10pct"))
     #    Metrics alone (the `/metrics` scrape turns the instruments on; nothing is exported): issue 20's 10 %.
     metrics_only = TunnelOptions(extra_sections="ops: {listen: '127.0.0.1:0'}")
     out.append(Scenario("tracing", "tunnel", fast, 64, options=metrics_only, variant="metrics-only"))

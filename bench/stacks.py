@@ -325,6 +325,9 @@ class TunnelOptions:
 
     rtt_ms: float = 0.0
     tracing: bool = False
+    sampling_ratio: float | None = None
+    """With `tracing`: the relay and the gateway sample this share of traces (`parentbased_traceidratio`;
+    the relay starts each trace, the gateway follows its decision). None: every span (the SDK's default)."""
     gateway: str = ""
     """Extra `gateway:` keys (YAML lines)."""
     servers: dict[str, str] | None = None
@@ -357,6 +360,11 @@ async def tunnel_stack(upstream: Upstream, options: TunnelOptions, tag: str) -> 
             roles["otlp-sink"] = [sink.pid]
             procs["otlp-sink"] = sink
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url, "OTEL_SERVICE_NAME": "bench"}
+            if options.sampling_ratio is not None:
+                env |= {
+                    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                    "OTEL_TRACES_SAMPLER_ARG": str(options.sampling_ratio),
+                }
         relay_yaml = RELAY_YAML
         if options.redis_replicas:
             redis_url, redis = await stack.enter_async_context(redis_server(tag, tmp))

@@ -244,11 +244,13 @@ class OtelTelemetry(Telemetry):
         *,
         server: Attributes | None = None,
         version: str | None = None,
+        traced: bool = True,
     ) -> Operation:
-        """`method` as telemetry sees it: span name, span attributes (built only when tracing), and the
-        metric attribute set, shared by every operation with the same labels (never mutated). For an
-        upstream call, `server` (the server's attributes) is added and `version` (the negotiated protocol
-        version) takes the place of the client's."""
+        """`method` as telemetry sees it: span name, span attributes (built only when tracing and `traced`:
+        False for a span known not to be recorded), and the metric attribute set, shared by every
+        operation with the same labels (never mutated). For an upstream call, `server` (the server's
+        attributes) is added and `version` (the negotiated protocol version) takes the place of the
+        client's."""
         target: str | None = None
         tool_call = method == "tools/call"
         if isinstance(params.name, str) and method in ("tools/call", "prompts/get"):
@@ -261,7 +263,7 @@ class OtelTelemetry(Telemetry):
         metric = self._metric_set(method, target, label, transport, server)
         name = f"{method} {target}" if target is not None else method
         attributes: Attributes = {}
-        if self.tracing:
+        if self.tracing and traced:
             attributes = dict(metric)
             if isinstance(params.uri, str) and method.startswith("resources/"):
                 attributes["mcp.resource.uri"] = self.redact(params.uri)

@@ -62,9 +62,11 @@ class RelayRequestSpan:
         if message is None:
             message = self._message = t.payloads.message(self._body)
         params = t.payloads.params(message.params if message is not None else UNSET)
+        parent = t.extract(self._headers, params)
         attributes: Attributes = {"network.transport": "tcp", "gateway.channel": t.labels(self._channel)}
         if message is not None and message.method is not UNSET:
-            self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
+            traced = t.relay_spans.records(parent)
+            self._op = t.operation(message.method, params, message.id, self._headers, "tcp", traced=traced)
             attributes.update(self._op.attributes)
             name = self._op.name
         else:
@@ -72,7 +74,6 @@ class RelayRequestSpan:
             session = header_value(self._headers, SESSION_HEADER)
             if session is not None:
                 attributes["mcp.session.id"] = session
-        parent = t.extract(self._headers, params)
         self._span = t.relay_spans.start(name, SpanKind.SERVER, attributes, parent)
         return self
 

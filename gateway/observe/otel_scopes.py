@@ -133,9 +133,10 @@ class CommandSpan:
             return
         params = t.payloads.params(message.params)
         self._params = (message.params, params)
-        op = self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
+        recording = self._span.is_recording()
+        op = self._op = t.operation(message.method, params, message.id, self._headers, "tcp", traced=recording)
         self._metric = op.metric
-        if not t.tracing:
+        if not recording:
             return
         self._span.update_name(op.name)
         put(self._span, op.attributes)
@@ -292,6 +293,7 @@ class ClientSpan:
             server["network.transport"],
             server=server,
             version=info.protocol_version,
+            traced=t.tracing and t.spans.records(),
         )
         self._op, self._metric = op, op.metric
         self._started = time.perf_counter()

@@ -4,10 +4,13 @@ attributes this package builds (str/int/float/bool values only). Owns no provide
 
 `Tracer.start_span` cleans each attribute value through `BoundedAttributes` (about 1.3 µs a value),
 asks the sampler, builds the span through two `__init__`s and four locks, and `Span.end` copies the span
-into a second `ReadableSpan` for the processors. With the default sampler (`parentbased_always_on`), an
-enabled tracer and no value-length limit, this builds the same `Span` (same type, same fields, the
-values put in as they are) and hands the span itself to `on_end`; any other sampler, limit or tracer, or
-a value of another type, goes through the SDK's own `start_span`. `tests/unit/observe/test_otel_spans.py`
+into a second `ReadableSpan` for the processors. With one of the SDK's own samplers (`always_on`,
+`always_off`, `traceidratio` and their `parentbased_` forms, the delegates for parents left as they
+are), an enabled tracer and no value-length limit, this makes the sampler's decision itself (the same
+rule: the parent's flag, else the trace id's low 64 bits against the ratio's bound), builds the same
+`Span` (same type, same fields, the values put in as they are) or the same `NonRecordingSpan`, and
+hands a recorded span itself to `on_end`; any other sampler, limit or tracer, or a value of another
+type, goes through the SDK's own `start_span`. `tests/unit/observe/test_otel_spans.py`
 pins the SDK internals this relies on (the fields of `Span`, `BoundedAttributes` and `Tracer`).
 """
 
@@ -25,7 +28,15 @@ from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import _Span
-from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation import tracecontext as w3c
@@ -43,6 +54,8 @@ _FLAGS: Final = {
 _UNSET: Final = Status(StatusCode.UNSET)
 _NO_STATE: Final = DEFAULT_TRACE_STATE
 _TRACE_ID_MAX: Final = 2**128 - 1
+_RATIO_BITS: Final = TraceIdRatioBased.TRACE_ID_LIMIT
+"""The trace id bits a ratio sampler compares with its bound (the low 64)."""
 _SPAN_ID_MAX: Final = 2**64 - 1
 _W3C: Final = w3c.TraceContextTextMapPropagator
 _TRACEPARENT: Final[re.Pattern[str]] = _W3C._TRACEPARENT_HEADER_FORMAT_RE
@@ -150,15 +163,76 @@ def put(span: trace.Span, attributes: Mapping[str, Any]) -> None:
         span.set_attributes(attributes)
 
 
+class Decider:
+    """The decision of one of the SDK's own samplers, made here by the sampler's own rule: `parent_based`
+    follows a valid parent's sampled flag (the SDK's default delegates for parents); otherwise, and for a
+    root, a trace id whose low 64 bits are below `bound` is sampled (`always_on`: every id, `always_off`:
+    none, `traceidratio`: the sampler's bound)."""
+
+    __slots__ = ("bound", "parent_based")
+
+    def __init__(self, parent_based: bool, bound: int) -> None:
+        self.parent_based = parent_based
+        self.bound = bound
+
+    @classmethod
+    def of(cls, sampler: Sampler | None) -> Decider | None:
+        """The decider for `sampler`, or None when only the sampler itself can decide."""
+        parent_based = type(sampler) in (ParentBased, ParentBasedTraceIdRatio)
+        if parent_based:
+            # Its private fields (a test pins them): an SDK that renames them gets its own sampler asked.
+            delegates = [getattr(sampler, name, None) for name in _DELEGATE_FIELDS]
+            if any(given is not default for given, default in zip(delegates, _DELEGATES, strict=True)):
+                return None
+            sampler = getattr(sampler, "_root", None)
+        if sampler is ALWAYS_ON:
+            return cls(parent_based, _RATIO_BITS + 1)
+        if sampler is ALWAYS_OFF:
+            return cls(parent_based, 0)
+        if type(sampler) is TraceIdRatioBased:
+            return cls(parent_based, sampler.bound)
+        return None
+
+    def sampled(self, trace_id: int, parent: SpanContext | None) -> bool:
+        if parent is not None and self.parent_based:
+            return parent.trace_flags.sampled
+        return trace_id & _RATIO_BITS < self.bound
+
+
+_DELEGATE_FIELDS: Final = (
+    "_remote_parent_sampled",
+    "_remote_parent_not_sampled",
+    "_local_parent_sampled",
+    "_local_parent_not_sampled",
+)
+_DELEGATES: Final = (ALWAYS_ON, ALWAYS_OFF, ALWAYS_ON, ALWAYS_OFF)
+"""`ParentBased`'s defaults for a remote sampled, remote unsampled, local sampled and local unsampled parent."""
+
+
 class SpanStarter:
     """Starts spans of one tracer; `start` is `Tracer.start_span` for attributes of the clean types."""
 
-    __slots__ = ("_none", "_sdk", "tracer")
+    __slots__ = ("_decider", "_none", "_sampler", "_sdk", "tracer")
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
         self._none = _NoItems()
         self._sdk: Any = tracer if type(tracer) is SdkTracer else None
+        self._sampler: Sampler | None = self._sdk.sampler if self._sdk is not None else None
+        self._decider = Decider.of(self._sampler)
+
+    def records(self, context: otel_context.Context | None = None) -> bool:
+        """False only when a span started now as a child of `context` (the current context when None) is
+        known not to be recorded: the sampler's rule decides by the parent's flag or trace id, or samples no
+        root. Attributes the span would drop need not be built then. True whenever it cannot be known."""
+        tracer = self._sdk
+        decider = self._decider
+        if tracer is None or decider is None or tracer.sampler is not self._sampler:
+            return True
+        parent = trace.get_current_span(context).get_span_context()
+        if parent is None or not parent.is_valid:
+            return decider.bound > 0  # a root: its trace id is not drawn yet
+        return decider.sampled(parent.trace_id, parent)
 
     def start(
         self,
@@ -170,38 +244,41 @@ class SpanStarter:
         """A started span named `name` with `attributes` (the dict is given away: the span keeps it), child
         of the span in `context` (the current context when None), as `Tracer.start_span` would make it."""
         tracer = self._sdk
-        if tracer is None:
-            return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
-        limits = tracer._span_limits
-        maxlen = limits.max_span_attributes
+        decider = self._decider
         if (
-            tracer.sampler is not DEFAULT_ON
+            tracer is None
+            or decider is None
+            or tracer.sampler is not self._sampler
             or not tracer._tracer_config.is_enabled
-            or limits.max_span_attribute_length is not None
-            or maxlen is None
-            or len(attributes) > maxlen
-            or not _CLEAN.issuperset(map(type, attributes.values()))
         ):
-            return tracer.start_span(name, context=context, kind=kind, attributes=attributes)  # type: ignore[no-any-return]
+            return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
         ids = tracer.id_generator
         if parent is None or not parent.is_valid:
             parent = None
             trace_id = ids.generate_trace_id()
-            sampled = True
             random_id = ids.is_trace_id_random()
             trace_state = None
         else:
             trace_id = parent.trace_id
-            sampled = parent.trace_flags.sampled
             random_id = parent.trace_flags.random_trace_id
             trace_state = parent.trace_state
-        span_context = _span_context(trace_id, ids.generate_span_id(), _FLAGS[sampled, random_id], trace_state)
-        record_end_metrics = tracer._tracer_metrics.start_span(
-            parent, Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP
-        )
+        sampled = decider.sampled(trace_id, parent)
         if not sampled:
+            span_context = _span_context(trace_id, ids.generate_span_id(), _FLAGS[False, random_id], trace_state)
+            tracer._tracer_metrics.start_span(parent, Decision.DROP)
             return NonRecordingSpan(context=span_context)
+        limits = tracer._span_limits
+        maxlen = limits.max_span_attributes
+        if (
+            limits.max_span_attribute_length is not None
+            or maxlen is None
+            or len(attributes) > maxlen
+            or not _CLEAN.issuperset(map(type, attributes.values()))
+        ):
+            return tracer.start_span(name, context=context, kind=kind, attributes=attributes)  # type: ignore[no-any-return]
+        span_context = _span_context(trace_id, ids.generate_span_id(), _FLAGS[True, random_id], trace_state)
+        record_end_metrics = tracer._tracer_metrics.start_span(parent, Decision.RECORD_AND_SAMPLE)
         span = _new_span(tracer, name, span_context, parent, kind, attributes, maxlen, record_end_metrics, self._none)
         tracer.span_processor.on_start(span, parent_context=context)
         return span

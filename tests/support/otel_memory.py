@@ -10,18 +10,26 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 
 from gateway.observe.otel import OtelTelemetry
 
 
 class InMemoryOtel:
-    """`telemetry`, with `spans` (every finished span; none without `tracing`) and `reader` (its metrics)."""
+    """`telemetry`, with `spans` (every finished span; none without `tracing`) and `reader` (its metrics).
+    `sampler`: the tracer provider's (default: the SDK's, every span of a trace that is not unsampled)."""
 
-    def __init__(self, *, tracing: bool = True, logs: Callable[[], tuple[object, object]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tracing: bool = True,
+        logs: Callable[[], tuple[object, object]] | None = None,
+        sampler: Sampler | None = None,
+    ) -> None:
         self.spans = InMemorySpanExporter()
         self.provider: TracerProvider | None = None
         if tracing:
-            self.provider = TracerProvider()
+            self.provider = TracerProvider(sampler=sampler)
             self.provider.add_span_processor(SimpleSpanProcessor(self.spans))
         self.reader = InMemoryMetricReader()
         meters = MeterProvider(metric_readers=[self.reader])

@@ -1,6 +1,7 @@
 """gateway.observe.otel_relay: the relay's SERVER span is the same whether the front door hands it the
 message it decoded or the span decodes the body itself, and the command it passes on carries that span's
-trace context in `params._meta` either way."""
+trace context in `params._meta` either way; a trace that is not sampled records no span and is still
+passed on, and a sampled one under a ratio sampler gets its attributes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
 
 from gateway.observe.otel import OtelTelemetry
 from gateway.protocol.wire import Codec
@@ -30,10 +32,9 @@ BODIES = [
 ]
 
 
-@pytest.fixture
-def telemetry() -> Iterator[tuple[OtelTelemetry, InMemorySpanExporter]]:
+def _telemetry(sampler: Sampler | None = None) -> tuple[OtelTelemetry, InMemorySpanExporter]:
     finished = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(finished))
     telemetry = OtelTelemetry(
         tracer_provider=provider,
@@ -43,15 +44,23 @@ def telemetry() -> Iterator[tuple[OtelTelemetry, InMemorySpanExporter]]:
         redact=lambda text: text,
         shutdowns=[provider.shutdown],
     )
+    return telemetry, finished
+
+
+@pytest.fixture
+def telemetry() -> Iterator[tuple[OtelTelemetry, InMemorySpanExporter]]:
+    telemetry, finished = _telemetry()
     yield telemetry, finished
     telemetry.shutdown()
 
 
-def _request(telemetry: OtelTelemetry, body: bytes, *, decoded: bool, parent: bool) -> tuple[bytes | None, str]:
+def _request(
+    telemetry: OtelTelemetry, body: bytes, *, decoded: bool, parent: bool, traceparent: str = PARENT
+) -> tuple[bytes | None, str]:
     """One request through the relay's span: (the command's body, the span's traceparent)."""
     headers = CIMultiDict([("Host", "relay"), ("Mcp-Session-Id", "s-1"), ("MCP-Protocol-Version", "2025-06-18")])
     if parent:
-        headers["traceparent"] = PARENT
+        headers["traceparent"] = traceparent
     message = Codec().message(body) if decoded else None
     with telemetry.relay_tracer().request("main", headers, body, message) as trace:
         out_headers, out = trace.inject({"Accept": ["application/json"]}, body)
@@ -88,3 +97,27 @@ def test_the_span_is_the_same_with_the_front_doors_decode(
     own_meta["_meta"].pop("traceparent")
     shared_meta["_meta"].pop("traceparent")
     assert own_meta == shared_meta, "the rest of params is the same both ways"
+
+
+@pytest.mark.parametrize("decoded", [False, True])
+def test_a_trace_the_caller_did_not_sample_is_passed_on_without_a_span(decoded: bool) -> None:
+    """W3C Trace Context §3.2.2.5 (`trace-flags`): with a parent-based sampler, a caller's unsampled trace
+    gets no relay span, and the command still tells the gateway (header and `params._meta`) the trace and
+    that it is not sampled; a sampled one, under a 1-in-1000 ratio sampler, gets the span with every
+    attribute it gets under the default sampler."""
+    unsampled = "00-" + "c" * 32 + "-" + "d" * 16 + "-00"
+    t, finished = _telemetry(ParentBasedTraceIdRatio(0.001))
+    body, trace = _request(t, BODIES[0], decoded=decoded, parent=True, traceparent=unsampled)
+    assert finished.get_finished_spans() == ()
+    assert body is not None
+    assert json.loads(body)["params"]["_meta"]["traceparent"] == trace
+    version, trace_id, _, flags = trace.split("-")
+    assert (version, trace_id, flags) == ("00", "c" * 32, "00")
+    _request(t, BODIES[0], decoded=decoded, parent=True)
+    ratio_span = finished.get_finished_spans()[0]
+    t.shutdown()
+    default, every = _telemetry()
+    _request(default, BODIES[0], decoded=decoded, parent=True)
+    default.shutdown()
+    assert _shape(ratio_span) == _shape(every.get_finished_spans()[0])
+    assert "jsonrpc.request.id" in (ratio_span.attributes or {})

@@ -17,11 +17,21 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, Tra
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.observe.otel_spans import GatewaySpan, SpanStarter, _span_context, put, remote_context
+from gateway.observe.otel_spans import Decider, GatewaySpan, SpanStarter, _span_context, put, remote_context
 
 ATTRIBUTES = {"mcp.method.name": "tools/call", "tunnel.poll.limit": 64, "ratio": 0.5, "flag": True}
 _VARIES = {"_context", "_start_time", "_end_time", "_lock", "_attributes", "_events", "_links", "_status"}
@@ -152,6 +162,87 @@ def test_parents_ids_and_flags_are_the_sdks_for_every_parent() -> None:
     assert type(ours) is type(sdk) is NonRecordingSpan
     assert ours.get_span_context().trace_flags == sdk.get_span_context().trace_flags
     assert ours.get_span_context().trace_id == 0xABC
+
+
+class _Ids(IdGenerator):
+    """The trace id set before each start (the SDK's and ours draw one each for a root span)."""
+
+    def __init__(self) -> None:
+        self.trace_id = 1
+        self.span_ids = iter(range(1, 1 << 20))
+
+    def generate_trace_id(self) -> int:
+        return self.trace_id
+
+    def generate_span_id(self) -> int:
+        return next(self.span_ids)
+
+
+SAMPLERS: list[Sampler] = [
+    ALWAYS_ON,
+    ALWAYS_OFF,
+    TraceIdRatioBased(0.5),
+    DEFAULT_ON,
+    DEFAULT_OFF,
+    ParentBasedTraceIdRatio(0.25),
+    ParentBased(TraceIdRatioBased(0.75)),
+    ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON),  # delegates of its own: the SDK decides
+    ParentBased(ParentBased(ALWAYS_OFF)),  # a root sampler the fast path does not know: the SDK decides
+]
+TRACE_IDS = [1, 0xFFFF_FFFF_FFFF_FFFF, 1 << 63, (1 << 62) - 1, 0xABCD << 64 | 0x3FFF_FFFF_FFFF_FFFF, 0x1234 << 80]
+"""Trace ids whose low 64 bits fall on each side of the ratios' bounds (and high bits the rule ignores)."""
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda s: s.get_description())
+def test_every_sdk_sampler_decides_as_the_sdk_does_for_every_parent(sampler: Sampler) -> None:
+    """The fast path's sampling decision is the SDK's: for each of the SDK's own samplers, a root and
+    every kind of parent (remote or local, sampled or not), and trace ids on both sides of a ratio's
+    bound, the span is recorded exactly when the SDK's is, with the same flags, trace state and parent.
+    `records` says "not recorded" only of spans the SDK does not record, and knows it for every parent."""
+    ids = _Ids()
+    provider, _ = _provider(sampler=sampler, id_generator=ids)
+    tracer = provider.get_tracer("scope")
+    starter = SpanStarter(tracer)
+    state = TraceState([("vendor", "v1")])
+    decided: set[bool] = set()
+    for trace_id in TRACE_IDS:
+        local_sampled = NonRecordingSpan(SpanContext(trace_id, 0xA1, False, TraceFlags(1), state))
+        parents: list[Context | None] = [None, Context()] + [
+            trace.set_span_in_context(NonRecordingSpan(SpanContext(trace_id, 0xB2, remote, TraceFlags(flags), state)))
+            for remote in (True, False)
+            for flags in (0, 1, 3)
+        ]
+        parents.append(trace.set_span_in_context(local_sampled))
+        for parent in parents:
+            ids.trace_id = trace_id
+            sdk = tracer.start_span("child", context=parent, kind=SpanKind.CLIENT, attributes={"a": "b"})
+            ids.trace_id = trace_id
+            ours = starter.start("child", SpanKind.CLIENT, {"a": "b"}, parent)
+            assert ours.is_recording() is sdk.is_recording()
+            assert type(ours) is (GatewaySpan if sdk.is_recording() and Decider.of(sampler) else type(sdk))
+            mine, theirs = ours.get_span_context(), sdk.get_span_context()
+            assert (mine.trace_id, mine.trace_flags, mine.trace_state) == (
+                theirs.trace_id,
+                theirs.trace_flags,
+                theirs.trace_state,
+            )
+            assert getattr(ours, "parent", None) == getattr(sdk, "parent", None)
+            decided.add(sdk.is_recording())
+            # Known in advance only where the rule has it: never "not recorded" for a span that is.
+            if not starter.records(parent):
+                assert not sdk.is_recording()
+            parent_span = trace.get_current_span(parent).get_span_context()
+            if Decider.of(sampler) is not None and parent_span.is_valid:
+                assert starter.records(parent) is sdk.is_recording()
+    if isinstance(sampler, TraceIdRatioBased | ParentBased) and sampler not in (DEFAULT_ON, DEFAULT_OFF):
+        assert decided == {True, False}  # the trace ids fell on both sides of the bound
+
+
+def test_the_fast_path_knows_the_sdks_samplers_and_only_those() -> None:
+    for sampler in SAMPLERS[:7]:
+        assert Decider.of(sampler) is not None, sampler.get_description()
+    for sampler in SAMPLERS[7:]:
+        assert Decider.of(sampler) is None, sampler.get_description()
 
 
 def test_other_instrumentation_parents_on_our_span_and_ours_on_theirs() -> None:
