@@ -17,7 +17,8 @@ from gateway.observe.otel import OtelTelemetry
 
 class InMemoryOtel:
     """`telemetry`, with `spans` (every finished span; none without `tracing`) and `reader` (its metrics).
-    `sampler`: the tracer provider's (default: the SDK's, every span of a trace that is not unsampled)."""
+    `sampler`: the tracer provider's (default: the SDK's, which records every trace its caller did not
+    mark as not sampled)."""
 
     def __init__(
         self,
