@@ -63,10 +63,14 @@ class RelayRequestSpan:
             message = self._message = t.payloads.message(self._body)
         params = t.payloads.params(message.params if message is not None else UNSET)
         parent = t.extract(self._headers, params)
+        if not t.relay_spans.records(parent):
+            # A trace not sampled: the span only carries the context on (nothing of it is recorded, and
+            # the relay keeps no metrics of its own), so no name, attribute or outcome is worked out.
+            self._span = t.relay_spans.start("request", SpanKind.SERVER, {}, parent)
+            return self
         attributes: Attributes = {"network.transport": "tcp", "gateway.channel": t.labels(self._channel)}
         if message is not None and message.method is not UNSET:
-            traced = t.relay_spans.records(parent)
-            self._op = t.operation(message.method, params, message.id, self._headers, "tcp", traced=traced)
+            self._op = t.operation(message.method, params, message.id, self._headers, "tcp")
             attributes.update(self._op.attributes)
             name = self._op.name
         else:
